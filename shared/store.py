@@ -108,14 +108,13 @@ class CacheStore:
     def lease_ttl_ms(self) -> int:
         return int(self.settings.lease_ttl_seconds * 1000)
 
-    def read(self, ns: Namespace, key: str, token: str, *, u: float | None = None) -> ReadResult:
+    def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
         """One EVALSHA: the entry, the decision and whether this caller won the refresh lease."""
         k = EntryKeys.of(ns.name, key)
         raw = self._read(
             keys=[k.entry, k.lease],
             args=[
                 repr(ns.beta),
-                repr(draw_u() if u is None else u),
                 self.lease_ttl_ms,
                 token,
                 "1" if ns.serves_stale else "0",
@@ -167,6 +166,7 @@ class CacheStore:
         value: bytes,
         content_type: str,
         negative: bool = False,
+        u: float | None = None,
     ) -> WriteResult:
         k = EntryKeys.of(ns.name, key)
         if negative:
@@ -186,6 +186,7 @@ class CacheStore:
                 soft_ttl,
                 stale_ttl,
                 "1" if negative else "0",
+                repr(draw_u() if u is None else u),
             ],
         )
         return WriteResult(
