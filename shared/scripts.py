@@ -116,7 +116,9 @@ return soft
 # enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
 # KEYS[1] entry, KEYS[2] lease
 # ARGV[1] token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
-# ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open)
+# ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
+# ARGV[7] "1" if the origin was called and failed, "0" if the breaker refused the call (the
+# key's failure streak, which doubles its cooldown, counts only real origin failures)
 # Returns {fails, cooldown ms}
 RECORD_FAILURE = (
     _NOW
@@ -124,7 +126,11 @@ RECORD_FAILURE = (
 local fails = 1
 local soft = tonumber(redis.call('HGET', KEYS[1], 'soft'))
 if soft and redis.call('HGET', KEYS[1], 'neg') ~= '1' then
-  fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  if ARGV[7] == '1' then
+    fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  else
+    fails = math.max(1, tonumber(redis.call('HGET', KEYS[1], 'fails')) or 1)
+  end
   local keep_until = soft + tonumber(ARGV[4]) + tonumber(ARGV[5])
   local current = redis.call('PEXPIRETIME', KEYS[1])
   if current > 0 and keep_until > current then redis.call('PEXPIREAT', KEYS[1], keep_until) end

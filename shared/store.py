@@ -21,9 +21,9 @@ from shared.xfetch import Decision, draw_u
 
 READY_CHANNEL = "hl:ready"
 
-# Failure cooldown: 1 s doubling per consecutive failure, capped.
+# Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
+# breaker's reset timeout (past that the breaker, not the key, holds the origin off).
 COOLDOWN_BASE_MS = 1000
-COOLDOWN_MAX_MS = 30_000
 
 
 def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> Any:
@@ -208,18 +208,22 @@ class CacheStore:
             )
         )
 
-    def record_failure(self, ns: Namespace, key: str, token: str, *, min_cooldown_ms: int = 0) -> int:
+    def record_failure(
+        self, ns: Namespace, key: str, token: str, *, min_cooldown_ms: int = 0, origin_called: bool = True
+    ) -> int:
         """Turn the lease into a cooldown and stretch the stale value's life; returns the cooldown ms."""
         k = EntryKeys.of(ns.name, key)
+        cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
         raw = self._record_failure(
             keys=[k.entry, k.lease],
             args=[
                 token,
                 COOLDOWN_BASE_MS,
-                max(COOLDOWN_MAX_MS, min_cooldown_ms),
+                max(cap, min_cooldown_ms),
                 ns.stale_ttl_ms,
                 int(ns.stale_if_error_seconds * 1000),
                 min_cooldown_ms,
+                "1" if origin_called else "0",
             ],
         )
         return int(raw[1])
