@@ -41,8 +41,12 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_path: Path) -> None:
-    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE), "LEASE_TTL_SECONDS": "1",
-           "COLD_WAIT_TIMEOUT_SECONDS": "20", "ORIGIN_LATENCY_MS": "1500"}
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "LEASE_TTL_SECONDS": "1",
+        "COLD_WAIT_TIMEOUT_SECONDS": "20",
+        "ORIGIN_LATENCY_MS": "1500",
+    }
     with Stack(tmp_path, env=env, workers=0) as stack:
         slow = stack.start_worker("slow", extra_args=["--pool", "solo"], wait=True)
         answers: list[requests.Response] = []
@@ -68,8 +72,12 @@ def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_pa
 
 
 def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Path) -> None:
-    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE), "BREAKER_FAIL_MAX": "3",
-           "BREAKER_RESET_TIMEOUT_SECONDS": "4", "ORIGIN_LATENCY_MS": "20"}
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "BREAKER_FAIL_MAX": "3",
+        "BREAKER_RESET_TIMEOUT_SECONDS": "4",
+        "ORIGIN_LATENCY_MS": "20",
+    }
     with Stack(tmp_path, env=env) as stack:
         keys = [f"warm-{i}" for i in range(6)]
         originals = {k: stack.get("swr", k).json() for k in keys}
@@ -90,9 +98,13 @@ def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Pa
             return metric(worker_metrics(), "herdless_breaker_state") == 2
 
         wait_until(breaker_open, 20, "the breaker to open", interval=0.1)
+
         # Let calls that were already in flight finish, then the origin must hear nothing.
-        wait_until(lambda: read_all() or metric(worker_metrics(), "herdless_refresh_total", outcome="breaker_open") >= 2,
-                   10, "refreshes refused by the open breaker", interval=0.1)
+        def refused_by_breaker() -> bool:
+            read_all()
+            return metric(worker_metrics(), "herdless_refresh_total", outcome="breaker_open") >= 2
+
+        wait_until(refused_by_breaker, 10, "refreshes refused by the open breaker", interval=0.1)
         calls_when_open = stack.origin_stats()["calls"]
         refused_before = metric(worker_metrics(), "herdless_refresh_total", outcome="breaker_open")
         deadline = time.monotonic() + 1.5
@@ -118,8 +130,11 @@ def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Pa
 
 
 def test_a_worker_killed_mid_refresh_delays_the_refresh_but_fails_no_request(tmp_path: Path) -> None:
-    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE), "LEASE_TTL_SECONDS": "2",
-           "ORIGIN_LATENCY_MS": "50"}
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "LEASE_TTL_SECONDS": "2",
+        "ORIGIN_LATENCY_MS": "50",
+    }
     with Stack(tmp_path, env=env) as stack:
         key = "killed"
         v1 = stack.get("swr", key).json()
