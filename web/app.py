@@ -58,6 +58,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(bp)
 
+    from web.openapi import bp as openapi_bp
+
+    app.register_blueprint(openapi_bp)
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")

@@ -1,0 +1,257 @@
+"""The OpenAPI 3.1 document of the web API, served at /openapi.json (tests check it against the routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from shared.keys import MAX_KEY_BYTES
+from shared.namespaces import Namespace
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    return response
+
+
+def _target_parameters(namespaces: list[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "namespace",
+            "in": "path",
+            "required": True,
+            "description": "A configured namespace (namespaces.toml).",
+            "schema": {"type": "string", "enum": namespaces} if namespaces else {"type": "string"},
+        },
+        {
+            "name": "key",
+            "in": "path",
+            "required": True,
+            "description": (
+                f"The cache key, percent-encoded: any UTF-8 text of 1 to {MAX_KEY_BYTES} bytes without control "
+                "characters. '/' is allowed (send it as %2F or literally); the key reaches an HTTP origin "
+                "percent-encoded as one path segment."
+            ),
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_BYTES},
+        },
+    ]
+
+
+_TARGET_ERRORS = {
+    "400": _error("The key is illegal (empty, not UTF-8, too long, or holds a control character)."),
+    "404": _error("No such namespace."),
+}
+# gunicorn refuses a request line over 4094 bytes before the app sees it (a legal key, 512 bytes
+# of UTF-8, is at most 1536 bytes percent-encoded), so this one error is gunicorn's HTML page.
+_TOO_LONG = {
+    "description": "The request line exceeds 4094 bytes (answered by gunicorn, not JSON).",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+_TARGET_ERRORS = {**_TARGET_ERRORS, "414": _TOO_LONG}
+_ADMIN_ERRORS = {
+    "401": _error("No `Authorization: Bearer <token>` header."),
+    "403": _error("Wrong token, or the admin API is disabled (ADMIN_TOKEN unset)."),
+}
+_UNAVAILABLE = _error("Redis or the broker is unreachable; retry after Retry-After seconds.", retry_after=True)
+
+
+def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
+    names = sorted(namespaces)
+    target = _target_parameters(names)
+    cache_headers = {
+        "X-Cache": {
+            "description": "How the answer was produced.",
+            "schema": {"type": "string", "enum": ["HIT", "EARLY", "STALE", "MISS", "NEGATIVE"]},
+        },
+        "Age": {
+            "description": "Seconds since the origin call that produced the value started.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "Cache-Control": {"description": "max-age=N, stale-while-revalidate=M", "schema": {"type": "string"}},
+        "ETag": {"description": "Strong validator of the value.", "schema": {"type": "string"}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "herdless",
+            "version": "1",
+            "description": (
+                "Cache-stampede protection in front of a slow origin. Every error is JSON "
+                '`{"error": code, "detail": text}`.'
+            ),
+        },
+        "paths": {
+            "/v1/cache/{namespace}/{key}": {
+                "get": {
+                    "operationId": "readCache",
+                    "summary": "Read a key through the cache",
+                    "parameters": [
+                        *target,
+                        {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The origin's bytes, with the origin's content type.",
+                            "headers": cache_headers,
+                            "content": {"*/*": {"schema": {}}},
+                        },
+                        "304": {"description": "If-None-Match matched the stored ETag.", "headers": cache_headers},
+                        **_TARGET_ERRORS,
+                        "404": {
+                            "description": "No such namespace, or the origin has no value for the key (cached).",
+                            "headers": cache_headers,
+                            "content": {"application/json": {"schema": _ERROR}},
+                        },
+                        "502": _error("The origin failed and no stale value exists.", retry_after=True),
+                        "503": _error(
+                            "The cold-miss wait timed out, too many requests wait, or Redis/the broker is unreachable.",
+                            retry_after=True,
+                        ),
+                    },
+                },
+                "delete": {
+                    "operationId": "purgeCache",
+                    "summary": "Purge a key (admin); ?soft=1 only marks it stale",
+                    "security": [{"adminToken": []}],
+                    "parameters": [
+                        *target,
+                        {
+                            "name": "soft",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["1", "true", "yes", "0", "false", "no"]},
+                        },
+                    ],
+                    "responses": {
+                        "204": {"description": "Purged (or nothing was stored)."},
+                        **_TARGET_ERRORS,
+                        **_ADMIN_ERRORS,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/v1/cache/{namespace}/{key}/refresh": {
+                "post": {
+                    "operationId": "refreshCache",
+                    "summary": "Enqueue a refresh of a key (admin)",
+                    "security": [{"adminToken": []}],
+                    "parameters": target,
+                    "responses": {
+                        "202": {
+                            "description": "Enqueued, or a refresh is already running or cooling down.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Refresh"}}},
+                        },
+                        **_TARGET_ERRORS,
+                        **_ADMIN_ERRORS,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness: the process answers",
+                    "responses": {
+                        "200": {
+                            "description": "Alive.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status"],
+                                        "properties": {"status": {"const": "ok"}},
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: Redis and the broker answer",
+                    "responses": {
+                        "200": {
+                            "description": "Ready.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ready"}}},
+                        },
+                        "503": {
+                            "description": "Redis or the broker is unreachable.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ready"}}},
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of this web tier",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}},
+            "headers": {
+                "RetryAfter": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+                "Refresh": {
+                    "type": "object",
+                    "required": ["enqueued"],
+                    "properties": {"enqueued": {"type": "boolean"}, "reason": {"type": "string"}},
+                },
+                "Ready": {
+                    "type": "object",
+                    "required": ["status", "checks"],
+                    "properties": {
+                        "status": {"enum": ["ready", "unavailable"]},
+                        "checks": {
+                            "type": "object",
+                            "properties": {"redis": {"type": "string"}, "broker": {"type": "string"}},
+                        },
+                        "error": {"type": "string"},
+                        "detail": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    return jsonify(build_openapi(current_app.extensions["herdless"]["namespaces"]))
