@@ -63,9 +63,7 @@ def test_the_document_is_valid_openapi_3_1_and_served_live(stack: Stack) -> None
 
 
 def test_every_route_is_documented_and_every_documented_operation_is_routed(tmp_path: Path) -> None:
-    settings = Settings(
-        redis_url="redis://127.0.0.1:1/0", namespaces_file=Path(write_namespaces(tmp_path, NAMESPACES))
-    )
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", namespaces_file=Path(write_namespaces(tmp_path, NAMESPACES)))
     app = create_app(settings)
     doc = build_openapi(app.extensions["herdless"]["namespaces"])
     adapter = app.url_map.bind("localhost")
