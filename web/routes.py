@@ -292,7 +292,7 @@ def readyz() -> Response:
         checks["redis"] = f"unreachable ({type(exc).__name__})"
     try:
         with ext["celery"].connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=1)
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=1)
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unreachable ({type(exc).__name__})"

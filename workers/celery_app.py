@@ -37,6 +37,7 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_consumer="workers.consumer:PromptReconnectConsumer",
         task_default_queue=QUEUE,
         task_queues=[Queue(QUEUE, routing_key=QUEUE, queue_arguments={"x-max-priority": 10})],
         task_default_priority=None,
