@@ -1,0 +1,149 @@
+"""The admin API lets nobody in without the token, and neither the token nor the Redis password
+ever shows in a log, /readyz or an error body (password-protected Redis, Redis outage included)."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from tests.e2e.conftest import write_namespaces
+from tests.faults.observe import TrafficLoop, read_logs
+from tests.stack import ROOT, RedisServer, Stack, wait_until
+
+ADMIN = "adm1n-T0ken-7f3c9e"
+REDIS_PASSWORD = "r3dis-Pa55-b81d0a"
+NAMESPACES = """
+[namespaces.demo]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+"""
+
+
+def _assert_secret_free(text: str, where: str) -> None:
+    assert ADMIN not in text, f"the admin token leaked into {where}"
+    assert REDIS_PASSWORD not in text, f"the Redis password leaked into {where}"
+
+
+def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis", password=REDIS_PASSWORD).start()
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
+        "ORIGIN_LATENCY_MS": "20",
+        "ADMIN_TOKEN": ADMIN,
+        "LOG_LEVEL": "debug",
+    }
+    bodies: list[str] = []
+    try:
+        with Stack(tmp_path, env=env, redis=redis) as stack:
+            assert stack.redis_url.startswith(f"redis://:{REDIS_PASSWORD}@")
+            key = "guarded"
+            url = stack.url("demo", key)
+            before = stack.get("demo", key).json()
+            attempts = {
+                "no header": {},
+                "empty bearer": {"Authorization": "Bearer "},
+                "basic scheme": {"Authorization": "Basic " + ADMIN},
+                "token without scheme": {"Authorization": ADMIN},
+            }
+            for name, headers in attempts.items():
+                for r in (
+                    requests.post(url + "/refresh", headers=headers, timeout=5),
+                    requests.delete(url, headers=headers, timeout=5),
+                ):
+                    assert r.status_code == 401, (name, r.status_code, r.text)
+                    assert r.json()["error"] == "unauthorized"
+                    bodies.append(r.text)
+            wrong_tokens = ["nope", ADMIN[:-1], ADMIN + "x", ADMIN.upper(), "x" * len(ADMIN), REDIS_PASSWORD]
+            for token in wrong_tokens:
+                headers = {"Authorization": f"Bearer {token}"}
+                for r in (
+                    requests.post(url + "/refresh", headers=headers, timeout=5),
+                    requests.delete(url, headers=headers, timeout=5),
+                ):
+                    assert r.status_code == 403, (token, r.status_code, r.text)
+                    assert r.json()["error"] == "forbidden"
+                    bodies.append(r.text)
+            # Nothing changed: no refresh ran, nothing was purged.
+            after = stack.get("demo", key)
+            assert after.headers["X-Cache"] == "HIT" and after.json() == before
+            assert stack.origin_stats()["per_key"][key] == 1
+
+            good = {"Authorization": f"Bearer {ADMIN}"}
+            assert requests.post(url + "/refresh", headers=good, timeout=5).status_code == 202
+            wait_until(lambda: stack.get("demo", key).json()["count"] == 2, 10, "the authorised refresh")
+
+            # Error bodies of every kind, and /readyz healthy and broken.
+            for path in ["/v1/cache/demo/a%00b", "/v1/cache/nope/k", "/v1/cache/demo/", "/nowhere"]:
+                bodies.append(requests.get(stack.web_url + path, timeout=5).text)
+            ready = requests.get(stack.web_url + "/readyz", timeout=5)
+            assert ready.status_code == 200
+            bodies.append(ready.text)
+
+            with TrafficLoop([stack.url("demo", "k1"), stack.url("demo", "cold-during-outage")]) as traffic:
+                wait_until(lambda: len(traffic.samples) > 3, 10, "traffic")
+                redis.stop()
+                down = wait_until(
+                    lambda: (r := requests.get(stack.web_url + "/readyz", timeout=5)).status_code == 503 and r.text,
+                    10,
+                    "/readyz to report the outage",
+                )
+                bodies.append(down)
+                wait_until(lambda: any(s.status == 503 for s in traffic.samples), 10, "503s during the outage")
+                redis.start()
+                wait_until(
+                    lambda: requests.get(stack.web_url + "/readyz", timeout=5).status_code == 200,
+                    15,
+                    "readiness after Redis returned",
+                )
+            bodies += [s.body.decode("utf-8", "replace") for s in traffic.samples if s.status >= 400]
+            assert any("redis_unavailable" in b for b in bodies)
+            for body in bodies:
+                _assert_secret_free(body, "a response body")
+
+            # The admin API with no ADMIN_TOKEN configured is off for everyone.
+            stack.procs["web"].stop()
+            stack.start_web_tier(extra_env={"ADMIN_TOKEN": ""})
+            warm = stack.get("demo", key).json()  # (Redis restarted empty above)
+            for headers in ({}, good, {"Authorization": "Bearer "}):
+                r = requests.delete(url, headers=headers, timeout=5)
+                assert r.status_code == 403 and r.json()["error"] == "admin_disabled", r.text
+                r = requests.post(url + "/refresh", headers=headers, timeout=5)
+                assert r.status_code == 403 and r.json()["error"] == "admin_disabled", r.text
+            after = stack.get("demo", key)
+            assert after.headers["X-Cache"] == "HIT" and after.json() == warm
+
+            logs = read_logs(stack)
+            assert "ready." in logs and "redis unavailable" in logs  # the logs are real and saw the outage
+            _assert_secret_free(logs, "a process log")
+    finally:
+        redis.stop()
+
+
+def test_the_token_is_compared_in_constant_time() -> None:
+    from web import routes
+
+    source = inspect.getsource(routes._require_admin)
+    assert "hmac.compare_digest" in source and "==" not in source.split("compare_digest", 1)[1].split("\n")[0]
+
+
+def test_a_settings_error_names_the_variable_but_not_the_secrets() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_URL": f"http://:{REDIS_PASSWORD}@127.0.0.1:1/0",
+        "ADMIN_TOKEN": ADMIN,
+        "CELERY_BROKER_URL": f"ftp://guest:{REDIS_PASSWORD}@127.0.0.1/",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", "from shared.settings import load_settings; load_settings()"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "REDIS_URL" in proc.stderr and "CELERY_BROKER_URL" in proc.stderr, proc.stderr
+    _assert_secret_free(proc.stdout + proc.stderr, "the settings error")
