@@ -50,7 +50,7 @@ def test_cold_waiters_beyond_the_limit_get_503_immediately(tmp_path: Path) -> No
         refused = [r for r in results if r[0] == 503]
         assert len(served) + len(refused) == CLIENTS, [(r[0], r[3][:80]) for r in results]
         assert len(served) == LIMIT, [(r[0], r[3][:80]) for r in results]
-        for status, elapsed, headers, body in refused:
+        for _, elapsed, headers, body in refused:
             assert '"too_many_waiters"' in body, body
             assert int(headers["Retry-After"]) >= 1
             assert elapsed < 0.5 * ORIGIN_MS / 1000, elapsed  # refused at once, not after waiting
