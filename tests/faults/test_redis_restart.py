@@ -1,0 +1,98 @@
+"""Redis dies mid-traffic and comes back on the same port: fast 503s meanwhile, service after."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import requests
+
+from tests.e2e.conftest import write_namespaces
+from tests.faults.observe import TrafficLoop, worker_metric
+from tests.stack import Stack, wait_until
+
+NAMESPACES = """
+[namespaces.hot]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
+[namespaces.swr]
+strategy = "swr"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+"""
+OUTAGE_SECONDS = 3.0
+OUTAGE_ANSWER_LIMIT = 1.0
+RECOVERY_LIMIT = 2.0
+
+
+def test_redis_restart_gives_fast_503s_then_service_without_restarting_anything(tmp_path: Path) -> None:
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
+        "ORIGIN_LATENCY_MS": "20",
+        "LEASE_TTL_SECONDS": "2",
+        "WEB_CONCURRENCY": "2",
+    }
+    with Stack(tmp_path, env=env) as stack:
+        keys = [("hot", "a"), ("hot", "b"), ("swr", "c"), ("swr", "d")]
+        for ns, key in keys:
+            assert stack.get(ns, key).status_code == 200
+        pids_before = {name: proc.pid for name, proc in stack.procs.items()}
+        written_before = worker_metric(stack, "herdless_refresh_total", outcome="written")
+
+        with TrafficLoop([stack.url(ns, k) for ns, k in keys], timeout=5, pause=0.02) as traffic:
+            wait_until(lambda: len(traffic.samples) >= 10, 10, "traffic before the outage")
+            assert all(s.status == 200 for s in traffic.samples)
+
+            killed_at = time.monotonic()
+            stack.redis.stop()  # SIGKILL
+            # "A few seconds": long enough that a client backing off 2, 4, 6 s would miss the return.
+            wait_until(
+                lambda: traffic.since(killed_at) and traffic.samples[-1].at - killed_at >= OUTAGE_SECONDS,
+                15,
+                "traffic during the outage",
+            )
+            t0 = time.monotonic()
+            ready = requests.get(stack.web_url + "/readyz", timeout=5)
+            readyz_seconds = time.monotonic() - t0
+
+            restarted_at = time.monotonic()
+            stack.redis.start()
+            wait_until(
+                lambda: any(s.status == 200 for s in traffic.since(restarted_at)), 10, "a success after the restart"
+            )
+            wait_until(
+                lambda: len(traffic.since(restarted_at + RECOVERY_LIMIT)) >= 20, 15, "traffic after the recovery limit"
+            )
+
+        during = [s for s in traffic.since(killed_at) if s.at < restarted_at]
+        assert during, "no request was made during the outage"
+        slow = [s for s in during if s.elapsed > OUTAGE_ANSWER_LIMIT]
+        assert not slow, f"{len(slow)} requests took over {OUTAGE_ANSWER_LIMIT}s: {[round(s.elapsed, 2) for s in slow]}"
+        # A request already past its Redis read when Redis died may still be answered; all others are 503 JSON.
+        not_503 = [s for s in during if s.status != 503]
+        assert len(not_503) <= 2 and all(s.status == 200 for s in not_503), [(s.status, s.body[:80]) for s in not_503]
+        for s in during:
+            if s.status == 503:
+                assert s.headers["Content-Type"].startswith("application/json")
+                assert json.loads(s.body)["error"] == "redis_unavailable"
+                assert "Retry-After" in s.headers
+
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unreachable")
+        assert readyz_seconds < OUTAGE_ANSWER_LIMIT, readyz_seconds
+
+        first_ok = min(s.at + s.elapsed for s in traffic.since(restarted_at) if s.status == 200)
+        assert first_ok - restarted_at < RECOVERY_LIMIT, first_ok - restarted_at
+        late = traffic.since(restarted_at + RECOVERY_LIMIT)
+        assert all(s.status == 200 for s in late), [(s.status, s.body[:80]) for s in late if s.status != 200][:5]
+        assert requests.get(stack.web_url + "/readyz", timeout=5).status_code == 200
+
+        # Redis came back empty: the values were refreshed again by the same worker processes.
+        assert worker_metric(stack, "herdless_refresh_total", outcome="written") >= written_before + len(keys)
+        per_key = stack.origin_stats()["per_key"]
+        assert all(per_key[key] >= 2 for _, key in keys), per_key
+        new = stack.get("hot", "after-restart")
+        assert new.status_code == 200 and new.headers["X-Cache"] == "MISS"
+        assert {name: proc.pid for name, proc in stack.procs.items()} == pids_before
+        assert all(proc.alive() for proc in stack.procs.values())
