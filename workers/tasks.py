@@ -23,9 +23,10 @@ def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -
 
 
 @signals.task_revoked.connect
-def _count_expired(request: Any = None, expired: bool = False, **_: Any) -> None:
+def _count_expired(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     # A refresh that waited past its lease is discarded unrun (the task's `expires`).
-    if expired and request is not None and request.name == REFRESH_TASK:
+    # `request` is a task Context here, which has no `name`: the task is the sender.
+    if expired and request is not None and getattr(sender, "name", None) == REFRESH_TASK:
         namespace = (request.kwargs or {}).get("namespace", "")
         if namespace in get_context(get_settings()).namespaces:
             metrics.REFRESHES.labels(namespace, "expired").inc()

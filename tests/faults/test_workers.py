@@ -1,0 +1,176 @@
+"""Workers stopping, dying and going missing: refreshes finish, move elsewhere or are discarded."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.e2e.conftest import write_namespaces
+from tests.faults.observe import TrafficLoop, worker_metric
+from tests.stack import Stack, wait_until
+
+NAMESPACES = """
+[namespaces.k]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
+[namespaces.swr]
+strategy = "swr"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+"""
+BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
+
+
+def queued_refreshes(redis: Any) -> list[tuple[str, datetime | None]]:
+    """(key, expires) of every refresh message waiting in the Redis broker's priority lists."""
+    found = []
+    for name in BROKER_LISTS:
+        for raw in redis.lrange(name, 0, -1):
+            envelope = json.loads(raw)
+            _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+            expires = envelope["headers"].get("expires")
+            found.append((kwargs["key"], datetime.fromisoformat(expires) if expires else None))
+    return found
+
+
+def test_sigterm_during_a_refresh_lets_it_finish_and_write(tmp_path: Path) -> None:
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
+        "ORIGIN_LATENCY_MS": "1500",
+        "COLD_WAIT_TIMEOUT_SECONDS": "15",
+    }
+    with Stack(tmp_path, env=env) as stack:
+        answers: list[requests.Response] = []
+        waiter = threading.Thread(target=lambda: answers.append(stack.get("k", "graceful", timeout=30)))
+        waiter.start()
+        wait_until(lambda: stack.origin_stats()["per_key"].get("graceful") == 1, 10, "the refresh's origin call")
+        worker = stack.procs["w1"]
+        os.kill(worker.pid, signal.SIGTERM)  # to the main process only, as systemd or Kubernetes would
+        wait_until(lambda: not worker.alive(), 30, "the worker to finish its refresh and exit")
+        waiter.join(10)
+
+        assert worker.popen.returncode == 0
+        log = worker.output()
+        assert "Warm shutdown" in log and "succeeded" in log and "'written'" in log
+        assert answers and answers[0].status_code == 200 and answers[0].json()["count"] == 1
+        # Written to Redis: served with no worker left, and the broker holds nothing to redo.
+        r = stack.get("k", "graceful")
+        assert r.headers["X-Cache"] == "HIT" and r.json()["count"] == 1
+        redis = stack.redis.client()
+        assert queued_refreshes(redis) == [] and redis.hlen("unacked") == 0
+        assert stack.origin_stats()["per_key"]["graceful"] == 1
+
+
+def test_sigkill_of_one_of_two_worker_hosts_moves_the_refresh_to_the_other(tmp_path: Path) -> None:
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
+        "LEASE_TTL_SECONDS": "2",
+        "ORIGIN_LATENCY_MS": "50",
+    }
+    with Stack(tmp_path, env=env, workers=0) as stack:
+        hosts = {name: stack.start_worker(name, wait=True) for name in ("host-a", "host-b")}
+        assert all(f"{name}@" in proc.output() for name, proc in hosts.items())  # two node names
+        key = "two-hosts"
+        v1 = stack.get("swr", key).json()
+        stack.origin_config(latency_ms=4000)
+        received = {name: proc.output().count("received") for name, proc in hosts.items()}
+
+        with TrafficLoop([stack.url("swr", key)], timeout=5, pause=0.05) as traffic:
+            wait_until(lambda: stack.origin_stats()["per_key"].get(key) == 2, 10, "the stale refresh's origin call")
+            busy = [n for n, p in hosts.items() if p.output().count("received") > received[n]]
+            assert len(busy) == 1, busy
+            victim, survivor = busy[0], next(n for n in hosts if n != busy[0])
+            written_by_survivor = hosts[survivor].output().count("'written'")
+            hosts[victim].stop(signal.SIGKILL)  # the whole "host": main process and pool children
+            stack.origin_config(latency_ms=50)
+
+            def refreshed_by_survivor() -> bool:
+                r = stack.get("swr", key)
+                return r.status_code == 200 and r.json()["count"] >= 3
+
+            wait_until(refreshed_by_survivor, 20, "a refresh by the surviving host")
+
+        assert hosts[survivor].output().count("'written'") > written_by_survivor
+        assert not hosts[victim].alive()
+        failed = [(s.status, s.body[:80]) for s in traffic.samples if s.status != 200]
+        assert not failed, failed[:5]
+        # Every read was served from the cache (stale while the killed refresh hung), never waited on the origin.
+        assert max(s.elapsed for s in traffic.samples) < 1.0
+        assert v1["count"] == 1
+
+
+def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_discarded_on_return(
+    tmp_path: Path,
+) -> None:
+    lease_ttl = 1.0
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
+        "LEASE_TTL_SECONDS": str(lease_ttl),
+        "ORIGIN_LATENCY_MS": "20",
+    }
+    with Stack(tmp_path, env=env) as stack:
+        redis = stack.redis.client()
+        keys = [f"absent-{i}" for i in range(4)]
+        originals = {k: stack.get("swr", k).json() for k in keys}
+        stack.stop_worker("w1")  # graceful: nothing in flight
+        calls_while_absent = stack.origin_stats()["calls"]
+        live_per_key: Counter[str] = Counter()
+        most_queued = 0
+
+        with TrafficLoop([stack.url("swr", k) for k in keys], timeout=5, pause=0.02) as traffic:
+            started = time.monotonic()
+
+            def absent_long_enough() -> bool:
+                # Sample the broker: each key may have at most one refresh that is still alive.
+                nonlocal most_queued
+                queued = queued_refreshes(redis)
+                now = datetime.now().astimezone()
+                live = Counter(k for k, expires in queued if expires is None or expires > now)
+                for k, n in live.items():
+                    live_per_key[k] = max(live_per_key[k], n)
+                most_queued = max(most_queued, len(queued))
+                return time.monotonic() - started > 3.5 * lease_ttl
+
+            wait_until(absent_long_enough, 15, "several lease lifetimes without workers", interval=0.1)
+            assert stack.origin_stats()["calls"] == calls_while_absent  # nobody called the origin
+            stale = traffic.since(started)
+            assert stale and all(s.status == 200 for s in stale), [(s.status, s.body[:80]) for s in stale][:5]
+            assert all(json.loads(s.body) in originals.values() for s in stale)
+            assert all(s.headers["X-Cache"] == "STALE" for s in stale[len(keys) :])
+
+            assert set(live_per_key) == set(keys) and max(live_per_key.values()) == 1, live_per_key
+            # Leases ran out while nobody worked, so dead refreshes piled up behind the live ones.
+            queued = queued_refreshes(redis)
+            assert len(queued) > len(keys) and most_queued <= len(keys) * (3.5 + 2), queued
+
+            calls_before_return = stack.origin_stats()["calls"]
+            stack.start_worker("w2", wait=True)
+
+            def refreshed() -> bool:
+                return all(stack.get("swr", k).json()["count"] >= 2 for k in keys)
+
+            wait_until(refreshed, 15, "fresh refreshes after the workers returned")
+
+        wait_until(lambda: not queued_refreshes(redis), 10, "the queue to drain")
+        discarded = worker_metric(stack, "herdless_refresh_total", outcome="expired") + worker_metric(
+            stack, "herdless_refresh_total", outcome="lost_lease"
+        )
+        written = worker_metric(stack, "herdless_refresh_total", outcome="written")
+        assert worker_metric(stack, "herdless_refresh_total", outcome="expired") >= 1
+        assert discarded >= len(queued) - len(keys), (discarded, len(queued))
+        # Discarded refreshes never reached the origin: every origin call since the return was a write.
+        calls_since = stack.origin_stats()["calls"] - calls_before_return
+        assert calls_since == worker_metric(stack, "herdless_origin_calls_total", outcome="ok") == written
+        assert re.search(r"Discarding revoked task|expired", stack.procs["w2"].output())
