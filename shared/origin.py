@@ -73,6 +73,9 @@ class HttpOrigin:
                 timeout=urllib3.Timeout(connect=min(self.timeout, 3.0), read=self.timeout),
                 headers={"Accept": "*/*", "User-Agent": "herdless"},
             )
+        except urllib3.exceptions.NewConnectionError as exc:
+            # A subclass of ConnectTimeoutError in urllib3 2, but a refused connection is no timeout.
+            raise OriginError(f"origin unreachable: {type(exc).__name__}") from exc
         except urllib3.exceptions.TimeoutError as exc:
             raise OriginTimeout(f"origin timed out after {self.timeout:g}s") from exc
         except urllib3.exceptions.HTTPError as exc:

@@ -4,6 +4,7 @@ records every call: when it started and ended, and how many were in flight at on
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class FixtureOrigin:
     max_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
+    _connections: set[socket.socket] = field(default_factory=set)
 
     @property
     def base_url(self) -> str:
@@ -43,6 +45,16 @@ class FixtureOrigin:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with origin._lock:
+                    origin._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with origin._lock:
+                    origin._connections.discard(self.connection)
+                super().finish()
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass
@@ -80,6 +92,14 @@ class FixtureOrigin:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        # Like a dead process: kept-alive connections go too, not just the listening socket.
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def set(self, mode: Mode | None = None, latency: float | None = None) -> None:
         with self._lock:
