@@ -1,0 +1,178 @@
+"""The cache on a real 3-master Redis Cluster (broker on a plain Redis): single flight still holds
+and no script fails with CROSSSLOT."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.e2e.conftest import write_namespaces
+from tests.faults.observe import read_logs, worker_metric
+from tests.stack import RedisServer, Stack, free_port, wait_until
+
+NAMESPACES = """
+[namespaces.herd]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
+[namespaces.fast]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+"""
+ADMIN = "cluster-admin"
+HERD = 60
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 <= 65535 and port_free(port + 10000):
+            return port
+    raise AssertionError("no free port pair for a cluster node")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    assert shutil.which("redis-cli"), "redis-cli is not installed (make test installs redis-tools)"
+    tmp = tmp_path_factory.mktemp("cluster")
+    nodes: list[RedisServer] = []
+    try:
+        for i in range(3):
+            node = RedisServer(
+                tmp / f"node{i}",
+                port=cluster_port(),
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{i}.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+            nodes.append(node.start())
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{n.port}" for n in nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+        def cluster_ok() -> bool:
+            return all(n.client(decode_responses=True).cluster("info")["cluster_state"] == "ok" for n in nodes)
+
+        wait_until(cluster_ok, 20, "the cluster to be ok on every node")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("cluster-stack")
+    broker = RedisServer(tmp / "broker").start()
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
+        "REDIS_CLUSTER": "true",
+        "REDIS_URL": f"redis://127.0.0.1:{cluster[1].port}/0",
+        "CELERY_BROKER_URL": broker.url,
+        "ORIGIN_LATENCY_MS": "150",
+        "ADMIN_TOKEN": ADMIN,
+        "LEASE_TTL_SECONDS": "3",
+    }
+    try:
+        with Stack(tmp, env=env, redis=broker) as s:
+            yield s
+    finally:
+        broker.stop()
+
+
+def test_a_cold_herd_on_a_cluster_costs_one_origin_call_per_key(stack: Stack, cluster: list[RedisServer]) -> None:
+    keys = [f"cluster-herd-{i}" for i in range(6)]  # hash tags spread over the three masters
+    barrier = threading.Barrier(HERD)
+
+    def one(i: int) -> tuple[str, int, bytes]:
+        key = keys[i % len(keys)]
+        barrier.wait()
+        r = requests.get(stack.url("herd", key), timeout=30)
+        return key, r.status_code, r.content
+
+    with ThreadPoolExecutor(HERD) as pool:
+        results = list(pool.map(one, range(HERD)))
+    assert {status for _, status, _ in results} == {200}, [r for r in results if r[1] != 200][:3]
+    for key in keys:
+        assert len({body for k, _, body in results if k == key}) == 1
+    per_key = stack.origin_stats()["per_key"]
+    assert all(per_key[k] == 1 for k in keys), per_key
+    # Waiters were woken by the "ready" published through the cluster, not by the 1 s safety-net re-read.
+    t0 = time.monotonic()
+    assert stack.get("herd", "woken-by-pubsub").status_code == 200
+    assert time.monotonic() - t0 < 0.15 + 0.5
+    # The entries really live on different masters.
+    holders = {n.port for n in cluster for k in keys if n.client().keys(f"hl:{{herd:{k}}}:e")}
+    assert len(holders) >= 2, holders
+
+
+def test_refresh_purge_and_breaker_work_on_a_cluster(stack: Stack) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    # Hot key: XFetch / stale refreshes and fenced writes on the cluster.
+    first = stack.get("fast", "hot").json()
+    wait_until(lambda: stack.get("fast", "hot").json()["count"] >= first["count"] + 2, 10, "two refreshes")
+    url = stack.url("herd", "admin-key")
+    assert stack.get("herd", "admin-key").json()["count"] == 1
+    assert requests.post(url + "/refresh", headers=auth, timeout=5).status_code == 202
+    wait_until(lambda: stack.get("herd", "admin-key").json()["count"] == 2, 10, "the manual refresh")
+    assert requests.delete(url + "?soft=1", headers=auth, timeout=5).status_code == 204
+    assert stack.get("herd", "admin-key").headers["X-Cache"] == "STALE"
+    wait_until(lambda: stack.get("herd", "admin-key").json()["count"] == 3, 10, "the refresh after a soft purge")
+    assert requests.delete(url, headers=auth, timeout=5).status_code == 204
+    assert stack.get("herd", "admin-key").json()["count"] == 4
+    ready = requests.get(stack.web_url + "/readyz", timeout=5)
+    assert ready.status_code == 200, ready.text
+
+    # A failing origin: errors counted by the breaker kept in the cluster, stale still served.
+    stack.origin_config(failure_rate=1.0)
+    try:
+        wait_until(
+            lambda: (
+                stack.get("fast", "hot").status_code == 200
+                and worker_metric(stack, "herdless_origin_calls_total", outcome="error") >= 1
+            ),
+            10,
+            "an origin error on the cluster",
+        )
+    finally:
+        stack.origin_config(failure_rate=0.0)
+    assert worker_metric(stack, "herdless_refresh_total", outcome="written") >= 4
+
+    logs = read_logs(stack)
+    assert "CROSSSLOT" not in logs
+    assert "Traceback" not in logs, logs[logs.find("Traceback") - 500 : logs.find("Traceback") + 2500]
