@@ -319,7 +319,8 @@ class OpenLoopRun:
             origin = str(origin_cum[-1] - origin_cum[-2])
         total_s = self.cfg.duration if self.cfg.scenario != "cold-herd" else self.cfg.timeout
         self.progress.show(
-            f"t={k:>3}/{total_s:.0f}s sent={self._sent} req/s={reqs} max={1000 * self._sec_latency_max.get(sec, 0):.0f}ms "
+            f"t={k:>3}/{total_s:.0f}s sent={self._sent} req/s={reqs}"
+            f" max={1000 * self._sec_latency_max.get(sec, 0):.0f}ms "
             f"{mix or '-'} errors={errs} origin/s={origin} queue={'?' if depth is None else f'{depth:.0f}'}"
             f" conns={self.pool.open_count}"
         )
@@ -419,7 +420,8 @@ class OpenLoopRun:
             per_key = {k: v - before.per_key.get(k, 0) for k, v in after.per_key.items()}
         if self.max_age_seen is not None and self.max_age_seen > cfg.ttl + 1:
             notes.append(
-                f"responses carried max-age up to {self.max_age_seen}s but the report assumes TTL {cfg.ttl:g}s: "
+                f"responses carried max-age up to {self.max_age_seen}s but the report assumes TTL"
+                f" {cfg.ttl:g}s: "
                 "start the stack with CACHE_TTL_SECONDS matching --ttl, or pass --ttl"
             )
         outage = None
