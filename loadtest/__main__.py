@@ -47,9 +47,7 @@ def check_bounds(args: argparse.Namespace) -> None:
     for name in ("url", "origin_url"):
         url = getattr(args, name, None)
         if url and not is_loopback_url(url):
-            raise Refused(
-                f"--{name.replace('_', '-')} {url} is not a loopback address (add --force if you mean it)"
-            )
+            raise Refused(f"--{name.replace('_', '-')} {url} is not a loopback address (add --force if you mean it)")
     for url in getattr(args, "metrics_url", None) or []:
         if not is_loopback_url(url):
             raise Refused(f"--metrics-url {url} is not a loopback address (add --force if you mean it)")
@@ -61,9 +59,7 @@ def check_bounds(args: argparse.Namespace) -> None:
         raise Refused(f"--duration {duration:g} is above {MAX_DURATION}s (add --force if you mean it)")
     minutes = getattr(args, "minutes", None)
     if minutes is not None and minutes * 60 > MAX_DURATION:
-        raise Refused(
-            f"--minutes {minutes:g} is above {MAX_DURATION // 60} minutes (add --force if you mean it)"
-        )
+        raise Refused(f"--minutes {minutes:g} is above {MAX_DURATION // 60} minutes (add --force if you mean it)")
     clients = getattr(args, "clients", None)
     if clients is not None and clients > MAX_CLIENTS:
         raise Refused(f"--clients {clients} is above {MAX_CLIENTS} (add --force if you mean it)")
@@ -106,9 +102,7 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
     p.add_argument("--rate", type=float, default=rate, help="requests per second (default %(default)s)")
     p.add_argument("--duration", type=float, default=duration, help="seconds (default %(default)s)")
     p.add_argument("--keys", type=int, default=100, help="distinct keys (default %(default)s)")
-    p.add_argument(
-        "--zipf", type=float, default=1.1, help="Zipf exponent of key popularity (default %(default)s)"
-    )
+    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of key popularity (default %(default)s)")
     p.add_argument(
         "--ttl",
         type=float,
@@ -117,9 +111,7 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
         "start the stack with the same value",
     )
     p.add_argument("--arrivals", choices=ARRIVALS, default="poisson")
-    p.add_argument(
-        "--clients", type=int, default=1000, help="cold-herd: simultaneous clients (default %(default)s)"
-    )
+    p.add_argument("--clients", type=int, default=1000, help="cold-herd: simultaneous clients (default %(default)s)")
     p.add_argument(
         "--warmup", type=float, default=None, help="seconds excluded from after-warm-up figures (default TTL)"
     )
@@ -182,10 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(one_line(summary))
     if summary.get("cold_herd"):
         herd = summary["cold_herd"]
-        print(
-            f"cold herd: {herd['clients']} clients -> {herd['origin_calls']} origin call(s),"
-            f" {herd['errors']} errors"
-        )
+        print(f"cold herd: {herd['clients']} clients -> {herd['origin_calls']} origin call(s), {herd['errors']} errors")
     if summary.get("outage"):
         o = summary["outage"]
         print(
@@ -250,14 +239,8 @@ def cmd_hitbench(args: argparse.Namespace) -> int:
     result["machine"] = machine_description()
     (directory / "report.json").write_text(json.dumps(result, indent=1))
     (directory / "report.md").write_text(hitbench_markdown(result, command_line(), result["machine"]))
-    print(
-        f"herdless: {result['herdless']['median_req_per_s']} req/s (rounds"
-        f" {result['herdless']['rounds_req_per_s']})"
-    )
-    print(
-        f"baseline: {result['baseline']['median_req_per_s']} req/s (rounds"
-        f" {result['baseline']['rounds_req_per_s']})"
-    )
+    print(f"herdless: {result['herdless']['median_req_per_s']} req/s (rounds {result['herdless']['rounds_req_per_s']})")
+    print(f"baseline: {result['baseline']['median_req_per_s']} req/s (rounds {result['baseline']['rounds_req_per_s']})")
     print(f"ratio herdless/baseline: {result['ratio']}")
     print(f"report: {directory / 'report.md'}")
     return 0
@@ -301,20 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="demo")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
-        "compare", help="the same scenario against each strategy's namespace, one after another"
-    )
+    p = sub.add_parser("compare", help="the same scenario against each strategy's namespace, one after another")
     add_target_args(p)
     add_workload_args(p, rate=200, duration=15)
     p.add_argument("--namespaces", default=DEFAULT_NAMESPACES, help="comma-separated (default %(default)s)")
-    p.add_argument(
-        "--pause", type=float, default=1.0, help="seconds between strategies (default %(default)s)"
-    )
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between strategies (default %(default)s)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser(
-        "hitbench", help="closed-loop throughput of a warm key: web tier vs Flask+redis baseline"
-    )
+    p = sub.add_parser("hitbench", help="closed-loop throughput of a warm key: web tier vs Flask+redis baseline")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--namespace", default="demo")
     p.add_argument(

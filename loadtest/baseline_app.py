@@ -33,9 +33,7 @@ def create_app(redis_url: str | None = None) -> Flask:
     def cached(namespace: str, key: str) -> Response:
         value = client.get(baseline_key(namespace, key))
         if value is None:
-            return Response(
-                b'{"error": "not_found", "detail": "no baseline value"}', 404, mimetype="application/json"
-            )
+            return Response(b'{"error": "not_found", "detail": "no baseline value"}', 404, mimetype="application/json")
         return Response(value, 200, mimetype="application/json", headers={"X-Cache": "HIT"})
 
     @app.get("/healthz")

@@ -108,9 +108,7 @@ def baseline_server(redis_url: str, gunicorn_conf: Path, port: int) -> Iterator[
             f"127.0.0.1:{port}",
             "loadtest.baseline_app:create_app()",
         ]
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             yield proc
         finally:
@@ -131,7 +129,7 @@ async def _get(url: str, path: str) -> tuple[int, str, bytes]:
         pool.close()
 
 
-async def warm_key(url: str, path: str, timeout: float = 20.0) -> bytes:
+async def warm_key(url: str, path: str, timeout: float = 45.0) -> bytes:
     """Request until the web tier answers from cache; return the cached body."""
     deadline = time.monotonic() + timeout
     last = None
@@ -219,9 +217,7 @@ def run_hitbench(
 
     herdless = figures("herdless")
     baseline = figures("baseline")
-    ratio = (
-        herdless["median_req_per_s"] / baseline["median_req_per_s"] if baseline["median_req_per_s"] else None
-    )
+    ratio = herdless["median_req_per_s"] / baseline["median_req_per_s"] if baseline["median_req_per_s"] else None
     return {
         "url": url,
         "baseline_url": base_url,
@@ -257,10 +253,8 @@ def hitbench_markdown(result: dict[str, Any], command: str, machine: str) -> str
             "",
             "| app | median req/s | rounds req/s | errors |",
             "|---|---|---|---|",
-            f"| herdless `{result['namespace']}` | {h['median_req_per_s']} |"
-            f" {h['rounds_req_per_s']} | {h['errors']} |",
-            f"| baseline (Flask + redis-py GET) | {b['median_req_per_s']} | {b['rounds_req_per_s']}"
-            f" | {b['errors']} |",
+            f"| herdless `{result['namespace']}` | {h['median_req_per_s']} | {h['rounds_req_per_s']} | {h['errors']} |",
+            f"| baseline (Flask + redis-py GET) | {b['median_req_per_s']} | {b['rounds_req_per_s']} | {b['errors']} |",
             "",
             f"**Ratio herdless / baseline: {result['ratio']}**",
             "",

@@ -143,9 +143,7 @@ class OpenLoopRun:
         self.run_id = new_run_id()
         self.keyspace = KeySpace(self.run_id, config.keys)
         self.rng = random.Random(config.seed)
-        self.pool = ConnectionPool.for_url(
-            config.url, max_connections=config.max_connections, timeout=config.timeout
-        )
+        self.pool = ConnectionPool.for_url(config.url, max_connections=config.max_connections, timeout=config.timeout)
         self.origin = OriginProbe(config.origin_url)
         self.queue = QueueDepthProbe(config.metrics_urls)
         self.records = Records()
@@ -375,9 +373,7 @@ class OpenLoopRun:
             sampler_task = loop.create_task(self._sampler(stop, origin_cum, origin_all, depth))
             outage_task = None
             if cfg.scenario == "outage":
-                outage_task = loop.create_task(
-                    self._outage(cfg.duration / 3, 2 * cfg.duration / 3, outage_marks)
-                )
+                outage_task = loop.create_task(self._outage(cfg.duration / 3, 2 * cfg.duration / 3, outage_marks))
             try:
                 await self._send_schedule(offsets, keys, raws)
                 if self.in_flight:
@@ -404,12 +400,10 @@ class OpenLoopRun:
         )
         seconds = max(1, math.ceil(cfg.duration)) if cfg.scenario != "cold-herd" else max(1, len(depth))
         per_second = [
-            None if a is None or b is None else b - a
-            for a, b in zip(origin_cum, origin_cum[1:], strict=False)
+            None if a is None or b is None else b - a for a, b in zip(origin_cum, origin_cum[1:], strict=False)
         ]
         per_second_all = [
-            None if a is None or b is None else b - a
-            for a, b in zip(origin_all, origin_all[1:], strict=False)
+            None if a is None or b is None else b - a for a, b in zip(origin_all, origin_all[1:], strict=False)
         ]
         origin_calls = None
         origin_calls_all = None

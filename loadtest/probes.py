@@ -57,7 +57,10 @@ class OriginProbe:
 def parse_queue_depth(metrics_text: str) -> float | None:
     """Sum of every herdless_queue_depth sample in a Prometheus text page, None if absent."""
     values = [float(v) for v in _QUEUE_DEPTH.findall(metrics_text) if v != "NaN"]
-    return sum(values) if values else None
+    if values:
+        return sum(values)
+    # the gauge is declared but has no queue sample yet: nothing is queued
+    return 0.0 if "# TYPE herdless_queue_depth gauge" in metrics_text else None
 
 
 class QueueDepthProbe:

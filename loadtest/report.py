@@ -56,9 +56,7 @@ def run_markdown(summary: dict[str, Any], figures: dict[str, str], command: str)
             f" {run['keys']} keys,"
             f" Zipf {run['zipf']:g}"
         )
-    ttl_line = (
-        f"- TTL assumed {run['ttl_s']:g}s (`--ttl`; the stack must run with `CACHE_TTL_SECONDS` = this)"
-    )
+    ttl_line = f"- TTL assumed {run['ttl_s']:g}s (`--ttl`; the stack must run with `CACHE_TTL_SECONDS` = this)"
     if run.get("max_age_seen_s") is not None:
         ttl_line += f"; largest `max-age` seen in responses: {run['max_age_seen_s']}s"
     lines += [ttl_line, ""]
@@ -181,16 +179,13 @@ def terminal_table(summaries: list[dict[str, Any]]) -> str:
     rows = [header] + compare_rows(summaries)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def write_compare_report(
-    summaries: list[dict[str, Any]], directory: Path, command: str | None = None
-) -> Path:
+def write_compare_report(summaries: list[dict[str, Any]], directory: Path, command: str | None = None) -> Path:
     command = command or command_line()
     per_run_figures = {}
     for s in summaries:
@@ -203,8 +198,7 @@ def write_compare_report(
         f"`{command}`",
         "",
         f"- Machine: {first['machine']}",
-        f"- Stack `{first['url']}`, origin `{first['origin_url']}`; run one after another, each"
-        f" with fresh keys",
+        f"- Stack `{first['url']}`, origin `{first['origin_url']}`; run one after another, each with fresh keys",
         f"- {first['arrivals']} arrivals at {first['rate']:g} req/s for {first['duration_s']:g}s"
         f" per strategy,"
         f" {first['keys']} keys, Zipf {first['zipf']:g}, TTL {first['ttl_s']:g}s"

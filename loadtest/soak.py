@@ -24,9 +24,7 @@ def snapshot_rss(ports: dict[str, int], extra_pids: list[int]) -> list[dict]:
     for pid, role in sorted(stack_processes(ports, extra_pids).items()):
         rss = rss_bytes(pid)
         if rss is not None:
-            rows.append(
-                {"pid": pid, "role": role, "rss_mib": round(rss / 2**20, 1), "cmd": command_line(pid)[:80]}
-            )
+            rows.append({"pid": pid, "role": role, "rss_mib": round(rss / 2**20, 1), "cmd": command_line(pid)[:80]})
     return rows
 
 

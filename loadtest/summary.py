@@ -103,13 +103,9 @@ def summarize(result: RunResult) -> dict[str, Any]:
     }
     miss_code = X_CACHE_CODES.index("MISS")
 
-    key_windows = (
-        distinct_key_windows(zip(keys.tolist(), offset.tolist(), strict=True), cfg.ttl) if completed else 0
-    )
+    key_windows = distinct_key_windows(zip(keys.tolist(), offset.tolist(), strict=True), cfg.ttl) if completed else 0
     calls_per_window = (
-        origin_calls_per_key_window(result.origin_calls, key_windows)
-        if result.origin_calls is not None
-        else None
+        origin_calls_per_key_window(result.origin_calls, key_windows) if result.origin_calls is not None else None
     )
     queue_seen = [q for q in result.queue_depth_per_second if q is not None]
 
