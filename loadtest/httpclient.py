@@ -234,6 +234,7 @@ class ConnectionPool:
         self.open_count = 0
         self.peak_open = 0
         self.connects = 0
+        self.waited = 0  # requests that found every connection busy and the pool at its cap
 
     @classmethod
     def for_url(cls, url: str, **kwargs: object) -> ConnectionPool:
@@ -268,6 +269,7 @@ class ConnectionPool:
             self.open_count -= 1
         if self.open_count < self.max_connections:
             return await self.connect()
+        self.waited += 1
         fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         got = await fut

@@ -93,6 +93,7 @@ class RunResult:
     elapsed: float  # s from offset 0 until every response was in
     peak_connections: int
     connects: int
+    waited_for_connection: int
     max_age_seen: int | None
     outage: dict[str, float | int | None] | None = None
     notes: list[str] = field(default_factory=list)
@@ -446,6 +447,7 @@ class OpenLoopRun:
             elapsed=elapsed,
             peak_connections=self.pool.peak_open,
             connects=self.pool.connects,
+            waited_for_connection=self.pool.waited,
             max_age_seen=self.max_age_seen,
             outage=outage,
             notes=notes,

@@ -90,7 +90,7 @@ def origin_figure(summary: dict[str, Any], path: Path) -> Path:
     ax.plot(ps["t"], origin, color="#d62728", linewidth=1.6, label="origin calls/s")
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("origin calls per second", color="#d62728")
-    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylim(bottom=0, top=max([v for v in origin if v == v] + [1]) * 1.15)
     ax2 = ax.twinx()
     ax2.plot(ps["t"], ps["requests"], color="#1f77b4", linewidth=1.0, alpha=0.7, label="requests/s")
     depth = ps.get("queue_depth") or []

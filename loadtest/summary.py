@@ -145,6 +145,8 @@ def summarize(result: RunResult) -> dict[str, Any]:
             "kept_schedule": bool(kept),
             "peak_connections": result.peak_connections,
             "connects": result.connects,
+            "max_connections": cfg.max_connections,
+            "waited_for_connection": result.waited_for_connection,
         },
         "latency_ms": percentiles_ms(hist),
         "latency_after_warmup_ms": percentiles_ms(hist_warm),
