@@ -159,6 +159,7 @@ class OpenLoopRun:
         self._sec_x: Counter = Counter()
         self._sent = 0
         self._last_send = 0.0
+        self._tasks: set[asyncio.Task] = set()
         self.progress = _Progress(config.progress, config.label or config.namespace)
 
     # ------------------------------------------------------------ helpers
@@ -206,6 +207,9 @@ class OpenLoopRun:
         except OSError as exc:  # connect refused / reset
             self.error_kinds[type(exc).__name__] += 1
             resp = None
+        except asyncio.CancelledError:  # still unanswered when the run gave up waiting
+            self.error_kinds["unanswered"] += 1
+            resp = None
         self._record(offset, loop.time() - intended, lag, key, resp)
         self.in_flight -= 1
         if self.in_flight == 0 and self._all_done is not None:
@@ -218,7 +222,7 @@ class OpenLoopRun:
         n = len(offsets)
         i = 0
         create = loop.create_task
-        tasks: set[asyncio.Task] = set()
+        tasks = self._tasks
         while i < n:
             now = loop.time()
             due = t0 + offsets[i]
@@ -379,7 +383,16 @@ class OpenLoopRun:
                 await self._send_schedule(offsets, keys, raws)
                 if self.in_flight:
                     self._all_done.clear()
-                    await asyncio.wait_for(self._all_done.wait(), timeout=cfg.timeout + 5)
+                    try:
+                        await asyncio.wait_for(self._all_done.wait(), timeout=cfg.timeout + 5)
+                    except TimeoutError:
+                        notes.append(
+                            f"{self.in_flight} requests were still unanswered {cfg.timeout + 5:g}s after"
+                            " the last send; counted as errors"
+                        )
+                        for task in list(self._tasks):
+                            task.cancel()
+                        await asyncio.gather(*self._tasks, return_exceptions=True)
             finally:
                 if outage_task is not None:
                     if not outage_task.done():

@@ -159,6 +159,7 @@ COMPARE_COLUMNS = (
     ("calls/key/TTL window", lambda s: fmt(s["origin"]["calls_per_key_window"], 3)),
     ("p50 ms", lambda s: fmt(s["latency_ms"].get("p50"), 2)),
     ("p99 ms", lambda s: fmt(s["latency_ms"].get("p99"), 2)),
+    ("p99 after warm-up", lambda s: fmt(s["latency_after_warmup_ms"].get("p99"), 2)),
     ("p99.9 ms", lambda s: fmt(s["latency_ms"].get("p99.9"), 2)),
     ("max ms", lambda s: fmt(s["latency_ms"].get("max"), 1)),
     ("errors", lambda s: str(s["errors"]["total"])),

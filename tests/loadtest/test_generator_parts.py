@@ -144,6 +144,7 @@ def _synthetic_result(tmp_ttl: float = 1.0) -> RunResult:
         elapsed=3.2,
         peak_connections=3,
         connects=3,
+        waited_for_connection=0,
         max_age_seen=1,
     )
 
