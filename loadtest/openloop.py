@@ -432,6 +432,11 @@ class OpenLoopRun:
                 f" {cfg.ttl:g}s: "
                 "start the stack with CACHE_TTL_SECONDS matching --ttl, or pass --ttl"
             )
+        elif self.max_age_seen is not None and self.max_age_seen + 1 < cfg.ttl / 2 and len(self.records) > 100:
+            notes.append(
+                f"the largest max-age seen was {self.max_age_seen}s, well below the assumed TTL {cfg.ttl:g}s:"
+                " is the stack's CACHE_TTL_SECONDS shorter than --ttl?"
+            )
         outage = None
         if cfg.scenario == "outage":
             outage = {
