@@ -302,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--round-seconds", type=float, default=5.0)
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--gunicorn-conf", type=Path, default=Path("web/gunicorn.conf.py"))
+    p.add_argument(
+        "--gunicorn-conf",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "web" / "gunicorn.conf.py",
+        help="gunicorn config for the baseline app (default: the web tier's own)",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")

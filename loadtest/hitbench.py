@@ -139,10 +139,12 @@ async def warm_key(url: str, path: str, timeout: float = 45.0) -> bytes:
             last = (status, x_cache)
             if status == 200 and x_cache in ("HIT", "EARLY", "STALE"):
                 return body
+        except ConnectionRefusedError as exc:
+            raise SystemExit(f"hitbench: nothing listens at {url} ({exc}); start the stack or pass --url") from exc
         except (HTTPClientError, OSError) as exc:
             last = exc
         await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url}{path} never answered from cache (last: {last})")
+    raise SystemExit(f"hitbench: {url}{path} never answered from cache (last: {last})")
 
 
 async def wait_ready(url: str, path: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -175,10 +177,17 @@ def run_hitbench(
 
     from loadtest.baseline_app import baseline_key
 
+    store = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
+    try:
+        store.ping()
+    except redis.RedisError as exc:
+        raise SystemExit(
+            f"hitbench: the stack's Redis does not answer at {redis_url} ({exc}); pass --redis-url"
+            " (the REDIS_URL the stack runs with; `make run` prints it)"
+        ) from exc
     key = f"hitbench-{new_run_id()}"
     path = f"/v1/cache/{quote(namespace, safe='')}/{quote(key, safe='')}"
     body = asyncio.run(warm_key(url, path))
-    store = redis.Redis.from_url(redis_url)
     store.set(baseline_key(namespace, key), body, ex=3600)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
