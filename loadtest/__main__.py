@@ -301,7 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--round-seconds", type=float, default=5.0)
-    p.add_argument("--connections", type=int, default=16)
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=64,
+        help="keep-alive connections (default %(default)s: enough that gunicorn's accept race spreads them over"
+        " all workers)",
+    )
     p.add_argument(
         "--gunicorn-conf",
         type=Path,
