@@ -238,28 +238,46 @@ class OpenLoopRun:
             self._sent = i
             await asyncio.sleep(0)
 
-    async def _cold_herd(self) -> tuple[list[int], list[str]]:
-        """Open `clients` connections, then write one request for a never-seen key on all at once."""
+    def _start_clock(self, delay: float) -> None:
+        """Fix offset 0 of the run a little in the future, so the first sends are not already late."""
+        self._t0 = asyncio.get_running_loop().time() + delay
+        self._start_wall = time.time() + delay
+
+    async def _wait_for_answers(self, notes: list[str]) -> None:
+        if not self.in_flight:
+            return
+        assert self._all_done is not None
+        self._all_done.clear()
+        grace = self.cfg.timeout + 5
+        try:
+            await asyncio.wait_for(self._all_done.wait(), timeout=grace)
+        except TimeoutError:
+            notes.append(f"{self.in_flight} requests were unanswered {grace:g}s after the last send; counted as errors")
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _open_connections(self, count: int) -> list:
+        """Open `count` connections (200 at a time, so the listen backlog keeps up) before the herd starts."""
+        conns = []
+        self.progress.show(f"opening {count} connections ...")
+        for start in range(0, count, 200):
+            batch = await asyncio.gather(
+                *(self.pool.connect() for _ in range(min(200, count - start))), return_exceptions=True
+            )
+            for conn in batch:
+                if isinstance(conn, BaseException):
+                    self.error_kinds[f"connect_{type(conn).__name__}"] += 1
+                else:
+                    conns.append(conn)
+        return conns
+
+    async def _cold_herd(self, conns: list, herd_key: str) -> None:
+        """Write one request for the never-seen key on every connection in one go, at offset 0."""
         loop = asyncio.get_running_loop()
-        herd_key = self.keyspace.herd_key()
         raw = build_get(self.pool.host_header, self._path(herd_key)).replace(
             b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"
         )
-        conns = []
-        clients = self.cfg.clients
-        self.progress.show(f"opening {clients} connections ...")
-        for start in range(0, clients, 200):
-            batch = await asyncio.gather(
-                *(self.pool.connect() for _ in range(min(200, clients - start))), return_exceptions=True
-            )
-            for c in batch:
-                if isinstance(c, BaseException):
-                    self.error_kinds[f"connect_{type(c).__name__}"] += 1
-                else:
-                    conns.append(c)
-        missing = clients - len(conns)
-        self._t0 = loop.time() + 0.2
-        self._start_wall = time.time() + 0.2
         await asyncio.sleep(max(0.0, self._t0 - loop.time()))
         intended = self._t0
         done_at: dict[int, float] = {}
@@ -270,23 +288,21 @@ class OpenLoopRun:
             futs.append(fut)
         self._last_send = loop.time()
         self._sent = len(futs)
-        write_lag = self._last_send - intended
+        # the writes go out one after another; spread the measured write time over them as their lag
+        step = (self._last_send - intended) / max(1, len(conns))
         results = await asyncio.gather(*futs, return_exceptions=True)
         for i, res in enumerate(results):
             latency = done_at.get(i, loop.time()) - intended
-            if isinstance(res, HTTPClientError):
-                self.error_kinds[res.kind] += 1
-                self._record(0.0, latency, write_lag * i / max(1, len(conns)), 0, None)
-            elif isinstance(res, BaseException):
-                self.error_kinds[type(res).__name__] += 1
-                self._record(0.0, latency, 0.0, 0, None)
+            if isinstance(res, BaseException):
+                kind = res.kind if isinstance(res, HTTPClientError) else type(res).__name__
+                self.error_kinds[kind] += 1
+                self._record(0.0, latency, step * i, 0, None)
             else:
-                self._record(0.0, latency, write_lag * i / max(1, len(conns)), 0, res)
+                self._record(0.0, latency, step * i, 0, res)
         for conn in conns:
             conn.abort()
-        for _ in range(missing):
+        for _ in range(self.cfg.clients - len(conns)):  # connections that never opened
             self._record(0.0, 0.0, 0.0, 0, None)
-        return [0], [herd_key]
 
     # ------------------------------------------------------------ sampling
     async def _sampler(self, stop: asyncio.Event, origin_cum: list, origin_all: list, depth: list) -> None:
@@ -363,36 +379,31 @@ class OpenLoopRun:
         scheduled = 0
 
         if cfg.scenario == "cold-herd":
-            _, key_names = await self._cold_herd_with_sampler(stop, origin_cum, origin_all, depth)
+            key_names = [self.keyspace.herd_key()]
             scheduled = cfg.clients
+            conns = await self._open_connections(cfg.clients)
+            self._start_clock(delay=0.2)
+            sampler_task = loop.create_task(self._sampler(stop, origin_cum, origin_all, depth))
+            try:
+                await self._cold_herd(conns, key_names[0])
+                await asyncio.sleep(cfg.drain)
+            finally:
+                stop.set()
+                await sampler_task
         else:
             offsets = arrival_offsets(cfg.rate, cfg.duration, cfg.arrivals, self.rng)
-            sampler = ZipfSampler(cfg.keys, cfg.zipf)
-            keys = sampler.samples(len(offsets), self.rng)
+            keys = ZipfSampler(cfg.keys, cfg.zipf).samples(len(offsets), self.rng)
             key_names = self.keyspace.names()
-            host = self.pool.host_header
-            raws = [build_get(host, self._path(name)) for name in key_names]
+            raws = [build_get(self.pool.host_header, self._path(name)) for name in key_names]
             scheduled = len(offsets)
-            self._t0 = loop.time() + 0.3
-            self._start_wall = time.time() + 0.3
+            self._start_clock(delay=0.3)
             sampler_task = loop.create_task(self._sampler(stop, origin_cum, origin_all, depth))
             outage_task = None
             if cfg.scenario == "outage":
                 outage_task = loop.create_task(self._outage(cfg.duration / 3, 2 * cfg.duration / 3, outage_marks))
             try:
                 await self._send_schedule(offsets, keys, raws)
-                if self.in_flight:
-                    self._all_done.clear()
-                    try:
-                        await asyncio.wait_for(self._all_done.wait(), timeout=cfg.timeout + 5)
-                    except TimeoutError:
-                        notes.append(
-                            f"{self.in_flight} requests were still unanswered {cfg.timeout + 5:g}s after"
-                            " the last send; counted as errors"
-                        )
-                        for task in list(self._tasks):
-                            task.cancel()
-                        await asyncio.gather(*self._tasks, return_exceptions=True)
+                await self._wait_for_answers(notes)
             finally:
                 if outage_task is not None:
                     if not outage_task.done():
@@ -470,23 +481,6 @@ class OpenLoopRun:
             outage=outage,
             notes=notes,
         )
-
-    async def _cold_herd_with_sampler(
-        self, stop: asyncio.Event, origin_cum: list, origin_all: list, depth: list
-    ) -> tuple[list[int], list[str]]:
-        loop = asyncio.get_running_loop()
-        # the sampler needs _t0, which _cold_herd sets just before the send; start it right after.
-        herd_task = loop.create_task(self._cold_herd())
-        while self._t0 == 0.0 and not herd_task.done():
-            await asyncio.sleep(0.01)
-        sampler_task = loop.create_task(self._sampler(stop, origin_cum, origin_all, depth))
-        try:
-            result = await herd_task
-            await asyncio.sleep(self.cfg.drain)
-        finally:
-            stop.set()
-            await sampler_task
-        return result
 
 
 def run_blocking(config: RunConfig) -> RunResult:

@@ -103,3 +103,13 @@ def test_compare_shows_naive_costing_the_origin_more_than_demo(stack: Stack, tmp
     assert_is_figure(report / "compare.png")
     for label in runs:
         assert_is_figure(report / f"{label}-origin.png")
+
+
+def test_cold_herd_reports_one_origin_call_for_many_simultaneous_clients(stack: Stack, tmp_path: Path) -> None:
+    stdout = loadtest(stack, tmp_path, "run", "--scenario", "cold-herd", "--clients", "100", "--namespace", "demo")
+    data = json.loads((only_report_dir(tmp_path) / "report.json").read_text())
+    herd = data["cold_herd"]
+    assert herd["clients"] == 100 and herd["ok"] == 100 and herd["errors"] == 0
+    assert herd["key"].startswith(data["run"]["key_prefix"])
+    assert herd["origin_calls"] == 1
+    assert "100 clients -> 1 origin call(s), 0 errors" in stdout
