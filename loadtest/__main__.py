@@ -76,6 +76,21 @@ def _raise_fd_limit(wanted: int) -> None:
         pass
 
 
+def raise_priority(args: argparse.Namespace) -> None:
+    """Ask the OS to schedule the generator ahead of the stack, so it keeps its send schedule.
+
+    The generator needs a fifth of a core at 1000 req/s; giving it priority costs the stack
+    little and keeps a saturated server from delaying the sends. Needs root (or CAP_SYS_NICE);
+    without it the run goes on at normal priority and the report says how late sends were.
+    """
+    if getattr(args, "no_renice", True):
+        return
+    try:
+        os.nice(-5)
+    except OSError:
+        pass
+
+
 def add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="web tier base URL (default %(default)s)")
     p.add_argument(
@@ -95,6 +110,9 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="allow non-loopback targets and rates/durations past the bounds"
     )
     p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument(
+        "--no-renice", action="store_true", help="do not raise the generator's scheduling priority (nice -5)"
+    )
 
 
 def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) -> None:
@@ -333,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_bounds(args)
+    raise_priority(args)
     if hasattr(args, "gunicorn_conf") and not args.gunicorn_conf.is_absolute():
         args.gunicorn_conf = (Path.cwd() / args.gunicorn_conf).resolve()
     return int(args.func(args))

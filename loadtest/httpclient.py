@@ -247,12 +247,20 @@ class ConnectionPool:
     def host_header(self) -> str:
         return f"{self.host}:{self.port}"
 
-    async def connect(self) -> _Connection:
+    async def connect(self, deadline: float | None = None) -> _Connection:
         loop = asyncio.get_running_loop()
         self.open_count += 1
         self.peak_open = max(self.peak_open, self.open_count)
         try:
-            _, conn = await loop.create_connection(_Connection, self.host, self.port)
+            opening = loop.create_connection(_Connection, self.host, self.port)
+            if deadline is None:
+                _, conn = await opening
+            else:
+                _, conn = await asyncio.wait_for(opening, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            self.open_count -= 1
+            self._wake_one_waiter()
+            raise HTTPTimeout("connect timed out") from None
         except BaseException:
             self.open_count -= 1
             self._wake_one_waiter()
@@ -260,7 +268,8 @@ class ConnectionPool:
         self.connects += 1
         return conn
 
-    async def acquire(self) -> _Connection:
+    async def acquire(self, deadline: float | None = None) -> _Connection:
+        """An idle connection, a new one, or (at the cap) the next one released; by `deadline` (loop time)."""
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -268,13 +277,17 @@ class ConnectionPool:
                 return conn
             self.open_count -= 1
         if self.open_count < self.max_connections:
-            return await self.connect()
+            return await self.connect(deadline)
         self.waited += 1
-        fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_Connection | None] = loop.create_future()
         self._waiters.append(fut)
-        got = await fut
+        try:
+            got = await asyncio.wait_for(fut, None if deadline is None else max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise HTTPTimeout("no free connection before the deadline") from None
         if got is None:  # a slot was freed: open a new connection
-            return await self.connect()
+            return await self.connect(deadline)
         return got
 
     def release(self, conn: _Connection) -> None:
@@ -298,11 +311,18 @@ class ConnectionPool:
                 fut.set_result(None)
                 return
 
-    async def get(self, raw: bytes, timeout: float | None = None) -> Response:
+    async def get(self, raw: bytes, timeout: float | None = None, deadline: float | None = None) -> Response:
+        """GET with the pre-built request `raw`; fails with HTTPTimeout past `timeout` s or the `deadline`.
+
+        `deadline` (event-loop time) bounds the whole request, waiting for a free connection included.
+        """
+        loop = asyncio.get_running_loop()
         timeout = self.timeout if timeout is None else timeout
-        conn = await self.acquire()
+        if deadline is None:
+            deadline = loop.time() + timeout
+        conn = await self.acquire(deadline)
         try:
-            return await conn.send(raw, timeout)
+            return await conn.send(raw, max(0.001, deadline - loop.time()))
         except HTTPTimeout:
             raise
         except HTTPClientError:
@@ -310,9 +330,9 @@ class ConnectionPool:
                 raise
         finally:
             self.release(conn)
-        conn = await self.connect()
+        conn = await self.connect(deadline)
         try:
-            return await conn.send(raw, timeout)
+            return await conn.send(raw, max(0.001, deadline - loop.time()))
         finally:
             self.release(conn)
 

@@ -200,7 +200,8 @@ class OpenLoopRun:
         self._last_send = max(self._last_send, loop.time())
         resp: Response | None
         try:
-            resp = await self.pool.get(raw)
+            # the timeout runs from the intended send time, like the latency
+            resp = await self.pool.get(raw, deadline=intended + self.cfg.timeout)
         except HTTPClientError as exc:
             self.error_kinds[exc.kind] += 1
             resp = None

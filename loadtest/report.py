@@ -96,7 +96,7 @@ def run_markdown(summary: dict[str, Any], figures: dict[str, str], command: str)
         f" ms, max {fmt(gen['send_lag_ms']['max'], 2)} ms; {gen['late_sends']} sends more than"
         f" {gen['late_threshold_ms']:g} ms late; kept schedule:"
         f" **{'yes' if gen['kept_schedule'] else 'NO'}**;"
-        f" peak connections {gen['peak_connections']} of {gen['max_connections']}"
+        f" niceness {gen.get('niceness', 0)}; peak connections {gen['peak_connections']} of {gen['max_connections']}"
         + (
             f"; {gen['waited_for_connection']} requests waited for a free connection (server saturated; the wait"
             " counts in their latency)"

@@ -146,6 +146,7 @@ def summarize(result: RunResult) -> dict[str, Any]:
             "peak_connections": result.peak_connections,
             "connects": result.connects,
             "max_connections": cfg.max_connections,
+            "niceness": os.nice(0),
             "waited_for_connection": result.waited_for_connection,
         },
         "latency_ms": percentiles_ms(hist),

@@ -181,3 +181,27 @@ def test_run_report_writes_markdown_json_and_three_figures(tmp_path: Path) -> No
 def test_records_are_compact_columns() -> None:
     rec = Records()
     assert isinstance(rec.offset, array.array) and len(rec) == 0
+
+
+def test_a_request_times_out_from_its_deadline_even_while_waiting_for_a_connection() -> None:
+    async def scenario() -> tuple[str, str, float]:
+        async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # hold the connection open without answering
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = ConnectionPool("127.0.0.1", port, max_connections=1, timeout=30)
+        loop = asyncio.get_running_loop()
+        raw = build_get(pool.host_header, "/slow")
+        start = loop.time()
+        first, second = await asyncio.gather(
+            pool.get(raw, deadline=start + 0.3), pool.get(raw, deadline=start + 0.1), return_exceptions=True
+        )
+        elapsed = loop.time() - start
+        pool.close()
+        server.close()
+        return type(first).__name__, type(second).__name__, elapsed
+
+    first, second, elapsed = asyncio.run(scenario())
+    assert (first, second) == ("HTTPTimeout", "HTTPTimeout")  # the second never got the only connection
+    assert elapsed < 1.0
