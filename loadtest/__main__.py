@@ -293,7 +293,19 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="herdless load test: an open-loop generator, stampede scenarios, the strategies side by"
+        " side, and a hit-path benchmark. Reports go to loadtest/results/<timestamp>/.",
+        epilog="examples:\n"
+        "  python -m loadtest run --namespace demo --rate 1000 --duration 60 --keys 100 --zipf 1.1 --ttl 5\n"
+        "  python -m loadtest run --scenario cold-herd --clients 1000\n"
+        "  python -m loadtest compare --rate 500 --duration 20 --ttl 5\n"
+        "  python -m loadtest hitbench --redis-url redis://127.0.0.1:6379/0\n"
+        "  python -m loadtest soak --minutes 10 --rate 500\n"
+        "The stack must run with CACHE_TTL_SECONDS equal to --ttl.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="one scenario against one namespace (open loop)")
