@@ -152,7 +152,8 @@ class OpenLoopRun:
         self.max_age_seen: int | None = None
         self.in_flight = 0
         self._all_done: asyncio.Event | None = None
-        self._t0 = 0.0
+        self._t0 = 0.0  # event-loop time of offset 0, fixed by _start_clock
+        self._start_wall = time.time()
         self._sec_requests: Counter = Counter()
         self._sec_errors: Counter = Counter()
         self._sec_latency_max: dict[int, float] = {}
