@@ -1,0 +1,1 @@
+"""herdless load testing: the demo origin, the open-loop generator and its reports."""

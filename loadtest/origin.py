@@ -1,0 +1,154 @@
+"""The demo origin: a deliberately slow HTTP backend that counts every call it gets.
+
+    python -m loadtest.origin      # listens on ORIGIN_PORT (9000)
+
+GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, else JSON
+                  {"key", "count" (this key's call number), "time"}; keys "missing-*" answer 404
+GET /stats        {"calls": total, "per_key": {key: n}}
+POST /stats/reset zero the counters
+PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": ..} change behaviour live
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote_to_bytes
+
+
+class OriginState:
+    def __init__(self, latency_ms: float, failure_rate: float) -> None:
+        self.lock = threading.Lock()
+        self.latency_ms = latency_ms
+        self.failure_rate = failure_rate
+        self.body_bytes = 0  # pad answers to this size (to test ORIGIN_MAX_BYTES)
+        self.calls = 0
+        self.per_key: dict[str, int] = {}
+        self.paths: list[str] = []  # raw request paths, newest last (bounded)
+
+    def record(self, key: str, raw_path: str) -> int:
+        with self.lock:
+            self.calls += 1
+            count = self.per_key.get(key, 0) + 1
+            self.per_key[key] = count
+            self.paths.append(raw_path)
+            del self.paths[:-1000]
+            return count
+
+
+class OriginHandler(BaseHTTPRequestHandler):
+    server: OriginServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet by design
+        pass
+
+    def _send_json(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        state = self.server.state
+        path = self.path.split("?", 1)[0]
+        if path == "/stats":
+            with state.lock:
+                self._send_json(
+                    200, {"calls": state.calls, "per_key": dict(state.per_key), "paths": list(state.paths[-100:])}
+                )
+            return
+        if not path.startswith("/items/"):
+            self._send_json(404, {"error": "not_found"})
+            return
+        key = unquote_to_bytes(path[len("/items/") :]).decode("utf-8", "replace")
+        count = state.record(key, self.path)
+        with state.lock:
+            latency, failure_rate, pad = state.latency_ms, state.failure_rate, state.body_bytes
+        if latency > 0:
+            time.sleep(latency / 1000)
+        if failure_rate > 0 and random.random() < failure_rate:
+            self._send_json(500, {"error": "origin_failure"})
+            return
+        if key.startswith("missing-"):
+            self._send_json(404, {"error": "not_found", "key": key})
+            return
+        body: dict[str, object] = {"key": key, "count": count, "time": time.time()}
+        if pad:
+            body["pad"] = "x" * pad
+        self._send_json(200, body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path == "/stats/reset":
+            state = self.server.state
+            with state.lock:
+                state.calls = 0
+                state.per_key.clear()
+                state.paths.clear()
+            self._send_json(200, {"calls": 0})
+            return
+        self._send_json(404, {"error": "not_found"})
+
+    def do_PUT(self) -> None:  # noqa: N802
+        if self.path != "/config":
+            self._send_json(404, {"error": "not_found"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            config = json.loads(self.rfile.read(length) or b"{}")
+            state = self.server.state
+            with state.lock:
+                if "latency_ms" in config:
+                    state.latency_ms = max(0.0, float(config["latency_ms"]))
+                if "failure_rate" in config:
+                    state.failure_rate = min(1.0, max(0.0, float(config["failure_rate"])))
+                if "body_bytes" in config:
+                    state.body_bytes = max(0, int(config["body_bytes"]))
+                current = {
+                    "latency_ms": state.latency_ms,
+                    "failure_rate": state.failure_rate,
+                    "body_bytes": state.body_bytes,
+                }
+        except (ValueError, TypeError, AttributeError):
+            self._send_json(400, {"error": "bad_config", "detail": "send JSON {latency_ms, failure_rate}"})
+            return
+        self._send_json(200, current)
+
+
+class OriginServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], state: OriginState) -> None:
+        super().__init__(address, OriginHandler)
+        self.state = state
+
+
+def main() -> None:
+    port = int(os.environ.get("ORIGIN_PORT", "9000"))
+    host = os.environ.get("ORIGIN_HOST", "0.0.0.0")
+    state = OriginState(
+        latency_ms=float(os.environ.get("ORIGIN_LATENCY_MS", "100")),
+        failure_rate=float(os.environ.get("ORIGIN_FAILURE_RATE", "0")),
+    )
+    server = OriginServer((host, port), state)
+    print(
+        f"demo origin on http://{host}:{port} (latency {state.latency_ms:g} ms, failure rate {state.failure_rate:g})",
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""herdless engine: settings, namespaces, key rules, Lua scripts, XFetch, leases and metrics."""

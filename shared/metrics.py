@@ -1,0 +1,104 @@
+"""Every herdless Prometheus metric, in one place. Labels are bounded: never a cache key.
+
+Counters and histograms are updated by web and worker processes (prometheus_client
+multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set). Queue depth and breaker state are not
+stored anywhere in-process: ScrapeTimeCollector reads them from Redis/the broker per scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+AGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+REQUESTS = Counter(
+    "herdless_requests",
+    "Cache reads answered, by outcome",
+    ["namespace", "outcome"],
+)
+REQUEST_DURATION = Histogram(
+    "herdless_request_duration_seconds",
+    "Time to answer a cache read",
+    ["namespace"],
+    buckets=LATENCY_BUCKETS,
+)
+SERVED_AGE = Histogram(
+    "herdless_served_age_seconds",
+    "Age of the value served (now minus the start of the origin call that produced it)",
+    ["namespace"],
+    buckets=AGE_BUCKETS,
+)
+REFRESH_ENQUEUED = Counter(
+    "herdless_refresh_enqueued",
+    "Refresh tasks enqueued, by what triggered them",
+    ["namespace", "reason"],
+)
+REFRESH_SUPPRESSED = Counter(
+    "herdless_refresh_suppressed",
+    "Refreshes not enqueued because one is already running, cooling down, or being waited on",
+    ["namespace", "reason"],
+)
+REFRESHES = Counter(
+    "herdless_refresh",
+    "Refresh tasks finished, by outcome",
+    ["namespace", "outcome"],
+)
+ORIGIN_CALLS = Counter(
+    "herdless_origin_calls",
+    "Calls made to an origin, by outcome",
+    ["namespace", "outcome"],
+)
+ORIGIN_DURATION = Histogram(
+    "herdless_origin_duration_seconds",
+    "Duration of origin calls",
+    ["namespace"],
+    buckets=LATENCY_BUCKETS,
+)
+REFRESH_LAG = Histogram(
+    "herdless_refresh_lag_seconds",
+    "From winning the refresh lease to the value being written (queue wait included)",
+    ["namespace"],
+    buckets=LATENCY_BUCKETS,
+)
+BREAKER_TRANSITIONS = Counter(
+    "herdless_breaker_transitions",
+    "Circuit breaker state changes made by this process",
+    ["origin", "to"],
+)
+
+BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class ScrapeTimeCollector(Collector):
+    """Queue depth and breaker state, read from their source of truth at each scrape."""
+
+    def __init__(
+        self,
+        queue_depths: Callable[[], Iterable[tuple[str, int]]],
+        breaker_states: Callable[[], Iterable[tuple[str, str]]],
+    ) -> None:
+        self._queue_depths = queue_depths
+        self._breaker_states = breaker_states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("herdless_queue_depth", "Refresh tasks waiting in the broker queue", labels=["queue"])
+        try:
+            for queue, n in self._queue_depths():
+                depth.add_metric([queue], n)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the broker blinked
+            pass
+        yield depth
+        state = GaugeMetricFamily(
+            "herdless_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", labels=["origin"]
+        )
+        try:
+            for origin, name in self._breaker_states():
+                state.add_metric([origin], BREAKER_STATE_VALUES.get(name, 0))
+        except Exception:  # noqa: BLE001
+            pass
+        yield state

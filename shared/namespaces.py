@@ -1,0 +1,136 @@
+"""Namespace definitions: each names an origin and may override the global TTLs, beta and strategy."""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.settings import STRATEGIES, Settings
+
+NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_OVERRIDABLE = {
+    "cache_ttl_seconds",
+    "stale_ttl_seconds",
+    "stale_if_error_seconds",
+    "negative_ttl_seconds",
+    "xfetch_beta",
+    "origin_timeout_seconds",
+}
+
+
+class NamespaceConfigError(ValueError):
+    """The namespaces file is missing, unreadable or describes an invalid namespace."""
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    strategy: str
+    origin: str  # "http(s)://host/path/{key}" or "package.module:function"
+    origin_name: str  # bounded label for metrics and the breaker: host:port or module:function
+    cache_ttl_seconds: float
+    stale_ttl_seconds: float
+    stale_if_error_seconds: float
+    negative_ttl_seconds: float
+    xfetch_beta: float
+    origin_timeout_seconds: float
+
+    @property
+    def is_http(self) -> bool:
+        return self.origin.startswith(("http://", "https://"))
+
+    @property
+    def serves_stale(self) -> bool:
+        return self.strategy in ("xfetch", "swr")
+
+    @property
+    def beta(self) -> float:
+        """Effective XFetch beta: only the xfetch strategy refreshes early."""
+        return self.xfetch_beta if self.strategy == "xfetch" else 0.0
+
+    @property
+    def soft_ttl_ms(self) -> int:
+        return int(self.cache_ttl_seconds * 1000)
+
+    @property
+    def stale_ttl_ms(self) -> int:
+        # lock and naive never serve past soft; keep the value a little longer anyway so
+        # that a lock waiter can still compare ages, but it is never answered stale.
+        return int(self.stale_ttl_seconds * 1000) if self.serves_stale else 0
+
+
+def _expand(template: str, settings: Settings) -> str:
+    mapping = dict(os.environ)
+    mapping["ORIGIN_BASE_URL"] = settings.origin_base_url
+    mapping["ORIGIN_PORT"] = str(settings.origin_port)
+    try:
+        # {key} is ours, not an env var: only ${VAR} is substituted.
+        return string.Template(template).substitute(mapping)
+    except (KeyError, ValueError) as exc:
+        raise NamespaceConfigError(f"origin {template!r}: unknown variable {exc}") from None
+
+
+def _origin_name(origin: str) -> str:
+    if origin.startswith(("http://", "https://")):
+        parts = urlsplit(origin)
+        return parts.netloc
+    return origin
+
+
+def _validate_origin(name: str, origin: str) -> None:
+    if origin.startswith(("http://", "https://")):
+        parts = urlsplit(origin)
+        if not parts.hostname:
+            raise NamespaceConfigError(f"namespace {name}: origin {origin!r} has no host")
+        if "{key}" not in parts.path or "{key}" in parts.netloc:
+            raise NamespaceConfigError(f"namespace {name}: origin {origin!r} must carry {{key}} in its path")
+        return
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", origin):
+        raise NamespaceConfigError(
+            f"namespace {name}: origin {origin!r} must be an http(s) URL template or package.module:function"
+        )
+
+
+def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
+    if not NAMESPACE_RE.match(name):
+        raise NamespaceConfigError(f"namespace name {name!r} must match {NAMESPACE_RE.pattern}")
+    unknown = set(raw) - _OVERRIDABLE - {"strategy", "origin"}
+    if unknown:
+        raise NamespaceConfigError(f"namespace {name}: unknown option(s) {sorted(unknown)}")
+    strategy = raw.get("strategy", "xfetch")
+    if strategy not in STRATEGIES:
+        raise NamespaceConfigError(f"namespace {name}: strategy {strategy!r} is not one of {STRATEGIES}")
+    if "origin" not in raw or not isinstance(raw["origin"], str):
+        raise NamespaceConfigError(f"namespace {name}: origin is required")
+    origin = _expand(raw["origin"], settings)
+    _validate_origin(name, origin)
+    values: dict[str, float] = {}
+    for option in _OVERRIDABLE:
+        value = raw.get(option, getattr(settings, option))
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise NamespaceConfigError(f"namespace {name}: {option} must be a number")
+        positive = option in {"cache_ttl_seconds", "negative_ttl_seconds", "origin_timeout_seconds"}
+        if value < 0 or (positive and value == 0):
+            raise NamespaceConfigError(f"namespace {name}: {option}={value} is out of range")
+        values[option] = float(value)
+    return Namespace(name=name, strategy=strategy, origin=origin, origin_name=_origin_name(origin), **values)
+
+
+def load_namespaces(settings: Settings, path: Path | None = None) -> dict[str, Namespace]:
+    path = path or settings.namespaces_file
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NamespaceConfigError(f"NAMESPACES_FILE {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise NamespaceConfigError(f"NAMESPACES_FILE {str(path)!r}: {exc}") from None
+    table = data.get("namespaces")
+    if not isinstance(table, dict) or not table:
+        raise NamespaceConfigError(f"NAMESPACES_FILE {str(path)!r} defines no [namespaces.<name>] table")
+    return {name: build_namespace(name, raw, settings) for name, raw in table.items()}

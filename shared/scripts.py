@@ -1,0 +1,176 @@
+"""The Lua scripts that make every cache decision atomic on Redis, the only clock that counts.
+
+Each script touches only the keys of one entry (one hash tag), so it runs on Redis Cluster.
+Entry hash fields: v (value bytes), ct (content type), etag, at (ms: when the origin call
+that produced it started), soft (ms: fresh until), d (ms: smoothed refresh duration for
+XFetch), neg ("1" for a cached origin 404), fails (consecutive refresh failures).
+A lease value is the refresher's token, or "cd:" .. token while it serves as a failure cooldown.
+"""
+
+from __future__ import annotations
+
+# Shared Lua prelude: Redis server time in ms.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# READ: classify one read and, unless it is a HIT, try to win the refresh lease.
+# KEYS[1] entry, KEYS[2] lease
+# ARGV[1] beta, ARGV[2] u in (0,1], ARGV[3] lease ttl ms, ARGV[4] token,
+# ARGV[5] "1" when stale values may be served, ARGV[6] "1" to try the lease (0 for naive)
+# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl}
+#   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
+#   won: 1 when this request took the lease and must enqueue the refresh
+#   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent failure)
+READ = (
+    _NOW
+    + """
+local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg')
+local decision
+local soft = tonumber(e[5])
+if not soft then
+  decision = 'MISS'
+elseif now >= soft then
+  if ARGV[5] == '1' then decision = 'STALE' else decision = 'MISS' end
+else
+  decision = 'HIT'
+  local beta = tonumber(ARGV[1])
+  local d = tonumber(e[6]) or 0
+  if beta > 0 and d > 0 then
+    local u = tonumber(ARGV[2])
+    if u < 1e-300 then u = 1e-300 end
+    if u > 1 then u = 1 end
+    if now - d * beta * math.log(u) >= soft then decision = 'EARLY' end
+  end
+end
+local won, lease_state, lease_pttl = 0, '', -2
+if decision ~= 'HIT' and ARGV[6] == '1' then
+  if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
+    won = 1
+  else
+    local holder = redis.call('GET', KEYS[2])
+    lease_pttl = redis.call('PTTL', KEYS[2])
+    if holder and string.sub(holder, 1, 3) == 'cd:' then lease_state = 'cooldown' else lease_state = 'held' end
+  end
+end
+return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
+        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl}
+"""
+)
+
+# FENCED_WRITE: store a refreshed value only if its origin call started after the stored one
+# and after any hard purge; release our lease either way.
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone
+# ARGV[1] token, ARGV[2] started ms, ARGV[3] lease won at ms, ARGV[4] value, ARGV[5] content type,
+# ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms (stored lifetime past soft), ARGV[9] neg
+# Returns {status, d, soft, now}: status "written" or "fenced"
+FENCED_WRITE = (
+    _NOW
+    + """
+local started = tonumber(ARGV[2])
+local function release()
+  if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+end
+local tomb = tonumber(redis.call('GET', KEYS[3]))
+if tomb and started <= tomb then release() return {'fenced', 0, 0, now} end
+local prev = redis.call('HMGET', KEYS[1], 'at', 'd')
+local at = tonumber(prev[1])
+if at and started <= at then release() return {'fenced', 0, 0, now} end
+local measured = now - tonumber(ARGV[3])
+if measured < 1 then measured = 1 end
+local d = measured
+local pd = tonumber(prev[2])
+if pd and pd > 0 then d = (pd + measured) / 2 end
+local soft = now + tonumber(ARGV[7])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'ct', ARGV[5], 'etag', ARGV[6], 'at', started,
+           'soft', soft, 'd', tostring(d), 'neg', ARGV[9], 'fails', 0)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]) + tonumber(ARGV[8]))
+release()
+return {'written', tostring(d), soft, now}
+"""
+)
+
+# PLAIN_WRITE: classic cache-aside store, no fencing (the naive strategy's baseline).
+# KEYS[1] entry; ARGV[1] value, ARGV[2] content type, ARGV[3] etag, ARGV[4] started ms,
+# ARGV[5] soft ttl ms, ARGV[6] neg. Returns soft.
+PLAIN_WRITE = (
+    _NOW
+    + """
+local soft = now + tonumber(ARGV[5])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ct', ARGV[2], 'etag', ARGV[3], 'at', ARGV[4],
+           'soft', soft, 'd', 0, 'neg', ARGV[6], 'fails', 0)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))
+return soft
+"""
+)
+
+# RECORD_FAILURE: the origin failed. Keep (or take) the lease as a cooldown so reads stop
+# enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
+# KEYS[1] entry, KEYS[2] lease
+# ARGV[1] token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
+# ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open)
+# Returns {fails, cooldown ms}
+RECORD_FAILURE = (
+    _NOW
+    + """
+local fails = 1
+local soft = tonumber(redis.call('HGET', KEYS[1], 'soft'))
+if soft and redis.call('HGET', KEYS[1], 'neg') ~= '1' then
+  fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  local keep_until = soft + tonumber(ARGV[4]) + tonumber(ARGV[5])
+  local current = redis.call('PEXPIRETIME', KEYS[1])
+  if current > 0 and keep_until > current then redis.call('PEXPIREAT', KEYS[1], keep_until) end
+end
+local cooldown = tonumber(ARGV[2]) * (2 ^ (math.min(fails, 20) - 1))
+if cooldown > tonumber(ARGV[3]) then cooldown = tonumber(ARGV[3]) end
+if cooldown < tonumber(ARGV[6]) then cooldown = tonumber(ARGV[6]) end
+cooldown = math.floor(cooldown)
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] or not holder then
+  redis.call('SET', KEYS[2], 'cd:' .. ARGV[1], 'PX', cooldown)
+end
+return {fails, cooldown}
+"""
+)
+
+# RENEW_LEASE: extend the lease while the origin call runs, only if it is still ours.
+# KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if renewed, 0 if lost.
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# RELEASE_LEASE: delete the lease only if it is ours. KEYS[1] lease; ARGV[1] token. Returns 1/0.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# PURGE: hard delete, leaving a tombstone so that a refresh that started before now cannot
+# bring the old value back. KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone;
+# ARGV[1] tombstone ttl ms. Returns 1 if a value was stored.
+PURGE = (
+    _NOW
+    + """
+local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[3], now, 'PX', ARGV[1])
+return existed
+"""
+)
+
+# SOFT_PURGE: mark the value stale now, so the next read serves it and refreshes.
+# KEYS[1] entry. Returns 1 if a value was stored.
+SOFT_PURGE = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'soft', now - 1)
+return 1
+"""
+)

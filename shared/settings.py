@@ -1,0 +1,141 @@
+"""Process settings, read once from the environment and validated at start."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Strategy = Literal["xfetch", "swr", "lock", "naive"]
+STRATEGIES: tuple[str, ...] = ("xfetch", "swr", "lock", "naive")
+
+DEFAULT_NAMESPACES_FILE = Path(__file__).resolve().parent.parent / "namespaces.toml"
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+NonNegativeSeconds = Annotated[float, Field(ge=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _check_redis_url(value: str, name: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{name} must start with redis://, rediss:// or unix://")
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of herdless; env var names are the field names upper-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    celery_broker_url: str = ""
+
+    web_port: Port = 8000
+    web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    web_threads: Annotated[int, Field(ge=1, le=1024)] = 4
+
+    worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    worker_metrics_port: Port = 9540
+
+    origin_port: Port = 9000
+    origin_latency_ms: NonNegativeSeconds = 100
+    origin_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    origin_base_url: str = ""
+
+    namespaces_file: Path = DEFAULT_NAMESPACES_FILE
+
+    cache_ttl_seconds: PositiveSeconds = 30
+    stale_ttl_seconds: NonNegativeSeconds = 300
+    stale_if_error_seconds: NonNegativeSeconds = 3600
+    lease_ttl_seconds: PositiveSeconds = 10
+    xfetch_beta: NonNegativeSeconds = 1.0
+    cold_wait_timeout_seconds: PositiveSeconds = 5
+    origin_timeout_seconds: PositiveSeconds = 10
+    origin_max_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
+    negative_ttl_seconds: PositiveSeconds = 10
+    breaker_fail_max: Annotated[int, Field(ge=1)] = 5
+    breaker_reset_timeout_seconds: PositiveSeconds = 30
+    admin_token: str | None = None
+    max_cold_waiters: Annotated[int, Field(ge=1)] = 1000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _check_redis_url(value, "REDIS_URL")
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
+            raise ValueError("CELERY_BROKER_URL must be a redis://, rediss:// or amqp:// URL")
+        return value
+
+    @field_validator("origin_base_url")
+    @classmethod
+    def _origin_base(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("ORIGIN_BASE_URL must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if not self.celery_broker_url:
+            self.celery_broker_url = self.redis_url
+        if not self.origin_base_url:
+            self.origin_base_url = f"http://127.0.0.1:{self.origin_port}"
+        return self
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.celery_broker_url.startswith(("redis://", "rediss://"))
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL such as redis://:secret@host/0, for logs and error bodies."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class SettingsError(SystemExit):
+    """Raised when the environment holds an invalid setting; exits the process."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["herdless: invalid settings:"]
+    for err in exc.errors():
+        name = str(err["loc"][0]).upper() if err["loc"] else "?"
+        raw = os.environ.get(name, err.get("input"))
+        if name == "ADMIN_TOKEN":
+            shown: object = "<hidden>"
+        elif isinstance(raw, str):
+            shown = redact_url(raw)
+        else:
+            shown = raw
+        lines.append(f"  {name}={shown!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    """Build the settings from the environment or exit naming the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(describe_validation_error(exc), file=sys.stderr)
+        raise SettingsError(2) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

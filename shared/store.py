@@ -1,0 +1,243 @@
+"""CacheStore: the Redis side of herdless — one-round-trip reads, leases, fenced writes, purges."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from shared import scripts
+from shared.keys import EntryKeys
+from shared.namespaces import Namespace
+from shared.settings import Settings
+from shared.xfetch import Decision, draw_u
+
+READY_CHANNEL = "hl:ready"
+
+# Failure cooldown: 1 s doubling per consecutive failure, capped.
+COOLDOWN_BASE_MS = 1000
+COOLDOWN_MAX_MS = 30_000
+
+
+def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> Any:
+    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true."""
+    url = url or settings.redis_url
+    opts: dict[str, Any] = {
+        "socket_timeout": kwargs.pop("socket_timeout", 2.0),
+        "socket_connect_timeout": kwargs.pop("socket_connect_timeout", 1.0),
+        "health_check_interval": kwargs.pop("health_check_interval", 0),
+    }
+    # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
+    opts.setdefault("retry", Retry(NoBackoff(), 0))
+    opts.update(kwargs)
+    if settings.redis_cluster:
+        opts.pop("health_check_interval", None)
+        return RedisCluster.from_url(url, **opts)
+    return redis.Redis.from_url(url, **opts)
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def make_etag(value: bytes) -> str:
+    return '"' + hashlib.blake2b(value, digest_size=12).hexdigest() + '"'
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    decision: Decision
+    won_lease: bool
+    now_ms: int
+    value: bytes | None
+    content_type: str
+    etag: str
+    at_ms: int | None
+    soft_ms: int | None
+    delta_ms: float
+    negative: bool
+    lease_state: str  # "", "held", "cooldown"
+    lease_pttl_ms: int
+
+    @property
+    def has_value(self) -> bool:
+        return self.soft_ms is not None
+
+
+def _int(raw: Any) -> int | None:
+    return None if raw is None or raw is False else int(float(raw))
+
+
+def _str(raw: Any) -> str:
+    if raw is None or raw is False:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: bool
+    delta_ms: float
+    soft_ms: int
+    written_at_ms: int
+
+
+class CacheStore:
+    """All cache I/O for one Redis (or Cluster). Thread-safe; share one per process."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self._read = client.register_script(scripts.READ)
+        self._fenced_write = client.register_script(scripts.FENCED_WRITE)
+        self._plain_write = client.register_script(scripts.PLAIN_WRITE)
+        self._record_failure = client.register_script(scripts.RECORD_FAILURE)
+        self._renew = client.register_script(scripts.RENEW_LEASE)
+        self._release = client.register_script(scripts.RELEASE_LEASE)
+        self._purge = client.register_script(scripts.PURGE)
+        self._soft_purge = client.register_script(scripts.SOFT_PURGE)
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return int(self.settings.lease_ttl_seconds * 1000)
+
+    def read(self, ns: Namespace, key: str, token: str, *, u: float | None = None) -> ReadResult:
+        """One EVALSHA: the entry, the decision and whether this caller won the refresh lease."""
+        k = EntryKeys.of(ns.name, key)
+        raw = self._read(
+            keys=[k.entry, k.lease],
+            args=[
+                repr(ns.beta),
+                repr(draw_u() if u is None else u),
+                self.lease_ttl_ms,
+                token,
+                "1" if ns.serves_stale else "0",
+                "0" if ns.strategy == "naive" else "1",
+            ],
+        )
+        return ReadResult(
+            decision=Decision(_str(raw[0])),
+            won_lease=int(raw[1]) == 1,
+            now_ms=int(raw[2]),
+            value=raw[3] if raw[3] not in (None, False) else None,
+            content_type=_str(raw[4]) or "application/octet-stream",
+            etag=_str(raw[5]),
+            at_ms=_int(raw[6]),
+            soft_ms=_int(raw[7]),
+            delta_ms=float(_int(raw[8]) or 0),
+            negative=_str(raw[9]) == "1",
+            lease_state=_str(raw[10]),
+            lease_pttl_ms=int(raw[11]),
+        )
+
+    def take_lease(self, ns: Namespace, key: str, token: str) -> bool:
+        return bool(self.redis.set(EntryKeys.of(ns.name, key).lease, token, nx=True, px=self.lease_ttl_ms))
+
+    def lease_holder(self, ns: Namespace, key: str) -> str | None:
+        raw = self.redis.get(EntryKeys.of(ns.name, key).lease)
+        return None if raw is None else _str(raw)
+
+    def renew_lease(self, ns: Namespace, key: str, token: str) -> bool:
+        k = EntryKeys.of(ns.name, key)
+        return int(self._renew(keys=[k.lease], args=[token, self.lease_ttl_ms])) == 1
+
+    def release_lease(self, ns: Namespace, key: str, token: str) -> bool:
+        k = EntryKeys.of(ns.name, key)
+        return int(self._release(keys=[k.lease], args=[token])) == 1
+
+    def now_ms(self) -> int:
+        seconds, micros = self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def fenced_write(
+        self,
+        ns: Namespace,
+        key: str,
+        token: str,
+        *,
+        started_ms: int,
+        won_at_ms: int,
+        value: bytes,
+        content_type: str,
+        negative: bool = False,
+    ) -> WriteResult:
+        k = EntryKeys.of(ns.name, key)
+        if negative:
+            soft_ttl = int(ns.negative_ttl_seconds * 1000)
+            stale_ttl = 0
+        else:
+            soft_ttl, stale_ttl = ns.soft_ttl_ms, ns.stale_ttl_ms
+        raw = self._fenced_write(
+            keys=[k.entry, k.lease, k.tombstone],
+            args=[
+                token,
+                started_ms,
+                won_at_ms,
+                value,
+                content_type,
+                make_etag(value),
+                soft_ttl,
+                stale_ttl,
+                "1" if negative else "0",
+            ],
+        )
+        return WriteResult(
+            written=_str(raw[0]) == "written",
+            delta_ms=float(_str(raw[1]) or 0),
+            soft_ms=int(raw[2]),
+            written_at_ms=int(raw[3]),
+        )
+
+    def plain_write(
+        self, ns: Namespace, key: str, *, started_ms: int, value: bytes, content_type: str, negative: bool
+    ) -> int:
+        k = EntryKeys.of(ns.name, key)
+        ttl = int(ns.negative_ttl_seconds * 1000) if negative else ns.soft_ttl_ms
+        return int(
+            self._plain_write(
+                keys=[k.entry],
+                args=[value, content_type, make_etag(value), started_ms, ttl, "1" if negative else "0"],
+            )
+        )
+
+    def record_failure(self, ns: Namespace, key: str, token: str, *, min_cooldown_ms: int = 0) -> int:
+        """Turn the lease into a cooldown and stretch the stale value's life; returns the cooldown ms."""
+        k = EntryKeys.of(ns.name, key)
+        raw = self._record_failure(
+            keys=[k.entry, k.lease],
+            args=[
+                token,
+                COOLDOWN_BASE_MS,
+                max(COOLDOWN_MAX_MS, min_cooldown_ms),
+                ns.stale_ttl_ms,
+                int(ns.stale_if_error_seconds * 1000),
+                min_cooldown_ms,
+            ],
+        )
+        return int(raw[1])
+
+    def purge(self, ns: Namespace, key: str) -> bool:
+        k = EntryKeys.of(ns.name, key)
+        # Outlive any refresh that may still be running: its origin call plus a full lease.
+        tomb_ms = int((ns.origin_timeout_seconds + self.settings.lease_ttl_seconds) * 2000)
+        return int(self._purge(keys=[k.entry, k.lease, k.tombstone], args=[tomb_ms])) == 1
+
+    def soft_purge(self, ns: Namespace, key: str) -> bool:
+        k = EntryKeys.of(ns.name, key)
+        return int(self._soft_purge(keys=[k.entry])) == 1
+
+    def publish_ready(self, ns: Namespace, key: str, status: str) -> None:
+        """Tell cold-miss waiters in every web process that this key's refresh finished."""
+        self.redis.publish(READY_CHANNEL, json.dumps({"ns": ns.name, "key": key, "status": status}))
+
+
+def pubsub_client(settings: Settings) -> Any:
+    """A dedicated client for the long-lived subscription (no read timeout on it)."""
+    return make_redis(settings, socket_timeout=None, health_check_interval=30)

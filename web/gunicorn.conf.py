@@ -1,0 +1,40 @@
+"""gunicorn settings for the web tier, driven by the same environment as everything else."""
+
+import os
+import shutil
+import tempfile
+
+from shared.settings import load_settings
+
+_settings = load_settings()  # a bad variable stops gunicorn here, named
+
+bind = os.environ.get("WEB_BIND", f"0.0.0.0:{_settings.web_port}")
+workers = _settings.web_concurrency
+threads = _settings.web_threads
+worker_class = "gthread"
+backlog = 4096
+keepalive = 30
+timeout = 60
+graceful_timeout = 20
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level
+proc_name = "herdless-web"
+
+# prometheus_client multiprocess mode: one fresh directory per gunicorn master.
+_metrics_dir = os.path.join(
+    os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir(), f"herdless-web-{os.getpid()}"
+)
+shutil.rmtree(_metrics_dir, ignore_errors=True)
+os.makedirs(_metrics_dir)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def child_exit(server, worker):  # noqa: ANN001 - gunicorn hook signature
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001
+    shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""The worker's /metrics: children's counters (multiprocess mode) plus queue depth and breaker
+state read from the broker and Redis at scrape time."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from shared.metrics import ScrapeTimeCollector
+from shared.namespaces import load_namespaces
+from shared.settings import Settings
+from shared.store import make_redis
+from workers.breaker import breaker_state_key
+from workers.celery_app import QUEUE
+
+log = logging.getLogger("herdless.worker")
+
+
+def queue_depths(app: Celery) -> Iterable[tuple[str, int]]:
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+        ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+        return [(QUEUE, int(ok.message_count))]
+
+
+def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, str]]:
+    states = []
+    for name in origin_names:
+        raw = client.get(breaker_state_key(name))
+        states.append((name, raw.decode() if raw else "closed"))
+    return states
+
+
+def build_registry(settings: Settings, app: Celery) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    client = make_redis(settings)
+    origin_names = sorted({ns.origin_name for ns in load_namespaces(settings).values()})
+    registry.register(
+        ScrapeTimeCollector(
+            queue_depths=lambda: queue_depths(app),
+            breaker_states=lambda: breaker_states(client, origin_names),
+        )
+    )
+    return registry
+
+
+def start_metrics_server(settings: Settings, app: Celery) -> None:
+    registry = build_registry(settings, app)
+    start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
+    log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
