@@ -108,12 +108,7 @@ def panel_queries(dashboard: dict[str, Any] | None = None) -> list[PanelQuery]:
 
 def alert_rules() -> list[AlertRule]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [
-        AlertRule(rule["alert"], rule["expr"])
-        for group in groups
-        for rule in group["rules"]
-        if "alert" in rule
-    ]
+    return [AlertRule(rule["alert"], rule["expr"]) for group in groups for rule in group["rules"] if "alert" in rule]
 
 
 def pinned_datasource_uid() -> str:

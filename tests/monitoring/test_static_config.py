@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import required_tool
+from .prometheus_server import required_tool
 from .queries import (
     ALERTS,
     ALERTS_TEST,
@@ -63,8 +63,7 @@ def test_prometheus_config_is_valid_and_loads_the_alert_rules() -> None:
 def test_prometheus_scrapes_web_worker_and_flower() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     targets = {
-        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-        for job in config["scrape_configs"]
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]
     }
     assert targets == {"web": ["web:8000"], "worker": ["worker:9540"], "flower": ["flower:5555"]}
     flower = next(job for job in config["scrape_configs"] if job["job_name"] == "flower")
