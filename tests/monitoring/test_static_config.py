@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
 import yaml
+
+from shared.settings import Settings
 
 from .prometheus_server import required_tool
 from .queries import (
@@ -174,3 +177,46 @@ def test_metric_name_extraction_ignores_functions_labels_and_keywords() -> None:
         "/ on (namespace) group_left (reason) b_bucket * 0.5 > bool 1 and up"
     )
     assert metric_names(expr) == {"a_total", "b_bucket", "up"}
+
+
+# Variables of the contract that are not fields of shared.settings.Settings.
+NON_SETTINGS_VARIABLES = {"FLOWER_PORT", "FLOWER_BASIC_AUTH", "PROMETHEUS_MULTIPROC_DIR"}
+
+
+def env_example() -> dict[str, str | None]:
+    """`VAR=value` lines of .env.example; `# VAR=value` lines (unset by default) map to None."""
+    variables: dict[str, str | None] = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if match := re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", line):
+            variables[match[1]] = match[2]
+        elif match := re.fullmatch(r"# ([A-Z][A-Z0-9_]*)=.*", line):
+            variables.setdefault(match[1], None)
+    return variables
+
+
+def test_env_example_lists_every_setting() -> None:
+    expected = {name.upper() for name in Settings.model_fields} | NON_SETTINGS_VARIABLES
+    missing = expected - set(env_example())
+    assert not missing, f".env.example does not mention {sorted(missing)}"
+
+
+def test_env_example_values_are_the_built_in_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    fields = {name.upper(): name for name in Settings.model_fields}
+    for variable in fields:
+        monkeypatch.delenv(variable, raising=False)
+    defaults = Settings()
+    for variable, value in env_example().items():
+        if variable in fields and value is not None:
+            written = Settings(**{fields[variable]: value})
+            field = fields[variable]
+            assert getattr(written, field) == getattr(defaults, field), f"{variable}={value} is not the default"
+
+
+def test_compose_defaults_match_env_example() -> None:
+    documented = env_example()
+    compose = re.sub(r"(?m)^\s*#.*$", "", (REPO / "docker-compose.yml").read_text())
+    for variable, default in re.findall(r"\$\{([A-Z][A-Z0-9_]*):-([^}]*)\}", compose):
+        assert variable in documented, f"docker-compose.yml uses {variable}, which .env.example does not list"
+        if documented[variable] is not None:
+            documented_default = documented[variable]
+            assert default == documented_default, f"{variable}: {default!r} vs {documented_default!r}"
