@@ -6,8 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONPATH=/app \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/herdless-metrics
+    PYTHONPATH=/app
 
 RUN groupadd --system --gid 10001 herdless \
  && useradd --system --uid 10001 --gid herdless --home-dir /app --no-create-home \

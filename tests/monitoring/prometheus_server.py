@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
@@ -26,14 +26,23 @@ def required_tool(name: str, package: str) -> str:
     return path
 
 
-def _scrape_config(job: str, url: str) -> dict[str, Any]:
+def _scrape_config(job: str, url: str, workdir: Path) -> dict[str, Any]:
+    """A scrape job for `url`; credentials in the URL become basic auth with a password_file,
+    the way monitoring/prometheus.yml scrapes Flower."""
     parts = urlsplit(url)
-    return {
+    host = parts.hostname or "127.0.0.1"
+    config: dict[str, Any] = {
         "job_name": job,
         "scheme": parts.scheme or "http",
         "metrics_path": parts.path if parts.path not in ("", "/") else "/metrics",
-        "static_configs": [{"targets": [parts.netloc]}],
+        "static_configs": [{"targets": [f"{host}:{parts.port}" if parts.port else host]}],
     }
+    if parts.username is not None:
+        password_file = workdir / f"{job}_password"
+        password_file.write_text(unquote(parts.password or ""))
+        password_file.chmod(0o600)
+        config["basic_auth"] = {"username": unquote(parts.username), "password_file": str(password_file)}
+    return config
 
 
 class PrometheusServer:
@@ -46,12 +55,12 @@ class PrometheusServer:
         self.jobs = sorted(targets)
         self.config_path = workdir / "prometheus.yml"
         self.log_path = workdir / "prometheus.log"
+        workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(Path(path).resolve()) for path in rule_files],
-            "scrape_configs": [_scrape_config(job, url) for job, url in sorted(targets.items())],
+            "scrape_configs": [_scrape_config(job, url, workdir) for job, url in sorted(targets.items())],
         }
-        workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self._process: subprocess.Popen[bytes] | None = None
         self._http = requests.Session()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
 
-from tests.stack import Stack, wait_until
+from tests.stack import PYTHON, Proc, Stack, free_port, wait_until
 
 from .prometheus_server import PrometheusServer
 from .queries import PanelQuery, alert_rules, panel_queries, to_promql
@@ -27,7 +28,32 @@ PANELS_WITH_DATA = [
     "Refresh lag p50/p99",
     "Queue depth",
     "Breaker state per origin",
+    "Workers online",
+    "Task runtime",
 ]
+
+# The user monitoring/prometheus.yml scrapes Flower as.
+FLOWER_USER = "herdless"
+
+
+@contextmanager
+def running_flower(stack: Stack) -> Iterator[str]:
+    """Flower as docker-compose runs it (monitoring/flowerconfig.py, basic auth) on the stack's
+    broker; yields its metrics URL with the credentials in it."""
+    port = free_port()
+    password = "test-only-secret"
+    # Flower keeps its metrics in-process: no multiprocess directory for it.
+    env = {key: value for key, value in stack.env.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{password}"})
+    args = [PYTHON, "-m", "celery", "-A", "workers.celery_app", "flower", "--conf=monitoring/flowerconfig.py"]
+    flower = Proc("flower", args, env, stack.logdir)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: not flower.alive() or requests.get(f"{base}/healthcheck", timeout=1).ok, 30, "Flower")
+        assert flower.alive(), f"Flower died:\n{flower.output()[-3000:]}"
+        yield f"http://{FLOWER_USER}:{password}@127.0.0.1:{port}/metrics"
+    finally:
+        flower.stop()
 
 
 def drive_traffic(stack: Stack, prometheus: PrometheusServer) -> None:
@@ -64,8 +90,10 @@ def observed(
     tmp_path_factory: pytest.TempPathFactory, prometheus: Callable[..., PrometheusServer]
 ) -> Iterator[PrometheusServer]:
     """Prometheus that has watched the stack serve every kind of traffic."""
-    with Stack(tmp_path_factory.mktemp("stack"), env=STACK_ENV) as stack:
-        server = prometheus({"web": f"{stack.web_url}/metrics", "worker": stack.worker_metrics_url})
+    with Stack(tmp_path_factory.mktemp("stack"), env=STACK_ENV) as stack, running_flower(stack) as flower_metrics:
+        server = prometheus(
+            {"web": f"{stack.web_url}/metrics", "worker": stack.worker_metrics_url, "flower": flower_metrics}
+        )
         server.wait_until_targets_up()
         drive_traffic(stack, server)
         yield server
@@ -131,6 +159,6 @@ def test_breaker_state_shows_every_origin_closed(observed: PrometheusServer) -> 
     assert states and set(states.values()) == {0.0}, states
 
 
-def test_workers_online_counts_the_scraped_worker(observed: PrometheusServer) -> None:
+def test_workers_online_counts_the_worker_in_flower_and_in_prometheus(observed: PrometheusServer) -> None:
     series = panel_results(observed, "Workers online")
-    assert [float(s["value"][1]) for s in series] == [1.0], series
+    assert [float(s["value"][1]) for s in series] == [1.0, 1.0], series
