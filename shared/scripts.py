@@ -3,7 +3,8 @@
 Each script touches only the keys of one entry (one hash tag), so it runs on Redis Cluster.
 Entry hash fields: v (value bytes), ct (content type), etag, at (ms: when the origin call
 that produced it started), soft (ms: fresh until), d (ms: smoothed refresh duration for
-XFetch), neg ("1" for a cached origin 404), fails (consecutive refresh failures).
+XFetch), u (the XFetch draw in (0,1] for this value), neg ("1" for a cached origin 404),
+fails (consecutive refresh failures).
 A lease value is the refresher's token, or "cd:" .. token while it serves as a failure cooldown.
 """
 
@@ -17,8 +18,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # READ: classify one read and, unless it is a HIT, try to win the refresh lease.
 # KEYS[1] entry, KEYS[2] lease
-# ARGV[1] beta, ARGV[2] u in (0,1], ARGV[3] lease ttl ms, ARGV[4] token,
-# ARGV[5] "1" when stale values may be served, ARGV[6] "1" to try the lease (0 for naive)
+# ARGV[1] beta, ARGV[2] lease ttl ms, ARGV[3] token, ARGV[4] "1" when stale values may be served,
+# ARGV[5] "1" to try the lease (0 for naive)
+# The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
+# read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
+# would cost the origin more than one call per TTL.
 # Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl}
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
@@ -26,27 +30,27 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 READ = (
     _NOW
     + """
-local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg')
+local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u')
 local decision
 local soft = tonumber(e[5])
 if not soft then
   decision = 'MISS'
 elseif now >= soft then
-  if ARGV[5] == '1' then decision = 'STALE' else decision = 'MISS' end
+  if ARGV[4] == '1' then decision = 'STALE' else decision = 'MISS' end
 else
   decision = 'HIT'
   local beta = tonumber(ARGV[1])
   local d = tonumber(e[6]) or 0
   if beta > 0 and d > 0 then
-    local u = tonumber(ARGV[2])
+    local u = tonumber(e[8]) or 1
     if u < 1e-300 then u = 1e-300 end
     if u > 1 then u = 1 end
     if now - d * beta * math.log(u) >= soft then decision = 'EARLY' end
   end
 end
 local won, lease_state, lease_pttl = 0, '', -2
-if decision ~= 'HIT' and ARGV[6] == '1' then
-  if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
+if decision ~= 'HIT' and ARGV[5] == '1' then
+  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then
     won = 1
   else
     local holder = redis.call('GET', KEYS[2])
@@ -63,7 +67,8 @@ return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or
 # and after any hard purge; release our lease either way.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone
 # ARGV[1] token, ARGV[2] started ms, ARGV[3] lease won at ms, ARGV[4] value, ARGV[5] content type,
-# ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms (stored lifetime past soft), ARGV[9] neg
+# ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms (stored lifetime past soft), ARGV[9] neg,
+# ARGV[10] u: this value's XFetch draw in (0,1]
 # Returns {status, d, soft, now}: status "written" or "fenced"
 FENCED_WRITE = (
     _NOW
@@ -85,7 +90,7 @@ if pd and pd > 0 then d = (pd + measured) / 2 end
 local soft = now + tonumber(ARGV[7])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[4], 'ct', ARGV[5], 'etag', ARGV[6], 'at', started,
-           'soft', soft, 'd', tostring(d), 'neg', ARGV[9], 'fails', 0)
+           'soft', soft, 'd', tostring(d), 'neg', ARGV[9], 'fails', 0, 'u', ARGV[10])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]) + tonumber(ARGV[8]))
 release()
 return {'written', tostring(d), soft, now}
@@ -111,7 +116,9 @@ return soft
 # enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
 # KEYS[1] entry, KEYS[2] lease
 # ARGV[1] token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
-# ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open)
+# ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
+# ARGV[7] "1" if the origin was called and failed, "0" if the breaker refused the call (the
+# key's failure streak, which doubles its cooldown, counts only real origin failures)
 # Returns {fails, cooldown ms}
 RECORD_FAILURE = (
     _NOW
@@ -119,7 +126,11 @@ RECORD_FAILURE = (
 local fails = 1
 local soft = tonumber(redis.call('HGET', KEYS[1], 'soft'))
 if soft and redis.call('HGET', KEYS[1], 'neg') ~= '1' then
-  fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  if ARGV[7] == '1' then
+    fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  else
+    fails = math.max(1, tonumber(redis.call('HGET', KEYS[1], 'fails')) or 1)
+  end
   local keep_until = soft + tonumber(ARGV[4]) + tonumber(ARGV[5])
   local current = redis.call('PEXPIRETIME', KEYS[1])
   if current > 0 and keep_until > current then redis.call('PEXPIREAT', KEYS[1], keep_until) end

@@ -21,9 +21,9 @@ from shared.xfetch import Decision, draw_u
 
 READY_CHANNEL = "hl:ready"
 
-# Failure cooldown: 1 s doubling per consecutive failure, capped.
+# Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
+# breaker's reset timeout (past that the breaker, not the key, holds the origin off).
 COOLDOWN_BASE_MS = 1000
-COOLDOWN_MAX_MS = 30_000
 
 
 def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> Any:
@@ -108,14 +108,13 @@ class CacheStore:
     def lease_ttl_ms(self) -> int:
         return int(self.settings.lease_ttl_seconds * 1000)
 
-    def read(self, ns: Namespace, key: str, token: str, *, u: float | None = None) -> ReadResult:
+    def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
         """One EVALSHA: the entry, the decision and whether this caller won the refresh lease."""
         k = EntryKeys.of(ns.name, key)
         raw = self._read(
             keys=[k.entry, k.lease],
             args=[
                 repr(ns.beta),
-                repr(draw_u() if u is None else u),
                 self.lease_ttl_ms,
                 token,
                 "1" if ns.serves_stale else "0",
@@ -167,6 +166,7 @@ class CacheStore:
         value: bytes,
         content_type: str,
         negative: bool = False,
+        u: float | None = None,
     ) -> WriteResult:
         k = EntryKeys.of(ns.name, key)
         if negative:
@@ -186,6 +186,7 @@ class CacheStore:
                 soft_ttl,
                 stale_ttl,
                 "1" if negative else "0",
+                repr(draw_u() if u is None else u),
             ],
         )
         return WriteResult(
@@ -207,18 +208,22 @@ class CacheStore:
             )
         )
 
-    def record_failure(self, ns: Namespace, key: str, token: str, *, min_cooldown_ms: int = 0) -> int:
+    def record_failure(
+        self, ns: Namespace, key: str, token: str, *, min_cooldown_ms: int = 0, origin_called: bool = True
+    ) -> int:
         """Turn the lease into a cooldown and stretch the stale value's life; returns the cooldown ms."""
         k = EntryKeys.of(ns.name, key)
+        cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
         raw = self._record_failure(
             keys=[k.entry, k.lease],
             args=[
                 token,
                 COOLDOWN_BASE_MS,
-                max(COOLDOWN_MAX_MS, min_cooldown_ms),
+                max(cap, min_cooldown_ms),
                 ns.stale_ttl_ms,
                 int(ns.stale_if_error_seconds * 1000),
                 min_cooldown_ms,
+                "1" if origin_called else "0",
             ],
         )
         return int(raw[1])

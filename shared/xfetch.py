@@ -10,8 +10,14 @@ takes, ms). A read at ``now`` is:
   the closer to expiry and the slower the refresh, the likelier an early refresh;
 - HIT otherwise.
 
-``u`` is uniform in (0, 1]; ln(u) <= 0, so the test only ever moves ``now`` forward. The Lua
-read script (shared/scripts.py) applies exactly this rule atomically; a test checks they agree.
+``u`` is uniform in (0, 1]; ln(u) <= 0, so the test only ever moves ``now`` forward. It is
+drawn once per stored value (by the writer) rather than once per read: with a draw per read a
+key read r times a second refreshes about d*beta*ln(r*d*beta) before expiry, so the hotter the
+key the earlier (and more often) it would be recomputed. With one draw per value the expected
+head start is d*beta whatever the traffic, and the lease still lets only one read enqueue.
+
+The Lua read script (shared/scripts.py) applies exactly this rule atomically; a test checks
+that they agree.
 """
 
 from __future__ import annotations

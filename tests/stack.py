@@ -199,9 +199,9 @@ class Stack:
         return f"http://127.0.0.1:{port}/metrics"
 
     def url(self, namespace: str, key: str) -> str:
-        from urllib.parse import quote
+        from shared.origin import encode_key_for_path
 
-        return f"{self.web_url}/v1/cache/{namespace}/{quote(key, safe='')}"
+        return f"{self.web_url}/v1/cache/{namespace}/{encode_key_for_path(key)}"
 
     @property
     def env(self) -> dict[str, str]:

@@ -2,11 +2,18 @@
 
 import os
 import shutil
+import sys
 import tempfile
 
+from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import load_settings
 
 _settings = load_settings()  # a bad variable stops gunicorn here, named
+try:
+    load_namespaces(_settings)
+except NamespaceConfigError as _exc:
+    print(f"herdless: {_exc}", file=sys.stderr)
+    sys.exit(2)
 
 bind = os.environ.get("WEB_BIND", f"0.0.0.0:{_settings.web_port}")
 workers = _settings.web_concurrency

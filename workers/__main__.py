@@ -10,11 +10,16 @@ import shutil
 import sys
 import tempfile
 
+from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import load_settings
 
 
 def main() -> None:
     settings = load_settings()  # stop here, naming the variable, if a setting is bad
+    try:
+        load_namespaces(settings)
+    except NamespaceConfigError as exc:
+        sys.exit(f"herdless: {exc}")
     base = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
     metrics_dir = os.path.join(base, f"herdless-worker-{os.getpid()}")
     shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -119,7 +119,7 @@ def _refresh(ctx: RefreshContext, store: CacheStore, ns: Namespace, key: str, to
         try:
             response = ctx.breaker(ns).call(ctx.origin(ns).fetch, key)
         except BreakerOpen as exc:
-            store.record_failure(ns, key, token, min_cooldown_ms=exc.retry_after_ms)
+            store.record_failure(ns, key, token, min_cooldown_ms=exc.retry_after_ms, origin_called=False)
             store.publish_ready(ns, key, "error")
             return "breaker_open"
         except NotFound:

@@ -1,0 +1,42 @@
+"""Shared fixtures: a private redis-server for engine tests and a settings builder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.namespaces import Namespace, build_namespace
+from shared.settings import Settings
+from shared.store import CacheStore, make_redis
+from tests.stack import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    redis_server.client().flushall()
+    return Settings(redis_url=redis_server.url, lease_ttl_seconds=2, cache_ttl_seconds=5, stale_ttl_seconds=10)
+
+
+@pytest.fixture
+def store(settings: Settings) -> CacheStore:
+    return CacheStore(make_redis(settings), settings)
+
+
+@pytest.fixture
+def ns(settings: Settings) -> Namespace:
+    return build_namespace("t", {"origin": "http://127.0.0.1:9/items/{key}", "strategy": "xfetch"}, settings)
+
+
+def namespaces_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "namespaces.toml"
+    path.write_text(body)
+    return path

@@ -1,0 +1,41 @@
+"""Stacks of real processes shared by the end-to-end tests of one module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ENGINE_NAMESPACES = """
+[namespaces.herd]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
+[namespaces.fast]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+
+[namespaces.swr]
+strategy = "swr"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+
+[namespaces.lock]
+strategy = "lock"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+
+[namespaces.naive]
+strategy = "naive"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
+[namespaces.py]
+origin = "tests.origins:compute"
+cache_ttl_seconds = 60
+"""
+
+
+def write_namespaces(tmp: Path, body: str = ENGINE_NAMESPACES) -> str:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "namespaces.toml"
+    path.write_text(body)
+    return str(path)

@@ -1,0 +1,266 @@
+"""The refresh engine end to end: real redis-server, demo origin, gunicorn (2 workers) and Celery."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from shared.origin import encode_key_for_path
+from tests.e2e.conftest import write_namespaces
+from tests.stack import Stack, wait_until
+
+ADMIN = "s3cret-admin-token"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("engine")
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp),
+        "WEB_CONCURRENCY": "2",
+        "ORIGIN_LATENCY_MS": "150",
+        "ADMIN_TOKEN": ADMIN,
+        "NEGATIVE_TTL_SECONDS": "30",
+    }
+    with Stack(tmp, env=env, worker_concurrency=2) as s:
+        yield s
+
+
+def calls_for(stack: Stack, key: str) -> int:
+    return int(stack.origin_stats()["per_key"].get(key, 0))
+
+
+def raw_get(stack: Stack, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Send a path byte-for-byte (requests would re-encode it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.web_port, timeout=10)
+    conn.putrequest("GET", path, skip_accept_encoding=True)
+    for name, value in (headers or {}).items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), body
+
+
+def test_a_cold_herd_of_300_costs_the_origin_one_call(stack: Stack) -> None:
+    key = "herd-key"
+    barrier = threading.Barrier(300)
+
+    def one() -> tuple[int, bytes, str]:
+        barrier.wait()
+        r = requests.get(stack.url("herd", key), timeout=30)
+        return r.status_code, r.content, r.headers.get("X-Cache", "")
+
+    with ThreadPoolExecutor(max_workers=300) as pool:
+        results = list(pool.map(lambda _: one(), range(300)))
+    statuses = {status for status, _, _ in results}
+    bodies = {body for _, body, _ in results}
+    assert statuses == {200}, statuses
+    assert len(bodies) == 1
+    assert calls_for(stack, key) == 1
+    assert {x for _, _, x in results} <= {"MISS", "HIT"}
+
+
+def test_a_hot_key_costs_one_origin_call_per_ttl_window_and_never_waits(stack: Stack) -> None:
+    key = "continuous"
+    session = requests.Session()
+    first = session.get(stack.url("fast", key), timeout=10)
+    assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
+    start = time.monotonic()
+    windows: set[int] = set()
+    outcomes: list[str] = []
+    slowest = 0.0
+    while time.monotonic() - start < 10:
+        t0 = time.perf_counter()
+        r = session.get(stack.url("fast", key), timeout=10)
+        slowest = max(slowest, time.perf_counter() - t0)
+        assert r.status_code == 200
+        outcomes.append(r.headers["X-Cache"])
+        windows.add(int(time.time()))  # 1 s TTL: one window per wall-clock second
+        time.sleep(0.01)
+    calls = calls_for(stack, key)
+    assert "MISS" not in outcomes
+    assert calls <= len(windows) + 1, (calls, len(windows))
+    assert calls >= 5, "the key should have been refreshed about once a second"
+    # The origin takes 150 ms; a read that waited on it could not be this fast.
+    assert slowest < 0.075, slowest
+    assert outcomes.count("EARLY") + outcomes.count("STALE") > 0
+
+
+def test_stale_value_is_served_while_the_refresh_runs(stack: Stack) -> None:
+    key = "swr-key"
+    v1 = stack.get("swr", key).json()
+    assert v1["count"] == 1
+
+    def stale_read() -> requests.Response | None:
+        t0 = time.perf_counter()
+        r = stack.get("swr", key)
+        r.elapsed_s = time.perf_counter() - t0  # type: ignore[attr-defined]
+        return r if r.headers["X-Cache"] == "STALE" else None
+
+    stale = wait_until(stale_read, 10, "the value to go stale")
+    assert stale.status_code == 200 and stale.json() == v1
+    assert stale.elapsed_s < 0.1  # served at once, not after the 150 ms origin call
+    fresh = wait_until(lambda: (r := stack.get("swr", key)).json()["count"] == 2 and r, 10, "the refreshed value")
+    assert fresh.headers["X-Cache"] in ("HIT", "STALE")
+    assert calls_for(stack, key) == 2
+
+
+def test_lock_strategy_waits_for_the_single_refresher_instead_of_serving_stale(stack: Stack) -> None:
+    key = "lock-key"
+    assert stack.get("lock", key).json()["count"] == 1
+    wait_until(lambda: stack.get("lock", key).json()["count"] == 2, 10, "a refresh under the lock strategy")
+    r = stack.get("lock", key)
+    assert r.headers["X-Cache"] in ("HIT", "MISS")
+    assert r.headers["X-Cache"] != "STALE"
+
+
+def test_naive_strategy_calls_the_origin_from_the_web_tier(stack: Stack) -> None:
+    key = "naive-herd"
+    barrier = threading.Barrier(20)
+
+    def one() -> int:
+        barrier.wait()
+        return requests.get(stack.url("naive", key), timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert set(pool.map(lambda _: one(), range(20))) == {200}
+    # The baseline stampedes: concurrent misses each reach the origin.
+    assert calls_for(stack, key) > 1
+
+
+def test_etag_and_if_none_match(stack: Stack) -> None:
+    r = stack.get("herd", "etag-key")
+    etag = r.headers["ETag"]
+    again = stack.get("herd", "etag-key", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert "max-age=" in again.headers["Cache-Control"]
+    assert int(again.headers["Age"]) >= 0
+
+
+def test_origin_404_is_cached_as_a_negative_entry(stack: Stack) -> None:
+    r = stack.get("herd", "missing-thing")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    r2 = stack.get("herd", "missing-thing")
+    assert r2.status_code == 404 and r2.headers["X-Cache"] == "NEGATIVE"
+    assert calls_for(stack, "missing-thing") == 1
+
+
+def test_python_callable_origin(stack: Stack) -> None:
+    r = stack.get("py", "from-python")
+    assert r.status_code == 200 and r.json()["key"] == "from-python"
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert stack.get("py", "missing-callable").status_code == 404
+    failed = stack.get("py", "boom-now")
+    assert failed.status_code == 502 and failed.json()["error"] == "origin_error"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/cache/herd/a%00b",
+        "/v1/cache/herd/line%0D%0Abreak",
+        "/v1/cache/herd/tab%09",
+        "/v1/cache/herd/" + "x" * 600,
+        "/v1/cache/herd/%FF%FE",
+        "/v1/cache/herd/",
+        "/v1/cache/nope/key",
+        "/v1/cache/NOT..valid/key",
+    ],
+)
+def test_bad_input_gets_a_json_4xx(stack: Stack, path: str) -> None:
+    status, headers, body = raw_get(stack, path)
+    assert 400 <= status < 500, (status, body)
+    assert headers["Content-Type"].startswith("application/json")
+    import json
+
+    payload = json.loads(body)
+    assert set(payload) >= {"error", "detail"}
+    assert "Traceback" not in body.decode(errors="replace")
+
+
+def test_admin_calls_without_or_with_a_wrong_token_are_refused_and_change_nothing(stack: Stack) -> None:
+    key = "guarded"
+    before = stack.get("herd", key).json()
+    url = stack.url("herd", key)
+    assert requests.delete(url, timeout=5).status_code == 401
+    wrong = requests.delete(url, headers={"Authorization": "Bearer nope"}, timeout=5)
+    assert wrong.status_code == 403 and wrong.json()["error"] == "forbidden"
+    assert ADMIN not in wrong.text
+    assert requests.post(url + "/refresh", timeout=5).status_code == 401
+    assert requests.post(url + "/refresh", headers={"Authorization": "Basic x"}, timeout=5).status_code == 401
+    after = stack.get("herd", key)
+    assert after.json() == before and after.headers["X-Cache"] == "HIT"
+    assert calls_for(stack, key) == 1
+
+
+def test_admin_refresh_and_purge(stack: Stack) -> None:
+    key = "admin-managed"
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    url = stack.url("herd", key)
+    assert stack.get("herd", key).json()["count"] == 1
+    r = requests.post(url + "/refresh", headers=auth, timeout=5)
+    assert r.status_code == 202 and r.json()["enqueued"] is True
+    wait_until(lambda: stack.get("herd", key).json()["count"] == 2, 10, "the manual refresh")
+    soft = requests.delete(url + "?soft=1", headers=auth, timeout=5)
+    assert soft.status_code == 204
+    stale = stack.get("herd", key)
+    assert stale.headers["X-Cache"] == "STALE" and stale.json()["count"] == 2
+    wait_until(lambda: stack.get("herd", key).json()["count"] == 3, 10, "the refresh after a soft purge")
+    assert requests.delete(url, headers=auth, timeout=5).status_code == 204
+    cold = stack.get("herd", key)
+    assert cold.headers["X-Cache"] == "MISS" and cold.json()["count"] == 4
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "@evil.example/x", "?x=1#y", "{ns:k}", "ключ/ü", "..", "a b"])
+def test_awkward_keys_are_cached_and_reach_the_origin_percent_encoded(stack: Stack, key: str) -> None:
+    r = stack.get("herd", key)
+    assert r.status_code == 200, r.text
+    assert r.json()["key"] == key
+    assert stack.get("herd", key).headers["X-Cache"] == "HIT"
+    stats = stack.origin_stats()
+    assert stats["per_key"][key] == 1
+    assert "/items/" + encode_key_for_path(key) in stats["paths"]
+
+
+def test_health_and_readiness(stack: Stack) -> None:
+    assert requests.get(stack.web_url + "/healthz", timeout=5).json()["status"] == "ok"
+    ready = requests.get(stack.web_url + "/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "broker": "ok"}
+
+
+def test_invalid_settings_stop_the_process_naming_the_variable(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.stack import ROOT
+
+    for name, value in [("CACHE_TTL_SECONDS", "-1"), ("XFETCH_BETA", "-0.5"), ("REDIS_URL", "http://x")]:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from shared.settings import load_settings; load_settings()"],
+            env={"PATH": "/usr/bin:/bin", name: value},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2 and name in proc.stderr, proc.stderr
+    bad_ns = tmp_path / "ns.toml"
+    bad_ns.write_text('[namespaces.x]\nstrategy = "yolo"\norigin = "http://h/{key}"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn.conf.py", "web.app:create_app()"],
+        env={"PATH": "/usr/bin:/bin", "NAMESPACES_FILE": str(bad_ns), "WEB_PORT": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode != 0 and "strategy" in proc.stderr, proc.stderr[-2000:]

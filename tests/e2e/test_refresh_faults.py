@@ -1,0 +1,157 @@
+"""Refreshes under trouble: a paused refresher (fencing), a failing origin (breaker), a killed worker."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from tests.e2e.conftest import write_namespaces
+from tests.stack import Stack, wait_until
+
+ONE_NAMESPACE = """
+[namespaces.k]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
+[namespaces.swr]
+strategy = "swr"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+"""
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_path: Path) -> None:
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "LEASE_TTL_SECONDS": "1",
+        "COLD_WAIT_TIMEOUT_SECONDS": "20",
+        "ORIGIN_LATENCY_MS": "1500",
+    }
+    with Stack(tmp_path, env=env, workers=0) as stack:
+        slow = stack.start_worker("slow", extra_args=["--pool", "solo"], wait=True)
+        answers: list[requests.Response] = []
+        waiter = threading.Thread(target=lambda: answers.append(stack.get("k", "fenced", timeout=30)))
+        waiter.start()
+        # The slow worker's origin call is running: pause the worker so its lease runs out.
+        wait_until(lambda: stack.origin_stats()["per_key"].get("fenced") == 1, 10, "the first origin call")
+        slow.send(signal.SIGSTOP)
+        try:
+            stack.origin_config(latency_ms=50)
+            stack.start_worker("fast", extra_args=["--pool", "solo"], wait=True)
+            # The waiting request re-takes the expired lease; the fast worker writes call #2.
+            wait_until(lambda: answers, 20, "the cold request to be answered")
+            assert answers[0].status_code == 200 and answers[0].json()["count"] == 2
+        finally:
+            slow.send(signal.SIGCONT)
+        waiter.join(5)
+        # The paused refresher resumes with call #1's answer, older than the stored value.
+        wait_until(lambda: "'fenced'" in slow.output(), 20, "the paused refresher's write to be fenced")
+        r = stack.get("k", "fenced")
+        assert r.json()["count"] == 2 and r.headers["X-Cache"] == "HIT"
+        assert stack.origin_stats()["per_key"]["fenced"] == 2
+
+
+def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Path) -> None:
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "BREAKER_FAIL_MAX": "3",
+        "BREAKER_RESET_TIMEOUT_SECONDS": "4",
+        "ORIGIN_LATENCY_MS": "20",
+    }
+    with Stack(tmp_path, env=env) as stack:
+        keys = [f"warm-{i}" for i in range(6)]
+        originals = {k: stack.get("swr", k).json() for k in keys}
+        stack.origin_config(failure_rate=1.0)
+        failures: list[str] = []
+
+        def read_all(expect_original: bool = True) -> None:
+            for k in keys:
+                r = stack.get("swr", k)
+                if r.status_code != 200 or (expect_original and r.json() != originals[k]):
+                    failures.append(f"{k}: {r.status_code} {r.text[:100]}")
+
+        def worker_metrics() -> str:
+            return requests.get(stack.worker_metrics_url, timeout=5).text
+
+        def breaker_open() -> bool:
+            read_all()
+            return metric(worker_metrics(), "herdless_breaker_state") == 2
+
+        wait_until(breaker_open, 20, "the breaker to open", interval=0.1)
+
+        # Let calls that were already in flight finish, then the origin must hear nothing.
+        def refused_by_breaker() -> bool:
+            read_all()
+            return metric(worker_metrics(), "herdless_refresh_total", outcome="breaker_open") >= 2
+
+        wait_until(refused_by_breaker, 10, "refreshes refused by the open breaker", interval=0.1)
+        calls_when_open = stack.origin_stats()["calls"]
+        refused_before = metric(worker_metrics(), "herdless_refresh_total", outcome="breaker_open")
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            read_all()
+            time.sleep(0.05)
+        text = worker_metrics()
+        assert metric(text, "herdless_breaker_state") == 2, "breaker closed too early for this check"
+        assert stack.origin_stats()["calls"] == calls_when_open
+        assert metric(text, "herdless_refresh_total", outcome="breaker_open") >= refused_before
+        assert metric(text, "herdless_origin_calls_total", outcome="error") >= 3
+        assert not failures, failures[:5]
+
+        stack.origin_config(failure_rate=0.0)
+
+        def refreshed() -> bool:
+            read_all(expect_original=False)
+            return stack.get("swr", keys[0]).json()["count"] > originals[keys[0]]["count"]
+
+        wait_until(lambda: refreshed() and not failures, 30, "a refresh after the origin recovered", interval=0.2)
+        wait_until(lambda: metric(worker_metrics(), "herdless_breaker_state") == 0, 10, "the breaker to close")
+        assert not failures, failures[:5]
+
+
+def test_a_worker_killed_mid_refresh_delays_the_refresh_but_fails_no_request(tmp_path: Path) -> None:
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "LEASE_TTL_SECONDS": "2",
+        "ORIGIN_LATENCY_MS": "50",
+    }
+    with Stack(tmp_path, env=env) as stack:
+        key = "killed"
+        v1 = stack.get("swr", key).json()
+        stack.origin_config(latency_ms=3000)
+        failures: list[str] = []
+        wait_until(lambda: stack.get("swr", key).headers["X-Cache"] == "STALE", 10, "the value to go stale")
+        wait_until(lambda: stack.origin_stats()["per_key"].get(key) == 2, 10, "the refresh's origin call")
+        stack.procs["w1"].stop(signal.SIGKILL)
+        stack.origin_config(latency_ms=50)
+        stack.start_worker("w2", wait=True)
+
+        def new_value_served() -> bool:
+            r = stack.get("swr", key)
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.text[:100]}")
+                return False
+            return r.json()["count"] > v1["count"] and r.json()["count"] >= 3
+
+        wait_until(new_value_served, 20, "a refresh after the lease of the killed worker ran out", interval=0.05)
+        assert not failures, failures[:5]

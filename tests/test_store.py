@@ -1,0 +1,175 @@
+"""CacheStore against a real redis-server: leases, fenced writes, purges, failure cooldowns."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from shared.keys import EntryKeys, InvalidKey, decode_key, validate_key
+from shared.namespaces import Namespace
+from shared.store import CacheStore, new_token
+from shared.xfetch import Decision, may_write
+
+
+def _write(store: CacheStore, ns: Namespace, key: str, token: str, value: bytes, started: int | None = None) -> bool:
+    started = store.now_ms() if started is None else started
+    return store.fenced_write(
+        ns, key, token, started_ms=started, won_at_ms=started, value=value, content_type="text/plain"
+    ).written
+
+
+def test_only_one_of_many_concurrent_readers_wins_the_lease(store: CacheStore, ns: Namespace) -> None:
+    barrier = threading.Barrier(50)
+    results: list[bool] = []
+
+    def reader() -> None:
+        barrier.wait()
+        results.append(store.read(ns, "cold", new_token()).won_lease)
+
+    threads = [threading.Thread(target=reader) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1 and len(results) == 50
+
+
+def test_a_write_older_than_the_stored_value_is_fenced(store: CacheStore, ns: Namespace) -> None:
+    t_old = store.now_ms()
+    t_new = t_old + 50
+    assert _write(store, ns, "k", new_token(), b"new", started=t_new)
+    assert not _write(store, ns, "k", new_token(), b"old", started=t_old)
+    assert not _write(store, ns, "k", new_token(), b"same-instant", started=t_new)
+    r = store.read(ns, "k", new_token())
+    assert r.value == b"new" and r.at_ms == t_new
+
+
+@pytest.mark.parametrize("delta", [-5, 0, 5])
+def test_fenced_write_script_agrees_with_the_pure_rule(store: CacheStore, ns: Namespace, delta: int) -> None:
+    base = store.now_ms()
+    assert _write(store, ns, "f", new_token(), b"first", started=base)
+    landed = _write(store, ns, "f", new_token(), b"second", started=base + delta)
+    assert landed == may_write(base + delta, base, None)
+
+
+def test_hard_purge_stops_an_earlier_refresh_from_resurrecting_the_value(store: CacheStore, ns: Namespace) -> None:
+    token = new_token()
+    assert store.read(ns, "p", token).won_lease
+    started_before_purge = store.now_ms() - 1
+    assert _write(store, ns, "p", new_token(), b"v1", started=started_before_purge - 10)
+    assert store.purge(ns, "p")
+    assert store.lease_holder(ns, "p") is None
+    # The refresh that began before the purge finishes now: it must not land.
+    assert not _write(store, ns, "p", token, b"stale-resurrection", started=started_before_purge)
+    assert store.read(ns, "p", new_token()).decision is Decision.MISS
+    # A refresh that starts after the purge lands normally.
+    assert _write(store, ns, "p", new_token(), b"v2", started=store.now_ms() + 1)
+    assert store.read(ns, "p", new_token()).value == b"v2"
+
+
+def test_soft_purge_serves_the_old_value_stale_and_takes_the_lease(store: CacheStore, ns: Namespace) -> None:
+    assert _write(store, ns, "s", new_token(), b"v1")
+    assert store.soft_purge(ns, "s")
+    r = store.read(ns, "s", new_token())
+    assert r.decision is Decision.STALE and r.value == b"v1" and r.won_lease
+
+
+def test_lease_renew_and_release_only_by_its_owner(store: CacheStore, ns: Namespace) -> None:
+    mine = new_token()
+    assert store.take_lease(ns, "l", mine)
+    assert not store.take_lease(ns, "l", new_token())
+    assert not store.renew_lease(ns, "l", new_token())
+    assert not store.release_lease(ns, "l", new_token())
+    assert store.lease_holder(ns, "l") == mine
+    assert store.renew_lease(ns, "l", mine)
+    assert store.release_lease(ns, "l", mine)
+    assert store.lease_holder(ns, "l") is None
+
+
+def test_failure_turns_the_lease_into_a_growing_cooldown_and_stretches_the_stale_value(
+    store: CacheStore, ns: Namespace
+) -> None:
+    assert _write(store, ns, "e", new_token(), b"good")
+    keys = EntryKeys.of(ns.name, "e")
+    ttl_before = store.redis.pttl(keys.entry)
+    token = new_token()
+    store.soft_purge(ns, "e")
+    assert store.read(ns, "e", token).won_lease
+    first = store.record_failure(ns, "e", token)
+    r = store.read(ns, "e", new_token())
+    assert r.decision is Decision.STALE and r.value == b"good"
+    assert r.lease_state == "cooldown" and not r.won_lease
+    # Soft-purged just now, so the value may be kept stale-window + stale-if-error from now.
+    stretched = store.redis.pttl(keys.entry)
+    assert stretched > ttl_before
+    assert stretched > (ns.stale_ttl_seconds + ns.stale_if_error_seconds) * 1000 - 1000
+    store.redis.delete(keys.lease)
+    token2 = new_token()
+    assert store.read(ns, "e", token2).won_lease
+    second = store.record_failure(ns, "e", token2)
+    assert second == 2 * first
+    assert store.record_failure(ns, "e", token2, min_cooldown_ms=25_000) >= 25_000
+
+
+def test_negative_entries_are_read_back_as_negative(store: CacheStore, ns: Namespace) -> None:
+    token = new_token()
+    store.read(ns, "gone", token)
+    started = store.now_ms()
+    assert store.fenced_write(
+        ns,
+        "gone",
+        token,
+        started_ms=started,
+        won_at_ms=started,
+        value=b"",
+        content_type="application/json",
+        negative=True,
+    ).written
+    r = store.read(ns, "gone", new_token())
+    assert r.negative and r.decision is Decision.HIT
+
+
+def test_a_hit_costs_exactly_one_redis_command(store: CacheStore, ns: Namespace, redis_server) -> None:  # noqa: ANN001
+    assert _write(store, ns, "hot", new_token(), b"v")
+    store.read(ns, "hot", new_token())  # load the script once
+    monitor_client = redis_server.client()
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with monitor_client.monitor() as m:
+            ready.set()
+            for cmd in m.listen():
+                seen.append(cmd["command"])
+                if "STOP-MARK" in cmd["command"]:
+                    return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    ready.wait(5)
+    store.redis.ping()  # MONITOR is live once this shows up
+    r = store.read(ns, "hot", new_token())
+    store.redis.echo("STOP-MARK")
+    watcher.join(10)
+    assert r.decision is Decision.HIT
+    start = next(i for i, c in enumerate(seen) if c.startswith("PING"))
+    between = seen[start + 1 : -1]
+    client_cmds = [c for c in between if not c.startswith(("HMGET", "TIME"))]  # MONITOR also lists script calls
+    assert len(client_cmds) == 1 and client_cmds[0].startswith("EVALSHA"), seen
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"a\x00b", b"line\r\nbreak", b"tab\there", b"\x7f", b"x" * 513, b"\xff\xfe", b"\xc3(", "é".encode() * 257],
+)
+def test_illegal_keys_are_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidKey):
+        decode_key(raw)
+
+
+@pytest.mark.parametrize(
+    "key", ["../../etc/passwd", "@evil.example/x", "?x=1#y", "{ns:k}", "ключ", "a b", "😀" * 128, "x" * 512, "/", ".."]
+)
+def test_awkward_but_legal_keys_are_accepted(key: str) -> None:
+    assert validate_key(key) == key
