@@ -42,6 +42,8 @@ def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, 
 
 
 def build_registry(settings: Settings, app: Celery) -> CollectorRegistry:
+    """Counters of every process of this role, plus queue depth and breaker state read per scrape.
+    The web tier serves these too, so queue depth stays visible while no worker runs."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
