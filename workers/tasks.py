@@ -26,9 +26,13 @@ def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -
 def _count_expired(request: Any = None, expired: bool = False, **_: Any) -> None:
     # A refresh that waited past its lease is discarded unrun (the task's `expires`).
     if expired and request is not None and request.name == REFRESH_TASK:
-        namespace = (request.kwargs or {}).get("namespace", "")
-        if namespace in get_context(get_settings()).namespaces:
-            metrics.REFRESHES.labels(namespace, "expired").inc()
+        kwargs = request.kwargs or {}
+        ctx = get_context(get_settings())
+        ns = ctx.namespaces.get(kwargs.get("namespace", ""))
+        if ns is not None:
+            metrics.REFRESHES.labels(ns.name, "expired").inc()
+            # Its message has left the queue unrun: let the next read enqueue a fresh refresh.
+            ctx.store.abandon(ns, str(kwargs.get("key", "")), str(kwargs.get("token", "")))
 
 
 @signals.worker_process_shutdown.connect
