@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import gc
 import math
 import random
 import sys
@@ -365,6 +366,24 @@ class OpenLoopRun:
 
     # ------------------------------------------------------------ main
     async def run(self) -> RunResult:
+        """Run the scenario with the cyclic garbage collector paused.
+
+        With thousands of requests in flight, one collection stalled the send loop for up
+        to 300 ms on a saturated machine. A request that gets its answer leaves no reference
+        cycles behind (measured: the garbage found after 3000 and after 10000 requests was the
+        same ~270 objects), so pausing the collector costs no memory; it runs once at the end.
+        """
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            return await self._run()
+        finally:
+            gc.enable()
+            gc.unfreeze()
+            gc.collect()
+
+    async def _run(self) -> RunResult:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         prefix = self.keyspace.prefix
