@@ -150,8 +150,10 @@ class CacheStore:
     def take_lease(self, ns: Namespace, key: str, token: str) -> bool:
         """Take the lease outside a read (a manual refresh); refused while a refresh is queued."""
         k = EntryKeys.of(ns.name, key)
-        return int(self._take_lease(keys=[k.lease, k.queued], args=[token, self.lease_ttl_ms,
-                                                                    self.queued_marker_ttl_ms])) == 1
+        return (
+            int(self._take_lease(keys=[k.lease, k.queued], args=[token, self.lease_ttl_ms, self.queued_marker_ttl_ms]))
+            == 1
+        )
 
     def claim(self, ns: Namespace, key: str, token: str) -> bool:
         """A worker starts this refresh: clear its queued marker; True if the lease is still its own."""

@@ -12,7 +12,7 @@ from celery import Celery
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from shared.metrics import ScrapeTimeCollector
+from shared.metrics import ScrapeTimeCollector, init_worker_series
 from shared.namespaces import load_namespaces
 from shared.settings import Settings
 from shared.store import make_redis
@@ -63,6 +63,9 @@ def build_registry(settings: Settings, app: Celery) -> CollectorRegistry:
 
 
 def start_metrics_server(settings: Settings, app: Celery) -> None:
+    namespaces = load_namespaces(settings)
+    # Every known series exists from the start, at 0, before any pool process did any work.
+    init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
     registry = build_registry(settings, app)
     start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
     log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)

@@ -23,10 +23,11 @@ def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -
 
 
 @signals.task_revoked.connect
-def _count_expired(request: Any = None, expired: bool = False, **_: Any) -> None:
+def _count_expired(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     # A refresh that waited past its lease is discarded unrun (the task's `expires`).
-    if expired and request is not None and request.name == REFRESH_TASK:
-        kwargs = request.kwargs or {}
+    # `sender` is the task; `request` its context, whose kwargs name the key.
+    if expired and getattr(sender, "name", None) == REFRESH_TASK:
+        kwargs = getattr(request, "kwargs", None) or {}
         ctx = get_context(get_settings())
         ns = ctx.namespaces.get(kwargs.get("namespace", ""))
         if ns is not None:
