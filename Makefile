@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test lint loadtest system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared
 	$(VENV)/bin/pytest
+
+# Starts the local stack if none is running, compares the strategies, prints the table.
+loadtest: $(STAMP)
+	./loadtest/make_loadtest.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

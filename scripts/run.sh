@@ -47,5 +47,12 @@ export REDIS_URL
 # Validate settings once, up front, with a message naming any bad variable.
 "$PY" -c 'from shared.settings import load_settings; from shared.namespaces import load_namespaces; load_namespaces(load_settings())'
 
+# Flower never runs without authentication: generate credentials when none are given.
+if [ -z "${FLOWER_BASIC_AUTH:-}" ]; then
+  FLOWER_BASIC_AUTH="herdless:$("$PY" -c 'import secrets; print(secrets.token_urlsafe(12))')"
+  echo "herdless: Flower on http://127.0.0.1:${FLOWER_PORT:-5555} — user herdless, password ${FLOWER_BASIC_AUTH#herdless:}"
+fi
+export FLOWER_BASIC_AUTH
+
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$(mktemp -d -t herdless-metrics.XXXXXX)}"
 honcho start -f Procfile "$@"

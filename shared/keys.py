@@ -46,15 +46,16 @@ def validate_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class EntryKeys:
-    """Redis keys of one cache entry: value hash, refresh lease, purge tombstone."""
+    """Redis keys of one cache entry: value hash, refresh lease, purge tombstone, queued marker."""
 
     entry: str
     lease: str
     tombstone: str
+    queued: str
 
     @classmethod
     def of(cls, namespace: str, key: str) -> EntryKeys:
         # The braces make {namespace:key} the Cluster hash tag, so one script may touch all three.
-        # A key holding "}" only shortens the tag; all three names still share it.
+        # A key holding "}" only shortens the tag; all four names still share it.
         tag = f"hl:{{{namespace}:{key}}}"
-        return cls(entry=f"{tag}:e", lease=f"{tag}:l", tombstone=f"{tag}:t")
+        return cls(entry=f"{tag}:e", lease=f"{tag}:l", tombstone=f"{tag}:t", queued=f"{tag}:q")

@@ -73,6 +73,39 @@ BREAKER_TRANSITIONS = Counter(
 
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
+REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
+ENQUEUE_REASONS = ("miss", "stale", "early", "manual")
+SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
+REFRESH_OUTCOMES = ("written", "fenced", "lost_lease", "origin_error", "breaker_open", "expired")
+ORIGIN_OUTCOMES = ("ok", "error", "timeout", "not_found")
+BREAKER_STATES = ("closed", "half-open", "open")
+
+
+def init_web_series(namespaces: Iterable[str]) -> None:
+    """Create every known label set at 0, so dashboards and rates see a series from the start."""
+    for ns in namespaces:
+        for outcome in REQUEST_OUTCOMES:
+            REQUESTS.labels(ns, outcome)
+        for reason in ENQUEUE_REASONS:
+            REFRESH_ENQUEUED.labels(ns, reason)
+        for reason in SUPPRESS_REASONS:
+            REFRESH_SUPPRESSED.labels(ns, reason)
+        REQUEST_DURATION.labels(ns)
+        SERVED_AGE.labels(ns)
+
+
+def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> None:
+    for ns in namespaces:
+        for outcome in REFRESH_OUTCOMES:
+            REFRESHES.labels(ns, outcome)
+        for outcome in ORIGIN_OUTCOMES:
+            ORIGIN_CALLS.labels(ns, outcome)
+        ORIGIN_DURATION.labels(ns)
+        REFRESH_LAG.labels(ns)
+    for origin in origins:
+        for state in BREAKER_STATES:
+            BREAKER_TRANSITIONS.labels(origin, state)
+
 
 class ScrapeTimeCollector(Collector):
     """Queue depth and breaker state, read from their source of truth at each scrape."""

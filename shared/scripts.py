@@ -6,6 +6,9 @@ that produced it started), soft (ms: fresh until), d (ms: smoothed refresh durat
 XFetch), u (the XFetch draw in (0,1] for this value), neg ("1" for a cached origin 404),
 fails (consecutive refresh failures).
 A lease value is the refresher's token, or "cd:" .. token while it serves as a failure cooldown.
+The queued marker (KEYS ...:q) holds the token of a refresh task sitting in the broker queue:
+while it exists no other read enqueues, so the queue holds at most one refresh per key even
+when no worker is consuming and leases run out.
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # READ: classify one read and, unless it is a HIT, try to win the refresh lease.
-# KEYS[1] entry, KEYS[2] lease
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
 # ARGV[1] beta, ARGV[2] lease ttl ms, ARGV[3] token, ARGV[4] "1" when stale values may be served,
-# ARGV[5] "1" to try the lease (0 for naive)
+# ARGV[5] "1" to try the lease (0 for naive), ARGV[6] queued marker ttl ms
 # The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
 # read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
 # would cost the origin more than one call per TTL.
 # Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl}
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
-#   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent failure)
+#   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent
+#   failure), "queued" (a refresh task for this key is still waiting in the queue)
 READ = (
     _NOW
     + """
@@ -50,8 +54,12 @@ else
 end
 local won, lease_state, lease_pttl = 0, '', -2
 if decision ~= 'HIT' and ARGV[5] == '1' then
-  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    lease_state = 'queued'
+    lease_pttl = redis.call('PTTL', KEYS[2])
+  elseif redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then
     won = 1
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6])
   else
     local holder = redis.call('GET', KEYS[2])
     lease_pttl = redis.call('PTTL', KEYS[2])
@@ -147,6 +155,35 @@ return {fails, cooldown}
 """
 )
 
+# TAKE_LEASE: the lease outside a read (manual refresh); like READ, refused while a refresh is queued.
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] marker ttl ms.
+# Returns 1 if taken (and the marker set), 0 otherwise.
+TAKE_LEASE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+
+# CLAIM: a worker starts a refresh task: its message has left the queue, so drop the queued
+# marker (if it is this task's), and report whether the lease is still this task's.
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] token. Returns 1 if the lease is ours, else 0.
+CLAIM = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+# ABANDON: a refresh will not run (it could not be enqueued, or it expired in the queue): drop
+# this token's lease and queued marker so that the next read can enqueue again.
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] token. Returns the number of keys removed.
+ABANDON = """
+local n = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then n = n + redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then n = n + redis.call('DEL', KEYS[2]) end
+return n
+"""
+
 # RENEW_LEASE: extend the lease while the origin call runs, only if it is still ours.
 # KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if renewed, 0 if lost.
 RENEW_LEASE = """
@@ -163,13 +200,13 @@ return 0
 """
 
 # PURGE: hard delete, leaving a tombstone so that a refresh that started before now cannot
-# bring the old value back. KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone;
+# bring the old value back. KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone, KEYS[4] queued marker;
 # ARGV[1] tombstone ttl ms. Returns 1 if a value was stored.
 PURGE = (
     _NOW
     + """
 local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[4])
 redis.call('SET', KEYS[3], now, 'PX', ARGV[1])
 return existed
 """

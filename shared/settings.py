@@ -43,6 +43,7 @@ class Settings(BaseSettings):
 
     worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     worker_metrics_port: Port = 9540
+    worker_metrics_url: str = ""  # where the status page reads worker figures
 
     origin_port: Port = 9000
     origin_latency_ms: NonNegativeSeconds = 100
@@ -85,6 +86,13 @@ class Settings(BaseSettings):
             raise ValueError("ORIGIN_BASE_URL must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("worker_metrics_url")
+    @classmethod
+    def _worker_metrics_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("WORKER_METRICS_URL must be an http:// or https:// URL")
+        return value
+
     @field_validator("admin_token")
     @classmethod
     def _admin_token(cls, value: str | None) -> str | None:
@@ -96,6 +104,8 @@ class Settings(BaseSettings):
             self.celery_broker_url = self.redis_url
         if not self.origin_base_url:
             self.origin_base_url = f"http://127.0.0.1:{self.origin_port}"
+        if not self.worker_metrics_url:
+            self.worker_metrics_url = f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
         return self
 
     @property

@@ -63,7 +63,7 @@ class ReadResult:
     soft_ms: int | None
     delta_ms: float
     negative: bool
-    lease_state: str  # "", "held", "cooldown"
+    lease_state: str  # "", "held", "cooldown", "queued"
     lease_pttl_ms: int
 
     @property
@@ -99,6 +99,9 @@ class CacheStore:
         self._fenced_write = client.register_script(scripts.FENCED_WRITE)
         self._plain_write = client.register_script(scripts.PLAIN_WRITE)
         self._record_failure = client.register_script(scripts.RECORD_FAILURE)
+        self._take_lease = client.register_script(scripts.TAKE_LEASE)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._abandon = client.register_script(scripts.ABANDON)
         self._renew = client.register_script(scripts.RENEW_LEASE)
         self._release = client.register_script(scripts.RELEASE_LEASE)
         self._purge = client.register_script(scripts.PURGE)
@@ -108,17 +111,25 @@ class CacheStore:
     def lease_ttl_ms(self) -> int:
         return int(self.settings.lease_ttl_seconds * 1000)
 
+    @property
+    def queued_marker_ttl_ms(self) -> int:
+        # How long a queued refresh blocks new ones for its key. Long enough to cover workers
+        # being away for a while; finite so that a message lost by the broker cannot block the
+        # key forever.
+        return max(60_000, 6 * self.lease_ttl_ms)
+
     def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
         """One EVALSHA: the entry, the decision and whether this caller won the refresh lease."""
         k = EntryKeys.of(ns.name, key)
         raw = self._read(
-            keys=[k.entry, k.lease],
+            keys=[k.entry, k.lease, k.queued],
             args=[
                 repr(ns.beta),
                 self.lease_ttl_ms,
                 token,
                 "1" if ns.serves_stale else "0",
                 "0" if ns.strategy == "naive" else "1",
+                self.queued_marker_ttl_ms,
             ],
         )
         return ReadResult(
@@ -137,7 +148,22 @@ class CacheStore:
         )
 
     def take_lease(self, ns: Namespace, key: str, token: str) -> bool:
-        return bool(self.redis.set(EntryKeys.of(ns.name, key).lease, token, nx=True, px=self.lease_ttl_ms))
+        """Take the lease outside a read (a manual refresh); refused while a refresh is queued."""
+        k = EntryKeys.of(ns.name, key)
+        return (
+            int(self._take_lease(keys=[k.lease, k.queued], args=[token, self.lease_ttl_ms, self.queued_marker_ttl_ms]))
+            == 1
+        )
+
+    def claim(self, ns: Namespace, key: str, token: str) -> bool:
+        """A worker starts this refresh: clear its queued marker; True if the lease is still its own."""
+        k = EntryKeys.of(ns.name, key)
+        return int(self._claim(keys=[k.lease, k.queued], args=[token])) == 1
+
+    def abandon(self, ns: Namespace, key: str, token: str) -> None:
+        """This refresh will not run: let the next read enqueue another."""
+        k = EntryKeys.of(ns.name, key)
+        self._abandon(keys=[k.lease, k.queued], args=[token])
 
     def lease_holder(self, ns: Namespace, key: str) -> str | None:
         raw = self.redis.get(EntryKeys.of(ns.name, key).lease)
@@ -232,7 +258,7 @@ class CacheStore:
         k = EntryKeys.of(ns.name, key)
         # Outlive any refresh that may still be running: its origin call plus a full lease.
         tomb_ms = int((ns.origin_timeout_seconds + self.settings.lease_ttl_seconds) * 2000)
-        return int(self._purge(keys=[k.entry, k.lease, k.tombstone], args=[tomb_ms])) == 1
+        return int(self._purge(keys=[k.entry, k.lease, k.tombstone, k.queued], args=[tomb_ms])) == 1
 
     def soft_purge(self, ns: Namespace, key: str) -> bool:
         k = EntryKeys.of(ns.name, key)

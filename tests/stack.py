@@ -173,8 +173,10 @@ class Stack:
         self.redis = redis or RedisServer(self.tmp / "redis")
         self.web_port = free_port()
         self.origin_port = free_port()
-        self.worker_metrics_ports: dict[str, int] = {}
+        # Worker "w1" always gets this port: the web tier's status page reads it (WORKER_METRICS_URL).
+        self.worker_metrics_ports: dict[str, int] = {"w1": free_port()}
         self.procs: dict[str, Proc] = {}
+        self.worker_names: list[str] = []  # in the order they were first started
         self.n_workers = workers
         self.start_web = start_web
         self.worker_concurrency = worker_concurrency
@@ -195,8 +197,9 @@ class Stack:
 
     @property
     def worker_metrics_url(self) -> str:
-        port = next(iter(self.worker_metrics_ports.values()))
-        return f"http://127.0.0.1:{port}/metrics"
+        """Metrics of the first worker started."""
+        first = self.worker_names[0] if self.worker_names else "w1"
+        return f"http://127.0.0.1:{self.worker_metrics_ports[first]}/metrics"
 
     def url(self, namespace: str, key: str) -> str:
         from shared.origin import encode_key_for_path
@@ -215,6 +218,7 @@ class Stack:
                 "WORKER_CONCURRENCY": str(self.worker_concurrency),
                 "PYTHONUNBUFFERED": "1",
                 "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "metrics"),
+                "WORKER_METRICS_URL": f"http://127.0.0.1:{self.worker_metrics_ports['w1']}/metrics",
             }
         )
         env.update(self.extra_env)
@@ -244,7 +248,7 @@ class Stack:
             self.start_worker(f"w{i + 1}")
         if self.start_web:
             self.start_web_tier()
-        for name in list(self.worker_metrics_ports):
+        for name in self.worker_names:
             self.wait_worker_ready(name)
 
     def start_origin(self) -> None:
@@ -270,6 +274,8 @@ class Stack:
         env = {**self.env, "WORKER_METRICS_PORT": str(port), **(extra_env or {})}
         args = [PYTHON, "-m", "workers", "--hostname", f"{name}@%h", *(extra_args or [])]
         proc = self.procs[name] = Proc(name, args, env, self.logdir)
+        if name not in self.worker_names:
+            self.worker_names.append(name)
         if wait:
             self.wait_worker_ready(name)
         return proc

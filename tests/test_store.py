@@ -75,6 +75,27 @@ def test_soft_purge_serves_the_old_value_stale_and_takes_the_lease(store: CacheS
     assert r.decision is Decision.STALE and r.value == b"v1" and r.won_lease
 
 
+def test_a_queued_refresh_blocks_new_ones_even_after_its_lease_ran_out(store: CacheStore, ns: Namespace) -> None:
+    queued = new_token()
+    assert store.read(ns, "q", queued).won_lease
+    store.redis.delete(EntryKeys.of(ns.name, "q").lease)  # the lease ran out; the task still waits
+    again = store.read(ns, "q", new_token())
+    assert not again.won_lease and again.lease_state == "queued"
+    assert not store.take_lease(ns, "q", new_token())
+    # The task left the queue expired, unrun: the next read enqueues a fresh refresh.
+    store.abandon(ns, "q", queued)
+    assert store.read(ns, "q", new_token()).won_lease
+
+
+def test_claiming_clears_only_its_own_queued_marker(store: CacheStore, ns: Namespace) -> None:
+    mine = new_token()
+    assert store.read(ns, "c", mine).won_lease
+    assert not store.claim(ns, "c", new_token())
+    assert store.read(ns, "c", new_token()).lease_state == "queued"
+    assert store.claim(ns, "c", mine)
+    assert store.read(ns, "c", new_token()).lease_state == "held"
+
+
 def test_lease_renew_and_release_only_by_its_owner(store: CacheStore, ns: Namespace) -> None:
     mine = new_token()
     assert store.take_lease(ns, "l", mine)
@@ -96,6 +117,7 @@ def test_failure_turns_the_lease_into_a_growing_cooldown_and_stretches_the_stale
     token = new_token()
     store.soft_purge(ns, "e")
     assert store.read(ns, "e", token).won_lease
+    assert store.claim(ns, "e", token)
     first = store.record_failure(ns, "e", token)
     r = store.read(ns, "e", new_token())
     assert r.decision is Decision.STALE and r.value == b"good"
@@ -107,6 +129,7 @@ def test_failure_turns_the_lease_into_a_growing_cooldown_and_stretches_the_stale
     store.redis.delete(keys.lease)
     token2 = new_token()
     assert store.read(ns, "e", token2).won_lease
+    assert store.claim(ns, "e", token2)
     second = store.record_failure(ns, "e", token2)
     assert second == 2 * first
     assert store.record_failure(ns, "e", token2, min_cooldown_ms=25_000) >= 25_000

@@ -43,20 +43,28 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    from shared.metrics import init_web_series
     from workers.celery_app import make_celery
+    from workers.metrics_server import build_registry
 
+    celery = make_celery(settings)
+    init_web_series(namespaces)
     ext: dict[str, Any] = {
         "settings": settings,
         "namespaces": namespaces,
         "store": CacheStore(make_redis(settings, socket_timeout=1.0, socket_connect_timeout=0.5), settings),
-        "celery": make_celery(settings),
+        "celery": celery,
         "waiter": ColdMissWaiter(lambda: pubsub_client(settings), settings.max_cold_waiters),
+        "metrics_registry": build_registry(settings, celery),
     }
     app.extensions["herdless"] = ext
+    ext["waiter"].start()
 
     from web.routes import bp
+    from web.status import bp as status_bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(status_bp)
 
     from web.openapi import bp as openapi_bp
 

@@ -74,8 +74,12 @@ class ColdMissWaiter:
         self._thread: threading.Thread | None = None
         self._started = threading.Lock()
 
+    def start(self) -> None:
+        """Subscribe now rather than on the first cold miss (call in the serving process)."""
+        self._ensure_listener()
+
     def _ensure_listener(self) -> None:
-        # Started lazily, in the serving process (after gunicorn forks), once.
+        # Once per process, in the serving process (after gunicorn forks).
         if self._thread is not None:
             return
         with self._started:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +102,7 @@ def _enqueue(ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -
     except Exception:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
         current_app.logger.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
         try:
-            ext["store"].release_lease(ns, key, token)
+            ext["store"].abandon(ns, key, token)
         except RedisError:
             pass
         return False
@@ -306,13 +305,6 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics_endpoint() -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_ext()["metrics_registry"]), content_type=CONTENT_TYPE_LATEST)

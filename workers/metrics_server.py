@@ -12,7 +12,7 @@ from celery import Celery
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from shared.metrics import ScrapeTimeCollector
+from shared.metrics import ScrapeTimeCollector, init_worker_series
 from shared.namespaces import load_namespaces
 from shared.settings import Settings
 from shared.store import make_redis
@@ -25,7 +25,11 @@ log = logging.getLogger("herdless.worker")
 def queue_depths(app: Celery) -> Iterable[tuple[str, int]]:
     with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
-        ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+        try:
+            ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+        except conn.channel_errors:
+            # kombu's Redis transport reports an empty queue (no list key yet) as missing.
+            return [(QUEUE, 0)]
         return [(QUEUE, int(ok.message_count))]
 
 
@@ -38,6 +42,8 @@ def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, 
 
 
 def build_registry(settings: Settings, app: Celery) -> CollectorRegistry:
+    """Counters of every process of this role, plus queue depth and breaker state read per scrape.
+    The web tier serves these too, so queue depth stays visible while no worker runs."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
@@ -57,6 +63,9 @@ def build_registry(settings: Settings, app: Celery) -> CollectorRegistry:
 
 
 def start_metrics_server(settings: Settings, app: Celery) -> None:
+    namespaces = load_namespaces(settings)
+    # Every known series exists from the start, at 0, before any pool process did any work.
+    init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
     registry = build_registry(settings, app)
     start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
     log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)

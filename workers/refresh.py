@@ -67,12 +67,9 @@ class RefreshContext:
     @classmethod
     def build(cls, settings: Settings) -> RefreshContext:
         client = make_redis(settings, socket_timeout=max(2.0, settings.lease_ttl_seconds / 3))
-        return cls(
-            settings=settings,
-            namespaces=load_namespaces(settings),
-            store=CacheStore(client, settings),
-            breaker_client=client,
-        )
+        namespaces = load_namespaces(settings)
+        metrics.init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
+        return cls(settings=settings, namespaces=namespaces, store=CacheStore(client, settings), breaker_client=client)
 
     def origin(self, ns: Namespace) -> Origin:
         if ns.name not in self.origins:
@@ -109,7 +106,7 @@ def run_refresh(ctx: RefreshContext, namespace: str, key: str, token: str, won_a
 
 
 def _refresh(ctx: RefreshContext, store: CacheStore, ns: Namespace, key: str, token: str, won_at_ms: int) -> str:
-    if store.lease_holder(ns, key) != token:
+    if not store.claim(ns, key, token):
         # The lease ran out while this task waited, or a purge took it: someone else owns the key.
         return "lost_lease"
     started_ms = store.now_ms()

@@ -25,11 +25,15 @@ def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -
 @signals.task_revoked.connect
 def _count_expired(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     # A refresh that waited past its lease is discarded unrun (the task's `expires`).
-    # `request` is a task Context here, which has no `name`: the task is the sender.
-    if expired and request is not None and getattr(sender, "name", None) == REFRESH_TASK:
-        namespace = (request.kwargs or {}).get("namespace", "")
-        if namespace in get_context(get_settings()).namespaces:
-            metrics.REFRESHES.labels(namespace, "expired").inc()
+    # `sender` is the task; `request` its context, whose kwargs name the key.
+    if expired and getattr(sender, "name", None) == REFRESH_TASK:
+        kwargs = getattr(request, "kwargs", None) or {}
+        ctx = get_context(get_settings())
+        ns = ctx.namespaces.get(kwargs.get("namespace", ""))
+        if ns is not None:
+            metrics.REFRESHES.labels(ns.name, "expired").inc()
+            # Its message has left the queue unrun: let the next read enqueue a fresh refresh.
+            ctx.store.abandon(ns, str(kwargs.get("key", "")), str(kwargs.get("token", "")))
 
 
 @signals.worker_process_shutdown.connect

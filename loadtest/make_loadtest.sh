@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make loadtest`: compare the four strategies on the local stack and print the table.
+# Uses the stack already listening on WEB_PORT; otherwise starts one (scripts/run.sh) with
+# CACHE_TTL_SECONDS=$LOADTEST_TTL for the duration of the comparison and stops it afterwards.
+#
+#   LOADTEST_RATE (200) req/s, LOADTEST_DURATION (15) s per strategy, LOADTEST_TTL (5) s,
+#   LOADTEST_ARGS extra arguments for `python -m loadtest compare`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+
+WEB_PORT="${WEB_PORT:-8000}"
+ORIGIN_PORT="${ORIGIN_PORT:-9000}"
+WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9540}"
+RATE="${LOADTEST_RATE:-200}"
+DURATION="${LOADTEST_DURATION:-15}"
+
+answers() {
+  "$PY" - "$1" <<'PYEOF'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1).read()
+except Exception:
+    sys.exit(1)
+PYEOF
+}
+
+stack_pgid=""
+cleanup() {
+  if [ -n "$stack_pgid" ]; then
+    echo "loadtest: stopping the stack it started"
+    kill -TERM -- "-$stack_pgid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 -- "-$stack_pgid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$stack_pgid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+if answers "http://127.0.0.1:$WEB_PORT/healthz"; then
+  TTL="${LOADTEST_TTL:-${CACHE_TTL_SECONDS:-30}}"
+  echo "loadtest: using the stack on port $WEB_PORT; assuming its CACHE_TTL_SECONDS is $TTL (set LOADTEST_TTL if not)"
+else
+  TTL="${LOADTEST_TTL:-5}"
+  mkdir -p .run
+  echo "loadtest: no stack on port $WEB_PORT; starting one with CACHE_TTL_SECONDS=$TTL (log .run/loadtest-stack.log)"
+  CACHE_TTL_SECONDS="$TTL" setsid ./scripts/run.sh >.run/loadtest-stack.log 2>&1 &
+  stack_pgid=$!
+  for _ in $(seq 120); do
+    if answers "http://127.0.0.1:$WEB_PORT/readyz" && answers "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" \
+      && answers "http://127.0.0.1:$ORIGIN_PORT/stats"; then
+      break
+    fi
+    if ! kill -0 "$stack_pgid" 2>/dev/null; then
+      echo "loadtest: the stack did not start; see .run/loadtest-stack.log" >&2
+      tail -20 .run/loadtest-stack.log >&2
+      stack_pgid=""
+      exit 1
+    fi
+    sleep 0.5
+  done
+fi
+
+# shellcheck disable=SC2086 # LOADTEST_ARGS is split on purpose
+"$PY" -m loadtest compare \
+  --url "http://127.0.0.1:$WEB_PORT" \
+  --origin-url "http://127.0.0.1:$ORIGIN_PORT" \
+  --metrics-url "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" \
+  --rate "$RATE" --duration "$DURATION" --ttl "$TTL" ${LOADTEST_ARGS:-}

@@ -1,0 +1,226 @@
+"""Metrics at every decision point, Flower's view of the refreshes, and the live status page."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.e2e.test_refresh_faults import metric
+from tests.stack import PYTHON, Proc, Stack, free_port, wait_until
+
+WEB_METRICS = [
+    "herdless_requests_total",
+    "herdless_request_duration_seconds",
+    "herdless_served_age_seconds",
+    "herdless_refresh_enqueued_total",
+    "herdless_refresh_suppressed_total",
+    "herdless_queue_depth",
+    "herdless_breaker_state",
+]
+WORKER_METRICS = [
+    "herdless_refresh_total",
+    "herdless_origin_calls_total",
+    "herdless_origin_duration_seconds",
+    "herdless_refresh_lag_seconds",
+    "herdless_breaker_state",
+    "herdless_breaker_transitions_total",
+    "herdless_queue_depth",
+]
+FLOWER_AUTH = ("herdless", "flower-test-secret")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"WEB_CONCURRENCY": "2", "CACHE_TTL_SECONDS": "1", "LEASE_TTL_SECONDS": "1", "ORIGIN_LATENCY_MS": "100"}
+    with Stack(tmp_path_factory.mktemp("metrics"), env=env) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def flower(stack: Stack) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in stack.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)})
+    proc = Proc(
+        "flower",
+        [PYTHON, "-m", "celery", "-A", "workers.celery_app", "flower", "--conf=monitoring/flowerconfig.py"],
+        env,
+        stack.logdir,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: not proc.alive() or requests.get(base + "/healthcheck", timeout=1).ok, 30, "Flower")
+        assert proc.alive(), proc.output()[-2000:]
+        yield base
+    finally:
+        proc.stop()
+
+
+def web_metrics(stack: Stack) -> str:
+    return requests.get(stack.web_url + "/metrics", timeout=5).text
+
+
+def worker_metrics(stack: Stack) -> str:
+    return requests.get(stack.worker_metrics_url, timeout=5).text
+
+
+def test_a_cold_herd_is_one_origin_call_and_the_rest_is_accounted_as_suppressed(stack: Stack, flower: str) -> None:
+    key = "metrics-herd"
+    barrier = threading.Barrier(300)
+
+    def one() -> int:
+        barrier.wait()
+        return requests.get(stack.url("demo", key), timeout=30).status_code
+
+    web_before, worker_before = web_metrics(stack), worker_metrics(stack)
+    with ThreadPoolExecutor(max_workers=300) as pool:
+        assert set(pool.map(lambda _: one(), range(300))) == {200}
+    web, worker = web_metrics(stack), worker_metrics(stack)
+
+    def delta(after: str, before: str, name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta(worker, worker_before, "herdless_origin_calls_total", namespace="demo") == 1
+    assert delta(worker, worker_before, "herdless_refresh_total", namespace="demo", outcome="written") == 1
+    assert delta(web, web_before, "herdless_refresh_enqueued_total", namespace="demo") == 1
+    misses = delta(web, web_before, "herdless_requests_total", namespace="demo", outcome="miss")
+    hits = delta(web, web_before, "herdless_requests_total", namespace="demo", outcome="hit")
+    assert misses + hits == 300
+    suppressed = delta(web, web_before, "herdless_refresh_suppressed_total", namespace="demo")
+    assert suppressed == misses - 1, (suppressed, misses)
+    assert delta(web, web_before, "herdless_request_duration_seconds_count", namespace="demo") == 300
+    assert metric(worker, "herdless_refresh_lag_seconds_count", namespace="demo") >= 1
+    for name in WEB_METRICS:
+        assert re.search(rf"^{name}", web, re.M), f"{name} missing from the web tier's /metrics"
+    for name in WORKER_METRICS:
+        assert re.search(rf"^{name}", worker, re.M), f"{name} missing from the worker's /metrics"
+    for text in (web, worker):
+        series = [line for line in text.splitlines() if line.startswith("herdless_")]
+        assert not [s for s in series if 'pid="' in s or 'key="' in s]
+
+    # Flower saw the refresh too, through its authenticated API only.
+    assert requests.get(flower + "/api/tasks", timeout=5).status_code == 401
+    tasks = wait_until(
+        lambda: [
+            t
+            for t in requests.get(flower + "/api/tasks", auth=FLOWER_AUTH, timeout=5).json().values()
+            if t.get("name") == "herdless.refresh" and t.get("state") == "SUCCESS"
+        ],
+        15,
+        "Flower to list the refresh task",
+    )
+    assert any("metrics-herd" in str(t.get("kwargs")) for t in tasks)
+
+
+def test_queue_depth_rises_while_workers_are_away_but_never_past_one_per_key(stack: Stack) -> None:
+    keys = [f"depth-{i}" for i in range(5)]
+    for key in keys:
+        assert stack.get("demo-swr", key).status_code == 200
+    stack.stop_worker("w1")  # graceful: the worker finishes what it runs, then leaves
+    try:
+        deadline = time.monotonic() + 4  # several 1 s leases run out meanwhile
+        depths = []
+        while time.monotonic() < deadline:
+            for key in keys:
+                r = stack.get("demo-swr", key)
+                assert r.status_code == 200  # stale values keep being served
+            depths.append(metric(web_metrics(stack), "herdless_queue_depth"))
+        assert max(depths) == len(keys), depths
+        assert depths[-1] == len(keys)
+    finally:
+        stack.start_worker("w1", wait=True)
+    wait_until(lambda: metric(web_metrics(stack), "herdless_queue_depth") == 0, 20, "the queue to drain")
+    refreshed = wait_until(
+        lambda: all(stack.get("demo-swr", k).json()["count"] >= 2 for k in keys),
+        20,
+        "fresh refreshes once the worker is back",
+    )
+    assert refreshed
+    text = worker_metrics(stack)
+    assert metric(text, "herdless_refresh_total", namespace="demo-swr", outcome="expired") >= 1
+
+
+def _chromium() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "chromium is not installed (make test installs Debian's chromium package)"
+    return binary
+
+
+def render(url: str) -> str:
+    """The page's DOM after its scripts ran, from real headless Chromium."""
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(
+            [
+                _chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def figure(dom: str, element_id: str) -> float:
+    m = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
+    assert m, f"#{element_id} not on the page"
+    return float(m.group(1))
+
+
+def test_the_status_page_renders_live_numbers_in_headless_chromium(stack: Stack) -> None:
+    before = render(stack.web_url + "/")
+    requests_before = figure(before, "requests-total")
+    calls_before = figure(before, "origin-calls-total")
+    assert figure(before, "queue-depth") >= 0
+    for i in range(3):
+        assert stack.get("demo", f"status-page-{i}").status_code == 200
+    for _ in range(20):
+        assert stack.get("demo", "status-page-0").status_code == 200
+    after = render(stack.web_url + "/")
+    assert figure(after, "requests-total") >= requests_before + 23
+    assert figure(after, "origin-calls-total") >= calls_before + 3
+    assert "closed" in after  # the demo origin's breaker
+    assert 'data-key="hit"' in after
+
+
+def _pool_children(main_pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(main_pid)], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def test_counters_of_a_replaced_pool_process_are_kept_without_a_pid_label(stack: Stack) -> None:
+    main_pid = stack.procs["w1"].pid
+    children = _pool_children(main_pid)
+    assert len(children) == 2
+    before = metric(worker_metrics(stack), "herdless_origin_calls_total")
+    assert before > 0
+    victim = min(children)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(_pool_children(main_pid) - {victim}) == 2, 20, "Celery to replace the pool process")
+    assert stack.get("demo", "after-replace").status_code == 200
+    after = worker_metrics(stack)
+    assert metric(after, "herdless_origin_calls_total") == before + 1
+    assert 'pid="' not in after

@@ -1,0 +1,164 @@
+"""A real Prometheus scraping a running stack evaluates every dashboard query and alert expression."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+
+from tests.stack import PYTHON, Proc, Stack, free_port, wait_until
+
+from .prometheus_server import PrometheusServer
+from .queries import PanelQuery, alert_rules, panel_queries, to_promql
+
+# Short TTLs so one test run sees misses, hits and stale answers; a quick origin keeps it fast.
+STACK_ENV = {"CACHE_TTL_SECONDS": "1", "ORIGIN_LATENCY_MS": "20"}
+
+# Rates over the whole traffic window: the stack lives for seconds, not minutes.
+RATE_INTERVAL = "30s"
+TIME_RANGE = "1m"
+
+PANELS_WITH_DATA = [
+    "Requests by outcome",
+    "Origin calls vs requests",
+    "Refresh lag p50/p99",
+    "Queue depth",
+    "Breaker state per origin",
+    "Workers online",
+    "Task runtime",
+]
+
+# The user monitoring/prometheus.yml scrapes Flower as.
+FLOWER_USER = "herdless"
+
+
+@contextmanager
+def running_flower(stack: Stack) -> Iterator[str]:
+    """Flower as docker-compose runs it (monitoring/flowerconfig.py, basic auth) on the stack's
+    broker; yields its metrics URL with the credentials in it."""
+    port = free_port()
+    password = "test-only-secret"
+    # Flower keeps its metrics in-process: no multiprocess directory for it.
+    env = {key: value for key, value in stack.env.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{password}"})
+    args = [PYTHON, "-m", "celery", "-A", "workers.celery_app", "flower", "--conf=monitoring/flowerconfig.py"]
+    flower = Proc("flower", args, env, stack.logdir)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: not flower.alive() or requests.get(f"{base}/healthcheck", timeout=1).ok, 30, "Flower")
+        assert flower.alive(), f"Flower died:\n{flower.output()[-3000:]}"
+        yield f"http://{FLOWER_USER}:{password}@127.0.0.1:{port}/metrics"
+    finally:
+        flower.stop()
+
+
+def drive_traffic(stack: Stack, prometheus: PrometheusServer) -> None:
+    """Cold keys, repeated hits and a stale read, spread over several scrapes so rates move."""
+    http = requests.Session()
+
+    def get(namespace: str, key: str) -> requests.Response:
+        response = http.get(stack.url(namespace, key), timeout=15)
+        assert response.status_code == 200, (namespace, key, response.status_code, response.text)
+        return response
+
+    for round_no in range(3):
+        assert get("demo", f"cold-{round_no}").headers["X-Cache"] == "MISS"
+        for _ in range(20):
+            get("demo", "hot")
+        prometheus.wait_for_scrape_after(time.time())
+
+    # swr never refreshes early, so once the 1 s soft TTL passes the next read is STALE.
+    get("demo-swr", "aging")
+    wait_until(
+        lambda: get("demo-swr", "aging").headers["X-Cache"] == "STALE",
+        timeout=10,
+        what="a stale answer from demo-swr",
+        interval=0.2,
+    )
+    # Two scrapes after the last request: a rate needs two samples of a series that appeared late.
+    prometheus.wait_for_scrape_after(time.time())
+    prometheus.wait_for_scrape_after(time.time())
+    prometheus.wait_until_rules_evaluated()
+
+
+@pytest.fixture(scope="module")
+def observed(
+    tmp_path_factory: pytest.TempPathFactory, prometheus: Callable[..., PrometheusServer]
+) -> Iterator[PrometheusServer]:
+    """Prometheus that has watched the stack serve every kind of traffic."""
+    with Stack(tmp_path_factory.mktemp("stack"), env=STACK_ENV) as stack, running_flower(stack) as flower_metrics:
+        server = prometheus(
+            {"web": f"{stack.web_url}/metrics", "worker": stack.worker_metrics_url, "flower": flower_metrics}
+        )
+        server.wait_until_targets_up()
+        drive_traffic(stack, server)
+        yield server
+
+
+def evaluate(server: PrometheusServer, query: PanelQuery) -> list[dict]:
+    answer = server.query(to_promql(query.expr, RATE_INTERVAL, TIME_RANGE))
+    assert answer["status"] == "success", f"{query.panel}/{query.ref_id}: {answer}"
+    return answer["data"]["result"]  # type: ignore[no-any-return]
+
+
+def panel_results(server: PrometheusServer, title: str) -> list[dict]:
+    queries = [query for query in panel_queries() if query.panel == title]
+    assert queries, f"no panel titled {title!r}"
+    return [series for query in queries for series in evaluate(server, query)]
+
+
+@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.panel}/{q.ref_id}")
+def test_every_panel_query_evaluates(observed: PrometheusServer, query: PanelQuery) -> None:
+    evaluate(observed, query)
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r.name)
+def test_every_alert_expression_evaluates(observed: PrometheusServer, rule) -> None:  # noqa: ANN001
+    answer = observed.query(rule.expr)
+    assert answer["status"] == "success", f"{rule.name}: {answer}"
+
+
+def test_prometheus_evaluates_every_alert_rule_without_error(observed: PrometheusServer) -> None:
+    rules = {rule["name"]: rule for rule in observed.rules()}
+    assert set(rules) == {rule.name for rule in alert_rules()}
+    for name, rule in rules.items():
+        assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
+
+
+@pytest.mark.parametrize("title", PANELS_WITH_DATA)
+def test_panel_shows_data_after_traffic(observed: PrometheusServer, title: str) -> None:
+    assert panel_results(observed, title), f"panel {title!r} is empty after traffic"
+
+
+def test_requests_by_outcome_shows_misses_hits_and_stale_answers(observed: PrometheusServer) -> None:
+    rates = {
+        series["metric"]["outcome"]: float(series["value"][1])
+        for series in panel_results(observed, "Requests by outcome")
+    }
+    assert {"miss", "hit", "stale"} <= set(rates), rates
+    assert rates["hit"] > 0, rates
+
+
+def test_origin_calls_are_counted_next_to_requests(observed: PrometheusServer) -> None:
+    series = panel_results(observed, "Origin calls vs requests")
+    calls = [s for s in series if s["metric"].get("outcome") == "ok"]
+    assert calls and float(calls[0]["value"][1]) > 0, series
+
+
+def test_refresh_lag_quantiles_are_finite(observed: PrometheusServer) -> None:
+    values = [float(s["value"][1]) for s in panel_results(observed, "Refresh lag p50/p99")]
+    assert any(math.isfinite(v) and v > 0 for v in values), values
+
+
+def test_breaker_state_shows_every_origin_closed(observed: PrometheusServer) -> None:
+    states = {s["metric"]["origin"]: float(s["value"][1]) for s in panel_results(observed, "Breaker state per origin")}
+    assert states and set(states.values()) == {0.0}, states
+
+
+def test_workers_online_counts_the_worker_in_flower_and_in_prometheus(observed: PrometheusServer) -> None:
+    series = panel_results(observed, "Workers online")
+    assert [float(s["value"][1]) for s in series] == [1.0, 1.0], series
