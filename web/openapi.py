@@ -12,6 +12,7 @@ from shared.namespaces import Namespace
 bp = Blueprint("openapi", __name__)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "number"}}
 
 
 def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
@@ -202,6 +203,30 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
                     },
                 }
             },
+            "/": {
+                "get": {
+                    "operationId": "statusPage",
+                    "summary": "Status page: request mix, origin calls, refreshes, queue depth, breakers",
+                    "responses": {
+                        "200": {
+                            "description": "HTML page polling /status.json.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/status.json": {
+                "get": {
+                    "operationId": "statusSnapshot",
+                    "summary": "The numbers behind the status page",
+                    "responses": {
+                        "200": {
+                            "description": "A snapshot of this web process's metrics and the first worker's.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -233,6 +258,34 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
                     "type": "object",
                     "required": ["enqueued"],
                     "properties": {"enqueued": {"type": "boolean"}, "reason": {"type": "string"}},
+                },
+                "Status": {
+                    "type": "object",
+                    "required": ["requests", "requests_total", "queue_depth", "breakers", "worker"],
+                    "properties": {
+                        "requests": _COUNTS,
+                        "requests_total": {"type": "number"},
+                        "refresh_enqueued": _COUNTS,
+                        "refresh_suppressed": _COUNTS,
+                        "queue_depth": {"type": "number"},
+                        "breakers": {
+                            "type": "object",
+                            "additionalProperties": {"enum": ["closed", "half-open", "open", "unknown"]},
+                        },
+                        "worker": {
+                            "oneOf": [
+                                {"type": "null"},
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "origin_calls": _COUNTS,
+                                        "origin_calls_total": {"type": "number"},
+                                        "refreshes": _COUNTS,
+                                    },
+                                },
+                            ]
+                        },
+                    },
                 },
                 "Ready": {
                     "type": "object",

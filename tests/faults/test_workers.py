@@ -151,9 +151,12 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
             assert all(s.headers["X-Cache"] == "STALE" for s in stale[len(keys) :])
 
             assert set(live_per_key) == set(keys) and max(live_per_key.values()) == 1, live_per_key
-            # Leases ran out while nobody worked, so dead refreshes piled up behind the live ones.
+            # Leases ran out several times while nobody worked, yet the queue never held more than
+            # one refresh per key; by now each of them has outlived its lease (`expires`).
             queued = queued_refreshes(redis)
-            assert len(queued) > len(keys) and most_queued <= len(keys) * (3.5 + 2), queued
+            assert most_queued <= len(keys) and sorted(k for k, _ in queued) == sorted(keys), queued
+            now = datetime.now().astimezone()
+            assert all(expires is not None and expires < now for _, expires in queued), queued
 
             calls_before_return = stack.origin_stats()["calls"]
             stack.start_worker("w2", wait=True)
@@ -169,7 +172,7 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
         )
         written = worker_metric(stack, "herdless_refresh_total", outcome="written")
         assert worker_metric(stack, "herdless_refresh_total", outcome="expired") >= 1
-        assert discarded >= len(queued) - len(keys), (discarded, len(queued))
+        assert discarded >= len(queued), (discarded, len(queued))
         # Discarded refreshes never reached the origin: every origin call since the return was a write.
         calls_since = stack.origin_stats()["calls"] - calls_before_return
         assert calls_since == worker_metric(stack, "herdless_origin_calls_total", outcome="ok") == written
