@@ -1,5 +1,5 @@
 """The worker's broker consumer: reconnects within a second once the broker is back, and
-survives a broker loss that strikes while an acknowledgement is in flight."""
+survives a broker loss while refreshes are running."""
 
 from __future__ import annotations
 
@@ -16,18 +16,29 @@ log = logging.getLogger("herdless.worker")
 RECONNECT_INTERVALS = {"interval_start": 0.25, "interval_step": 0.25, "interval_max": 1.0}
 
 
+def _detach_keeping_settings(connection: Any) -> None:
+    # kombu's Connection._do_close_transport, minus `transport.client = None`.
+    connection._transport = None
+
+
 class PromptReconnectConsumer(Consumer):  # type: ignore[misc]
     def ensure_connected(self, conn: Any) -> Any:
         conn.ensure_connection = functools.partial(conn.ensure_connection, **RECONNECT_INTERVALS)
         return super().ensure_connected(conn)
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
-        # When the broker vanished with an ack in flight, kombu's Redis channel tries to restore the
-        # unacked message while closing a connection Celery already collected, and raises
-        # AttributeError ('NoneType' has no 'hostname'): the consumer, and so the worker, died for
-        # good. The connection is already detached at that point; go on and reconnect. The message
-        # is not lost: it stays in the broker's unacked set and is restored after the visibility timeout.
+        # Celery collects the lost connection, and kombu then unlinks its transport from the
+        # connection settings. But refreshes received on it are still running and ack when they
+        # finish (acks_late); kombu's Redis channel then needs those settings to reach the broker
+        # and raised AttributeError ('NoneType' object has no attribute 'hostname') instead, which
+        # Celery treats as unrecoverable: one broker blip during a refresh killed the worker.
+        # Keep the settings: the late ack reconnects, or fails with a connection error that Celery
+        # logs ("Couldn't ack") and survives; the broker redelivers an unacked message later.
+        dying = self.connection
+        if dying is not None:
+            dying._do_close_transport = functools.partial(_detach_keeping_settings, dying)
         try:
             super().on_connection_error_after_connected(exc)
         except AttributeError:
+            # The same kombu path, reached while closing; the connection is already detached.
             log.warning("broker connection lost with an acknowledgement in flight; reconnecting")

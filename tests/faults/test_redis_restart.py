@@ -10,7 +10,7 @@ import requests
 
 from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import TrafficLoop, worker_metric
-from tests.stack import Stack, wait_until
+from tests.stack import RedisServer, Stack, wait_until
 
 NAMESPACES = """
 [namespaces.hot]
@@ -96,3 +96,52 @@ def test_redis_restart_gives_fast_503s_then_service_without_restarting_anything(
         assert new.status_code == 200 and new.headers["X-Cache"] == "MISS"
         assert {name: proc.pid for name, proc in stack.procs.items()} == pids_before
         assert all(proc.alive() for proc in stack.procs.values())
+
+
+def test_a_broker_outage_keeps_serving_stale_and_fails_cold_misses_fast(tmp_path: Path) -> None:
+    cache = RedisServer(tmp_path / "cache").start()
+    broker = RedisServer(tmp_path / "broker").start()
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
+        "CELERY_BROKER_URL": broker.url,
+        "ORIGIN_LATENCY_MS": "20",
+        "LEASE_TTL_SECONDS": "5",
+    }
+    try:
+        with Stack(tmp_path, env=env, redis=cache) as stack:
+            first = stack.get("swr", "kept").json()
+            # A refresh is running (slow origin) when the broker goes away and comes back.
+            stack.origin_config(latency_ms=1500)
+            wait_until(lambda: stack.get("swr", "kept").headers["X-Cache"] == "STALE", 10, "the value to go stale")
+            wait_until(lambda: stack.origin_stats()["per_key"]["kept"] == 2, 10, "the stale refresh to start")
+            broker.stop()
+
+            def timed(ns: str, key: str) -> tuple[requests.Response, float]:
+                t0 = time.monotonic()
+                r = stack.get(ns, key)
+                return r, time.monotonic() - t0
+
+            for _ in range(5):
+                stale, elapsed = timed("swr", "kept")
+                assert stale.status_code == 200 and stale.json() == first and elapsed < OUTAGE_ANSWER_LIMIT
+                assert stale.headers["X-Cache"] == "STALE"
+            cold, elapsed = timed("hot", "cold-without-broker")
+            assert cold.status_code == 503 and cold.json()["error"] == "broker_unavailable", cold.text
+            assert elapsed < OUTAGE_ANSWER_LIMIT and cold.headers["Retry-After"] == "1"
+            ready = requests.get(stack.web_url + "/readyz", timeout=5)
+            assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "ok"
+            assert ready.json()["checks"]["broker"].startswith("unreachable")
+
+            restarted_at = time.monotonic()
+            broker.start()
+            stack.origin_config(latency_ms=20)
+            # The refresh that ran through the blip still lands, and its late ack does not kill the worker.
+            wait_until(lambda: stack.get("swr", "kept").json()["count"] >= 2, 10, "the in-flight refresh written")
+            wait_until(lambda: stack.get("hot", "cold-without-broker").status_code == 200, 10, "a cold miss served")
+            assert time.monotonic() - restarted_at < RECOVERY_LIMIT + 1.5
+            assert stack.procs["w1"].alive(), stack.procs["w1"].output()[-3000:]
+            assert "Unrecoverable error" not in stack.procs["w1"].output()
+            assert stack.get("hot", "after-the-blip").status_code == 200
+    finally:
+        broker.stop()
+        cache.stop()
