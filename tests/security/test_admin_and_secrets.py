@@ -82,6 +82,8 @@ def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
             ready = requests.get(stack.web_url + "/readyz", timeout=5)
             assert ready.status_code == 200
             bodies.append(ready.text)
+            for path in ["/status.json", "/metrics"]:
+                bodies.append(requests.get(stack.web_url + path, timeout=5).text)
 
             with TrafficLoop([stack.url("demo", "k1"), stack.url("demo", "cold-during-outage")]) as traffic:
                 wait_until(lambda: len(traffic.samples) > 3, 10, "traffic")

@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 
 from shared.settings import Settings
 from tests.e2e.conftest import write_namespaces
-from tests.stack import Stack
+from tests.stack import RedisServer, Stack
 from web.app import create_app
 from web.openapi import build_openapi
 
@@ -62,8 +62,10 @@ def test_the_document_is_valid_openapi_3_1_and_served_live(stack: Stack) -> None
     assert ns_param["schema"]["enum"] == ["demo", "demo-swr"]
 
 
-def test_every_route_is_documented_and_every_documented_operation_is_routed(tmp_path: Path) -> None:
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", namespaces_file=Path(write_namespaces(tmp_path, NAMESPACES)))
+def test_every_route_is_documented_and_every_documented_operation_is_routed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    settings = Settings(redis_url=redis_server.url, namespaces_file=Path(write_namespaces(tmp_path, NAMESPACES)))
     app = create_app(settings)
     doc = build_openapi(app.extensions["herdless"]["namespaces"])
     adapter = app.url_map.bind("localhost")
