@@ -26,8 +26,11 @@ READY_CHANNEL = "hl:ready"
 COOLDOWN_BASE_MS = 1000
 
 
-def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> Any:
-    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true."""
+def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | None = None, **kwargs: Any) -> Any:
+    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
+
+    With pool_size, callers beyond that many concurrent commands wait (up to a second) for a
+    connection instead of failing: the web tier runs thousands of greenlets on a few sockets."""
     url = url or settings.redis_url
     opts: dict[str, Any] = {
         "socket_timeout": kwargs.pop("socket_timeout", 2.0),
@@ -39,7 +42,12 @@ def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> 
     opts.update(kwargs)
     if settings.redis_cluster:
         opts.pop("health_check_interval", None)
+        if pool_size:
+            opts["max_connections"] = pool_size
         return RedisCluster.from_url(url, **opts)
+    if pool_size:
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=1.0, **opts)
+        return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **opts)
 
 
