@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +29,8 @@ COOLDOWN_BASE_MS = 1000
 def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | None = None, **kwargs: Any) -> Any:
     """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
 
-    With pool_size, callers beyond that many concurrent commands wait (up to a second) for a
-    connection instead of failing: the web tier runs thousands of greenlets on a few sockets."""
+    pool_size caps the connections a process may open (the web tier runs up to that many
+    greenlets at once, each with at most one command in flight)."""
     url = url or settings.redis_url
     opts: dict[str, Any] = {
         "socket_timeout": kwargs.pop("socket_timeout", 2.0),
@@ -40,19 +40,17 @@ def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | N
     # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
     opts.setdefault("retry", Retry(NoBackoff(), 0))
     opts.update(kwargs)
+    if pool_size:
+        opts["max_connections"] = pool_size
     if settings.redis_cluster:
         opts.pop("health_check_interval", None)
-        if pool_size:
-            opts["max_connections"] = pool_size
         return RedisCluster.from_url(url, **opts)
-    if pool_size:
-        pool = redis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=1.0, **opts)
-        return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **opts)
 
 
 def new_token() -> str:
-    return uuid.uuid4().hex
+    """An unguessable lease token (96 random bits); one is drawn for every read."""
+    return os.urandom(12).hex()
 
 
 def make_etag(value: bytes) -> str:
