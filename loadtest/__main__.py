@@ -131,7 +131,10 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
     p.add_argument("--arrivals", choices=ARRIVALS, default="poisson")
     p.add_argument("--clients", type=int, default=1000, help="cold-herd: simultaneous clients (default %(default)s)")
     p.add_argument(
-        "--warmup", type=float, default=None, help="seconds excluded from after-warm-up figures (default TTL)"
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds excluded from after-warm-up figures (default: one TTL, or until every key was filled once)",
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-connections", type=int, default=512)

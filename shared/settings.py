@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     web_port: Port = 8000
     web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     web_threads: Annotated[int, Field(ge=1, le=1024)] = 4
+    # gevent: each request is a greenlet, so thousands of cold-miss waiters cost no threads;
+    # gthread: WEB_THREADS threads per worker process.
+    web_worker_class: Literal["gevent", "gthread"] = "gevent"
 
     worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     worker_metrics_port: Port = 9540

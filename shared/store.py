@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,11 @@ READY_CHANNEL = "hl:ready"
 COOLDOWN_BASE_MS = 1000
 
 
-def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> Any:
-    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true."""
+def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | None = None, **kwargs: Any) -> Any:
+    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
+
+    pool_size caps the connections a process may open (the web tier runs up to that many
+    greenlets at once, each with at most one command in flight)."""
     url = url or settings.redis_url
     opts: dict[str, Any] = {
         "socket_timeout": kwargs.pop("socket_timeout", 2.0),
@@ -37,6 +40,8 @@ def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> 
     # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
     opts.setdefault("retry", Retry(NoBackoff(), 0))
     opts.update(kwargs)
+    if pool_size:
+        opts["max_connections"] = pool_size
     if settings.redis_cluster:
         opts.pop("health_check_interval", None)
         return RedisCluster.from_url(url, **opts)
@@ -44,7 +49,8 @@ def make_redis(settings: Settings, *, url: str | None = None, **kwargs: Any) -> 
 
 
 def new_token() -> str:
-    return uuid.uuid4().hex
+    """An unguessable lease token (96 random bits); one is drawn for every read."""
+    return os.urandom(12).hex()
 
 
 def make_etag(value: bytes) -> str:

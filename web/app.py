@@ -52,7 +52,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     ext: dict[str, Any] = {
         "settings": settings,
         "namespaces": namespaces,
-        "store": CacheStore(make_redis(settings, socket_timeout=1.0, socket_connect_timeout=0.5), settings),
+        "store": CacheStore(
+            # One connection per concurrent request at most: gevent allows MAX_COLD_WAITERS + 1000.
+            make_redis(
+                settings, pool_size=settings.max_cold_waiters + 1000, socket_timeout=1.0, socket_connect_timeout=0.5
+            ),
+            settings,
+        ),
         "celery": celery,
         "waiter": ColdMissWaiter(lambda: pubsub_client(settings), settings.max_cold_waiters),
         "metrics_registry": build_registry(settings, celery),

@@ -17,8 +17,10 @@ except NamespaceConfigError as _exc:
 
 bind = os.environ.get("WEB_BIND", f"0.0.0.0:{_settings.web_port}")
 workers = _settings.web_concurrency
-threads = _settings.web_threads
-worker_class = "gthread"
+worker_class = _settings.web_worker_class
+threads = _settings.web_threads  # gthread only
+# gevent only: room for every permitted cold-miss waiter plus the requests being answered.
+worker_connections = _settings.max_cold_waiters + 1000
 backlog = 4096
 keepalive = 30
 timeout = 60
