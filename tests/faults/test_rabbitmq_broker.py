@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import metric
+from tests.faults.observe import QUICK_WEB_STOP, metric
 from tests.stack import Stack, port_open, wait_until
 
 NAMESPACES = """
@@ -50,6 +50,7 @@ def vhost() -> Iterator[str]:
 
 def test_a_cold_herd_with_a_rabbitmq_broker_costs_one_origin_call(tmp_path: Path, vhost: str) -> None:
     env = {
+        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
         "ORIGIN_LATENCY_MS": "150",

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import read_logs, worker_metric
+from tests.faults.observe import QUICK_WEB_STOP, read_logs, worker_metric
 from tests.stack import RedisServer, Stack, free_port, wait_until
 
 NAMESPACES = """
@@ -100,6 +100,7 @@ def stack(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("cluster-stack")
     broker = RedisServer(tmp / "broker").start()
     env = {
+        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "REDIS_CLUSTER": "true",
         "REDIS_URL": f"redis://127.0.0.1:{cluster[1].port}/0",

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from shared.origin import encode_key_for_path
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import assert_json_error, command_calls, raw_request
+from tests.faults.observe import QUICK_WEB_STOP, assert_json_error, command_calls, raw_request
 from tests.stack import Stack
 
 NAMESPACES = """
@@ -69,6 +69,7 @@ NASTY_PIECES = [
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("hostile")
     env = {
+        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "ORIGIN_LATENCY_MS": "0",
         "WEB_CONCURRENCY": "1",

@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 
 from shared.settings import Settings
 from tests.e2e.conftest import write_namespaces
+from tests.faults.observe import QUICK_WEB_STOP
 from tests.stack import RedisServer, Stack
 from web.app import create_app
 from web.openapi import build_openapi
@@ -37,6 +38,7 @@ IGNORED_METHODS = {"HEAD", "OPTIONS"}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("openapi")
     env = {
+        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "ORIGIN_LATENCY_MS": "0",
         "ADMIN_TOKEN": ADMIN,
@@ -128,6 +130,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack: Stack
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=tmp_path,  # schemathesis keeps a .schemathesis/ cache in its working directory
     )
     # Long generated keys make the report unreadable: collapse their percent-encoding.
     output = re.sub(r"(%[0-9A-F]{2}){16,}", "%..", proc.stdout + proc.stderr)
