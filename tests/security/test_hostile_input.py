@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from shared.origin import encode_key_for_path
 from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import QUICK_WEB_STOP, assert_json_error, command_calls, raw_request
-from tests.stack import Stack
+from tests.stack import RedisServer, Stack
 
 NAMESPACES = """
 [namespaces.demo]
@@ -68,15 +68,22 @@ NASTY_PIECES = [
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("hostile")
+    # The broker gets a Redis of its own: kombu runs EVALSHA there too, and this test counts
+    # the cache's EVALSHAs to prove that illegal input never reached it.
+    broker = RedisServer(tmp / "broker").start()
     env = {
         **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
+        "CELERY_BROKER_URL": broker.url,
         "ORIGIN_LATENCY_MS": "0",
         "WEB_CONCURRENCY": "1",
         "COLD_WAIT_TIMEOUT_SECONDS": "5",
     }
-    with Stack(tmp, env=env, worker_concurrency=2) as s:
-        yield s
+    try:
+        with Stack(tmp, env=env, worker_concurrency=2) as s:
+            yield s
+    finally:
+        broker.stop()
 
 
 def legal_key(raw: bytes) -> str | None:
