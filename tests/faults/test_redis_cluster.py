@@ -174,6 +174,7 @@ def test_refresh_purge_and_breaker_work_on_a_cluster(stack: Stack) -> None:
         stack.origin_config(failure_rate=0.0)
     assert worker_metric(stack, "herdless_refresh_total", outcome="written") >= 4
 
-    logs = read_logs(stack)
-    assert "CROSSSLOT" not in logs
-    assert "Traceback" not in logs, logs[logs.find("Traceback") - 500 : logs.find("Traceback") + 2500]
+    assert "CROSSSLOT" not in read_logs(stack)
+    # herdless's own processes logged no exception (the demo origin's log may show client resets).
+    ours = stack.procs["web"].output() + stack.procs["w1"].output()
+    assert "Traceback" not in ours, ours[ours.find("Traceback") - 500 : ours.find("Traceback") + 2500]
