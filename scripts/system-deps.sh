@@ -7,6 +7,7 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v rabbitmqctl >/dev/null 2>&1 || need+=(rabbitmq-server)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "installing: ${need[*]}"
 SUDO=""

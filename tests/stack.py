@@ -217,6 +217,9 @@ class Stack:
                 "ORIGIN_LATENCY_MS": "100",
                 "WORKER_CONCURRENCY": str(self.worker_concurrency),
                 "PYTHONUNBUFFERED": "1",
+                # gevent workers wait out idle keep-alive clients for the whole graceful timeout:
+                # tests stop their stacks in a second instead.
+                "GUNICORN_CMD_ARGS": "--graceful-timeout 1",
                 "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "metrics"),
                 "WORKER_METRICS_URL": f"http://127.0.0.1:{self.worker_metrics_ports['w1']}/metrics",
             }
