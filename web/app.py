@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import Settings, load_settings
@@ -21,6 +22,11 @@ def json_error(status: int, error: str, detail: str, headers: dict[str, str] | N
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+class AnythingConverter(PathConverter):
+    regex = "(?s:.+)"
+    part_isolating = False  # may span "/" (Werkzeug would infer True: the regex holds no "/")
 
 
 def json_response(status: int, body: dict[str, Any]) -> Response:
@@ -41,6 +47,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Keys are opaque: "a//b" and "a/b/" are keys of their own, not paths to tidy up.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
+    # Werkzeug's `path` stops at a line break; ours takes every byte so that the route, not the
+    # router, decides what a bad key is (a key with CR/LF gets 400 invalid_key, not 404).
+    app.url_map.converters["anything"] = AnythingConverter
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     from shared.metrics import init_web_series

@@ -221,7 +221,7 @@ def _wait_for_refresh(store: CacheStore, ns: Namespace, key: str, first: ReadRes
         return _error(ns, 503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
 
 
-@bp.get("/v1/cache/<path:_rest>")
+@bp.get("/v1/cache/<anything:_rest>")
 def read(_rest: str) -> Response:
     target = _target()
     ns, key = target.ns, target.key
@@ -249,7 +249,7 @@ def read(_rest: str) -> Response:
         metrics.REQUEST_DURATION.labels(ns.name).observe(time.perf_counter() - started)
 
 
-@bp.post("/v1/cache/<path:_rest>")
+@bp.post("/v1/cache/<anything:_rest>")
 def refresh(_rest: str) -> Response:
     target = _target(b"/refresh")
     _require_admin()
@@ -263,7 +263,7 @@ def refresh(_rest: str) -> Response:
     return json_response(202, {"enqueued": True})
 
 
-@bp.delete("/v1/cache/<path:_rest>")
+@bp.delete("/v1/cache/<anything:_rest>")
 def purge(_rest: str) -> Response:
     target = _target()
     _require_admin()

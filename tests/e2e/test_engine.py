@@ -164,26 +164,27 @@ def test_python_callable_origin(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "status", "error"),
     [
-        "/v1/cache/herd/a%00b",
-        "/v1/cache/herd/line%0D%0Abreak",
-        "/v1/cache/herd/tab%09",
-        "/v1/cache/herd/" + "x" * 600,
-        "/v1/cache/herd/%FF%FE",
-        "/v1/cache/herd/",
-        "/v1/cache/nope/key",
-        "/v1/cache/NOT..valid/key",
+        ("/v1/cache/herd/a%00b", 400, "invalid_key"),
+        ("/v1/cache/herd/line%0D%0Abreak", 400, "invalid_key"),
+        ("/v1/cache/herd/line%0Abreak", 400, "invalid_key"),
+        ("/v1/cache/herd/tab%09", 400, "invalid_key"),
+        ("/v1/cache/herd/" + "x" * 600, 400, "invalid_key"),
+        ("/v1/cache/herd/%FF%FE", 400, "invalid_key"),
+        ("/v1/cache/herd/", 400, "invalid_key"),
+        ("/v1/cache/nope/key", 404, "unknown_namespace"),
+        ("/v1/cache/NOT..valid/key", 404, "unknown_namespace"),
     ],
 )
-def test_bad_input_gets_a_json_4xx(stack: Stack, path: str) -> None:
-    status, headers, body = raw_get(stack, path)
-    assert 400 <= status < 500, (status, body)
+def test_bad_input_gets_a_json_4xx(stack: Stack, path: str, status: int, error: str) -> None:
+    got, headers, body = raw_get(stack, path)
+    assert got == status, (got, body)
     assert headers["Content-Type"].startswith("application/json")
     import json
 
     payload = json.loads(body)
-    assert set(payload) >= {"error", "detail"}
+    assert payload["error"] == error and payload["detail"]
     assert "Traceback" not in body.decode(errors="replace")
 
 
