@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from shared import metrics
 from shared.keys import InvalidKey, decode_key
 from shared.namespaces import NAMESPACE_RE, Namespace
-from shared.origin import NotFound, OriginError, make_origin
+from shared.origin import NotFound, Origin, OriginError, make_origin
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.xfetch import Decision
@@ -116,10 +116,18 @@ def _cache_headers(ns: Namespace, r: ReadResult, outcome: str) -> dict[str, str]
         headers["Age"] = str(max(0, (r.now_ms - r.at_ms) // 1000))
     if r.soft_ms is not None:
         max_age = max(0, math.floor((r.soft_ms - r.now_ms) / 1000))
-        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={int(ns.stale_ttl_seconds)}"
+        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={ns.stale_ttl_ms // 1000}"
     if r.etag:
         headers["ETag"] = r.etag
     return headers
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match uses the weak comparison: W/"x" matches "x"; * matches any stored value."""
+    if not if_none_match:
+        return False
+    tokens = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tokens or etag in tokens
 
 
 def _serve(ns: Namespace, r: ReadResult, outcome: str) -> Response:
@@ -130,8 +138,7 @@ def _serve(ns: Namespace, r: ReadResult, outcome: str) -> Response:
     if r.negative:
         metrics.REQUESTS.labels(ns.name, "negative").inc()
         return json_error(404, "not_found", "the origin has no value for this key", headers)
-    inm = request.headers.get("If-None-Match")
-    if inm and r.etag and r.etag in [t.strip() for t in inm.split(",")] + ["*"]:
+    if r.etag and _etag_matches(request.headers.get("If-None-Match"), r.etag):
         metrics.REQUESTS.labels(ns.name, "not_modified").inc()
         return Response(status=304, headers=headers)
     metrics.REQUESTS.labels(ns.name, outcome).inc()
@@ -149,6 +156,13 @@ def _suppressed(ns: Namespace, r: ReadResult) -> None:
     metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
 
+def _naive_origin(ns: Namespace) -> Origin:
+    origins: dict[str, Origin] = _ext().setdefault("naive_origins", {})
+    if ns.name not in origins:
+        origins[ns.name] = make_origin(ns, _ext()["settings"].origin_max_bytes)
+    return origins[ns.name]
+
+
 def _read_naive(store: CacheStore, ns: Namespace, key: str) -> Response:
     """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""
     r = store.read(ns, key, new_token())
@@ -157,7 +171,7 @@ def _read_naive(store: CacheStore, ns: Namespace, key: str) -> Response:
     started = store.now_ms()
     t0 = time.perf_counter()
     try:
-        resp = make_origin(ns, _ext()["settings"].origin_max_bytes).fetch(key)
+        resp = _naive_origin(ns).fetch(key)
         negative, body, ctype = False, resp.body, resp.content_type
         metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
     except NotFound:

@@ -116,7 +116,9 @@ def test_stale_value_is_served_while_the_refresh_runs(stack: Stack) -> None:
 
 def test_lock_strategy_waits_for_the_single_refresher_instead_of_serving_stale(stack: Stack) -> None:
     key = "lock-key"
-    assert stack.get("lock", key).json()["count"] == 1
+    first = stack.get("lock", key)
+    assert first.json()["count"] == 1
+    assert first.headers["Cache-Control"].endswith("stale-while-revalidate=0")
     wait_until(lambda: stack.get("lock", key).json()["count"] == 2, 10, "a refresh under the lock strategy")
     r = stack.get("lock", key)
     assert r.headers["X-Cache"] in ("HIT", "MISS")
@@ -142,6 +144,9 @@ def test_etag_and_if_none_match(stack: Stack) -> None:
     etag = r.headers["ETag"]
     again = stack.get("herd", "etag-key", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b""
+    assert stack.get("herd", "etag-key", headers={"If-None-Match": f'"other", W/{etag}'}).status_code == 304
+    assert stack.get("herd", "etag-key", headers={"If-None-Match": "*"}).status_code == 304
+    assert stack.get("herd", "etag-key", headers={"If-None-Match": '"other"'}).status_code == 200
     assert "max-age=" in again.headers["Cache-Control"]
     assert int(again.headers["Age"]) >= 0
 
