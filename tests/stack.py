@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,35 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else "")
     )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in Prometheus text whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def cold_herd(stack: Stack, namespace: str, keys: list[str], clients: int) -> list[tuple[str, int, bytes]]:
+    """`clients` concurrent GETs released at one instant, spread over `keys`: (key, status, body)."""
+    barrier = threading.Barrier(clients)
+
+    def one(i: int) -> tuple[str, int, bytes]:
+        key = keys[i % len(keys)]
+        barrier.wait()
+        r = requests.get(stack.url(namespace, key), timeout=30)
+        return key, r.status_code, r.content
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        return list(pool.map(one, range(clients)))
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

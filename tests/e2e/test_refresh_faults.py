@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, metric, wait_until
 
 ONE_NAMESPACE = """
 [namespaces.k]
@@ -23,21 +22,6 @@ strategy = "swr"
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 1
 """
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        m = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
 
 
 def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_path: Path) -> None:

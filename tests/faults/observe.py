@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,26 +12,7 @@ from typing import Any
 
 import requests
 
-from tests.stack import Stack
-
-# gunicorn's gevent worker, stopped, waits up to graceful_timeout (20 s) for clients that keep an
-# idle connection open, and a test still holding a response does: each Stack teardown then took 15 s.
-QUICK_WEB_STOP = {"GUNICORN_CMD_ARGS": "--graceful-timeout 1"}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        m = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
+from tests.stack import Stack, metric
 
 
 def worker_metric(stack: Stack, name: str, worker: str | None = None, **labels: str) -> float:

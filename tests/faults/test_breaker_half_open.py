@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
-from tests.faults.observe import QUICK_WEB_STOP, TrafficLoop, worker_metric
+from tests.faults.observe import TrafficLoop, worker_metric
 from tests.stack import Stack, wait_until
 from workers.breaker import breaker_state_key
 
@@ -24,7 +24,6 @@ origin = "{origin.base_url}/v/{{key}}"
 cache_ttl_seconds = 1
 """
         env = {
-            **QUICK_WEB_STOP,
             "NAMESPACES_FILE": write_namespaces(tmp_path, namespaces),
             "BREAKER_FAIL_MAX": "2",
             "BREAKER_RESET_TIMEOUT_SECONDS": str(RESET_SECONDS),

@@ -13,7 +13,7 @@ import requests
 
 from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
-from tests.faults.observe import QUICK_WEB_STOP, worker_metric
+from tests.faults.observe import worker_metric
 from tests.stack import Stack, wait_until
 from workers.breaker import breaker_namespace
 
@@ -54,7 +54,6 @@ origin = "{refusing.base_url}/v/{{key}}"
 cache_ttl_seconds = 1
 """
         stack_env = {
-            **QUICK_WEB_STOP,
             "NAMESPACES_FILE": write_namespaces(tmp, namespaces),
             "ORIGIN_LATENCY_MS": "10",
             "ORIGIN_MAX_BYTES": str(MAX_BYTES),

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, metric
-from tests.stack import Stack, port_open, wait_until
+from tests.faults.observe import metric
+from tests.stack import Stack, cold_herd, port_open, wait_until
 
 NAMESPACES = """
 [namespaces.herd]
@@ -50,7 +48,6 @@ def vhost() -> Iterator[str]:
 
 def test_a_cold_herd_with_a_rabbitmq_broker_costs_one_origin_call(tmp_path: Path, vhost: str) -> None:
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
         "ORIGIN_LATENCY_MS": "150",
@@ -58,16 +55,7 @@ def test_a_cold_herd_with_a_rabbitmq_broker_costs_one_origin_call(tmp_path: Path
     with Stack(tmp_path, env=env) as stack:
         assert "amqp://guest:**@127.0.0.1:5672/" + vhost in stack.procs["w1"].output()
         keys = [f"rabbit-{i}" for i in range(3)]
-        barrier = threading.Barrier(HERD)
-
-        def one(i: int) -> tuple[str, int, bytes]:
-            key = keys[i % len(keys)]
-            barrier.wait()
-            r = requests.get(stack.url("herd", key), timeout=30)
-            return key, r.status_code, r.content
-
-        with ThreadPoolExecutor(HERD) as pool:
-            results = list(pool.map(one, range(HERD)))
+        results = cold_herd(stack, "herd", keys, HERD)
         assert {status for _, status, _ in results} == {200}, [r for r in results if r[1] != 200][:3]
         per_key = stack.origin_stats()["per_key"]
         assert all(per_key[k] == 1 for k in keys), per_key

@@ -6,17 +6,15 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, read_logs, worker_metric
-from tests.stack import RedisServer, Stack, free_port, wait_until
+from tests.faults.observe import read_logs, worker_metric
+from tests.stack import RedisServer, Stack, cold_herd, free_port, wait_until
 
 NAMESPACES = """
 [namespaces.herd]
@@ -100,7 +98,6 @@ def stack(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("cluster-stack")
     broker = RedisServer(tmp / "broker").start()
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "REDIS_CLUSTER": "true",
         "REDIS_URL": f"redis://127.0.0.1:{cluster[1].port}/0",
@@ -118,16 +115,7 @@ def stack(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactory) 
 
 def test_a_cold_herd_on_a_cluster_costs_one_origin_call_per_key(stack: Stack, cluster: list[RedisServer]) -> None:
     keys = [f"cluster-herd-{i}" for i in range(6)]  # hash tags spread over the three masters
-    barrier = threading.Barrier(HERD)
-
-    def one(i: int) -> tuple[str, int, bytes]:
-        key = keys[i % len(keys)]
-        barrier.wait()
-        r = requests.get(stack.url("herd", key), timeout=30)
-        return key, r.status_code, r.content
-
-    with ThreadPoolExecutor(HERD) as pool:
-        results = list(pool.map(one, range(HERD)))
+    results = cold_herd(stack, "herd", keys, HERD)
     assert {status for _, status, _ in results} == {200}, [r for r in results if r[1] != 200][:3]
     for key in keys:
         assert len({body for k, _, body in results if k == key}) == 1

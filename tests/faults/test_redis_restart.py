@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, TrafficLoop, worker_metric
+from tests.faults.observe import TrafficLoop, worker_metric
 from tests.stack import RedisServer, Stack, wait_until
 
 NAMESPACES = """
@@ -29,7 +29,6 @@ RECOVERY_LIMIT = 2.0
 
 def test_redis_restart_gives_fast_503s_then_service_without_restarting_anything(tmp_path: Path) -> None:
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": "20",
         "LEASE_TTL_SECONDS": "2",
@@ -103,7 +102,6 @@ def test_a_broker_outage_keeps_serving_stale_and_fails_cold_misses_fast(tmp_path
     cache = RedisServer(tmp_path / "cache").start()
     broker = RedisServer(tmp_path / "broker").start()
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "CELERY_BROKER_URL": broker.url,
         "ORIGIN_LATENCY_MS": "20",

@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, TrafficLoop, worker_metric
+from tests.faults.observe import TrafficLoop, worker_metric
 from tests.stack import Stack, wait_until
 
 NAMESPACES = """
@@ -47,7 +47,6 @@ def queued_refreshes(redis: Any) -> list[tuple[str, datetime | None]]:
 
 def test_sigterm_during_a_refresh_lets_it_finish_and_write(tmp_path: Path) -> None:
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": "1500",
         "COLD_WAIT_TIMEOUT_SECONDS": "15",
@@ -76,7 +75,6 @@ def test_sigterm_during_a_refresh_lets_it_finish_and_write(tmp_path: Path) -> No
 
 def test_sigkill_of_one_of_two_worker_hosts_moves_the_refresh_to_the_other(tmp_path: Path) -> None:
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "LEASE_TTL_SECONDS": "2",
         "ORIGIN_LATENCY_MS": "50",
@@ -118,7 +116,6 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
 ) -> None:
     lease_ttl = 1.0
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "LEASE_TTL_SECONDS": str(lease_ttl),
         "ORIGIN_LATENCY_MS": "20",

@@ -8,16 +8,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.e2e.test_refresh_faults import metric
-from tests.stack import PYTHON, Proc, Stack, free_port, wait_until
+from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
 
 WEB_METRICS = [
     "herdless_requests_total",
@@ -77,15 +74,8 @@ def worker_metrics(stack: Stack) -> str:
 
 def test_a_cold_herd_is_one_origin_call_and_the_rest_is_accounted_as_suppressed(stack: Stack, flower: str) -> None:
     key = "metrics-herd"
-    barrier = threading.Barrier(300)
-
-    def one() -> int:
-        barrier.wait()
-        return requests.get(stack.url("demo", key), timeout=30).status_code
-
     web_before, worker_before = web_metrics(stack), worker_metrics(stack)
-    with ThreadPoolExecutor(max_workers=300) as pool:
-        assert set(pool.map(lambda _: one(), range(300))) == {200}
+    assert {status for _, status, _ in cold_herd(stack, "demo", [key], 300)} == {200}
     web, worker = web_metrics(stack), worker_metrics(stack)
 
     def delta(after: str, before: str, name: str, **labels: str) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, TrafficLoop, read_logs
+from tests.faults.observe import TrafficLoop, read_logs
 from tests.stack import ROOT, RedisServer, Stack, wait_until
 
 ADMIN = "adm1n-T0ken-7f3c9e"
@@ -31,7 +31,6 @@ def _assert_secret_free(text: str, where: str) -> None:
 def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis", password=REDIS_PASSWORD).start()
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": "20",
         "ADMIN_TOKEN": ADMIN,

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, web_metric
+from tests.faults.observe import web_metric
 from tests.stack import Stack
 
 NAMESPACES = """
@@ -25,7 +25,6 @@ ORIGIN_MS = 1500
 
 def test_cold_waiters_beyond_the_limit_get_503_immediately(tmp_path: Path) -> None:
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": str(ORIGIN_MS),
         "MAX_COLD_WAITERS": str(LIMIT),

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from shared.origin import encode_key_for_path
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, assert_json_error, command_calls, raw_request
+from tests.faults.observe import assert_json_error, command_calls, raw_request
 from tests.stack import RedisServer, Stack
 
 NAMESPACES = """
@@ -72,7 +72,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # the cache's EVALSHAs to prove that illegal input never reached it.
     broker = RedisServer(tmp / "broker").start()
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "CELERY_BROKER_URL": broker.url,
         "ORIGIN_LATENCY_MS": "0",

@@ -15,7 +15,6 @@ from openapi_spec_validator import validate
 
 from shared.settings import Settings
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP
 from tests.stack import RedisServer, Stack
 from web.app import create_app
 from web.openapi import build_openapi
@@ -38,7 +37,6 @@ IGNORED_METHODS = {"HEAD", "OPTIONS"}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("openapi")
     env = {
-        **QUICK_WEB_STOP,
         "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "ORIGIN_LATENCY_MS": "0",
         "ADMIN_TOKEN": ADMIN,

@@ -10,7 +10,7 @@ from pathlib import Path
 from kombu import Connection
 
 from tests.e2e.conftest import write_namespaces
-from tests.faults.observe import QUICK_WEB_STOP, worker_metric
+from tests.faults.observe import worker_metric
 from tests.stack import Stack, wait_until
 
 NAMESPACES = """
@@ -35,7 +35,7 @@ def test_a_pickled_task_is_refused_and_not_executed(tmp_path: Path) -> None:
     control = tmp_path / "control"
     pickle.loads(pickle.dumps(CreatesFileWhenUnpickled(control)))
     assert control.exists(), "the payload must have a visible effect when it is unpickled"
-    env = {**QUICK_WEB_STOP, "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES), "ORIGIN_LATENCY_MS": "10"}
+    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES), "ORIGIN_LATENCY_MS": "10"}
     with Stack(tmp_path, env=env) as stack:
         redis = stack.redis.client()
         task_id = str(uuid.uuid4())
