@@ -193,12 +193,6 @@ end
 return 0
 """
 
-# RELEASE_LEASE: delete the lease only if it is ours. KEYS[1] lease; ARGV[1] token. Returns 1/0.
-RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 # PURGE: hard delete, leaving a tombstone so that a refresh that started before now cannot
 # bring the old value back. KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone, KEYS[4] queued marker;
 # ARGV[1] tombstone ttl ms. Returns 1 if a value was stored.

@@ -109,7 +109,6 @@ class CacheStore:
         self._claim = client.register_script(scripts.CLAIM)
         self._abandon = client.register_script(scripts.ABANDON)
         self._renew = client.register_script(scripts.RENEW_LEASE)
-        self._release = client.register_script(scripts.RELEASE_LEASE)
         self._purge = client.register_script(scripts.PURGE)
         self._soft_purge = client.register_script(scripts.SOFT_PURGE)
 
@@ -178,10 +177,6 @@ class CacheStore:
     def renew_lease(self, ns: Namespace, key: str, token: str) -> bool:
         k = EntryKeys.of(ns.name, key)
         return int(self._renew(keys=[k.lease], args=[token, self.lease_ttl_ms])) == 1
-
-    def release_lease(self, ns: Namespace, key: str, token: str) -> bool:
-        k = EntryKeys.of(ns.name, key)
-        return int(self._release(keys=[k.lease], args=[token])) == 1
 
     def now_ms(self) -> int:
         seconds, micros = self.redis.time()

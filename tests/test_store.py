@@ -9,7 +9,7 @@ import pytest
 from shared.keys import EntryKeys, InvalidKey, decode_key, validate_key
 from shared.namespaces import Namespace
 from shared.store import CacheStore, new_token
-from shared.xfetch import Decision, may_write
+from shared.xfetch import Decision, may_write, smooth_delta
 
 
 def _write(store: CacheStore, ns: Namespace, key: str, token: str, value: bytes, started: int | None = None) -> bool:
@@ -101,10 +101,10 @@ def test_lease_renew_and_release_only_by_its_owner(store: CacheStore, ns: Namesp
     assert store.take_lease(ns, "l", mine)
     assert not store.take_lease(ns, "l", new_token())
     assert not store.renew_lease(ns, "l", new_token())
-    assert not store.release_lease(ns, "l", new_token())
+    store.abandon(ns, "l", new_token())
     assert store.lease_holder(ns, "l") == mine
     assert store.renew_lease(ns, "l", mine)
-    assert store.release_lease(ns, "l", mine)
+    store.abandon(ns, "l", mine)
     assert store.lease_holder(ns, "l") is None
 
 
@@ -133,6 +133,22 @@ def test_failure_turns_the_lease_into_a_growing_cooldown_and_stretches_the_stale
     second = store.record_failure(ns, "e", token2)
     assert second == 2 * first
     assert store.record_failure(ns, "e", token2, min_cooldown_ms=25_000) >= 25_000
+
+
+def test_the_write_script_measures_and_smooths_refresh_duration_like_the_pure_rule(
+    store: CacheStore, ns: Namespace
+) -> None:
+    won_at = store.now_ms() - 200
+    first = store.fenced_write(
+        ns, "d", new_token(), started_ms=won_at + 1, won_at_ms=won_at, value=b"1", content_type="text/plain"
+    )
+    assert first.written and first.delta_ms == first.written_at_ms - won_at
+    won_again = store.now_ms() - 50
+    second = store.fenced_write(
+        ns, "d", new_token(), started_ms=won_again + 1, won_at_ms=won_again, value=b"2", content_type="text/plain"
+    )
+    assert second.written
+    assert second.delta_ms == smooth_delta(first.delta_ms, second.written_at_ms - won_again)
 
 
 def test_negative_entries_are_read_back_as_negative(store: CacheStore, ns: Namespace) -> None:
