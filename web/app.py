@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
         "celery": celery,
         "waiter": ColdMissWaiter(lambda: pubsub_client(settings), settings.max_cold_waiters),
-        "metrics_registry": build_registry(settings, celery),
+        "metrics_registry": build_registry(settings, celery, namespaces),
     }
     app.extensions["herdless"] = ext
     ext["waiter"].start()

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared.metrics import ScrapeTimeCollector, init_worker_series
-from shared.namespaces import load_namespaces
+from shared.namespaces import Namespace, load_namespaces
 from shared.settings import Settings
 from shared.store import make_redis
 from workers.breaker import breaker_state_key
@@ -41,7 +41,7 @@ def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, 
     return states
 
 
-def build_registry(settings: Settings, app: Celery) -> CollectorRegistry:
+def build_registry(settings: Settings, app: Celery, namespaces: dict[str, Namespace]) -> CollectorRegistry:
     """Counters of every process of this role, plus queue depth and breaker state read per scrape.
     The web tier serves these too, so queue depth stays visible while no worker runs."""
     registry = CollectorRegistry()
@@ -52,7 +52,7 @@ def build_registry(settings: Settings, app: Celery) -> CollectorRegistry:
 
         registry = REGISTRY
     client = make_redis(settings)
-    origin_names = sorted({ns.origin_name for ns in load_namespaces(settings).values()})
+    origin_names = sorted({ns.origin_name for ns in namespaces.values()})
     registry.register(
         ScrapeTimeCollector(
             queue_depths=lambda: queue_depths(app),
@@ -66,6 +66,6 @@ def start_metrics_server(settings: Settings, app: Celery) -> None:
     namespaces = load_namespaces(settings)
     # Every known series exists from the start, at 0, before any pool process did any work.
     init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
-    registry = build_registry(settings, app)
+    registry = build_registry(settings, app, namespaces)
     start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
     log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)

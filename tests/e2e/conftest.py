@@ -34,6 +34,19 @@ cache_ttl_seconds = 60
 """
 
 
+# A long-lived namespace and a 1 s stale-while-revalidate one: enough for most fault tests.
+LONG_AND_SWR_NAMESPACES = """
+[namespaces.k]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
+[namespaces.swr]
+strategy = "swr"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 1
+"""
+
+
 def write_namespaces(tmp: Path, body: str = ENGINE_NAMESPACES) -> str:
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "namespaces.toml"

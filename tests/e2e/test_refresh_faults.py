@@ -9,24 +9,13 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import write_namespaces
+from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES, write_namespaces
 from tests.stack import Stack, metric, wait_until
-
-ONE_NAMESPACE = """
-[namespaces.k]
-origin = "${ORIGIN_BASE_URL}/items/{key}"
-cache_ttl_seconds = 60
-
-[namespaces.swr]
-strategy = "swr"
-origin = "${ORIGIN_BASE_URL}/items/{key}"
-cache_ttl_seconds = 1
-"""
 
 
 def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "NAMESPACES_FILE": write_namespaces(tmp_path, LONG_AND_SWR_NAMESPACES),
         "LEASE_TTL_SECONDS": "1",
         "COLD_WAIT_TIMEOUT_SECONDS": "20",
         "ORIGIN_LATENCY_MS": "1500",
@@ -57,7 +46,7 @@ def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_pa
 
 def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "NAMESPACES_FILE": write_namespaces(tmp_path, LONG_AND_SWR_NAMESPACES),
         "BREAKER_FAIL_MAX": "3",
         "BREAKER_RESET_TIMEOUT_SECONDS": "4",
         "ORIGIN_LATENCY_MS": "20",
@@ -115,7 +104,7 @@ def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Pa
 
 def test_a_worker_killed_mid_refresh_delays_the_refresh_but_fails_no_request(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, ONE_NAMESPACE),
+        "NAMESPACES_FILE": write_namespaces(tmp_path, LONG_AND_SWR_NAMESPACES),
         "LEASE_TTL_SECONDS": "2",
         "ORIGIN_LATENCY_MS": "50",
     }

@@ -16,20 +16,11 @@ from typing import Any
 
 import requests
 
-from tests.e2e.conftest import write_namespaces
+from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES, write_namespaces
 from tests.faults.observe import TrafficLoop, worker_metric
 from tests.stack import Stack, wait_until
 
-NAMESPACES = """
-[namespaces.k]
-origin = "${ORIGIN_BASE_URL}/items/{key}"
-cache_ttl_seconds = 60
-
-[namespaces.swr]
-strategy = "swr"
-origin = "${ORIGIN_BASE_URL}/items/{key}"
-cache_ttl_seconds = 1
-"""
+NAMESPACES = LONG_AND_SWR_NAMESPACES
 BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
 
 
