@@ -21,6 +21,7 @@ _OVERRIDABLE = {
     "negative_ttl_seconds",
     "xfetch_beta",
     "origin_timeout_seconds",
+    "origin_max_concurrency",
 }
 
 
@@ -40,6 +41,7 @@ class Namespace:
     negative_ttl_seconds: float
     xfetch_beta: float
     origin_timeout_seconds: float
+    origin_max_concurrency: int
 
     @property
     def is_http(self) -> bool:
@@ -115,11 +117,26 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         value = raw.get(option, getattr(settings, option))
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise NamespaceConfigError(f"namespace {name}: {option} must be a number")
-        positive = option in {"cache_ttl_seconds", "negative_ttl_seconds", "origin_timeout_seconds"}
+        positive = option in {
+            "cache_ttl_seconds",
+            "negative_ttl_seconds",
+            "origin_timeout_seconds",
+            "origin_max_concurrency",
+        }
         if value < 0 or (positive and value == 0):
             raise NamespaceConfigError(f"namespace {name}: {option}={value} is out of range")
+        if option == "origin_max_concurrency" and value != int(value):
+            raise NamespaceConfigError(f"namespace {name}: {option} must be a whole number")
         values[option] = float(value)
-    return Namespace(name=name, strategy=strategy, origin=origin, origin_name=_origin_name(origin), **values)
+    max_conc = int(values.pop("origin_max_concurrency"))
+    return Namespace(
+        name=name,
+        strategy=strategy,
+        origin=origin,
+        origin_name=_origin_name(origin),
+        origin_max_concurrency=max_conc,
+        **values,
+    )
 
 
 def load_namespaces(settings: Settings, path: Path | None = None) -> dict[str, Namespace]:

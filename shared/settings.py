@@ -44,7 +44,12 @@ class Settings(BaseSettings):
     # gthread: WEB_THREADS threads per worker process.
     web_worker_class: Literal["gevent", "gthread"] = "gevent"
 
-    worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    # gevent: one worker process runs WORKER_CONCURRENCY refreshes at once (a refresh is almost
+    # all waiting on the origin); threads: as many OS threads; prefork: one refresh per process.
+    worker_pool: Literal["gevent", "threads", "prefork"] = "gevent"
+    worker_concurrency: Annotated[int, Field(ge=1, le=10000)] = 100
+    # Calls in flight to one origin, across every worker process and host (a Redis semaphore).
+    origin_max_concurrency: Annotated[int, Field(ge=1)] = 50
     worker_metrics_port: Port = 9540
     worker_metrics_url: str = ""  # where the status page reads worker figures
 
@@ -68,6 +73,10 @@ class Settings(BaseSettings):
     breaker_reset_timeout_seconds: PositiveSeconds = 30
     admin_token: str | None = None
     max_cold_waiters: Annotated[int, Field(ge=1)] = 1000
+    # Near-cache: each web process serves a value Redis called fresh from memory until its
+    # known XFetch moment, and drops it on the invalidation every write and purge publishes.
+    near_cache: bool = True
+    near_cache_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("redis_url")

@@ -32,6 +32,8 @@ def main() -> None:
         "worker",
         "--loglevel",
         settings.log_level.upper(),
+        "--pool",
+        settings.worker_pool,
         "--concurrency",
         str(settings.worker_concurrency),
         "--queues",
