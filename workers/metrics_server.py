@@ -16,7 +16,7 @@ from shared.metrics import ScrapeTimeCollector, init_worker_series
 from shared.namespaces import Namespace, load_namespaces
 from shared.settings import Settings
 from shared.store import make_redis
-from workers.breaker import breaker_state_key
+from shared.breaker import breaker_state_key
 from workers.celery_app import QUEUE
 
 log = logging.getLogger("herdless.worker")

@@ -9,7 +9,7 @@ from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import TrafficLoop, worker_metric
 from tests.stack import Stack, wait_until
-from workers.breaker import breaker_state_key
+from shared.breaker import breaker_state_key
 
 RESET_SECONDS = 2.0
 PROBE_SECONDS = 1.0

@@ -15,7 +15,7 @@ from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import worker_metric
 from tests.stack import Stack, wait_until
-from workers.breaker import breaker_namespace
+from shared.breaker import breaker_namespace
 
 MAX_BYTES = 2000
 
