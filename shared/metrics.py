@@ -65,6 +65,12 @@ REFRESH_LAG = Histogram(
     ["namespace"],
     buckets=LATENCY_BUCKETS,
 )
+ORIGIN_SLOT_WAIT = Histogram(
+    "herdless_origin_slot_wait_seconds",
+    "Time a refresh waited for one of its origin's ORIGIN_MAX_CONCURRENCY slots",
+    ["origin"],
+    buckets=LATENCY_BUCKETS,
+)
 BREAKER_TRANSITIONS = Counter(
     "herdless_breaker_transitions",
     "Circuit breaker state changes made by this process",

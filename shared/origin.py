@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +48,15 @@ def encode_key_for_path(key: str) -> str:
     return encoded
 
 
-_pool = urllib3.PoolManager(num_pools=32, maxsize=64, retries=False)
+# One pool per process. maxsize is the connections kept per origin host; block=False lets a burst
+# open more (each closed after use), so refresh concurrency is never capped by the pool.
+_pool = urllib3.PoolManager(num_pools=32, maxsize=128, block=False, retries=False)
+
+
+def size_http_pool(connections: int) -> None:
+    """Keep up to `connections` idle connections per origin host (the worker's concurrency)."""
+    global _pool
+    _pool = urllib3.PoolManager(num_pools=32, maxsize=max(8, connections), block=False, retries=False)
 
 
 def _is_json(content_type: str) -> bool:
@@ -62,15 +73,20 @@ class HttpOrigin:
     def url_for(self, key: str) -> str:
         return self.template.replace("{key}", encode_key_for_path(key))
 
-    def fetch(self, key: str) -> OriginResponse:
+    def fetch(self, key: str, deadline: float | None = None) -> OriginResponse:
+        """GET the key. `deadline` (time.monotonic()) bounds the whole call, body included: a
+        per-read timeout alone would let a slowly trickled body run forever."""
         url = self.url_for(key)
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        remaining = max(0.001, deadline - time.monotonic())
         try:
             resp = _pool.request(
                 "GET",
                 url,
                 preload_content=False,
                 redirect=False,
-                timeout=urllib3.Timeout(connect=min(self.timeout, 3.0), read=self.timeout),
+                timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),
                 headers={"Accept": "*/*", "User-Agent": "herdless"},
             )
         except urllib3.exceptions.NewConnectionError as exc:
@@ -89,9 +105,7 @@ class HttpOrigin:
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise OriginError(f"origin body of {declared} bytes exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
-            body = resp.read(self.max_bytes + 1)
-            if len(body) > self.max_bytes:
-                raise OriginError(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
+            body = self._read_body(resp, deadline)
             complete = True
         except urllib3.exceptions.TimeoutError as exc:
             raise OriginTimeout(f"origin timed out after {self.timeout:g}s") from exc
@@ -104,23 +118,100 @@ class HttpOrigin:
                 # Never hand a half-read connection back to the pool.
                 resp.close()
         content_type = resp.headers.get("Content-Type", "application/octet-stream")
-        if _is_json(content_type):
-            try:
-                json.loads(body)
-            except ValueError as exc:
-                raise OriginError("origin sent invalid JSON") from exc
-        return OriginResponse(body=body, content_type=content_type)
+        return _checked(body, content_type)
+
+    def _read_body(self, resp: Any, deadline: float) -> bytes:
+        sock = getattr(getattr(resp, "connection", None), "sock", None)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OriginTimeout(f"origin timed out after {self.timeout:g}s")
+            if sock is not None:
+                # Each read waits at most until the deadline, so the total is bounded too.
+                sock.settimeout(remaining)
+            chunk = resp.read1(65536)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise OriginError(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
+            chunks.append(chunk)
+
+
+def _checked(body: bytes, content_type: str) -> OriginResponse:
+    if _is_json(content_type):
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise OriginError("origin sent invalid JSON") from exc
+    return OriginResponse(body=body, content_type=content_type)
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("threading"))
+
+
+# Most OS threads that callables of one worker process may occupy at once under gevent.
+CALLABLE_THREADS = 256
+
+
+def run_with_deadline(fn: Callable[[str], Any], arg: str, deadline: float) -> Any:
+    """Run a blocking callable in a real OS thread and wait for it until `deadline`.
+
+    A callable may block in C code or in an unpatched library: run on the event loop it would
+    stall every other refresh of a gevent worker, so it always gets an OS thread (gevent's hub
+    threadpool under gevent, a daemon thread otherwise). Past the deadline the caller stops
+    waiting and the call is abandoned: its thread finishes in the background and its result is
+    dropped. Raises OriginTimeout at the deadline."""
+    timeout = max(0.0, deadline - time.monotonic())
+    if _gevent_patched():
+        import gevent
+
+        pool = gevent.get_hub().threadpool
+        if pool.maxsize < CALLABLE_THREADS:
+            pool.maxsize = CALLABLE_THREADS
+        async_result = pool.spawn(fn, arg)
+        try:
+            return async_result.get(timeout=timeout)
+        except gevent.Timeout:
+            raise OriginTimeout("origin callable missed its deadline") from None
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn(arg)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="origin-callable", daemon=True).start()
+    if not done.wait(timeout):
+        raise OriginTimeout("origin callable missed its deadline")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class CallableOrigin:
+    """A Python function `f(key) -> bytes | str | JSON-able`, run in an OS thread under a deadline
+    (ORIGIN_TIMEOUT_SECONDS). Raise NotFound or LookupError for a missing key."""
+
     def __init__(self, ns: Namespace, max_bytes: int) -> None:
         module_name, func_name = ns.origin.split(":", 1)
         self.func: Callable[[str], Any] = getattr(importlib.import_module(module_name), func_name)
         self.max_bytes = max_bytes
+        self.timeout = ns.origin_timeout_seconds
 
-    def fetch(self, key: str) -> OriginResponse:
+    def fetch(self, key: str, deadline: float | None = None) -> OriginResponse:
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         try:
-            result = self.func(key)
+            result = run_with_deadline(self.func, key, deadline)
         except (NotFound, LookupError) as exc:
             raise NotFound(str(exc)) from exc
         except OriginError:

@@ -26,7 +26,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
 # read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
 # would cost the origin more than one call per TTL.
-# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl}
+# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u}
+#   (decoded by name in shared/store.py: READ_FIELDS)
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
 #   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent
@@ -67,29 +68,35 @@ if decision ~= 'HIT' and ARGV[5] == '1' then
   end
 end
 return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
-        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl}
+        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false}
 """
 )
 
-# FENCED_WRITE: store a refreshed value only if its origin call started after the stored one
-# and after any hard purge; release our lease either way.
+# FENCED_WRITE: store a refreshed value only while its writer still holds the key's lease, and
+# only if its origin call started after the stored value's, after any hard purge (tombstone) and
+# after any soft purge (field sp). Releases the lease either way.
+# Holding the lease is what makes a purge final: a purge deletes the lease, so a refresh that was
+# running when it happened can never write, however long its origin call took. The start-time
+# checks make a refresher paused past its lease harmless as well.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone
-# ARGV[1] token, ARGV[2] started ms, ARGV[3] lease won at ms, ARGV[4] value, ARGV[5] content type,
-# ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms (stored lifetime past soft), ARGV[9] neg,
-# ARGV[10] u: this value's XFetch draw in (0,1]
-# Returns {status, d, soft, now}: status "written" or "fenced"
+# ARGV[1] run token (the lease value this run holds), ARGV[2] started ms, ARGV[3] lease won at ms,
+# ARGV[4] value, ARGV[5] content type, ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms
+# (stored lifetime past soft), ARGV[9] neg, ARGV[10] u: this value's XFetch draw in (0,1]
+# Returns {status, d, soft, now}: status "written", "fenced" (an older call than what is stored
+# or purged) or "lost_lease" (the lease is no longer this run's)
 FENCED_WRITE = (
     _NOW
     + """
 local started = tonumber(ARGV[2])
-local function release()
-  if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost_lease', 0, 0, now} end
+local function release() redis.call('DEL', KEYS[2]) end
 local tomb = tonumber(redis.call('GET', KEYS[3]))
 if tomb and started <= tomb then release() return {'fenced', 0, 0, now} end
-local prev = redis.call('HMGET', KEYS[1], 'at', 'd')
+local prev = redis.call('HMGET', KEYS[1], 'at', 'd', 'sp')
 local at = tonumber(prev[1])
 if at and started <= at then release() return {'fenced', 0, 0, now} end
+local sp = tonumber(prev[3])
+if sp and started <= sp then release() return {'fenced', 0, 0, now} end
 local measured = now - tonumber(ARGV[3])
 if measured < 1 then measured = 1 end
 local d = measured
@@ -123,7 +130,7 @@ return soft
 # RECORD_FAILURE: the origin failed. Keep (or take) the lease as a cooldown so reads stop
 # enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
 # KEYS[1] entry, KEYS[2] lease
-# ARGV[1] token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
+# ARGV[1] run token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
 # ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
 # ARGV[7] "1" if the origin was called and failed, "0" if the breaker refused the call (the
 # key's failure streak, which doubles its cooldown, counts only real origin failures)
@@ -165,18 +172,31 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
-# CLAIM: a worker starts a refresh task: its message has left the queue, so drop the queued
-# marker (if it is this task's), and report whether the lease is still this task's.
-# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] token. Returns 1 if the lease is ours, else 0.
+# CLAIM: a worker starts a refresh task. Its message has left the queue, so drop the queued
+# marker (if it is this task's), and turn the lease into this run's own: the lease value becomes
+# the run token, unique to this execution. A redelivered copy of the same message carries the
+# same task token but can never match a run token, so it can neither claim, renew, write nor
+# release a lease that the first run still holds.
+# The lease is this task's if it still holds the task token, or if it is free while the queued
+# marker is this task's (a purge deleted the lease of a queued refresh: the refresh will start
+# after the purge, so it may run).
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] task token, ARGV[2] run token, ARGV[3] lease ttl ms.
+# Returns 1 if the lease is now this run's, else 0.
 CLAIM = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+local lease = redis.call('GET', KEYS[1])
+local queued = redis.call('GET', KEYS[2])
+if queued == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if lease == ARGV[1] or (not lease and queued == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
 return 0
 """
 
 # ABANDON: a refresh will not run (it could not be enqueued, or it expired in the queue): drop
-# this token's lease and queued marker so that the next read can enqueue again.
-# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] token. Returns the number of keys removed.
+# this token's lease and queued marker so that the next read can enqueue again. Only the
+# unclaimed task token matches: a lease some run has claimed is never released from here.
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] task token. Returns the number of keys removed.
 ABANDON = """
 local n = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then n = n + redis.call('DEL', KEYS[1]) end
@@ -185,7 +205,7 @@ return n
 """
 
 # RENEW_LEASE: extend the lease while the origin call runs, only if it is still ours.
-# KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if renewed, 0 if lost.
+# KEYS[1] lease; ARGV[1] run token, ARGV[2] ttl ms. Returns 1 if renewed, 0 if lost.
 RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -193,26 +213,34 @@ end
 return 0
 """
 
-# PURGE: hard delete, leaving a tombstone so that a refresh that started before now cannot
-# bring the old value back. KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone, KEYS[4] queued marker;
-# ARGV[1] tombstone ttl ms. Returns 1 if a value was stored.
+# PURGE: hard delete. Deleting the lease is what stops a running refresh from writing the old
+# value back (writes need the lease); the tombstone additionally fences any write whose origin
+# call started before now. The queued marker stays: a refresh still waiting in the queue will
+# start after the purge and may re-take the free lease (CLAIM), so the queue keeps at most one
+# refresh per key.
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone; ARGV[1] tombstone ttl ms.
+# Returns 1 if a value was stored.
 PURGE = (
     _NOW
     + """
 local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[4])
+redis.call('DEL', KEYS[2])
 redis.call('SET', KEYS[3], now, 'PX', ARGV[1])
 return existed
 """
 )
 
-# SOFT_PURGE: mark the value stale now, so the next read serves it and refreshes.
-# KEYS[1] entry. Returns 1 if a value was stored.
+# SOFT_PURGE: mark the value stale now, so the next read serves it and refreshes; fence every
+# refresh whose origin call started before now (field sp) and free the lease, so the next read
+# enqueues a refresh that starts after the purge.
+# KEYS[1] entry, KEYS[2] lease. Returns 1 if a value was stored.
 SOFT_PURGE = (
     _NOW
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'soft', now - 1)
+redis.call('HSET', KEYS[1], 'soft', now - 1, 'sp', now)
+local holder = redis.call('GET', KEYS[2])
+if holder and string.sub(holder, 1, 3) ~= 'cd:' then redis.call('DEL', KEYS[2]) end
 return 1
 """
 )

@@ -20,6 +20,9 @@ from shared.settings import Settings
 from shared.xfetch import Decision, draw_u
 
 READY_CHANNEL = "hl:ready"
+# Every purge publishes here (and every refresh publishes on READY_CHANNEL): web processes drop
+# the key from their near-cache on either.
+INVALIDATE_CHANNEL = "hl:inval"
 
 # Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
 # breaker's reset timeout (past that the breaker, not the key, holds the origin off).
@@ -57,6 +60,34 @@ def make_etag(value: bytes) -> str:
     return '"' + hashlib.blake2b(value, digest_size=12).hexdigest() + '"'
 
 
+# The READ script's reply, field by field (shared/scripts.py documents each).
+READ_FIELDS = (
+    "decision",
+    "won",
+    "now",
+    "v",
+    "ct",
+    "etag",
+    "at",
+    "soft",
+    "d",
+    "neg",
+    "lease_state",
+    "lease_pttl",
+    "u",
+)
+
+
+def _int(raw: Any) -> int | None:
+    return None if raw is None or raw is False else int(float(raw))
+
+
+def _str(raw: Any) -> str:
+    if raw is None or raw is False:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 @dataclass(frozen=True)
 class ReadResult:
     decision: Decision
@@ -71,28 +102,42 @@ class ReadResult:
     negative: bool
     lease_state: str  # "", "held", "cooldown", "queued"
     lease_pttl_ms: int
+    u: float  # this value's XFetch draw (1.0 when none is stored)
 
     @property
     def has_value(self) -> bool:
         return self.soft_ms is not None
 
-
-def _int(raw: Any) -> int | None:
-    return None if raw is None or raw is False else int(float(raw))
-
-
-def _str(raw: Any) -> str:
-    if raw is None or raw is False:
-        return ""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    @classmethod
+    def from_reply(cls, raw: list[Any]) -> ReadResult:
+        f = dict(zip(READ_FIELDS, raw, strict=True))
+        return cls(
+            decision=Decision(_str(f["decision"])),
+            won_lease=int(f["won"]) == 1,
+            now_ms=int(f["now"]),
+            value=f["v"] if f["v"] not in (None, False) else None,
+            content_type=_str(f["ct"]) or "application/octet-stream",
+            etag=_str(f["etag"]),
+            at_ms=_int(f["at"]),
+            soft_ms=_int(f["soft"]),
+            delta_ms=float(_str(f["d"]) or 0),
+            negative=_str(f["neg"]) == "1",
+            lease_state=_str(f["lease_state"]),
+            lease_pttl_ms=int(f["lease_pttl"]),
+            u=float(_str(f["u"]) or 1.0),
+        )
 
 
 @dataclass(frozen=True)
 class WriteResult:
-    written: bool
+    status: str  # "written", "fenced" or "lost_lease" (see FENCED_WRITE)
     delta_ms: float
     soft_ms: int
     written_at_ms: int
+
+    @property
+    def written(self) -> bool:
+        return self.status == "written"
 
 
 class CacheStore:
@@ -137,20 +182,7 @@ class CacheStore:
                 self.queued_marker_ttl_ms,
             ],
         )
-        return ReadResult(
-            decision=Decision(_str(raw[0])),
-            won_lease=int(raw[1]) == 1,
-            now_ms=int(raw[2]),
-            value=raw[3] if raw[3] not in (None, False) else None,
-            content_type=_str(raw[4]) or "application/octet-stream",
-            etag=_str(raw[5]),
-            at_ms=_int(raw[6]),
-            soft_ms=_int(raw[7]),
-            delta_ms=float(_int(raw[8]) or 0),
-            negative=_str(raw[9]) == "1",
-            lease_state=_str(raw[10]),
-            lease_pttl_ms=int(raw[11]),
-        )
+        return ReadResult.from_reply(raw)
 
     def take_lease(self, ns: Namespace, key: str, token: str) -> bool:
         """Take the lease outside a read (a manual refresh); refused while a refresh is queued."""
@@ -160,10 +192,14 @@ class CacheStore:
             == 1
         )
 
-    def claim(self, ns: Namespace, key: str, token: str) -> bool:
-        """A worker starts this refresh: clear its queued marker; True if the lease is still its own."""
+    def claim(self, ns: Namespace, key: str, token: str) -> str | None:
+        """A worker starts the refresh enqueued with `token`: clear its queued marker and make the
+        lease this run's own. Returns the run token (the lease value from now on), or None when
+        the lease is someone else's."""
         k = EntryKeys.of(ns.name, key)
-        return int(self._claim(keys=[k.lease, k.queued], args=[token])) == 1
+        run_token = f"{token}.{new_token()}"
+        ok = int(self._claim(keys=[k.lease, k.queued], args=[token, run_token, self.lease_ttl_ms])) == 1
+        return run_token if ok else None
 
     def abandon(self, ns: Namespace, key: str, token: str) -> None:
         """This refresh will not run: let the next read enqueue another."""
@@ -217,7 +253,7 @@ class CacheStore:
             ],
         )
         return WriteResult(
-            written=_str(raw[0]) == "written",
+            status=_str(raw[0]),
             delta_ms=float(_str(raw[1]) or 0),
             soft_ms=int(raw[2]),
             written_at_ms=int(raw[3]),
@@ -257,17 +293,22 @@ class CacheStore:
 
     def purge(self, ns: Namespace, key: str) -> bool:
         k = EntryKeys.of(ns.name, key)
-        # Outlive any refresh that may still be running: its origin call plus a full lease.
-        tomb_ms = int((ns.origin_timeout_seconds + self.settings.lease_ttl_seconds) * 2000)
-        return int(self._purge(keys=[k.entry, k.lease, k.tombstone, k.queued], args=[tomb_ms])) == 1
+        # Writes need the lease, which the purge deletes, so correctness does not hang on this
+        # timer; the tombstone only adds a start-time fence for the length of one lease.
+        tomb_ms = int(self.settings.lease_ttl_seconds * 1000)
+        return int(self._purge(keys=[k.entry, k.lease, k.tombstone], args=[tomb_ms])) == 1
 
     def soft_purge(self, ns: Namespace, key: str) -> bool:
         k = EntryKeys.of(ns.name, key)
-        return int(self._soft_purge(keys=[k.entry])) == 1
+        return int(self._soft_purge(keys=[k.entry, k.lease])) == 1
 
     def publish_ready(self, ns: Namespace, key: str, status: str) -> None:
         """Tell cold-miss waiters in every web process that this key's refresh finished."""
         self.redis.publish(READY_CHANNEL, json.dumps({"ns": ns.name, "key": key, "status": status}))
+
+    def publish_invalidation(self, ns: Namespace, key: str) -> None:
+        """Tell every web process that this key's value changed (a purge)."""
+        self.redis.publish(INVALIDATE_CHANNEL, json.dumps({"ns": ns.name, "key": key}))
 
 
 def pubsub_client(settings: Settings) -> Any:

@@ -12,10 +12,24 @@ from shared.store import CacheStore, new_token
 from shared.xfetch import Decision, may_write, smooth_delta
 
 
-def _write(store: CacheStore, ns: Namespace, key: str, token: str, value: bytes, started: int | None = None) -> bool:
+def _run_lease(store: CacheStore, ns: Namespace, key: str) -> str:
+    """Take the key's lease as a refresh run would (won, then claimed); returns the run token."""
+    store.redis.delete(EntryKeys.of(ns.name, key).lease, EntryKeys.of(ns.name, key).queued)
+    token = new_token()
+    assert store.take_lease(ns, key, token)
+    run_token = store.claim(ns, key, token)
+    assert run_token
+    return run_token
+
+
+def _write(
+    store: CacheStore, ns: Namespace, key: str, run_token: str | None, value: bytes, started: int | None = None
+) -> bool:
+    """A refresh's write; with run_token None it first takes the lease as a fresh run."""
+    run_token = run_token or _run_lease(store, ns, key)
     started = store.now_ms() if started is None else started
     return store.fenced_write(
-        ns, key, token, started_ms=started, won_at_ms=started, value=value, content_type="text/plain"
+        ns, key, run_token, started_ms=started, won_at_ms=started, value=value, content_type="text/plain"
     ).written
 
 
@@ -38,9 +52,9 @@ def test_only_one_of_many_concurrent_readers_wins_the_lease(store: CacheStore, n
 def test_a_write_older_than_the_stored_value_is_fenced(store: CacheStore, ns: Namespace) -> None:
     t_old = store.now_ms()
     t_new = t_old + 50
-    assert _write(store, ns, "k", new_token(), b"new", started=t_new)
-    assert not _write(store, ns, "k", new_token(), b"old", started=t_old)
-    assert not _write(store, ns, "k", new_token(), b"same-instant", started=t_new)
+    assert _write(store, ns, "k", None, b"new", started=t_new)
+    assert not _write(store, ns, "k", None, b"old", started=t_old)
+    assert not _write(store, ns, "k", None, b"same-instant", started=t_new)
     r = store.read(ns, "k", new_token())
     assert r.value == b"new" and r.at_ms == t_new
 
@@ -48,28 +62,27 @@ def test_a_write_older_than_the_stored_value_is_fenced(store: CacheStore, ns: Na
 @pytest.mark.parametrize("delta", [-5, 0, 5])
 def test_fenced_write_script_agrees_with_the_pure_rule(store: CacheStore, ns: Namespace, delta: int) -> None:
     base = store.now_ms()
-    assert _write(store, ns, "f", new_token(), b"first", started=base)
-    landed = _write(store, ns, "f", new_token(), b"second", started=base + delta)
+    assert _write(store, ns, "f", None, b"first", started=base)
+    landed = _write(store, ns, "f", None, b"second", started=base + delta)
     assert landed == may_write(base + delta, base, None)
 
 
 def test_hard_purge_stops_an_earlier_refresh_from_resurrecting_the_value(store: CacheStore, ns: Namespace) -> None:
-    token = new_token()
-    assert store.read(ns, "p", token).won_lease
+    assert _write(store, ns, "p", None, b"v1", started=store.now_ms() - 20)
+    run_token = _run_lease(store, ns, "p")
     started_before_purge = store.now_ms() - 1
-    assert _write(store, ns, "p", new_token(), b"v1", started=started_before_purge - 10)
     assert store.purge(ns, "p")
     assert store.lease_holder(ns, "p") is None
     # The refresh that began before the purge finishes now: it must not land.
-    assert not _write(store, ns, "p", token, b"stale-resurrection", started=started_before_purge)
+    assert not _write(store, ns, "p", run_token, b"stale-resurrection", started=started_before_purge)
     assert store.read(ns, "p", new_token()).decision is Decision.MISS
     # A refresh that starts after the purge lands normally.
-    assert _write(store, ns, "p", new_token(), b"v2", started=store.now_ms() + 1)
+    assert _write(store, ns, "p", None, b"v2", started=store.now_ms() + 1)
     assert store.read(ns, "p", new_token()).value == b"v2"
 
 
 def test_soft_purge_serves_the_old_value_stale_and_takes_the_lease(store: CacheStore, ns: Namespace) -> None:
-    assert _write(store, ns, "s", new_token(), b"v1")
+    assert _write(store, ns, "s", None, b"v1")
     assert store.soft_purge(ns, "s")
     r = store.read(ns, "s", new_token())
     assert r.decision is Decision.STALE and r.value == b"v1" and r.won_lease
@@ -90,10 +103,12 @@ def test_a_queued_refresh_blocks_new_ones_even_after_its_lease_ran_out(store: Ca
 def test_claiming_clears_only_its_own_queued_marker(store: CacheStore, ns: Namespace) -> None:
     mine = new_token()
     assert store.read(ns, "c", mine).won_lease
-    assert not store.claim(ns, "c", new_token())
+    assert store.claim(ns, "c", new_token()) is None
     assert store.read(ns, "c", new_token()).lease_state == "queued"
-    assert store.claim(ns, "c", mine)
+    run_token = store.claim(ns, "c", mine)
+    assert run_token and run_token != mine
     assert store.read(ns, "c", new_token()).lease_state == "held"
+    assert store.lease_holder(ns, "c") == run_token
 
 
 def test_lease_renew_and_release_only_by_its_owner(store: CacheStore, ns: Namespace) -> None:
@@ -111,14 +126,15 @@ def test_lease_renew_and_release_only_by_its_owner(store: CacheStore, ns: Namesp
 def test_failure_turns_the_lease_into_a_growing_cooldown_and_stretches_the_stale_value(
     store: CacheStore, ns: Namespace
 ) -> None:
-    assert _write(store, ns, "e", new_token(), b"good")
+    assert _write(store, ns, "e", None, b"good")
     keys = EntryKeys.of(ns.name, "e")
     ttl_before = store.redis.pttl(keys.entry)
     token = new_token()
     store.soft_purge(ns, "e")
     assert store.read(ns, "e", token).won_lease
-    assert store.claim(ns, "e", token)
-    first = store.record_failure(ns, "e", token)
+    run_token = store.claim(ns, "e", token)
+    assert run_token
+    first = store.record_failure(ns, "e", run_token)
     r = store.read(ns, "e", new_token())
     assert r.decision is Decision.STALE and r.value == b"good"
     assert r.lease_state == "cooldown" and not r.won_lease
@@ -129,10 +145,11 @@ def test_failure_turns_the_lease_into_a_growing_cooldown_and_stretches_the_stale
     store.redis.delete(keys.lease)
     token2 = new_token()
     assert store.read(ns, "e", token2).won_lease
-    assert store.claim(ns, "e", token2)
-    second = store.record_failure(ns, "e", token2)
+    run_token2 = store.claim(ns, "e", token2)
+    assert run_token2
+    second = store.record_failure(ns, "e", run_token2)
     assert second == 2 * first
-    assert store.record_failure(ns, "e", token2, min_cooldown_ms=25_000) >= 25_000
+    assert store.record_failure(ns, "e", run_token2, min_cooldown_ms=25_000) >= 25_000
 
 
 def test_the_write_script_measures_and_smooths_refresh_duration_like_the_pure_rule(
@@ -140,25 +157,24 @@ def test_the_write_script_measures_and_smooths_refresh_duration_like_the_pure_ru
 ) -> None:
     won_at = store.now_ms() - 200
     first = store.fenced_write(
-        ns, "d", new_token(), started_ms=won_at + 1, won_at_ms=won_at, value=b"1", content_type="text/plain"
+        ns, "d", _run_lease(store, ns, "d"), started_ms=won_at + 1, won_at_ms=won_at, value=b"1", content_type="text/plain"
     )
     assert first.written and first.delta_ms == first.written_at_ms - won_at
     won_again = store.now_ms() - 50
     second = store.fenced_write(
-        ns, "d", new_token(), started_ms=won_again + 1, won_at_ms=won_again, value=b"2", content_type="text/plain"
+        ns, "d", _run_lease(store, ns, "d"), started_ms=won_again + 1, won_at_ms=won_again, value=b"2", content_type="text/plain"
     )
     assert second.written
     assert second.delta_ms == smooth_delta(first.delta_ms, second.written_at_ms - won_again)
 
 
 def test_negative_entries_are_read_back_as_negative(store: CacheStore, ns: Namespace) -> None:
-    token = new_token()
-    store.read(ns, "gone", token)
+    run_token = _run_lease(store, ns, "gone")
     started = store.now_ms()
     assert store.fenced_write(
         ns,
         "gone",
-        token,
+        run_token,
         started_ms=started,
         won_at_ms=started,
         value=b"",
@@ -170,7 +186,7 @@ def test_negative_entries_are_read_back_as_negative(store: CacheStore, ns: Names
 
 
 def test_a_hit_costs_exactly_one_redis_command(store: CacheStore, ns: Namespace, redis_server) -> None:  # noqa: ANN001
-    assert _write(store, ns, "hot", new_token(), b"v")
+    assert _write(store, ns, "hot", None, b"v")
     store.read(ns, "hot", new_token())  # load the script once
     monitor_client = redis_server.client()
     seen: list[str] = []
@@ -212,3 +228,55 @@ def test_illegal_keys_are_refused(raw: bytes) -> None:
 )
 def test_awkward_but_legal_keys_are_accepted(key: str) -> None:
     assert validate_key(key) == key
+
+
+def test_a_write_needs_the_lease_its_run_claimed(store: CacheStore, ns: Namespace) -> None:
+    run_token = _run_lease(store, ns, "w")
+    store.redis.delete(EntryKeys.of(ns.name, "w").lease)  # the lease ran out during the call
+    result = store.fenced_write(
+        ns, "w", run_token, started_ms=store.now_ms(), won_at_ms=store.now_ms(), value=b"x", content_type="text/plain"
+    )
+    assert result.status == "lost_lease"
+    assert store.read(ns, "w", new_token()).decision is Decision.MISS
+
+
+def test_a_redelivered_refresh_can_neither_claim_nor_release_the_lease_its_first_run_holds(
+    store: CacheStore, ns: Namespace
+) -> None:
+    # Before the fix the lease held the task token for the whole run, so the redelivered copy
+    # (same token, already expired) released it through abandon and a second refresh started.
+    token = new_token()
+    assert store.read(ns, "r", token).won_lease
+    first_run = store.claim(ns, "r", token)
+    assert first_run
+    assert store.claim(ns, "r", token) is None  # the redelivered copy starts: lost_lease
+    store.abandon(ns, "r", token)  # ... or expires in the queue
+    assert store.lease_holder(ns, "r") == first_run
+    r = store.read(ns, "r", new_token())
+    assert r.lease_state == "held" and not r.won_lease
+
+
+def test_a_soft_purge_fences_a_refresh_that_started_before_it(store: CacheStore, ns: Namespace) -> None:
+    # Before the fix SOFT_PURGE only moved `soft`: this write landed and was served fresh.
+    assert _write(store, ns, "sp", None, b"v1", started=store.now_ms() - 50)
+    run_token = _run_lease(store, ns, "sp")
+    started = store.now_ms()
+    assert store.soft_purge(ns, "sp")
+    result = store.fenced_write(
+        ns, "sp", run_token, started_ms=started, won_at_ms=started, value=b"v2", content_type="text/plain"
+    )
+    assert not result.written
+    r = store.read(ns, "sp", new_token())
+    assert r.decision is Decision.STALE and r.value == b"v1"
+    # Even a run that somehow kept a lease cannot land a call that started before the soft purge.
+    assert not _write(store, ns, "sp", None, b"v2", started=started)
+    assert _write(store, ns, "sp", None, b"v3", started=store.now_ms() + 1)
+
+
+def test_a_queued_refresh_retakes_the_lease_a_purge_freed(store: CacheStore, ns: Namespace) -> None:
+    token = new_token()
+    assert store.read(ns, "qp", token).won_lease
+    store.purge(ns, "qp")
+    again = store.read(ns, "qp", new_token())
+    assert not again.won_lease and again.lease_state == "queued"  # still one refresh in the queue
+    assert store.claim(ns, "qp", token)

@@ -1,38 +1,38 @@
-"""Flask app factory: wires settings, namespaces, the cache store, the Celery client and routes."""
+"""Flask app factory: settings, namespaces, the engine with its queue and cold-miss waiter, routes."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from flask import Flask, Response, jsonify
+from celery import Celery
+from flask import Flask, Response
+from kombu import Queue
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import PathConverter
 
+from shared.engine import Engine
+from shared.exposition import build_registry
+from shared.metrics import init_web_series
 from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, make_redis, pubsub_client
+from shared.tasks import QUEUE, RefreshRequest, celery_config, send_refresh
 from web.coldwait import ColdMissWaiter
+from web.http import AnythingConverter, json_error
+from web.openapi import bp as openapi_bp
+from web.routes import bp as routes_bp
+from web.state import EXTENSION, WebState
+from web.status import bp as status_bp
 
 
-def json_error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    response = jsonify({"error": error, "detail": detail})
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-class AnythingConverter(PathConverter):
-    regex = "(?s:.+)"
-    part_isolating = False  # may span "/" (Werkzeug would infer True: the regex holds no "/")
-
-
-def json_response(status: int, body: dict[str, Any]) -> Response:
-    response = jsonify(body)
-    response.status_code = status
-    return response
+def celery_client(settings: Settings, longest_origin_timeout: float | None) -> Celery:
+    """A Celery app for sending refresh tasks (by name: the web tier never imports the worker)."""
+    app = Celery("herdless")
+    app.conf.update(
+        celery_config(settings, longest_origin_timeout),
+        task_queues=[Queue(QUEUE, routing_key=QUEUE, queue_arguments={"x-max-priority": 10})],
+    )
+    return app
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -52,37 +52,31 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["anything"] = AnythingConverter
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from shared.metrics import init_web_series
-    from workers.celery_app import make_celery
-    from workers.metrics_server import build_registry
-
-    celery = make_celery(settings)
+    longest = max((ns.origin_timeout_seconds for ns in namespaces.values()), default=None)
+    celery = celery_client(settings, longest)
     init_web_series(namespaces)
-    ext: dict[str, Any] = {
-        "settings": settings,
-        "namespaces": namespaces,
-        "store": CacheStore(
-            # One connection per concurrent request at most: gevent allows MAX_COLD_WAITERS + 1000.
-            make_redis(
-                settings, pool_size=settings.max_cold_waiters + 1000, socket_timeout=1.0, socket_connect_timeout=0.5
-            ),
-            settings,
-        ),
-        "celery": celery,
-        "waiter": ColdMissWaiter(lambda: pubsub_client(settings), settings.max_cold_waiters),
-        "metrics_registry": build_registry(settings, celery, namespaces),
-    }
-    app.extensions["herdless"] = ext
-    ext["waiter"].start()
+    # One connection per concurrent request at most: gevent allows MAX_COLD_WAITERS + 1000.
+    client = make_redis(
+        settings, pool_size=settings.max_cold_waiters + 1000, socket_timeout=1.0, socket_connect_timeout=0.5
+    )
+    waiter = ColdMissWaiter(lambda: pubsub_client(settings), settings.max_cold_waiters)
 
-    from web.routes import bp
-    from web.status import bp as status_bp
+    def enqueue(request: RefreshRequest) -> None:
+        send_refresh(celery, request, settings)
 
-    app.register_blueprint(bp)
+    engine = Engine(settings, namespaces, CacheStore(client, settings), send_refresh=enqueue, waiter=waiter)
+    app.extensions[EXTENSION] = WebState(
+        settings=settings,
+        namespaces=namespaces,
+        engine=engine,
+        celery=celery,
+        waiter=waiter,
+        metrics_registry=build_registry(settings, celery, namespaces),
+    )
+    waiter.start()
+
+    app.register_blueprint(routes_bp)
     app.register_blueprint(status_bp)
-
-    from web.openapi import bp as openapi_bp
-
     app.register_blueprint(openapi_bp)
 
     @app.errorhandler(HTTPException)

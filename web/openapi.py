@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
+from web.state import web_state
 
 bp = Blueprint("openapi", __name__)
 
@@ -307,4 +308,4 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
 
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
-    return jsonify(build_openapi(current_app.extensions["herdless"]["namespaces"]))
+    return jsonify(build_openapi(web_state().namespaces))

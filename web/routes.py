@@ -1,4 +1,5 @@
-"""HTTP routes of the web tier: cache reads, admin refresh/purge, health and metrics."""
+"""HTTP routes of the web tier: cache reads, admin refresh/purge, health and metrics. Each route
+turns an HTTP request into an engine call (shared/engine.py) and the engine's answer into HTTP."""
 
 from __future__ import annotations
 
@@ -8,27 +9,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
-from redis.exceptions import RedisError
+from flask import Blueprint, Response, request
 
 from shared import metrics
+from shared.engine import BrokerUnavailable, Refused, Served, cache_headers
 from shared.keys import InvalidKey, decode_key
 from shared.namespaces import NAMESPACE_RE, Namespace
-from shared.origin import NotFound, Origin, OriginError, make_origin
-from shared.settings import Settings
-from shared.store import CacheStore, ReadResult, new_token
-from shared.xfetch import Decision
-from web.app import json_error, json_response
-from web.coldwait import ColdMissWaiter, TooManyWaiters
-from workers.celery_app import QUEUE, REFRESH_TASK, refresh_priority
+from web.http import json_error, json_response
+from web.state import web_state
 
 bp = Blueprint("herdless", __name__)
 
 PREFIX = b"/v1/cache/"
-
-
-def _ext() -> dict[str, Any]:
-    return current_app.extensions["herdless"]  # type: ignore[no-any-return]
 
 
 class BadRequest(Exception):
@@ -59,7 +51,7 @@ def _target(suffix: bytes = b"") -> Target:
         if not sep:
             raise BadRequest(400, "invalid_key", "the path must be /v1/cache/<namespace>/<key>")
         raise BadRequest(404, "unknown_namespace", "no such namespace")
-    ns = _ext()["namespaces"].get(ns_name)
+    ns = web_state().namespaces.get(ns_name)
     if ns is None:
         raise BadRequest(404, "unknown_namespace", f"no namespace named {ns_name!r}")
     try:
@@ -75,7 +67,7 @@ def _bad_request(exc: BadRequest) -> Response:
 
 
 def _require_admin() -> None:
-    settings: Settings = _ext()["settings"]
+    settings = web_state().settings
     if not settings.admin_token:
         raise BadRequest(403, "admin_disabled", "the admin API is disabled: ADMIN_TOKEN is not set")
     header = request.headers.get("Authorization", "")
@@ -86,42 +78,6 @@ def _require_admin() -> None:
         raise BadRequest(403, "forbidden", "the admin token is not valid")
 
 
-def _enqueue(ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
-    """Send the refresh task; on a broker failure give the lease back so a later read retries."""
-    ext = _ext()
-    settings: Settings = ext["settings"]
-    try:
-        ext["celery"].send_task(
-            REFRESH_TASK,
-            kwargs={"namespace": ns.name, "key": key, "token": token, "reason": reason, "won_at_ms": won_at_ms},
-            queue=QUEUE,
-            routing_key=QUEUE,
-            priority=refresh_priority(reason, settings),
-            expires=settings.lease_ttl_seconds,
-        )
-    except Exception:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
-        current_app.logger.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
-        try:
-            ext["store"].abandon(ns, key, token)
-        except RedisError:
-            pass
-        return False
-    metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
-    return True
-
-
-def _cache_headers(ns: Namespace, r: ReadResult, outcome: str) -> dict[str, str]:
-    headers = {"X-Cache": outcome.upper()}
-    if r.at_ms is not None:
-        headers["Age"] = str(max(0, (r.now_ms - r.at_ms) // 1000))
-    if r.soft_ms is not None:
-        max_age = max(0, math.floor((r.soft_ms - r.now_ms) / 1000))
-        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={ns.stale_ttl_ms // 1000}"
-    if r.etag:
-        headers["ETag"] = r.etag
-    return headers
-
-
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     """If-None-Match uses the weak comparison: W/"x" matches "x"; * matches any stored value."""
     if not if_none_match:
@@ -130,9 +86,10 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tokens or etag in tokens
 
 
-def _serve(ns: Namespace, r: ReadResult, outcome: str) -> Response:
+def _serve(ns: Namespace, answer: Served) -> Response:
     """Answer from a stored entry (positive or negative) and record the outcome."""
-    headers = _cache_headers(ns, r, "NEGATIVE" if r.negative else outcome)
+    r = answer.result
+    headers = cache_headers(ns, r, "NEGATIVE" if r.negative else answer.outcome)
     if r.at_ms is not None:
         metrics.SERVED_AGE.labels(ns.name).observe(max(0, r.now_ms - r.at_ms) / 1000)
     if r.negative:
@@ -141,139 +98,41 @@ def _serve(ns: Namespace, r: ReadResult, outcome: str) -> Response:
     if r.etag and _etag_matches(request.headers.get("If-None-Match"), r.etag):
         metrics.REQUESTS.labels(ns.name, "not_modified").inc()
         return Response(status=304, headers=headers)
-    metrics.REQUESTS.labels(ns.name, outcome).inc()
+    metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
     return Response(r.value or b"", status=200, headers=headers, content_type=r.content_type)
 
 
-def _error(ns: Namespace, status: int, error: str, detail: str, retry_after: float | None = None) -> Response:
-    metrics.REQUESTS.labels(ns.name, "timeout" if status == 503 and error == "cold_wait_timeout" else "error").inc()
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
-    return json_error(status, error, detail, headers)
-
-
-def _suppressed(ns: Namespace, r: ReadResult) -> None:
-    reason = "cooldown" if r.lease_state == "cooldown" else "lease_held"
-    metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
-
-
-def _naive_origin(ns: Namespace) -> Origin:
-    origins: dict[str, Origin] = _ext().setdefault("naive_origins", {})
-    if ns.name not in origins:
-        origins[ns.name] = make_origin(ns, _ext()["settings"].origin_max_bytes)
-    return origins[ns.name]
-
-
-def _read_naive(store: CacheStore, ns: Namespace, key: str) -> Response:
-    """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""
-    r = store.read(ns, key, new_token())
-    if r.decision is Decision.HIT:
-        return _serve(ns, r, "hit")
-    started = store.now_ms()
-    t0 = time.perf_counter()
-    try:
-        resp = _naive_origin(ns).fetch(key)
-        negative, body, ctype = False, resp.body, resp.content_type
-        metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
-    except NotFound:
-        negative, body, ctype = True, b"", "application/json"
-        metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
-    except OriginError as exc:
-        metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
-        return _error(ns, 502, "origin_error", str(exc))
-    finally:
-        metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
-    store.plain_write(ns, key, started_ms=started, value=body, content_type=ctype, negative=negative)
-    return _serve(ns, store.read(ns, key, new_token()), "miss")
-
-
-def _wait_for_refresh(store: CacheStore, ns: Namespace, key: str, first: ReadResult) -> Response:
-    """A read found nothing servable: wait (bounded) for the refresh someone enqueued."""
-    ext = _ext()
-    settings: Settings = ext["settings"]
-    waiter: ColdMissWaiter = ext["waiter"]
-    deadline = time.monotonic() + settings.cold_wait_timeout_seconds
-    try:
-        with waiter.join(ns.name, key) as handle:
-            if not first.won_lease:
-                if first.lease_state == "cooldown":
-                    metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
-                    return _error(
-                        ns, 502, "origin_error", "the origin is failing; retry later", first.lease_pttl_ms / 1000
-                    )
-                metrics.REFRESH_SUPPRESSED.labels(ns.name, "coalesced" if handle.coalesced else "lease_held").inc()
-            status: str | None = None
-            while True:
-                # Registered first, read second: a refresh published from here on wakes us.
-                handle.mark()
-                token = new_token()
-                r = store.read(ns, key, token)
-                if r.has_value and r.decision is not Decision.MISS:
-                    return _serve(ns, r, "miss")
-                if r.won_lease:
-                    # No refresh is running (its worker died, or the last one failed): take over.
-                    if not _enqueue(ns, key, token, "miss", r.now_ms):
-                        return _error(ns, 503, "broker_unavailable", "could not enqueue the refresh", 1)
-                elif r.lease_state == "cooldown" or status == "error":
-                    return _error(
-                        ns,
-                        502,
-                        "origin_error",
-                        "the origin failed to produce a value",
-                        max(r.lease_pttl_ms, 1000) / 1000,
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return _error(
-                        ns,
-                        503,
-                        "cold_wait_timeout",
-                        "the value is being computed; retry shortly",
-                        settings.cold_wait_timeout_seconds,
-                    )
-                status = handle.wait(remaining)
-    except TooManyWaiters:
-        return _error(ns, 503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
+def _refused(ns: Namespace, answer: Refused) -> Response:
+    metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
+    headers = None
+    if answer.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))}
+    return json_error(answer.status, answer.error, answer.detail, headers)
 
 
 @bp.get("/v1/cache/<anything:_rest>")
 def read(_rest: str) -> Response:
     target = _target()
-    ns, key = target.ns, target.key
-    store: CacheStore = _ext()["store"]
     started = time.perf_counter()
     try:
-        if ns.strategy == "naive":
-            return _read_naive(store, ns, key)
-        token = new_token()
-        r = store.read(ns, key, token)
-        if r.decision is Decision.HIT:
-            return _serve(ns, r, "hit")
-        if r.decision in (Decision.EARLY, Decision.STALE):
-            reason = r.decision.value.lower()
-            if r.won_lease:
-                _enqueue(ns, key, token, reason, r.now_ms)
-            else:
-                _suppressed(ns, r)
-            return _serve(ns, r, reason)
-        # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
-        if r.won_lease and not _enqueue(ns, key, token, "miss", r.now_ms):
-            return _error(ns, 503, "broker_unavailable", "could not enqueue the refresh", 1)
-        return _wait_for_refresh(store, ns, key, r)
+        answer = web_state().engine.read(target.ns, target.key)
+        if isinstance(answer, Served):
+            return _serve(target.ns, answer)
+        return _refused(target.ns, answer)
     finally:
-        metrics.REQUEST_DURATION.labels(ns.name).observe(time.perf_counter() - started)
+        metrics.REQUEST_DURATION.labels(target.ns.name).observe(time.perf_counter() - started)
 
 
 @bp.post("/v1/cache/<anything:_rest>")
 def refresh(_rest: str) -> Response:
     target = _target(b"/refresh")
     _require_admin()
-    store: CacheStore = _ext()["store"]
-    token = new_token()
-    if not store.take_lease(target.ns, target.key, token):
-        metrics.REFRESH_SUPPRESSED.labels(target.ns.name, "lease_held").inc()
-        return json_response(202, {"enqueued": False, "reason": "a refresh is already running or cooling down"})
-    if not _enqueue(target.ns, target.key, token, "manual", store.now_ms()):
+    try:
+        enqueued = web_state().engine.request_refresh(target.ns, target.key)
+    except BrokerUnavailable:
         return json_error(503, "broker_unavailable", "could not enqueue the refresh", {"Retry-After": "1"})
+    if not enqueued:
+        return json_response(202, {"enqueued": False, "reason": "a refresh is already running or cooling down"})
     return json_response(202, {"enqueued": True})
 
 
@@ -281,11 +140,8 @@ def refresh(_rest: str) -> Response:
 def purge(_rest: str) -> Response:
     target = _target()
     _require_admin()
-    store: CacheStore = _ext()["store"]
-    if request.args.get("soft") in ("1", "true", "yes"):
-        store.soft_purge(target.ns, target.key)
-    else:
-        store.purge(target.ns, target.key)
+    soft = request.args.get("soft") in ("1", "true", "yes")
+    web_state().engine.purge(target.ns, target.key, soft=soft)
     return Response(status=204)
 
 
@@ -296,15 +152,15 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    ext = _ext()
+    state = web_state()
     checks: dict[str, str] = {}
     try:
-        ext["store"].redis.ping()
+        state.store.redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["redis"] = f"unreachable ({type(exc).__name__})"
     try:
-        with ext["celery"].connection_for_write() as conn:
+        with state.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=1)
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
@@ -321,4 +177,4 @@ def readyz() -> Response:
 def metrics_endpoint() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    return Response(generate_latest(_ext()["metrics_registry"]), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(web_state().metrics_registry), content_type=CONTENT_TYPE_LATEST)

@@ -8,10 +8,11 @@ from importlib import resources
 from typing import Any
 
 import urllib3
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 from prometheus_client.parser import text_string_to_metric_families
 
-from web.app import json_response
+from web.http import json_response
+from web.state import web_state
 
 bp = Blueprint("status", __name__)
 
@@ -19,7 +20,7 @@ _http = urllib3.PoolManager(num_pools=2, maxsize=2, retries=False)
 
 
 def _web_samples() -> list[Any]:
-    registry = current_app.extensions["herdless"]["metrics_registry"]
+    registry = web_state().metrics_registry
     return [s for family in registry.collect() for s in family.samples]
 
 
@@ -43,7 +44,7 @@ def _by_label(samples: list[Any], name: str, label: str) -> dict[str, float]:
 
 
 def status_snapshot() -> dict[str, Any]:
-    settings = current_app.extensions["herdless"]["settings"]
+    settings = web_state().settings
     web = _web_samples()
     requests_by_outcome = _by_label(web, "herdless_requests_total", "outcome")
     snapshot: dict[str, Any] = {

@@ -1,65 +1,18 @@
-"""The worker's /metrics: children's counters (multiprocess mode) plus queue depth and breaker
-state read from the broker and Redis at scrape time."""
+"""The worker's /metrics endpoint (see shared/exposition.py for what it serves)."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterable
-from typing import Any
 
 from celery import Celery
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import start_http_server
 
-from shared.metrics import ScrapeTimeCollector, init_worker_series
-from shared.namespaces import Namespace, load_namespaces
+from shared.exposition import build_registry
+from shared.metrics import init_worker_series
+from shared.namespaces import load_namespaces
 from shared.settings import Settings
-from shared.store import make_redis
-from shared.breaker import breaker_state_key
-from workers.celery_app import QUEUE
 
 log = logging.getLogger("herdless.worker")
-
-
-def queue_depths(app: Celery) -> Iterable[tuple[str, int]]:
-    with app.connection_for_read() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-        try:
-            ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
-        except conn.channel_errors:
-            # kombu's Redis transport reports an empty queue (no list key yet) as missing.
-            return [(QUEUE, 0)]
-        return [(QUEUE, int(ok.message_count))]
-
-
-def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, str]]:
-    states = []
-    for name in origin_names:
-        raw = client.get(breaker_state_key(name))
-        states.append((name, raw.decode() if raw else "closed"))
-    return states
-
-
-def build_registry(settings: Settings, app: Celery, namespaces: dict[str, Namespace]) -> CollectorRegistry:
-    """Counters of every process of this role, plus queue depth and breaker state read per scrape.
-    The web tier serves these too, so queue depth stays visible while no worker runs."""
-    registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY
-
-        registry = REGISTRY
-    client = make_redis(settings)
-    origin_names = sorted({ns.origin_name for ns in namespaces.values()})
-    registry.register(
-        ScrapeTimeCollector(
-            queue_depths=lambda: queue_depths(app),
-            breaker_states=lambda: breaker_states(client, origin_names),
-        )
-    )
-    return registry
 
 
 def start_metrics_server(settings: Settings, app: Celery) -> None:

@@ -1,4 +1,4 @@
-"""Celery tasks and worker lifecycle hooks (metrics endpoint, dead-process cleanup)."""
+"""The refresh task (a thin adapter over shared/engine.py) and worker lifecycle hooks."""
 
 from __future__ import annotations
 
@@ -9,17 +9,43 @@ from typing import Any
 from celery import signals
 
 from shared import metrics
+from shared.engine import Engine
+from shared.namespaces import load_namespaces
+from shared.origin import size_http_pool
 from shared.settings import get_settings
-from workers.celery_app import REFRESH_TASK, app
-from workers.refresh import get_context, run_refresh
+from shared.store import CacheStore, make_redis
+from shared.tasks import REFRESH_TASK, RefreshRequest
+from workers.celery_app import app
 
 log = logging.getLogger("herdless.worker")
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+
+
+def worker_engine() -> Engine:
+    """One engine per worker process, built after fork (a Redis client must not cross a fork)."""
+    global _engine, _engine_pid
+    if _engine is None or _engine_pid != os.getpid():
+        settings = get_settings()
+        namespaces = load_namespaces(settings)
+        metrics.init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
+        # Every concurrent refresh holds at most one connection at a time, its renewer another.
+        client = make_redis(
+            settings,
+            pool_size=2 * settings.worker_concurrency + 16,
+            socket_timeout=max(2.0, settings.lease_ttl_seconds / 3),
+        )
+        size_http_pool(settings.worker_concurrency)
+        _engine = Engine(settings, namespaces, CacheStore(client, settings))
+        _engine_pid = os.getpid()
+    return _engine
 
 
 @app.task(name=REFRESH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -> str:
     """Recompute one key. Enqueued only by the request that won its lease."""
-    return run_refresh(get_context(get_settings()), namespace, key, token, int(won_at_ms))
+    return worker_engine().run_refresh(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
 
 
 @signals.task_revoked.connect
@@ -28,12 +54,17 @@ def _count_expired(sender: Any = None, request: Any = None, expired: bool = Fals
     # `sender` is the task; `request` its context, whose kwargs name the key.
     if expired and getattr(sender, "name", None) == REFRESH_TASK:
         kwargs = getattr(request, "kwargs", None) or {}
-        ctx = get_context(get_settings())
-        ns = ctx.namespaces.get(kwargs.get("namespace", ""))
-        if ns is not None:
-            metrics.REFRESHES.labels(ns.name, "expired").inc()
-            # Its message has left the queue unrun: let the next read enqueue a fresh refresh.
-            ctx.store.abandon(ns, str(kwargs.get("key", "")), str(kwargs.get("token", "")))
+        try:
+            req = RefreshRequest(
+                str(kwargs["namespace"]),
+                str(kwargs["key"]),
+                str(kwargs["token"]),
+                str(kwargs.get("reason", "")),
+                int(kwargs.get("won_at_ms", 0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return
+        worker_engine().discard_expired(req)
 
 
 @signals.worker_process_shutdown.connect

@@ -37,8 +37,8 @@ def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_pa
         finally:
             slow.send(signal.SIGCONT)
         waiter.join(5)
-        # The paused refresher resumes with call #1's answer, older than the stored value.
-        wait_until(lambda: "'fenced'" in slow.output(), 20, "the paused refresher's write to be fenced")
+        # The paused refresher resumes with call #1's answer: its lease is gone, so is its write.
+        wait_until(lambda: "'lost_lease'" in slow.output(), 20, "the paused refresher's write to be refused")
         r = stack.get("k", "fenced")
         assert r.json()["count"] == 2 and r.headers["X-Cache"] == "HIT"
         assert stack.origin_stats()["per_key"]["fenced"] == 2

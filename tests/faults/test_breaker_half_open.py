@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.breaker import breaker_state_key
 from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import TrafficLoop, worker_metric
 from tests.stack import Stack, wait_until
-from shared.breaker import breaker_state_key
 
 RESET_SECONDS = 2.0
 PROBE_SECONDS = 1.0

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from shared.breaker import breaker_namespace
 from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import worker_metric
 from tests.stack import Stack, wait_until
-from shared.breaker import breaker_namespace
 
 MAX_BYTES = 2000
 

@@ -168,3 +168,41 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
         calls_since = stack.origin_stats()["calls"] - calls_before_return
         assert calls_since == worker_metric(stack, "herdless_origin_calls_total", outcome="ok") == written
         assert re.search(r"Discarding revoked task|expired", stack.procs["w2"].output())
+
+
+def test_a_worker_stopped_mid_refresh_leaves_at_most_one_queued_refresh_per_key(tmp_path: Path) -> None:
+    # The case that used to break it: reads keep going on 30 keys (TTL 2 s, lease 3 s) while the
+    # worker gets SIGTERM with refreshes running. Warm shutdown hands the running refreshes'
+    # messages back to the broker; their queued markers were already gone, so reads enqueued a
+    # second refresh for those keys (32 messages for 30 keys, 8 s later).
+    env = {
+        "NAMESPACES_FILE": write_namespaces(
+            tmp_path,
+            """
+[namespaces.q]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 2
+""",
+        ),
+        "LEASE_TTL_SECONDS": "3",
+        "ORIGIN_LATENCY_MS": "400",
+    }
+    keys = [f"q{i}" for i in range(30)]
+    with Stack(tmp_path, env=env) as stack:
+        for key in keys:
+            assert stack.get("q", key).status_code == 200
+        with TrafficLoop([stack.url("q", key) for key in keys], pause=0.005):
+            # Refreshes are running (or queued) when the worker is told to stop.
+            wait_until(lambda: stack.origin_stats()["calls"] > len(keys) + 2, 15, "refreshes at the origin", 0.01)
+            worker = stack.procs["w1"]
+            os.kill(worker.pid, signal.SIGTERM)
+            wait_until(lambda: not worker.alive(), 30, "the worker to finish its refreshes and exit")
+            stopped = time.monotonic()
+            redis = stack.redis.client()
+            worst: Counter[str] = Counter()
+            while time.monotonic() - stopped < 8:
+                per_key = Counter(key for key, _ in queued_refreshes(redis))
+                worst |= per_key
+                time.sleep(0.25)
+        assert worst, "no refresh was ever queued: the test did not exercise the queue"
+        assert max(worst.values()) == 1, {k: n for k, n in worst.items() if n > 1}

@@ -67,7 +67,7 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed(
 ) -> None:
     settings = Settings(redis_url=redis_server.url, namespaces_file=Path(write_namespaces(tmp_path, NAMESPACES)))
     app = create_app(settings)
-    doc = build_openapi(app.extensions["herdless"]["namespaces"])
+    doc = build_openapi(app.extensions["herdless"].namespaces)
     adapter = app.url_map.bind("localhost")
 
     routed: set[tuple[str, str]] = set()

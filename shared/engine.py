@@ -1,0 +1,473 @@
+"""The life of one cache key: read and decide, lease, queue hand-off, cold wait, claim, origin
+call, write or failure, purge. Routes and the Celery task are thin adapters over this module.
+
+States of a key
+---------------
+
+A key is **absent** (no entry), **fresh** (an entry before its ``soft`` moment), **stale** (past
+``soft`` but still stored, for strategies that serve stale values) or **negative** (the origin
+said 404; served as 404 until it expires). Orthogonal to that, its lease (``hl:{ns:key}:l``) is
+**free**, **won** (a read took it and is handing a refresh to the queue: the lease holds the task
+token and the *queued marker* ``:q`` holds it too), **running** (a worker claimed it: the lease
+holds that run's own token), or **cooling down** (the last refresh failed: ``cd:<token>``).
+
+Reads (web tier, one Redis round trip, ``READ``)
+    A read of a fresh value whose XFetch moment ``soft + d·β·ln(u)`` has not come is a HIT.
+    Past that moment it is EARLY, past ``soft`` STALE, and with no servable value a MISS. Every
+    read that is not a HIT tries to take the free lease; the one that wins hands a refresh task
+    to the injected queue (``send_refresh``) and, while that task waits in the queue, the queued
+    marker stops every other read from enqueueing another, even after the lease runs out with
+    no worker consuming. EARLY and STALE reads are answered at once with the stored value. A
+    MISS waits (``ColdMissWaiter``, bounded by ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to
+    be published, re-reading once per wake-up; if it finds the lease free (its refresher died)
+    it takes it over; if the key is cooling down it answers 502 at once. If the queue refuses
+    the task the lease and marker are given back, so the next read retries.
+
+Refreshes (worker, ``run_refresh``)
+    ``CLAIM`` turns the won lease into the run's own: the lease value becomes a run token that
+    no other execution (not even a redelivered copy of the same message) can match, and the
+    queued marker is cleared. A task whose lease is someone else's stops (``lost_lease``). The
+    run waits for a slot of its origin (``ORIGIN_MAX_CONCURRENCY`` across all processes and
+    hosts), notes ``started`` on the Redis clock, and calls the origin through the breaker under
+    a total deadline (``origin_timeout_seconds``); meanwhile a renewer extends the lease and
+    the slot. Then:
+
+    - value or 404 → ``FENCED_WRITE``: it lands only if the lease is still this run's *and* the
+      call started after the stored value's call, after any hard purge and after any soft
+      purge; it releases the lease and the new value carries a fresh XFetch draw ``u``;
+    - failure → ``RECORD_FAILURE``: the lease becomes a cooldown (1 s doubling per failure,
+      capped by the breaker's reset timeout, at least until the breaker may half-open) and the
+      stale value's stored life is stretched by ``STALE_IF_ERROR_SECONDS``.
+
+    Either way "ready"/"error" is published for cold-miss waiters; the message also invalidates
+    the key in every web process's near-cache.
+
+Purges (admin)
+    A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
+    makes the value stale now, records the moment (``sp``) and frees a running lease. Because
+    writes need the lease, a refresh running during a purge can never land, however long its
+    origin call takes; because writes need a start after ``sp``, a soft purge fences every
+    refresh that started before it. A refresh still waiting in the queue keeps its marker and
+    may re-take the freed lease when it starts (it starts after the purge).
+
+What never happens: two refreshes holding one key's lease; a value older than the stored one
+replacing it; a purged value coming back; two refresh tasks of one key in the queue; a read
+waiting on the origin while a stale value exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from shared import metrics
+from shared.breaker import BreakerOpen, OriginBreaker
+from shared.namespaces import Namespace
+from shared.origin import NotFound, Origin, OriginError, make_origin
+from shared.settings import Settings
+from shared.store import CacheStore, ReadResult, new_token
+from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
+from shared.xfetch import Decision
+
+log = logging.getLogger("herdless.engine")
+
+
+# -- what a read answers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """A stored value (or a cached 404) to answer with; `outcome` is hit, early, stale or miss."""
+
+    result: ReadResult
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """No value to answer with: an HTTP status, a stable error code and when to retry."""
+
+    status: int
+    error: str
+    detail: str
+    retry_after_s: float | None = None
+
+    @property
+    def outcome(self) -> str:
+        return "timeout" if self.error == "cold_wait_timeout" else "error"
+
+
+Answer = Served | Refused
+
+
+class WaitHandle(Protocol):
+    coalesced: bool
+
+    def mark(self) -> None: ...
+
+    def wait(self, timeout: float) -> str | None: ...
+
+
+class Waiter(Protocol):
+    def join(self, namespace: str, key: str) -> AbstractContextManager[WaitHandle]: ...
+
+
+class TooManyWaiters(Exception):
+    """The process already has MAX_COLD_WAITERS requests waiting for cold keys."""
+
+
+class BrokerUnavailable(Exception):
+    """The refresh could not be handed to the queue."""
+
+
+SendRefresh = Callable[[RefreshRequest], None]
+
+
+# -- the web side -------------------------------------------------------------------------------
+
+
+class Engine:
+    """One per process. The web tier gives it a queue (`send_refresh`) and a cold-miss waiter;
+    the worker tier uses `run_refresh`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        namespaces: dict[str, Namespace],
+        store: CacheStore,
+        *,
+        send_refresh: SendRefresh | None = None,
+        waiter: Waiter | None = None,
+        slots: Any | None = None,
+        breaker_client: Any | None = None,
+    ) -> None:
+        self.settings = settings
+        self.namespaces = namespaces
+        self.store = store
+        self._send_refresh = send_refresh
+        self._waiter = waiter
+        self._slots_factory = slots
+        self._breaker_client = breaker_client if breaker_client is not None else store.redis
+        self._origins: dict[str, Origin] = {}
+        self._breakers: dict[str, OriginBreaker] = {}
+        self._slots: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # origin adapters, breakers and slots are built once per namespace / origin, on first use
+    def origin(self, ns: Namespace) -> Origin:
+        origin = self._origins.get(ns.name)
+        if origin is None:
+            with self._lock:
+                origin = self._origins.get(ns.name)
+                if origin is None:
+                    origin = self._origins[ns.name] = make_origin(ns, self.settings.origin_max_bytes)
+        return origin
+
+    def breaker(self, ns: Namespace) -> OriginBreaker:
+        breaker = self._breakers.get(ns.origin_name)
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.get(ns.origin_name)
+                if breaker is None:
+                    breaker = OriginBreaker(self._breaker_client, ns.origin_name, self.settings)
+                    self._breakers[ns.origin_name] = breaker
+        return breaker
+
+    def origin_slots(self, ns: Namespace) -> Any | None:
+        if self._slots_factory is None:
+            return None
+        slots = self._slots.get(ns.origin_name)
+        if slots is None:
+            with self._lock:
+                slots = self._slots.get(ns.origin_name)
+                if slots is None:
+                    slots = self._slots[ns.origin_name] = self._slots_factory(ns.origin_name)
+        return slots
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def read(self, ns: Namespace, key: str) -> Answer:
+        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
+        if ns.strategy == "naive":
+            return self._read_naive(ns, key)
+        token = new_token()
+        r = self.store.read(ns, key, token)
+        if r.decision is Decision.HIT:
+            return Served(r, "hit")
+        if r.decision in (Decision.EARLY, Decision.STALE):
+            reason = r.decision.value.lower()
+            if r.won_lease:
+                try:
+                    self._enqueue(ns, key, token, reason, r.now_ms)
+                except BrokerUnavailable:
+                    pass  # the value is served anyway; the next read retries the refresh
+            else:
+                self._count_suppressed(ns, r)
+            return Served(r, reason)
+        # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
+        if r.won_lease:
+            try:
+                self._enqueue(ns, key, token, "miss", r.now_ms)
+            except BrokerUnavailable:
+                return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+        return self._wait_for_refresh(ns, key, r)
+
+    def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
+        reason = "cooldown" if r.lease_state == "cooldown" else "lease_held"
+        metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
+
+    def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> None:
+        """Hand the refresh to the queue; on failure give the lease and marker back."""
+        if self._send_refresh is None:
+            raise BrokerUnavailable("this engine has no refresh queue")
+        try:
+            self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
+        except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
+            log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
+            try:
+                self.store.abandon(ns, key, token)
+            except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
+                pass
+            raise BrokerUnavailable(str(exc)) from None
+        metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
+
+    def _wait_for_refresh(self, ns: Namespace, key: str, first: ReadResult) -> Answer:
+        if self._waiter is None:
+            return Refused(503, "cold_wait_timeout", "this process cannot wait for refreshes", 1)
+        deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
+        try:
+            with self._waiter.join(ns.name, key) as handle:
+                if not first.won_lease:
+                    if first.lease_state == "cooldown":
+                        metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
+                        return Refused(
+                            502, "origin_error", "the origin is failing; retry later", first.lease_pttl_ms / 1000
+                        )
+                    reason = "coalesced" if handle.coalesced else "lease_held"
+                    metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
+                status: str | None = None
+                while True:
+                    # Registered first, read second: a refresh published from here on wakes us.
+                    handle.mark()
+                    token = new_token()
+                    r = self.store.read(ns, key, token)
+                    if r.has_value and r.decision is not Decision.MISS:
+                        return Served(r, "miss")
+                    if r.won_lease:
+                        # No refresh is running (its worker died, or the last one failed): take over.
+                        try:
+                            self._enqueue(ns, key, token, "miss", r.now_ms)
+                        except BrokerUnavailable:
+                            return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                    elif r.lease_state == "cooldown" or status == "error":
+                        return Refused(
+                            502,
+                            "origin_error",
+                            "the origin failed to produce a value",
+                            max(r.lease_pttl_ms, 1000) / 1000,
+                        )
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return Refused(
+                            503,
+                            "cold_wait_timeout",
+                            "the value is being computed; retry shortly",
+                            self.settings.cold_wait_timeout_seconds,
+                        )
+                    status = handle.wait(remaining)
+        except Exception as exc:
+            if type(exc).__name__ == "TooManyWaiters":
+                return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
+            raise
+
+    def _read_naive(self, ns: Namespace, key: str) -> Answer:
+        """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""
+        r = self.store.read(ns, key, new_token())
+        if r.decision is Decision.HIT:
+            return Served(r, "hit")
+        started = self.store.now_ms()
+        t0 = time.perf_counter()
+        try:
+            resp = self.origin(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
+            negative, body, ctype = False, resp.body, resp.content_type
+            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+        except NotFound:
+            negative, body, ctype = True, b"", "application/json"
+            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
+        except OriginError as exc:
+            metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
+            return Refused(502, "origin_error", str(exc))
+        finally:
+            metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
+        self.store.plain_write(ns, key, started_ms=started, value=body, content_type=ctype, negative=negative)
+        return Served(self.store.read(ns, key, new_token()), "miss")
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def request_refresh(self, ns: Namespace, key: str) -> bool:
+        """A manual refresh: True if enqueued, False if one is already queued, running or cooling
+        down. Raises BrokerUnavailable when the queue refused it."""
+        token = new_token()
+        if not self.store.take_lease(ns, key, token):
+            metrics.REFRESH_SUPPRESSED.labels(ns.name, "lease_held").inc()
+            return False
+        self._enqueue(ns, key, token, "manual", self.store.now_ms())
+        return True
+
+    def purge(self, ns: Namespace, key: str, *, soft: bool = False) -> bool:
+        """Hard purge (the value is gone) or soft purge (served stale and refreshed). Either way
+        no refresh that started before the purge can write, and every web process drops the key
+        from its near-cache."""
+        existed = self.store.soft_purge(ns, key) if soft else self.store.purge(ns, key)
+        self.store.publish_invalidation(ns, key)
+        return existed
+
+    # -- the worker side --------------------------------------------------------------------------
+
+    def run_refresh(self, req: RefreshRequest) -> str:
+        """Run one refresh task; returns the outcome recorded in herdless_refresh_total."""
+        ns = self.namespaces.get(req.namespace)
+        if ns is None:
+            log.warning("refresh for unknown namespace %r dropped", req.namespace)
+            return "lost_lease"
+        outcome = self._refresh(ns, req)
+        metrics.REFRESHES.labels(ns.name, outcome).inc()
+        return outcome
+
+    def discard_expired(self, req: RefreshRequest) -> None:
+        """A refresh that waited past its lease leaves the queue unrun: let the next read enqueue.
+        Only the unclaimed task token is released, never a lease that some run holds."""
+        ns = self.namespaces.get(req.namespace)
+        if ns is None:
+            return
+        metrics.REFRESHES.labels(ns.name, "expired").inc()
+        self.store.abandon(ns, req.key, req.token)
+
+    def _refresh(self, ns: Namespace, req: RefreshRequest) -> str:
+        store, key = self.store, req.key
+        run_token = store.claim(ns, key, req.token)
+        if run_token is None:
+            # The lease ran out while this task waited, or another run holds it.
+            return "lost_lease"
+        slots = self.origin_slots(ns)
+        with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
+            if slots is not None:
+                waited_from = time.perf_counter()
+                got = slots.acquire(
+                    run_token,
+                    ns.origin_max_concurrency,
+                    store.lease_ttl_ms,
+                    ns.origin_timeout_seconds * SLOT_WAIT_FACTOR,
+                )
+                metrics.ORIGIN_SLOT_WAIT.labels(ns.origin_name).observe(time.perf_counter() - waited_from)
+                if not got:
+                    store.record_failure(ns, key, run_token, origin_called=False)
+                    store.publish_ready(ns, key, "error")
+                    return "origin_error"
+                renewer.holds_slot = True
+            try:
+                return self._call_and_write(ns, req, run_token, renewer)
+            finally:
+                if slots is not None:
+                    renewer.holds_slot = False
+                    slots.release(run_token)
+
+    def _call_and_write(self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer) -> str:
+        store, key = self.store, req.key
+        if renewer.lost.is_set():
+            return "lost_lease"
+        started_ms = store.now_ms()
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + ns.origin_timeout_seconds
+        negative = False
+        try:
+            response = self.breaker(ns).call(self.origin(ns).fetch, key, deadline)
+        except BreakerOpen as exc:
+            store.record_failure(ns, key, run_token, min_cooldown_ms=exc.retry_after_ms, origin_called=False)
+            store.publish_ready(ns, key, "error")
+            return "breaker_open"
+        except NotFound:
+            negative, response = True, None
+            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
+        except OriginError as exc:
+            metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
+            metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
+            log.warning("origin error for namespace %s: %s", ns.name, exc)
+            store.record_failure(ns, key, run_token)
+            store.publish_ready(ns, key, "error")
+            return "origin_error"
+        else:
+            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+        metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
+        result = store.fenced_write(
+            ns,
+            key,
+            run_token,
+            started_ms=started_ms,
+            won_at_ms=req.won_at_ms,
+            value=b"" if response is None else response.body,
+            content_type="application/json" if response is None else response.content_type,
+            negative=negative,
+        )
+        # Waiters may read whatever is stored now; near-caches drop the key either way.
+        store.publish_ready(ns, key, "ready")
+        if not result.written:
+            # "fenced": a newer value is stored or the key was purged; "lost_lease": a purge or a
+            # takeover freed our lease while the origin call ran.
+            return result.status
+        metrics.REFRESH_LAG.labels(ns.name).observe(max(0.0, (result.written_at_ms - req.won_at_ms) / 1000))
+        return "written"
+
+
+class LeaseRenewer:
+    """Extends the run's lease (and its origin slot) at a third of the lease TTL while the
+    refresh runs. A thread, or a greenlet under gevent's monkey patching. `lost` is set when the
+    lease is no longer this run's (a purge, or a pause past the lease)."""
+
+    def __init__(self, store: CacheStore, ns: Namespace, key: str, run_token: str, slots: Any | None) -> None:
+        self._store, self._ns, self._key, self._token, self._slots = store, ns, key, run_token, slots
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self.holds_slot = False
+        self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+
+    def _run(self) -> None:
+        interval = self._store.settings.lease_ttl_seconds / 3
+        while not self._stop.wait(interval):
+            try:
+                if self.holds_slot and self._slots is not None:
+                    self._slots.renew(self._token, self._store.lease_ttl_ms)
+                if not self._store.renew_lease(self._ns, self._key, self._token):
+                    self.lost.set()
+                    return
+            except Exception:  # noqa: BLE001 - Redis blinked; the next tick tries again
+                log.warning("lease renewal failed for namespace %s", self._ns.name)
+
+    def __enter__(self) -> LeaseRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None = None) -> dict[str, str]:
+    """X-Cache, Age, Cache-Control and ETag of an answer from a stored entry."""
+    now = r.now_ms if now_ms is None else now_ms
+    headers = {"X-Cache": outcome.upper()}
+    if r.at_ms is not None:
+        headers["Age"] = str(max(0, (now - r.at_ms) // 1000))
+    if r.soft_ms is not None:
+        max_age = max(0, math.floor((r.soft_ms - now) / 1000))
+        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={ns.stale_ttl_ms // 1000}"
+    if r.etag:
+        headers["ETag"] = r.etag
+    return headers
+

@@ -1,0 +1,57 @@
+"""What /metrics serves in both tiers: every process's counters (multiprocess mode) plus queue
+depth and breaker state read from the broker and Redis at scrape time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from shared.breaker import breaker_state_key
+from shared.metrics import ScrapeTimeCollector
+from shared.namespaces import Namespace
+from shared.settings import Settings
+from shared.store import make_redis
+from shared.tasks import QUEUE
+
+
+def queue_depths(celery_app: Any) -> Iterable[tuple[str, int]]:
+    """Messages waiting in the refresh queue (priority sub-queues summed by the transport)."""
+    with celery_app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+        try:
+            ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+        except conn.channel_errors:
+            # kombu's Redis transport reports an empty queue (no list key yet) as missing.
+            return [(QUEUE, 0)]
+        return [(QUEUE, int(ok.message_count))]
+
+
+def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, str]]:
+    states = []
+    for name in origin_names:
+        raw = client.get(breaker_state_key(name))
+        states.append((name, raw.decode() if raw else "closed"))
+    return states
+
+
+def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Namespace]) -> CollectorRegistry:
+    """Counters of every process of this role, plus queue depth and breaker state read per scrape,
+    so queue depth stays visible from the web tier while no worker runs."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    client = make_redis(settings)
+    origin_names = sorted({ns.origin_name for ns in namespaces.values()})
+    registry.register(
+        ScrapeTimeCollector(
+            queue_depths=lambda: queue_depths(celery_app),
+            breaker_states=lambda: breaker_states(client, origin_names),
+        )
+    )
+    return registry

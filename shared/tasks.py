@@ -1,0 +1,110 @@
+"""The refresh task's contract: its name, queue, priorities, Celery settings and `send_refresh`.
+
+Both tiers read this module; neither imports the other. The web tier sends a task by name with
+these options; the worker registers the task under this name. No Celery import here: the
+configuration is a plain dict that each tier hands to its own Celery app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shared.settings import Settings
+
+QUEUE = "herdless"
+REFRESH_TASK = "herdless.refresh"
+
+# Priorities: a cold miss has someone waiting, a stale read has served old data, an early
+# refresh is only a head start. Redis lists lower numbers first; AMQP serves higher first.
+_PRIORITY_REDIS = {"miss": 0, "manual": 3, "stale": 3, "early": 6}
+_PRIORITY_AMQP = {"miss": 9, "manual": 6, "stale": 6, "early": 3}
+
+# Longest a refresh may wait for an origin slot (ORIGIN_MAX_CONCURRENCY) before giving up.
+SLOT_WAIT_FACTOR = 3
+
+
+def refresh_priority(reason: str, settings: Settings) -> int:
+    table = _PRIORITY_REDIS if settings.broker_is_redis else _PRIORITY_AMQP
+    return table[reason]
+
+
+@dataclass(frozen=True)
+class RefreshRequest:
+    """One refresh task: the key, the token of the lease its sender won, why, and when (Redis ms)."""
+
+    namespace: str
+    key: str
+    token: str
+    reason: str
+    won_at_ms: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def longest_refresh_seconds(settings: Settings, origin_timeout_seconds: float | None = None) -> float:
+    """Upper bound of one refresh run: waiting for an origin slot, then the origin call (a total
+    deadline), then the write. Every origin call is cut off at its deadline, so this is a bound."""
+    timeout = origin_timeout_seconds or settings.origin_timeout_seconds
+    return timeout * (1 + SLOT_WAIT_FACTOR) + settings.lease_ttl_seconds
+
+
+def visibility_timeout_seconds(settings: Settings, longest_origin_timeout: float | None = None) -> int:
+    # The broker must not redeliver a refresh that is still running: visibility outlives the
+    # longest run by a margin. A redelivery that happens anyway cannot touch the first run's
+    # lease (CLAIM hands each run its own lease value).
+    return int(max(60, 2 * longest_refresh_seconds(settings, longest_origin_timeout)))
+
+
+def celery_config(settings: Settings, longest_origin_timeout: float | None = None) -> dict[str, Any]:
+    """The Celery settings both tiers use (JSON only: nothing is ever unpickled)."""
+    return {
+        "broker_url": settings.celery_broker_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": QUEUE,
+        "task_default_priority": None,
+        "broker_transport_options": {
+            "priority_steps": [0, 3, 6, 9],
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            "visibility_timeout": visibility_timeout_seconds(settings, longest_origin_timeout),
+            "socket_timeout": 2,
+            "socket_connect_timeout": 1,
+            "max_retries": 2,
+        },
+        "broker_connection_timeout": 2,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # A web request must never hang on a dead broker: fail the publish fast instead.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "broker_heartbeat": 10,
+    }
+
+
+def send_refresh(app: Any, request: RefreshRequest, settings: Settings) -> None:
+    """Put one refresh task on the queue (app: a Celery app). Raises whatever kombu raises when
+    the broker is unreachable."""
+    app.send_task(
+        REFRESH_TASK,
+        kwargs=request.as_kwargs(),
+        queue=QUEUE,
+        routing_key=QUEUE,
+        priority=refresh_priority(request.reason, settings),
+        # A refresh that waited longer than its lease is pointless: discard it unrun.
+        expires=settings.lease_ttl_seconds,
+    )

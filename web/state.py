@@ -1,0 +1,35 @@
+"""The web tier's per-process state, built once by the app factory and kept in app.extensions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from prometheus_client import CollectorRegistry
+
+from shared.engine import Engine
+from shared.namespaces import Namespace
+from shared.settings import Settings
+from shared.store import CacheStore
+
+EXTENSION = "herdless"
+
+
+@dataclass
+class WebState:
+    settings: Settings
+    namespaces: dict[str, Namespace]
+    engine: Engine
+    celery: Any  # the Celery app used only to send tasks and read the queue depth
+    waiter: Any
+    metrics_registry: CollectorRegistry
+
+    @property
+    def store(self) -> CacheStore:
+        return self.engine.store
+
+
+def web_state() -> WebState:
+    state: WebState = current_app.extensions[EXTENSION]
+    return state
