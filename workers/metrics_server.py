@@ -12,11 +12,11 @@ from celery import Celery
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from shared.breaker import breaker_state_key
 from shared.metrics import ScrapeTimeCollector, init_worker_series
 from shared.namespaces import Namespace, load_namespaces
 from shared.settings import Settings
 from shared.store import make_redis
-from workers.breaker import breaker_state_key
 from workers.celery_app import QUEUE
 
 log = logging.getLogger("herdless.worker")

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from shared import metrics
+from shared.breaker import BreakerOpen, OriginBreaker
 from shared.namespaces import Namespace, load_namespaces
 from shared.origin import NotFound, Origin, OriginError, make_origin
 from shared.settings import Settings
 from shared.store import CacheStore, make_redis
-from workers.breaker import BreakerOpen, OriginBreaker
 
 log = logging.getLogger("herdless.refresh")
 
