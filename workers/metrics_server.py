@@ -1,5 +1,5 @@
-"""The worker's /metrics: children's counters (multiprocess mode) plus queue depth and breaker
-state read from the broker and Redis at scrape time."""
+"""The worker's /metrics: children's counters (multiprocess mode) plus queue depth, breaker
+state and origin calls in flight read from the broker and Redis at scrape time."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from shared.breaker import breaker_state_key
 from shared.metrics import ScrapeTimeCollector, init_worker_series
 from shared.namespaces import Namespace, load_namespaces
+from shared.origin_slots import OriginSlots
 from shared.settings import Settings
 from shared.store import make_redis
 from workers.celery_app import QUEUE
@@ -41,8 +42,13 @@ def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, 
     return states
 
 
+def origin_in_flight(slots: list[OriginSlots]) -> Iterable[tuple[str, int]]:
+    return [(s.origin_name, s.in_flight()) for s in slots]
+
+
 def build_registry(settings: Settings, app: Celery, namespaces: dict[str, Namespace]) -> CollectorRegistry:
-    """Counters of every process of this role, plus queue depth and breaker state read per scrape.
+    """Counters of every process of this role, plus queue depth, breaker state and origin calls
+    in flight read per scrape.
     The web tier serves these too, so queue depth stays visible while no worker runs."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -53,10 +59,12 @@ def build_registry(settings: Settings, app: Celery, namespaces: dict[str, Namesp
         registry = REGISTRY
     client = make_redis(settings)
     origin_names = sorted({ns.origin_name for ns in namespaces.values()})
+    slots = [OriginSlots(client, name) for name in origin_names]
     registry.register(
         ScrapeTimeCollector(
             queue_depths=lambda: queue_depths(app),
             breaker_states=lambda: breaker_states(client, origin_names),
+            origin_in_flight=lambda: origin_in_flight(slots),
         )
     )
     return registry
