@@ -262,6 +262,46 @@ def test_a_cancelled_probe_frees_the_probe_at_once(redis_server: RedisServer) ->
     assert breaker.state == "closed"
 
 
+KILLED_PROBE = """
+import os, signal, sys
+from shared.breaker import OriginBreaker
+from shared.settings import Settings
+from shared.store import make_redis
+
+settings = Settings(redis_url=sys.argv[1], breaker_fail_max=1, breaker_reset_timeout_seconds=0.3,
+                    origin_timeout_seconds=0.2, lease_ttl_seconds=0.2)
+breaker = OriginBreaker(make_redis(settings), sys.argv[2], settings)
+breaker.call(lambda: os.kill(os.getpid(), signal.SIGKILL))  # dies holding the probe
+"""
+
+
+def test_a_probe_whose_process_was_killed_frees_itself(redis_server: RedisServer) -> None:
+    settings = breaker_settings(
+        redis_server,
+        breaker_fail_max=1,
+        breaker_reset_timeout_seconds=0.3,
+        origin_timeout_seconds=0.2,
+        lease_ttl_seconds=0.2,  # probe ttl = origin timeout + lease ttl = 0.4 s
+    )
+    breaker = make_breaker(settings)
+    open_breaker(breaker)
+    wait_until(lambda: breaker.remaining_open_ms() == 0, 5, "the reset timeout to pass on the Redis clock")
+    killed = subprocess.run([sys.executable, "-c", KILLED_PROBE, redis_server.url, ORIGIN], cwd=REPO, timeout=60)
+    assert killed.returncode == -9
+    assert breaker.state == "half-open"
+    with pytest.raises(BreakerOpen):  # the dead probe still holds the half-open slot
+        breaker.call(lambda: None)
+
+    def probe_through() -> bool:
+        try:
+            return breaker.call(lambda: True)
+        except BreakerOpen:
+            return False
+
+    wait_until(probe_through, 5, "the dead probe's slot to expire on the Redis clock")
+    assert breaker.state == "closed"
+
+
 TZ_CHECK = """
 import json, sys, time
 from shared.breaker import OriginBreaker

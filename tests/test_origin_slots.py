@@ -92,6 +92,17 @@ def test_renew_keeps_a_slot_past_its_original_ttl(client: Any) -> None:
     assert slots.acquire("other", limit=1, ttl_ms=5_000, timeout_s=0)
 
 
+def test_only_the_holder_can_release_or_renew_its_slot(client: Any) -> None:
+    slots = OriginSlots(client, ORIGIN)
+    assert slots.acquire("holder", limit=1, ttl_ms=10_000, timeout_s=0)
+    slots.release("stranger")
+    assert not slots.renew("stranger", 10_000)
+    assert slots.in_flight() == 1
+    assert not slots.acquire("other", limit=1, ttl_ms=10_000, timeout_s=0)
+    assert slots.acquire("holder", limit=1, ttl_ms=10_000, timeout_s=0), "a retried acquire keeps its slot"
+    assert slots.in_flight() == 1
+
+
 def test_acquire_times_out_with_false_when_every_slot_is_held(client: Any) -> None:
     slots = OriginSlots(client, ORIGIN)
     for i in range(3):
