@@ -1,12 +1,32 @@
-"""One circuit breaker per origin, its state shared by every worker process and host through Redis."""
+"""One circuit breaker per origin, its state shared by every worker process and host through Redis.
+
+States, told once (the Lua scripts below are the only code that changes them):
+
+- closed: every call goes to the origin. Each counted failure adds one to ``fails``; a success
+  sets it back to 0. The call that brings ``fails`` to ``fail_max`` opens the breaker.
+- open: no call goes to the origin until ``opened_at + reset_timeout`` (both on the Redis
+  clock, ``TIME`` inside the script, so a host's clock or time zone never decides).
+- half-open: the first call after the reset timeout takes the probe (a token in the breaker's
+  hash, with an expiry on the Redis clock so a probe whose process died frees itself) and is the
+  only call, across every process and host, that reaches the origin. Everyone else is refused.
+  A good probe closes the breaker, a failed one opens it for another full reset timeout.
+
+Each transition is one Lua script, so deciding and recording are atomic and no in-process lock is
+held while the origin call runs: a gevent or threads pool runs the calls of one origin side by
+side (pybreaker's own ``CircuitBreaker.call`` holds its lock for the whole call, pybreaker#55).
+From pybreaker we keep its vocabulary: the state names, ``CircuitBreakerError`` as the base of
+``BreakerOpen``, and its exclusion rules (``is_system_error``) so ``NotFound`` is not a failure.
+"""
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pybreaker
+from redis.exceptions import RedisError
 
 from shared.metrics import BREAKER_TRANSITIONS
 from shared.origin import NotFound
@@ -14,9 +34,14 @@ from shared.settings import Settings
 from shared.store import new_token
 
 T = TypeVar("T")
+log = logging.getLogger("herdless.breaker")
+
+STATE_CLOSED: str = pybreaker.STATE_CLOSED
+STATE_OPEN: str = pybreaker.STATE_OPEN
+STATE_HALF_OPEN: str = pybreaker.STATE_HALF_OPEN
 
 
-class BreakerOpen(Exception):
+class BreakerOpen(pybreaker.CircuitBreakerError):
     """The breaker refused the call; retry_after_ms says when a probe may be tried."""
 
     def __init__(self, retry_after_ms: int) -> None:
@@ -25,88 +50,235 @@ class BreakerOpen(Exception):
 
 
 def breaker_namespace(origin_name: str) -> str:
-    return f"hl:breaker:{origin_name}"
+    # One hash tag per origin: the scripts touch the state key and the hash together (Cluster).
+    return f"hl:breaker:{{{origin_name}}}"
 
 
 def breaker_state_key(origin_name: str) -> str:
-    return f"{breaker_namespace(origin_name)}:pybreaker:state"
+    """A plain string, "closed" / "open" / "half-open": what herdless_breaker_state reads."""
+    return f"{breaker_namespace(origin_name)}:state"
 
 
-class _CountingBreaker(pybreaker.CircuitBreaker):
-    """Counts the transitions this process makes (not the ones it merely notices)."""
-
-    def open(self) -> bool:
-        result = super().open()
-        BREAKER_TRANSITIONS.labels(self.name, "open").inc()
-        return result
-
-    def half_open(self) -> None:
-        super().half_open()
-        BREAKER_TRANSITIONS.labels(self.name, "half-open").inc()
-
-    def close(self) -> None:
-        super().close()
-        BREAKER_TRANSITIONS.labels(self.name, "closed").inc()
+def breaker_fields_key(origin_name: str) -> str:
+    """A hash: fails (consecutive counted failures), opened_at (Redis ms), probe, probe_until (ms)."""
+    return f"{breaker_namespace(origin_name)}:h"
 
 
-# Release the probe slot only if it is still ours.
-_RELEASE_PROBE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
+
+# ADMIT: may this call reach the origin? Moves open -> half-open once the reset timeout is over.
+# KEYS[1] state (string), KEYS[2] fields (hash)
+# ARGV[1] reset timeout ms, ARGV[2] token (becomes the probe if this call probes),
+# ARGV[3] probe ttl ms, ARGV[4] retry-after ms to suggest while another call probes
+# Returns {verdict, retry_after_ms, transition}
+#   verdict: "call" (closed), "probe" (this call is the one half-open probe), "refuse"
+#   retry_after_ms: when a refused caller may try again (0 unless refused)
+#   transition: "half-open" if this call moved the breaker there, else ""
+ADMIT = (
+    _NOW
+    + """
+local state = redis.call('GET', KEYS[1]) or 'closed'
+if state == 'closed' then return {'call', 0, ''} end
+local transition = ''
+if state == 'open' then
+  local opened_at = tonumber(redis.call('HGET', KEYS[2], 'opened_at')) or 0
+  local remaining = opened_at + tonumber(ARGV[1]) - now
+  if remaining > 0 then return {'refuse', remaining, ''} end
+  redis.call('SET', KEYS[1], 'half-open')
+  transition = 'half-open'
+else
+  local until_ms = tonumber(redis.call('HGET', KEYS[2], 'probe_until')) or 0
+  if until_ms > now then return {'refuse', tonumber(ARGV[4]), ''} end
+end
+redis.call('HSET', KEYS[2], 'probe', ARGV[2], 'probe_until', now + tonumber(ARGV[3]))
+return {'probe', 0, transition}
+"""
+)
+
+# RECORD: the outcome of an admitted call.
+# KEYS[1] state, KEYS[2] fields
+# ARGV[1] "ok" or "failed", ARGV[2] token, ARGV[3] fail_max
+# A failure of the current probe, or the fail_max-th consecutive failure while closed, opens the
+# breaker (opened_at = now); a success of the current probe closes it. Outcomes of calls that
+# were admitted before the breaker left "closed" change nothing once it has.
+# Returns {transition, fails}: transition "open", "closed" or ""; fails after this outcome
+RECORD = (
+    _NOW
+    + """
+local state = redis.call('GET', KEYS[1]) or 'closed'
+local is_probe = state == 'half-open' and redis.call('HGET', KEYS[2], 'probe') == ARGV[2]
+if is_probe then
+  redis.call('HDEL', KEYS[2], 'probe', 'probe_until')
+  if ARGV[1] == 'ok' then
+    redis.call('SET', KEYS[1], 'closed')
+    redis.call('HSET', KEYS[2], 'fails', 0)
+    return {'closed', 0}
+  end
+  redis.call('SET', KEYS[1], 'open')
+  redis.call('HSET', KEYS[2], 'opened_at', now)
+  return {'open', tonumber(redis.call('HGET', KEYS[2], 'fails')) or 0}
+end
+if state ~= 'closed' then return {'', tonumber(redis.call('HGET', KEYS[2], 'fails')) or 0} end
+if ARGV[1] == 'ok' then
+  if (tonumber(redis.call('HGET', KEYS[2], 'fails')) or 0) ~= 0 then redis.call('HSET', KEYS[2], 'fails', 0) end
+  return {'', 0}
+end
+local fails = redis.call('HINCRBY', KEYS[2], 'fails', 1)
+if fails >= tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[1], 'open')
+  redis.call('HSET', KEYS[2], 'opened_at', now)
+  return {'open', fails}
+end
+return {'', fails}
+"""
+)
+
+# ABANDON_PROBE: the probe call ended without an outcome (cancelled, or recording it failed):
+# free the probe so the next caller may probe at once instead of waiting for probe_until.
+# KEYS[1] fields; ARGV[1] token. Returns 1 if the probe was this token's and is now free, else 0.
+ABANDON_PROBE = """
+if redis.call('HGET', KEYS[1], 'probe') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'probe', 'probe_until')
+return 1
+"""
+
+# SNAPSHOT: read the breaker without changing it.
+# KEYS[1] state, KEYS[2] fields; ARGV[1] reset timeout ms
+# Returns {state, fails, remaining_open_ms}: remaining is 0 unless open and the timeout runs
+SNAPSHOT = (
+    _NOW
+    + """
+local state = redis.call('GET', KEYS[1]) or 'closed'
+local fails = tonumber(redis.call('HGET', KEYS[2], 'fails')) or 0
+local remaining = 0
+if state == 'open' then
+  local opened_at = tonumber(redis.call('HGET', KEYS[2], 'opened_at')) or 0
+  remaining = math.max(0, opened_at + tonumber(ARGV[1]) - now)
+end
+return {state, fails, remaining}
+"""
+)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+@dataclass(frozen=True)
+class Admission:
+    verdict: str  # "call" | "probe" | "refuse"
+    retry_after_ms: int
+    transition: str  # "half-open" or ""
+
+    @classmethod
+    def decode(cls, reply: list[Any]) -> Admission:
+        verdict, retry_after_ms, transition = reply
+        return cls(_text(verdict), int(retry_after_ms), _text(transition))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    transition: str  # "open", "closed" or ""
+    fails: int
+
+    @classmethod
+    def decode(cls, reply: list[Any]) -> Recorded:
+        transition, fails = reply
+        return cls(_text(transition), int(fails))
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    state: str
+    fails: int
+    remaining_open_ms: int
+
+    @classmethod
+    def decode(cls, reply: list[Any]) -> BreakerSnapshot:
+        state, fails, remaining = reply
+        return cls(_text(state), int(fails), int(remaining))
 
 
 class OriginBreaker:
-    """pybreaker with Redis storage, plus a Redis probe slot so that after the reset timeout
-    exactly one call at a time, across all processes, tests the origin."""
+    """The breaker of one origin. Holds no state of its own: every decision is a script on Redis,
+    so any number of threads, greenlets, processes and hosts share it and call side by side."""
 
     def __init__(self, client: Any, origin_name: str, settings: Settings) -> None:
         self.origin_name = origin_name
-        self.redis = client
-        self.reset_timeout = settings.breaker_reset_timeout_seconds
-        storage = pybreaker.CircuitRedisStorage(
-            pybreaker.STATE_CLOSED,
-            client,
-            namespace=breaker_namespace(origin_name),
-            cluster_mode=settings.redis_cluster,
-        )
-        self.breaker = _CountingBreaker(
-            fail_max=settings.breaker_fail_max,
-            reset_timeout=settings.breaker_reset_timeout_seconds,
-            exclude=[NotFound],
-            state_storage=storage,
-            throw_new_error_on_trip=False,
-            name=origin_name,
-        )
-        self._probe_key = f"{breaker_namespace(origin_name)}:probe"
-        self._probe_ttl_ms = int((settings.origin_timeout_seconds + settings.lease_ttl_seconds) * 1000)
-        self._release_probe = client.register_script(_RELEASE_PROBE)
+        self.fail_max = settings.breaker_fail_max
+        self.reset_timeout_ms = int(settings.breaker_reset_timeout_seconds * 1000)
+        # A probe longer than this is presumed dead (its process was killed): another may probe.
+        self.probe_ttl_ms = int((settings.origin_timeout_seconds + settings.lease_ttl_seconds) * 1000)
+        # Callers refused while another call probes come back after a quarter of the timeout.
+        self.probe_busy_retry_ms = max(1000, self.reset_timeout_ms // 4)
+        self._keys = [breaker_state_key(origin_name), breaker_fields_key(origin_name)]
+        # Only pybreaker's public exclusion rule; this object never calls anything.
+        self._exclusions = pybreaker.CircuitBreaker(exclude=[NotFound], name=origin_name)
+        self._admit = client.register_script(ADMIT)
+        self._record = client.register_script(RECORD)
+        self._abandon_probe = client.register_script(ABANDON_PROBE)
+        self._snapshot = client.register_script(SNAPSHOT)
+
+    def snapshot(self) -> BreakerSnapshot:
+        return BreakerSnapshot.decode(self._snapshot(keys=self._keys, args=[self.reset_timeout_ms]))
 
     @property
     def state(self) -> str:
-        return self.breaker.current_state
+        return self.snapshot().state
 
     def remaining_open_ms(self) -> int:
-        opened_at = self.breaker._state_storage.opened_at
-        if opened_at is None:
-            return 0
-        left = opened_at.timestamp() + self.reset_timeout - time.time()
-        return max(0, int(left * 1000))
+        """How long the breaker stays open, on the Redis clock (0 unless open)."""
+        return self.snapshot().remaining_open_ms
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        state = self.state
-        probe = None
-        if state != pybreaker.STATE_CLOSED:
-            remaining = self.remaining_open_ms()
-            if state == pybreaker.STATE_OPEN and remaining > 0:
-                raise BreakerOpen(remaining)
-            probe = new_token()
-            if not self.redis.set(self._probe_key, probe, nx=True, px=self._probe_ttl_ms):
-                raise BreakerOpen(max(1000, int(self.reset_timeout * 1000) // 4))
+        """Call fn(*args) if the breaker lets it through; raise BreakerOpen if not.
+        The origin's own exception is re-raised after being counted."""
+        token = new_token()
+        admission = Admission.decode(
+            self._admit(
+                keys=self._keys,
+                args=[self.reset_timeout_ms, token, self.probe_ttl_ms, self.probe_busy_retry_ms],
+            )
+        )
+        self._count(admission.transition)
+        if admission.verdict == "refuse":
+            raise BreakerOpen(admission.retry_after_ms)
+        probing = admission.verdict == "probe"
+        recorded = False
         try:
-            return self.breaker.call(fn, *args)
-        except pybreaker.CircuitBreakerError:
-            raise BreakerOpen(self.remaining_open_ms() or int(self.reset_timeout * 1000)) from None
+            try:
+                result = fn(*args)
+            except Exception as exc:
+                recorded = self._finish(token, ok=not self._exclusions.is_system_error(exc))
+                raise
+            recorded = self._finish(token, ok=True)
+            return result
         finally:
-            if probe is not None:
-                self._release_probe(keys=[self._probe_key], args=[probe])
+            if probing and not recorded:
+                self._release_probe(token)
+
+    def _finish(self, token: str, *, ok: bool) -> bool:
+        """Record the outcome; True if it was recorded. A Redis error here must not turn a good
+        origin answer into a failure, so it is logged (the probe, if any, is freed by the caller)."""
+        try:
+            outcome = Recorded.decode(
+                self._record(keys=self._keys, args=["ok" if ok else "failed", token, self.fail_max])
+            )
+        except RedisError:
+            log.warning("could not record a call outcome for breaker %s", self.origin_name, exc_info=True)
+            return False
+        self._count(outcome.transition)
+        return True
+
+    def _release_probe(self, token: str) -> None:
+        try:
+            self._abandon_probe(keys=self._keys[1:], args=[token])
+        except RedisError:
+            log.warning("could not free the probe of breaker %s; it expires by itself", self.origin_name)
+
+    def _count(self, transition: str) -> None:
+        if transition:
+            BREAKER_TRANSITIONS.labels(self.origin_name, transition).inc()

@@ -70,6 +70,7 @@ from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.namespaces import Namespace
 from shared.origin import NotFound, Origin, OriginError, make_origin
+from shared.origin_slots import OriginSlots
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
@@ -144,7 +145,7 @@ class Engine:
         *,
         send_refresh: SendRefresh | None = None,
         waiter: Waiter | None = None,
-        slots: Any | None = None,
+        slots: Callable[[str], OriginSlots] | None = None,
         breaker_client: Any | None = None,
     ) -> None:
         self.settings = settings
@@ -156,7 +157,7 @@ class Engine:
         self._breaker_client = breaker_client if breaker_client is not None else store.redis
         self._origins: dict[str, Origin] = {}
         self._breakers: dict[str, OriginBreaker] = {}
-        self._slots: dict[str, Any] = {}
+        self._slots: dict[str, OriginSlots] = {}
         self._lock = threading.Lock()
 
     # origin adapters, breakers and slots are built once per namespace / origin, on first use
@@ -179,7 +180,7 @@ class Engine:
                     self._breakers[ns.origin_name] = breaker
         return breaker
 
-    def origin_slots(self, ns: Namespace) -> Any | None:
+    def origin_slots(self, ns: Namespace) -> OriginSlots | None:
         if self._slots_factory is None:
             return None
         slots = self._slots.get(ns.origin_name)
@@ -367,9 +368,11 @@ class Engine:
                 )
                 metrics.ORIGIN_SLOT_WAIT.labels(ns.origin_name).observe(time.perf_counter() - waited_from)
                 if not got:
+                    # The origin is saturated by other refreshes: back off like a failure,
+                    # without counting one against the key or the breaker.
                     store.record_failure(ns, key, run_token, origin_called=False)
                     store.publish_ready(ns, key, "error")
-                    return "origin_error"
+                    return "slot_timeout"
                 renewer.holds_slot = True
             try:
                 return self._call_and_write(ns, req, run_token, renewer)
@@ -430,7 +433,9 @@ class LeaseRenewer:
     refresh runs. A thread, or a greenlet under gevent's monkey patching. `lost` is set when the
     lease is no longer this run's (a purge, or a pause past the lease)."""
 
-    def __init__(self, store: CacheStore, ns: Namespace, key: str, run_token: str, slots: Any | None) -> None:
+    def __init__(
+        self, store: CacheStore, ns: Namespace, key: str, run_token: str, slots: OriginSlots | None
+    ) -> None:
         self._store, self._ns, self._key, self._token, self._slots = store, ns, key, run_token, slots
         self._stop = threading.Event()
         self.lost = threading.Event()

@@ -1,5 +1,5 @@
 """What /metrics serves in both tiers: every process's counters (multiprocess mode) plus queue
-depth and breaker state read from the broker and Redis at scrape time."""
+depth, breaker state and origin calls in flight, read from the broker and Redis at scrape time."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from shared.breaker import breaker_state_key
 from shared.metrics import ScrapeTimeCollector
 from shared.namespaces import Namespace
+from shared.origin_slots import OriginSlots
 from shared.settings import Settings
 from shared.store import make_redis
 from shared.tasks import QUEUE
@@ -38,6 +39,10 @@ def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, 
     return states
 
 
+def origin_in_flight(slots: list[OriginSlots]) -> Iterable[tuple[str, int]]:
+    return [(s.origin_name, s.in_flight()) for s in slots]
+
+
 def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Namespace]) -> CollectorRegistry:
     """Counters of every process of this role, plus queue depth and breaker state read per scrape,
     so queue depth stays visible from the web tier while no worker runs."""
@@ -48,10 +53,12 @@ def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Na
         registry = REGISTRY
     client = make_redis(settings)
     origin_names = sorted({ns.origin_name for ns in namespaces.values()})
+    slots = [OriginSlots(client, name) for name in origin_names]
     registry.register(
         ScrapeTimeCollector(
             queue_depths=lambda: queue_depths(celery_app),
             breaker_states=lambda: breaker_states(client, origin_names),
+            origin_in_flight=lambda: origin_in_flight(slots),
         )
     )
     return registry

@@ -1,8 +1,9 @@
 """Every herdless Prometheus metric, in one place. Labels are bounded: never a cache key.
 
 Counters and histograms are updated by web and worker processes (prometheus_client
-multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set). Queue depth and breaker state are not
-stored anywhere in-process: ScrapeTimeCollector reads them from Redis/the broker per scrape.
+multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set). Queue depth, breaker state and origin
+calls in flight are not stored anywhere in-process: ScrapeTimeCollector reads them from
+Redis/the broker per scrape.
 """
 
 from __future__ import annotations
@@ -65,16 +66,17 @@ REFRESH_LAG = Histogram(
     ["namespace"],
     buckets=LATENCY_BUCKETS,
 )
-ORIGIN_SLOT_WAIT = Histogram(
-    "herdless_origin_slot_wait_seconds",
-    "Time a refresh waited for one of its origin's ORIGIN_MAX_CONCURRENCY slots",
-    ["origin"],
-    buckets=LATENCY_BUCKETS,
-)
 BREAKER_TRANSITIONS = Counter(
     "herdless_breaker_transitions",
     "Circuit breaker state changes made by this process",
     ["origin", "to"],
+)
+
+ORIGIN_SLOT_WAIT = Histogram(
+    "herdless_origin_slot_wait_seconds",
+    "Time spent waiting for one of an origin's concurrency slots (timeouts included)",
+    ["origin"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
@@ -82,7 +84,7 @@ BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual")
 SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
-REFRESH_OUTCOMES = ("written", "fenced", "lost_lease", "origin_error", "breaker_open", "expired")
+REFRESH_OUTCOMES = ("written", "fenced", "lost_lease", "origin_error", "breaker_open", "expired", "slot_timeout")
 ORIGIN_OUTCOMES = ("ok", "error", "timeout", "not_found")
 BREAKER_STATES = ("closed", "half-open", "open")
 
@@ -111,18 +113,22 @@ def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> Non
     for origin in origins:
         for state in BREAKER_STATES:
             BREAKER_TRANSITIONS.labels(origin, state)
+        ORIGIN_SLOT_WAIT.labels(origin)
 
 
 class ScrapeTimeCollector(Collector):
-    """Queue depth and breaker state, read from their source of truth at each scrape."""
+    """Queue depth, breaker state and (when given) calls in flight per origin, read from their
+    source of truth at each scrape."""
 
     def __init__(
         self,
         queue_depths: Callable[[], Iterable[tuple[str, int]]],
         breaker_states: Callable[[], Iterable[tuple[str, str]]],
+        origin_in_flight: Callable[[], Iterable[tuple[str, int]]] | None = None,
     ) -> None:
         self._queue_depths = queue_depths
         self._breaker_states = breaker_states
+        self._origin_in_flight = origin_in_flight
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("herdless_queue_depth", "Refresh tasks waiting in the broker queue", labels=["queue"])
@@ -141,3 +147,16 @@ class ScrapeTimeCollector(Collector):
         except Exception:  # noqa: BLE001
             pass
         yield state
+        if self._origin_in_flight is None:
+            return
+        in_flight = GaugeMetricFamily(
+            "herdless_origin_in_flight",
+            "Origin calls holding a concurrency slot now, across every worker process and host",
+            labels=["origin"],
+        )
+        try:
+            for origin, n in self._origin_in_flight():
+                in_flight.add_metric([origin], n)
+        except Exception:  # noqa: BLE001
+            pass
+        yield in_flight

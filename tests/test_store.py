@@ -157,12 +157,24 @@ def test_the_write_script_measures_and_smooths_refresh_duration_like_the_pure_ru
 ) -> None:
     won_at = store.now_ms() - 200
     first = store.fenced_write(
-        ns, "d", _run_lease(store, ns, "d"), started_ms=won_at + 1, won_at_ms=won_at, value=b"1", content_type="text/plain"
+        ns,
+        "d",
+        _run_lease(store, ns, "d"),
+        started_ms=won_at + 1,
+        won_at_ms=won_at,
+        value=b"1",
+        content_type="text/plain",
     )
     assert first.written and first.delta_ms == first.written_at_ms - won_at
     won_again = store.now_ms() - 50
     second = store.fenced_write(
-        ns, "d", _run_lease(store, ns, "d"), started_ms=won_again + 1, won_at_ms=won_again, value=b"2", content_type="text/plain"
+        ns,
+        "d",
+        _run_lease(store, ns, "d"),
+        started_ms=won_again + 1,
+        won_at_ms=won_again,
+        value=b"2",
+        content_type="text/plain",
     )
     assert second.written
     assert second.delta_ms == smooth_delta(first.delta_ms, second.written_at_ms - won_again)

@@ -12,6 +12,7 @@ from shared import metrics
 from shared.engine import Engine
 from shared.namespaces import load_namespaces
 from shared.origin import size_http_pool
+from shared.origin_slots import OriginSlots
 from shared.settings import get_settings
 from shared.store import CacheStore, make_redis
 from shared.tasks import REFRESH_TASK, RefreshRequest
@@ -37,7 +38,12 @@ def worker_engine() -> Engine:
             socket_timeout=max(2.0, settings.lease_ttl_seconds / 3),
         )
         size_http_pool(settings.worker_concurrency)
-        _engine = Engine(settings, namespaces, CacheStore(client, settings))
+        _engine = Engine(
+            settings,
+            namespaces,
+            CacheStore(client, settings),
+            slots=lambda origin_name: OriginSlots(client, origin_name),
+        )
         _engine_pid = os.getpid()
     return _engine
 

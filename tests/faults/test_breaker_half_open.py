@@ -61,8 +61,8 @@ cache_ttl_seconds = 1
                 )
 
             assert max_in_flight == 1, f"{max_in_flight} calls reached the origin at once while not closed"
-            # After each failed probe the breaker stayed open for another reset timeout (pybreaker
-            # stores opened_at in whole seconds, so allow up to 1 s less).
+            # After each failed probe the breaker stayed open for another reset timeout (allow
+            # 1 s of slack for worker scheduling).
             starts = [c.started for c in probes]
             gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
             assert all(g >= PROBE_SECONDS + RESET_SECONDS - 1.0 - 0.1 for g in gaps), gaps

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from shared.breaker import breaker_namespace
+from shared.breaker import breaker_fields_key
 from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import worker_metric
@@ -65,7 +65,7 @@ cache_ttl_seconds = 1
 
 
 def _fail_counter(env: Env, origin_name: str) -> int:
-    raw = env.stack.redis.client().get(f"{breaker_namespace(origin_name)}:pybreaker:fail_counter")
+    raw = env.stack.redis.client().hget(breaker_fields_key(origin_name), "fails")
     return int(raw or 0)
 
 

@@ -34,6 +34,8 @@ CONTRACT_METRICS = {
     "herdless_breaker_state": "gauge",
     "herdless_breaker_transitions_total": "counter",
     "herdless_queue_depth": "gauge",
+    "herdless_origin_in_flight": "gauge",
+    "herdless_origin_slot_wait_seconds": "histogram",
 }
 
 # Flower 2.x exporter (flower/events.py, PrometheusMetrics).
