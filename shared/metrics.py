@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -71,6 +71,17 @@ BREAKER_TRANSITIONS = Counter(
     ["origin", "to"],
 )
 
+NEAR_CACHE = Counter(
+    "herdless_near_cache",
+    "Near-cache (per-process L1) lookups and drops: hit, miss, invalidated, bypassed (subscription down)",
+    ["result"],
+)
+NEAR_CACHE_BYTES = Gauge(
+    "herdless_near_cache_bytes",
+    "Bytes held by the near-cache, summed over live processes",
+    multiprocess_mode="livesum",
+)
+
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
@@ -79,6 +90,7 @@ SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
 REFRESH_OUTCOMES = ("written", "fenced", "lost_lease", "origin_error", "breaker_open", "expired")
 ORIGIN_OUTCOMES = ("ok", "error", "timeout", "not_found")
 BREAKER_STATES = ("closed", "half-open", "open")
+NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
 
 
 def init_web_series(namespaces: Iterable[str]) -> None:
@@ -92,6 +104,8 @@ def init_web_series(namespaces: Iterable[str]) -> None:
             REFRESH_SUPPRESSED.labels(ns, reason)
         REQUEST_DURATION.labels(ns)
         SERVED_AGE.labels(ns)
+    for result in NEAR_CACHE_RESULTS:
+        NEAR_CACHE.labels(result)
 
 
 def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> None:
