@@ -174,12 +174,16 @@ class ColdWaitHub:
         *,
         connected_slice: float = CONNECTED_SLICE,
         disconnected_slice: float = DISCONNECTED_SLICE,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        liveness_seconds: float = LIVENESS_SECONDS,
     ) -> None:
         self._client_factory = client_factory
         self._max_waiters = max_waiters
         self.nearcache = nearcache
         self.connected_slice = connected_slice
         self.disconnected_slice = disconnected_slice
+        self.heartbeat_seconds = heartbeat_seconds
+        self.liveness_seconds = max(liveness_seconds, heartbeat_seconds)
         self._lock = threading.Lock()
         self._waits: dict[tuple[str, str], _KeyWait] = {}
         self._active = 0
@@ -255,15 +259,15 @@ class ColdWaitHub:
     def _pump(self, pubsub: Any) -> None:
         heard = pinged = time.monotonic()
         while not self._stop.is_set():
-            message = pubsub.get_message(timeout=HEARTBEAT_SECONDS / 2)
+            message = pubsub.get_message(timeout=self.heartbeat_seconds / 2)
             now = time.monotonic()
             if message is not None:
                 heard = now
                 self._handle(message)
                 continue
-            if now - heard > LIVENESS_SECONDS:
-                raise ConnectionError(f"nothing heard on the subscription for {LIVENESS_SECONDS}s")
-            if now - heard > HEARTBEAT_SECONDS and now - pinged > HEARTBEAT_SECONDS:
+            if now - heard > self.liveness_seconds:
+                raise ConnectionError(f"nothing heard on the subscription for {self.liveness_seconds}s")
+            if now - heard > self.heartbeat_seconds and now - pinged > self.heartbeat_seconds:
                 pubsub.ping()
                 pinged = now
 

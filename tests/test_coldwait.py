@@ -305,3 +305,19 @@ def test_a_killed_subscription_bypasses_the_near_cache_until_resubscribed(
     assert hit is not None and hit.entry.value == b"v2"
     publish_invalidation(client, ns, "k")  # and the new subscription delivers again
     wait_until(lambda: nc.get(ns, "k") is None, 5, "the invalidation on the new subscription")
+
+
+def test_a_subscription_that_goes_silent_counts_as_lost(
+    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+) -> None:
+    nc: NearCache[Entry] = NearCache(1 << 20)
+    hub = make_hub(nearcache=nc, heartbeat_seconds=0.1, liveness_seconds=0.5)
+    assert put_fresh(nc, ns, "k", b"v")
+    subscriptions = hub.subscriptions
+    # The server stops answering for 2.5 s while the socket stays up (the pause ends by itself:
+    # Redis 7.0 holds even CLIENT UNPAUSE until then).
+    client.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+    wait_until(lambda: not hub.connected.is_set(), 2.0, "the heartbeat to declare the subscription lost")
+    assert not nc.enabled and nc.get(ns, "k") is None
+    wait_until(lambda: hub.connected.is_set(), 10, "the hub to resubscribe")
+    assert hub.subscriptions > subscriptions and nc.enabled
