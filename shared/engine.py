@@ -62,13 +62,14 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
+from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.namespaces import Namespace
+from shared.nearcache import NearCache, hit_until_ms
 from shared.origin import NotFound, Origin, OriginError, make_origin
 from shared.origin_slots import OriginSlots
 from shared.settings import Settings
@@ -84,10 +85,14 @@ log = logging.getLogger("herdless.engine")
 
 @dataclass(frozen=True)
 class Served:
-    """A stored value (or a cached 404) to answer with; `outcome` is hit, early, stale or miss."""
+    """A stored value (or a cached 404) to answer with; `outcome` is hit, early, stale or miss.
+    `now_ms` is the Redis clock at the answer (estimated from the read's offset on a near-cache
+    hit), for Age and max-age."""
 
     result: ReadResult
     outcome: str
+    now_ms: int
+    from_near_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,22 +110,6 @@ class Refused:
 
 
 Answer = Served | Refused
-
-
-class WaitHandle(Protocol):
-    coalesced: bool
-
-    def mark(self) -> None: ...
-
-    def wait(self, timeout: float) -> str | None: ...
-
-
-class Waiter(Protocol):
-    def join(self, namespace: str, key: str) -> AbstractContextManager[WaitHandle]: ...
-
-
-class TooManyWaiters(Exception):
-    """The process already has MAX_COLD_WAITERS requests waiting for cold keys."""
 
 
 class BrokerUnavailable(Exception):
@@ -144,7 +133,8 @@ class Engine:
         store: CacheStore,
         *,
         send_refresh: SendRefresh | None = None,
-        waiter: Waiter | None = None,
+        waiter: ColdWaitHub | None = None,
+        near_cache: NearCache[ReadResult] | None = None,
         slots: Callable[[str], OriginSlots] | None = None,
         breaker_client: Any | None = None,
     ) -> None:
@@ -153,6 +143,7 @@ class Engine:
         self.store = store
         self._send_refresh = send_refresh
         self._waiter = waiter
+        self.near_cache = near_cache
         self._slots_factory = slots
         self._breaker_client = breaker_client if breaker_client is not None else store.redis
         self._origins: dict[str, Origin] = {}
@@ -197,10 +188,21 @@ class Engine:
         """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
         if ns.strategy == "naive":
             return self._read_naive(ns, key)
+        near = self.near_cache
+        read_token = None
+        if near is not None:
+            hit = near.get(ns.name, key)
+            if hit is not None:
+                # Redis would say HIT until the value's XFetch moment: no round trip needed.
+                return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
+            read_token = near.begin_read(ns.name, key)
         token = new_token()
         r = self.store.read(ns, key, token)
         if r.decision is Decision.HIT:
-            return Served(r, "hit")
+            if near is not None and read_token is not None and r.soft_ms is not None:
+                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u)
+                near.put(ns.name, key, r, r.now_ms, until, read_token)
+            return Served(r, "hit", r.now_ms)
         if r.decision in (Decision.EARLY, Decision.STALE):
             reason = r.decision.value.lower()
             if r.won_lease:
@@ -210,7 +212,7 @@ class Engine:
                     pass  # the value is served anyway; the next read retries the refresh
             else:
                 self._count_suppressed(ns, r)
-            return Served(r, reason)
+            return Served(r, reason, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
         if r.won_lease:
             try:
@@ -252,21 +254,30 @@ class Engine:
                         )
                     reason = "coalesced" if handle.coalesced else "lease_held"
                     metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
+
+                def reread() -> tuple[ReadResult, bool]:
+                    # One read per wake-up for all waiters of the key in this process. If it
+                    # finds the lease free (the refresher died, or the last refresh failed and its
+                    # cooldown ran out) it takes over and enqueues, once, for all of them.
+                    token = new_token()
+                    r = self.store.read(ns, key, token)
+                    if r.won_lease:
+                        try:
+                            self._enqueue(ns, key, token, "miss", r.now_ms)
+                        except BrokerUnavailable:
+                            return r, False
+                    return r, True
+
                 status: str | None = None
                 while True:
                     # Registered first, read second: a refresh published from here on wakes us.
                     handle.mark()
-                    token = new_token()
-                    r = self.store.read(ns, key, token)
+                    r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
                     if r.has_value and r.decision is not Decision.MISS:
-                        return Served(r, "miss")
-                    if r.won_lease:
-                        # No refresh is running (its worker died, or the last one failed): take over.
-                        try:
-                            self._enqueue(ns, key, token, "miss", r.now_ms)
-                        except BrokerUnavailable:
-                            return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
-                    elif r.lease_state == "cooldown" or status == "error":
+                        return Served(r, "miss", r.now_ms)
+                    if not enqueued:
+                        return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                    if not r.won_lease and (r.lease_state == "cooldown" or status == "error"):
                         return Refused(
                             502,
                             "origin_error",
@@ -282,16 +293,14 @@ class Engine:
                             self.settings.cold_wait_timeout_seconds,
                         )
                     status = handle.wait(remaining)
-        except Exception as exc:
-            if type(exc).__name__ == "TooManyWaiters":
-                return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
-            raise
+        except TooManyWaiters:
+            return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
 
     def _read_naive(self, ns: Namespace, key: str) -> Answer:
         """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""
         r = self.store.read(ns, key, new_token())
         if r.decision is Decision.HIT:
-            return Served(r, "hit")
+            return Served(r, "hit", r.now_ms)
         started = self.store.now_ms()
         t0 = time.perf_counter()
         try:
@@ -307,7 +316,8 @@ class Engine:
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         self.store.plain_write(ns, key, started_ms=started, value=body, content_type=ctype, negative=negative)
-        return Served(self.store.read(ns, key, new_token()), "miss")
+        r = self.store.read(ns, key, new_token())
+        return Served(r, "miss", r.now_ms)
 
     # -- admin ----------------------------------------------------------------------------------
 

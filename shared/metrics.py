@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -78,6 +78,16 @@ ORIGIN_SLOT_WAIT = Histogram(
     ["origin"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+NEAR_CACHE = Counter(
+    "herdless_near_cache",
+    "Near-cache (per-process L1) lookups and drops: hit, miss, invalidated, bypassed (subscription down)",
+    ["result"],
+)
+NEAR_CACHE_BYTES = Gauge(
+    "herdless_near_cache_bytes",
+    "Bytes held by the near-cache, summed over live processes",
+    multiprocess_mode="livesum",
+)
 
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -87,6 +97,7 @@ SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
 REFRESH_OUTCOMES = ("written", "fenced", "lost_lease", "origin_error", "breaker_open", "expired", "slot_timeout")
 ORIGIN_OUTCOMES = ("ok", "error", "timeout", "not_found")
 BREAKER_STATES = ("closed", "half-open", "open")
+NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
 
 
 def init_web_series(namespaces: Iterable[str]) -> None:
@@ -100,6 +111,8 @@ def init_web_series(namespaces: Iterable[str]) -> None:
             REFRESH_SUPPRESSED.labels(ns, reason)
         REQUEST_DURATION.labels(ns)
         SERVED_AGE.labels(ns)
+    for result in NEAR_CACHE_RESULTS:
+        NEAR_CACHE.labels(result)
 
 
 def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> None:

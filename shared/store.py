@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -14,15 +13,11 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from shared import scripts
+from shared.coldwait import publish_invalidation, publish_ready
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.settings import Settings
 from shared.xfetch import Decision, draw_u
-
-READY_CHANNEL = "hl:ready"
-# Every purge publishes here (and every refresh publishes on READY_CHANNEL): web processes drop
-# the key from their near-cache on either.
-INVALIDATE_CHANNEL = "hl:inval"
 
 # Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
 # breaker's reset timeout (past that the breaker, not the key, holds the origin off).
@@ -303,12 +298,13 @@ class CacheStore:
         return int(self._soft_purge(keys=[k.entry, k.lease])) == 1
 
     def publish_ready(self, ns: Namespace, key: str, status: str) -> None:
-        """Tell cold-miss waiters in every web process that this key's refresh finished."""
-        self.redis.publish(READY_CHANNEL, json.dumps({"ns": ns.name, "key": key, "status": status}))
+        """Tell cold-miss waiters in every web process that this key's refresh finished (and
+        their near-caches that it may have changed)."""
+        publish_ready(self.redis, ns.name, key, status)
 
     def publish_invalidation(self, ns: Namespace, key: str) -> None:
-        """Tell every web process that this key's value changed (a purge)."""
-        self.redis.publish(INVALIDATE_CHANNEL, json.dumps({"ns": ns.name, "key": key}))
+        """Tell every web process to drop this key from its near-cache (after a purge)."""
+        publish_invalidation(self.redis, ns.name, key)
 
 
 def pubsub_client(settings: Settings) -> Any:

@@ -10,14 +10,15 @@ from kombu import Queue
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from shared.coldwait import ColdWaitHub
 from shared.engine import Engine
 from shared.exposition import build_registry
 from shared.metrics import init_web_series
 from shared.namespaces import NamespaceConfigError, load_namespaces
+from shared.nearcache import NearCache
 from shared.settings import Settings, load_settings
-from shared.store import CacheStore, make_redis, pubsub_client
+from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.tasks import QUEUE, RefreshRequest, celery_config, send_refresh
-from web.coldwait import ColdMissWaiter
 from web.http import AnythingConverter, json_error
 from web.openapi import bp as openapi_bp
 from web.routes import bp as routes_bp
@@ -59,12 +60,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     client = make_redis(
         settings, pool_size=settings.max_cold_waiters + 1000, socket_timeout=1.0, socket_connect_timeout=0.5
     )
-    waiter = ColdMissWaiter(lambda: pubsub_client(settings), settings.max_cold_waiters)
+    # The near-cache serves nothing until the hub's subscription is up (it starts suspended).
+    near_cache: NearCache[ReadResult] | None = (
+        NearCache(settings.near_cache_max_bytes) if settings.near_cache and settings.near_cache_max_bytes else None
+    )
+    waiter = ColdWaitHub(lambda: pubsub_client(settings), settings.max_cold_waiters, near_cache)
 
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)
 
-    engine = Engine(settings, namespaces, CacheStore(client, settings), send_refresh=enqueue, waiter=waiter)
+    engine = Engine(
+        settings,
+        namespaces,
+        CacheStore(client, settings),
+        send_refresh=enqueue,
+        waiter=waiter,
+        near_cache=near_cache,
+    )
     app.extensions[EXTENSION] = WebState(
         settings=settings,
         namespaces=namespaces,

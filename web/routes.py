@@ -89,9 +89,9 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 def _serve(ns: Namespace, answer: Served) -> Response:
     """Answer from a stored entry (positive or negative) and record the outcome."""
     r = answer.result
-    headers = cache_headers(ns, r, "NEGATIVE" if r.negative else answer.outcome)
+    headers = cache_headers(ns, r, "NEGATIVE" if r.negative else answer.outcome, answer.now_ms)
     if r.at_ms is not None:
-        metrics.SERVED_AGE.labels(ns.name).observe(max(0, r.now_ms - r.at_ms) / 1000)
+        metrics.SERVED_AGE.labels(ns.name).observe(max(0, answer.now_ms - r.at_ms) / 1000)
     if r.negative:
         metrics.REQUESTS.labels(ns.name, "negative").inc()
         return json_error(404, "not_found", "the origin has no value for this key", headers)

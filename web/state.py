@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app
 from prometheus_client import CollectorRegistry
 
+from shared.coldwait import ColdWaitHub
 from shared.engine import Engine
 from shared.namespaces import Namespace
 from shared.settings import Settings
@@ -22,7 +23,7 @@ class WebState:
     namespaces: dict[str, Namespace]
     engine: Engine
     celery: Any  # the Celery app used only to send tasks and read the queue depth
-    waiter: Any
+    waiter: ColdWaitHub
     metrics_registry: CollectorRegistry
 
     @property

@@ -1,0 +1,351 @@
+"""ColdWaitHub: a process's one pub/sub connection, waking cold-miss waiters per key and invalidating the near-cache.
+
+Two channels, one connection:
+
+- ``hl:ready`` (JSON ``{"ns", "key", "status"}``): a refresh of the key finished ("ready" or
+  "error"). It wakes that key's waiters -- only them -- and, a write having happened, drops
+  the key from the near-cache.
+- ``hl:inval`` (JSON ``{"ns", "key"}``): published after every fenced write, hard purge and
+  soft purge; drops the key from the near-cache. It wakes no waiter.
+
+Waiting. Waiters of one key share one ``_KeyWait``: a generation number, the last published
+status and an Event that is replaced by a fresh one at each publish, so a publish for key K
+sets exactly one Event and touches nothing else (no process-wide notify_all). A waiter
+registers (``join``) and records the generation (``mark``) *before* it re-reads the entry,
+and the subscription is already live, so a publish between its read and its ``wait`` is
+never lost: the generation has moved and ``wait`` returns at once.
+
+Sharing the re-read. When a publish wakes N waiters of K, one of them re-reads Redis and the
+others take its result (``WaitHandle.shared_read``). A waiter may take a read only if that read
+started after the waiter joined or last consumed a read, and at a generation no older than the
+one it marked -- so sharing never hides a publish it would have seen reading by itself.
+
+Fallbacks. While the subscription is down, ``wait`` returns after ``DISCONNECTED_SLICE`` so
+waiters re-read on a short period; while it is up, after ``CONNECTED_SLICE`` as a safety net.
+While it is down the near-cache is suspended (flushed and bypassed) and it resumes only after
+the subscribe handshake of both channels completes. A heartbeat PING every
+``HEARTBEAT_SECONDS`` of silence, with nothing heard for ``LIVENESS_SECONDS``, counts as a lost
+connection, so a silently dead TCP connection cannot leave the near-cache serving unheard-of
+writes for longer than that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from shared.nearcache import NearCache
+
+log = logging.getLogger("herdless.coldwait")
+
+READY_CHANNEL = "hl:ready"
+INVALIDATION_CHANNEL = "hl:inval"
+
+CONNECTED_SLICE = 1.0  # safety-net re-read period while the subscription is live
+DISCONNECTED_SLICE = 0.2  # re-read period while it is not
+HANDSHAKE_SECONDS = 2.0  # both subscribe confirmations must arrive within this
+HEARTBEAT_SECONDS = 1.0  # PING after this long without hearing anything
+LIVENESS_SECONDS = 3.0  # nothing heard (not even a pong) for this long: reconnect
+MAX_BACKOFF_SECONDS = 2.0
+
+T = TypeVar("T")
+
+
+def publish_invalidation(client: Any, ns: str, key: str) -> None:
+    """Tell every web process to drop (ns, key) from its near-cache: after every write and purge."""
+    client.publish(INVALIDATION_CHANNEL, json.dumps({"ns": ns, "key": key}))
+
+
+def publish_ready(client: Any, ns: str, key: str, status: str) -> None:
+    """Tell every web process that a refresh of (ns, key) finished ("ready" or "error")."""
+    client.publish(READY_CHANNEL, json.dumps({"ns": ns, "key": key, "status": status}))
+
+
+class TooManyWaiters(Exception):
+    """MAX_COLD_WAITERS requests of this process are already waiting."""
+
+
+class _SharedRead:
+    __slots__ = ("seq", "generation", "done", "result", "error")
+
+    def __init__(self, seq: int, generation: int) -> None:
+        self.seq = seq
+        self.generation = generation  # the key's generation when the read started
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _KeyWait:
+    __slots__ = ("waiters", "generation", "status", "event", "read_seq", "read")
+
+    def __init__(self) -> None:
+        self.waiters = 0
+        self.generation = 0
+        self.status = ""
+        self.event = threading.Event()  # set (and replaced) by the next publish
+        self.read_seq = 0
+        self.read: _SharedRead | None = None
+
+
+class WaitHandle:
+    """One waiter's view of its key's shared wait."""
+
+    def __init__(self, hub: ColdWaitHub, wait: _KeyWait, coalesced: bool) -> None:
+        self._hub = hub
+        self._wait = wait
+        self.coalesced = coalesced  # another waiter of this key was already there
+        self._seen = wait.generation
+        self._read_floor = wait.read_seq  # only reads started after this one may be shared
+        self.ran_last_read = False  # whether the last shared_read ran fn in this caller
+
+    def mark(self) -> None:
+        """Remember the current generation: call just before re-reading the entry."""
+        with self._hub._lock:
+            self._seen = self._wait.generation
+
+    def wait(self, timeout: float) -> str | None:
+        """Block until a refresh of this key is published after the last mark(), or the timeout
+        (capped at the current re-read slice). Returns the published status or None."""
+        slice_ = self._hub.connected_slice if self._hub.connected.is_set() else self._hub.disconnected_slice
+        deadline = time.monotonic() + min(timeout, slice_)
+        while True:
+            with self._hub._lock:
+                if self._wait.generation != self._seen:
+                    self._seen = self._wait.generation
+                    return self._wait.status
+                event = self._wait.event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            event.wait(left)
+
+    def shared_read(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run ``fn`` (the re-read) once for all waiters of this key that need one now.
+
+        The first caller runs it; callers of the same wake-up take its result or exception.
+        Side effects belong in ``fn`` (every sharer receives the same result): e.g. enqueue
+        the refresh inside ``fn`` when its read won the lease. ``ran_last_read`` tells whether
+        this caller ran it. A sharer waiting longer than ``timeout`` gets TimeoutError."""
+        wait = self._wait
+        with self._hub._lock:
+            current = wait.read
+            if current is not None and current.seq > self._read_floor and current.generation >= self._seen:
+                leader = False
+            else:
+                wait.read_seq += 1
+                current = wait.read = _SharedRead(wait.read_seq, wait.generation)
+                leader = True
+        self._read_floor = current.seq
+        self.ran_last_read = leader
+        if leader:
+            try:
+                current.result = fn()
+                return current.result
+            except Exception as exc:
+                current.error = exc
+                raise
+            except BaseException:
+                current.error = RuntimeError("the shared read was interrupted")
+                raise
+            finally:
+                current.done.set()
+        if not current.done.wait(timeout):
+            raise TimeoutError("the shared read did not finish in time")
+        if current.error is not None:
+            raise current.error
+        result: T = current.result
+        return result
+
+
+class ColdWaitHub:
+    """The process's one subscription: per-key cold-miss wake-ups and near-cache invalidation."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        max_waiters: int,
+        nearcache: NearCache[Any] | None = None,
+        *,
+        connected_slice: float = CONNECTED_SLICE,
+        disconnected_slice: float = DISCONNECTED_SLICE,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        liveness_seconds: float = LIVENESS_SECONDS,
+    ) -> None:
+        self._client_factory = client_factory
+        self._max_waiters = max_waiters
+        self.nearcache = nearcache
+        self.connected_slice = connected_slice
+        self.disconnected_slice = disconnected_slice
+        self.heartbeat_seconds = heartbeat_seconds
+        self.liveness_seconds = max(liveness_seconds, heartbeat_seconds)
+        self._lock = threading.Lock()
+        self._waits: dict[tuple[str, str], _KeyWait] = {}
+        self._active = 0
+        self.connected = threading.Event()
+        self.subscriptions = 0  # completed subscribe handshakes (reconnects included)
+        self.wakeups = 0  # key waits signalled by a published ready message
+        self._thread: threading.Thread | None = None
+        self._started = threading.Lock()
+        self._stop = threading.Event()
+        self._pubsub: Any = None
+
+    # -- the subscription --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe now rather than on the first cold miss (call in the serving process, after fork)."""
+        if self._thread is not None:
+            return
+        with self._started:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, name="coldwait-hub", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening (tests, shutdown). The near-cache is left suspended."""
+        self._stop.set()
+        pubsub = self._pubsub
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail; we are leaving
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._pubsub = self._client_factory().pubsub()
+                self._subscribe(self._pubsub)
+                backoff = 0.1
+                self._pump(self._pubsub)
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever happened
+                if not self._stop.is_set():
+                    log.warning("coldwait subscription lost (%s: %s); reconnecting", type(exc).__name__, exc)
+            finally:
+                self._lost()
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _subscribe(self, pubsub: Any) -> None:
+        pubsub.subscribe(READY_CHANNEL, INVALIDATION_CHANNEL)
+        pending = {READY_CHANNEL, INVALIDATION_CHANNEL}
+        deadline = time.monotonic() + HANDSHAKE_SECONDS
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("subscribe handshake did not complete")
+            message = pubsub.get_message(timeout=left)
+            if message is None:
+                continue
+            if message.get("type") == "subscribe":
+                pending.discard(_text(message.get("channel")))
+            else:
+                self._handle(message)
+        # Only now can no invalidation be missed: serve from memory again.
+        self.subscriptions += 1
+        self.connected.set()
+        if self.nearcache is not None:
+            self.nearcache.resume()
+
+    def _pump(self, pubsub: Any) -> None:
+        heard = pinged = time.monotonic()
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=self.heartbeat_seconds / 2)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                self._handle(message)
+                continue
+            if now - heard > self.liveness_seconds:
+                raise ConnectionError(f"nothing heard on the subscription for {self.liveness_seconds}s")
+            if now - heard > self.heartbeat_seconds and now - pinged > self.heartbeat_seconds:
+                pubsub.ping()
+                pinged = now
+
+    def _lost(self) -> None:
+        # Suspend before anything else: from here on invalidations may be missed.
+        if self.nearcache is not None:
+            self.nearcache.suspend()
+        self.connected.clear()
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        channel = _text(message.get("channel"))
+        try:
+            event = json.loads(message["data"])
+            target = (str(event["ns"]), str(event["key"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed message on %s", channel)
+            return
+        if self.nearcache is not None:
+            self.nearcache.invalidate(*target)
+        if channel == READY_CHANNEL:
+            self._wake(target, str(event.get("status", "ready")))
+
+    def _wake(self, target: tuple[str, str], status: str) -> None:
+        with self._lock:
+            wait = self._waits.get(target)
+            if wait is None:
+                return
+            wait.generation += 1
+            wait.status = status
+            event, wait.event = wait.event, threading.Event()
+            self.wakeups += 1
+        event.set()
+
+    # -- waiting -----------------------------------------------------------------------
+
+    @contextmanager
+    def join(self, namespace: str, key: str) -> Iterator[WaitHandle]:
+        """Register as a waiter for (namespace, key); raises TooManyWaiters past the limit."""
+        self.start()
+        target = (namespace, key)
+        with self._lock:
+            if self._active >= self._max_waiters:
+                raise TooManyWaiters()
+            self._active += 1
+            wait = self._waits.get(target)
+            coalesced = wait is not None
+            if wait is None:
+                wait = self._waits[target] = _KeyWait()
+            wait.waiters += 1
+            handle = WaitHandle(self, wait, coalesced)
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                self._active -= 1
+                wait.waiters -= 1
+                if wait.waiters == 0 and self._waits.get(target) is wait:
+                    del self._waits[target]
+
+    @property
+    def active(self) -> int:
+        """Waiters registered in this process, all keys together."""
+        return self._active
+
+    def waiting_on(self, namespace: str, key: str) -> int:
+        """Waiters registered for one key."""
+        with self._lock:
+            wait = self._waits.get((namespace, key))
+            return 0 if wait is None else wait.waiters
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

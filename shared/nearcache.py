@@ -1,0 +1,252 @@
+"""NearCache: each web process serves a value Redis just called a HIT from memory until its XFetch moment.
+
+Why it is safe. The read decision (shared/xfetch.py) is deterministic for a stored value: its
+XFetch draw ``u`` is stored with it, so a value that Redis calls HIT stays a HIT until
+
+    early_ms = soft + d * beta * ln(u)        (= soft when beta == 0 or d == 0)
+
+on the Redis clock. Before that moment every read of the key would be a HIT with no lease to
+take, so the process may answer from memory and Redis would have said the same -- unless the
+value changed. Every write and purge publishes an invalidation (shared/coldwait.py), and the
+process's one subscription drops the key here. While that subscription is down, invalidations
+could be missed, so the cache is flushed and bypassed (``suspend``) until the subscription is
+back (``resume``). A NearCache starts suspended: nothing is served before the first subscribe.
+
+Clocks. Redis's clock decides freshness, but a process cannot ask Redis the time on a memory
+hit. At each read the engine gives ``put`` the Redis ``now`` of that read; the cache keeps the
+offset ``redis_now - host_ms`` where host_ms is the host's *monotonic* clock (wall-clock jumps on
+the host do not matter) read in ``begin_read``, i.e. *before* the Redis call was sent. Redis ran
+its TIME somewhere inside the round trip, so this offset can only overestimate Redis's clock, by
+at most one round trip: entries expire a little early, never late. ``margin_ms`` is subtracted
+on top to absorb what the offset cannot see: Redis's wall clock being slewed or stepped by NTP
+and rate drift between the two clocks over an entry's life (tens of ppm: ~1 ms per 30 s),
+plus the moment between ``get`` and the reply leaving the process. 50 ms is generous for all
+of these; an entry served at most ``margin_ms`` earlier than needed costs one Redis read.
+
+The read/invalidate race. A reader gets value A from Redis; a write of B lands and its
+invalidation reaches this process *before* the reader calls ``put(A)``: without a guard, A
+would then be served until its XFetch moment. So every read starts with ``begin_read``, which
+returns a token holding the process's invalidation sequence number; ``put`` refuses the value
+when an invalidation of that key (or a clear/suspend) happened after the token was taken. The
+per-key record of the last invalidation is a bounded LRU map; evicting a record raises a floor
+below which every token is refused. A token is therefore refused only when its own key was
+invalidated during its read, or when more than ``INVALIDATION_MEMORY`` other keys were
+invalidated during that one read -- rare, so steady invalidation traffic on other keys costs no
+false refusals (a single global counter would refuse nearly every put under such traffic).
+
+The one remaining window is the pub/sub delivery delay itself: after a write lands, this
+process may serve the previous value until the invalidation arrives (normally well under a
+millisecond on one network; bounded by the subscription's liveness check in coldwait.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, Protocol, TypeVar
+
+from shared import metrics
+from shared.xfetch import MIN_U
+
+DEFAULT_MARGIN_MS = 50
+# Bytes charged per entry on top of its key and value: the slot, the entry object, its small
+# strings (content type, etag) and the OrderedDict node. A rough constant is all LRU needs.
+ENTRY_OVERHEAD_BYTES = 256
+# How many per-key invalidation records are kept for the begin_read/put guard.
+INVALIDATION_MEMORY = 65_536
+
+
+class NearEntry(Protocol):
+    """What the cache needs to know of the engine's entry: its value bytes, to size it."""
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+E = TypeVar("E", bound=NearEntry)
+
+
+def hit_until_ms(soft_ms: float, delta_ms: float, beta: float, u: float) -> float:
+    """The Redis-clock moment a stored value stops being a HIT: ``soft + d*beta*ln(u)``.
+
+    The same rule as xfetch.decide: a read at ``now`` is a HIT exactly while ``now`` is below
+    this (EARLY from this moment on, STALE or MISS from ``soft``)."""
+    if beta <= 0 or delta_ms <= 0:
+        return float(soft_ms)
+    u = min(max(u, MIN_U), 1.0)
+    return soft_ms + delta_ms * beta * math.log(u)
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+@dataclass(frozen=True)
+class ReadToken:
+    """Taken by begin_read before the Redis read; handed to put."""
+
+    seq: int
+    host_ms: float
+
+
+class NearHit(NamedTuple, Generic[E]):
+    entry: E
+    redis_now_ms: int  # estimated Redis clock now: for Age and max-age
+
+
+@dataclass
+class _Slot(Generic[E]):
+    entry: E
+    size: int
+    offset_ms: float  # Redis clock minus host monotonic clock, measured at the read
+    serve_until_host_ms: float
+    redis_read_ms: int  # the Redis now of the read that produced this slot
+
+
+class NearCache(Generic[E]):
+    """A per-process, byte-bounded LRU of values Redis called HIT. Thread- and gevent-safe."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        margin_ms: int = DEFAULT_MARGIN_MS,
+        *,
+        clock: Callable[[], float] = monotonic_ms,
+        suspended: bool = True,
+        invalidation_memory: int = INVALIDATION_MEMORY,
+    ) -> None:
+        if max_bytes < 0 or margin_ms < 0:
+            raise ValueError("max_bytes and margin_ms must be >= 0")
+        self.max_bytes = max_bytes
+        self.margin_ms = margin_ms
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[tuple[str, str], _Slot[E]] = OrderedDict()
+        self._bytes = 0
+        self._suspended = suspended
+        self._seq = 0  # bumped by every invalidation, clear and suspend
+        self._floor = 0  # tokens below this are refused
+        self._invalidated: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._invalidation_memory = max(1, invalidation_memory)
+        metrics.NEAR_CACHE_BYTES.set(0)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """True while values may be served and stored (not suspended, budget above zero)."""
+        return not self._suspended and self.max_bytes > 0
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def suspend(self) -> None:
+        """The invalidation feed is down: flush, refuse in-flight puts, bypass until resume()."""
+        with self._lock:
+            self._suspended = True
+            self._clear_locked()
+
+    def resume(self) -> None:
+        """The invalidation feed is live again (subscribe handshake done): serve again."""
+        with self._lock:
+            self._suspended = False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clear_locked()
+
+    def _clear_locked(self) -> None:
+        self._seq += 1
+        self._floor = self._seq
+        self._invalidated.clear()
+        self._slots.clear()
+        self._bytes = 0
+        metrics.NEAR_CACHE_BYTES.set(0)
+
+    # -- the read path -----------------------------------------------------------------
+
+    def begin_read(self, ns: str, key: str) -> ReadToken:
+        """Call just before the Redis read whose result may be put(); pass the token to put."""
+        with self._lock:
+            return ReadToken(self._seq, self._clock())
+
+    def get(self, ns: str, key: str) -> NearHit[E] | None:
+        """The entry and the estimated Redis now, while it is still a HIT; else None."""
+        if not self.enabled:
+            metrics.NEAR_CACHE.labels("bypassed").inc()
+            return None
+        target = (ns, key)
+        with self._lock:
+            slot = self._slots.get(target)
+            if slot is None:
+                hit = None
+            else:
+                now = self._clock()
+                if now < slot.serve_until_host_ms:
+                    self._slots.move_to_end(target)
+                    hit = NearHit(slot.entry, int(now + slot.offset_ms))
+                else:
+                    self._drop_locked(target, slot)
+                    hit = None
+        metrics.NEAR_CACHE.labels("hit" if hit is not None else "miss").inc()
+        return hit
+
+    def put(self, ns: str, key: str, entry: E, redis_now_ms: int, early_ms: float, token: ReadToken) -> bool:
+        """Keep an entry Redis just called HIT until ``early_ms`` (Redis clock, see hit_until_ms).
+
+        Refused (False) while suspended, when the key was invalidated or the cache cleared
+        since ``token`` was taken, when the entry alone exceeds the budget, when its moment is
+        already past, or when a slot from a later Redis read is already there."""
+        target = (ns, key)
+        size = len(entry.value or b"") + len(key) + len(ns) + ENTRY_OVERHEAD_BYTES
+        if size > self.max_bytes:
+            return False
+        offset = redis_now_ms - token.host_ms
+        serve_until = early_ms - offset - self.margin_ms
+        with self._lock:
+            if self._suspended or token.seq < self._floor or self._invalidated.get(target, -1) > token.seq:
+                return False
+            if serve_until <= self._clock():
+                return False
+            old = self._slots.get(target)
+            if old is not None:
+                if old.redis_read_ms > redis_now_ms:
+                    return False
+                self._drop_locked(target, old)
+            self._slots[target] = _Slot(entry, size, offset, serve_until, redis_now_ms)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                victim_key, victim = next(iter(self._slots.items()))
+                self._drop_locked(victim_key, victim)
+            metrics.NEAR_CACHE_BYTES.set(self._bytes)
+        return True
+
+    def invalidate(self, ns: str, key: str) -> bool:
+        """A write or purge of the key happened: drop it and refuse puts of reads begun before now."""
+        target = (ns, key)
+        with self._lock:
+            self._seq += 1
+            self._invalidated[target] = self._seq
+            self._invalidated.move_to_end(target)
+            while len(self._invalidated) > self._invalidation_memory:
+                _, forgotten = self._invalidated.popitem(last=False)
+                self._floor = max(self._floor, forgotten)
+            slot = self._slots.get(target)
+            if slot is not None:
+                self._drop_locked(target, slot)
+        if slot is not None:
+            metrics.NEAR_CACHE.labels("invalidated").inc()
+        return slot is not None
+
+    def _drop_locked(self, target: tuple[str, str], slot: _Slot[E]) -> None:
+        del self._slots[target]
+        self._bytes -= slot.size
+        metrics.NEAR_CACHE_BYTES.set(self._bytes)

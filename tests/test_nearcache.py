@@ -1,0 +1,252 @@
+"""NearCache: byte-bounded LRU, expiry at the XFetch moment in host time, the read/invalidate race guard."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client import REGISTRY
+
+from shared.nearcache import ENTRY_OVERHEAD_BYTES, NearCache, hit_until_ms
+from shared.xfetch import Decision, decide
+
+
+@dataclass(frozen=True)
+class Entry:
+    value: bytes
+    negative: bool = False
+
+
+class FakeClock:
+    """Host monotonic clock in ms, moved by the test instead of by sleeping."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def near_cache_count(result: str) -> float:
+    return REGISTRY.get_sample_value("herdless_near_cache_total", {"result": result}) or 0.0
+
+
+def near_cache_bytes_gauge() -> float:
+    return REGISTRY.get_sample_value("herdless_near_cache_bytes") or 0.0
+
+
+def live_cache(max_bytes: int = 1 << 20, clock: FakeClock | None = None, **kwargs: int) -> NearCache[Entry]:
+    nc: NearCache[Entry] = NearCache(max_bytes, clock=clock or FakeClock(), **kwargs)
+    nc.resume()
+    return nc
+
+
+def put_fresh(nc: NearCache[Entry], key: str, value: bytes, ns: str = "t") -> bool:
+    """Put as if Redis (same clock as the host) just called it HIT for another minute."""
+    token = nc.begin_read(ns, key)
+    return nc.put(ns, key, Entry(value), int(token.host_ms), token.host_ms + 60_000, token)
+
+
+def test_total_bytes_never_exceed_the_budget_and_least_recently_used_goes_first() -> None:
+    budget = 20_000
+    nc = live_cache(budget)
+    rng = random.Random(7)
+    for i in range(2_000):
+        put_fresh(nc, f"k{i}", b"x" * rng.randint(0, 3_000))
+        assert nc.bytes <= budget
+        assert near_cache_bytes_gauge() == nc.bytes
+        if i % 3 == 0:
+            nc.get("t", f"k{i - 1}")
+    assert 0 < len(nc) < 2_000
+
+    small = live_cache(3 * (ENTRY_OVERHEAD_BYTES + 100 + len("a1") + len("t")))
+    for key in ("a1", "a2", "a3"):
+        assert put_fresh(small, key, b"v" * 100)
+    assert small.get("t", "a1") is not None  # a1 is now the most recent; a2 the oldest
+    assert put_fresh(small, "a4", b"v" * 100)
+    assert small.get("t", "a2") is None
+    assert all(small.get("t", k) is not None for k in ("a1", "a3", "a4"))
+
+
+def test_an_entry_larger_than_the_budget_is_never_stored() -> None:
+    nc = live_cache(10_000)
+    assert put_fresh(nc, "small", b"s" * 100)
+    assert not put_fresh(nc, "huge", b"h" * 10_000)
+    assert nc.get("t", "huge") is None
+    assert nc.get("t", "small") is not None  # refusing the huge one evicted nothing
+    assert nc.bytes <= 10_000
+
+
+def test_entry_expires_at_its_xfetch_moment_in_host_time_when_redis_runs_ahead() -> None:
+    clock = FakeClock(1_000.0)
+    nc = live_cache(clock=clock, margin_ms=50)
+    # Redis's clock is 10 s ahead of the host's monotonic clock.
+    token = nc.begin_read("t", "k")
+    clock.now += 3  # the round trip
+    redis_now = int(token.host_ms) + 10_000 + 1
+    soft, d, beta, u = redis_now + 9_000, 1_000.0, 1.0, 0.5
+    early = hit_until_ms(soft, d, beta, u)  # soft - 693.1 ms
+    assert nc.put("t", "k", Entry(b"v"), redis_now, early, token)
+
+    deadline_host = early - (redis_now - token.host_ms) - 50
+    clock.now = deadline_host - 1
+    hit = nc.get("t", "k")
+    assert hit is not None
+    assert hit.redis_now_ms == int(clock.now + 10_001)  # host now + measured offset
+    misses = near_cache_count("miss")
+    clock.now = deadline_host
+    assert nc.get("t", "k") is None
+    assert near_cache_count("miss") == misses + 1
+    assert len(nc) == 0  # dropped on get
+
+
+def test_offset_is_measured_from_before_the_read_so_slow_replies_expire_early_not_late() -> None:
+    clock = FakeClock(0.0)
+    nc = live_cache(clock=clock, margin_ms=0)
+    token = nc.begin_read("t", "k")
+    clock.now = 500.0  # a 500 ms round trip; Redis (same clock) ran the read at 250
+    assert nc.put("t", "k", Entry(b"v"), 250, 1_000.0, token)
+    clock.now = 749.0
+    assert nc.get("t", "k") is not None
+    clock.now = 750.0  # Redis's true clock is at 750 here: 250 ms short of its moment, never past it
+    assert nc.get("t", "k") is None
+
+
+def test_hit_until_agrees_with_the_read_decision() -> None:
+    rng = random.Random(11)
+    for _ in range(2_000):
+        soft = rng.randint(10_000, 100_000)
+        d = rng.choice([0.0, rng.uniform(1, 5_000)])
+        beta = rng.choice([0.0, 0.5, 1.0, 3.0])
+        u = rng.choice([1.0, 1e-300, rng.random() or 1.0])
+        moment = hit_until_ms(soft, d, beta, u)
+        before, after = int(moment) - 1, int(moment) + 1
+        if before >= 0:
+            assert decide(before, soft, d, beta, u, serves_stale=True) is Decision.HIT
+        assert decide(after, soft, d, beta, u, serves_stale=True) is not Decision.HIT
+
+
+def test_negative_entry_is_served_until_its_soft_expiry() -> None:
+    clock = FakeClock(0.0)
+    nc = live_cache(clock=clock, margin_ms=0)
+    token = nc.begin_read("t", "gone")
+    soft = 10_000
+    assert nc.put("t", "gone", Entry(b"", negative=True), 0, hit_until_ms(soft, 0.0, 1.0, 0.3), token)
+    clock.now = soft - 1
+    hit = nc.get("t", "gone")
+    assert hit is not None and hit.entry.negative
+    clock.now = soft
+    assert nc.get("t", "gone") is None
+
+
+def test_put_is_refused_when_the_key_was_invalidated_during_the_read() -> None:
+    nc = live_cache()
+    token = nc.begin_read("t", "k")
+    nc.invalidate("t", "k")  # a write of B was published while we were reading A
+    assert not nc.put("t", "k", Entry(b"A"), int(token.host_ms), token.host_ms + 60_000, token)
+    assert nc.get("t", "k") is None
+    assert put_fresh(nc, "k", b"B")  # a read begun after the invalidation may be kept
+
+
+def test_invalidations_of_other_keys_do_not_refuse_a_put() -> None:
+    nc = live_cache(invalidation_memory=100)
+    token = nc.begin_read("t", "k")
+    for i in range(50):
+        nc.invalidate("t", f"other{i}")
+    assert nc.put("t", "k", Entry(b"A"), int(token.host_ms), token.host_ms + 60_000, token)
+
+
+def test_forgotten_invalidations_make_older_reads_refused_conservatively() -> None:
+    nc = live_cache(invalidation_memory=4)
+    token = nc.begin_read("t", "k")
+    nc.invalidate("t", "k")
+    for i in range(5):  # pushes k's record out of the bounded memory
+        nc.invalidate("t", f"other{i}")
+    assert not nc.put("t", "k", Entry(b"A"), int(token.host_ms), token.host_ms + 60_000, token)
+    assert put_fresh(nc, "k", b"B")
+
+
+@pytest.mark.parametrize("interruption", ["clear", "suspend_resume"])
+def test_put_is_refused_when_the_cache_was_flushed_during_the_read(interruption: str) -> None:
+    nc = live_cache()
+    token = nc.begin_read("t", "k")
+    if interruption == "clear":
+        nc.clear()
+    else:
+        nc.suspend()
+        nc.resume()
+    assert not nc.put("t", "k", Entry(b"A"), int(token.host_ms), token.host_ms + 60_000, token)
+
+
+def test_suspended_cache_is_flushed_bypassed_and_counted_until_resumed() -> None:
+    nc = live_cache()
+    assert put_fresh(nc, "k", b"v")
+    nc.suspend()
+    assert not nc.enabled and len(nc) == 0 and nc.bytes == 0
+    bypassed = near_cache_count("bypassed")
+    assert nc.get("t", "k") is None
+    assert near_cache_count("bypassed") == bypassed + 1
+    assert not put_fresh(nc, "k", b"v")
+    nc.resume()
+    assert put_fresh(nc, "k", b"v")
+    assert nc.get("t", "k") is not None
+
+
+def test_a_new_cache_bypasses_until_its_subscription_resumes_it() -> None:
+    nc: NearCache[Entry] = NearCache(1 << 20)
+    assert not nc.enabled
+    assert not put_fresh(nc, "k", b"v")
+
+
+def test_invalidate_drops_the_entry_and_counts_it() -> None:
+    nc = live_cache()
+    assert put_fresh(nc, "k", b"v")
+    before = near_cache_count("invalidated")
+    assert nc.invalidate("t", "k")
+    assert nc.get("t", "k") is None
+    assert near_cache_count("invalidated") == before + 1
+    assert not nc.invalidate("t", "k")  # nothing left to drop: not counted again
+    assert near_cache_count("invalidated") == before + 1
+
+
+def test_a_slower_older_read_does_not_replace_a_newer_one() -> None:
+    nc = live_cache()
+    old = nc.begin_read("t", "k")
+    new = nc.begin_read("t", "k")
+    assert nc.put("t", "k", Entry(b"new"), 2_000, 60_000, new)
+    assert not nc.put("t", "k", Entry(b"old"), 1_990, 60_000, old)
+    hit = nc.get("t", "k")
+    assert hit is not None and hit.entry.value == b"new"
+
+
+def test_concurrent_puts_gets_and_invalidations_keep_the_byte_account_exact() -> None:
+    budget = 50_000
+    nc = live_cache(budget)
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(2_000):
+                key = f"k{rng.randint(0, 200)}"
+                op = rng.random()
+                if op < 0.5:
+                    put_fresh(nc, key, b"x" * rng.randint(0, 2_000))
+                elif op < 0.9:
+                    nc.get("t", key)
+                else:
+                    nc.invalidate("t", key)
+                assert nc.bytes <= budget
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert nc.bytes <= budget
+    assert nc.bytes == sum(s.size for s in nc._slots.values())
