@@ -181,6 +181,21 @@ def one_line(summary: dict) -> str:
         f" {lat.get('max')} ms;"
         f" origin calls {summary['origin']['calls']}, per key per TTL window"
         f" {summary['origin']['calls_per_key_window']} (min 1)"
+    ) + steady_line(summary)
+
+
+def steady_line(summary: dict) -> str:
+    from loadtest.report import pct, worker_word
+
+    st = summary.get("steady")
+    if not st:
+        return ""
+    return (
+        f"\n  steady (after {st['from_s']:g}s, origin counted after drain): calls per key per TTL window"
+        f" {st['calls_per_key_window']}, fresh {pct(st['fresh_share'])}, hot-key fresh {pct(st['hot_fresh_share'])}"
+        f" ({st['hot_keys']} hot keys), served age p99 {st['served_age_p99_s']} s, {st['throughput_rps']} req/s at"
+        f" p99 {st['latency_p99_ms']} ms, errors {st['errors']}, MISS for served key {st['miss_for_served_key']},"
+        f" worker {worker_word(summary)}"
     )
 
 
