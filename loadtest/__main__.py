@@ -1,4 +1,4 @@
-"""Command line: `python -m loadtest run|compare|hitbench|soak` (see loadtest/NUMBERS_DRAFT.md)."""
+"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep` (see loadtest/README.md)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ def check_bounds(args: argparse.Namespace) -> None:
     clients = getattr(args, "clients", None)
     if clients is not None and clients > MAX_CLIENTS:
         raise Refused(f"--clients {clients} is above {MAX_CLIENTS} (add --force if you mean it)")
+    keys_at_once = getattr(args, "n", None)
+    if keys_at_once is not None and keys_at_once > MAX_CLIENTS:
+        raise Refused(f"-n {keys_at_once} is above {MAX_CLIENTS} (add --force if you mean it)")
 
 
 def _raise_fd_limit(wanted: int) -> None:
@@ -310,6 +313,162 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def git_commit() -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def machine_facts() -> dict:
+    import platform
+
+    from loadtest.summary import machine_description
+
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "description": machine_description()}
+
+
+def _env_number(name: str, default: float) -> float:
+    # read once here, for the defaults shown in --help; the stack validates its own copy (shared/settings.py)
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise SystemExit(f"loadtest: {name}={os.environ[name]!r} is not a number") from None
+
+
+def refresh_line(r: dict) -> str:
+    return (
+        f"{r['pool']} round {r['round']}: {r['served']}/{r['keys']} keys served, {r['served_per_s']} refreshes/s"
+        f" (limit {r['limit_per_s']}/s, ratio {r['ratio_to_limit']}), all served in {r['all_served_s']} s,"
+        f" errors {r['errors_by_status'] or 0}, origin max in flight {r['origin_max_in_flight']}"
+    )
+
+
+def cmd_refreshbench(args: argparse.Namespace) -> int:
+    from loadtest.launcher import LocalStack
+    from loadtest.refreshbench import BenchSettings, markdown, run_refreshbench, table
+    from loadtest.report import command_line, new_results_dir
+
+    _raise_fd_limit(args.n + 512)
+    results = []
+    if not args.pools:
+        settings = BenchSettings(
+            args.pool_label,
+            args.worker_concurrency,
+            args.origin_max_concurrency,
+            args.origin_latency_ms,
+            args.cold_wait_timeout,
+        )
+        for r in range(args.rounds):
+            result = run_refreshbench(args.url, args.origin_url, args.namespace, args.n, settings)
+            results.append({**result, "round": r + 1, "stack": "given"})
+            print(refresh_line(results[-1]), flush=True)
+    else:
+        pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+        for r in range(args.rounds):
+            for pool in pools:  # alternate pools within each round, so drift hits both alike
+                concurrency = args.prefork_concurrency if pool == "prefork" else args.worker_concurrency
+                settings = BenchSettings(
+                    pool, concurrency, args.origin_max_concurrency, args.origin_latency_ms, args.cold_wait_timeout
+                )
+                env = {**settings.stack_env(), "MAX_COLD_WAITERS": str(max(1000, args.n + 100))}
+                with LocalStack(env=env) as stack:
+                    result = run_refreshbench(stack.web_urls[0], stack.origin_url, args.namespace, args.n, settings)
+                results.append({**result, "round": r + 1, "stack": "started by refreshbench"})
+                print(refresh_line(results[-1]), flush=True)
+    directory = new_results_dir(args.out, "refreshbench")
+    report = {
+        "command": command_line(),
+        "seed": args.seed,
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "results": results,
+    }
+    (directory / "report.json").write_text(json.dumps(report, indent=1))
+    (directory / "report.md").write_text(markdown(results, report["command"], report["machine"]["description"]))
+    print()
+    print(table(results))
+    print(f"\nreport: {directory / 'report.json'}")
+    return 0
+
+
+def add_refreshbench_parser(sub: argparse._SubParsersAction) -> None:
+    from loadtest.refreshbench import (
+        DEFAULT_ORIGIN_LATENCY_MS,
+        DEFAULT_ORIGIN_MAX_CONCURRENCY,
+        DEFAULT_WORKER_CONCURRENCY,
+        PREFORK_CONCURRENCY,
+    )
+
+    p = sub.add_parser(
+        "refreshbench",
+        help="N never-seen keys at once: refreshes per second against min(worker, origin concurrency) / latency",
+    )
+    p.add_argument("-n", type=int, default=2000, help="never-seen keys, one request each (default %(default)s)")
+    p.add_argument("--namespace", default="demo")
+    p.add_argument(
+        "--pools",
+        default="",
+        help="comma-separated worker pools (e.g. prefork,gevent): start and stop a private stack per pool"
+        " (redis, origin, gunicorn, worker on free ports) instead of using --url",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="repeat, alternating the pools (default %(default)s)")
+    p.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=int(_env_number("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY)),
+        help="refreshes one worker runs at once (default $WORKER_CONCURRENCY or %(default)s)",
+    )
+    p.add_argument(
+        "--prefork-concurrency",
+        type=int,
+        default=PREFORK_CONCURRENCY,
+        help="WORKER_CONCURRENCY for the prefork pool with --pools (default %(default)s, the old default)",
+    )
+    p.add_argument(
+        "--origin-max-concurrency",
+        type=int,
+        default=int(_env_number("ORIGIN_MAX_CONCURRENCY", DEFAULT_ORIGIN_MAX_CONCURRENCY)),
+        help="default $ORIGIN_MAX_CONCURRENCY or %(default)s",
+    )
+    p.add_argument(
+        "--origin-latency-ms",
+        type=float,
+        default=_env_number("ORIGIN_LATENCY_MS", DEFAULT_ORIGIN_LATENCY_MS),
+        help="default $ORIGIN_LATENCY_MS or %(default)s",
+    )
+    p.add_argument(
+        "--cold-wait-timeout",
+        type=float,
+        default=_env_number("COLD_WAIT_TIMEOUT_SECONDS", 5.0),
+        help="the stack's COLD_WAIT_TIMEOUT_SECONDS (default $COLD_WAIT_TIMEOUT_SECONDS or %(default)s)",
+    )
+    p.add_argument(
+        "--pool-label",
+        default=os.environ.get("WORKER_POOL", "gevent"),
+        help="without --pools: the given stack's worker pool, for the table (default $WORKER_POOL or %(default)s)",
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="without --pools: web tier (default %(default)s)")
+    p.add_argument("--origin-url", default="http://127.0.0.1:9000", help="without --pools: demo origin")
+    p.add_argument("--seed", type=int, default=None, help="recorded in the report (the keys are new every run)")
+    p.add_argument("--out", type=Path, default=None, help="results directory base (default loadtest/results)")
+    p.add_argument("--force", action="store_true", help="allow non-loopback targets and -n above the bound")
+    p.set_defaults(func=cmd_refreshbench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest",
@@ -375,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--pids", type=int, nargs="*", default=[], help="more processes to watch")
     p.set_defaults(func=cmd_soak)
+
+    add_refreshbench_parser(sub)
     return parser
 
 
