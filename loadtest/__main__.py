@@ -239,11 +239,40 @@ def wait_for_quiet_queue(args: argparse.Namespace, timeout: float = 10.0) -> Non
         time.sleep(0.25)
 
 
+def parse_stack_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"loadtest: --stack-env wants NAME=VALUE, not {pair!r}")
+        env[name] = value
+    return env
+
+
+def cmd_compare_with_nginx(args: argparse.Namespace) -> int:
+    from loadtest.report import new_results_dir, terminal_table, write_compare_report
+    from loadtest.stackbench import nginx_available, run_with_nginx
+
+    if not nginx_available():
+        raise SystemExit("loadtest: --with-nginx needs nginx on PATH (apt-get install -y nginx); it is not installed")
+    base = make_config(args, args.nginx_namespace)
+    summaries = run_with_nginx(base, parse_stack_env(args.stack_env), args.nginx_namespace)
+    for summary in summaries:
+        print(one_line(summary))
+    directory = write_compare_report(summaries, new_results_dir(args.out, f"compare-nginx-{args.scenario}"))
+    print()
+    print(terminal_table(summaries))
+    print(f"\nreport: {directory / 'report.md'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from loadtest.report import new_results_dir, terminal_table, write_compare_report
     from loadtest.summary import summarize
 
     _raise_fd_limit(args.clients + args.max_connections + 256)
+    if args.with_nginx:
+        return cmd_compare_with_nginx(args)
     namespaces = [n.strip() for n in args.namespaces.split(",") if n.strip()]
     summaries = []
     for i, namespace in enumerate(namespaces):
@@ -405,6 +434,93 @@ def cmd_refreshbench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_betasweep(args: argparse.Namespace) -> int:
+    from loadtest.plots import betasweep_figure
+    from loadtest.report import command_line, new_results_dir
+    from loadtest.stackbench import run_betasweep
+
+    _raise_fd_limit(args.max_connections + 256)
+    betas = [float(b) for b in args.betas.split(",") if b.strip()]
+    if any(b < 0 for b in betas):
+        raise SystemExit("loadtest: --betas must be >= 0")
+    args.scenario = "steady"
+    rows, summaries = run_betasweep(make_config(args, args.namespace), betas, parse_stack_env(args.stack_env))
+    directory = new_results_dir(args.out, "betasweep")
+    betasweep_figure(rows, directory / "betasweep.png")
+    command = command_line()
+    report = {
+        "command": command,
+        "seed": args.seed,
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "rows": rows,
+        "runs": summaries,
+    }
+    (directory / "report.json").write_text(json.dumps(report, indent=1))
+    (directory / "report.md").write_text(betasweep_markdown(rows, summaries, command, report["machine"]))
+    print()
+    print(betasweep_table(rows))
+    print(f"\nreport: {directory / 'report.md'}")
+    return 0
+
+
+BETA_COLUMNS = (
+    ("beta", lambda r: f"{r['beta']:g}"),
+    ("calls/key/TTL window", lambda r: _fmt(r["calls_per_key_window"], 3)),
+    ("hot fresh", lambda r: _pct(r["hot_fresh_share"])),
+    ("fresh", lambda r: _pct(r["fresh_share"])),
+    ("p99 ms", lambda r: _fmt(r["p99_ms"], 2)),
+    ("served age p99 s", lambda r: _fmt(r["served_age_p99_s"], 2)),
+    ("req/s", lambda r: _fmt(r["throughput_rps"], 1)),
+    ("errors", lambda r: str(r["errors"])),
+    ("worker", lambda r: "n/a" if r["worker_saturated"] is None else "SATURATED" if r["worker_saturated"] else "ok"),
+)
+
+
+def _fmt(value: object, digits: int) -> str:
+    from loadtest.summary import fmt
+
+    return fmt(value, digits)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def betasweep_table(rows: list[dict]) -> str:
+    table = [[name for name, _ in BETA_COLUMNS]] + [[get(r) for _, get in BETA_COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(BETA_COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def betasweep_markdown(rows: list[dict], summaries: list[dict], command: str, machine: dict) -> str:
+    first = summaries[0]["run"] if summaries else {}
+    header = [name for name, _ in BETA_COLUMNS]
+    lines = [
+        "# herdless XFETCH_BETA sweep",
+        "",
+        f"`{command}`",
+        "",
+        f"- Machine: {machine['description']}",
+        f"- A fresh stack per beta; {first.get('arrivals')} arrivals at {first.get('rate')} req/s for"
+        f" {first.get('duration_s')} s, {first.get('keys')} keys, Zipf {first.get('zipf')}, TTL {first.get('ttl_s')} s;"
+        f" counted after {summaries[0]['steady']['from_s'] if summaries else '?'} s of warm-up",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(get(r) for _, get in BETA_COLUMNS) + " |" for r in rows],
+        "",
+        "![calls per key window vs hot-key fresh share](betasweep.png)",
+        "",
+    ]
+    notes = [f"{s['run']['label']}: {n}" for s in summaries for n in s["notes"]]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
 def add_refreshbench_parser(sub: argparse._SubParsersAction) -> None:
     from loadtest.refreshbench import (
         DEFAULT_ORIGIN_LATENCY_MS,
@@ -496,6 +612,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_workload_args(p, rate=200, duration=15)
     p.add_argument("--namespaces", default=DEFAULT_NAMESPACES, help="comma-separated (default %(default)s)")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between strategies (default %(default)s)")
+    p.add_argument(
+        "--with-nginx",
+        action="store_true",
+        help="instead of the strategies: start a private stack (2 web nodes) and nginx proxy_cache nodes before its"
+        " demo origin; compare herdless 1 node, herdless 2 nodes, nginx 1 node, nginx 2 nodes (--url is not used)",
+    )
+    p.add_argument("--nginx-namespace", default="demo", help="herdless namespace for --with-nginx (default demo)")
+    p.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --with-nginx: environment for the started stack (repeatable)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("hitbench", help="closed-loop throughput of a warm key: web tier vs Flask+redis baseline")
@@ -536,6 +666,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_soak)
 
     add_refreshbench_parser(sub)
+
+    p = sub.add_parser(
+        "betasweep",
+        help="the steady workload on a fresh private stack per XFETCH_BETA: origin cost vs fresh hot-key answers",
+    )
+    add_workload_args(p, rate=200, duration=30)
+    p.add_argument("--betas", default="0,0.5,1,2,4", help="comma-separated XFETCH_BETA values (default %(default)s)")
+    p.add_argument("--namespace", default="demo", help="an xfetch namespace without its own xfetch_beta")
+    p.add_argument(
+        "--stack-env", action="append", default=[], metavar="NAME=VALUE", help="more stack environment (repeatable)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="results directory base (default loadtest/results)")
+    p.add_argument("--force", action="store_true", help="allow rates/durations past the bounds")
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--no-renice", action="store_true")
+    p.set_defaults(
+        func=cmd_betasweep, url="http://127.0.0.1:8000", origin_url="http://127.0.0.1:9000", metrics_url=None
+    )
     return parser
 
 

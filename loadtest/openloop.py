@@ -119,6 +119,7 @@ class RunResult:
     origin_cumulative: list[int | None] = field(default_factory=list)
     drain: dict = field(default_factory=dict)  # how the final count waited for the queue and origin to go idle
     refresh_lag_p99_s: float | None = None  # over the run and its drain, from the worker's histogram
+    refresh_lag_buckets: list[tuple[float, float]] = field(default_factory=list)  # that histogram's run delta
     origin_max_in_flight: int | None = None  # the demo origin's peak concurrent calls (since start or reset)
 
     def config_dict(self) -> dict:
@@ -498,7 +499,8 @@ class OpenLoopRun:
             )
         after = await asyncio.to_thread(self.origin.try_stats, prefix)
         lag_after = await asyncio.to_thread(self.queue.sample)
-        lag_p99 = histogram_quantile(0.99, bucket_delta(lag_after.refresh_lag_buckets, lag_before.refresh_lag_buckets))
+        lag_buckets = bucket_delta(lag_after.refresh_lag_buckets, lag_before.refresh_lag_buckets)
+        lag_p99 = histogram_quantile(0.99, lag_buckets)
         for pool in self.pools:
             pool.close()
         self.progress.show(
@@ -554,6 +556,7 @@ class OpenLoopRun:
             origin_cumulative=origin_cum,
             drain=drain,
             refresh_lag_p99_s=None if lag_p99 is None else round(lag_p99, 3),
+            refresh_lag_buckets=lag_buckets,
             origin_max_in_flight=None if after is None else after.max_in_flight,
             origin_calls_all_keys=origin_calls_all,
             origin_per_key=per_key,

@@ -145,6 +145,19 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     return lower_bound
 
 
+def quantile_bucket(q: float, buckets: Buckets) -> tuple[float, float] | None:
+    """The (lower, upper) bounds of the bucket holding quantile q: how coarse histogram_quantile's estimate is."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower = 0.0
+    for le, count in buckets:
+        if count >= rank:
+            return (lower, le)
+        lower = le
+    return (lower, math.inf)
+
+
 class MetricsProbe:
     """Scrapes the stack's Prometheus pages: queue depth from the first that serves it (web and
     worker read the same broker queue), the refresh-lag histogram from the first that has samples."""

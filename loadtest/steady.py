@@ -83,6 +83,7 @@ def worker_verdict(
     refresh_lag_p99_s: float | None,
     ttl: float,
     busy_share_limit: float = QUEUE_BUSY_SHARE,
+    lag_p99_bucket: tuple[float, float] | None = None,
 ) -> WorkerVerdict:
     """Saturated when the queue was non-empty in more than `busy_share_limit` of the samples, or the
     refresh lag p99 exceeded the TTL (values were refreshed later than they expired)."""
@@ -92,6 +93,9 @@ def worker_verdict(
     if busy is not None and busy > busy_share_limit:
         reasons.append(f"queue depth was above 0 in {100 * busy:.0f}% of {len(seen)} samples")
     if refresh_lag_p99_s is not None and refresh_lag_p99_s > ttl:
-        reasons.append(f"refresh lag p99 {refresh_lag_p99_s:.2f}s exceeded the TTL {ttl:g}s")
+        where = ""
+        if lag_p99_bucket is not None:  # the estimate interpolates inside one histogram bucket
+            where = f" (estimated inside the {lag_p99_bucket[0]:g}-{lag_p99_bucket[1]:g}s bucket)"
+        reasons.append(f"refresh lag p99 {refresh_lag_p99_s:.2f}s{where} exceeded the TTL {ttl:g}s")
     known = busy is not None or refresh_lag_p99_s is not None
     return WorkerVerdict(bool(reasons) if known else None, busy, refresh_lag_p99_s, reasons)

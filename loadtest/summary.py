@@ -12,6 +12,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from loadtest.openloop import CLIENT_ERROR_STATUS, DEFAULT_WARMUP_SECONDS, X_CACHE_CODES, RunResult
+from loadtest.probes import quantile_bucket
 from loadtest.steady import (
     FRESH,
     HOT_KEY_RPS,
@@ -210,11 +211,15 @@ def summarize(result: RunResult) -> dict[str, Any]:
     }
     if cfg.scenario == "steady":
         summary["steady"] = steady_state(result, warm_from, offset, latency, keys, ok, xcache)
-        verdict = worker_verdict(result.queue_depth_per_second, result.refresh_lag_p99_s, cfg.ttl)
+        lag_bucket = quantile_bucket(0.99, result.refresh_lag_buckets)
+        verdict = worker_verdict(
+            result.queue_depth_per_second, result.refresh_lag_p99_s, cfg.ttl, lag_p99_bucket=lag_bucket
+        )
         summary["worker"] = {
             "saturated": verdict.saturated,
             "queue_busy_share": None if verdict.queue_busy_share is None else round(verdict.queue_busy_share, 3),
             "refresh_lag_p99_s": verdict.refresh_lag_p99_s,
+            "refresh_lag_p99_bucket_s": None if lag_bucket is None else [lag_bucket[0], lag_bucket[1]],
             "reasons": verdict.reasons,
         }
         if verdict.saturated:
