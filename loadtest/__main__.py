@@ -137,7 +137,8 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
         "--warmup",
         type=float,
         default=None,
-        help="seconds excluded from after-warm-up figures (default: one TTL, or until every key was filled once)",
+        help="seconds excluded from after-warm-up and steady-state figures (default 10, or longer until every key"
+        " was filled once; runs shorter than 4/3 of that count from one TTL instead)",
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-connections", type=int, default=512)
@@ -147,6 +148,13 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
         type=float,
         default=1.0,
         help="seconds to wait after the last response before the final origin count",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="then wait up to this long for queue depth 0 and no origin call in flight before counting origin"
+        " calls (default %(default)s; the report says what was still queued if it ran out)",
     )
 
 
@@ -170,6 +178,7 @@ def make_config(args: argparse.Namespace, namespace: str, label: str = "") -> Ru
         clients=args.clients,
         warmup=args.warmup,
         drain=args.drain,
+        drain_timeout=args.drain_timeout,
         progress=not args.quiet,
         label=label or namespace,
     )
@@ -596,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m loadtest compare --rate 500 --duration 20 --ttl 5\n"
         "  python -m loadtest hitbench --redis-url redis://127.0.0.1:6379/0\n"
         "  python -m loadtest soak --minutes 10 --rate 500\n"
+        "  python -m loadtest refreshbench -n 2000 --pools prefork,gevent --rounds 3\n"
+        "  python -m loadtest betasweep --betas 0,0.5,1,2,4 --rate 500 --duration 60 --ttl 5\n"
+        "  python -m loadtest compare --with-nginx --rate 500 --duration 60 --ttl 5\n"
         "The stack must run with CACHE_TTL_SECONDS equal to --ttl.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -571,7 +571,6 @@ class OpenLoopRun:
             notes=notes,
         )
 
-
     async def _wait_until_idle(self) -> dict:
         """After the load: wait until no refresh is queued and the origin serves no call, so the
         final origin count includes the refreshes the run caused (bounded by drain_timeout)."""
