@@ -205,6 +205,7 @@ def summarize(result: RunResult) -> dict[str, Any]:
             "key_windows": key_windows,
             "calls_per_key_window": None if calls_per_window is None else round(calls_per_window, 4),
             "theoretical_min": 1.0,
+            "max_in_flight": result.origin_max_in_flight,  # the demo origin's peak since start or its last reset
         },
         "queue_depth_max": max(queue_seen) if queue_seen else None,
         "notes": list(result.notes) + warmup_notes,
