@@ -213,9 +213,10 @@ def summarize(result: RunResult) -> dict[str, Any]:
     if cfg.scenario == "steady":
         summary["steady"] = steady_state(result, warm_from, offset, latency, keys, ok, xcache)
         lag_bucket = quantile_bucket(0.99, result.refresh_lag_buckets)
-        verdict = worker_verdict(
-            result.queue_depth_per_second, result.refresh_lag_p99_s, cfg.ttl, lag_p99_bucket=lag_bucket
-        )
+        # judge the queue over the counted period only: filling the cold keys queues refreshes by design
+        # (sample i was taken at offset i + 1 s)
+        depths = result.queue_depth_per_second[int(warm_from) :] or result.queue_depth_per_second
+        verdict = worker_verdict(depths, result.refresh_lag_p99_s, cfg.ttl, lag_p99_bucket=lag_bucket)
         summary["worker"] = {
             "saturated": verdict.saturated,
             "queue_busy_share": None if verdict.queue_busy_share is None else round(verdict.queue_busy_share, 3),

@@ -249,3 +249,9 @@ def test_steady_state_counts_after_warm_up_and_bills_the_drained_origin_calls() 
     assert st["calls_per_key_window"] == pytest.approx(5 / 4)
     assert st["miss_for_served_key"] == 0 and st["errors"] == 0
     assert st["throughput_rps"] == pytest.approx(22.0)
+
+
+def test_worker_queue_is_judged_after_warm_up_only() -> None:
+    # the one busy sample (at offset 2 s) was taken while the cold keys were being filled
+    worker = summarize(_steady_result())["worker"]
+    assert worker["saturated"] is False and worker["queue_busy_share"] == 0.0
