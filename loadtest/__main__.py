@@ -1,4 +1,4 @@
-"""Command line: `python -m loadtest run|compare|hitbench|soak` (see loadtest/NUMBERS_DRAFT.md)."""
+"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep` (see loadtest/README.md)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ def check_bounds(args: argparse.Namespace) -> None:
     clients = getattr(args, "clients", None)
     if clients is not None and clients > MAX_CLIENTS:
         raise Refused(f"--clients {clients} is above {MAX_CLIENTS} (add --force if you mean it)")
+    keys_at_once = getattr(args, "n", None)
+    if keys_at_once is not None and keys_at_once > MAX_CLIENTS:
+        raise Refused(f"-n {keys_at_once} is above {MAX_CLIENTS} (add --force if you mean it)")
 
 
 def _raise_fd_limit(wanted: int) -> None:
@@ -134,7 +137,8 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
         "--warmup",
         type=float,
         default=None,
-        help="seconds excluded from after-warm-up figures (default: one TTL, or until every key was filled once)",
+        help="seconds excluded from after-warm-up and steady-state figures (default 10, or longer until every key"
+        " was filled once; runs shorter than 4/3 of that count from one TTL instead)",
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-connections", type=int, default=512)
@@ -144,6 +148,13 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
         type=float,
         default=1.0,
         help="seconds to wait after the last response before the final origin count",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="then wait up to this long for queue depth 0 and no origin call in flight before counting origin"
+        " calls (default %(default)s; the report says what was still queued if it ran out)",
     )
 
 
@@ -167,6 +178,7 @@ def make_config(args: argparse.Namespace, namespace: str, label: str = "") -> Ru
         clients=args.clients,
         warmup=args.warmup,
         drain=args.drain,
+        drain_timeout=args.drain_timeout,
         progress=not args.quiet,
         label=label or namespace,
     )
@@ -181,6 +193,21 @@ def one_line(summary: dict) -> str:
         f" {lat.get('max')} ms;"
         f" origin calls {summary['origin']['calls']}, per key per TTL window"
         f" {summary['origin']['calls_per_key_window']} (min 1)"
+    ) + steady_line(summary)
+
+
+def steady_line(summary: dict) -> str:
+    from loadtest.report import pct, worker_word
+
+    st = summary.get("steady")
+    if not st:
+        return ""
+    return (
+        f"\n  steady (after {st['from_s']:g}s, origin counted after drain): calls per key per TTL window"
+        f" {st['calls_per_key_window']}, fresh {pct(st['fresh_share'])}, hot-key fresh {pct(st['hot_fresh_share'])}"
+        f" ({st['hot_keys']} hot keys), served age p99 {st['served_age_p99_s']} s, {st['throughput_rps']} req/s at"
+        f" p99 {st['latency_p99_ms']} ms, errors {st['errors']}, MISS for served key {st['miss_for_served_key']},"
+        f" worker {worker_word(summary)}"
     )
 
 
@@ -221,11 +248,40 @@ def wait_for_quiet_queue(args: argparse.Namespace, timeout: float = 10.0) -> Non
         time.sleep(0.25)
 
 
+def parse_stack_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"loadtest: --stack-env wants NAME=VALUE, not {pair!r}")
+        env[name] = value
+    return env
+
+
+def cmd_compare_with_nginx(args: argparse.Namespace) -> int:
+    from loadtest.report import new_results_dir, terminal_table, write_compare_report
+    from loadtest.stackbench import nginx_available, run_with_nginx
+
+    if not nginx_available():
+        raise SystemExit("loadtest: --with-nginx needs nginx on PATH (apt-get install -y nginx); it is not installed")
+    base = make_config(args, args.nginx_namespace)
+    summaries = run_with_nginx(base, parse_stack_env(args.stack_env), args.nginx_namespace)
+    for summary in summaries:
+        print(one_line(summary))
+    directory = write_compare_report(summaries, new_results_dir(args.out, f"compare-nginx-{args.scenario}"))
+    print()
+    print(terminal_table(summaries))
+    print(f"\nreport: {directory / 'report.md'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from loadtest.report import new_results_dir, terminal_table, write_compare_report
     from loadtest.summary import summarize
 
     _raise_fd_limit(args.clients + args.max_connections + 256)
+    if args.with_nginx:
+        return cmd_compare_with_nginx(args)
     namespaces = [n.strip() for n in args.namespaces.split(",") if n.strip()]
     summaries = []
     for i, namespace in enumerate(namespaces):
@@ -295,6 +351,249 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def git_commit() -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def machine_facts() -> dict:
+    import platform
+
+    from loadtest.summary import machine_description
+
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "description": machine_description()}
+
+
+def _env_number(name: str, default: float) -> float:
+    # read once here, for the defaults shown in --help; the stack validates its own copy (shared/settings.py)
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise SystemExit(f"loadtest: {name}={os.environ[name]!r} is not a number") from None
+
+
+def refresh_line(r: dict) -> str:
+    return (
+        f"{r['pool']} round {r['round']}: {r['served']}/{r['keys']} keys served, {r['served_per_s']} refreshes/s"
+        f" (limit {r['limit_per_s']}/s, ratio {r['ratio_to_limit']}), all served in {r['all_served_s']} s,"
+        f" errors {r['errors_by_status'] or 0}, origin max in flight {r['origin_max_in_flight']}"
+    )
+
+
+def cmd_refreshbench(args: argparse.Namespace) -> int:
+    from loadtest.launcher import LocalStack
+    from loadtest.refreshbench import BenchSettings, markdown, run_refreshbench, table
+    from loadtest.report import command_line, new_results_dir
+
+    _raise_fd_limit(args.n + 512)
+    results = []
+    if not args.pools:
+        settings = BenchSettings(
+            args.pool_label,
+            args.worker_concurrency,
+            args.origin_max_concurrency,
+            args.origin_latency_ms,
+            args.cold_wait_timeout,
+        )
+        for r in range(args.rounds):
+            result = run_refreshbench(args.url, args.origin_url, args.namespace, args.n, settings)
+            results.append({**result, "round": r + 1, "stack": "given"})
+            print(refresh_line(results[-1]), flush=True)
+    else:
+        pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+        for r in range(args.rounds):
+            for pool in pools:  # alternate pools within each round, so drift hits both alike
+                concurrency = args.prefork_concurrency if pool == "prefork" else args.worker_concurrency
+                settings = BenchSettings(
+                    pool, concurrency, args.origin_max_concurrency, args.origin_latency_ms, args.cold_wait_timeout
+                )
+                env = {**settings.stack_env(), "MAX_COLD_WAITERS": str(max(1000, args.n + 100))}
+                with LocalStack(env=env) as stack:
+                    result = run_refreshbench(stack.web_urls[0], stack.origin_url, args.namespace, args.n, settings)
+                results.append({**result, "round": r + 1, "stack": "started by refreshbench"})
+                print(refresh_line(results[-1]), flush=True)
+    directory = new_results_dir(args.out, "refreshbench")
+    report = {
+        "command": command_line(),
+        "seed": args.seed,
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "results": results,
+    }
+    (directory / "report.json").write_text(json.dumps(report, indent=1))
+    (directory / "report.md").write_text(markdown(results, report["command"], report["machine"]["description"]))
+    print()
+    print(table(results))
+    print(f"\nreport: {directory / 'report.json'}")
+    return 0
+
+
+def cmd_betasweep(args: argparse.Namespace) -> int:
+    from loadtest.plots import betasweep_figure
+    from loadtest.report import command_line, new_results_dir
+    from loadtest.stackbench import run_betasweep
+
+    _raise_fd_limit(args.max_connections + 256)
+    betas = [float(b) for b in args.betas.split(",") if b.strip()]
+    if any(b < 0 for b in betas):
+        raise SystemExit("loadtest: --betas must be >= 0")
+    args.scenario = "steady"
+    rows, summaries = run_betasweep(make_config(args, args.namespace), betas, parse_stack_env(args.stack_env))
+    directory = new_results_dir(args.out, "betasweep")
+    betasweep_figure(rows, directory / "betasweep.png")
+    command = command_line()
+    report = {
+        "command": command,
+        "seed": args.seed,
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "rows": rows,
+        "runs": summaries,
+    }
+    (directory / "report.json").write_text(json.dumps(report, indent=1))
+    (directory / "report.md").write_text(betasweep_markdown(rows, summaries, command, report["machine"]))
+    print()
+    print(betasweep_table(rows))
+    print(f"\nreport: {directory / 'report.md'}")
+    return 0
+
+
+BETA_COLUMNS = (
+    ("beta", lambda r: f"{r['beta']:g}"),
+    ("calls/key/TTL window", lambda r: _fmt(r["calls_per_key_window"], 3)),
+    ("hot fresh", lambda r: _pct(r["hot_fresh_share"])),
+    ("fresh", lambda r: _pct(r["fresh_share"])),
+    ("p99 ms", lambda r: _fmt(r["p99_ms"], 2)),
+    ("served age p99 s", lambda r: _fmt(r["served_age_p99_s"], 2)),
+    ("req/s", lambda r: _fmt(r["throughput_rps"], 1)),
+    ("errors", lambda r: str(r["errors"])),
+    ("worker", lambda r: "n/a" if r["worker_saturated"] is None else "SATURATED" if r["worker_saturated"] else "ok"),
+)
+
+
+def _fmt(value: object, digits: int) -> str:
+    from loadtest.summary import fmt
+
+    return fmt(value, digits)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def betasweep_table(rows: list[dict]) -> str:
+    table = [[name for name, _ in BETA_COLUMNS]] + [[get(r) for _, get in BETA_COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(BETA_COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def betasweep_markdown(rows: list[dict], summaries: list[dict], command: str, machine: dict) -> str:
+    first = summaries[0]["run"] if summaries else {}
+    header = [name for name, _ in BETA_COLUMNS]
+    lines = [
+        "# herdless XFETCH_BETA sweep",
+        "",
+        f"`{command}`",
+        "",
+        f"- Machine: {machine['description']}",
+        f"- A fresh stack per beta; {first.get('arrivals')} arrivals at {first.get('rate')} req/s for"
+        f" {first.get('duration_s')} s, {first.get('keys')} keys, Zipf {first.get('zipf')}, TTL {first.get('ttl_s')} s;"
+        f" counted after {summaries[0]['steady']['from_s'] if summaries else '?'} s of warm-up",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(get(r) for _, get in BETA_COLUMNS) + " |" for r in rows],
+        "",
+        "![calls per key window vs hot-key fresh share](betasweep.png)",
+        "",
+    ]
+    notes = [f"{s['run']['label']}: {n}" for s in summaries for n in s["notes"]]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def add_refreshbench_parser(sub: argparse._SubParsersAction) -> None:
+    from loadtest.refreshbench import (
+        DEFAULT_ORIGIN_LATENCY_MS,
+        DEFAULT_ORIGIN_MAX_CONCURRENCY,
+        DEFAULT_WORKER_CONCURRENCY,
+        PREFORK_CONCURRENCY,
+    )
+
+    p = sub.add_parser(
+        "refreshbench",
+        help="N never-seen keys at once: refreshes per second against min(worker, origin concurrency) / latency",
+    )
+    p.add_argument("-n", type=int, default=2000, help="never-seen keys, one request each (default %(default)s)")
+    p.add_argument("--namespace", default="demo")
+    p.add_argument(
+        "--pools",
+        default="",
+        help="comma-separated worker pools (e.g. prefork,gevent): start and stop a private stack per pool"
+        " (redis, origin, gunicorn, worker on free ports) instead of using --url",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="repeat, alternating the pools (default %(default)s)")
+    p.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=int(_env_number("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY)),
+        help="refreshes one worker runs at once (default $WORKER_CONCURRENCY or %(default)s)",
+    )
+    p.add_argument(
+        "--prefork-concurrency",
+        type=int,
+        default=PREFORK_CONCURRENCY,
+        help="WORKER_CONCURRENCY for the prefork pool with --pools (default %(default)s, the old default)",
+    )
+    p.add_argument(
+        "--origin-max-concurrency",
+        type=int,
+        default=int(_env_number("ORIGIN_MAX_CONCURRENCY", DEFAULT_ORIGIN_MAX_CONCURRENCY)),
+        help="default $ORIGIN_MAX_CONCURRENCY or %(default)s",
+    )
+    p.add_argument(
+        "--origin-latency-ms",
+        type=float,
+        default=_env_number("ORIGIN_LATENCY_MS", DEFAULT_ORIGIN_LATENCY_MS),
+        help="default $ORIGIN_LATENCY_MS or %(default)s",
+    )
+    p.add_argument(
+        "--cold-wait-timeout",
+        type=float,
+        default=_env_number("COLD_WAIT_TIMEOUT_SECONDS", 5.0),
+        help="the stack's COLD_WAIT_TIMEOUT_SECONDS (default $COLD_WAIT_TIMEOUT_SECONDS or %(default)s)",
+    )
+    p.add_argument(
+        "--pool-label",
+        default=os.environ.get("WORKER_POOL", "gevent"),
+        help="without --pools: the given stack's worker pool, for the table (default $WORKER_POOL or %(default)s)",
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="without --pools: web tier (default %(default)s)")
+    p.add_argument("--origin-url", default="http://127.0.0.1:9000", help="without --pools: demo origin")
+    p.add_argument("--seed", type=int, default=None, help="recorded in the report (the keys are new every run)")
+    p.add_argument("--out", type=Path, default=None, help="results directory base (default loadtest/results)")
+    p.add_argument("--force", action="store_true", help="allow non-loopback targets and -n above the bound")
+    p.set_defaults(func=cmd_refreshbench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest",
@@ -306,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m loadtest compare --rate 500 --duration 20 --ttl 5\n"
         "  python -m loadtest hitbench --redis-url redis://127.0.0.1:6379/0\n"
         "  python -m loadtest soak --minutes 10 --rate 500\n"
+        "  python -m loadtest refreshbench -n 2000 --pools prefork,gevent --rounds 3\n"
+        "  python -m loadtest betasweep --betas 0,0.5,1,2,4 --rate 500 --duration 60 --ttl 5\n"
+        "  python -m loadtest compare --with-nginx --rate 500 --duration 60 --ttl 5\n"
         "The stack must run with CACHE_TTL_SECONDS equal to --ttl.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -322,6 +624,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_workload_args(p, rate=200, duration=15)
     p.add_argument("--namespaces", default=DEFAULT_NAMESPACES, help="comma-separated (default %(default)s)")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between strategies (default %(default)s)")
+    p.add_argument(
+        "--with-nginx",
+        action="store_true",
+        help="instead of the strategies: start a private stack (2 web nodes) and nginx proxy_cache nodes before its"
+        " demo origin; compare herdless 1 node, herdless 2 nodes, nginx 1 node, nginx 2 nodes (--url is not used)",
+    )
+    p.add_argument("--nginx-namespace", default="demo", help="herdless namespace for --with-nginx (default demo)")
+    p.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --with-nginx: environment for the started stack (repeatable)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("hitbench", help="closed-loop throughput of a warm key: web tier vs Flask+redis baseline")
@@ -360,6 +676,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--pids", type=int, nargs="*", default=[], help="more processes to watch")
     p.set_defaults(func=cmd_soak)
+
+    add_refreshbench_parser(sub)
+
+    p = sub.add_parser(
+        "betasweep",
+        help="the steady workload on a fresh private stack per XFETCH_BETA: origin cost vs fresh hot-key answers",
+    )
+    add_workload_args(p, rate=200, duration=30)
+    p.add_argument("--betas", default="0,0.5,1,2,4", help="comma-separated XFETCH_BETA values (default %(default)s)")
+    p.add_argument("--namespace", default="demo", help="an xfetch namespace without its own xfetch_beta")
+    p.add_argument(
+        "--stack-env", action="append", default=[], metavar="NAME=VALUE", help="more stack environment (repeatable)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="results directory base (default loadtest/results)")
+    p.add_argument("--force", action="store_true", help="allow rates/durations past the bounds")
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--no-renice", action="store_true")
+    p.set_defaults(
+        func=cmd_betasweep, url="http://127.0.0.1:8000", origin_url="http://127.0.0.1:9000", metrics_url=None
+    )
     return parser
 
 

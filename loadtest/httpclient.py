@@ -3,7 +3,7 @@
 A general-purpose client (aiohttp, httpx) spends more CPU per request than
 this generator can afford on 2 shared cores at 1000 req/s. This one writes a
 pre-built request and parses just the status line and the headers the load
-test reads (X-Cache, Cache-Control, Content-Length, Transfer-Encoding,
+test reads (X-Cache, Cache-Control, Age, Content-Length, Transfer-Encoding,
 Connection). One request is outstanding per connection (no pipelining).
 """
 
@@ -35,6 +35,7 @@ class Response:
     x_cache: str
     cache_control: str
     body: bytes
+    age: int = -1  # the Age header in seconds, -1 when absent
 
 
 def build_get(host: str, path: str) -> bytes:
@@ -60,7 +61,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.got_bytes = False
-        self._head: tuple[int, str, str, int, bool, bool, int] | None = None
+        self._head: tuple[int, str, str, int, bool, bool, int, int] | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
 
     # asyncio callbacks -------------------------------------------------
@@ -132,7 +133,7 @@ class _Connection(asyncio.Protocol):
                 self.abort()
                 return
             self._head = head
-        status, x_cache, cache_control, body_start, chunked, close, length = head
+        status, x_cache, cache_control, body_start, chunked, close, length, age = head
         if chunked:
             parsed = _parse_chunked(buf, body_start)
             if parsed is None:
@@ -155,10 +156,10 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
         if fut is not None and not fut.done():
-            fut.set_result(Response(status, x_cache, cache_control, body))
+            fut.set_result(Response(status, x_cache, cache_control, body, age))
 
     @staticmethod
-    def _parse_head(head: bytes, body_start: int) -> tuple[int, str, str, int, bool, bool, int]:
+    def _parse_head(head: bytes, body_start: int) -> tuple[int, str, str, int, bool, bool, int, int]:
         lines = head.split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         version = status_line[0]
@@ -168,6 +169,7 @@ class _Connection(asyncio.Protocol):
         chunked = False
         close = version == b"HTTP/1.0"
         length = 0
+        age = -1
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -175,6 +177,8 @@ class _Connection(asyncio.Protocol):
                 length = int(value)
             elif name == b"x-cache":
                 x_cache = value.strip().decode("latin-1")
+            elif name == b"age":
+                age = int(value)
             elif name == b"cache-control":
                 cache_control = value.strip().decode("latin-1")
             elif name == b"transfer-encoding":
@@ -188,7 +192,7 @@ class _Connection(asyncio.Protocol):
         if status in (204, 304) or 100 <= status < 200:
             length = 0
             chunked = False
-        return status, x_cache, cache_control, body_start, chunked, close, length
+        return status, x_cache, cache_control, body_start, chunked, close, length, age
 
 
 def _parse_chunked(buf: bytearray, pos: int) -> tuple[bytes, int] | None:

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import math
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -20,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from loadtest.httpclient import ConnectionPool, HTTPClientError, Response, build_get
-from loadtest.probes import OriginProbe, QueueDepthProbe
+from loadtest.probes import MetricsProbe, OriginProbe, bucket_delta, histogram_quantile
+from loadtest.steady import NGINX_X_CACHE
 from loadtest.workload import KeySpace, ZipfSampler, arrival_offsets, new_run_id
 
 SCENARIOS = ("steady", "cold-herd", "outage")
@@ -29,6 +31,11 @@ X_CACHE_CODES = ("HIT", "EARLY", "STALE", "MISS", "NEGATIVE", "", "other")
 _CODE = {name: i for i, name in enumerate(X_CACHE_CODES)}
 _OTHER = _CODE["other"]
 CLIENT_ERROR_STATUS = 0  # status recorded when no HTTP response came back
+PATH_STYLES = ("herdless", "origin")  # /v1/cache/<namespace>/<key>, or /items/<key> (a proxy before the origin)
+X_CACHE_DIALECTS = ("herdless", "nginx")
+DEFAULT_WARMUP_SECONDS = 10.0
+# the demo origin stamps each value with the unix time it made it: served age of a proxy without Age
+_BODY_TIME = re.compile(rb'"time":\s*([0-9.]+)')
 
 
 @dataclass
@@ -48,14 +55,23 @@ class RunConfig:
     max_connections: int = 512
     timeout: float = 15.0
     clients: int = 1000
-    warmup: float | None = None  # seconds excluded from "after warm-up" figures; default one TTL
-    drain: float = 1.0
+    warmup: float | None = None  # seconds excluded from "after warm-up" figures; default 10 s (see summary)
+    drain: float = 1.0  # least seconds to wait after the last answer before the final origin count
+    drain_timeout: float = 30.0  # most seconds to wait for queue depth 0 and origin in-flight 0
     progress: bool = True
     label: str = ""
+    # more base URLs of the same service (web nodes, nginx nodes): requests alternate over url + these
+    extra_urls: list[str] = field(default_factory=list)
+    path_style: str = "herdless"
+    x_cache_dialect: str = "herdless"
 
     @property
     def warmup_seconds(self) -> float:
-        return self.ttl if self.warmup is None else self.warmup
+        return DEFAULT_WARMUP_SECONDS if self.warmup is None else self.warmup
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url, *self.extra_urls]
 
 
 @dataclass
@@ -68,6 +84,7 @@ class Records:
     status: array.array = field(default_factory=lambda: array.array("h"))
     x_cache: array.array = field(default_factory=lambda: array.array("b"))
     key: array.array = field(default_factory=lambda: array.array("i"))
+    age: array.array = field(default_factory=lambda: array.array("d"))  # served age s, NaN if unknown
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -98,6 +115,12 @@ class RunResult:
     max_age_seen: int | None
     outage: dict[str, float | int | None] | None = None
     notes: list[str] = field(default_factory=list)
+    # this run's keys' origin calls at offset 0, 1, 2, ... s (index = second)
+    origin_cumulative: list[int | None] = field(default_factory=list)
+    drain: dict = field(default_factory=dict)  # how the final count waited for the queue and origin to go idle
+    refresh_lag_p99_s: float | None = None  # over the run and its drain, from the worker's histogram
+    refresh_lag_buckets: list[tuple[float, float]] = field(default_factory=list)  # that histogram's run delta
+    origin_max_in_flight: int | None = None  # the demo origin's peak concurrent calls (since start or reset)
 
     def config_dict(self) -> dict:
         return asdict(self.config)
@@ -145,9 +168,18 @@ class OpenLoopRun:
         self.run_id = new_run_id()
         self.keyspace = KeySpace(self.run_id, config.keys)
         self.rng = random.Random(config.seed)
-        self.pool = ConnectionPool.for_url(config.url, max_connections=config.max_connections, timeout=config.timeout)
+        if config.path_style not in PATH_STYLES:
+            raise ValueError(f"path_style must be one of {PATH_STYLES}")
+        self.pools = [
+            ConnectionPool.for_url(url, max_connections=config.max_connections, timeout=config.timeout)
+            for url in config.urls
+        ]
+        self.pool = self.pools[0]
+        self.x_cache_codes = dict(_CODE)
+        if config.x_cache_dialect == "nginx":
+            self.x_cache_codes = {status: _CODE[ours] for status, ours in NGINX_X_CACHE.items()}
         self.origin = OriginProbe(config.origin_url)
-        self.queue = QueueDepthProbe(config.metrics_urls)
+        self.queue = MetricsProbe(config.metrics_urls)
         self.records = Records()
         self.error_kinds: Counter = Counter()
         self.max_age_seen: int | None = None
@@ -166,7 +198,18 @@ class OpenLoopRun:
 
     # ------------------------------------------------------------ helpers
     def _path(self, key: str) -> str:
+        if self.cfg.path_style == "origin":
+            return f"/items/{quote(key, safe='')}"
         return f"/v1/cache/{quote(self.cfg.namespace, safe='')}/{quote(key, safe='')}"
+
+    def _served_age(self, resp: Response) -> float:
+        if resp.age >= 0:
+            return float(resp.age)
+        if self.cfg.x_cache_dialect == "nginx":
+            m = _BODY_TIME.search(resp.body)
+            if m:
+                return max(0.0, time.time() - float(m.group(1)))
+        return math.nan
 
     def _record(self, offset: float, latency: float, lag: float, key: int, resp: Response | None) -> None:
         rec = self.records
@@ -181,11 +224,13 @@ class OpenLoopRun:
         if resp is None:
             rec.status.append(CLIENT_ERROR_STATUS)
             rec.x_cache.append(_CODE[""])
+            rec.age.append(math.nan)
             self._sec_errors[sec] += 1
             return
         status = resp.status
         rec.status.append(status)
-        code = _CODE.get(resp.x_cache, _OTHER)
+        rec.age.append(self._served_age(resp) if 200 <= status < 300 else math.nan)
+        code = self.x_cache_codes.get(resp.x_cache, _OTHER)
         rec.x_cache.append(code)
         self._sec_x[(sec, code)] += 1
         if not (200 <= status < 300 or status == 304):
@@ -196,14 +241,14 @@ class OpenLoopRun:
             if age is not None and (self.max_age_seen is None or age > self.max_age_seen):
                 self.max_age_seen = age
 
-    async def _one(self, offset: float, key: int, raw: bytes, intended: float) -> None:
+    async def _one(self, offset: float, key: int, raw: bytes, intended: float, pool: ConnectionPool) -> None:
         loop = asyncio.get_running_loop()
         lag = loop.time() - intended
         self._last_send = max(self._last_send, loop.time())
         resp: Response | None
         try:
             # the timeout runs from the intended send time, like the latency
-            resp = await self.pool.get(raw, deadline=intended + self.cfg.timeout)
+            resp = await pool.get(raw, deadline=intended + self.cfg.timeout)
         except HTTPClientError as exc:
             self.error_kinds[exc.kind] += 1
             resp = None
@@ -219,10 +264,13 @@ class OpenLoopRun:
             self._all_done.set()
 
     # ------------------------------------------------------------ schedule
-    async def _send_schedule(self, offsets: list[float], keys: list[int], raws: list[bytes]) -> None:
+    async def _send_schedule(self, offsets: list[float], keys: list[int], raws: list[list[bytes]]) -> None:
+        """Send on schedule; request i goes to node i mod nodes (raws[node][key] is the pre-built GET)."""
         loop = asyncio.get_running_loop()
         t0 = self._t0
         n = len(offsets)
+        pools = self.pools
+        nodes = len(pools)
         i = 0
         create = loop.create_task
         tasks = self._tasks
@@ -234,7 +282,8 @@ class OpenLoopRun:
                 continue
             while i < n and t0 + offsets[i] <= now:
                 self.in_flight += 1
-                task = create(self._one(offsets[i], keys[i], raws[keys[i]], t0 + offsets[i]))
+                node = i % nodes
+                task = create(self._one(offsets[i], keys[i], raws[node][keys[i]], t0 + offsets[i], pools[node]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 i += 1
@@ -320,11 +369,12 @@ class OpenLoopRun:
                 break
             except TimeoutError:
                 pass
-            stats, q = await asyncio.gather(
-                asyncio.to_thread(self.origin.try_stats, prefix), asyncio.to_thread(self.queue.read)
+            stats, sample = await asyncio.gather(
+                asyncio.to_thread(self.origin.try_stats, prefix), asyncio.to_thread(self.queue.sample)
             )
             origin_cum.append(None if stats is None else stats.prefixed)
             origin_all.append(None if stats is None else stats.total)
+            q = sample.queue_depth
             depth.append(q)
             self._show_progress(k, origin_cum, q)
             k += 1
@@ -344,7 +394,7 @@ class OpenLoopRun:
             f"t={k:>3}/{total_s:.0f}s sent={self._sent} req/s={reqs}"
             f" max={1000 * self._sec_latency_max.get(sec, 0):.0f}ms "
             f"{mix or '-'} errors={errs} origin/s={origin} queue={'?' if depth is None else f'{depth:.0f}'}"
-            f" conns={self.pool.open_count}"
+            f" conns={sum(p.open_count for p in self.pools)}"
         )
 
     async def _outage(self, start: float, end: float, marks: dict) -> None:
@@ -387,7 +437,9 @@ class OpenLoopRun:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         prefix = self.keyspace.prefix
-        before = await asyncio.to_thread(self.origin.try_stats, prefix)
+        before, lag_before = await asyncio.gather(
+            asyncio.to_thread(self.origin.try_stats, prefix), asyncio.to_thread(self.queue.sample)
+        )
         notes: list[str] = []
         if before is None:
             notes.append(f"origin stats unreadable at {cfg.origin_url}/stats: origin call figures missing")
@@ -415,7 +467,7 @@ class OpenLoopRun:
             offsets = arrival_offsets(cfg.rate, cfg.duration, cfg.arrivals, self.rng)
             keys = ZipfSampler(cfg.keys, cfg.zipf).samples(len(offsets), self.rng)
             key_names = self.keyspace.names()
-            raws = [build_get(self.pool.host_header, self._path(name)) for name in key_names]
+            raws = [[build_get(pool.host_header, self._path(name)) for name in key_names] for pool in self.pools]
             scheduled = len(offsets)
             self._start_clock(delay=0.3)
             sampler_task = loop.create_task(self._sampler(stop, origin_cum, origin_all, depth))
@@ -438,8 +490,19 @@ class OpenLoopRun:
             await sampler_task
         elapsed = loop.time() - self._t0
         sent_elapsed = self._last_send - self._t0
+        drain = await self._wait_until_idle()
+        if not drain["complete"]:
+            notes.append(
+                f"the refresh queue and the origin were not idle {cfg.drain_timeout:g}s after the load stopped"
+                f" (queue depth {drain['queue_depth']}, origin calls in flight {drain['origin_in_flight']}):"
+                " refreshes still queued or running then are not in the origin call count"
+            )
         after = await asyncio.to_thread(self.origin.try_stats, prefix)
-        self.pool.close()
+        lag_after = await asyncio.to_thread(self.queue.sample)
+        lag_buckets = bucket_delta(lag_after.refresh_lag_buckets, lag_before.refresh_lag_buckets)
+        lag_p99 = histogram_quantile(0.99, lag_buckets)
+        for pool in self.pools:
+            pool.close()
         self.progress.show(
             f"done: {len(self.records)} responses in {elapsed:.1f}s, errors={sum(self.error_kinds.values())}",
             final=True,
@@ -490,18 +553,49 @@ class OpenLoopRun:
             origin_total_per_second=per_second_all,
             queue_depth_per_second=depth,
             origin_calls=origin_calls,
+            origin_cumulative=origin_cum,
+            drain=drain,
+            refresh_lag_p99_s=None if lag_p99 is None else round(lag_p99, 3),
+            refresh_lag_buckets=lag_buckets,
+            origin_max_in_flight=None if after is None else after.max_in_flight,
             origin_calls_all_keys=origin_calls_all,
             origin_per_key=per_key,
             scheduled=scheduled,
             sent_elapsed=sent_elapsed,
             elapsed=elapsed,
-            peak_connections=self.pool.peak_open,
-            connects=self.pool.connects,
-            waited_for_connection=self.pool.waited,
+            peak_connections=sum(p.peak_open for p in self.pools),
+            connects=sum(p.connects for p in self.pools),
+            waited_for_connection=sum(p.waited for p in self.pools),
             max_age_seen=self.max_age_seen,
             outage=outage,
             notes=notes,
         )
+
+    async def _wait_until_idle(self) -> dict:
+        """After the load: wait until no refresh is queued and the origin serves no call, so the
+        final origin count includes the refreshes the run caused (bounded by drain_timeout)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        depth: float | None = None
+        in_flight: int | None = None
+        while True:
+            stats, sample = await asyncio.gather(
+                asyncio.to_thread(self.origin.try_stats, self.keyspace.prefix), asyncio.to_thread(self.queue.sample)
+            )
+            depth = sample.queue_depth
+            in_flight = None if stats is None else stats.in_flight
+            idle = not depth and not in_flight
+            if idle or loop.time() - start >= self.cfg.drain_timeout:
+                break
+            self.progress.show(f"draining: queue depth {depth}, origin calls in flight {in_flight}")
+            await asyncio.sleep(0.25)
+        return {
+            "waited_s": round(loop.time() - start, 3),
+            "complete": bool(idle),
+            "queue_depth": depth,
+            "origin_in_flight": in_flight,
+            "timeout_s": self.cfg.drain_timeout,
+        }
 
 
 def run_blocking(config: RunConfig) -> RunResult:

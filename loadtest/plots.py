@@ -188,3 +188,27 @@ def compare_figure(summaries: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def betasweep_figure(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Origin cost (calls per key per TTL window) against hot-key fresh share, one point per XFETCH_BETA."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    points = [(r["beta"], r["calls_per_key_window"], r["hot_fresh_share"]) for r in rows]
+    xs = [x for _, x, y in points if x is not None and y is not None]
+    ys = [100 * y for _, x, y in points if x is not None and y is not None]
+    ax.plot(xs, ys, "-", color="#1f77b4", alpha=0.4)
+    for beta, x, y in points:
+        if x is None or y is None:
+            continue
+        ax.plot([x], [100 * y], "o", color="#1f77b4")
+        ax.annotate(f"β={beta:g}", (x, 100 * y), textcoords="offset points", xytext=(6, 4))
+    ax.axvline(1.0, color="#7f7f7f", linestyle=":", linewidth=1, label="1 call per key per TTL window")
+    ax.set_xlabel("origin calls per key per TTL window (after warm-up, drained)")
+    ax.set_ylabel("hot-key answers that were fresh (HIT + EARLY), %")
+    ax.set_title("XFETCH_BETA: origin cost vs fresh hot-key answers")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -11,7 +11,17 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from loadtest.openloop import CLIENT_ERROR_STATUS, X_CACHE_CODES, RunResult
+from loadtest.openloop import CLIENT_ERROR_STATUS, DEFAULT_WARMUP_SECONDS, X_CACHE_CODES, RunResult
+from loadtest.probes import quantile_bucket
+from loadtest.steady import (
+    FRESH,
+    HOT_KEY_RPS,
+    fresh_share,
+    hot_keys,
+    misses_for_served_keys,
+    served_age_p99,
+    worker_verdict,
+)
 from loadtest.workload import distinct_key_windows, origin_calls_per_key_window
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
@@ -94,7 +104,20 @@ def summarize(result: RunResult) -> dict[str, Any]:
     keys = np.frombuffer(rec.key, dtype=np.int32) if len(rec) else np.zeros(0, np.int32)
     errors = is_error(status)
     ok = ~errors
-    warm_from = cfg.warmup_seconds if cfg.warmup is not None else warmup_end(offset, latency, keys, ok, cfg.ttl)
+    warmup_notes: list[str] = []
+    if cfg.warmup is not None:
+        warm_from = cfg.warmup
+    else:
+        filled = warmup_end(offset, latency, keys, ok, cfg.ttl)
+        warm_from = max(DEFAULT_WARMUP_SECONDS, filled)
+        if cfg.scenario != "cold-herd" and warm_from >= 0.75 * cfg.duration:
+            warm_from = filled
+            warmup_notes.append(
+                f"the run is too short for the default {DEFAULT_WARMUP_SECONDS:g}s warm-up: figures after warm-up"
+                f" count from {filled:g}s (one TTL, or until every key was filled once)"
+            )
+    # origin calls are sampled once a second, so the steady-state count starts at a whole second
+    warm_from = float(math.ceil(warm_from))
     after_warmup = offset >= warm_from
 
     hist = histogram_of(latency)
@@ -182,10 +205,27 @@ def summarize(result: RunResult) -> dict[str, Any]:
             "key_windows": key_windows,
             "calls_per_key_window": None if calls_per_window is None else round(calls_per_window, 4),
             "theoretical_min": 1.0,
+            "max_in_flight": result.origin_max_in_flight,  # the demo origin's peak since start or its last reset
         },
         "queue_depth_max": max(queue_seen) if queue_seen else None,
-        "notes": list(result.notes),
+        "notes": list(result.notes) + warmup_notes,
     }
+    if cfg.scenario == "steady":
+        summary["steady"] = steady_state(result, warm_from, offset, latency, keys, ok, xcache)
+        lag_bucket = quantile_bucket(0.99, result.refresh_lag_buckets)
+        # judge the queue over the counted period only: filling the cold keys queues refreshes by design
+        # (sample i was taken at offset i + 1 s)
+        depths = result.queue_depth_per_second[int(warm_from) :] or result.queue_depth_per_second
+        verdict = worker_verdict(depths, result.refresh_lag_p99_s, cfg.ttl, lag_p99_bucket=lag_bucket)
+        summary["worker"] = {
+            "saturated": verdict.saturated,
+            "queue_busy_share": None if verdict.queue_busy_share is None else round(verdict.queue_busy_share, 3),
+            "refresh_lag_p99_s": verdict.refresh_lag_p99_s,
+            "refresh_lag_p99_bucket_s": None if lag_bucket is None else [lag_bucket[0], lag_bucket[1]],
+            "reasons": verdict.reasons,
+        }
+        if verdict.saturated:
+            summary["notes"].append("the refresh worker was SATURATED: " + "; ".join(verdict.reasons))
     if not kept and cfg.scenario != "cold-herd":
         summary["notes"].append(
             f"the generator fell behind its schedule: {late} of {completed} sends were more than "
@@ -207,6 +247,66 @@ def summarize(result: RunResult) -> dict[str, Any]:
         summary["outage"] = _outage_summary(result, offset, latency, status, keys, errors)
     summary["per_second"] = _per_second(result, offset, latency, errors, xcache)
     return summary
+
+
+def steady_state(
+    result: RunResult,
+    warm_from: float,
+    offset: np.ndarray,
+    latency: np.ndarray,
+    keys: np.ndarray,
+    ok: np.ndarray,
+    xcache: np.ndarray,
+) -> dict[str, Any]:
+    """The figures of the counted period (after warm-up, origin calls counted after the drain)."""
+    cfg = result.config
+    counted = offset >= warm_from
+    seconds = max(0.0, cfg.duration - warm_from)
+    fresh_codes = [X_CACHE_CODES.index(name) for name in FRESH]
+    hot = hot_keys(keys, counted, seconds, HOT_KEY_RPS)
+    on_hot = counted & np.isin(keys, hot)
+    ages = np.frombuffer(result.records.age, dtype=np.float64) if len(result.records.age) else np.zeros(0)
+    is_miss = xcache == X_CACHE_CODES.index("MISS")
+    served_before = misses_for_served_keys(keys, offset, offset + latency, ok, is_miss)
+    start_index = int(warm_from)
+    cumulative = result.origin_cumulative
+    calls_at_start = cumulative[start_index] if start_index < len(cumulative) else None
+    calls = None
+    if result.origin_calls is not None and calls_at_start is not None and cumulative[0] is not None:
+        calls = result.origin_calls - (calls_at_start - cumulative[0])
+    windows = (
+        distinct_key_windows(zip(keys[counted].tolist(), offset[counted].tolist(), strict=True), cfg.ttl)
+        if counted.any()
+        else 0
+    )
+    drain = result.drain
+    excluded = f"requests sent in the first {warm_from:g}s and the origin calls made by then"
+    if not drain.get("complete", True):
+        excluded += (
+            f"; refreshes still queued ({drain.get('queue_depth')}) or calling the origin"
+            f" ({drain.get('origin_in_flight')}) {drain.get('timeout_s')}s after the load stopped"
+        )
+    share = fresh_share(xcache, fresh_codes, counted)
+    hot_share = fresh_share(xcache, fresh_codes, on_hot)
+    return {
+        "from_s": warm_from,
+        "seconds": round(seconds, 3),
+        "answers": int(np.count_nonzero(counted)),
+        "throughput_rps": round(np.count_nonzero(counted & ok) / seconds, 1) if seconds else None,
+        "fresh_share": None if share is None else round(share, 4),
+        "hot_keys": int(len(hot)),
+        "hot_key_rps": HOT_KEY_RPS,
+        "hot_fresh_share": None if hot_share is None else round(hot_share, 4),
+        "served_age_p99_s": served_age_p99(ages[counted & ok]) if len(ages) == len(offset) else None,
+        "latency_p99_ms": percentiles_ms(histogram_of(latency[counted])).get("p99"),
+        "errors": int(np.count_nonzero(counted & ~ok)),
+        "miss_for_served_key": served_before,
+        "origin_calls": calls,
+        "key_windows": windows,
+        "calls_per_key_window": None if calls is None or not windows else round(calls / windows, 4),
+        "drain": drain,
+        "excluded": excluded,
+    }
 
 
 def _outage_summary(

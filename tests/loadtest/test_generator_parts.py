@@ -22,10 +22,10 @@ def test_response_head_parsing_reads_the_headers_the_report_needs() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-Cache: STALE\r\n"
         b"Cache-Control: max-age=0, stale-while-revalidate=300\r\nConnection: keep-alive"
     )
-    status, x_cache, cache_control, body_start, chunked, close, length = _Connection._parse_head(head, 99)
-    assert (status, x_cache, body_start, chunked, close, length) == (200, "STALE", 99, False, False, 12)
+    status, x_cache, cache_control, body_start, chunked, close, length, age = _Connection._parse_head(head, 99)
+    assert (status, x_cache, body_start, chunked, close, length, age) == (200, "STALE", 99, False, False, 12, -1)
     assert cache_control.startswith("max-age=0")
-    *_, close, length = _Connection._parse_head(b"HTTP/1.1 304 Not Modified\r\nConnection: close", 0)
+    *_, close, length, _age = _Connection._parse_head(b"HTTP/1.1 304 Not Modified\r\nConnection: close", 0)
     assert close and length == 0
 
 

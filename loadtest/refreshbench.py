@@ -1,0 +1,203 @@
+"""Refresh throughput: N never-seen keys asked for at once, one request each, against the refresh limit.
+
+Every key is a cold miss, so each answer waits for one refresh (queue, worker,
+origin call, write). Keys served per second is the refresh throughput; the
+configuration allows at most min(worker concurrency, origin max concurrency)
+refreshes in flight, each taking the origin latency, hence the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from urllib.parse import quote
+
+from loadtest.httpclient import ConnectionPool, HTTPClientError, build_get
+from loadtest.probes import OriginProbe
+from loadtest.workload import new_run_id
+
+DEFAULT_WORKER_CONCURRENCY = 100
+DEFAULT_ORIGIN_MAX_CONCURRENCY = 50
+DEFAULT_ORIGIN_LATENCY_MS = 100.0
+PREFORK_CONCURRENCY = 2  # the old default: one refresh per forked process
+
+
+def refresh_limit(worker_concurrency: int, origin_max_concurrency: int, origin_latency_ms: float) -> float:
+    """Refreshes per second the configuration allows: calls in flight at most, each lasting the latency."""
+    if origin_latency_ms <= 0:
+        raise ValueError("origin latency must be > 0 ms for a finite limit")
+    return min(worker_concurrency, origin_max_concurrency) / (origin_latency_ms / 1000)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The stack settings a refreshbench ran with (what the limit is computed from)."""
+
+    pool: str
+    worker_concurrency: int
+    origin_max_concurrency: int
+    origin_latency_ms: float
+    cold_wait_timeout_s: float
+
+    @property
+    def limit_per_s(self) -> float:
+        return refresh_limit(self.worker_concurrency, self.origin_max_concurrency, self.origin_latency_ms)
+
+    def stack_env(self) -> dict[str, str]:
+        return {
+            "WORKER_POOL": self.pool,
+            "WORKER_CONCURRENCY": str(self.worker_concurrency),
+            "ORIGIN_MAX_CONCURRENCY": str(self.origin_max_concurrency),
+            "ORIGIN_LATENCY_MS": f"{self.origin_latency_ms:g}",
+            "COLD_WAIT_TIMEOUT_SECONDS": f"{self.cold_wait_timeout_s:g}",
+        }
+
+
+@dataclass
+class BurstResult:
+    keys: int
+    served: int
+    errors_by_status: dict[str, int]
+    connect_s: float  # opening the N connections, before the burst
+    last_served_s: float | None  # from the burst's send to the last OK answer
+    all_served_s: float | None  # the same, only when every key was served
+    served_p50_s: float | None
+    served_per_s: float | None  # keys served / last_served_s
+    key_prefix: str
+    answered_at_s: list[float] = field(default_factory=list, repr=False)
+
+
+async def cold_burst(url: str, namespace: str, n: int, timeout: float, key_prefix: str) -> BurstResult:
+    """Open n connections, then send one GET per never-seen key on each at once; time every answer."""
+    pool = ConnectionPool.for_url(url, max_connections=n, timeout=timeout)
+    loop = asyncio.get_running_loop()
+    errors: Counter = Counter()
+    t_connect = loop.time()
+    conns = []
+    for start in range(0, n, 200):  # 200 at a time so the listen backlog keeps up
+        batch = await asyncio.gather(*(pool.connect() for _ in range(min(200, n - start))), return_exceptions=True)
+        for conn in batch:
+            if isinstance(conn, BaseException):
+                errors[f"connect {type(conn).__name__}"] += 1
+            else:
+                conns.append(conn)
+    connect_s = loop.time() - t_connect
+    ns = quote(namespace, safe="")
+    done_at: list[float] = []
+    t0 = loop.time()
+
+    async def one(i: int, conn: object) -> None:
+        raw = build_get(pool.host_header, f"/v1/cache/{ns}/{quote(f'{key_prefix}{i}', safe='')}")
+        try:
+            resp = await conn.send(raw, timeout)  # type: ignore[attr-defined]
+        except HTTPClientError as exc:
+            errors[exc.kind] += 1
+            return
+        if 200 <= resp.status < 300:
+            done_at.append(loop.time() - t0)
+        else:
+            errors[str(resp.status)] += 1
+
+    await asyncio.gather(*(one(i, conn) for i, conn in enumerate(conns)))
+    for conn in conns:
+        conn.abort()  # type: ignore[attr-defined]
+    done_at.sort()
+    served = len(done_at)
+    last = done_at[-1] if done_at else None
+    return BurstResult(
+        keys=n,
+        served=served,
+        errors_by_status=dict(errors),
+        connect_s=round(connect_s, 3),
+        last_served_s=None if last is None else round(last, 3),
+        all_served_s=None if last is None or served < n else round(last, 3),
+        served_p50_s=round(done_at[served // 2], 3) if done_at else None,
+        served_per_s=round(served / last, 1) if last else None,
+        key_prefix=key_prefix,
+        answered_at_s=[round(t, 4) for t in done_at],
+    )
+
+
+def run_refreshbench(
+    url: str, origin_url: str, namespace: str, n: int, settings: BenchSettings, reset_origin: bool = True
+) -> dict:
+    """One burst of n cold keys against a running stack; the figures as a JSON-ready dict."""
+    origin = OriginProbe(origin_url)
+    if reset_origin:
+        origin.reset()  # so max_in_flight is this burst's peak
+    prefix = f"rb-{new_run_id()}-"
+    before = origin.try_stats(prefix)
+    burst = asyncio.run(cold_burst(url, namespace, n, settings.cold_wait_timeout_s + 10, prefix))
+    time.sleep(0.2)
+    after = origin.try_stats(prefix)
+    limit = settings.limit_per_s
+    result = asdict(burst)
+    result.pop("answered_at_s")
+    result.update(
+        {
+            "pool": settings.pool,
+            "settings": asdict(settings),
+            "limit_per_s": round(limit, 1),
+            "ratio_to_limit": None if burst.served_per_s is None else round(burst.served_per_s / limit, 3),
+            "errors": sum(burst.errors_by_status.values()),
+            "origin_calls": None if after is None or before is None else after.prefixed - before.prefixed,
+            "origin_max_in_flight": None if after is None else after.max_in_flight,
+            "origin_max_in_flight_note": "since this burst started" if reset_origin else "since the origin started",
+        }
+    )
+    return result
+
+
+COLUMNS = (
+    ("pool", lambda r: r["pool"]),
+    ("round", lambda r: str(r.get("round", 1))),
+    ("concurrency", lambda r: str(r["settings"]["worker_concurrency"])),
+    ("keys", lambda r: str(r["keys"])),
+    ("served", lambda r: str(r["served"])),
+    ("refreshes/s", lambda r: _fmt(r["served_per_s"])),
+    ("limit/s", lambda r: _fmt(r["limit_per_s"])),
+    ("ratio", lambda r: _fmt(r["ratio_to_limit"], 2)),
+    ("all served s", lambda r: _fmt(r["all_served_s"], 2)),
+    ("last served s", lambda r: _fmt(r["last_served_s"], 2)),
+    ("errors", lambda r: ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_status"].items())) or "0"),
+    ("origin calls", lambda r: _fmt(r["origin_calls"])),
+    ("origin max in flight", lambda r: _fmt(r["origin_max_in_flight"])),
+)
+
+
+def _fmt(value: object, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: list[dict]) -> str:
+    rows = [[name for name, _ in COLUMNS]] + [[get(r) for _, get in COLUMNS] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(results: list[dict], command: str, machine: str) -> str:
+    header = [name for name, _ in COLUMNS]
+    lines = [
+        "# herdless refresh throughput (refreshbench)",
+        "",
+        f"`{command}`",
+        "",
+        f"- Machine: {machine}",
+        "- Each row: N never-seen keys requested at once, one request each (a cold miss per key)."
+        " *refreshes/s* = keys served / time until the last one was served; *limit/s* ="
+        " min(worker concurrency, origin max concurrency) / origin latency. Requests still waiting after"
+        " COLD_WAIT_TIMEOUT_SECONDS get 503 and count as errors.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(get(r) for _, get in COLUMNS) + " |" for r in results]
+    return "\n".join(lines) + "\n"
