@@ -81,20 +81,21 @@ ADMIT = (
     _NOW
     + """
 local state = redis.call('GET', KEYS[1]) or 'closed'
-if state == 'closed' then return {'call', 0, ''} end
+local fails = tonumber(redis.call('HGET', KEYS[2], 'fails')) or 0
+if state == 'closed' then return {'call', 0, '', now, fails} end
 local transition = ''
 if state == 'open' then
   local opened_at = tonumber(redis.call('HGET', KEYS[2], 'opened_at')) or 0
   local remaining = opened_at + tonumber(ARGV[1]) - now
-  if remaining > 0 then return {'refuse', remaining, ''} end
+  if remaining > 0 then return {'refuse', remaining, '', now, fails} end
   redis.call('SET', KEYS[1], 'half-open')
   transition = 'half-open'
 else
   local until_ms = tonumber(redis.call('HGET', KEYS[2], 'probe_until')) or 0
-  if until_ms > now then return {'refuse', tonumber(ARGV[4]), ''} end
+  if until_ms > now then return {'refuse', tonumber(ARGV[4]), '', now, fails} end
 end
 redis.call('HSET', KEYS[2], 'probe', ARGV[2], 'probe_until', now + tonumber(ARGV[3]))
-return {'probe', 0, transition}
+return {'probe', 0, transition, now, fails}
 """
 )
 
@@ -172,11 +173,13 @@ class Admission:
     verdict: str  # "call" | "probe" | "refuse"
     retry_after_ms: int
     transition: str  # "half-open" or ""
+    now_ms: int  # the Redis clock at admission: when the origin call starts
+    fails: int  # consecutive failures recorded so far
 
     @classmethod
     def decode(cls, reply: list[Any]) -> Admission:
-        verdict, retry_after_ms, transition = reply
-        return cls(_text(verdict), int(retry_after_ms), _text(transition))
+        verdict, retry_after_ms, transition, now_ms, fails = reply
+        return cls(_text(verdict), int(retry_after_ms), _text(transition), int(now_ms), int(fails))
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,11 @@ class OriginBreaker:
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Call fn(*args) if the breaker lets it through; raise BreakerOpen if not.
         The origin's own exception is re-raised after being counted."""
+        return self.call_timed(fn, *args)[0]
+
+    def call_timed(self, fn: Callable[..., T], *args: Any) -> tuple[T, int]:
+        """`call`, also returning the Redis clock (ms) at which the call was admitted: the
+        start of the origin call, for fencing, without another round trip."""
         token = new_token()
         admission = Admission.decode(
             self._admit(
@@ -254,8 +262,13 @@ class OriginBreaker:
             except Exception as exc:
                 recorded = self._finish(token, ok=not self._exclusions.is_system_error(exc))
                 raise
-            recorded = self._finish(token, ok=True)
-            return result
+            # The common case costs no second round trip: a success while closed with no
+            # failure on record changes nothing.
+            if admission.verdict == "call" and admission.fails == 0:
+                recorded = True
+            else:
+                recorded = self._finish(token, ok=True)
+            return result, admission.now_ms
         finally:
             if probing and not recorded:
                 self._release_probe(token)

@@ -70,7 +70,7 @@ from shared.breaker import BreakerOpen, OriginBreaker
 from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, hit_until_ms
-from shared.origin import NotFound, Origin, OriginError, make_origin
+from shared.origin import NotFound, Origin, OriginError, OriginResponse, make_origin
 from shared.origin_slots import OriginSlots
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
@@ -214,12 +214,7 @@ class Engine:
                 self._count_suppressed(ns, r)
             return Served(r, reason, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
-        if r.won_lease:
-            try:
-                self._enqueue(ns, key, token, "miss", r.now_ms)
-            except BrokerUnavailable:
-                return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
-        return self._wait_for_refresh(ns, key, r)
+        return self._wait_for_refresh(ns, key, r, token)
 
     def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
         reason = "cooldown" if r.lease_state == "cooldown" else "lease_held"
@@ -240,13 +235,24 @@ class Engine:
             raise BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
 
-    def _wait_for_refresh(self, ns: Namespace, key: str, first: ReadResult) -> Answer:
+    def _wait_for_refresh(self, ns: Namespace, key: str, first: ReadResult, token: str) -> Answer:
         if self._waiter is None:
+            if first.won_lease:
+                self.store.abandon(ns, key, token)
             return Refused(503, "cold_wait_timeout", "this process cannot wait for refreshes", 1)
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
         try:
             with self._waiter.join(ns.name, key) as handle:
-                if not first.won_lease:
+                # The winner registers, then enqueues: nothing can be published for the key
+                # before its refresh runs, so it waits at once without a second read.
+                fresh_read_due = not first.won_lease
+                if first.won_lease:
+                    handle.mark()
+                    try:
+                        self._enqueue(ns, key, token, "miss", first.now_ms)
+                    except BrokerUnavailable:
+                        return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                else:
                     if first.lease_state == "cooldown":
                         metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
                         return Refused(
@@ -270,20 +276,22 @@ class Engine:
 
                 status: str | None = None
                 while True:
-                    # Registered first, read second: a refresh published from here on wakes us.
-                    handle.mark()
-                    r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
-                    if r.has_value and r.decision is not Decision.MISS:
-                        return Served(r, "miss", r.now_ms)
-                    if not enqueued:
-                        return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
-                    if not r.won_lease and (r.lease_state == "cooldown" or status == "error"):
-                        return Refused(
-                            502,
-                            "origin_error",
-                            "the origin failed to produce a value",
-                            max(r.lease_pttl_ms, 1000) / 1000,
-                        )
+                    if fresh_read_due:
+                        # Registered first, read second: a refresh published from here on wakes us.
+                        handle.mark()
+                        r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
+                        if r.has_value and r.decision is not Decision.MISS:
+                            return Served(r, "miss", r.now_ms)
+                        if not enqueued:
+                            return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                        if not r.won_lease and (r.lease_state == "cooldown" or status == "error"):
+                            return Refused(
+                                502,
+                                "origin_error",
+                                "the origin failed to produce a value",
+                                max(r.lease_pttl_ms, 1000) / 1000,
+                            )
+                    fresh_read_due = True
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return Refused(
@@ -294,6 +302,12 @@ class Engine:
                         )
                     status = handle.wait(remaining)
         except TooManyWaiters:
+            if first.won_lease:
+                # Not waiting, but the refresh it won is still worth running for the next reader.
+                try:
+                    self._enqueue(ns, key, token, "miss", first.now_ms)
+                except BrokerUnavailable:
+                    pass
             return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
 
     def _read_naive(self, ns: Namespace, key: str) -> Answer:
@@ -395,19 +409,23 @@ class Engine:
         store, key = self.store, req.key
         if renewer.lost.is_set():
             return "lost_lease"
-        started_ms = store.now_ms()
         t0 = time.perf_counter()
         deadline = time.monotonic() + ns.origin_timeout_seconds
-        negative = False
+        origin = self.origin(ns)
+
+        def fetch() -> OriginResponse | None:
+            try:
+                return origin.fetch(key, deadline)
+            except NotFound:
+                return None  # a 404 is an answer (cached as negative), not a failure
+
         try:
-            response = self.breaker(ns).call(self.origin(ns).fetch, key, deadline)
+            # started_ms: the Redis clock when the breaker admitted the call, just before it.
+            response, started_ms = self.breaker(ns).call_timed(fetch)
         except BreakerOpen as exc:
             store.record_failure(ns, key, run_token, min_cooldown_ms=exc.retry_after_ms, origin_called=False)
             store.publish_ready(ns, key, "error")
             return "breaker_open"
-        except NotFound:
-            negative, response = True, None
-            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
@@ -415,8 +433,8 @@ class Engine:
             store.record_failure(ns, key, run_token)
             store.publish_ready(ns, key, "error")
             return "origin_error"
-        else:
-            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+        negative = response is None
+        metrics.ORIGIN_CALLS.labels(ns.name, "not_found" if negative else "ok").inc()
         metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         result = store.fenced_write(
             ns,
@@ -428,8 +446,8 @@ class Engine:
             content_type="application/json" if response is None else response.content_type,
             negative=negative,
         )
-        # Waiters may read whatever is stored now; near-caches drop the key either way.
-        store.publish_ready(ns, key, "ready")
+        # The write published "ready" itself: waiters may read whatever is stored now, and
+        # near-caches drop the key, whatever its outcome.
         if not result.written:
             # "fenced": a newer value is stored or the key was purged; "lost_lease": a purge or a
             # takeover freed our lease while the origin call ran.

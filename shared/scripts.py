@@ -81,13 +81,17 @@ return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone
 # ARGV[1] run token (the lease value this run holds), ARGV[2] started ms, ARGV[3] lease won at ms,
 # ARGV[4] value, ARGV[5] content type, ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms
-# (stored lifetime past soft), ARGV[9] neg, ARGV[10] u: this value's XFetch draw in (0,1]
+# (stored lifetime past soft), ARGV[9] neg, ARGV[10] u: this value's XFetch draw in (0,1],
+# ARGV[11] ready channel, ARGV[12] namespace, ARGV[13] key
+# Publishes {"ns", "key", "status": "ready"} on the ready channel in every case, so cold-miss
+# waiters wake and near-caches drop the key in the same step as the write.
 # Returns {status, d, soft, now}: status "written", "fenced" (an older call than what is stored
 # or purged) or "lost_lease" (the lease is no longer this run's)
 FENCED_WRITE = (
     _NOW
     + """
 local started = tonumber(ARGV[2])
+redis.call('PUBLISH', ARGV[11], cjson.encode({ns = ARGV[12], key = ARGV[13], status = 'ready'}))
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost_lease', 0, 0, now} end
 local function release() redis.call('DEL', KEYS[2]) end
 local tomb = tonumber(redis.call('GET', KEYS[3]))

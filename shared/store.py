@@ -13,7 +13,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from shared import scripts
-from shared.coldwait import publish_invalidation, publish_ready
+from shared.coldwait import READY_CHANNEL, publish_invalidation, publish_ready
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.settings import Settings
@@ -245,6 +245,9 @@ class CacheStore:
                 stale_ttl,
                 "1" if negative else "0",
                 repr(draw_u() if u is None else u),
+                READY_CHANNEL,
+                ns.name,
+                key,
             ],
         )
         return WriteResult(

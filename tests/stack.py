@@ -196,7 +196,7 @@ class Stack:
         workers: int = 1,
         redis: RedisServer | None = None,
         start_web: bool = True,
-        worker_concurrency: int = 2,
+        worker_concurrency: int | None = None,
     ) -> None:
         self.tmp = Path(tmp_path)
         self.logdir = self.tmp / "logs"
@@ -247,7 +247,6 @@ class Stack:
                 "WEB_PORT": str(self.web_port),
                 "ORIGIN_PORT": str(self.origin_port),
                 "ORIGIN_LATENCY_MS": "100",
-                "WORKER_CONCURRENCY": str(self.worker_concurrency),
                 "PYTHONUNBUFFERED": "1",
                 # gevent workers wait out idle keep-alive clients for the whole graceful timeout:
                 # tests stop their stacks in a second instead.
@@ -256,6 +255,8 @@ class Stack:
                 "WORKER_METRICS_URL": f"http://127.0.0.1:{self.worker_metrics_ports['w1']}/metrics",
             }
         )
+        if self.worker_concurrency is not None:
+            env["WORKER_CONCURRENCY"] = str(self.worker_concurrency)
         env.update(self.extra_env)
         return env
 

@@ -39,7 +39,16 @@ FLOWER_AUTH = ("herdless", "flower-test-secret")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"WEB_CONCURRENCY": "2", "CACHE_TTL_SECONDS": "1", "LEASE_TTL_SECONDS": "1", "ORIGIN_LATENCY_MS": "100"}
+    # prefork: the multiprocess metric files of pool children must add up (the gevent default
+    # runs in one process, which every other stack of the suite exercises).
+    env = {
+        "WEB_CONCURRENCY": "2",
+        "CACHE_TTL_SECONDS": "1",
+        "LEASE_TTL_SECONDS": "1",
+        "ORIGIN_LATENCY_MS": "100",
+        "WORKER_POOL": "prefork",
+        "WORKER_CONCURRENCY": "2",
+    }
     with Stack(tmp_path_factory.mktemp("metrics"), env=env) as s:
         yield s
 
