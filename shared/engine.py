@@ -365,6 +365,14 @@ class Engine:
         metrics.REFRESHES.labels(ns.name, outcome).inc()
         return outcome
 
+    def requeued(self, req: RefreshRequest) -> None:
+        """This task's message goes back to the queue (its worker is stopping while it runs):
+        mark the key queued again so no read enqueues a second refresh meanwhile. If the run
+        still finishes, its write or failure clears the mark."""
+        ns = self.namespaces.get(req.namespace)
+        if ns is not None:
+            self.store.mark_queued(ns, req.key, req.token)
+
     def discard_expired(self, req: RefreshRequest) -> None:
         """A refresh that waited past its lease leaves the queue unrun: let the next read enqueue.
         Only the unclaimed task token is released, never a lease that some run holds."""
@@ -380,6 +388,18 @@ class Engine:
         if run_token is None:
             # The lease ran out while this task waited, or another run holds it.
             return "lost_lease"
+        try:
+            return self._run_claimed(ns, req, run_token)
+        except BaseException:
+            # Whatever stopped the run, the key must not stay blocked until its lease runs out.
+            try:
+                store.end_run(ns, key, run_token)
+            except Exception:  # noqa: BLE001 - Redis is down: the lease and marker expire
+                pass
+            raise
+
+    def _run_claimed(self, ns: Namespace, req: RefreshRequest, run_token: str) -> str:
+        store, key = self.store, req.key
         slots = self.origin_slots(ns)
         with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
             if slots is not None:

@@ -13,6 +13,17 @@ when no worker is consuming and leases run out.
 
 from __future__ import annotations
 
+# Shared Lua prelude: a run token is "<task token>.<random>" (see CLAIM). A run that ends clears
+# the queued marker if it still names its task: a worker that stops with refreshes running
+# puts the marker back (the task's message goes back to the queue), and the run's end takes it
+# away again only if the run did finish.
+_CLEAR_QUEUED = """
+local function clear_queued(run_token, queued_key)
+  local task = string.match(run_token, '^([^.]*)%.')
+  if task and redis.call('GET', queued_key) == task then redis.call('DEL', queued_key) end
+end
+"""
+
 # Shared Lua prelude: Redis server time in ms.
 _NOW = """
 local t = redis.call('TIME')
@@ -78,7 +89,7 @@ return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or
 # Holding the lease is what makes a purge final: a purge deletes the lease, so a refresh that was
 # running when it happened can never write, however long its origin call took. The start-time
 # checks make a refresher paused past its lease harmless as well.
-# KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone, KEYS[4] queued marker
 # ARGV[1] run token (the lease value this run holds), ARGV[2] started ms, ARGV[3] lease won at ms,
 # ARGV[4] value, ARGV[5] content type, ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms
 # (stored lifetime past soft), ARGV[9] neg, ARGV[10] u: this value's XFetch draw in (0,1],
@@ -89,8 +100,10 @@ return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or
 # or purged) or "lost_lease" (the lease is no longer this run's)
 FENCED_WRITE = (
     _NOW
+    + _CLEAR_QUEUED
     + """
 local started = tonumber(ARGV[2])
+clear_queued(ARGV[1], KEYS[4])
 redis.call('PUBLISH', ARGV[11], cjson.encode({ns = ARGV[12], key = ARGV[13], status = 'ready'}))
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost_lease', 0, 0, now} end
 local function release() redis.call('DEL', KEYS[2]) end
@@ -133,7 +146,7 @@ return soft
 
 # RECORD_FAILURE: the origin failed. Keep (or take) the lease as a cooldown so reads stop
 # enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
-# KEYS[1] entry, KEYS[2] lease
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
 # ARGV[1] run token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
 # ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
 # ARGV[7] "1" if the origin was called and failed, "0" if the breaker refused the call (the
@@ -141,7 +154,9 @@ return soft
 # Returns {fails, cooldown ms}
 RECORD_FAILURE = (
     _NOW
+    + _CLEAR_QUEUED
     + """
+clear_queued(ARGV[1], KEYS[3])
 local fails = 1
 local soft = tonumber(redis.call('HGET', KEYS[1], 'soft'))
 if soft and redis.call('HGET', KEYS[1], 'neg') ~= '1' then
@@ -206,6 +221,27 @@ local n = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then n = n + redis.call('DEL', KEYS[1]) end
 if redis.call('GET', KEYS[2]) == ARGV[1] then n = n + redis.call('DEL', KEYS[2]) end
 return n
+"""
+
+# END_RUN: a run stopped without writing or recording a failure (an unexpected error): free
+# its lease and clear its queued marker, so the next read can enqueue again.
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] run token. Returns nothing.
+END_RUN = (
+    _CLEAR_QUEUED
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+clear_queued(ARGV[1], KEYS[2])
+return 0
+"""
+)
+
+# MARK_QUEUED: a worker is stopping with this task running; its message goes back to the
+# queue (requeued when a pool process dies, restored when the broker connection closes), so
+# mark the key as queued again: no read enqueues a second refresh meanwhile.
+# KEYS[1] queued marker; ARGV[1] task token, ARGV[2] marker ttl ms. Returns nothing.
+MARK_QUEUED = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 0
 """
 
 # RENEW_LEASE: extend the lease while the origin call runs, only if it is still ours.

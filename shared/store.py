@@ -149,6 +149,8 @@ class CacheStore:
         self._claim = client.register_script(scripts.CLAIM)
         self._abandon = client.register_script(scripts.ABANDON)
         self._renew = client.register_script(scripts.RENEW_LEASE)
+        self._end_run = client.register_script(scripts.END_RUN)
+        self._mark_queued = client.register_script(scripts.MARK_QUEUED)
         self._purge = client.register_script(scripts.PURGE)
         self._soft_purge = client.register_script(scripts.SOFT_PURGE)
 
@@ -201,6 +203,16 @@ class CacheStore:
         k = EntryKeys.of(ns.name, key)
         self._abandon(keys=[k.lease, k.queued], args=[token])
 
+    def end_run(self, ns: Namespace, key: str, run_token: str) -> None:
+        """A run stopped early: free its lease and clear its queued marker."""
+        k = EntryKeys.of(ns.name, key)
+        self._end_run(keys=[k.lease, k.queued], args=[run_token])
+
+    def mark_queued(self, ns: Namespace, key: str, token: str) -> None:
+        """The refresh enqueued with `token` is going back to the queue (its worker stops)."""
+        k = EntryKeys.of(ns.name, key)
+        self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])
+
     def lease_holder(self, ns: Namespace, key: str) -> str | None:
         raw = self.redis.get(EntryKeys.of(ns.name, key).lease)
         return None if raw is None else _str(raw)
@@ -233,7 +245,7 @@ class CacheStore:
         else:
             soft_ttl, stale_ttl = ns.soft_ttl_ms, ns.stale_ttl_ms
         raw = self._fenced_write(
-            keys=[k.entry, k.lease, k.tombstone],
+            keys=[k.entry, k.lease, k.tombstone, k.queued],
             args=[
                 token,
                 started_ms,
@@ -276,7 +288,7 @@ class CacheStore:
         k = EntryKeys.of(ns.name, key)
         cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
         raw = self._record_failure(
-            keys=[k.entry, k.lease],
+            keys=[k.entry, k.lease, k.queued],
             args=[
                 token,
                 COOLDOWN_BASE_MS,

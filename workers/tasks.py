@@ -54,23 +54,47 @@ def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -
     return worker_engine().run_refresh(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
 
 
+def _refresh_request(kwargs: Any) -> RefreshRequest | None:
+    try:
+        return RefreshRequest(
+            str(kwargs["namespace"]),
+            str(kwargs["key"]),
+            str(kwargs["token"]),
+            str(kwargs.get("reason", "")),
+            int(kwargs.get("won_at_ms", 0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 @signals.task_revoked.connect
 def _count_expired(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     # A refresh that waited past its lease is discarded unrun (the task's `expires`).
     # `sender` is the task; `request` its context, whose kwargs name the key.
     if expired and getattr(sender, "name", None) == REFRESH_TASK:
-        kwargs = getattr(request, "kwargs", None) or {}
+        req = _refresh_request(getattr(request, "kwargs", None) or {})
+        if req is not None:
+            worker_engine().discard_expired(req)
+
+
+@signals.worker_shutting_down.connect
+def _mark_running_refreshes_queued(**_: Any) -> None:
+    # Stopping (SIGTERM, Ctrl-C) with refreshes running: a prefork child killed mid-refresh
+    # has its message requeued (reject_on_worker_lost), and closing the broker connection
+    # restores unacknowledged messages. Their refreshes had cleared their queued markers when
+    # they started; put them back so the queue keeps at most one refresh per key.
+    from celery.worker import state
+
+    for request in list(state.active_requests):
+        if getattr(request, "name", None) != REFRESH_TASK:
+            continue
+        req = _refresh_request(getattr(request, "kwargs", None) or {})
+        if req is None:
+            continue
         try:
-            req = RefreshRequest(
-                str(kwargs["namespace"]),
-                str(kwargs["key"]),
-                str(kwargs["token"]),
-                str(kwargs.get("reason", "")),
-                int(kwargs.get("won_at_ms", 0)),
-            )
-        except (KeyError, TypeError, ValueError):
-            return
-        worker_engine().discard_expired(req)
+            worker_engine().requeued(req)
+        except Exception:  # noqa: BLE001 - Redis down while stopping: nothing more to do
+            log.warning("could not mark a running refresh as queued while stopping")
 
 
 @signals.worker_process_shutdown.connect
