@@ -298,27 +298,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_hitbench(args: argparse.Namespace) -> int:
-    from loadtest.hitbench import hitbench_markdown, run_hitbench
-    from loadtest.report import command_line, new_results_dir
-    from loadtest.summary import machine_description
+    import signal
 
-    result = run_hitbench(
-        url=args.url,
-        namespace=args.namespace,
-        redis_url=args.redis_url,
+    from loadtest.hitbench import HitbenchSettings, hitbench_markdown, run_hitbench, terminal_summary
+    from loadtest.launcher import LaunchError
+    from loadtest.report import command_line, new_results_dir
+    from loadtest.workload import new_run_id
+
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    unknown = [c for c in classes if c not in ("gevent", "gthread")]
+    if not classes or unknown:
+        raise SystemExit(f"loadtest: --classes wants gevent and/or gthread, not {args.classes!r}")
+    settings = HitbenchSettings(
+        classes=classes,
+        web_concurrency=args.web_concurrency,
+        web_threads=args.web_threads,
         rounds=args.rounds,
         round_seconds=args.round_seconds,
         connections=args.connections,
-        gunicorn_conf=args.gunicorn_conf,
-        progress=not args.quiet,
+        namespace=args.namespace,
     )
+    _raise_fd_limit(args.connections + 256)
+
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through the stacks' context managers, which stop every process
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    run_id = new_run_id()
+    try:
+        result = run_hitbench(settings, run_id, progress=not args.quiet)
+    except LaunchError as exc:
+        raise SystemExit(f"loadtest: hitbench: {exc}") from exc
+    report = {"command": command_line(), "commit": git_commit(), "machine": machine_facts(), **result}
     directory = new_results_dir(args.out, "hitbench")
-    result["machine"] = machine_description()
-    (directory / "report.json").write_text(json.dumps(result, indent=1))
-    (directory / "report.md").write_text(hitbench_markdown(result, command_line(), result["machine"]))
-    print(f"herdless: {result['herdless']['median_req_per_s']} req/s (rounds {result['herdless']['rounds_req_per_s']})")
-    print(f"baseline: {result['baseline']['median_req_per_s']} req/s (rounds {result['baseline']['rounds_req_per_s']})")
-    print(f"ratio herdless/baseline: {result['ratio']}")
+    (directory / "report.json").write_text(json.dumps(report, indent=1))
+    (directory / "report.md").write_text(hitbench_markdown(report))
+    print(terminal_summary(report))
     print(f"report: {directory / 'report.md'}")
     return 0
 
@@ -605,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m loadtest run --namespace demo --rate 1000 --duration 60 --keys 100 --zipf 1.1 --ttl 5\n"
         "  python -m loadtest run --scenario cold-herd --clients 1000\n"
         "  python -m loadtest compare --rate 500 --duration 20 --ttl 5\n"
-        "  python -m loadtest hitbench --redis-url redis://127.0.0.1:6379/0\n"
+        "  python -m loadtest hitbench --classes gevent,gthread --rounds 5\n"
         "  python -m loadtest soak --minutes 10 --rate 500\n"
         "  python -m loadtest refreshbench -n 2000 --pools prefork,gevent --rounds 3\n"
         "  python -m loadtest betasweep --betas 0,0.5,1,2,4 --rate 500 --duration 60 --ttl 5\n"
@@ -642,32 +657,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("hitbench", help="closed-loop throughput of a warm key: web tier vs Flask+redis baseline")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--namespace", default="demo")
-    p.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="the stack's Redis (default $REDIS_URL or %(default)s)",
-    )
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--round-seconds", type=float, default=5.0)
-    p.add_argument(
-        "--connections",
-        type=int,
-        default=64,
-        help="keep-alive connections (default %(default)s: enough that gunicorn's accept race spreads them over"
-        " all workers)",
+    p = sub.add_parser(
+        "hitbench",
+        help="closed-loop throughput of a warm key on private stacks: herdless with the near-cache on and off vs"
+        " Flask + one redis-py GET, per gunicorn worker class",
+        description="For each worker class, start a private stack (redis-server, demo origin, worker) with three web"
+        " tiers under web/gunicorn.conf.py and the same WEB_WORKER_CLASS, WEB_CONCURRENCY and WEB_THREADS: herdless"
+        " NEAR_CACHE=true, herdless NEAR_CACHE=false, and loadtest/baseline_app.py. Warm one key, run closed-loop"
+        " rounds alternating the three in rotating order, report, and stop everything. It measures no running"
+        " stack: there is no --url.",
     )
     p.add_argument(
-        "--gunicorn-conf",
-        type=Path,
-        default=Path(__file__).resolve().parent.parent / "web" / "gunicorn.conf.py",
-        help="gunicorn config for the baseline app (default: the web tier's own)",
+        "--classes", default="gevent,gthread", help="comma-separated WEB_WORKER_CLASS values (default %(default)s)"
     )
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--web-concurrency", type=int, default=2, help="WEB_CONCURRENCY of every tier (default %(default)s)")
+    p.add_argument(
+        "--web-threads", type=int, default=4, help="WEB_THREADS of every tier, gthread only (default %(default)s)"
+    )
+    p.add_argument("--namespace", default="demo", help="herdless namespace of the warm key (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per class, each runs every target (default 5)")
+    p.add_argument("--round-seconds", type=float, default=5.0, help="seconds per target per round (default 5)")
+    p.add_argument("--connections", type=int, default=32, help="keep-alive connections (default %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="results directory base (default loadtest/results)")
+    p.add_argument("--force", action="store_true", help="allow --connections past the bound")
+    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     p.set_defaults(func=cmd_hitbench)
 
     p = sub.add_parser("soak", help="steady load for minutes; prints the stack's RSS at start and end")
@@ -705,8 +718,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_bounds(args)
     raise_priority(args)
-    if hasattr(args, "gunicorn_conf") and not args.gunicorn_conf.is_absolute():
-        args.gunicorn_conf = (Path.cwd() / args.gunicorn_conf).resolve()
     return int(args.func(args))
 
 
