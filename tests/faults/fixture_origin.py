@@ -13,7 +13,7 @@ from typing import Literal
 
 from tests.stack import free_port
 
-Mode = Literal["ok", "fail", "bad_json"]
+Mode = Literal["ok", "fail", "bad_json", "trickle"]
 
 
 @dataclass
@@ -77,7 +77,15 @@ class FixtureOrigin:
                     self.send_header("Content-Type", ctype)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
+                    if mode == "trickle":
+                        # One byte at a time, each well within any per-read timeout: only a
+                        # deadline on the whole call stops it.
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    else:
+                        self.wfile.write(body)
                     call.status = status
                 finally:
                     origin._leave(call)
