@@ -1,9 +1,12 @@
-"""The status page at `/`: the stampede story (request mix, origin calls, refreshes, queue depth,
-breaker state) live, for someone running `make run` without Grafana."""
+"""The status page at `/`: the stampede story (request mix, fresh share, served age, near-cache,
+origin calls and slots, refreshes, queue depth, breaker state) live, for someone running
+`make run` without Grafana."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
@@ -43,13 +46,76 @@ def _by_label(samples: list[Any], name: str, label: str) -> dict[str, float]:
     return dict(totals)
 
 
+def _total(samples: list[Any], name: str) -> float:
+    return sum(sample.value for sample in samples if sample.name == name)
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """The q-quantile of a histogram from its cumulative (upper bound, count) buckets, as
+    Prometheus's histogram_quantile estimates it: linear within the bucket holding the rank, the
+    lowest bucket starting at 0, and the highest finite bound when the rank falls in +Inf.
+    None when nothing was observed."""
+    ordered = sorted(buckets)
+    if not ordered or not math.isinf(ordered[-1][0]) or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _buckets(samples: list[Any], name: str, **labels: str) -> dict[float, float]:
+    """Cumulative counts by upper bound of histogram `name`, summed over the other labels."""
+    totals: dict[float, float] = defaultdict(float)
+    for sample in samples:
+        if sample.name == f"{name}_bucket" and all(sample.labels.get(k) == v for k, v in labels.items()):
+            totals[float(sample.labels["le"])] += sample.value
+    return dict(totals)
+
+
+def _slot_waits(worker: list[Any]) -> dict[str, dict[str, float | None]]:
+    name = "herdless_origin_slot_wait_seconds"
+    waits = _by_label(worker, f"{name}_count", "origin")
+    seconds = _by_label(worker, f"{name}_sum", "origin")
+    return {
+        origin: {
+            "waits": n,
+            "mean_seconds": seconds.get(origin, 0.0) / n if n else None,
+            "p99_seconds": histogram_quantile(0.99, _buckets(worker, name, origin=origin).items()),
+        }
+        for origin, n in waits.items()
+    }
+
+
 def status_snapshot() -> dict[str, Any]:
-    settings = web_state().settings
+    state = web_state()
     web = _web_samples()
     requests_by_outcome = _by_label(web, "herdless_requests_total", "outcome")
+    requests_total = sum(requests_by_outcome.values())
+    fresh = requests_by_outcome.get("hit", 0.0) + requests_by_outcome.get("early", 0.0)
+    # The limit an acquirer checks is its namespace's; in flight never passes the largest of them.
+    limits: dict[str, int] = {}
+    for ns in state.namespaces.values():
+        limits[ns.origin_name] = max(limits.get(ns.origin_name, 0), ns.origin_max_concurrency)
     snapshot: dict[str, Any] = {
         "requests": requests_by_outcome,
-        "requests_total": sum(requests_by_outcome.values()),
+        "requests_total": requests_total,
+        # Over every answer since the web tier started; a 304 (not_modified) may confirm a stale
+        # value, so it does not count as fresh.
+        "fresh_share": fresh / requests_total if requests_total else None,
+        "served_age_p99_seconds": histogram_quantile(0.99, _buckets(web, "herdless_served_age_seconds").items()),
+        "near_cache": _by_label(web, "herdless_near_cache_total", "result"),
+        "near_cache_bytes": _total(web, "herdless_near_cache_bytes"),
+        # Read from the Redis semaphore at this moment, like queue depth.
+        "origin_in_flight": _by_label(web, "herdless_origin_in_flight", "origin"),
+        "origin_limits": limits,
         "refresh_enqueued": _by_label(web, "herdless_refresh_enqueued_total", "reason"),
         "refresh_suppressed": _by_label(web, "herdless_refresh_suppressed_total", "reason"),
         # Read from the broker and Redis at this moment, so they show even with no worker running.
@@ -60,13 +126,14 @@ def status_snapshot() -> dict[str, Any]:
         },
         "worker": None,
     }
-    worker = _worker_samples(settings.worker_metrics_url)
+    worker = _worker_samples(state.settings.worker_metrics_url)
     if worker is not None:
         origin_calls = _by_label(worker, "herdless_origin_calls_total", "outcome")
         snapshot["worker"] = {
             "origin_calls": origin_calls,
             "origin_calls_total": sum(origin_calls.values()),
             "refreshes": _by_label(worker, "herdless_refresh_total", "outcome"),
+            "slot_waits": _slot_waits(worker),
         }
     return snapshot
 

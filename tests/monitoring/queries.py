@@ -36,6 +36,8 @@ CONTRACT_METRICS = {
     "herdless_queue_depth": "gauge",
     "herdless_origin_in_flight": "gauge",
     "herdless_origin_slot_wait_seconds": "histogram",
+    "herdless_near_cache_total": "counter",
+    "herdless_near_cache_bytes": "gauge",
 }
 
 # Flower 2.x exporter (flower/events.py, PrometheusMetrics).

@@ -40,10 +40,20 @@ REQUIRED_PANELS = [
     "Breaker state per origin",
     "Workers online",
     "Task runtime",
+    "Fresh share",
+    "Served age p99",
+    "Near-cache hit share",
+    "Near-cache bytes",
+    "Near-cache invalidations and bypasses",
+    "Origin slot wait p50/p99",
+    "Origin slot waits and timeouts",
+    "Origin calls in flight",
 ]
 
 REQUIRED_ALERTS = {
     "HerdlessBreakerOpen",
+    "HerdlessNearCacheBypassing",
+    "HerdlessOriginSlotsSaturated",
     "HerdlessQueueDepthGrowing",
     "HerdlessRefreshFailures",
     "HerdlessStaleAnswersDominating",
