@@ -403,14 +403,12 @@ class Engine:
         slots = self.origin_slots(ns)
         with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
             if slots is not None:
-                waited_from = time.perf_counter()
                 got = slots.acquire(
                     run_token,
                     ns.origin_max_concurrency,
                     store.lease_ttl_ms,
                     ns.origin_timeout_seconds * SLOT_WAIT_FACTOR,
                 )
-                metrics.ORIGIN_SLOT_WAIT.labels(ns.origin_name).observe(time.perf_counter() - waited_from)
                 if not got:
                     # The origin is saturated by other refreshes: back off like a failure,
                     # without counting one against the key or the breaker.

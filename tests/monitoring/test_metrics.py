@@ -127,11 +127,6 @@ def test_a_cold_herd_is_one_origin_call_and_the_rest_is_accounted_as_suppressed(
     assert any("metrics-herd" in str(t.get("kwargs")) for t in tasks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/engine.py (_refresh) and shared/origin_slots.py (OriginSlots.acquire) both observe "
-    "herdless_origin_slot_wait_seconds: every wait is counted twice",
-)
 def test_each_slot_wait_is_observed_once(stack: Stack) -> None:
     before = worker_metrics(stack)
     assert stack.get("demo", "slot-wait-once").headers["X-Cache"] == "MISS"
