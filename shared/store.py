@@ -322,6 +322,10 @@ class CacheStore:
         publish_invalidation(self.redis, ns.name, key)
 
 
+# CLIENT LIST shows each web process's subscription under this name.
+SUBSCRIBER_NAME = "herdless-web-subscriber"
+
+
 def pubsub_client(settings: Settings) -> Any:
     """A dedicated client for the long-lived subscription (no read timeout on it)."""
-    return make_redis(settings, socket_timeout=None, health_check_interval=30)
+    return make_redis(settings, socket_timeout=None, health_check_interval=30, client_name=SUBSCRIBER_NAME)

@@ -29,7 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ADMIN_TOKEN": ADMIN,
         "NEGATIVE_TTL_SECONDS": "30",
     }
-    with Stack(tmp, env=env, worker_concurrency=2) as s:
+    with Stack(tmp, env=env) as s:  # the shipped worker: gevent pool, 100 refreshes at once
         yield s
 
 
@@ -252,6 +252,17 @@ def test_invalid_settings_stop_the_process_naming_the_variable(tmp_path: Path) -
             timeout=30,
         )
         assert proc.returncode == 2 and name in proc.stderr, proc.stderr
+    # The worker stops at start, naming the variable, before Celery is ever started.
+    for name, value in [("WORKER_POOL", "fork"), ("WORKER_CONCURRENCY", "0"), ("ORIGIN_MAX_CONCURRENCY", "-1")]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "workers"],
+            env={"PATH": "/usr/bin:/bin", name: value},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2 and f"{name}={value!r}" in proc.stderr, proc.stderr
     bad_ns = tmp_path / "ns.toml"
     bad_ns.write_text('[namespaces.x]\nstrategy = "yolo"\norigin = "http://h/{key}"\n')
     proc = subprocess.run(
@@ -263,3 +274,15 @@ def test_invalid_settings_stop_the_process_naming_the_variable(tmp_path: Path) -
         timeout=30,
     )
     assert proc.returncode != 0 and "strategy" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_fifty_concurrent_refreshes_of_one_origin_overlap_in_one_worker_process(tmp_path: Path) -> None:
+    # One gevent worker process; a 1 s origin. The demo origin's peak concurrency shows whether
+    # the refreshes overlapped (the old breaker held a lock across the call: peak 1).
+    env = {"NAMESPACES_FILE": write_namespaces(tmp_path), "ORIGIN_LATENCY_MS": "1000"}
+    with Stack(tmp_path, env=env) as stack:
+        requests.post(stack.origin_url + "/stats/reset", timeout=5)
+        results = cold_herd(stack, "herd", [f"overlap-{i}" for i in range(50)], 50)
+        assert all(status == 200 for _, status, _ in results)
+        stats = stack.origin_stats()
+        assert stats["calls"] == 50 and stats["max_in_flight"] == 50, stats
