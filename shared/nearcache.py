@@ -221,11 +221,12 @@ class NearCache(Generic[E]):
                 if old.redis_read_ms > redis_now_ms:
                     return False
                 self._drop_locked(target, old)
-            self._slots[target] = _Slot(entry, size, offset, serve_until, redis_now_ms)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
+            # Make room first, so the account never exceeds the budget, not even for a moment.
+            while self._bytes + size > self.max_bytes:
                 victim_key, victim = next(iter(self._slots.items()))
                 self._drop_locked(victim_key, victim)
+            self._slots[target] = _Slot(entry, size, offset, serve_until, redis_now_ms)
+            self._bytes += size
             metrics.NEAR_CACHE_BYTES.set(self._bytes)
         return True
 

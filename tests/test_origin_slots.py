@@ -168,7 +168,8 @@ def test_a_waiter_does_not_hammer_redis(client: Any) -> None:
     # Everything Redis executed, the commands inside the scripts included (minus our INFOs).
     total = int(client.info("stats")["total_commands_processed"]) - before_total - 2
     assert 2 <= sent <= 10, sent
-    assert total < 30, total
+    # Each attempt's script runs at most five commands inside Redis.
+    assert total <= 6 * sent, total
 
 
 def test_in_flight_is_served_as_a_scrape_time_gauge(client: Any) -> None:

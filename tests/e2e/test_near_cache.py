@@ -49,16 +49,20 @@ def _fresh_connection_get(stack: Stack, key: str) -> requests.Response:
     return requests.get(stack.url("nc", key), timeout=10, headers={"Connection": "close"})
 
 
-def _watch_redis_commands(stack: Stack, needle: str) -> tuple[list[str], threading.Event, threading.Thread]:
+SENTINEL = "hl:monitor-sentinel"
+
+
+def _watch_redis_commands(stack: Stack, needle: str) -> tuple[list[str], threading.Thread]:
+    """Every command naming `needle`, until a command names SENTINEL (MONITOR lists commands in
+    order, so every command before it has been seen)."""
     seen: list[str] = []
-    stop = threading.Event()
     ready = threading.Event()
 
     def watch() -> None:
         with stack.redis.client().monitor() as m:
             ready.set()
             for cmd in m.listen():
-                if stop.is_set():
+                if SENTINEL in cmd["command"]:
                     return
                 if needle in cmd["command"]:
                     seen.append(cmd["command"])
@@ -66,21 +70,20 @@ def _watch_redis_commands(stack: Stack, needle: str) -> tuple[list[str], threadi
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     ready.wait(5)
-    return seen, stop, thread
+    return seen, thread
 
 
 def test_a_warm_key_costs_at_most_one_redis_read_per_web_process_per_fresh_lifetime(stack: Stack) -> None:
     key = "warm-monitored"
     assert _fresh_connection_get(stack, key).headers["X-Cache"] == "MISS"
     hits_before = web_metric(stack, "herdless_near_cache_total", result="hit")
-    seen, stop, thread = _watch_redis_commands(stack, EntryKeys.of("nc", key).entry)
+    seen, thread = _watch_redis_commands(stack, EntryKeys.of("nc", key).entry)
     try:
         for _ in range(1000):
             r = _fresh_connection_get(stack, key)
             assert r.status_code == 200 and r.headers["X-Cache"] == "HIT"
     finally:
-        stop.set()
-        _fresh_connection_get(stack, "wake-the-monitor")  # any command ends the listen loop
+        stack.redis.client().get(SENTINEL)
         thread.join(5)
     reads = [c for c in seen if c.startswith("EVALSHA")]
     assert len(reads) <= 2, reads  # one per gunicorn process at most, within the 60 s lifetime
@@ -228,13 +231,12 @@ def test_with_the_near_cache_off_every_read_goes_to_redis(tmp_path: Path) -> Non
     with Stack(tmp_path, env=env) as stack:
         key = "no-near-cache"
         assert stack.get("nc", key).status_code == 200
-        seen, stop, thread = _watch_redis_commands(stack, EntryKeys.of("nc", key).entry)
+        seen, thread = _watch_redis_commands(stack, EntryKeys.of("nc", key).entry)
         try:
             for _ in range(50):
                 assert stack.get("nc", key).headers["X-Cache"] == "HIT"
         finally:
-            stop.set()
-            stack.get("nc", "wake-the-monitor")
+            stack.redis.client().get(SENTINEL)
             thread.join(5)
         assert len([c for c in seen if c.startswith("EVALSHA")]) == 50
         assert web_metric(stack, "herdless_near_cache_total", result="hit") == 0

@@ -77,6 +77,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ORIGIN_LATENCY_MS": "0",
         "WEB_CONCURRENCY": "1",
         "COLD_WAIT_TIMEOUT_SECONDS": "5",
+        # Every legal read must reach Redis here; the near-cache would answer repeats from memory.
+        "NEAR_CACHE": "false",
     }
     try:
         with Stack(tmp, env=env, worker_concurrency=2) as s:
