@@ -35,6 +35,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -52,6 +53,7 @@ HANDSHAKE_SECONDS = 2.0  # both subscribe confirmations must arrive within this
 HEARTBEAT_SECONDS = 1.0  # PING after this long without hearing anything
 LIVENESS_SECONDS = 3.0  # nothing heard (not even a pong) for this long: reconnect
 MAX_BACKOFF_SECONDS = 2.0
+READY_MEMORY = 100_000  # keys whose last ready message time is remembered
 
 T = TypeVar("T")
 
@@ -186,6 +188,9 @@ class ColdWaitHub:
         self.liveness_seconds = max(liveness_seconds, heartbeat_seconds)
         self._lock = threading.Lock()
         self._waits: dict[tuple[str, str], _KeyWait] = {}
+        # When each key's last ready message arrived (bounded; see ready_since).
+        self._last_ready: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._ready_forgotten_at = float("-inf")
         self._active = 0
         self.connected = threading.Event()
         self.subscriptions = 0  # completed subscribe handshakes (reconnects included)
@@ -300,6 +305,11 @@ class ColdWaitHub:
 
     def _wake(self, target: tuple[str, str], status: str) -> None:
         with self._lock:
+            self._last_ready[target] = time.monotonic()
+            self._last_ready.move_to_end(target)
+            while len(self._last_ready) > READY_MEMORY:
+                _, forgotten = self._last_ready.popitem(last=False)
+                self._ready_forgotten_at = max(self._ready_forgotten_at, forgotten)
             wait = self._waits.get(target)
             if wait is None:
                 return
@@ -310,6 +320,20 @@ class ColdWaitHub:
         event.set()
 
     # -- waiting -----------------------------------------------------------------------
+
+    def ready_since(self, namespace: str, key: str, since: float) -> bool:
+        """Whether a refresh of the key may have been published since `since` (time.monotonic())
+        without this process knowing yet who waits for it: True when one was received since
+        then, or when the subscription is down (nothing is received), or when the key's record
+        was forgotten. A cold-miss reader that joins after its read asks this to decide whether
+        it must read again before it waits: a publish received after it joined wakes it anyway."""
+        with self._lock:
+            if not self.connected.is_set():
+                return True
+            last = self._last_ready.get((namespace, key))
+            if last is None:
+                return self._ready_forgotten_at >= since
+            return last >= since
 
     @contextmanager
     def join(self, namespace: str, key: str) -> Iterator[WaitHandle]:

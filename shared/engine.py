@@ -197,6 +197,7 @@ class Engine:
                 return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
             read_token = near.begin_read(ns.name, key)
         token = new_token()
+        read_started = time.monotonic()
         r = self.store.read(ns, key, token)
         if r.decision is Decision.HIT:
             if near is not None and read_token is not None and r.soft_ms is not None:
@@ -214,7 +215,7 @@ class Engine:
                 self._count_suppressed(ns, r)
             return Served(r, reason, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
-        return self._wait_for_refresh(ns, key, r, token)
+        return self._wait_for_refresh(ns, key, r, token, read_started)
 
     def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
         reason = "cooldown" if r.lease_state == "cooldown" else "lease_held"
@@ -235,7 +236,9 @@ class Engine:
             raise BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
 
-    def _wait_for_refresh(self, ns: Namespace, key: str, first: ReadResult, token: str) -> Answer:
+    def _wait_for_refresh(
+        self, ns: Namespace, key: str, first: ReadResult, token: str, read_started: float
+    ) -> Answer:
         if self._waiter is None:
             if first.won_lease:
                 self.store.abandon(ns, key, token)
@@ -244,10 +247,11 @@ class Engine:
         try:
             with self._waiter.join(ns.name, key) as handle:
                 # The winner registers, then enqueues: nothing can be published for the key
-                # before its refresh runs, so it waits at once without a second read.
-                fresh_read_due = not first.won_lease
+                # before its refresh runs, so it waits at once without a second read. Another
+                # reader reads again first only if a refresh may have been published between
+                # its read and its registration; anything published later wakes it.
+                fresh_read_due = not first.won_lease and self._waiter.ready_since(ns.name, key, read_started)
                 if first.won_lease:
-                    handle.mark()
                     try:
                         self._enqueue(ns, key, token, "miss", first.now_ms)
                     except BrokerUnavailable:

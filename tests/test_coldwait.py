@@ -321,3 +321,17 @@ def test_a_subscription_that_goes_silent_counts_as_lost(
     assert not nc.enabled and nc.get(ns, "k") is None
     wait_until(lambda: hub.connected.is_set(), 10, "the hub to resubscribe")
     assert hub.subscriptions > subscriptions and nc.enabled
+
+
+def test_a_reader_learns_whether_a_refresh_was_published_between_its_read_and_its_join(
+    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+) -> None:
+    hub = make_hub()
+    read_started = time.monotonic()
+    assert not hub.ready_since(ns, "k", read_started)  # nothing published: wait without re-reading
+    subscriptions = hub.subscriptions
+    publish_ready(client, ns, "k", "ready")
+    wait_until(lambda: hub.ready_since(ns, "k", read_started), 10, "the hub to record the publish")
+    assert hub.subscriptions == subscriptions  # learnt from the live subscription, not a reconnect
+    assert not hub.ready_since(ns, "k", time.monotonic())  # older than a later read: irrelevant
+    assert not hub.ready_since(ns, "other", read_started)
