@@ -204,7 +204,9 @@ def steady_line(summary: dict) -> str:
         return ""
     return (
         f"\n  steady (after {st['from_s']:g}s, origin counted after drain): calls per key per TTL window"
-        f" {st['calls_per_key_window']}, fresh {pct(st['fresh_share'])}, hot-key fresh {pct(st['hot_fresh_share'])}"
+        f" {st['calls_per_key_window']} ({st.get('calls_per_ideal_refresh')}x an ideal refresh-on-expiry cache's"
+        f" {st.get('ideal_refresh_calls')} calls on this trace), fresh {pct(st['fresh_share'])},"
+        f" hot-key fresh {pct(st['hot_fresh_share'])}"
         f" ({st['hot_keys']} hot keys), served age p99 {st['served_age_p99_s']} s, {st['throughput_rps']} req/s at"
         f" p99 {st['latency_p99_ms']} ms, errors {st['errors']}, MISS for served key {st['miss_for_served_key']},"
         f" worker {worker_word(summary)}"

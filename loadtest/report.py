@@ -202,6 +202,7 @@ COMPARE_COLUMNS = (
     ("origin calls", lambda s: fmt(s["origin"]["calls"])),
     ("calls/key/TTL window", lambda s: fmt(s["origin"]["calls_per_key_window"], 3)),
     ("steady calls/key/window", lambda s: fmt(_steady(s, "calls_per_key_window"), 3)),
+    ("calls / ideal", lambda s: fmt(_steady(s, "calls_per_ideal_refresh"), 3)),
     ("fresh", lambda s: pct(_steady(s, "fresh_share"))),
     ("hot fresh", lambda s: pct(_steady(s, "hot_fresh_share"))),
     ("age p99 s", lambda s: fmt(_steady(s, "served_age_p99_s"), 2)),

@@ -22,7 +22,7 @@ from loadtest.steady import (
     served_age_p99,
     worker_verdict,
 )
-from loadtest.workload import distinct_key_windows, origin_calls_per_key_window
+from loadtest.workload import distinct_key_windows, ideal_refreshes, origin_calls_per_key_window
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 LATE_SEND_SECONDS = 0.010  # a send later than this past its intended time counts as "behind schedule"
@@ -279,6 +279,7 @@ def steady_state(
         if counted.any()
         else 0
     )
+    ideal = ideal_refreshes(zip(keys.tolist(), offset.tolist(), strict=True), cfg.ttl, warm_from) if len(keys) else 0
     drain = result.drain
     excluded = f"requests sent in the first {warm_from:g}s and the origin calls made by then"
     if not drain.get("complete", True):
@@ -304,6 +305,8 @@ def steady_state(
         "origin_calls": calls,
         "key_windows": windows,
         "calls_per_key_window": None if calls is None or not windows else round(calls / windows, 4),
+        "ideal_refresh_calls": ideal,
+        "calls_per_ideal_refresh": None if calls is None or not ideal else round(calls / ideal, 4),
         "drain": drain,
         "excluded": excluded,
     }

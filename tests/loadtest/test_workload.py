@@ -103,3 +103,13 @@ def test_origin_calls_per_key_window_is_one_for_a_perfect_cache() -> None:
     assert origin_calls_per_key_window(10, windows) == 1.0
     assert origin_calls_per_key_window(80, windows) == 8.0
     assert origin_calls_per_key_window(3, 0) is None
+
+
+def test_an_ideal_refresh_on_expiry_cache_costs_one_call_per_expiry_of_a_requested_key() -> None:
+    from loadtest.workload import ideal_refreshes
+
+    # TTL 5: key 1 read at 0, 4.9 (fresh), 5.0 (expired: call), 12 (call); key 2 at 3.
+    trace = [(1, 0.0), (1, 4.9), (2, 3.0), (1, 5.0), (1, 12.0)]
+    assert ideal_refreshes(trace, 5.0) == 4
+    # Counted from 4 s: the calls at 0 and 3 are warm-up, their values carry over.
+    assert ideal_refreshes(trace, 5.0, counted_from=4.0) == 2
