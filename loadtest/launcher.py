@@ -189,7 +189,7 @@ class LocalStack:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
-        if self._own_dir:
+        if self._own_dir and not os.environ.get("LOADTEST_KEEP_STACK_DIR"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> LocalStack:
@@ -281,7 +281,7 @@ class NginxNode:
         if self.proc is not None:
             self.proc.stop()
             self.proc = None
-        if self._own_dir:
+        if self._own_dir and not os.environ.get("LOADTEST_KEEP_STACK_DIR"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> NginxNode:

@@ -57,8 +57,15 @@ def visibility_timeout_seconds(settings: Settings, longest_origin_timeout: float
     return int(max(60, 2 * longest_refresh_seconds(settings, longest_origin_timeout)))
 
 
-def celery_config(settings: Settings, longest_origin_timeout: float | None = None) -> dict[str, Any]:
-    """The Celery settings both tiers use (JSON only: nothing is ever unpickled)."""
+def celery_config(
+    settings: Settings, longest_origin_timeout: float | None = None, *, broker_connections: int = 64
+) -> dict[str, Any]:
+    """The Celery settings both tiers use (JSON only: nothing is ever unpickled).
+
+    broker_connections: the most Redis connections the broker transport may open in this
+    process. kombu's default (10) is sized for one task at a time: a gevent worker acking 100
+    refreshes at once, or a web process enqueueing hundreds of cold misses at once, ran out
+    ("Too many connections": acks lost, enqueues refused with 503)."""
     return {
         "broker_url": settings.celery_broker_url,
         "task_serializer": "json",
@@ -81,6 +88,7 @@ def celery_config(settings: Settings, longest_origin_timeout: float | None = Non
             "socket_timeout": 2,
             "socket_connect_timeout": 1,
             "max_retries": 2,
+            "max_connections": broker_connections,
         },
         "broker_connection_timeout": 2,
         "broker_connection_retry_on_startup": True,

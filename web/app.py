@@ -30,7 +30,8 @@ def celery_client(settings: Settings, longest_origin_timeout: float | None) -> C
     """A Celery app for sending refresh tasks (by name: the web tier never imports the worker)."""
     app = Celery("herdless")
     app.conf.update(
-        celery_config(settings, longest_origin_timeout),
+        # Every request a gevent web process holds may enqueue at the same moment.
+        celery_config(settings, longest_origin_timeout, broker_connections=settings.max_cold_waiters + 1000),
         task_queues=[Queue(QUEUE, routing_key=QUEUE, queue_arguments={"x-max-priority": 10})],
     )
     return app

@@ -15,7 +15,8 @@ def make_celery(settings: Settings) -> Celery:
     longest = max((ns.origin_timeout_seconds for ns in namespaces.values()), default=None)
     app = Celery("herdless", include=["workers.tasks"])
     app.conf.update(
-        celery_config(settings, longest),
+        # Each running refresh may ack or send an event at once, plus the consumer and heartbeats.
+        celery_config(settings, longest, broker_connections=2 * settings.worker_concurrency + 16),
         task_queues=[Queue(QUEUE, routing_key=QUEUE, queue_arguments={"x-max-priority": 10})],
         worker_consumer="workers.consumer:PromptReconnectConsumer",
     )

@@ -286,3 +286,19 @@ def test_fifty_concurrent_refreshes_of_one_origin_overlap_in_one_worker_process(
         assert all(status == 200 for _, status, _ in results)
         stats = stack.origin_stats()
         assert stats["calls"] == 50 and stats["max_in_flight"] == 50, stats
+
+
+def test_a_cold_start_of_300_keys_is_enqueued_and_acknowledged_without_exhausting_broker_connections(
+    stack: Stack,
+) -> None:
+    # kombu's Redis transport opens at most 10 connections per process unless told otherwise: a
+    # web process enqueueing hundreds of cold misses at once answered some with 503, and a
+    # gevent worker finishing many refreshes at once could not acknowledge them.
+    keys = [f"cold-start-{i}" for i in range(300)]
+    results = cold_herd(stack, "herd", keys, 300)
+    assert [status for _, status, _ in results if status != 200] == []
+    assert all(calls_for(stack, key) == 1 for key in keys)
+    worker_log = stack.procs["w1"].output()
+    assert "Couldn't ack" not in worker_log and "Too many connections" not in worker_log
+    redis = stack.redis.client()
+    wait_until(lambda: redis.hlen("unacked") == 0, 10, "every refresh to be acknowledged")
