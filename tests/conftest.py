@@ -40,3 +40,18 @@ def namespaces_file(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "namespaces.toml"
     path.write_text(body)
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
+    """No test may skip itself in `make test`: a skip is a promise nobody checked."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} test(s) skipped: make test allows none", red=True)
+        for report in skipped:
+            terminalreporter.write_line(f"  skipped: {report.nodeid}", red=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
+        session.exitstatus = 1
