@@ -9,6 +9,7 @@ refreshes in flight, each taking the origin latency, hence the limit.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,14 @@ DEFAULT_WORKER_CONCURRENCY = 100
 DEFAULT_ORIGIN_MAX_CONCURRENCY = 50
 DEFAULT_ORIGIN_LATENCY_MS = 100.0
 PREFORK_CONCURRENCY = 2  # the old default: one refresh per forked process
+
+
+def _error_code(body: bytes) -> str:
+    """The `error` field of herdless's JSON error body, to tell timeouts from refusals."""
+    try:
+        return str(json.loads(body).get("error", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def refresh_limit(worker_concurrency: int, origin_max_concurrency: int, origin_latency_ms: float) -> float:
@@ -98,7 +107,7 @@ async def cold_burst(url: str, namespace: str, n: int, timeout: float, key_prefi
         if 200 <= resp.status < 300:
             done_at.append(loop.time() - t0)
         else:
-            errors[str(resp.status)] += 1
+            errors[f"{resp.status} {_error_code(resp.body)}".strip()] += 1
 
     await asyncio.gather(*(one(i, conn) for i, conn in enumerate(conns)))
     for conn in conns:

@@ -292,3 +292,19 @@ def test_a_queued_refresh_retakes_the_lease_a_purge_freed(store: CacheStore, ns:
     again = store.read(ns, "qp", new_token())
     assert not again.won_lease and again.lease_state == "queued"  # still one refresh in the queue
     assert store.claim(ns, "qp", token)
+
+
+def test_a_purge_is_final_even_when_the_refresh_outlives_its_tombstone(store: CacheStore, ns: Namespace) -> None:
+    # Before the fix the tombstone (2 x (origin timeout + lease TTL)) was the only fence: a
+    # refresh whose origin call outlived it found neither tombstone nor stored value and wrote
+    # the purged generation back.
+    assert _write(store, ns, "long", None, b"v1", started=store.now_ms() - 20)
+    run_token = _run_lease(store, ns, "long")
+    started = store.now_ms()
+    assert store.purge(ns, "long")
+    store.redis.delete(EntryKeys.of(ns.name, "long").tombstone)  # the call outlived every timer
+    result = store.fenced_write(
+        ns, "long", run_token, started_ms=started, won_at_ms=started, value=b"purged", content_type="text/plain"
+    )
+    assert result.status == "lost_lease"
+    assert store.read(ns, "long", new_token()).decision is Decision.MISS

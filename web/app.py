@@ -58,8 +58,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery = celery_client(settings, longest)
     init_web_series(namespaces)
     # One connection per concurrent request at most: gevent allows MAX_COLD_WAITERS + 1000.
+    # A Redis that is down refuses the connection (or misses the 0.5 s connect timeout) at once;
+    # the read timeout only catches a hung server. It is generous because under a burst of
+    # thousands of requests a gevent process can take seconds to get back to a waiting
+    # greenlet, and a timer that fires first would turn a reply already in the socket buffer
+    # into a 503 (seen at 1 s and at 2 s with 2 000 cold keys at once).
     client = make_redis(
-        settings, pool_size=settings.max_cold_waiters + 1000, socket_timeout=1.0, socket_connect_timeout=0.5
+        settings,
+        pool_size=settings.max_cold_waiters + 1000,
+        socket_timeout=settings.cold_wait_timeout_seconds,
+        socket_connect_timeout=0.5,
     )
     # The near-cache serves nothing until the hub's subscription is up (it starts suspended).
     near_cache: NearCache[ReadResult] | None = (
