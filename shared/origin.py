@@ -79,16 +79,8 @@ class HttpOrigin:
         url = self.url_for(key)
         if deadline is None:
             deadline = time.monotonic() + self.timeout
-        remaining = max(0.001, deadline - time.monotonic())
         try:
-            resp = _pool.request(
-                "GET",
-                url,
-                preload_content=False,
-                redirect=False,
-                timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),
-                headers={"Accept": "*/*", "User-Agent": "herdless"},
-            )
+            resp = self._send(url, deadline)
         except urllib3.exceptions.NewConnectionError as exc:
             # A subclass of ConnectTimeoutError in urllib3 2, but a refused connection is no timeout.
             raise OriginError(f"origin unreachable: {type(exc).__name__}") from exc
@@ -119,6 +111,25 @@ class HttpOrigin:
                 resp.close()
         content_type = resp.headers.get("Content-Type", "application/octet-stream")
         return _checked(body, content_type)
+
+    def _send(self, url: str, deadline: float) -> Any:
+        """Send the GET; once more if a kept-alive connection turns out to have been closed by the
+        origin before it answered (a GET is safe to repeat, and it had no answer yet)."""
+        for attempt in (1, 2):
+            remaining = max(0.001, deadline - time.monotonic())
+            try:
+                return _pool.request(
+                    "GET",
+                    url,
+                    preload_content=False,
+                    redirect=False,
+                    timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),
+                    headers={"Accept": "*/*", "User-Agent": "herdless"},
+                )
+            except urllib3.exceptions.ProtocolError:
+                if attempt == 2 or deadline - time.monotonic() <= 0:
+                    raise
+        raise AssertionError("unreachable")
 
     def _read_body(self, resp: Any, deadline: float) -> bytes:
         sock = getattr(getattr(resp, "connection", None), "sock", None)
