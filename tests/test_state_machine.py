@@ -24,7 +24,7 @@ from shared.store import CacheStore, make_redis, new_token
 from shared.xfetch import Decision
 from tests.stack import RedisServer
 
-EXAMPLES = int(os.environ.get("HERDLESS_STATE_MACHINE_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("HERDLESS_STATE_MACHINE_EXAMPLES", "300"))
 STEPS = int(os.environ.get("HERDLESS_STATE_MACHINE_STEPS", "40"))
 KEYS = ("a", "b")
 
@@ -39,13 +39,16 @@ class Task:
 
 @dataclass
 class Run:
-    """A refresh run: claimed, origin call started at `started` (Redis ms)."""
+    """A refresh run: claimed, origin call started at `started` (Redis ms), and how many hard
+    and soft purges of its key had happened when it was claimed."""
 
     key: str
     token: str
     run_token: str
     started: int
     value: bytes
+    hard_epoch: int
+    soft_epoch: int
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,11 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             self.hard_purged_at: dict[str, int] = dict.fromkeys(KEYS, 0)
             self.soft_purged_at: dict[str, int] = dict.fromkeys(KEYS, 0)
             self.started_of: dict[bytes, int] = {}
+            # Purges counted per key; a value remembers the counts its run was claimed under.
+            # (Milliseconds cannot order a purge and a claim made in the same millisecond.)
+            self.hard_epoch: dict[str, int] = dict.fromkeys(KEYS, 0)
+            self.soft_epoch: dict[str, int] = dict.fromkeys(KEYS, 0)
+            self.epochs_of: dict[bytes, tuple[int, int]] = {}
             self.live_runs: dict[str, set[str]] = {key: set() for key in KEYS}
 
         # -- the web side ---------------------------------------------------------------
@@ -82,11 +90,11 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             token = new_token()
             r = store.read(ns, key, token)
             if r.value is not None and r.decision is not Decision.MISS:
-                started = self.started_of[r.value]
+                hard, soft = self.epochs_of[r.value]
                 # Nothing from before a hard purge is ever served after it.
-                assert started > self.hard_purged_at[key], (key, started, self.hard_purged_at[key])
+                assert hard == self.hard_epoch[key], (key, r.value)
                 # A value from before a soft purge is never served as fresh.
-                if started <= self.soft_purged_at[key]:
+                if soft < self.soft_epoch[key]:
                     assert r.decision is Decision.STALE, (key, r.decision)
             if r.won_lease:
                 self.tasks.append(Task(key, token))
@@ -97,6 +105,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             # The purge's own moment on the Redis clock, as the write script will compare it.
             tombstone = EntryKeys.of(ns.name, key).tombstone
             self.hard_purged_at[key] = int(store.redis.get(tombstone))
+            self.hard_epoch[key] += 1
             self.stored_at[key] = None
             if outlived:
                 # A refresh may run longer than any timer: no purge may depend on its tombstone.
@@ -106,6 +115,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
         def soft_purge(self, key: str) -> None:
             if store.soft_purge(ns, key):
                 self.soft_purged_at[key] = int(store.redis.hget(EntryKeys.of(ns.name, key).entry, "sp"))
+                self.soft_epoch[key] += 1
 
         # -- the queue ------------------------------------------------------------------
         @precondition(lambda self: self.tasks)
@@ -129,7 +139,17 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             self.live_runs[task.key].add(run_token)
             self.counter += 1
             value = f"{task.key}-{self.counter}".encode()
-            self.runs.append(Run(task.key, task.token, run_token, store.now_ms(), value))
+            self.runs.append(
+                Run(
+                    task.key,
+                    task.token,
+                    run_token,
+                    store.now_ms(),
+                    value,
+                    self.hard_epoch[task.key],
+                    self.soft_epoch[task.key],
+                )
+            )
 
         # -- a running refresh ------------------------------------------------------------
         @precondition(lambda self: self.runs)
@@ -158,10 +178,11 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             if result.written:
                 # Never a value older than the stored one, nor one from before a purge.
                 assert before is None or run.started > before
-                assert run.started > self.hard_purged_at[run.key], "a purged generation was written back"
-                assert run.started > self.soft_purged_at[run.key], "a soft purge did not fence a refresh"
+                assert run.hard_epoch == self.hard_epoch[run.key], "a purged generation was written back"
+                assert run.soft_epoch == self.soft_epoch[run.key], "a soft purge did not fence a refresh"
                 self.stored_at[run.key] = run.started
                 self.started_of[run.value] = run.started
+                self.epochs_of[run.value] = (run.hard_epoch, run.soft_epoch)
 
         @precondition(lambda self: self.runs)
         @rule(i=st.integers(0, 7))
