@@ -24,6 +24,20 @@ from shared.xfetch import Decision, draw_u
 COOLDOWN_BASE_MS = 1000
 
 
+def _driver_info() -> dict[str, Any]:
+    """redis-py builds its CLIENT SETINFO data per new connection, reading the installed
+    package's metadata from disk each time (about a millisecond): a burst that grows a pool by
+    hundreds of connections spent most of its time there. One object, built once, is shared."""
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before 7 has no driver_info (and reads no metadata per connection)
+        return {}
+    return {"driver_info": DriverInfo(lib_version=redis.__version__)}
+
+
+_DRIVER_INFO = _driver_info()
+
+
 def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | None = None, **kwargs: Any) -> Any:
     """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
 
@@ -37,6 +51,7 @@ def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | N
     }
     # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
     opts.setdefault("retry", Retry(NoBackoff(), 0))
+    opts.update(_DRIVER_INFO)
     opts.update(kwargs)
     if pool_size:
         opts["max_connections"] = pool_size
