@@ -38,11 +38,21 @@ def _driver_info() -> dict[str, Any]:
 _DRIVER_INFO = _driver_info()
 
 
-def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | None = None, **kwargs: Any) -> Any:
+def make_redis(
+    settings: Settings,
+    *,
+    url: str | None = None,
+    pool_size: int | None = None,
+    pool_wait_seconds: float | None = None,
+    **kwargs: Any,
+) -> Any:
     """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
 
-    pool_size caps the connections a process may open (the web tier runs up to that many
-    greenlets at once, each with at most one command in flight)."""
+    pool_size caps the connections a process may open. With pool_wait_seconds, a caller that
+    finds all of them busy waits up to that long for one (a blocking pool) instead of failing:
+    a burst of a thousand requests in one gevent process then shares a few dozen connections,
+    each command taking well under a millisecond, rather than opening a thousand at once, which
+    made Redis's accept queue overflow and connects time out."""
     url = url or settings.redis_url
     opts: dict[str, Any] = {
         "socket_timeout": kwargs.pop("socket_timeout", 2.0),
@@ -58,6 +68,9 @@ def make_redis(settings: Settings, *, url: str | None = None, pool_size: int | N
     if settings.redis_cluster:
         opts.pop("health_check_interval", None)
         return RedisCluster.from_url(url, **opts)
+    if pool_size and pool_wait_seconds is not None:
+        pool = redis.BlockingConnectionPool.from_url(url, timeout=pool_wait_seconds, **opts)
+        return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **opts)
 
 

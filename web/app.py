@@ -25,6 +25,9 @@ from web.routes import bp as routes_bp
 from web.state import EXTENSION, WebState
 from web.status import bp as status_bp
 
+# Redis connections one web process keeps for cache reads (see create_app).
+WEB_REDIS_CONNECTIONS = 64
+
 
 def celery_client(settings: Settings, longest_origin_timeout: float | None) -> Celery:
     """A Celery app for sending refresh tasks (by name: the web tier never imports the worker)."""
@@ -57,15 +60,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     longest = max((ns.origin_timeout_seconds for ns in namespaces.values()), default=None)
     celery = celery_client(settings, longest)
     init_web_series(namespaces)
-    # One connection per concurrent request at most: gevent allows MAX_COLD_WAITERS + 1000.
-    # A Redis that is down refuses the connection (or misses the 0.5 s connect timeout) at once;
-    # the read timeout only catches a hung server. It is generous because under a burst of
-    # thousands of requests a gevent process can take seconds to get back to a waiting
-    # greenlet, and a timer that fires first would turn a reply already in the socket buffer
-    # into a 503 (seen at 1 s and at 2 s with 2 000 cold keys at once).
+    # Requests share a bounded, blocking pool: a command takes well under a millisecond, so a
+    # few dozen connections serve thousands of concurrent requests, and a burst never opens a
+    # connection per request (which overflowed Redis's accept queue: connect timeouts, 503).
+    # A Redis that is down refuses connections at once; the read timeout only catches a hung
+    # server, and is generous because under a burst a gevent process can take a while to get
+    # back to a greenlet whose reply is already in its socket.
     client = make_redis(
         settings,
-        pool_size=settings.max_cold_waiters + 1000,
+        pool_size=WEB_REDIS_CONNECTIONS,
+        pool_wait_seconds=settings.cold_wait_timeout_seconds,
         socket_timeout=settings.cold_wait_timeout_seconds,
         socket_connect_timeout=0.5,
     )
