@@ -18,10 +18,17 @@ Reads (web tier, one Redis round trip, ``READ``)
     to the injected queue (``send_refresh``) and, while that task waits in the queue, the queued
     marker stops every other read from enqueueing another, even after the lease runs out with
     no worker consuming. EARLY and STALE reads are answered at once with the stored value. A
-    MISS waits (``ColdMissWaiter``, bounded by ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to
-    be published, re-reading once per wake-up; if it finds the lease free (its refresher died)
-    it takes it over; if the key is cooling down it answers 502 at once. If the queue refuses
+    MISS waits (``ColdWaitHub``, bounded by ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to
+    be published (one re-read per wake-up, shared by the key's waiters in the process); if it
+    finds the lease free (its refresher died) it takes it over; if the key is cooling down it
+    answers 502 at once. If the queue refuses
     the task the lease and marker are given back, so the next read retries.
+
+Near-cache (web tier)
+    A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
+    with the value), so the process keeps it in its ``NearCache`` and answers later reads
+    from memory until then — never past it, never while its subscription is down, and never
+    after a ready or invalidation message for the key has arrived.
 
 Refreshes (worker, ``run_refresh``)
     ``CLAIM`` turns the won lease into the run's own: the lease value becomes a run token that
@@ -39,8 +46,11 @@ Refreshes (worker, ``run_refresh``)
       capped by the breaker's reset timeout, at least until the breaker may half-open) and the
       stale value's stored life is stretched by ``STALE_IF_ERROR_SECONDS``.
 
-    Either way "ready"/"error" is published for cold-miss waiters; the message also invalidates
-    the key in every web process's near-cache.
+    Either way "ready"/"error" is published for cold-miss waiters (the write script publishes
+    "ready" itself); the message also invalidates the key in every web process's near-cache.
+    A worker told to stop while runs are in flight marks their keys queued again
+    (``requeued``): their messages return to the queue, and a run that still finishes clears
+    the mark with its write or failure.
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge

@@ -118,6 +118,7 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
         stack.stop_worker("w1")  # graceful: nothing in flight
         calls_while_absent = stack.origin_stats()["calls"]
         live_per_key: Counter[str] = Counter()
+        ever_queued: set[str] = set()
         most_queued = 0
 
         with TrafficLoop([stack.url("swr", k) for k in keys], timeout=5, pause=0.02) as traffic:
@@ -129,6 +130,7 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
                 queued = queued_refreshes(redis)
                 now = datetime.now().astimezone()
                 live = Counter(k for k, expires in queued if expires is None or expires > now)
+                ever_queued.update(k for k, _ in queued)
                 for k, n in live.items():
                     live_per_key[k] = max(live_per_key[k], n)
                 most_queued = max(most_queued, len(queued))
@@ -141,7 +143,10 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
             assert all(json.loads(s.body) in originals.values() for s in stale)
             assert all(s.headers["X-Cache"] == "STALE" for s in stale[len(keys) :])
 
-            assert set(live_per_key) == set(keys) and max(live_per_key.values()) == 1, live_per_key
+            # Every key got its one refresh queued; none ever had two alive at once (a message
+            # may expire between two samples, so not every key is necessarily seen alive).
+            assert ever_queued == set(keys), ever_queued
+            assert live_per_key and max(live_per_key.values()) == 1, live_per_key
             # Leases ran out several times while nobody worked, yet the queue never held more than
             # one refresh per key; by now each of them has outlived its lease (`expires`).
             queued = queued_refreshes(redis)
