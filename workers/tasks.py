@@ -31,10 +31,12 @@ def worker_engine() -> Engine:
         settings = get_settings()
         namespaces = load_namespaces(settings)
         metrics.init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
-        # Every concurrent refresh holds at most one connection at a time, its renewer another.
+        # Every concurrent refresh holds at most one connection at a time, its renewer another;
+        # past that a caller waits for one rather than failing mid-refresh.
         client = make_redis(
             settings,
             pool_size=2 * settings.worker_concurrency + 16,
+            pool_wait_seconds=max(2.0, settings.lease_ttl_seconds / 3),
             socket_timeout=max(2.0, settings.lease_ttl_seconds / 3),
         )
         size_http_pool(settings.worker_concurrency)
