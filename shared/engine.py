@@ -246,9 +246,7 @@ class Engine:
             raise BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
 
-    def _wait_for_refresh(
-        self, ns: Namespace, key: str, first: ReadResult, token: str, read_started: float
-    ) -> Answer:
+    def _wait_for_refresh(self, ns: Namespace, key: str, first: ReadResult, token: str, read_started: float) -> Answer:
         if self._waiter is None:
             if first.won_lease:
                 self.store.abandon(ns, key, token)
@@ -493,9 +491,7 @@ class LeaseRenewer:
     refresh runs. A thread, or a greenlet under gevent's monkey patching. `lost` is set when the
     lease is no longer this run's (a purge, or a pause past the lease)."""
 
-    def __init__(
-        self, store: CacheStore, ns: Namespace, key: str, run_token: str, slots: OriginSlots | None
-    ) -> None:
+    def __init__(self, store: CacheStore, ns: Namespace, key: str, run_token: str, slots: OriginSlots | None) -> None:
         self._store, self._ns, self._key, self._token, self._slots = store, ns, key, run_token, slots
         self._stop = threading.Event()
         self.lost = threading.Event()
@@ -535,4 +531,3 @@ def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None
     if r.etag:
         headers["ETag"] = r.etag
     return headers
-

@@ -27,7 +27,5 @@ def test_every_process_of_the_image_imports_without_the_load_tester_packages() -
         "import web.app, workers.tasks, workers.metrics_server, loadtest.origin, shared.engine\n"
         "print('ok')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

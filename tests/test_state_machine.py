@@ -213,4 +213,3 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
     KeyLife.TestCase().runTest()
-

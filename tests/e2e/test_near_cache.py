@@ -149,9 +149,7 @@ def test_a_soft_purge_reaches_every_web_process_within_the_bound(stack: Stack) -
     _both_processes_hold(stack, key)
     with Readers(stack, key) as readers:
         wait_until(lambda: len(readers.seen) > 50, 10, "reads before the soft purge")
-        r = requests.delete(
-            stack.url("nc", key) + "?soft=1", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5
-        )
+        r = requests.delete(stack.url("nc", key) + "?soft=1", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
         assert r.status_code == 204
         purged = time.monotonic()
         wait_until(lambda: any(s.started > purged + 1 for s in readers.seen), 10, "reads after the soft purge")
@@ -166,9 +164,7 @@ def test_a_new_value_is_served_by_every_web_process_within_the_bound(stack: Stac
     _both_processes_hold(stack, key)
     with Readers(stack, key) as readers:
         wait_until(lambda: len(readers.seen) > 50, 10, "reads before the refresh")
-        r = requests.post(
-            stack.url("nc", key) + "/refresh", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5
-        )
+        r = requests.post(stack.url("nc", key) + "/refresh", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
         assert r.status_code == 202 and r.json()["enqueued"] is True
         first_new = wait_until(
             lambda: min((s.started for s in readers.seen if s.count == 2), default=None), 10, "the new value"
