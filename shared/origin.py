@@ -114,9 +114,9 @@ class HttpOrigin:
         return _checked(body, content_type)
 
     def _send(self, url: str, deadline: float) -> Any:
-        """Send the GET; once more if a kept-alive connection turns out to have been closed by the
-        origin before it answered (a GET is safe to repeat, and it had no answer yet), or if the
-        connection was refused."""
+        """Send the GET; once more if the connection was refused (the origin never saw the request).
+        Nothing else is retried here: a request that may have reached the origin is never sent
+        twice, so the origin sees one call per refresh; the key's cooldown paces the next try."""
         for attempt in (1, 2):
             remaining = max(0.001, deadline - time.monotonic())
             try:
@@ -128,9 +128,6 @@ class HttpOrigin:
                     timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),
                     headers={"Accept": "*/*", "User-Agent": "herdless"},
                 )
-            except urllib3.exceptions.ProtocolError:
-                if attempt == 2 or deadline - time.monotonic() <= 0:
-                    raise
             except urllib3.exceptions.NewConnectionError as exc:
                 # A listener whose accept queue overflowed in a burst refuses the odd connection
                 # (seen on loopback with 50 refreshes starting at once): try once more shortly;
