@@ -6,7 +6,9 @@ import logging
 import os
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import signals
+from celery.worker.request import Request
 
 from shared import metrics
 from shared.engine import Engine
@@ -50,7 +52,31 @@ def worker_engine() -> Engine:
     return _engine
 
 
-@app.task(name=REFRESH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+class RefreshTaskRequest(Request):  # type: ignore[misc]
+    """Celery's request of a refresh task, as the worker's main process sees it."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        # A prefork child died mid-refresh (killed, or stopped with its process group): Celery
+        # is about to put the message back in the queue (reject_on_worker_lost), but the refresh
+        # cleared its queued marker when it started. Mark the key queued again first, so no read
+        # enqueues a second refresh while this one waits to run again.
+        if isinstance(getattr(exc_info, "exception", None), WorkerLostError):
+            req = _refresh_request(self.kwargs or {})
+            if req is not None:
+                try:
+                    worker_engine().requeued(req)
+                except Exception:  # noqa: BLE001 - Redis down: nothing more to do
+                    log.warning("could not mark a lost refresh as queued")
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+class RefreshTask(app.Task):  # type: ignore[misc,name-defined]
+    Request = RefreshTaskRequest
+
+
+@app.task(
+    name=REFRESH_TASK, base=RefreshTask, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
 def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -> str:
     """Recompute one key. Enqueued only by the request that won its lease."""
     return worker_engine().run_refresh(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
