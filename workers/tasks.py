@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
@@ -24,10 +25,20 @@ log = logging.getLogger("herdless.worker")
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
+_engine_lock = threading.Lock()
 
 
 def worker_engine() -> Engine:
-    """One engine per worker process, built after fork (a Redis client must not cross a fork)."""
+    """One engine per worker process, built after fork (a Redis client must not cross a fork);
+    the threads pool's first tasks may ask at once, hence the lock."""
+    global _engine, _engine_pid
+    if _engine is not None and _engine_pid == os.getpid():
+        return _engine
+    with _engine_lock:
+        return _build_engine()
+
+
+def _build_engine() -> Engine:
     global _engine, _engine_pid
     if _engine is None or _engine_pid != os.getpid():
         settings = get_settings()
