@@ -83,6 +83,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             self.soft_epoch: dict[str, int] = dict.fromkeys(KEYS, 0)
             self.epochs_of: dict[bytes, tuple[int, int]] = {}
             self.live_runs: dict[str, set[str]] = {key: set() for key in KEYS}
+            self.last_started = 0
 
         # -- the web side ---------------------------------------------------------------
         @rule(key=st.sampled_from(KEYS))
@@ -139,12 +140,20 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             self.live_runs[task.key].add(run_token)
             self.counter += 1
             value = f"{task.key}-{self.counter}".encode()
+            # The origin call starts after the claim, and so after every purge and every earlier
+            # call: wait out the millisecond they may share, so that no outcome depends on how
+            # fast this machine runs the steps (Hypothesis replays examples and needs them equal).
+            floor = max(self.last_started, self.hard_purged_at[task.key], self.soft_purged_at[task.key])
+            started = store.now_ms()
+            while started <= floor:
+                started = store.now_ms()
+            self.last_started = started
             self.runs.append(
                 Run(
                     task.key,
                     task.token,
                     run_token,
-                    store.now_ms(),
+                    started,
                     value,
                     self.hard_epoch[task.key],
                     self.soft_epoch[task.key],
