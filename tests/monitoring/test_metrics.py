@@ -130,13 +130,21 @@ def test_a_cold_herd_is_one_origin_call_and_the_rest_is_accounted_as_suppressed(
 def test_each_slot_wait_is_observed_once(stack: Stack) -> None:
     before = worker_metrics(stack)
     assert stack.get("demo", "slot-wait-once").headers["X-Cache"] == "MISS"
-    after = worker_metrics(stack)
-    calls = metric(after, "herdless_origin_calls_total") - metric(before, "herdless_origin_calls_total")
-    waits = metric(after, "herdless_origin_slot_wait_seconds_count") - metric(
-        before, "herdless_origin_slot_wait_seconds_count"
+
+    def deltas() -> tuple[float, float]:
+        after = worker_metrics(stack)
+        calls = metric(after, "herdless_origin_calls_total") - metric(before, "herdless_origin_calls_total")
+        waits = metric(after, "herdless_origin_slot_wait_seconds_count") - metric(
+            before, "herdless_origin_slot_wait_seconds_count"
+        )
+        return calls, waits
+
+    # Other keys of this module may refresh meanwhile (1 s TTL); every origin call, ours
+    # included, waits for its slot exactly once, so the two counts move together.
+    calls, waits = wait_until(
+        lambda: (d := deltas())[0] >= 1 and d[0] == d[1] and d, 10, "slot waits to match origin calls"
     )
-    assert calls == 1
-    assert waits == calls
+    assert waits == calls >= 1
 
 
 def test_queue_depth_rises_while_workers_are_away_but_never_past_one_per_key(stack: Stack) -> None:
