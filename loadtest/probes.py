@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.metrics import histogram_quantile as shared_histogram_quantile
+
 QUEUE_DEPTH = "herdless_queue_depth"  # gauge, label `queue`: refresh tasks waiting in the broker
 REFRESH_LAG = "herdless_refresh_lag_seconds"  # histogram: lease won -> value written (queue wait included)
 
@@ -122,27 +124,7 @@ def bucket_delta(after: Buckets, before: Buckets) -> list[tuple[float, float]]:
     return [(le, count - earlier.get(le, 0.0)) for le, count in after]
 
 
-def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
-    """Prometheus' histogram_quantile on cumulative (le, count) buckets: linear inside the bucket.
-
-    None when nothing was observed; the largest finite bound when the quantile falls in +Inf.
-    """
-    if not buckets:
-        return None
-    total = buckets[-1][1]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if math.isinf(le):
-                return lower_bound
-            if count == lower_count:
-                return le
-            return lower_bound + (le - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = le, count
-    return lower_bound
+histogram_quantile = shared_histogram_quantile
 
 
 def quantile_bucket(q: float, buckets: Buckets) -> tuple[float, float] | None:

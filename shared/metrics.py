@@ -8,7 +8,8 @@ Redis/the broker per scrape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -173,3 +174,25 @@ class ScrapeTimeCollector(Collector):
         except Exception:  # noqa: BLE001
             pass
         yield in_flight
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile on cumulative (upper bound, count) buckets, sorted by bound:
+    linear inside the bucket holding the rank, the lowest bucket starting at 0, and the highest
+    finite bound when the rank falls in +Inf. None when nothing was observed."""
+    if not buckets:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return lower_bound
+            if count == lower_count:
+                return le
+            return lower_bound + (le - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = le, count
+    return lower_bound

@@ -14,6 +14,7 @@ import urllib3
 from flask import Blueprint, Response
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.metrics import histogram_quantile as shared_histogram_quantile
 from web.http import json_response
 from web.state import web_state
 
@@ -52,23 +53,11 @@ def _total(samples: list[Any], name: str) -> float:
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
     """The q-quantile of a histogram from its cumulative (upper bound, count) buckets, as
-    Prometheus's histogram_quantile estimates it: linear within the bucket holding the rank, the
-    lowest bucket starting at 0, and the highest finite bound when the rank falls in +Inf.
-    None when nothing was observed."""
+    Prometheus's histogram_quantile estimates it (shared.metrics); None without a +Inf bucket."""
     ordered = sorted(buckets)
-    if not ordered or not math.isinf(ordered[-1][0]) or ordered[-1][1] <= 0:
+    if not ordered or not math.isinf(ordered[-1][0]):
         return None
-    rank = q * ordered[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in ordered:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
-            if count == lower_count:
-                return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = bound, count
-    return lower_bound
+    return shared_histogram_quantile(q, ordered)
 
 
 def _buckets(samples: list[Any], name: str, **labels: str) -> dict[float, float]:
