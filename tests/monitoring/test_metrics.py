@@ -46,12 +46,15 @@ FLOWER_AUTH = ("herdless", "flower-test-secret")
 # The shipped demo namespaces (1 s TTL in this module, so background refreshes keep
 # running) plus "herd": a herd of 300 requests on a loaded machine may last longer than
 # XFetch's early window of a 1 s value, so the one-call herd reads a 60 s value.
-NAMESPACES = (Path(__file__).resolve().parents[2] / "namespaces.toml").read_text() + """
+NAMESPACES = (
+    (Path(__file__).resolve().parents[2] / "namespaces.toml").read_text()
+    + """
 [namespaces.herd]
 strategy = "xfetch"
 cache_ttl_seconds = 60
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 """
+)
 
 
 @pytest.fixture(scope="module")
