@@ -85,9 +85,7 @@ class RefreshTask(app.Task):  # type: ignore[misc,name-defined]
     Request = RefreshTaskRequest
 
 
-@app.task(
-    name=REFRESH_TASK, base=RefreshTask, acks_late=True, reject_on_worker_lost=True, ignore_result=True
-)
+@app.task(name=REFRESH_TASK, base=RefreshTask, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -> str:
     """Recompute one key. Enqueued only by the request that won its lease."""
     return worker_engine().run_refresh(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
