@@ -13,7 +13,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from shared import scripts
-from shared.coldwait import READY_CHANNEL, publish_invalidation, publish_ready
+from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.settings import Settings
@@ -175,7 +175,7 @@ class CacheStore:
         self._record_failure = client.register_script(scripts.RECORD_FAILURE)
         self._take_lease = client.register_script(scripts.TAKE_LEASE)
         self._claim = client.register_script(scripts.CLAIM)
-        self._abandon = client.register_script(scripts.ABANDON)
+        self._finish = client.register_script(scripts.FINISH)
         self._renew = client.register_script(scripts.RENEW_LEASE)
         self._end_run = client.register_script(scripts.END_RUN)
         self._mark_queued = client.register_script(scripts.MARK_QUEUED)
@@ -189,8 +189,8 @@ class CacheStore:
     @property
     def queued_marker_ttl_ms(self) -> int:
         # How long a queued refresh blocks new ones for its key. Long enough to cover workers
-        # being away for a while; finite so that a message lost by the broker cannot block the
-        # key forever.
+        # being away for a while; finite so that a message lost by the broker (or a worker that
+        # died between its ack and FINISH) cannot block the key forever.
         return max(60_000, 6 * self.lease_ttl_ms)
 
     def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
@@ -218,28 +218,38 @@ class CacheStore:
         )
 
     def claim(self, ns: Namespace, key: str, token: str) -> str | None:
-        """A worker starts the refresh enqueued with `token`: clear its queued marker and make the
-        lease this run's own. Returns the run token (the lease value from now on), or None when
-        the lease is someone else's."""
+        """A worker starts the refresh enqueued with `token`: make the lease this run's own and
+        its queued marker a running one (cleared by `finish` once the message is acknowledged).
+        Returns the run token (the lease value from now on), or None when the lease is someone
+        else's."""
         k = EntryKeys.of(ns.name, key)
         run_token = f"{token}.{new_token()}"
-        ok = int(self._claim(keys=[k.lease, k.queued], args=[token, run_token, self.lease_ttl_ms])) == 1
+        ok = (
+            int(
+                self._claim(
+                    keys=[k.lease, k.queued], args=[token, run_token, self.lease_ttl_ms, self.queued_marker_ttl_ms]
+                )
+            )
+            == 1
+        )
         return run_token if ok else None
 
-    def abandon(self, ns: Namespace, key: str, token: str) -> None:
-        """This refresh will not run: let the next read enqueue another."""
+    def finish(self, ns: Namespace, key: str, token: str) -> None:
+        """The message of the refresh enqueued with `token` is gone for good (never sent, expired
+        in the queue, or acknowledged after its run): let the next read enqueue another."""
         k = EntryKeys.of(ns.name, key)
-        self._abandon(keys=[k.lease, k.queued], args=[token])
+        self._finish(keys=[k.lease, k.queued], args=[token])
 
     def end_run(self, ns: Namespace, key: str, run_token: str) -> None:
-        """A run stopped early: free its lease and clear its queued marker."""
+        """A run stopped early: free its lease (its marker goes with its message, `finish`)."""
         k = EntryKeys.of(ns.name, key)
-        self._end_run(keys=[k.lease, k.queued], args=[run_token])
+        self._end_run(keys=[k.lease], args=[run_token])
 
-    def mark_queued(self, ns: Namespace, key: str, token: str) -> None:
-        """The refresh enqueued with `token` is going back to the queue (its worker stops)."""
+    def mark_queued(self, ns: Namespace, key: str, token: str) -> bool:
+        """The message of the refresh enqueued with `token` goes back to the queue (its worker
+        stops while it runs): its marker blocks other enqueues again, unless a read took over."""
         k = EntryKeys.of(ns.name, key)
-        self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])
+        return int(self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])) == 1
 
     def lease_holder(self, ns: Namespace, key: str) -> str | None:
         raw = self.redis.get(EntryKeys.of(ns.name, key).lease)
@@ -345,9 +355,10 @@ class CacheStore:
         their near-caches that it may have changed)."""
         publish_ready(self.redis, ns.name, key, status)
 
-    def publish_invalidation(self, ns: Namespace, key: str) -> None:
-        """Tell every web process to drop this key from its near-cache (after a purge)."""
-        publish_invalidation(self.redis, ns.name, key)
+    def publish_invalidation(self, ns: Namespace, key: str) -> tuple[int, int]:
+        """Tell every web process to drop this key from its near-cache (after a purge) and wait
+        until they all did (PURGE_ACK_SECONDS at most). Returns (told, confirmed)."""
+        return publish_invalidation(self.redis, ns.name, key, ack_timeout=PURGE_ACK_SECONDS)
 
 
 # CLIENT LIST shows each web process's subscription under this name.
