@@ -9,7 +9,11 @@ Two channels, one connection:
   hard and soft purge; drops the key from the near-cache. It wakes no waiter. A purge waits
   (``PURGE_ACK_SECONDS`` at most) until every subscribed process has dropped the key and
   pushed its acknowledgement to the list the message names, so once a purge has answered no
-  web process serves the purged value from memory.
+  web process serves the purged value from memory. "Every subscribed process" is counted in
+  ``hl:subscribers`` (a sorted set in the deployment's own database: PUBLISH's receiver count
+  would include other databases' subscribers, and on Redis Cluster only one node's): each hub
+  keeps its entry alive there while it is subscribed, and removes it when it loses the
+  subscription (its near-cache is suspended then anyway).
 
 Waiting. Waiters of one key share one ``_KeyWait``: a generation number, the last published
 status and an Event that is replaced by a fresh one at each publish, so a publish for key K
@@ -60,23 +64,38 @@ MAX_BACKOFF_SECONDS = 2.0
 READY_MEMORY = 100_000  # keys whose last ready message time is remembered
 PURGE_ACK_SECONDS = 1.0  # the longest a purge waits for every web process to drop the key
 ACK_PREFIX = "hl:inval-ack:"
+SUBSCRIBERS_KEY = "hl:subscribers"
+
+# KEYS[1] subscribers; ARGV[1] member, ARGV[2] ttl ms. On the Redis clock, like every decision.
+_REGISTER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return 1
+"""
+# KEYS[1] subscribers. Returns how many hubs are subscribed now.
+_COUNT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"""
 
 T = TypeVar("T")
 
 
 def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float = 0.0) -> tuple[int, int]:
     """Tell every web process to drop (ns, key) from its near-cache. With `ack_timeout`, wait
-    until every process that received the message has dropped the key (at most that long).
-    Returns (processes that received it, processes that confirmed it).
-
-    Pub/sub is server-wide: deployments sharing one Redis server in different databases
-    receive each other's invalidations but confirm in their own database, so their purges
-    wait the whole `ack_timeout` (and still answer)."""
+    until every subscribed hub of this deployment has dropped the key (at most that long).
+    Returns (hubs subscribed, hubs that confirmed)."""
     message: dict[str, str] = {"ns": ns, "key": key}
     if ack_timeout <= 0:
-        return int(client.publish(INVALIDATION_CHANNEL, json.dumps(message))), 0
+        client.publish(INVALIDATION_CHANNEL, json.dumps(message))
+        return 0, 0
     ack = message["ack"] = ACK_PREFIX + os.urandom(12).hex()
-    receivers = int(client.publish(INVALIDATION_CHANNEL, json.dumps(message)))
+    receivers = int(client.eval(_COUNT, 1, SUBSCRIBERS_KEY))
+    client.publish(INVALIDATION_CHANNEL, json.dumps(message))
     confirmed = 0
     deadline = time.monotonic() + ack_timeout
     try:
@@ -211,6 +230,7 @@ class ColdWaitHub:
         self._max_waiters = max_waiters
         self.nearcache = nearcache
         self._ack_client = ack_client  # confirms purges' invalidations (None: never confirms)
+        self._member = os.urandom(8).hex()  # this hub in SUBSCRIBERS_KEY
         self.connected_slice = connected_slice
         self.disconnected_slice = disconnected_slice
         self.heartbeat_seconds = heartbeat_seconds
@@ -251,6 +271,7 @@ class ColdWaitHub:
                 pass
         if self._thread is not None:
             self._thread.join(timeout)
+        self._unregister()
 
     def _listen(self) -> None:
         backoff = 0.1
@@ -284,17 +305,21 @@ class ColdWaitHub:
                 pending.discard(_text(message.get("channel")))
             else:
                 self._handle(message)
-        # Only now can no invalidation be missed: serve from memory again.
+        # Only now can no invalidation be missed: serve from memory again, and count in purges.
+        self._register()
         self.subscriptions += 1
         self.connected.set()
         if self.nearcache is not None:
             self.nearcache.resume()
 
     def _pump(self, pubsub: Any) -> None:
-        heard = pinged = time.monotonic()
+        heard = pinged = registered = time.monotonic()
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=self.heartbeat_seconds / 2)
             now = time.monotonic()
+            if now - registered >= self.heartbeat_seconds:
+                self._register()
+                registered = now
             if message is not None:
                 heard = now
                 self._handle(message)
@@ -310,6 +335,7 @@ class ColdWaitHub:
         if self.nearcache is not None:
             self.nearcache.suspend()
         self.connected.clear()
+        self._unregister()
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:
@@ -334,6 +360,25 @@ class ColdWaitHub:
             self._confirm(ack)
         if channel == READY_CHANNEL:
             self._wake(target, str(event.get("status", "ready")))
+
+    def _register(self) -> None:
+        # Purges wait for the confirmation of every registered hub; an entry outlives a missed
+        # renewal by the liveness bound, after which the hub counts as lost anyway.
+        if self._ack_client is None:
+            return
+        ttl_ms = int((self.heartbeat_seconds + self.liveness_seconds) * 1000)
+        try:
+            self._ack_client.eval(_REGISTER, 1, SUBSCRIBERS_KEY, self._member, ttl_ms)
+        except Exception as exc:  # noqa: BLE001 - purges then wait their bound for us; no harm
+            log.warning("could not register the subscription for purges (%s)", type(exc).__name__)
+
+    def _unregister(self) -> None:
+        if self._ack_client is None:
+            return
+        try:
+            self._ack_client.zrem(SUBSCRIBERS_KEY, self._member)
+        except Exception:  # noqa: BLE001 - the entry expires on its own
+            pass
 
     def _confirm(self, ack: str) -> None:
         if self._ack_client is None:

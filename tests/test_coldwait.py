@@ -13,7 +13,7 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from shared.coldwait import ColdWaitHub, TooManyWaiters, publish_invalidation, publish_ready
+from shared.coldwait import SUBSCRIBERS_KEY, ColdWaitHub, TooManyWaiters, publish_invalidation, publish_ready
 from shared.nearcache import NearCache
 from tests.stack import RedisServer, wait_until
 
@@ -274,17 +274,31 @@ def test_a_purge_returns_only_after_every_subscribed_process_dropped_the_key(
     assert not client.keys("hl:inval-ack:*")
 
 
-def test_a_purge_waits_at_most_its_bound_for_a_process_that_does_not_confirm(
+def test_a_purge_waits_at_most_its_bound_for_a_registered_process_that_does_not_confirm(
     make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
 ) -> None:
     nc: NearCache[Entry] = NearCache(1 << 20)
     make_hub(nearcache=nc, ack_client=client)
-    make_hub()  # subscribed, never confirms (as a process of another database would)
-    started = time.monotonic()
-    told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=0.3)
-    assert (told, confirmed) == (2, 1)
-    assert 0.3 <= time.monotonic() - started < 3
-    assert not client.keys("hl:inval-ack:*")
+    # A process that registered and then hung (its entry has not expired yet).
+    client.zadd(SUBSCRIBERS_KEY, {"hung-process": client.time()[0] * 1000 + 60_000})
+    try:
+        started = time.monotonic()
+        told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=0.3)
+        assert (told, confirmed) == (2, 1)
+        assert 0.3 <= time.monotonic() - started < 3
+        assert not client.keys("hl:inval-ack:*")
+    finally:
+        client.zrem(SUBSCRIBERS_KEY, "hung-process")
+
+
+def test_a_hub_counts_in_purges_only_while_subscribed(
+    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+) -> None:
+    hub = make_hub(nearcache=NearCache(1 << 20), ack_client=client)
+    assert client.zcard(SUBSCRIBERS_KEY) == 1
+    hub.stop()
+    assert client.zcard(SUBSCRIBERS_KEY) == 0
+    assert publish_invalidation(client, ns, "k", ack_timeout=0.3) == (0, 0)
 
 
 def test_a_put_racing_an_invalidation_delivered_by_the_hub_is_refused(
