@@ -45,7 +45,17 @@ Refreshes (worker, ``run_refresh``)
 
     - value or 404 → ``FENCED_WRITE``: it lands only if the lease is still this run's *and* the
       call started after the stored value's call, after any hard purge and after any soft
-      purge; it releases the lease and the new value carries a fresh XFetch draw ``u``;
+      purge; it releases the lease and the new value carries a fresh XFetch draw ``u``. Its
+      lifetimes are the namespace's, or (``freshness = "origin"``) the answer's Cache-Control,
+      clamped (``shared/freshness.py``);
+    - 304 (the call was conditional: the stored value has an origin ETag or Last-Modified) →
+      ``FENCED_WRITE`` in ``revalidate`` mode, under the same fences and also only while the
+      entry whose validator was sent is still the stored one: the stored bytes start a new
+      lifetime (new ``at``, ``soft``, ``u``) and no body was transferred;
+    - an answer the origin marked ``no-store`` or ``private`` (``freshness = "origin"``) →
+      ``FENCED_WRITE`` in ``drop`` mode, same fences: the entry is deleted and the body rides
+      in the "ready" message to the readers waiting for it (``HandedOver``), who answer with
+      it; later readers find the key absent and wait for a call of their own;
     - failure → ``RECORD_FAILURE``: the lease becomes a cooldown (1 s doubling per failure,
       capped by the breaker's reset timeout, at least until the breaker may half-open) and the
       stale value's stored life is stretched by ``STALE_IF_ERROR_SECONDS``.
