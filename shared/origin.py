@@ -332,7 +332,8 @@ class CallableOrigin:
     ) -> OriginResponse | NotModified:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
-        validator = validators.etag if validators and validators.etag else None
+        # Only a function that takes a validator is ever passed one (and may answer NOT_MODIFIED).
+        validator = validators.etag if self.conditional and validators and validators.etag else None
         func = partial(self.func, validator=validator) if self.conditional else self.func
         try:
             result = run_with_deadline(func, key, deadline)
