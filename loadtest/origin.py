@@ -72,8 +72,6 @@ class OriginState:
         self.not_modified_per_key: dict[str, int] = {}
         self.cache_control: str | None = None  # default Cache-Control of every answer
         self.keys: dict[str, KeyConfig] = {}
-        # The Last-Modified of dynamic answers: the start, as their content changes every call.
-        self.started = float(int(time.time()))
 
     def count_answer(self, key: str, with_body: bool) -> None:
         with self.lock:
@@ -211,7 +209,8 @@ class OriginHandler(BaseHTTPRequestHandler):
             config = state.keys.get(key, KeyConfig())
             cache_control = state.cache_control if config.cache_control is _UNSET else config.cache_control
             fixed = config.value is not _UNSET
-            value, etag, last_modified = config.value, config.etag, config.last_modified or state.started
+            # A dynamic answer is made now: its Last-Modified is now.
+            value, etag, last_modified = config.value, config.etag, config.last_modified or time.time()
         if not fixed:
             value = {"key": key, "count": count, "time": time.time()}
             if pad:
