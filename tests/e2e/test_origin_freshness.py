@@ -161,8 +161,9 @@ def test_max_age_sets_a_two_second_life_whatever_the_ttl_settings(stack: Stack) 
     first = stack.get("ofresh", key)
     assert first.headers["X-Cache"] == "MISS"
     assert int(stored(stack, "ofresh", key)["ttl"]) == 2000
-    assert first.headers["Cache-Control"].startswith(("max-age=1,", "max-age=2,"))
-    # Not 60 s: past its 2 s the value is refreshed by the next reads.
+    assert int(first.headers["Cache-Control"].split(",")[0].removeprefix("max-age=")) <= 2
+    # Not 60 s: past its 2 s the next reads refresh it, in at most one origin call (the extra
+    # second is the polling and queueing allowance).
     wait_until(lambda: stack.get("ofresh", key).json()["count"] >= 2, 2 + ORIGIN_TIMEOUT_S + 1, "a refresh after 2 s")
 
 
