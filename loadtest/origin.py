@@ -3,21 +3,54 @@
     python -m loadtest.origin      # listens on ORIGIN_PORT (9000)
 
 GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, else JSON
-                  {"key", "count" (this key's call number), "time"}; keys "missing-*" answer 404
-GET /stats        {"calls": total, "per_key": {key: n}, "in_flight": n, "max_in_flight": peak}
+                  {"key", "count" (this key's call number), "time"}; keys "missing-*" answer 404.
+                  Every answer carries an ETag (a hash of its body) and a Last-Modified, and the
+                  Cache-Control set by /config (per key, else the default; none unless set).
+                  A key given a fixed value by /config answers that value, always with the same
+                  ETag until the value changes, and 304 with no body to a GET whose
+                  If-None-Match holds its ETag (or, without If-None-Match, whose
+                  If-Modified-Since is not older than its Last-Modified).
+GET /stats        {"calls": total, "per_key": {key: n}, "bodies": n, "not_modified": n,
+                   "bodies_per_key": {key: n}, "not_modified_per_key": {key: n},
+                   "in_flight": n, "max_in_flight": peak}
 POST /stats/reset zero the counters (and restart the peak from the calls in flight now)
-PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": ..} change behaviour live
+PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": .., "cache_control": ..,
+                   "keys": {key: {"value": JSON, "cache_control": str | null} | null}}
+                  change behaviour live. "cache_control" is the default header (null: none);
+                  under "keys", a key gets a fixed value and/or its own Cache-Control (a
+                  Cache-Control without "value" keeps the key's answers dynamic); null forgets
+                  the key's settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import threading
 import time
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import unquote_to_bytes
+
+_UNSET: Any = object()
+
+
+@dataclass
+class KeyConfig:
+    """What /config set for one key: a fixed value (with its validators) and a Cache-Control."""
+
+    value: Any = _UNSET  # _UNSET: the key's answers stay dynamic
+    etag: str = ""
+    last_modified: float = 0.0  # Unix seconds, whole: what Last-Modified says
+    cache_control: Any = _UNSET  # _UNSET: the default Cache-Control applies
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:24] + '"'
 
 
 class OriginState:
@@ -33,6 +66,41 @@ class OriginState:
         # shows whether the engine kept to ORIGIN_MAX_CONCURRENCY.
         self.in_flight = 0
         self.max_in_flight = 0
+        self.bodies = 0  # answers that carried a value body (200)
+        self.not_modified = 0  # 304 answers
+        self.bodies_per_key: dict[str, int] = {}
+        self.not_modified_per_key: dict[str, int] = {}
+        self.cache_control: str | None = None  # default Cache-Control of every answer
+        self.keys: dict[str, KeyConfig] = {}
+
+    def count_answer(self, key: str, with_body: bool) -> None:
+        with self.lock:
+            if with_body:
+                self.bodies += 1
+                self.bodies_per_key[key] = self.bodies_per_key.get(key, 0) + 1
+            else:
+                self.not_modified += 1
+                self.not_modified_per_key[key] = self.not_modified_per_key.get(key, 0) + 1
+
+    def configure_key(self, key: str, config: dict[str, Any] | None) -> None:
+        """Call with the lock held."""
+        if config is None:
+            self.keys.pop(key, None)
+            return
+        if not isinstance(config, dict):
+            raise ValueError("a key's config is an object")
+        current = self.keys.setdefault(key, KeyConfig())
+        if "value" in config:
+            body = json.dumps(config["value"]).encode()
+            if etag_of(body) != current.etag:
+                current.value, current.etag = config["value"], etag_of(body)
+                # Whole seconds, strictly increasing: If-Modified-Since must see every change.
+                current.last_modified = max(float(int(time.time())), current.last_modified + 1)
+        if "cache_control" in config:
+            cache_control = config["cache_control"]
+            if cache_control is not None and not isinstance(cache_control, str):
+                raise ValueError("cache_control is a string or null")
+            current.cache_control = cache_control
 
     def record(self, key: str, raw_path: str) -> int:
         with self.lock:
@@ -58,6 +126,9 @@ class OriginState:
             self.per_key.clear()
             self.paths.clear()
             self.max_in_flight = self.in_flight
+            self.bodies = self.not_modified = 0
+            self.bodies_per_key.clear()
+            self.not_modified_per_key.clear()
 
 
 class OriginHandler(BaseHTTPRequestHandler):
@@ -70,13 +141,29 @@ class OriginHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet by design
         pass
 
-    def _send_json(self, status: int, body: object) -> None:
+    def _send_json(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _not_modified(self, etag: str, last_modified: float) -> bool:
+        """Whether the request's validators match (If-None-Match first, RFC 9110 13.2.2)."""
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+            return "*" in tags or etag in tags
+        if_modified_since = self.headers.get("If-Modified-Since")
+        if if_modified_since:
+            try:
+                return last_modified <= parsedate_to_datetime(if_modified_since).timestamp()
+            except (TypeError, ValueError):
+                return False
+        return False
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         state = self.server.state
@@ -86,6 +173,10 @@ class OriginHandler(BaseHTTPRequestHandler):
                 stats = {
                     "calls": state.calls,
                     "per_key": dict(state.per_key),
+                    "bodies": state.bodies,
+                    "not_modified": state.not_modified,
+                    "bodies_per_key": dict(state.bodies_per_key),
+                    "not_modified_per_key": dict(state.not_modified_per_key),
                     "paths": list(state.paths[-100:]),
                     "in_flight": state.in_flight,
                     "max_in_flight": state.max_in_flight,
@@ -114,10 +205,29 @@ class OriginHandler(BaseHTTPRequestHandler):
         if key.startswith("missing-"):
             self._send_json(404, {"error": "not_found", "key": key})
             return
-        body: dict[str, object] = {"key": key, "count": count, "time": time.time()}
-        if pad:
-            body["pad"] = "x" * pad
-        self._send_json(200, body)
+        with state.lock:
+            config = state.keys.get(key, KeyConfig())
+            cache_control = state.cache_control if config.cache_control is _UNSET else config.cache_control
+            fixed = config.value is not _UNSET
+            # A dynamic answer is made now: its Last-Modified is now.
+            value, etag, last_modified = config.value, config.etag, config.last_modified or time.time()
+        if not fixed:
+            value = {"key": key, "count": count, "time": time.time()}
+            if pad:
+                value["pad"] = "x" * pad
+            etag = etag_of(json.dumps(value).encode())
+        headers = {"ETag": etag, "Last-Modified": formatdate(last_modified, usegmt=True)}
+        if cache_control is not None:
+            headers["Cache-Control"] = cache_control
+        if fixed and self._not_modified(etag, last_modified):
+            state.count_answer(key, with_body=False)
+            self.send_response(304)
+            for name, header in headers.items():
+                self.send_header(name, header)
+            self.end_headers()
+            return
+        state.count_answer(key, with_body=True)
+        self._send_json(200, value, headers)
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path == "/stats/reset":
@@ -141,13 +251,28 @@ class OriginHandler(BaseHTTPRequestHandler):
                     state.failure_rate = min(1.0, max(0.0, float(config["failure_rate"])))
                 if "body_bytes" in config:
                     state.body_bytes = max(0, int(config["body_bytes"]))
+                if "cache_control" in config:
+                    if config["cache_control"] is not None and not isinstance(config["cache_control"], str):
+                        raise ValueError("cache_control is a string or null")
+                    state.cache_control = config["cache_control"]
+                for key, key_config in (config.get("keys") or {}).items():
+                    state.configure_key(str(key), key_config)
                 current = {
                     "latency_ms": state.latency_ms,
                     "failure_rate": state.failure_rate,
                     "body_bytes": state.body_bytes,
+                    "cache_control": state.cache_control,
+                    "keys": sorted(state.keys),
                 }
         except (ValueError, TypeError, AttributeError):
-            self._send_json(400, {"error": "bad_config", "detail": "send JSON {latency_ms, failure_rate}"})
+            self._send_json(
+                400,
+                {
+                    "error": "bad_config",
+                    "detail": "send JSON {latency_ms, failure_rate, body_bytes, cache_control, "
+                    "keys: {key: {value, cache_control}}}",
+                },
+            )
             return
         self._send_json(200, current)
 

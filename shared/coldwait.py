@@ -4,7 +4,9 @@ Two channels, one connection:
 
 - ``hl:ready`` (JSON ``{"ns", "key", "status"}``): a refresh of the key finished ("ready" or
   "error"). It wakes that key's waiters -- only them -- and, a write having happened, drops
-  the key from the near-cache.
+  the key from the near-cache. When the origin's answer may not be stored (``no-store``,
+  ``private``) the message also carries it (``"body"``, base64, and ``"ct"``): it is handed to
+  the waiters it wakes (``WaitHandle.handed_over``), and to no one else.
 - ``hl:inval`` (JSON ``{"ns", "key"}``, plus ``"ack"`` from a purge): published after every
   hard and soft purge; drops the key from the near-cache. It wakes no waiter. A purge waits
   (``PURGE_ACK_SECONDS`` at most) until every subscribed process has dropped the key and
@@ -38,6 +40,8 @@ writes for longer than that.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -46,7 +50,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from shared.nearcache import NearCache
 
@@ -114,6 +118,13 @@ def publish_ready(client: Any, ns: str, key: str, status: str) -> None:
     client.publish(READY_CHANNEL, json.dumps({"ns": ns, "key": key, "status": status}))
 
 
+class HandedOver(NamedTuple):
+    """An uncacheable origin answer, handed to the readers that waited for it."""
+
+    body: bytes
+    content_type: str
+
+
 class TooManyWaiters(Exception):
     """MAX_COLD_WAITERS requests of this process are already waiting."""
 
@@ -130,12 +141,13 @@ class _SharedRead:
 
 
 class _KeyWait:
-    __slots__ = ("waiters", "generation", "status", "event", "read_seq", "read")
+    __slots__ = ("waiters", "generation", "status", "handed_over", "event", "read_seq", "read")
 
     def __init__(self) -> None:
         self.waiters = 0
         self.generation = 0
         self.status = ""
+        self.handed_over: HandedOver | None = None  # what the last publish handed over
         self.event = threading.Event()  # set (and replaced) by the next publish
         self.read_seq = 0
         self.read: _SharedRead | None = None
@@ -151,6 +163,8 @@ class WaitHandle:
         self._seen = wait.generation
         self._read_floor = wait.read_seq  # only reads started after this one may be shared
         self.ran_last_read = False  # whether the last shared_read ran fn in this caller
+        # The uncacheable answer handed over by the publish the last wait() returned, if any.
+        self.handed_over: HandedOver | None = None
 
     def mark(self) -> None:
         """Remember the current generation: call just before re-reading the entry."""
@@ -166,6 +180,7 @@ class WaitHandle:
             with self._hub._lock:
                 if self._wait.generation != self._seen:
                     self._seen = self._wait.generation
+                    self.handed_over = self._wait.handed_over
                     return self._wait.status
                 event = self._wait.event
             left = deadline - time.monotonic()
@@ -359,7 +374,7 @@ class ColdWaitHub:
         if channel == INVALIDATION_CHANNEL and isinstance(ack, str) and ack.startswith(ACK_PREFIX):
             self._confirm(ack)
         if channel == READY_CHANNEL:
-            self._wake(target, str(event.get("status", "ready")))
+            self._wake(target, str(event.get("status", "ready")), _handed_over(event))
 
     def _register(self) -> None:
         # Purges wait for the confirmation of every registered hub; an entry outlives a missed
@@ -391,7 +406,7 @@ class ColdWaitHub:
         except Exception as exc:  # noqa: BLE001 - the purge waits its bound and answers anyway
             log.warning("could not confirm an invalidation (%s)", type(exc).__name__)
 
-    def _wake(self, target: tuple[str, str], status: str) -> None:
+    def _wake(self, target: tuple[str, str], status: str, handed_over: HandedOver | None = None) -> None:
         with self._lock:
             self._last_ready[target] = time.monotonic()
             self._last_ready.move_to_end(target)
@@ -403,6 +418,7 @@ class ColdWaitHub:
                 return
             wait.generation += 1
             wait.status = status
+            wait.handed_over = handed_over
             event, wait.event = wait.event, threading.Event()
             self.wakeups += 1
         event.set()
@@ -457,6 +473,17 @@ class ColdWaitHub:
         with self._lock:
             wait = self._waits.get((namespace, key))
             return 0 if wait is None else wait.waiters
+
+
+def _handed_over(event: dict[str, Any]) -> HandedOver | None:
+    body = event.get("body")
+    if not isinstance(body, str):
+        return None
+    try:
+        return HandedOver(base64.b64decode(body, validate=True), str(event.get("ct") or "application/octet-stream"))
+    except (binascii.Error, ValueError):
+        log.warning("ignoring a malformed hand-over for namespace %s", event.get("ns"))
+        return None
 
 
 def _text(raw: Any) -> str:

@@ -45,7 +45,17 @@ Refreshes (worker, ``run_refresh``)
 
     - value or 404 → ``FENCED_WRITE``: it lands only if the lease is still this run's *and* the
       call started after the stored value's call, after any hard purge and after any soft
-      purge; it releases the lease and the new value carries a fresh XFetch draw ``u``;
+      purge; it releases the lease and the new value carries a fresh XFetch draw ``u``. Its
+      lifetimes are the namespace's, or (``freshness = "origin"``) the answer's Cache-Control,
+      clamped (``shared/freshness.py``);
+    - 304 (the call was conditional: the stored value has an origin ETag or Last-Modified) →
+      ``FENCED_WRITE`` in ``revalidate`` mode, under the same fences and also only while the
+      entry whose validator was sent is still the stored one: the stored bytes start a new
+      lifetime (new ``at``, ``soft``, ``u``) and no body was transferred;
+    - an answer the origin marked ``no-store`` or ``private`` (``freshness = "origin"``) →
+      ``FENCED_WRITE`` in ``drop`` mode, same fences: the entry is deleted and the body rides
+      in the "ready" message to the readers waiting for it (``HandedOver``), who answer with
+      it; later readers find the key absent and wait for a call of their own;
     - failure → ``RECORD_FAILURE``: the lease becomes a cooldown (1 s doubling per failure,
       capped by the breaker's reset timeout, at least until the breaker may half-open) and the
       stale value's stored life is stretched by ``STALE_IF_ERROR_SECONDS``.
@@ -87,13 +97,14 @@ from typing import Any
 
 from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
-from shared.coldwait import ColdWaitHub, TooManyWaiters
+from shared.coldwait import ColdWaitHub, HandedOver, TooManyWaiters
+from shared.freshness import CacheHeaders, CachePolicy, Lifetimes, cache_policy, fixed_lifetimes
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, hit_until_ms
-from shared.origin import NotFound, Origin, OriginError, OriginResponse, make_origin
+from shared.origin import NotFound, NotModified, Origin, OriginError, OriginResponse, make_origin
 from shared.origin_slots import OriginSlots
 from shared.settings import Settings
-from shared.store import CacheStore, ReadResult, new_token
+from shared.store import CacheStore, ReadResult, WriteResult, new_token
 from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
 from shared.xfetch import Decision
 
@@ -113,6 +124,7 @@ class Served:
     outcome: str
     now_ms: int
     from_near_cache: bool = False
+    uncacheable: bool = False  # handed over from the origin, never stored (no-store, private)
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,7 @@ class Engine:
         self._breakers: dict[str, OriginBreaker] = {}
         self._slots: dict[str, OriginSlots] = {}
         self._lock = threading.Lock()
+        self._malformed_reported: set[str] = set()  # origins whose bad Cache-Control was logged
 
     # origin adapters, breakers and slots are built once per namespace / origin, on first use
     def origin(self, ns: Namespace) -> Origin:
@@ -323,6 +336,14 @@ class Engine:
                             self.settings.cold_wait_timeout_seconds,
                         )
                     status = handle.wait(remaining)
+                    if handle.handed_over is not None:
+                        # The origin's answer may not be stored: this is the one copy there is.
+                        return Served(
+                            _handed_over_result(handle.handed_over, first.now_ms),
+                            "miss",
+                            first.now_ms,
+                            uncacheable=True,
+                        )
         except TooManyWaiters:
             if first.won_lease:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
@@ -339,10 +360,16 @@ class Engine:
             return Served(r, "hit", r.now_ms)
         started = self.store.now_ms()
         t0 = time.perf_counter()
+        policy: CachePolicy | None = None
         try:
+            # Never conditional: the baseline fetches the whole value on every miss.
             resp = self.origin(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
+            if isinstance(resp, NotModified):
+                raise OriginError("origin answered 304 to a request that was not conditional")
             negative, body, ctype = False, resp.body, resp.content_type
             metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+            metrics.ORIGIN_BYTES.labels(ns.name).inc(len(body))
+            policy = self.cache_policy(ns, resp.cache)
         except NotFound:
             negative, body, ctype = True, b"", "application/json"
             metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
@@ -351,7 +378,17 @@ class Engine:
             return Refused(502, "origin_error", str(exc))
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
-        self.store.plain_write(ns, key, started_ms=started, value=body, content_type=ctype, negative=negative)
+        if policy is not None and not policy.storable:
+            return Served(_handed_over_result(HandedOver(body, ctype), started), "miss", started, uncacheable=True)
+        self.store.plain_write(
+            ns,
+            key,
+            started_ms=started,
+            value=body,
+            content_type=ctype,
+            negative=negative,
+            soft_ttl_ms=policy.lifetimes.soft_ttl_ms if policy else None,
+        )
         r = self.store.read(ns, key, new_token())
         return Served(r, "miss", r.now_ms)
 
@@ -459,6 +496,24 @@ class Engine:
                     renewer.holds_slot = False
                     slots.release(run_token)
 
+    def cache_policy(self, ns: Namespace, headers: CacheHeaders) -> CachePolicy:
+        """Lifetimes of one origin answer (shared/freshness.py). A Cache-Control that does not
+        parse is logged once per origin in this process, not once per call."""
+        policy = cache_policy(ns, headers, time.time())
+        if policy.malformed and ns.origin_name not in self._malformed_reported:
+            with self._lock:
+                first = ns.origin_name not in self._malformed_reported
+                self._malformed_reported.add(ns.origin_name)
+            if first:
+                log.warning(
+                    "origin %s sent a malformed Cache-Control (%s): namespace %s uses its own TTLs "
+                    "for such answers; reported once per origin",
+                    ns.origin_name,
+                    policy.malformed,
+                    ns.name,
+                )
+        return policy
+
     def _call_and_write(self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer) -> str:
         store, key = self.store, req.key
         if renewer.lost.is_set():
@@ -466,10 +521,12 @@ class Engine:
         t0 = time.perf_counter()
         deadline = time.monotonic() + ns.origin_timeout_seconds
         origin = self.origin(ns)
+        # With validators stored, the call is conditional and a 304 costs no body.
+        stored = store.stored_validators(ns, key) if origin.conditional else None
 
-        def fetch() -> OriginResponse | None:
+        def fetch() -> OriginResponse | NotModified | None:
             try:
-                return origin.fetch(key, deadline)
+                return origin.fetch(key, deadline, stored.validators if stored else None)
             except NotFound:
                 return None  # a 404 is an answer (cached as negative), not a failure
 
@@ -487,27 +544,90 @@ class Engine:
             store.record_failure(ns, key, run_token)
             store.publish_ready(ns, key, "error")
             return "origin_error"
-        negative = response is None
-        metrics.ORIGIN_CALLS.labels(ns.name, "not_found" if negative else "ok").inc()
         metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
-        result = store.fenced_write(
-            ns,
-            key,
-            run_token,
-            started_ms=started_ms,
-            won_at_ms=req.won_at_ms,
-            value=b"" if response is None else response.body,
-            content_type="application/json" if response is None else response.content_type,
-            negative=negative,
-        )
+        if isinstance(response, NotModified):
+            # Only a conditional call gets one (an origin that sends 304 unasked fails above).
+            metrics.ORIGIN_CALLS.labels(ns.name, "not_modified").inc()
+            validated_at, stored_lifetimes = (stored.at_ms, stored.lifetimes) if stored else (0, fixed_lifetimes(ns))
+            result = self._write_not_modified(ns, req, run_token, started_ms, validated_at, stored_lifetimes, response)
+        elif isinstance(response, OriginResponse):
+            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+            metrics.ORIGIN_BYTES.labels(ns.name).inc(len(response.body))
+            policy = self.cache_policy(ns, response.cache)
+            if policy.storable:
+                result = store.fenced_write(
+                    ns,
+                    key,
+                    run_token,
+                    started_ms=started_ms,
+                    won_at_ms=req.won_at_ms,
+                    value=response.body,
+                    content_type=response.content_type,
+                    validators=response.validators,
+                    lifetimes=policy.lifetimes,
+                )
+            else:
+                # Handed to the readers waiting now (in the ready message), stored nowhere.
+                hand_over = OriginResponse(response.body, response.content_type)
+                result = store.drop_uncacheable(
+                    ns, key, run_token, started_ms=started_ms, won_at_ms=req.won_at_ms, hand_over=hand_over
+                )
+        else:
+            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
+            result = store.fenced_write(
+                ns,
+                key,
+                run_token,
+                started_ms=started_ms,
+                won_at_ms=req.won_at_ms,
+                value=b"",
+                content_type="application/json",
+                negative=True,
+            )
         # The write published "ready" itself: waiters may read whatever is stored now, and
         # near-caches drop the key, whatever its outcome.
         if not result.written:
-            # "fenced": a newer value is stored or the key was purged; "lost_lease": a purge or a
-            # takeover freed our lease while the origin call ran.
+            # "fenced": a newer value is stored or the key was purged (or, for a 304, the bytes
+            # it confirmed are no longer stored); "lost_lease": a purge or a takeover freed our
+            # lease while the origin call ran; "uncacheable": handed over, not stored.
             return result.status
         metrics.REFRESH_LAG.labels(ns.name).observe(max(0.0, (result.written_at_ms - req.won_at_ms) / 1000))
-        return "written"
+        return result.status
+
+    def _write_not_modified(
+        self,
+        ns: Namespace,
+        req: RefreshRequest,
+        run_token: str,
+        started_ms: int,
+        validated_at_ms: int,
+        stored_lifetimes: Lifetimes,
+        response: NotModified,
+    ) -> WriteResult:
+        """A 304: the stored bytes start a new lifetime. Its cache headers, when it has any,
+        replace the stored ones (RFC 9111 4.3.4); without any, the value keeps its lifetimes."""
+        lifetimes = stored_lifetimes
+        if ns.freshness == "origin" and not response.cache.empty:
+            policy = self.cache_policy(ns, response.cache)
+            if not policy.storable:
+                # The origin now forbids storing what it confirmed: drop it. The bytes are in
+                # Redis only, so the waiters re-read and the next refresh fetches them whole.
+                return self.store.drop_uncacheable(
+                    ns, req.key, run_token, started_ms=started_ms, won_at_ms=req.won_at_ms, hand_over=None
+                )
+            lifetimes = policy.lifetimes
+        elif ns.freshness != "origin":
+            lifetimes = fixed_lifetimes(ns)
+        return self.store.revalidate(
+            ns,
+            req.key,
+            run_token,
+            started_ms=started_ms,
+            won_at_ms=req.won_at_ms,
+            validated_at_ms=validated_at_ms,
+            validators=response.validators,
+            lifetimes=lifetimes,
+        )
 
 
 class LeaseRenewer:
@@ -551,7 +671,27 @@ def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None
         headers["Age"] = str(max(0, (now - r.at_ms) // 1000))
     if r.soft_ms is not None:
         max_age = max(0, math.floor((r.soft_ms - now) / 1000))
-        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={ns.stale_ttl_ms // 1000}"
+        stale_ms = ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
+        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={stale_ms // 1000}"
     if r.etag:
         headers["ETag"] = r.etag
     return headers
+
+
+def _handed_over_result(handed: HandedOver, now_ms: int) -> ReadResult:
+    """An uncacheable answer in the shape of a read: a value with no stored life."""
+    return ReadResult(
+        decision=Decision.MISS,
+        won_lease=False,
+        now_ms=now_ms,
+        value=handed.body,
+        content_type=handed.content_type,
+        etag="",
+        at_ms=None,
+        soft_ms=None,
+        delta_ms=0.0,
+        negative=False,
+        lease_state="",
+        lease_pttl_ms=0,
+        u=1.0,
+    )

@@ -55,6 +55,11 @@ ORIGIN_CALLS = Counter(
     "Calls made to an origin, by outcome",
     ["namespace", "outcome"],
 )
+ORIGIN_BYTES = Counter(
+    "herdless_origin_bytes",
+    "Bytes of value bodies received from origins (a 304 revalidation transfers none)",
+    ["namespace"],
+)
 ORIGIN_DURATION = Histogram(
     "herdless_origin_duration_seconds",
     "Duration of origin calls",
@@ -95,8 +100,18 @@ BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual")
 SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
-REFRESH_OUTCOMES = ("written", "fenced", "lost_lease", "origin_error", "breaker_open", "expired", "slot_timeout")
-ORIGIN_OUTCOMES = ("ok", "error", "timeout", "not_found")
+REFRESH_OUTCOMES = (
+    "written",
+    "revalidated",
+    "uncacheable",
+    "fenced",
+    "lost_lease",
+    "origin_error",
+    "breaker_open",
+    "expired",
+    "slot_timeout",
+)
+ORIGIN_OUTCOMES = ("ok", "not_modified", "error", "timeout", "not_found")
 BREAKER_STATES = ("closed", "half-open", "open")
 NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
 
@@ -122,6 +137,7 @@ def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> Non
             REFRESHES.labels(ns, outcome)
         for outcome in ORIGIN_OUTCOMES:
             ORIGIN_CALLS.labels(ns, outcome)
+        ORIGIN_BYTES.labels(ns)
         ORIGIN_DURATION.labels(ns)
         REFRESH_LAG.labels(ns)
     for origin in origins:

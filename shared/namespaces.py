@@ -24,6 +24,19 @@ _OVERRIDABLE = {
     "origin_max_concurrency",
 }
 
+FRESHNESS_MODES = ("fixed", "origin")
+
+# Bounds that clamp what an origin's Cache-Control asks for (freshness = "origin" only), with
+# their defaults in seconds. Each pair bounds one of the three lifetimes an origin may set.
+_ORIGIN_BOUNDS: dict[str, float] = {
+    "min_ttl_seconds": 1.0,  # fresh life (s-maxage, max-age, Expires)
+    "max_ttl_seconds": 86400.0,
+    "min_stale_seconds": 0.0,  # stale window (stale-while-revalidate)
+    "max_stale_seconds": 86400.0,
+    "min_stale_if_error_seconds": 0.0,  # outage extension (stale-if-error)
+    "max_stale_if_error_seconds": 86400.0,
+}
+
 
 class NamespaceConfigError(ValueError):
     """The namespaces file is missing, unreadable or describes an invalid namespace."""
@@ -42,6 +55,15 @@ class Namespace:
     xfetch_beta: float
     origin_timeout_seconds: float
     origin_max_concurrency: int
+    # "fixed": lifetimes from the TTL settings above; "origin": from each answer's Cache-Control
+    # (or Expires), clamped by the bounds below, the settings above being the fallback.
+    freshness: str = "fixed"
+    min_ttl_seconds: float = _ORIGIN_BOUNDS["min_ttl_seconds"]
+    max_ttl_seconds: float = _ORIGIN_BOUNDS["max_ttl_seconds"]
+    min_stale_seconds: float = _ORIGIN_BOUNDS["min_stale_seconds"]
+    max_stale_seconds: float = _ORIGIN_BOUNDS["max_stale_seconds"]
+    min_stale_if_error_seconds: float = _ORIGIN_BOUNDS["min_stale_if_error_seconds"]
+    max_stale_if_error_seconds: float = _ORIGIN_BOUNDS["max_stale_if_error_seconds"]
 
     @property
     def is_http(self) -> bool:
@@ -102,7 +124,7 @@ def _validate_origin(name: str, origin: str) -> None:
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
         raise NamespaceConfigError(f"namespace name {name!r} must match {NAMESPACE_RE.pattern}")
-    unknown = set(raw) - _OVERRIDABLE - {"strategy", "origin"}
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness"}
     if unknown:
         raise NamespaceConfigError(f"namespace {name}: unknown option(s) {sorted(unknown)}")
     strategy = raw.get("strategy", "xfetch")
@@ -112,7 +134,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         raise NamespaceConfigError(f"namespace {name}: origin is required")
     origin = _expand(raw["origin"], settings)
     _validate_origin(name, origin)
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     for option in _OVERRIDABLE:
         value = raw.get(option, getattr(settings, option))
         if not isinstance(value, int | float) or isinstance(value, bool):
@@ -136,7 +158,32 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         origin_name=_origin_name(origin),
         origin_max_concurrency=max_conc,
         **values,
+        **_freshness_options(name, raw),
     )
+
+
+def _freshness_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """freshness and, with freshness = "origin", the bounds that clamp the origin's lifetimes."""
+    freshness = raw.get("freshness", "fixed")
+    if freshness not in FRESHNESS_MODES:
+        raise NamespaceConfigError(f"namespace {name}: freshness {freshness!r} is not one of {FRESHNESS_MODES}")
+    given = sorted(set(raw) & set(_ORIGIN_BOUNDS))
+    if given and freshness != "origin":
+        raise NamespaceConfigError(f'namespace {name}: {", ".join(given)} need freshness = "origin"')
+    options: dict[str, Any] = {"freshness": freshness}
+    for option, default in _ORIGIN_BOUNDS.items():
+        value = raw.get(option, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise NamespaceConfigError(f"namespace {name}: {option} must be a number >= 0")
+        options[option] = float(value)
+    for low, high in (
+        ("min_ttl_seconds", "max_ttl_seconds"),
+        ("min_stale_seconds", "max_stale_seconds"),
+        ("min_stale_if_error_seconds", "max_stale_if_error_seconds"),
+    ):
+        if options[low] > options[high]:
+            raise NamespaceConfigError(f"namespace {name}: {low}={options[low]:g} exceeds {high}={options[high]:g}")
+    return options
 
 
 def load_namespaces(settings: Settings, path: Path | None = None) -> dict[str, Namespace]:

@@ -1,20 +1,28 @@
-"""Origin adapters: fetch one key from an HTTP URL template or a Python callable."""
+"""Origin adapters: fetch one key from an HTTP URL template or a Python callable.
+
+Both can revalidate: given the stored value's validators (its origin ETag and Last-Modified),
+an HTTP origin is asked with If-None-Match / If-Modified-Since and may answer 304; a callable
+that accepts a ``validator`` keyword may return ``NOT_MODIFIED``. Either way the fetch returns
+``NotModified`` and no body travels."""
 
 from __future__ import annotations
 
 import errno
 import importlib
+import inspect
 import json
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import urllib3
 
+from shared.freshness import CacheHeaders
 from shared.namespaces import Namespace
 
 
@@ -35,9 +43,54 @@ class NotFound(Exception):
 
 
 @dataclass(frozen=True)
+class Validators:
+    """What identifies a stored value to its origin: the origin's ETag and Last-Modified ("" when
+    the origin gave none)."""
+
+    etag: str = ""
+    last_modified: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+
+@dataclass(frozen=True)
 class OriginResponse:
+    """A value from the origin (HTTP 200, or what a callable returned)."""
+
     body: bytes
     content_type: str
+    validators: Validators = field(default_factory=Validators)
+    cache: CacheHeaders = field(default_factory=CacheHeaders)
+
+
+@dataclass(frozen=True)
+class NotModified:
+    """The origin confirmed the stored value (HTTP 304, or a callable's NOT_MODIFIED). It may
+    carry new validators and cache headers for it."""
+
+    validators: Validators = field(default_factory=Validators)
+    cache: CacheHeaders = field(default_factory=CacheHeaders)
+
+
+class _NotModifiedSentinel:
+    def __repr__(self) -> str:
+        return "NOT_MODIFIED"
+
+
+# What a callable origin returns when the validator it was passed is still current.
+NOT_MODIFIED: Any = _NotModifiedSentinel()
+
+
+@dataclass(frozen=True)
+class OriginValue:
+    """What a callable origin may return instead of a bare value, to give it a validator (passed
+    back as `validator` on the next refresh) and, for freshness = "origin", a Cache-Control."""
+
+    value: Any
+    etag: str = ""
+    last_modified: str = ""
+    cache_control: str | None = None
 
 
 def encode_key_for_path(key: str) -> str:
@@ -66,6 +119,8 @@ def _is_json(content_type: str) -> bool:
 
 
 class HttpOrigin:
+    conditional = True  # a GET can always carry If-None-Match / If-Modified-Since
+
     def __init__(self, ns: Namespace, max_bytes: int) -> None:
         self.template = ns.origin
         self.timeout = ns.origin_timeout_seconds
@@ -74,14 +129,22 @@ class HttpOrigin:
     def url_for(self, key: str) -> str:
         return self.template.replace("{key}", encode_key_for_path(key))
 
-    def fetch(self, key: str, deadline: float | None = None) -> OriginResponse:
+    def fetch(
+        self, key: str, deadline: float | None = None, validators: Validators | None = None
+    ) -> OriginResponse | NotModified:
         """GET the key. `deadline` (time.monotonic()) bounds the whole call, body included: a
-        per-read timeout alone would let a slowly trickled body run forever."""
+        per-read timeout alone would let a slowly trickled body run forever. With `validators`
+        the GET is conditional and a 304 returns NotModified."""
         url = self.url_for(key)
         if deadline is None:
             deadline = time.monotonic() + self.timeout
+        conditional: dict[str, str] = {}
+        if validators and validators.etag:
+            conditional["If-None-Match"] = validators.etag
+        if validators and validators.last_modified:
+            conditional["If-Modified-Since"] = validators.last_modified
         try:
-            resp = self._send(url, deadline)
+            resp = self._send(url, deadline, conditional)
         except urllib3.exceptions.NewConnectionError as exc:
             # A subclass of ConnectTimeoutError in urllib3 2, but a refused connection is no timeout.
             raise OriginError(f"origin unreachable: {type(exc).__name__} ({_os_error_name(exc)})") from exc
@@ -93,6 +156,12 @@ class HttpOrigin:
         try:
             if resp.status == 404:
                 raise NotFound("origin answered 404")
+            if resp.status == 304:
+                if not conditional:
+                    raise OriginError("origin answered 304 to a request that was not conditional")
+                resp.drain_conn()
+                complete = True
+                return NotModified(_validators(resp.headers), _cache_headers(resp.headers))
             if resp.status != 200:
                 raise OriginError(f"origin answered HTTP {resp.status}")
             declared = resp.headers.get("Content-Length")
@@ -111,9 +180,12 @@ class HttpOrigin:
                 # Never hand a half-read connection back to the pool.
                 resp.close()
         content_type = resp.headers.get("Content-Type", "application/octet-stream")
-        return _checked(body, content_type)
+        checked = _checked(body, content_type)
+        return OriginResponse(
+            checked.body, checked.content_type, _validators(resp.headers), _cache_headers(resp.headers)
+        )
 
-    def _send(self, url: str, deadline: float) -> Any:
+    def _send(self, url: str, deadline: float, conditional: dict[str, str]) -> Any:
         """Send the GET; once more if the connection was refused (the origin never saw the request).
         Nothing else is retried here: a request that may have reached the origin is never sent
         twice, so the origin sees one call per refresh; the key's cooldown paces the next try."""
@@ -126,7 +198,7 @@ class HttpOrigin:
                     preload_content=False,
                     redirect=False,
                     timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),
-                    headers={"Accept": "*/*", "User-Agent": "herdless"},
+                    headers={"Accept": "*/*", "User-Agent": "herdless", **conditional},
                 )
             except urllib3.exceptions.NewConnectionError as exc:
                 # A listener whose accept queue overflowed in a burst refuses the odd connection
@@ -165,6 +237,14 @@ def _os_error_name(exc: BaseException) -> str:
             return errno.errorcode.get(cause.errno, str(cause.errno))
         cause = cause.__cause__ or cause.__context__
     return "no errno"
+
+
+def _validators(headers: Any) -> Validators:
+    return Validators(headers.get("ETag", ""), headers.get("Last-Modified", ""))
+
+
+def _cache_headers(headers: Any) -> CacheHeaders:
+    return CacheHeaders(headers.get("Cache-Control"), headers.get("Expires"), headers.get("Date"))
 
 
 def _checked(body: bytes, content_type: str) -> OriginResponse:
@@ -224,27 +304,52 @@ def run_with_deadline(fn: Callable[[str], Any], arg: str, deadline: float) -> An
     return box["value"]
 
 
+def _accepts_validator(func: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    return any(p.name == "validator" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 class CallableOrigin:
-    """A Python function `f(key) -> bytes | str | JSON-able`, run in an OS thread under a deadline
-    (ORIGIN_TIMEOUT_SECONDS). Raise NotFound or LookupError for a missing key."""
+    """A Python function `f(key) -> bytes | str | JSON-able | OriginValue`, run in an OS thread
+    under a deadline (ORIGIN_TIMEOUT_SECONDS). Raise NotFound or LookupError for a missing key.
+
+    A function with a `validator` keyword parameter, `f(key, validator=None)`, opts in to
+    revalidation: `validator` is the ETag it gave the stored value (through OriginValue), or None
+    when there is none, and returning NOT_MODIFIED keeps the stored value for a new lifetime."""
 
     def __init__(self, ns: Namespace, max_bytes: int) -> None:
         module_name, func_name = ns.origin.split(":", 1)
-        self.func: Callable[[str], Any] = getattr(importlib.import_module(module_name), func_name)
+        self.func: Callable[..., Any] = getattr(importlib.import_module(module_name), func_name)
         self.max_bytes = max_bytes
         self.timeout = ns.origin_timeout_seconds
+        self.conditional = _accepts_validator(self.func)
 
-    def fetch(self, key: str, deadline: float | None = None) -> OriginResponse:
+    def fetch(
+        self, key: str, deadline: float | None = None, validators: Validators | None = None
+    ) -> OriginResponse | NotModified:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
+        # Only a function that takes a validator is ever passed one (and may answer NOT_MODIFIED).
+        validator = validators.etag if self.conditional and validators and validators.etag else None
+        func = partial(self.func, validator=validator) if self.conditional else self.func
         try:
-            result = run_with_deadline(self.func, key, deadline)
+            result = run_with_deadline(func, key, deadline)
         except (NotFound, LookupError) as exc:
             raise NotFound(str(exc)) from exc
         except OriginError:
             raise
         except Exception as exc:
             raise OriginError(f"origin callable raised {type(exc).__name__}") from exc
+        if result is NOT_MODIFIED:
+            if validator is None:
+                raise OriginError("origin callable returned NOT_MODIFIED without being passed a validator")
+            return NotModified(validators or Validators())
+        meta = OriginValue(result)
+        if isinstance(result, OriginValue):
+            meta, result = result, result.value
         if isinstance(result, bytes | bytearray):
             body, ctype = bytes(result), "application/octet-stream"
         elif isinstance(result, str):
@@ -257,7 +362,12 @@ class CallableOrigin:
             ctype = "application/json"
         if len(body) > self.max_bytes:
             raise OriginError(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
-        return OriginResponse(body=body, content_type=ctype)
+        return OriginResponse(
+            body=body,
+            content_type=ctype,
+            validators=Validators(meta.etag, meta.last_modified),
+            cache=CacheHeaders(cache_control=meta.cache_control),
+        )
 
 
 Origin = HttpOrigin | CallableOrigin

@@ -1,10 +1,13 @@
 """The Lua scripts that make every cache decision atomic on Redis, the only clock that counts.
 
 Each script touches only the keys of one entry (one hash tag), so it runs on Redis Cluster.
-Entry hash fields: v (value bytes), ct (content type), etag, at (ms: when the origin call
-that produced it started), soft (ms: fresh until), d (ms: smoothed refresh duration for
-XFetch), u (the XFetch draw in (0,1] for this value), neg ("1" for a cached origin 404),
-fails (consecutive refresh failures).
+Entry hash fields: v (value bytes), ct (content type), etag (ours: a hash of v), at (ms: when
+the origin call that produced or last revalidated it started), soft (ms: fresh until), d (ms:
+smoothed refresh duration for XFetch), u (the XFetch draw in (0,1] for this value), neg ("1"
+for a cached origin 404), fails (consecutive refresh failures), oetag and olm (the origin's
+ETag and Last-Modified: the validators of a conditional refresh), ttl, st and sie (ms: the
+value's fresh life, stale window and stale-if-error extension, which freshness = "origin"
+takes from the origin's answer).
 A lease value is the refresher's token, or "cd:" .. token while it serves as a failure cooldown.
 The queued marker (KEYS ...:q) names the refresh task whose message the broker holds for the
 key, from the read that enqueued it until a worker has acknowledged the message (FINISH):
@@ -31,7 +34,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
 # read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
 # would cost the origin more than one call per TTL.
-# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u}
+# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st}
 #   (decoded by name in shared/store.py: READ_FIELDS)
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
@@ -42,7 +45,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 READ = (
     _NOW
     + """
-local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u')
+local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u', 'st')
 local decision
 local soft = tonumber(e[5])
 if not soft then
@@ -80,7 +83,7 @@ if decision ~= 'HIT' and ARGV[5] == '1' then
   end
 end
 return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
-        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false}
+        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false}
 """
 )
 
@@ -90,41 +93,81 @@ return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or
 # Holding the lease is what makes a purge final: a purge deletes the lease, so a refresh that was
 # running when it happened can never write, however long its origin call took. The start-time
 # checks make a refresher paused past its lease harmless as well.
+# Three modes, all behind the same fences:
+#   store       the origin sent a value: store it (a fresh XFetch draw, d measured).
+#   revalidate  the origin answered 304 to the validators of the entry stored at ARGV[15]: keep
+#               that entry's bytes for a new lifetime (new at, soft, draw, d), but only if it is
+#               still the stored entry. A 304 confirms the bytes whose validator was sent and no
+#               others, so it can never extend the life of a value that replaced them.
+#   drop        the origin's answer may not be stored (no-store, private): delete the entry and
+#               hand the body (ARGV[5], base64) to the waiting readers in the ready message.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone, KEYS[4] queued marker (kept: FINISH clears it)
 # ARGV[1] run token (the lease value this run holds), ARGV[2] started ms, ARGV[3] lease won at ms,
-# ARGV[4] value, ARGV[5] content type, ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms
-# (stored lifetime past soft), ARGV[9] neg, ARGV[10] u: this value's XFetch draw in (0,1],
-# ARGV[11] ready channel, ARGV[12] namespace, ARGV[13] key
-# Publishes {"ns", "key", "status": "ready"} on the ready channel in every case, so cold-miss
-# waiters wake and near-caches drop the key in the same step as the write.
-# Returns {status, d, soft, now}: status "written", "fenced" (an older call than what is stored
-# or purged) or "lost_lease" (the lease is no longer this run's)
+# ARGV[4] mode: store | revalidate | drop, ARGV[5] value (store) or base64 body to hand over
+# (drop; "" with ARGV[19] "0" hands nothing), ARGV[6] content type, ARGV[7] etag (ours),
+# ARGV[8] origin etag, ARGV[9] origin last-modified ("" keeps the stored ones on revalidate),
+# ARGV[10] soft ttl ms, ARGV[11] stale ttl ms (stored lifetime past soft), ARGV[12]
+# stale-if-error ms, ARGV[13] neg, ARGV[14] u: this value's XFetch draw in (0,1],
+# ARGV[15] at of the revalidated entry (revalidate), ARGV[16] ready channel, ARGV[17] namespace,
+# ARGV[18] key, ARGV[19] "1" to hand the body over (drop)
+# Publishes {"ns", "key", "status": "ready"} on the ready channel in every case (plus "body" and
+# "ct" when a drop hands a body over), so cold-miss waiters wake and near-caches drop the key in
+# the same step as the write.
+# Returns {status, d, soft, now}: status "written" (store), "revalidated", "uncacheable" (drop),
+# "fenced" (an older call than what is stored or purged, or a 304 for bytes no longer stored) or
+# "lost_lease" (the lease is no longer this run's)
 FENCED_WRITE = (
     _NOW
     + """
 local started = tonumber(ARGV[2])
-redis.call('PUBLISH', ARGV[11], cjson.encode({ns = ARGV[12], key = ARGV[13], status = 'ready'}))
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost_lease', 0, 0, now} end
-local function release() redis.call('DEL', KEYS[2]) end
+local mode = ARGV[4]
+local function publish(hand_over)
+  local message = {ns = ARGV[17], key = ARGV[18], status = 'ready'}
+  if hand_over then message.body = ARGV[5] message.ct = ARGV[6] end
+  redis.call('PUBLISH', ARGV[16], cjson.encode(message))
+end
+local function refuse(status, release)
+  if release then redis.call('DEL', KEYS[2]) end
+  publish(false)
+  return {status, 0, 0, now}
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return refuse('lost_lease', false) end
 local tomb = tonumber(redis.call('GET', KEYS[3]))
-if tomb and started <= tomb then release() return {'fenced', 0, 0, now} end
-local prev = redis.call('HMGET', KEYS[1], 'at', 'd', 'sp')
+if tomb and started <= tomb then return refuse('fenced', true) end
+local prev = redis.call('HMGET', KEYS[1], 'at', 'd', 'sp', 'v', 'ct', 'etag', 'oetag', 'olm', 'neg')
 local at = tonumber(prev[1])
-if at and started <= at then release() return {'fenced', 0, 0, now} end
+if at and started <= at then return refuse('fenced', true) end
 local sp = tonumber(prev[3])
-if sp and started <= sp then release() return {'fenced', 0, 0, now} end
+if sp and started <= sp then return refuse('fenced', true) end
+if mode == 'revalidate' and (not at or at ~= tonumber(ARGV[15]) or prev[9] == '1') then
+  return refuse('fenced', true)
+end
+if mode == 'drop' then
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[2])
+  publish(ARGV[19] == '1')
+  return {'uncacheable', 0, 0, now}
+end
 local measured = now - tonumber(ARGV[3])
 if measured < 1 then measured = 1 end
 local d = measured
 local pd = tonumber(prev[2])
 if pd and pd > 0 then d = (pd + measured) / 2 end
-local soft = now + tonumber(ARGV[7])
+local soft = now + tonumber(ARGV[10])
+local v, ct, etag, oetag, olm, status = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], 'written'
+if mode == 'revalidate' then
+  v, ct, etag, status = prev[4], prev[5], prev[6], 'revalidated'
+  if oetag == '' then oetag = prev[7] or '' end
+  if olm == '' then olm = prev[8] or '' end
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'ct', ARGV[5], 'etag', ARGV[6], 'at', started,
-           'soft', soft, 'd', tostring(d), 'neg', ARGV[9], 'fails', 0, 'u', ARGV[10])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]) + tonumber(ARGV[8]))
-release()
-return {'written', tostring(d), soft, now}
+redis.call('HSET', KEYS[1], 'v', v, 'ct', ct, 'etag', etag, 'at', started,
+           'soft', soft, 'd', tostring(d), 'neg', ARGV[13], 'fails', 0, 'u', ARGV[14],
+           'oetag', oetag, 'olm', olm, 'ttl', ARGV[10], 'st', ARGV[11], 'sie', ARGV[12])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[10]) + tonumber(ARGV[11]))
+redis.call('DEL', KEYS[2])
+publish(false)
+return {status, tostring(d), soft, now}
 """
 )
 
@@ -147,7 +190,8 @@ return soft
 # enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker (kept: FINISH clears it)
 # ARGV[1] run token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
-# ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
+# ARGV[5] stale-if-error ms (both used only when the entry stores none of its own: st, sie),
+# ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
 # ARGV[7] "1" if the origin was called and failed, "0" if the breaker refused the call (the
 # key's failure streak, which doubles its cooldown, counts only real origin failures)
 # Returns {fails, cooldown ms}
@@ -162,7 +206,8 @@ if soft and redis.call('HGET', KEYS[1], 'neg') ~= '1' then
   else
     fails = math.max(1, tonumber(redis.call('HGET', KEYS[1], 'fails')) or 1)
   end
-  local keep_until = soft + tonumber(ARGV[4]) + tonumber(ARGV[5])
+  local own = redis.call('HMGET', KEYS[1], 'st', 'sie')
+  local keep_until = soft + (tonumber(own[1]) or tonumber(ARGV[4])) + (tonumber(own[2]) or tonumber(ARGV[5]))
   local current = redis.call('PEXPIRETIME', KEYS[1])
   if current > 0 and keep_until > current then redis.call('PEXPIREAT', KEYS[1], keep_until) end
 end

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -14,8 +15,10 @@ from redis.retry import Retry
 
 from shared import scripts
 from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready
+from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
+from shared.origin import OriginResponse, Validators
 from shared.settings import Settings
 from shared.xfetch import Decision, draw_u
 
@@ -98,6 +101,7 @@ READ_FIELDS = (
     "lease_state",
     "lease_pttl",
     "u",
+    "st",
 )
 
 
@@ -126,6 +130,7 @@ class ReadResult:
     lease_state: str  # "", "held", "cooldown", "queued"
     lease_pttl_ms: int
     u: float  # this value's XFetch draw (1.0 when none is stored)
+    stale_ms: int | None = None  # the value's stale window, when stored with it
 
     @property
     def has_value(self) -> bool:
@@ -148,19 +153,50 @@ class ReadResult:
             lease_state=_str(f["lease_state"]),
             lease_pttl_ms=int(f["lease_pttl"]),
             u=float(_str(f["u"]) or 1.0),
+            stale_ms=_int(f["st"]),
         )
 
 
 @dataclass(frozen=True)
 class WriteResult:
-    status: str  # "written", "fenced" or "lost_lease" (see FENCED_WRITE)
+    # "written", "revalidated", "uncacheable", "fenced" or "lost_lease" (see FENCED_WRITE)
+    status: str
     delta_ms: float
     soft_ms: int
     written_at_ms: int
 
     @property
     def written(self) -> bool:
-        return self.status == "written"
+        """A value (new or revalidated) is stored and fresh."""
+        return self.status in ("written", "revalidated")
+
+
+@dataclass(frozen=True)
+class StoredValidators:
+    """What a conditional refresh needs of the stored entry: which entry it is (`at_ms`), its
+    origin validators and the lifetimes it was stored with (a 304 without cache headers keeps
+    them)."""
+
+    at_ms: int
+    validators: Validators
+    lifetimes: Lifetimes
+
+    _FIELDS: ClassVar[tuple[str, ...]] = ("at", "oetag", "olm", "neg", "ttl", "st", "sie")
+
+    @classmethod
+    def from_fields(cls, raw: list[Any], fallback: Lifetimes) -> StoredValidators | None:
+        f = dict(zip(cls._FIELDS, raw, strict=True))
+        at = _int(f["at"])
+        validators = Validators(_str(f["oetag"]), _str(f["olm"]))
+        if at is None or _str(f["neg"]) == "1" or not validators:
+            return None
+        ttl, st, sie = _int(f["ttl"]), _int(f["st"]), _int(f["sie"])
+        lifetimes = Lifetimes(
+            soft_ttl_ms=fallback.soft_ttl_ms if ttl is None else ttl,
+            stale_ms=fallback.stale_ms if st is None else st,
+            stale_if_error_ms=fallback.stale_if_error_ms if sie is None else sie,
+        )
+        return cls(at, validators, lifetimes)
 
 
 class CacheStore:
@@ -263,6 +299,12 @@ class CacheStore:
         seconds, micros = self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
+    def stored_validators(self, ns: Namespace, key: str) -> StoredValidators | None:
+        """The stored entry's origin validators, or None when there is nothing to revalidate
+        (no entry, a cached 404, or an origin that gave no ETag nor Last-Modified)."""
+        raw = self.redis.hmget(EntryKeys.of(ns.name, key).entry, *StoredValidators._FIELDS)
+        return StoredValidators.from_fields(raw, fixed_lifetimes(ns))
+
     def fenced_write(
         self,
         ns: Namespace,
@@ -275,29 +317,118 @@ class CacheStore:
         content_type: str,
         negative: bool = False,
         u: float | None = None,
+        validators: Validators | None = None,
+        lifetimes: Lifetimes | None = None,
+    ) -> WriteResult:
+        """Store a value from the origin (see FENCED_WRITE); `lifetimes` default to the namespace's."""
+        if negative:
+            lifetimes = Lifetimes(int(ns.negative_ttl_seconds * 1000), 0, 0)
+        return self._fenced(
+            ns,
+            key,
+            token,
+            "store",
+            started_ms=started_ms,
+            won_at_ms=won_at_ms,
+            body=value,
+            content_type=content_type,
+            etag=make_etag(value),
+            validators=validators or Validators(),
+            lifetimes=lifetimes or fixed_lifetimes(ns),
+            negative=negative,
+            u=u,
+        )
+
+    def revalidate(
+        self,
+        ns: Namespace,
+        key: str,
+        token: str,
+        *,
+        started_ms: int,
+        won_at_ms: int,
+        validated_at_ms: int,
+        validators: Validators,
+        lifetimes: Lifetimes,
+        u: float | None = None,
+    ) -> WriteResult:
+        """The origin answered 304 to the validators of the entry stored at `validated_at_ms`:
+        keep its bytes for a new lifetime, under the same fences as a write. Validators the 304
+        left out stay as stored."""
+        return self._fenced(
+            ns,
+            key,
+            token,
+            "revalidate",
+            started_ms=started_ms,
+            won_at_ms=won_at_ms,
+            validators=validators,
+            lifetimes=lifetimes,
+            validated_at_ms=validated_at_ms,
+            u=u,
+        )
+
+    def drop_uncacheable(
+        self, ns: Namespace, key: str, token: str, *, started_ms: int, won_at_ms: int, hand_over: OriginResponse | None
+    ) -> WriteResult:
+        """The origin's answer may not be stored: delete the entry (under the same fences as a
+        write) and hand `hand_over` to the readers waiting for the key, in the ready message."""
+        return self._fenced(
+            ns,
+            key,
+            token,
+            "drop",
+            started_ms=started_ms,
+            won_at_ms=won_at_ms,
+            body=base64.b64encode(hand_over.body) if hand_over else b"",
+            content_type=hand_over.content_type if hand_over else "",
+            hand_over=hand_over is not None,
+        )
+
+    def _fenced(
+        self,
+        ns: Namespace,
+        key: str,
+        token: str,
+        mode: str,
+        *,
+        started_ms: int,
+        won_at_ms: int,
+        body: bytes = b"",
+        content_type: str = "",
+        etag: str = "",
+        validators: Validators | None = None,
+        lifetimes: Lifetimes | None = None,
+        negative: bool = False,
+        u: float | None = None,
+        validated_at_ms: int = 0,
+        hand_over: bool = False,
     ) -> WriteResult:
         k = EntryKeys.of(ns.name, key)
-        if negative:
-            soft_ttl = int(ns.negative_ttl_seconds * 1000)
-            stale_ttl = 0
-        else:
-            soft_ttl, stale_ttl = ns.soft_ttl_ms, ns.stale_ttl_ms
+        validators = validators or Validators()
+        lifetimes = lifetimes or fixed_lifetimes(ns)
         raw = self._fenced_write(
             keys=[k.entry, k.lease, k.tombstone, k.queued],
             args=[
                 token,
                 started_ms,
                 won_at_ms,
-                value,
+                mode,
+                body,
                 content_type,
-                make_etag(value),
-                soft_ttl,
-                stale_ttl,
+                etag,
+                validators.etag,
+                validators.last_modified,
+                lifetimes.soft_ttl_ms,
+                lifetimes.stale_ms,
+                lifetimes.stale_if_error_ms,
                 "1" if negative else "0",
                 repr(draw_u() if u is None else u),
+                validated_at_ms,
                 READY_CHANNEL,
                 ns.name,
                 key,
+                "1" if hand_over else "0",
             ],
         )
         return WriteResult(
@@ -308,10 +439,18 @@ class CacheStore:
         )
 
     def plain_write(
-        self, ns: Namespace, key: str, *, started_ms: int, value: bytes, content_type: str, negative: bool
+        self,
+        ns: Namespace,
+        key: str,
+        *,
+        started_ms: int,
+        value: bytes,
+        content_type: str,
+        negative: bool,
+        soft_ttl_ms: int | None = None,
     ) -> int:
         k = EntryKeys.of(ns.name, key)
-        ttl = int(ns.negative_ttl_seconds * 1000) if negative else ns.soft_ttl_ms
+        ttl = int(ns.negative_ttl_seconds * 1000) if negative else (soft_ttl_ms or ns.soft_ttl_ms)
         return int(
             self._plain_write(
                 keys=[k.entry],

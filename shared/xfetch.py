@@ -81,3 +81,14 @@ def may_write(started_ms: int, stored_at_ms: int | None, tombstone_ms: int | Non
     if tombstone_ms is not None and started_ms <= tombstone_ms:
         return False
     return stored_at_ms is None or started_ms > stored_at_ms
+
+
+def may_revalidate(started_ms: int, stored_at_ms: int | None, validated_at_ms: int, tombstone_ms: int | None) -> bool:
+    """The fencing rule of a 304: the fenced-write rule, and the stored value must still be the
+    one whose validator was sent (its call started at `validated_at_ms`). A 304 vouches for those
+    bytes only, so it can never lengthen the life of a value that replaced them."""
+    return (
+        stored_at_ms is not None
+        and stored_at_ms == validated_at_ms
+        and may_write(started_ms, stored_at_ms, tombstone_ms)
+    )

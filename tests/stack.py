@@ -338,7 +338,7 @@ class Stack:
     def origin_stats(self) -> dict[str, Any]:
         return requests.get(self.origin_url + "/stats", timeout=5).json()  # type: ignore[no-any-return]
 
-    def origin_config(self, **config: float) -> None:
+    def origin_config(self, **config: Any) -> None:
         requests.put(self.origin_url + "/config", json=config, timeout=5).raise_for_status()
 
     def get(self, namespace: str, key: str, **kwargs: Any) -> requests.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 import uuid
@@ -13,7 +15,15 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from shared.coldwait import SUBSCRIBERS_KEY, ColdWaitHub, TooManyWaiters, publish_invalidation, publish_ready
+from shared.coldwait import (
+    READY_CHANNEL,
+    SUBSCRIBERS_KEY,
+    ColdWaitHub,
+    HandedOver,
+    TooManyWaiters,
+    publish_invalidation,
+    publish_ready,
+)
 from shared.nearcache import NearCache
 from tests.stack import RedisServer, wait_until
 
@@ -377,3 +387,20 @@ def test_a_reader_learns_whether_a_refresh_was_published_between_its_read_and_it
     assert hub.subscriptions == subscriptions  # learnt from the live subscription, not a reconnect
     assert not hub.ready_since(ns, "k", time.monotonic())  # older than a later read: irrelevant
     assert not hub.ready_since(ns, "other", read_started)
+
+
+def test_a_handed_over_answer_reaches_every_waiter_of_its_key_and_a_later_publish_clears_it(
+    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+) -> None:
+    hub = make_hub(connected_slice=30.0)
+    body = b"\x00not stored\xff"
+    with hub.join(ns, "k") as first, hub.join(ns, "k") as second:
+        first.mark()
+        second.mark()
+        message = {"ns": ns, "key": "k", "status": "ready", "body": base64.b64encode(body).decode(), "ct": "x/y"}
+        client.publish(READY_CHANNEL, json.dumps(message))
+        for handle in (first, second):
+            assert handle.wait(5) == "ready"
+            assert handle.handed_over == HandedOver(body, "x/y")
+        publish_ready(client, ns, "k", "ready")  # a later refresh stored a value: nothing to hand over
+        assert first.wait(5) == "ready" and first.handed_over is None

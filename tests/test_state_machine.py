@@ -1,6 +1,7 @@
 """Random interleavings of a key's life against a real Redis, checking the engine's invariants
-after every step: reads, refreshes that start, pause past their lease, fail or write, are handed
-back to the queue by a stopping worker, purges and soft purges, queue expiry and redelivery.
+after every step: reads, refreshes that start, pause past their lease, fail, write or are
+answered 304 (revalidation), are handed back to the queue by a stopping worker, purges and soft
+purges, queue expiry and redelivery.
 
 `make test` runs a bounded number of examples. The long run (10 000+ steps):
 
@@ -17,8 +18,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from shared.freshness import fixed_lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import build_namespace
+from shared.origin import Validators
 from shared.settings import Settings
 from shared.store import CacheStore, make_redis, new_token
 from shared.xfetch import Decision
@@ -50,6 +53,10 @@ class Run:
     hard_epoch: int
     soft_epoch: int
     acks: bool  # False for a redelivered copy's run: the copy left in the queue is that message
+    # The entry stored when the run began (its `at` and bytes): what a conditional call would
+    # send the validator of, and all a 304 may keep.
+    validated_at: int | None = None
+    validated_value: bytes | None = None
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +157,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             while started <= floor:
                 started = store.now_ms()
             self.last_started = started
+            at, stored_value = store.redis.hmget(EntryKeys.of(ns.name, task.key).entry, "at", "v")
             self.runs.append(
                 Run(
                     task.key,
@@ -160,6 +168,8 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
                     self.hard_epoch[task.key],
                     self.soft_epoch[task.key],
                     acks=not redelivered,
+                    validated_at=None if at is None else int(at),
+                    validated_value=stored_value,
                 )
             )
 
@@ -220,6 +230,35 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
                 self.stored_at[run.key] = run.started
                 self.started_of[run.value] = run.started
                 self.epochs_of[run.value] = (run.hard_epoch, run.soft_epoch)
+            self.acknowledged(run)
+
+        @precondition(lambda self: self.runs)
+        @rule(i=st.integers(0, 7))
+        def a_run_is_answered_not_modified(self, i: int) -> None:
+            run = self.runs.pop(i % len(self.runs))
+            self.live_runs[run.key].discard(run.run_token)
+            before = self.stored_at[run.key]
+            result = store.revalidate(
+                ns,
+                run.key,
+                run.run_token,
+                started_ms=run.started,
+                won_at_ms=run.started,
+                validated_at_ms=run.validated_at or 0,
+                validators=Validators(),
+                lifetimes=fixed_lifetimes(ns),
+            )
+            if result.written:
+                # A 304 keeps the very bytes it validated, and only while they are still stored:
+                # it never lengthens the life of a value that replaced them.
+                assert run.validated_at is not None and before == run.validated_at, (before, run.validated_at)
+                assert run.started > before
+                assert run.hard_epoch == self.hard_epoch[run.key], "a purged generation was revalidated"
+                assert run.soft_epoch == self.soft_epoch[run.key], "a soft purge did not fence a revalidation"
+                assert store.redis.hget(EntryKeys.of(ns.name, run.key).entry, "v") == run.validated_value
+                self.stored_at[run.key] = run.started
+                assert run.validated_value is not None
+                self.epochs_of[run.validated_value] = (run.hard_epoch, run.soft_epoch)
             self.acknowledged(run)
 
         @precondition(lambda self: self.runs)

@@ -76,7 +76,14 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
             "description": "Seconds since the origin call that produced the value started.",
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         },
-        "Cache-Control": {"description": "max-age=N, stale-while-revalidate=M", "schema": {"type": "string"}},
+        "Cache-Control": {
+            "description": (
+                "max-age=N, stale-while-revalidate=M (M is the value's own stale window: with "
+                'freshness = "origin" it comes from the origin\'s answer); no-store on an answer the '
+                "origin marked no-store or private, which herdless handed over without storing it."
+            ),
+            "schema": {"type": "string"},
+        },
         "ETag": {"description": "Strong validator of the value.", "schema": {"type": "string"}},
     }
     return {
@@ -100,7 +107,11 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {
-                            "description": "The origin's bytes, with the origin's content type.",
+                            "description": (
+                                "The origin's bytes, with the origin's content type. An answer the origin "
+                                'marked no-store or private (namespaces with freshness = "origin") is handed '
+                                "to the requests that waited for it and never served from the cache."
+                            ),
                             "headers": cache_headers,
                             "content": {"*/*": {"schema": {}}},
                         },
@@ -281,6 +292,10 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
                                     "properties": {
                                         "origin_calls": _COUNTS,
                                         "origin_calls_total": {"type": "number"},
+                                        "origin_bytes_total": {
+                                            "type": "number",
+                                            "description": "herdless_origin_bytes_total: value bodies received.",
+                                        },
                                         "refreshes": _COUNTS,
                                     },
                                 },

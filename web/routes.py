@@ -90,6 +90,9 @@ def _serve(ns: Namespace, answer: Served) -> Response:
     """Answer from a stored entry (positive or negative) and record the outcome."""
     r = answer.result
     headers = cache_headers(ns, r, "NEGATIVE" if r.negative else answer.outcome, answer.now_ms)
+    if answer.uncacheable:
+        # The origin forbade storing it (no-store, private): neither do the client's caches.
+        headers["Cache-Control"] = "no-store"
     if r.at_ms is not None:
         metrics.SERVED_AGE.labels(ns.name).observe(max(0, answer.now_ms - r.at_ms) / 1000)
     if r.negative:

@@ -121,6 +121,8 @@ def status_snapshot() -> dict[str, Any]:
         snapshot["worker"] = {
             "origin_calls": origin_calls,
             "origin_calls_total": sum(origin_calls.values()),
+            # Value bodies received; a 304 revalidation (origin_calls "not_modified") adds none.
+            "origin_bytes_total": _total(worker, "herdless_origin_bytes_total"),
             "refreshes": _by_label(worker, "herdless_refresh_total", "outcome"),
             "slot_waits": _slot_waits(worker),
         }

@@ -29,6 +29,7 @@ CONTRACT_METRICS = {
     "herdless_refresh_suppressed_total": "counter",
     "herdless_refresh_total": "counter",
     "herdless_origin_calls_total": "counter",
+    "herdless_origin_bytes_total": "counter",
     "herdless_origin_duration_seconds": "histogram",
     "herdless_refresh_lag_seconds": "histogram",
     "herdless_breaker_state": "gauge",

@@ -33,6 +33,7 @@ WEB_METRICS = [
 WORKER_METRICS = [
     "herdless_refresh_total",
     "herdless_origin_calls_total",
+    "herdless_origin_bytes_total",
     "herdless_origin_duration_seconds",
     "herdless_refresh_lag_seconds",
     "herdless_breaker_state",

@@ -41,6 +41,8 @@ PANELS_WITH_DATA = [
     "Origin slot wait p50/p99",
     "Origin slot waits and timeouts",
     "Origin calls in flight",
+    "Origin bytes received",
+    "Revalidated share of origin answers",
 ]
 
 # The user monitoring/prometheus.yml scrapes Flower as.
@@ -81,6 +83,16 @@ def drive_traffic(stack: Stack, prometheus: PrometheusServer) -> None:
         for _ in range(20):
             get("demo", "hot")
         prometheus.wait_for_scrape_after(time.time())
+
+    # A value that never changes at the origin: past its 1 s TTL its refresh is answered 304.
+    stack.origin_config(keys={"unchanging": {"value": "same"}})
+    get("demo", "unchanging")
+    wait_until(
+        lambda: get("demo", "unchanging") and stack.origin_stats()["not_modified"] >= 1,
+        timeout=10,
+        what="a 304 revalidation",
+        interval=0.2,
+    )
 
     # swr never refreshes early, so once the 1 s soft TTL passes the next read is STALE.
     get("demo-swr", "aging")
@@ -158,6 +170,18 @@ def test_origin_calls_are_counted_next_to_requests(observed: PrometheusServer) -
     series = panel_results(observed, "Origin calls vs requests")
     calls = [s for s in series if s["metric"].get("outcome") == "ok"]
     assert calls and float(calls[0]["value"][1]) > 0, series
+
+
+def test_revalidations_show_as_a_share_of_origin_answers(observed: PrometheusServer) -> None:
+    shares = {
+        s["metric"]["namespace"]: float(s["value"][1])
+        for s in panel_results(observed, "Revalidated share of origin answers")
+    }
+    assert 0 < shares.get("demo", 0) < 1, shares
+    received = {
+        s["metric"]["namespace"]: float(s["value"][1]) for s in panel_results(observed, "Origin bytes received")
+    }
+    assert received.get("demo", 0) > 0, received
 
 
 def test_refresh_lag_quantiles_are_finite(observed: PrometheusServer) -> None:

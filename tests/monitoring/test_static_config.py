@@ -48,6 +48,8 @@ REQUIRED_PANELS = [
     "Origin slot wait p50/p99",
     "Origin slot waits and timeouts",
     "Origin calls in flight",
+    "Origin bytes received",
+    "Revalidated share of origin answers",
 ]
 
 REQUIRED_ALERTS = {
