@@ -60,6 +60,17 @@ Purges (admin)
     refresh that started before it. A refresh still waiting in the queue keeps its marker and
     may re-take the freed lease when it starts (it starts after the purge).
 
+Warm-ups (admin)
+    A warm-up names many keys of one namespace. Each key holding a fresh value is left alone
+    (``already_fresh``); each whose lease is held, cooling down or whose refresh is queued is
+    left to that refresh (``in_flight``, ``cooling_down``); every other key has its free lease
+    taken and queued marker set exactly as by a read that wins (``WARM``, pipelined), and its
+    refresh is handed to the queue with reason ``warm``. So a key warmed while reads of it are
+    enqueueing, or warmed twice, costs the origin one call, not two. A warm task may wait in the
+    queue as long as its marker lives (a warm-up may enqueue more than the workers run within
+    one lease); a read that misses on such a key waits for it like any queued refresh. If the
+    queue refuses a task, the leases and markers of the keys not yet handed over are given back.
+
 What never happens: two refreshes holding one key's lease; a value older than the stored one
 replacing it; a purged value coming back; two refresh tasks of one key in the queue; a read
 waiting on the origin while a stale value exists.
@@ -124,6 +135,25 @@ Answer = Served | Refused
 
 class BrokerUnavailable(Exception):
     """The refresh could not be handed to the queue."""
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What a warm-up did with each distinct key it was given."""
+
+    enqueued: int
+    already_fresh: int
+    in_flight: int
+    cooling_down: int
+
+
+class WarmIncomplete(BrokerUnavailable):
+    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
+    the keys after them were given back (a new warm-up may retry them)."""
+
+    def __init__(self, enqueued: int, remaining: int) -> None:
+        super().__init__(f"the queue refused the warm-up after {enqueued} refreshes; {remaining} were not enqueued")
+        self.enqueued, self.remaining = enqueued, remaining
 
 
 SendRefresh = Callable[[RefreshRequest], None]
@@ -357,6 +387,40 @@ class Engine:
         self._enqueue(ns, key, token, "manual", self.store.now_ms())
         return True
 
+    def warm(self, ns: Namespace, keys: list[str]) -> WarmResult:
+        """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
+        validated by the caller; duplicates count once). Raises WarmIncomplete when the queue
+        refuses a task."""
+        send = self._send_refresh
+        if send is None:
+            raise WarmIncomplete(0, 0)
+        tokens = {key: new_token() for key in dict.fromkeys(keys)}
+        states, now_ms = self.store.warm(ns, tokens)
+        won = [key for key, state in states.items() if state == "won"]
+        for i, key in enumerate(won):
+            try:
+                send(RefreshRequest(ns.name, key, tokens[key], "warm", now_ms))
+            except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
+                log.warning("warm-up for namespace %s: broker unavailable after %d refreshes", ns.name, i)
+                rest = {k: tokens[k] for k in won[i:]}
+                try:
+                    self.store.abandon_many(ns, rest)
+                except Exception:  # noqa: BLE001 - Redis is down too; leases and markers expire
+                    pass
+                metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(i)
+                raise WarmIncomplete(i, len(rest)) from exc
+        metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(len(won))
+        counts = {state: 0 for state in ("fresh", "queued", "held", "cooldown")}
+        for state in states.values():
+            if state in counts:
+                counts[state] += 1
+        return WarmResult(
+            enqueued=len(won),
+            already_fresh=counts["fresh"],
+            in_flight=counts["queued"] + counts["held"],
+            cooling_down=counts["cooldown"],
+        )
+
     def purge(self, ns: Namespace, key: str, *, soft: bool = False) -> bool:
         """Hard purge (the value is gone) or soft purge (served stale and refreshed). Either way
         no refresh that started before the purge can write, and every web process drops the key
@@ -471,7 +535,10 @@ class Engine:
             key,
             run_token,
             started_ms=started_ms,
-            won_at_ms=req.won_at_ms,
+            # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a
+            # warm-up's queue wait is its own batch ahead of it, which says nothing about the
+            # key, and would make the value refresh early by about that much.
+            won_at_ms=started_ms if req.reason == "warm" else req.won_at_ms,
             value=b"" if response is None else response.body,
             content_type="application/json" if response is None else response.content_type,
             negative=negative,
