@@ -82,9 +82,13 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
@@ -149,14 +153,23 @@ class WarmResult:
 
 class WarmIncomplete(BrokerUnavailable):
     """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
-    the keys after them were given back (a new warm-up may retry them)."""
+    the other keys' leases were given back, so the same warm-up may simply be sent again (the
+    keys enqueued the first time then count as in flight)."""
 
-    def __init__(self, enqueued: int, remaining: int) -> None:
-        super().__init__(f"the queue refused the warm-up after {enqueued} refreshes; {remaining} were not enqueued")
-        self.enqueued, self.remaining = enqueued, remaining
+    def __init__(self, enqueued: int) -> None:
+        super().__init__(
+            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
+        )
+        self.enqueued = enqueued
 
 
 SendRefresh = Callable[[RefreshRequest], None]
+# Opens a batch of sends over one broker connection (a warm-up's): `with open_batch() as send:`.
+OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
+
+# Keys a warm-up takes leases for at once: each chunk's tasks are sent right after its leases
+# are taken, so no key holds a lease and queued marker long without a task behind them.
+WARM_CHUNK = 500
 
 
 # -- the web side -------------------------------------------------------------------------------
@@ -173,6 +186,7 @@ class Engine:
         store: CacheStore,
         *,
         send_refresh: SendRefresh | None = None,
+        open_batch: OpenBatch | None = None,
         waiter: ColdWaitHub | None = None,
         near_cache: NearCache[ReadResult] | None = None,
         slots: Callable[[str], OriginSlots] | None = None,
@@ -182,6 +196,7 @@ class Engine:
         self.namespaces = namespaces
         self.store = store
         self._send_refresh = send_refresh
+        self._open_batch = open_batch
         self._waiter = waiter
         self.near_cache = near_cache
         self._slots_factory = slots
@@ -391,35 +406,48 @@ class Engine:
         """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
         validated by the caller; duplicates count once). Raises WarmIncomplete when the queue
         refuses a task."""
-        send = self._send_refresh
-        if send is None:
-            raise WarmIncomplete(0, 0)
-        tokens = {key: new_token() for key in dict.fromkeys(keys)}
-        states, now_ms = self.store.warm(ns, tokens)
-        won = [key for key, state in states.items() if state == "won"]
-        for i, key in enumerate(won):
-            try:
-                send(RefreshRequest(ns.name, key, tokens[key], "warm", now_ms))
-            except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
-                log.warning("warm-up for namespace %s: broker unavailable after %d refreshes", ns.name, i)
-                rest = {k: tokens[k] for k in won[i:]}
-                try:
-                    self.store.abandon_many(ns, rest)
-                except Exception:  # noqa: BLE001 - Redis is down too; leases and markers expire
-                    pass
-                metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(i)
-                raise WarmIncomplete(i, len(rest)) from exc
-        metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(len(won))
-        counts = {state: 0 for state in ("fresh", "queued", "held", "cooldown")}
-        for state in states.values():
-            if state in counts:
-                counts[state] += 1
+        if self._send_refresh is None:
+            raise WarmIncomplete(0)
+        distinct = list(dict.fromkeys(keys))
+        states: dict[str, str] = {}
+        sent = 0
+        batch = self._open_batch() if self._open_batch is not None else nullcontext(self._send_refresh)
+        try:
+            with batch as send:
+                for start in range(0, len(distinct), WARM_CHUNK):
+                    tokens = {key: new_token() for key in distinct[start : start + WARM_CHUNK]}
+                    chunk, won_at_ms = self.store.warm(ns, tokens)
+                    won = [key for key, state in chunk.items() if state == "won"]
+                    for i, key in enumerate(won):
+                        try:
+                            send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))
+                        except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
+                            log.warning("warm-up of %s: broker unavailable after %d refreshes", ns.name, sent)
+                            # Keys of later chunks were never touched; give back this chunk's unsent.
+                            self._abandon_quietly(ns, {k: tokens[k] for k in won[i:]})
+                            raise WarmIncomplete(sent) from exc
+                        sent += 1
+                    states.update(chunk)
+        except (WarmIncomplete, RedisError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the batch's broker connection could not be had
+            log.warning("warm-up for namespace %s: broker unavailable", ns.name)
+            raise WarmIncomplete(sent) from exc
+        finally:
+            metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(sent)
+        counts = Counter(states.values())
         return WarmResult(
-            enqueued=len(won),
+            enqueued=sent,
             already_fresh=counts["fresh"],
             in_flight=counts["queued"] + counts["held"],
             cooling_down=counts["cooldown"],
         )
+
+    def _abandon_quietly(self, ns: Namespace, tokens: dict[str, str]) -> None:
+        try:
+            self.store.abandon_many(ns, tokens)
+        except Exception:  # noqa: BLE001 - Redis is down too; the leases and markers expire
+            log.warning("warm-up for namespace %s: could not give back %d leases", ns.name, len(tokens))
 
     def purge(self, ns: Namespace, key: str, *, soft: bool = False) -> bool:
         """Hard purge (the value is gone) or soft purge (served stale and refreshed). Either way

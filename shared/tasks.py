@@ -125,11 +125,13 @@ def celery_config(
     }
 
 
-def send_refresh(app: Any, request: RefreshRequest, settings: Settings) -> None:
+def send_refresh(app: Any, request: RefreshRequest, settings: Settings, producer: Any = None) -> None:
     """Put one refresh task on the queue (app: a Celery app). Raises whatever kombu raises when
-    the broker is unreachable."""
+    the broker is unreachable. A batch passes one `producer` (app.producer_or_acquire()) for all
+    its tasks rather than taking one from the pool per task."""
     app.send_task(
         REFRESH_TASK,
+        producer=producer,
         kwargs=request.as_kwargs(),
         queue=QUEUE,
         routing_key=QUEUE,
