@@ -222,6 +222,34 @@ def purge(_rest: str) -> Response:
     return Response(status=204)
 
 
+@bp.get("/v1/namespaces")
+def namespaces() -> Response:
+    """The configured namespaces: strategy, lifetimes, the origin's host (or callable) and the
+    names of the headers sent to it. Never a header's value, nor the origin URL, which may
+    carry a credential of its own."""
+    return json_response(
+        200,
+        {
+            "namespaces": [
+                {
+                    "name": ns.name,
+                    "strategy": ns.strategy,
+                    "origin": ns.origin_name,
+                    "origin_headers": ns.origin_headers.names,
+                    "cache_ttl_seconds": ns.cache_ttl_seconds,
+                    "stale_ttl_seconds": ns.stale_ttl_seconds,
+                    "stale_if_error_seconds": ns.stale_if_error_seconds,
+                    "negative_ttl_seconds": ns.negative_ttl_seconds,
+                    "xfetch_beta": ns.xfetch_beta,
+                    "origin_timeout_seconds": ns.origin_timeout_seconds,
+                    "origin_max_concurrency": ns.origin_max_concurrency,
+                }
+                for ns in sorted(web_state().namespaces.values(), key=lambda ns: ns.name)
+            ]
+        },
+    )
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
     return json_response(200, {"status": "ok"})
