@@ -84,11 +84,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
@@ -412,8 +410,13 @@ class Engine:
         states: dict[str, str] = {}
         sent = 0
         batch = self._open_batch() if self._open_batch is not None else nullcontext(self._send_refresh)
-        try:
-            with batch as send:
+        with ExitStack() as on_exit:
+            try:
+                send = on_exit.enter_context(batch)
+            except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "no broker"
+                log.warning("warm-up of %s: broker unavailable (%s)", ns.name, type(exc).__name__)
+                raise WarmIncomplete(0) from exc
+            try:
                 for start in range(0, len(distinct), WARM_CHUNK):
                     tokens = {key: new_token() for key in distinct[start : start + WARM_CHUNK]}
                     chunk, won_at_ms = self.store.warm(ns, tokens)
@@ -422,19 +425,19 @@ class Engine:
                         try:
                             send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))
                         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
-                            log.warning("warm-up of %s: broker unavailable after %d refreshes", ns.name, sent)
+                            log.warning(
+                                "warm-up of %s: broker unavailable after %d refreshes (%s)",
+                                ns.name,
+                                sent,
+                                type(exc).__name__,
+                            )
                             # Keys of later chunks were never touched; give back this chunk's unsent.
                             self._abandon_quietly(ns, {k: tokens[k] for k in won[i:]})
                             raise WarmIncomplete(sent) from exc
                         sent += 1
                     states.update(chunk)
-        except (WarmIncomplete, RedisError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the batch's broker connection could not be had
-            log.warning("warm-up for namespace %s: broker unavailable", ns.name)
-            raise WarmIncomplete(sent) from exc
-        finally:
-            metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(sent)
+            finally:
+                metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(sent)
         counts = Counter(states.values())
         return WarmResult(
             enqueued=sent,

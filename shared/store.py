@@ -275,7 +275,9 @@ class CacheStore:
                     script.sha = self.redis.script_load(script.script)
                 pipe = self.redis.pipeline(transaction=False)
                 for keys, args in chunk:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter by
+                    # name (it cannot load scripts on NOSCRIPT), but routes EVALSHA by its keys.
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 try:
                     replies += pipe.execute()
                     break
