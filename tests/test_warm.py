@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from shared.engine import Engine, WarmIncomplete
 from shared.keys import EntryKeys
-from shared.namespaces import Namespace
+from shared.namespaces import Namespace, build_namespace
 from shared.settings import Settings
 from shared.store import CacheStore, new_token
-from shared.tasks import RefreshRequest
+from shared.tasks import RefreshRequest, queued_marker_ttl_seconds, refresh_expiry_seconds, refresh_priority
 from shared.xfetch import Decision
 
 
@@ -102,3 +102,28 @@ def test_a_refused_task_gives_back_the_leases_of_every_key_not_yet_enqueued(
         k = EntryKeys.of(ns.name, key)
         held = store.redis.exists(k.lease) + store.redis.exists(k.queued)
         assert held == (2 if key in enqueued else 0), key
+
+
+def test_a_warm_tasks_queue_wait_does_not_count_as_refresh_duration(settings: Settings, store: CacheStore) -> None:
+    # d (XFetch's refresh duration) is what a reader would wait; a warm-up's backlog says nothing
+    # about the key, and counting it would make the value refresh early by about that much.
+    ns = build_namespace("t", {"origin": "tests.origins:compute"}, settings)
+    engine = Engine(settings, {ns.name: ns}, store)
+    waited_ms = 30_000
+    d: dict[str, float] = {}
+    for reason in ("warm", "miss"):
+        key = f"queued-long-{reason}"
+        token = new_token()
+        states, now = store.warm(ns, {key: token})
+        assert states[key] == "won"
+        outcome = engine.run_refresh(RefreshRequest(ns.name, key, token, reason, now - waited_ms))
+        assert outcome == "written"
+        d[reason] = float(store.redis.hget(EntryKeys.of(ns.name, key).entry, "d"))
+    assert d["miss"] >= waited_ms
+    assert d["warm"] < waited_ms / 10, d
+
+
+def test_warm_tasks_wait_in_the_queue_as_long_as_their_marker_lives(settings: Settings) -> None:
+    assert refresh_expiry_seconds("warm", settings) == queued_marker_ttl_seconds(settings) >= 60
+    assert refresh_expiry_seconds("miss", settings) == settings.lease_ttl_seconds
+    assert refresh_priority("warm", settings) > refresh_priority("miss", settings)  # Redis: lower first
