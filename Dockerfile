@@ -14,12 +14,13 @@ RUN groupadd --system --gid 10001 herdless \
 
 WORKDIR /app
 
-# Dependencies get their own layer, read from pyproject.toml, so that a code
-# change does not reinstall them. The code itself runs from /app (PYTHONPATH).
-COPY pyproject.toml ./
+# Dependencies get their own layer, so that a code change does not reinstall them: the
+# runtime dependencies of pyproject.toml only (no load tester, no dev tools), at the versions
+# constraints.txt pins (`make lock`). The code itself runs from /app (PYTHONPATH).
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
         > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
+ && pip install -c constraints.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
 # Owned by root and read-only for the service user: a compromised process

@@ -3,13 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint loadtest system-deps clean
+.PHONY: run test lint loadtest lock system-deps clean
 
-$(STAMP): pyproject.toml
+# Every package at the version constraints.txt pins, so every machine runs what CI tested.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev,loadtest]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev,loadtest]'
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml in a throw-away venv and rewrite constraints.txt: after changing a
+# dependency, or to take upgrades. Then `make test` and commit both files.
+lock:
+	PYTHON=$(PYTHON) ./scripts/lock.sh
 
 run: $(STAMP)
 	./scripts/run.sh

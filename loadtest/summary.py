@@ -9,6 +9,7 @@ import platform
 from typing import Any
 
 import numpy as np
+import psutil
 from hdrh.histogram import HdrHistogram
 
 from loadtest.openloop import CLIENT_ERROR_STATUS, DEFAULT_WARMUP_SECONDS, X_CACHE_CODES, RunResult
@@ -56,6 +57,7 @@ def is_error(status: np.ndarray) -> np.ndarray:
 
 
 def machine_description() -> str:
+    # psutil has every figure but the CPU's model name, which only /proc/cpuinfo tells on Linux.
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -65,15 +67,9 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    mem = ""
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        mem = f", {pages / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError):
-        pass
     return (
-        f"{os.cpu_count()} cores ({model}){mem}, {platform.system()} {platform.release()},"
-        f" Python {platform.python_version()}"
+        f"{psutil.cpu_count()} cores ({model}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM,"
+        f" {platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
 
 

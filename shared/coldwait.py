@@ -5,8 +5,11 @@ Two channels, one connection:
 - ``hl:ready`` (JSON ``{"ns", "key", "status"}``): a refresh of the key finished ("ready" or
   "error"). It wakes that key's waiters -- only them -- and, a write having happened, drops
   the key from the near-cache.
-- ``hl:inval`` (JSON ``{"ns", "key"}``): published after every fenced write, hard purge and
-  soft purge; drops the key from the near-cache. It wakes no waiter.
+- ``hl:inval`` (JSON ``{"ns", "key"}``, plus ``"ack"`` from a purge): published after every
+  hard and soft purge; drops the key from the near-cache. It wakes no waiter. A purge waits
+  (``PURGE_ACK_SECONDS`` at most) until every subscribed process has dropped the key and
+  pushed its acknowledgement to the list the message names, so once a purge has answered no
+  web process serves the purged value from memory.
 
 Waiting. Waiters of one key share one ``_KeyWait``: a generation number, the last published
 status and an Event that is replaced by a fresh one at each publish, so a publish for key K
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -54,13 +58,36 @@ HEARTBEAT_SECONDS = 1.0  # PING after this long without hearing anything
 LIVENESS_SECONDS = 3.0  # nothing heard (not even a pong) for this long: reconnect
 MAX_BACKOFF_SECONDS = 2.0
 READY_MEMORY = 100_000  # keys whose last ready message time is remembered
+PURGE_ACK_SECONDS = 1.0  # the longest a purge waits for every web process to drop the key
+ACK_PREFIX = "hl:inval-ack:"
 
 T = TypeVar("T")
 
 
-def publish_invalidation(client: Any, ns: str, key: str) -> None:
-    """Tell every web process to drop (ns, key) from its near-cache: after every write and purge."""
-    client.publish(INVALIDATION_CHANNEL, json.dumps({"ns": ns, "key": key}))
+def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float = 0.0) -> tuple[int, int]:
+    """Tell every web process to drop (ns, key) from its near-cache. With `ack_timeout`, wait
+    until every process that received the message has dropped the key (at most that long).
+    Returns (processes that received it, processes that confirmed it).
+
+    Pub/sub is server-wide: deployments sharing one Redis server in different databases
+    receive each other's invalidations but confirm in their own database, so their purges
+    wait the whole `ack_timeout` (and still answer)."""
+    message: dict[str, str] = {"ns": ns, "key": key}
+    if ack_timeout <= 0:
+        return int(client.publish(INVALIDATION_CHANNEL, json.dumps(message))), 0
+    ack = message["ack"] = ACK_PREFIX + os.urandom(12).hex()
+    receivers = int(client.publish(INVALIDATION_CHANNEL, json.dumps(message)))
+    confirmed = 0
+    deadline = time.monotonic() + ack_timeout
+    try:
+        while confirmed < receivers:
+            left = deadline - time.monotonic()
+            if left <= 0 or client.blpop([ack], timeout=max(left, 0.01)) is None:
+                break
+            confirmed += 1
+    finally:
+        client.delete(ack)
+    return receivers, confirmed
 
 
 def publish_ready(client: Any, ns: str, key: str, status: str) -> None:
@@ -174,6 +201,7 @@ class ColdWaitHub:
         max_waiters: int,
         nearcache: NearCache[Any] | None = None,
         *,
+        ack_client: Any | None = None,
         connected_slice: float = CONNECTED_SLICE,
         disconnected_slice: float = DISCONNECTED_SLICE,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
@@ -182,6 +210,7 @@ class ColdWaitHub:
         self._client_factory = client_factory
         self._max_waiters = max_waiters
         self.nearcache = nearcache
+        self._ack_client = ack_client  # confirms purges' invalidations (None: never confirms)
         self.connected_slice = connected_slice
         self.disconnected_slice = disconnected_slice
         self.heartbeat_seconds = heartbeat_seconds
@@ -300,8 +329,22 @@ class ColdWaitHub:
             return
         if self.nearcache is not None:
             self.nearcache.invalidate(*target)
+        ack = event.get("ack")
+        if channel == INVALIDATION_CHANNEL and isinstance(ack, str) and ack.startswith(ACK_PREFIX):
+            self._confirm(ack)
         if channel == READY_CHANNEL:
             self._wake(target, str(event.get("status", "ready")))
+
+    def _confirm(self, ack: str) -> None:
+        if self._ack_client is None:
+            return
+        try:
+            with self._ack_client.pipeline(transaction=False) as pipe:
+                pipe.rpush(ack, 1)
+                pipe.pexpire(ack, int(PURGE_ACK_SECONDS * 10_000))
+                pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - the purge waits its bound and answers anyway
+            log.warning("could not confirm an invalidation (%s)", type(exc).__name__)
 
     def _wake(self, target: tuple[str, str], status: str) -> None:
         with self._lock:

@@ -10,6 +10,9 @@ said 404; served as 404 until it expires). Orthogonal to that, its lease (``hl:{
 **free**, **won** (a read took it and is handing a refresh to the queue: the lease holds the task
 token and the *queued marker* ``:q`` holds it too), **running** (a worker claimed it: the lease
 holds that run's own token), or **cooling down** (the last refresh failed: ``cd:<token>``).
+The queued marker lives exactly as long as the task's message: set by the read that enqueues,
+turned into a *running* marker (``r:<task token>``) when a worker claims the task, cleared when
+the worker has acknowledged the message (``finish``) or the message expires unrun.
 
 Reads (web tier, one Redis round trip, ``READ``)
     A read of a fresh value whose XFetch moment ``soft + d·β·ln(u)`` has not come is a HIT.
@@ -17,12 +20,13 @@ Reads (web tier, one Redis round trip, ``READ``)
     read that is not a HIT tries to take the free lease; the one that wins hands a refresh task
     to the injected queue (``send_refresh``) and, while that task waits in the queue, the queued
     marker stops every other read from enqueueing another, even after the lease runs out with
-    no worker consuming. EARLY and STALE reads are answered at once with the stored value. A
-    MISS waits (``ColdWaitHub``, bounded by ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to
-    be published (one re-read per wake-up, shared by the key's waiters in the process); if it
-    finds the lease free (its refresher died) it takes it over; if the key is cooling down it
-    answers 502 at once. If the queue refuses
-    the task the lease and marker are given back, so the next read retries.
+    no worker consuming. A running marker stops reads only while its run's lease lives: if the
+    run's host dies, the lease runs out and a read takes over. EARLY and STALE reads are
+    answered at once with the stored value. A MISS waits (``ColdWaitHub``, bounded by
+    ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to be published (one re-read per wake-up,
+    shared by the key's waiters in the process); if it finds the lease free (its refresher
+    died) it takes it over; if the key is cooling down it answers 502 at once. If the queue
+    refuses the task the lease and marker are given back, so the next read retries.
 
 Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
@@ -33,7 +37,7 @@ Near-cache (web tier)
 Refreshes (worker, ``run_refresh``)
     ``CLAIM`` turns the won lease into the run's own: the lease value becomes a run token that
     no other execution (not even a redelivered copy of the same message) can match, and the
-    queued marker is cleared. A task whose lease is someone else's stops (``lost_lease``). The
+    queued marker a running one. A task whose lease is someone else's stops (``lost_lease``). The
     run waits for a slot of its origin (``ORIGIN_MAX_CONCURRENCY`` across all processes and
     hosts), notes ``started`` on the Redis clock, and calls the origin through the breaker under
     a total deadline (``origin_timeout_seconds``); meanwhile a renewer extends the lease and
@@ -48,9 +52,12 @@ Refreshes (worker, ``run_refresh``)
 
     Either way "ready"/"error" is published for cold-miss waiters (the write script publishes
     "ready" itself); the message also invalidates the key in every web process's near-cache.
-    A worker told to stop while runs are in flight marks their keys queued again
-    (``requeued``): their messages return to the queue, and a run that still finishes clears
-    the mark with its write or failure.
+    The marker stays until the worker has acknowledged the message (``finish``): a message
+    that goes back to the queue because its worker stopped mid-run (requeued when a pool
+    process dies, restored when the broker connection closes) is never without its marker.
+    Its running marker becomes a waiting one again (``requeued``), so reads keep off the key
+    however long the interrupted run's lease has run out; a run that still finishes is
+    acknowledged and clears it.
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
@@ -58,7 +65,10 @@ Purges (admin)
     writes need the lease, a refresh running during a purge can never land, however long its
     origin call takes; because writes need a start after ``sp``, a soft purge fences every
     refresh that started before it. A refresh still waiting in the queue keeps its marker and
-    may re-take the freed lease when it starts (it starts after the purge).
+    may re-take the freed lease when it starts (it starts after the purge); the marker of a
+    refresh running during the purge no longer holds reads off, since its lease is gone. The
+    purge answers once every web process has confirmed dropping the key from its near-cache
+    (or ``PURGE_ACK_SECONDS`` passed), so no process serves the purged value from memory after.
 
 Warm-ups (admin)
     A warm-up names many keys of one namespace. Each key holding a fresh value is left alone
@@ -283,7 +293,7 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
             log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
             try:
-                self.store.abandon(ns, key, token)
+                self.store.finish(ns, key, token)
             except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
                 pass
             raise BrokerUnavailable(str(exc)) from None
@@ -292,7 +302,7 @@ class Engine:
     def _wait_for_refresh(self, ns: Namespace, key: str, first: ReadResult, token: str, read_started: float) -> Answer:
         if self._waiter is None:
             if first.won_lease:
-                self.store.abandon(ns, key, token)
+                self.store.finish(ns, key, token)
             return Refused(503, "cold_wait_timeout", "this process cannot wait for refreshes", 1)
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
         try:
@@ -432,7 +442,7 @@ class Engine:
                                 type(exc).__name__,
                             )
                             # Keys of later chunks were never touched; give back this chunk's unsent.
-                            self._abandon_quietly(ns, {k: tokens[k] for k in won[i:]})
+                            self._give_back(ns, {k: tokens[k] for k in won[i:]})
                             raise WarmIncomplete(sent) from exc
                         sent += 1
                     states.update(chunk)
@@ -446,9 +456,9 @@ class Engine:
             cooling_down=counts["cooldown"],
         )
 
-    def _abandon_quietly(self, ns: Namespace, tokens: dict[str, str]) -> None:
+    def _give_back(self, ns: Namespace, tokens: dict[str, str]) -> None:
         try:
-            self.store.abandon_many(ns, tokens)
+            self.store.finish_many(ns, tokens)
         except Exception:  # noqa: BLE001 - Redis is down too; the leases and markers expire
             log.warning("warm-up for namespace %s: could not give back %d leases", ns.name, len(tokens))
 
@@ -457,7 +467,14 @@ class Engine:
         no refresh that started before the purge can write, and every web process drops the key
         from its near-cache."""
         existed = self.store.soft_purge(ns, key) if soft else self.store.purge(ns, key)
-        self.store.publish_invalidation(ns, key)
+        told, confirmed = self.store.publish_invalidation(ns, key)
+        if confirmed < told:
+            log.warning(
+                "purge in namespace %s: %d of %d web processes confirmed dropping the key in time",
+                ns.name,
+                confirmed,
+                told,
+            )
         return existed
 
     # -- the worker side --------------------------------------------------------------------------
@@ -474,11 +491,18 @@ class Engine:
 
     def requeued(self, req: RefreshRequest) -> None:
         """This task's message goes back to the queue (its worker is stopping while it runs):
-        mark the key queued again so no read enqueues a second refresh meanwhile. If the run
-        still finishes, its write or failure clears the mark."""
+        its marker becomes a waiting one, so no read enqueues a second refresh meanwhile. If the
+        run still finishes, its acknowledgement clears the marker (`finished`)."""
         ns = self.namespaces.get(req.namespace)
         if ns is not None:
             self.store.mark_queued(ns, req.key, req.token)
+
+    def finished(self, req: RefreshRequest) -> None:
+        """This task's message is acknowledged (or dropped): it will never run again, so the
+        next read may enqueue another refresh of the key."""
+        ns = self.namespaces.get(req.namespace)
+        if ns is not None:
+            self.store.finish(ns, req.key, req.token)
 
     def discard_expired(self, req: RefreshRequest) -> None:
         """A refresh that waited past its lease leaves the queue unrun: let the next read enqueue.
@@ -487,7 +511,7 @@ class Engine:
         if ns is None:
             return
         metrics.REFRESHES.labels(ns.name, "expired").inc()
-        self.store.abandon(ns, req.key, req.token)
+        self.store.finish(ns, req.key, req.token)
 
     def _refresh(self, ns: Namespace, req: RefreshRequest) -> str:
         store, key = self.store, req.key

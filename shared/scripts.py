@@ -6,23 +6,17 @@ that produced it started), soft (ms: fresh until), d (ms: smoothed refresh durat
 XFetch), u (the XFetch draw in (0,1] for this value), neg ("1" for a cached origin 404),
 fails (consecutive refresh failures).
 A lease value is the refresher's token, or "cd:" .. token while it serves as a failure cooldown.
-The queued marker (KEYS ...:q) holds the token of a refresh task sitting in the broker queue:
-while it exists no other read enqueues, so the queue holds at most one refresh per key even
-when no worker is consuming and leases run out.
+The queued marker (KEYS ...:q) names the refresh task whose message the broker holds for the
+key, from the read that enqueued it until a worker has acknowledged the message (FINISH):
+"<task token>" while the message waits in the queue, "r:<task token>" while a worker runs it.
+A waiting marker stops every other read from enqueueing, even when no worker is consuming and
+leases run out, so the queue holds at most one refresh per key. A running marker stops reads
+only as long as the run's lease lives: once the lease is gone (the run's host died, or a purge
+freed it) a read may take over. A worker that stops with refreshes running turns their markers
+back into waiting ones (MARK_QUEUED), because their messages return to the queue.
 """
 
 from __future__ import annotations
-
-# Shared Lua prelude: a run token is "<task token>.<random>" (see CLAIM). A run that ends clears
-# the queued marker if it still names its task: a worker that stops with refreshes running
-# puts the marker back (the task's message goes back to the queue), and the run's end takes it
-# away again only if the run did finish.
-_CLEAR_QUEUED = """
-local function clear_queued(run_token, queued_key)
-  local task = string.match(run_token, '^([^.]*)%.')
-  if task and redis.call('GET', queued_key) == task then redis.call('DEL', queued_key) end
-end
-"""
 
 # Shared Lua prelude: Redis server time in ms.
 _NOW = """
@@ -43,6 +37,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 #   won: 1 when this request took the lease and must enqueue the refresh
 #   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent
 #   failure), "queued" (a refresh task for this key is still waiting in the queue)
+# The lease is taken when it is free and no message of the key waits in the queue (no marker, or
+# the marker of a run whose lease is gone: that run cannot write any more).
 READ = (
     _NOW
     + """
@@ -66,16 +62,21 @@ else
 end
 local won, lease_state, lease_pttl = 0, '', -2
 if decision ~= 'HIT' and ARGV[5] == '1' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then
+  local holder = redis.call('GET', KEYS[2])
+  local queued = redis.call('GET', KEYS[3])
+  if holder and string.sub(holder, 1, 3) == 'cd:' then
+    lease_state = 'cooldown'
+    lease_pttl = redis.call('PTTL', KEYS[2])
+  elseif queued and string.sub(queued, 1, 2) ~= 'r:' then
     lease_state = 'queued'
     lease_pttl = redis.call('PTTL', KEYS[2])
-  elseif redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then
+  elseif not holder then
     won = 1
+    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
     redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6])
   else
-    local holder = redis.call('GET', KEYS[2])
+    lease_state = 'held'
     lease_pttl = redis.call('PTTL', KEYS[2])
-    if holder and string.sub(holder, 1, 3) == 'cd:' then lease_state = 'cooldown' else lease_state = 'held' end
   end
 end
 return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
@@ -89,7 +90,7 @@ return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or
 # Holding the lease is what makes a purge final: a purge deletes the lease, so a refresh that was
 # running when it happened can never write, however long its origin call took. The start-time
 # checks make a refresher paused past its lease harmless as well.
-# KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone, KEYS[4] queued marker
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] tombstone, KEYS[4] queued marker (kept: FINISH clears it)
 # ARGV[1] run token (the lease value this run holds), ARGV[2] started ms, ARGV[3] lease won at ms,
 # ARGV[4] value, ARGV[5] content type, ARGV[6] etag, ARGV[7] soft ttl ms, ARGV[8] stale ttl ms
 # (stored lifetime past soft), ARGV[9] neg, ARGV[10] u: this value's XFetch draw in (0,1],
@@ -100,10 +101,8 @@ return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or
 # or purged) or "lost_lease" (the lease is no longer this run's)
 FENCED_WRITE = (
     _NOW
-    + _CLEAR_QUEUED
     + """
 local started = tonumber(ARGV[2])
-clear_queued(ARGV[1], KEYS[4])
 redis.call('PUBLISH', ARGV[11], cjson.encode({ns = ARGV[12], key = ARGV[13], status = 'ready'}))
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost_lease', 0, 0, now} end
 local function release() redis.call('DEL', KEYS[2]) end
@@ -146,7 +145,7 @@ return soft
 
 # RECORD_FAILURE: the origin failed. Keep (or take) the lease as a cooldown so reads stop
 # enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
-# KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker (kept: FINISH clears it)
 # ARGV[1] run token, ARGV[2] cooldown base ms, ARGV[3] cooldown max ms, ARGV[4] stale ttl ms,
 # ARGV[5] stale-if-error ms, ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
 # ARGV[7] "1" if the origin was called and failed, "0" if the breaker refused the call (the
@@ -154,9 +153,7 @@ return soft
 # Returns {fails, cooldown ms}
 RECORD_FAILURE = (
     _NOW
-    + _CLEAR_QUEUED
     + """
-clear_queued(ARGV[1], KEYS[3])
 local fails = 1
 local soft = tonumber(redis.call('HGET', KEYS[1], 'soft'))
 if soft and redis.call('HGET', KEYS[1], 'neg') ~= '1' then
@@ -185,16 +182,17 @@ return {fails, cooldown}
 # KEYS[1] lease, KEYS[2] queued marker; ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] marker ttl ms.
 # Returns 1 if taken (and the marker set), 0 otherwise.
 TAKE_LEASE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local queued = redis.call('GET', KEYS[2])
+if queued and string.sub(queued, 1, 2) ~= 'r:' then return 0 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
-# WARM: one key of a warm-up. What a read that is not a HIT does to the lease, without the read:
-# a key holding a fresh value (positive or cached 404) is left alone; otherwise the free lease
-# is taken and the queued marker set, exactly as by a read that wins, so a warm-up and the
-# reads of the same moment enqueue one refresh per key between them.
+# WARM: one key of a warm-up. What a read that is not a HIT does to the lease, without the read
+# (the same checks as READ, in the same order): a key holding a fresh value (positive or cached
+# 404) is left alone; otherwise the free lease is taken and the queued marker set exactly as by
+# a read that wins, so a warm-up and the reads of the same moment enqueue one refresh per key.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
 # ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] queued marker ttl ms
 # Returns {state, now}: state "fresh" (stored and before soft), "won" (the caller must enqueue),
@@ -205,68 +203,72 @@ WARM = (
     + """
 local soft = tonumber(redis.call('HGET', KEYS[1], 'soft'))
 if soft and now < soft then return {'fresh', now} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'queued', now} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
-  return {'won', now}
-end
 local holder = redis.call('GET', KEYS[2])
+local queued = redis.call('GET', KEYS[3])
 if holder and string.sub(holder, 1, 3) == 'cd:' then return {'cooldown', now} end
-return {'held', now}
+if queued and string.sub(queued, 1, 2) ~= 'r:' then return {'queued', now} end
+if holder then return {'held', now} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
+return {'won', now}
 """
 )
 
-# CLAIM: a worker starts a refresh task. Its message has left the queue, so drop the queued
-# marker (if it is this task's), and turn the lease into this run's own: the lease value becomes
-# the run token, unique to this execution. A redelivered copy of the same message carries the
-# same task token but can never match a run token, so it can neither claim, renew, write nor
-# release a lease that the first run still holds.
+# CLAIM: a worker starts a refresh task. Turn the lease into this run's own: the lease value
+# becomes the run token, unique to this execution. A redelivered copy of the same message carries
+# the same task token but can never match a run token, so it can neither claim, renew, write nor
+# release a lease that the first run still holds. The queued marker becomes the running marker
+# "r:<task token>": the message is the worker's now, but stays unacknowledged until FINISH.
 # The lease is this task's if it still holds the task token, or if it is free while the queued
 # marker is this task's (a purge deleted the lease of a queued refresh: the refresh will start
-# after the purge, so it may run).
-# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] task token, ARGV[2] run token, ARGV[3] lease ttl ms.
-# Returns 1 if the lease is now this run's, else 0.
+# after the purge, so it may run; or the message came back after its run died, and no read has
+# taken over since).
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] task token, ARGV[2] run token, ARGV[3] lease ttl ms,
+# ARGV[4] marker ttl ms. Returns 1 if the lease is now this run's, else 0.
 CLAIM = """
 local lease = redis.call('GET', KEYS[1])
 local queued = redis.call('GET', KEYS[2])
-if queued == ARGV[1] then redis.call('DEL', KEYS[2]) end
-if lease == ARGV[1] or (not lease and queued == ARGV[1]) then
+local mine = queued == ARGV[1] or queued == 'r:' .. ARGV[1]
+if lease == ARGV[1] or (not lease and mine) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], 'r:' .. ARGV[1], 'PX', ARGV[4])
   return 1
 end
 return 0
 """
 
-# ABANDON: a refresh will not run (it could not be enqueued, or it expired in the queue): drop
-# this token's lease and queued marker so that the next read can enqueue again. Only the
-# unclaimed task token matches: a lease some run has claimed is never released from here.
+# FINISH: a refresh task's message is gone for good: it could not be enqueued, it expired in the
+# queue, or a worker acknowledged it after its run. Drop this task's lease (if still unclaimed)
+# and its queued or running marker, so that the next read can enqueue again. Only the unclaimed
+# task token matches the lease: a lease some run has claimed is never released from here.
 # KEYS[1] lease, KEYS[2] queued marker; ARGV[1] task token. Returns the number of keys removed.
-ABANDON = """
+FINISH = """
 local n = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then n = n + redis.call('DEL', KEYS[1]) end
-if redis.call('GET', KEYS[2]) == ARGV[1] then n = n + redis.call('DEL', KEYS[2]) end
+local queued = redis.call('GET', KEYS[2])
+if queued == ARGV[1] or queued == 'r:' .. ARGV[1] then n = n + redis.call('DEL', KEYS[2]) end
 return n
 """
 
 # END_RUN: a run stopped without writing or recording a failure (an unexpected error): free
-# its lease and clear its queued marker, so the next read can enqueue again.
+# its lease, so the next read can enqueue again once the message is acknowledged (FINISH).
 # KEYS[1] lease, KEYS[2] queued marker; ARGV[1] run token. Returns nothing.
-END_RUN = (
-    _CLEAR_QUEUED
-    + """
+END_RUN = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-clear_queued(ARGV[1], KEYS[2])
 return 0
 """
-)
 
-# MARK_QUEUED: a worker is stopping with this task running; its message goes back to the
-# queue (requeued when a pool process dies, restored when the broker connection closes), so
-# mark the key as queued again: no read enqueues a second refresh meanwhile.
-# KEYS[1] queued marker; ARGV[1] task token, ARGV[2] marker ttl ms. Returns nothing.
+# MARK_QUEUED: this task's message goes back to the queue (its worker stops with the task
+# running: requeued when a pool process dies, restored when the broker connection closes), so
+# its running marker becomes a waiting one again: no read enqueues a second refresh meanwhile,
+# however long the lease of the interrupted run has run out. If a read already took over (the
+# marker names another task) nothing changes.
+# KEYS[1] queued marker; ARGV[1] task token, ARGV[2] marker ttl ms. Returns 1 if marked.
 MARK_QUEUED = """
+local queued = redis.call('GET', KEYS[1])
+if queued and queued ~= 'r:' .. ARGV[1] and queued ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 0
+return 1
 """
 
 # RENEW_LEASE: extend the lease while the origin call runs, only if it is still ours.

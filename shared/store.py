@@ -13,7 +13,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from shared import scripts
-from shared.coldwait import READY_CHANNEL, publish_invalidation, publish_ready
+from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.settings import Settings
@@ -178,7 +178,7 @@ class CacheStore:
         self._record_failure = client.register_script(scripts.RECORD_FAILURE)
         self._take_lease = client.register_script(scripts.TAKE_LEASE)
         self._claim = client.register_script(scripts.CLAIM)
-        self._abandon = client.register_script(scripts.ABANDON)
+        self._finish = client.register_script(scripts.FINISH)
         self._renew = client.register_script(scripts.RENEW_LEASE)
         self._end_run = client.register_script(scripts.END_RUN)
         self._mark_queued = client.register_script(scripts.MARK_QUEUED)
@@ -219,28 +219,38 @@ class CacheStore:
         )
 
     def claim(self, ns: Namespace, key: str, token: str) -> str | None:
-        """A worker starts the refresh enqueued with `token`: clear its queued marker and make the
-        lease this run's own. Returns the run token (the lease value from now on), or None when
-        the lease is someone else's."""
+        """A worker starts the refresh enqueued with `token`: make the lease this run's own and
+        its queued marker a running one (cleared by `finish` once the message is acknowledged).
+        Returns the run token (the lease value from now on), or None when the lease is someone
+        else's."""
         k = EntryKeys.of(ns.name, key)
         run_token = f"{token}.{new_token()}"
-        ok = int(self._claim(keys=[k.lease, k.queued], args=[token, run_token, self.lease_ttl_ms])) == 1
+        ok = (
+            int(
+                self._claim(
+                    keys=[k.lease, k.queued], args=[token, run_token, self.lease_ttl_ms, self.queued_marker_ttl_ms]
+                )
+            )
+            == 1
+        )
         return run_token if ok else None
 
-    def abandon(self, ns: Namespace, key: str, token: str) -> None:
-        """This refresh will not run: let the next read enqueue another."""
+    def finish(self, ns: Namespace, key: str, token: str) -> None:
+        """The message of the refresh enqueued with `token` is gone for good (never sent, expired
+        in the queue, or acknowledged after its run): let the next read enqueue another."""
         k = EntryKeys.of(ns.name, key)
-        self._abandon(keys=[k.lease, k.queued], args=[token])
+        self._finish(keys=[k.lease, k.queued], args=[token])
 
     def end_run(self, ns: Namespace, key: str, run_token: str) -> None:
-        """A run stopped early: free its lease and clear its queued marker."""
+        """A run stopped early: free its lease (its marker goes with its message, `finish`)."""
         k = EntryKeys.of(ns.name, key)
-        self._end_run(keys=[k.lease, k.queued], args=[run_token])
+        self._end_run(keys=[k.lease], args=[run_token])
 
-    def mark_queued(self, ns: Namespace, key: str, token: str) -> None:
-        """The refresh enqueued with `token` is going back to the queue (its worker stops)."""
+    def mark_queued(self, ns: Namespace, key: str, token: str) -> bool:
+        """The message of the refresh enqueued with `token` goes back to the queue (its worker
+        stops while it runs): its marker blocks other enqueues again, unless a read took over."""
         k = EntryKeys.of(ns.name, key)
-        self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])
+        return int(self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])) == 1
 
     def warm(self, ns: Namespace, tokens: dict[str, str]) -> tuple[dict[str, str], int]:
         """WARM each key (its token drawn by the caller), pipelined: ({key: state}, Redis ms).
@@ -254,13 +264,13 @@ class CacheStore:
         now = max((int(reply[1]) for reply in replies), default=0)
         return states, now
 
-    def abandon_many(self, ns: Namespace, tokens: dict[str, str]) -> None:
-        """ABANDON each key's token, pipelined: refreshes that will not be enqueued after all."""
+    def finish_many(self, ns: Namespace, tokens: dict[str, str]) -> None:
+        """FINISH each key's token, pipelined: refreshes that will not be enqueued after all."""
         calls = []
         for key, token in tokens.items():
             k = EntryKeys.of(ns.name, key)
             calls.append(([k.lease, k.queued], [token]))
-        self._evalsha_many(self._abandon, calls)
+        self._evalsha_many(self._finish, calls)
 
     def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run one script over many keys in pipelines of PIPELINE_CHUNK calls, without a
@@ -392,9 +402,10 @@ class CacheStore:
         their near-caches that it may have changed)."""
         publish_ready(self.redis, ns.name, key, status)
 
-    def publish_invalidation(self, ns: Namespace, key: str) -> None:
-        """Tell every web process to drop this key from its near-cache (after a purge)."""
-        publish_invalidation(self.redis, ns.name, key)
+    def publish_invalidation(self, ns: Namespace, key: str) -> tuple[int, int]:
+        """Tell every web process to drop this key from its near-cache (after a purge) and wait
+        until they all did (PURGE_ACK_SECONDS at most). Returns (told, confirmed)."""
+        return publish_invalidation(self.redis, ns.name, key, ack_timeout=PURGE_ACK_SECONDS)
 
 
 # CLIENT LIST shows each web process's subscription under this name.

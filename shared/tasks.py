@@ -47,7 +47,8 @@ class RefreshRequest:
 
 def queued_marker_ttl_seconds(settings: Settings) -> float:
     """How long a queued refresh blocks new ones for its key. Long enough to cover workers being
-    away for a while; finite so that a message lost by the broker cannot block the key forever."""
+    away for a while; finite so that a message lost by the broker (or a worker that died between
+    its ack and FINISH) cannot block the key forever."""
     return max(60.0, 6 * settings.lease_ttl_seconds)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -48,18 +48,18 @@ def wait_until(
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` in Prometheus text whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        m = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
+    """Sum of the samples of `name` in Prometheus text whose labels include `labels`.
+
+    `name` is a sample's name as exposed (`herdless_requests_total`, `..._bucket`, `..._count`)."""
+    return sum(
+        (
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ),
+        0.0,
+    )
 
 
 def cold_herd(stack: Stack, namespace: str, keys: list[str], clients: int) -> list[tuple[str, int, bytes]]:

@@ -259,6 +259,34 @@ def test_an_invalidation_published_on_redis_drops_the_key_from_the_near_cache(
     assert nc.get(ns, "c") is not None
 
 
+def test_a_purge_returns_only_after_every_subscribed_process_dropped_the_key(
+    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str, redis_server: RedisServer
+) -> None:
+    # Before, a purge answered as soon as it had published: another web process could still
+    # serve the purged value from memory to the purger's next read.
+    caches: list[NearCache[Entry]] = [NearCache(1 << 20) for _ in range(3)]
+    for nc in caches:
+        make_hub(nearcache=nc, ack_client=redis.Redis.from_url(redis_server.url))
+        assert put_fresh(nc, ns, "k", b"old")
+    told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=5)
+    assert (told, confirmed) == (3, 3)
+    assert all(nc.get(ns, "k") is None for nc in caches)  # at once: no waiting here
+    assert not client.keys("hl:inval-ack:*")
+
+
+def test_a_purge_waits_at_most_its_bound_for_a_process_that_does_not_confirm(
+    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+) -> None:
+    nc: NearCache[Entry] = NearCache(1 << 20)
+    make_hub(nearcache=nc, ack_client=client)
+    make_hub()  # subscribed, never confirms (as a process of another database would)
+    started = time.monotonic()
+    told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=0.3)
+    assert (told, confirmed) == (2, 1)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert not client.keys("hl:inval-ack:*")
+
+
 def test_a_put_racing_an_invalidation_delivered_by_the_hub_is_refused(
     make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
 ) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.stack import ROOT
 
@@ -29,3 +33,64 @@ def test_every_process_of_the_image_imports_without_the_load_tester_packages() -
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def _requirement_closure(requirements: list[str]) -> dict[str, str]:
+    """Every distribution these requirements install, transitively, read from the installed
+    distributions' metadata: {canonical name: installed version}. Extras are followed."""
+    found: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()
+    todo = [Requirement(text) for text in requirements]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        for extra in req.extras or {""}:
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            dist = importlib.metadata.distribution(name)
+            found[name] = dist.version
+            for text in dist.requires or []:
+                sub = Requirement(text)
+                # A requirement of this distribution's own extra `extra`, or an unconditional one.
+                if sub.marker is None or sub.marker.evaluate({"extra": extra}):
+                    todo.append(sub)
+    return found
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _constraints() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt pins exact versions only: {line!r}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_pip_install_without_extras_pulls_no_load_tester_package_even_indirectly() -> None:
+    runtime = _requirement_closure(_project()["dependencies"])
+    assert {"celery", "redis", "flask", "gunicorn", "kombu"} <= runtime.keys()  # the walk does follow
+    pulled = sorted({"matplotlib", "numpy", "hdrhistogram", "honcho", "psutil"} & runtime.keys())
+    assert not pulled, f"`pip install .` would install {pulled}"
+
+
+def test_constraints_pin_every_package_that_make_installs_within_pyproject_bounds() -> None:
+    project = _project()
+    extras = project["optional-dependencies"]
+    direct = project["dependencies"] + extras["dev"] + extras["loadtest"]
+    pins = _constraints()
+    closure = _requirement_closure(direct)
+    unpinned = sorted(closure.keys() - pins.keys())
+    assert not unpinned, f"constraints.txt lacks {unpinned}: run `make lock`"
+    for text in direct:
+        req = Requirement(text)
+        pinned = pins[canonicalize_name(req.name)]
+        assert req.specifier.contains(pinned, prereleases=True), (
+            f"{req} but constraints.txt pins {pinned}: run `make lock`"
+        )

@@ -1,6 +1,6 @@
 """Random interleavings of a key's life against a real Redis, checking the engine's invariants
-after every step: reads, refreshes that start, pause past their lease, fail or write, purges and
-soft purges, queue expiry and redelivery.
+after every step: reads, refreshes that start, pause past their lease, fail or write, are handed
+back to the queue by a stopping worker, purges and soft purges, queue expiry and redelivery.
 
 `make test` runs a bounded number of examples. The long run (10 000+ steps):
 
@@ -49,6 +49,7 @@ class Run:
     value: bytes
     hard_epoch: int
     soft_epoch: int
+    acks: bool  # False for a redelivered copy's run: the copy left in the queue is that message
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             self.counter = 0
             self.tasks: list[Task] = []  # in the queue (or redelivered copies of them)
             self.runs: list[Run] = []  # claimed and running
+            self.dead_runs: list[Run] = []  # handed back to the queue, their leases not yet run out
             # Per key: start time (Redis ms) of the origin call of the value now stored, the
             # moments of the last hard and soft purge (as the scripts recorded them), and the
             # start time of every value ever written.
@@ -123,7 +125,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
         @rule(i=st.integers(0, 7))
         def a_task_expires_in_the_queue(self, i: int) -> None:
             task = self.tasks.pop(i % len(self.tasks))
-            store.abandon(ns, task.key, task.token)
+            store.finish(ns, task.key, task.token)
 
         @precondition(lambda self: self.tasks)
         @rule(i=st.integers(0, 7), redelivered=st.booleans())
@@ -157,6 +159,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
                     value,
                     self.hard_epoch[task.key],
                     self.soft_epoch[task.key],
+                    acks=not redelivered,
                 )
             )
 
@@ -167,6 +170,31 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             run = self.runs[i % len(self.runs)]
             if store.lease_holder(ns, run.key) == run.run_token:
                 store.redis.delete(EntryKeys.of(ns.name, run.key).lease)  # it ran out meanwhile
+            self.live_runs[run.key].discard(run.run_token)
+
+        def acknowledged(self, run: Run) -> None:
+            if run.acks:
+                store.finish(ns, run.key, run.token)
+
+        @precondition(lambda self: self.runs)
+        @rule(i=st.integers(0, 7), lease_ran_out=st.booleans())
+        def a_stopping_worker_hands_a_run_back_to_the_queue(self, i: int, lease_ran_out: bool) -> None:
+            # The run dies unfinished; its message goes back to the queue (reject_on_worker_lost, or
+            # restored when the broker connection closes) and the worker marks the key queued.
+            run = self.runs.pop(i % len(self.runs))
+            store.mark_queued(ns, run.key, run.token)
+            self.dead_runs.append(run)  # its lease lives on until it runs out
+            if lease_ran_out:
+                self.a_dead_runs_lease_runs_out(len(self.dead_runs) - 1)
+            if not any(t.token == run.token for t in self.tasks):
+                self.tasks.append(Task(run.key, run.token))
+
+        @precondition(lambda self: self.dead_runs)
+        @rule(i=st.integers(0, 7))
+        def a_dead_runs_lease_runs_out(self, i: int) -> None:
+            run = self.dead_runs.pop(i % len(self.dead_runs))
+            if store.lease_holder(ns, run.key) == run.run_token:
+                store.redis.delete(EntryKeys.of(ns.name, run.key).lease)
             self.live_runs[run.key].discard(run.run_token)
 
         @precondition(lambda self: self.runs)
@@ -192,6 +220,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
                 self.stored_at[run.key] = run.started
                 self.started_of[run.value] = run.started
                 self.epochs_of[run.value] = (run.hard_epoch, run.soft_epoch)
+            self.acknowledged(run)
 
         @precondition(lambda self: self.runs)
         @rule(i=st.integers(0, 7))
@@ -199,6 +228,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             run = self.runs.pop(i % len(self.runs))
             self.live_runs[run.key].discard(run.run_token)
             store.record_failure(ns, run.key, run.run_token)
+            self.acknowledged(run)
 
         # -- after every step -------------------------------------------------------------
         @invariant()
@@ -207,6 +237,21 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
                 holder = store.lease_holder(ns, key)
                 if holder is not None and "." in holder and not holder.startswith("cd:"):
                     assert holder in self.live_runs[key], (key, holder)
+
+        @invariant()
+        def at_most_one_queued_task_per_key_can_still_run(self) -> None:
+            # Copies of a message restored after its run's host died may linger in the queue,
+            # but only one task per key can still claim the lease; every other one stops at once.
+            for key in KEYS:
+                lease = store.lease_holder(ns, key)
+                raw = store.redis.get(EntryKeys.of(ns.name, key).queued)
+                marker = None if raw is None else raw.decode()
+                claimable = {
+                    t.token
+                    for t in self.tasks
+                    if t.key == key and (lease == t.token or (lease is None and marker in (t.token, f"r:{t.token}")))
+                }
+                assert len(claimable) <= 1, (key, claimable)
 
         @invariant()
         def the_stored_value_is_the_newest_written(self) -> None:

@@ -96,19 +96,79 @@ def test_a_queued_refresh_blocks_new_ones_even_after_its_lease_ran_out(store: Ca
     assert not again.won_lease and again.lease_state == "queued"
     assert not store.take_lease(ns, "q", new_token())
     # The task left the queue expired, unrun: the next read enqueues a fresh refresh.
-    store.abandon(ns, "q", queued)
+    store.finish(ns, "q", queued)
     assert store.read(ns, "q", new_token()).won_lease
 
 
-def test_claiming_clears_only_its_own_queued_marker(store: CacheStore, ns: Namespace) -> None:
+def test_claiming_turns_only_its_own_queued_marker_into_a_running_one(store: CacheStore, ns: Namespace) -> None:
     mine = new_token()
     assert store.read(ns, "c", mine).won_lease
     assert store.claim(ns, "c", new_token()) is None
     assert store.read(ns, "c", new_token()).lease_state == "queued"
     run_token = store.claim(ns, "c", mine)
     assert run_token and run_token != mine
+    assert store.redis.get(EntryKeys.of(ns.name, "c").queued) == f"r:{mine}".encode()
     assert store.read(ns, "c", new_token()).lease_state == "held"
     assert store.lease_holder(ns, "c") == run_token
+
+
+def test_a_run_keeps_its_marker_until_its_message_is_finished_and_a_dead_run_is_taken_over(
+    store: CacheStore, ns: Namespace
+) -> None:
+    marker = EntryKeys.of(ns.name, "m").queued
+    task = new_token()
+    assert store.read(ns, "m", task).won_lease
+    run_token = store.claim(ns, "m", task)
+    assert run_token
+    failed_over = store.read(ns, "m", new_token())
+    assert not failed_over.won_lease and failed_over.lease_state == "held"
+    # The run's host dies: its lease runs out, and with it the running marker's hold.
+    store.redis.delete(EntryKeys.of(ns.name, "m").lease)
+    taker = new_token()
+    assert store.read(ns, "m", taker).won_lease
+    assert store.redis.get(marker) == taker.encode()
+    # The dead run's message, restored much later, finds the key someone else's.
+    assert store.claim(ns, "m", task) is None
+    store.finish(ns, "m", task)  # ... and its acknowledgement touches nothing
+    assert store.redis.get(marker) == taker.encode()
+    assert not store.mark_queued(ns, "m", task)
+    assert store.redis.get(marker) == taker.encode()
+
+
+def test_a_refresh_handed_back_to_the_queue_mid_run_keeps_reads_off_after_its_lease_ran_out(
+    store: CacheStore, ns: Namespace
+) -> None:
+    # Hole 5: a worker stops (SIGTERM) with this refresh running; its message goes back to the
+    # queue. Before the fix the run had already cleared the marker, so once its lease ran out
+    # a read enqueued a second refresh of the key.
+    task = new_token()
+    assert store.read(ns, "h", task).won_lease
+    assert store.claim(ns, "h", task)
+    assert store.mark_queued(ns, "h", task)
+    store.redis.delete(EntryKeys.of(ns.name, "h").lease)  # the interrupted run's lease ran out
+    r = store.read(ns, "h", new_token())
+    assert not r.won_lease and r.lease_state == "queued"
+    assert not store.take_lease(ns, "h", new_token())
+    # The message runs again: its claim succeeds, and once acknowledged the key is free.
+    second = store.claim(ns, "h", task)
+    assert second
+    assert _write(store, ns, "h", second, b"v")
+    assert store.redis.exists(EntryKeys.of(ns.name, "h").queued)
+    store.finish(ns, "h", task)
+    assert not store.redis.exists(EntryKeys.of(ns.name, "h").queued)
+    assert store.take_lease(ns, "h", new_token())
+
+
+def test_a_failed_run_reads_as_cooling_down_before_its_message_is_acknowledged(
+    store: CacheStore, ns: Namespace
+) -> None:
+    task = new_token()
+    assert store.read(ns, "f", task).won_lease
+    run_token = store.claim(ns, "f", task)
+    assert run_token
+    store.record_failure(ns, "f", run_token)
+    r = store.read(ns, "f", new_token())
+    assert not r.won_lease and r.lease_state == "cooldown"
 
 
 def test_lease_renew_and_release_only_by_its_owner(store: CacheStore, ns: Namespace) -> None:
@@ -116,10 +176,10 @@ def test_lease_renew_and_release_only_by_its_owner(store: CacheStore, ns: Namesp
     assert store.take_lease(ns, "l", mine)
     assert not store.take_lease(ns, "l", new_token())
     assert not store.renew_lease(ns, "l", new_token())
-    store.abandon(ns, "l", new_token())
+    store.finish(ns, "l", new_token())
     assert store.lease_holder(ns, "l") == mine
     assert store.renew_lease(ns, "l", mine)
-    store.abandon(ns, "l", mine)
+    store.finish(ns, "l", mine)
     assert store.lease_holder(ns, "l") is None
 
 
@@ -262,7 +322,7 @@ def test_a_redelivered_refresh_can_neither_claim_nor_release_the_lease_its_first
     first_run = store.claim(ns, "r", token)
     assert first_run
     assert store.claim(ns, "r", token) is None  # the redelivered copy starts: lost_lease
-    store.abandon(ns, "r", token)  # ... or expires in the queue
+    store.finish(ns, "r", token)  # ... or expires in the queue
     assert store.lease_holder(ns, "r") == first_run
     r = store.read(ns, "r", new_token())
     assert r.lease_state == "held" and not r.won_lease

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     near_cache: NearCache[ReadResult] | None = (
         NearCache(settings.near_cache_max_bytes) if settings.near_cache and settings.near_cache_max_bytes else None
     )
-    waiter = ColdWaitHub(lambda: pubsub_client(settings), settings.max_cold_waiters, near_cache)
+    waiter = ColdWaitHub(lambda: pubsub_client(settings), settings.max_cold_waiters, near_cache, ack_client=client)
 
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)

@@ -29,6 +29,11 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 proc_name = "herdless-web"
+# gunicorn >= 25.1 opens a control socket for `gunicornc` in $XDG_RUNTIME_DIR or else
+# $HOME/.gunicorn: in the image HOME is the read-only /app, so every start logged an error, and
+# every gunicorn of one user on a host shares the one path. herdless does not use gunicornc.
+# Older gunicorn ignores the unknown name, so this is safe with any version pyproject allows.
+control_socket_disable = True
 
 # prometheus_client multiprocess mode: one fresh directory per gunicorn master.
 _metrics_dir = os.path.join(

@@ -7,7 +7,6 @@ import os
 import threading
 from typing import Any
 
-from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.worker.request import Request
 
@@ -64,21 +63,35 @@ def _build_engine() -> Engine:
 
 
 class RefreshTaskRequest(Request):  # type: ignore[misc]
-    """Celery's request of a refresh task, as the worker's main process sees it."""
+    """Celery's request of a refresh task, as the worker's main process sees it.
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
-        # A prefork child died mid-refresh (killed, or stopped with its process group): Celery
-        # is about to put the message back in the queue (reject_on_worker_lost), but the refresh
-        # cleared its queued marker when it started. Mark the key queued again first, so no read
-        # enqueues a second refresh while this one waits to run again.
-        if isinstance(getattr(exc_info, "exception", None), WorkerLostError):
-            req = _refresh_request(self.kwargs or {})
-            if req is not None:
-                try:
-                    worker_engine().requeued(req)
-                except Exception:  # noqa: BLE001 - Redis down: nothing more to do
-                    log.warning("could not mark a lost refresh as queued")
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+    The key's queued marker lives as long as the task's message (see shared/engine.py): once
+    the message is acknowledged or dropped the marker goes, and when the message goes back to
+    the queue (a pool process died mid-refresh: reject_on_worker_lost) the marker says so."""
+
+    def acknowledge(self) -> None:
+        already = self.acknowledged
+        super().acknowledge()
+        if not already:
+            self._tell_engine(requeued=False)
+
+    def reject(self, requeue: bool = False) -> None:
+        already = self.acknowledged
+        super().reject(requeue=requeue)
+        if not already:
+            self._tell_engine(requeued=requeue)
+
+    def _tell_engine(self, *, requeued: bool) -> None:
+        req = _refresh_request(self.kwargs or {})
+        if req is None:
+            return
+        try:
+            if requeued:
+                worker_engine().requeued(req)
+            else:
+                worker_engine().finished(req)
+        except Exception:  # noqa: BLE001 - Redis down: the marker expires on its own
+            log.warning("could not update the queued marker of a refresh")
 
 
 class RefreshTask(app.Task):  # type: ignore[misc,name-defined]
@@ -116,10 +129,10 @@ def _count_expired(sender: Any = None, request: Any = None, expired: bool = Fals
 
 @signals.worker_shutting_down.connect
 def _mark_running_refreshes_queued(**_: Any) -> None:
-    # Stopping (SIGTERM, Ctrl-C) with refreshes running: a prefork child killed mid-refresh
-    # has its message requeued (reject_on_worker_lost), and closing the broker connection
-    # restores unacknowledged messages. Their refreshes had cleared their queued markers when
-    # they started; put them back so the queue keeps at most one refresh per key.
+    # Stopping (SIGTERM, Ctrl-C) with refreshes running: closing the broker connection
+    # restores unacknowledged messages to the queue without a reject. Their markers become
+    # waiting ones now, so reads keep off those keys however long the runs' leases have run
+    # out; a run that still finishes is acknowledged and clears its marker.
     from celery.worker import state
 
     for request in list(state.active_requests):

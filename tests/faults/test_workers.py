@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES, write_namespaces
@@ -176,11 +175,6 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
         assert re.search(r"Discarding revoked task|expired", stack.procs["w2"].output())
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="still racy under full-suite load: one key in 30 sometimes gets a second queued refresh "
-    "(see the closing note of this session); passes alone and under a CPU hog",
-)
 def test_a_worker_stopped_mid_refresh_leaves_at_most_one_queued_refresh_per_key(tmp_path: Path) -> None:
     # The case that used to break it: reads keep going on 30 keys (TTL 2 s, lease 3 s) while the
     # worker's process group gets SIGTERM (honcho's Ctrl-C, systemd, Kubernetes) with refreshes
