@@ -1,4 +1,5 @@
-"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep` (see loadtest/README.md)."""
+"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|restart` (see
+loadtest/README.md)."""
 
 from __future__ import annotations
 
@@ -613,6 +614,35 @@ def add_refreshbench_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_refreshbench)
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    from loadtest.report import command_line, new_results_dir
+    from loadtest.restartbench import MODES, markdown, run_restart_bench
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        raise SystemExit(f"loadtest: --modes wants {','.join(MODES)} (or one of them), not {args.modes!r}")
+    restart_at = args.duration / 3 if args.restart_at is None else args.restart_at
+    if not 0 < restart_at < args.duration:
+        raise SystemExit("loadtest: --restart-at must fall inside the run")
+    _raise_fd_limit(args.max_connections + 256)
+    args.scenario = "steady"
+    rows = run_restart_bench(make_config(args, args.namespace), modes, restart_at, parse_stack_env(args.stack_env))
+    directory = new_results_dir(args.out, "restart")
+    config = make_config(args, args.namespace)
+    report = {
+        "command": command_line(),
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "restart_at": restart_at,
+        "config": {k: getattr(config, k) for k in ("namespace", "rate", "duration", "keys", "zipf", "ttl", "seed")},
+        "rows": rows,
+    }
+    (directory / "report.json").write_text(json.dumps(report, indent=1))
+    (directory / "report.md").write_text(markdown(report))
+    print(f"\nreport: {directory / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest",
@@ -627,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m loadtest refreshbench -n 2000 --pools prefork,gevent --rounds 3\n"
         "  python -m loadtest betasweep --betas 0,0.5,1,2,4 --rate 500 --duration 60 --ttl 5\n"
         "  python -m loadtest compare --with-nginx --rate 500 --duration 60 --ttl 5\n"
+        "  python -m loadtest restart --rate 300 --duration 20 --keys 1000\n"
         "The stack must run with CACHE_TTL_SECONDS equal to --ttl.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -713,6 +744,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(
         func=cmd_betasweep, url="http://127.0.0.1:8000", origin_url="http://127.0.0.1:9000", metrics_url=None
     )
+    p = sub.add_parser(
+        "restart",
+        help="Redis restarted empty under steady load, on a fresh private stack per mode: cold misses without and"
+        " with a warm-up (POST /v1/cache/<namespace>/warm of every key, hottest first, once /readyz is back)",
+    )
+    add_workload_args(p, rate=300, duration=20)
+    p.set_defaults(ttl=60.0, keys=1000)
+    p.add_argument("--namespace", default="demo", help="namespace of the load (default %(default)s)")
+    p.add_argument(
+        "--restart-at", type=float, default=None, help="seconds into the load (default a third of --duration)"
+    )
+    p.add_argument("--modes", default="no-warm-up,warm-up", help="comma-separated (default %(default)s)")
+    p.add_argument(
+        "--stack-env", action="append", default=[], metavar="NAME=VALUE", help="more stack environment (repeatable)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="results directory base (default loadtest/results)")
+    p.add_argument("--force", action="store_true", help="allow rates/durations past the bounds")
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--no-renice", action="store_true")
+    p.set_defaults(func=cmd_restart, url="http://127.0.0.1:8000", origin_url="http://127.0.0.1:9000", metrics_url=None)
     return parser
 
 

@@ -118,6 +118,7 @@ class LocalStack:
         self.web_ports = [free_port() for _ in range(web_nodes)]
         self.extra_env = dict(env or {})
         self.procs: list[Process] = []
+        self._redis_args: list[str] = []
 
     @property
     def origin_url(self) -> str:
@@ -163,6 +164,7 @@ class LocalStack:
         redis_dir.mkdir(exist_ok=True)
         redis_args = [redis_server, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
         redis_args += ["--appendonly", "no", "--dir", str(redis_dir)]
+        self._redis_args = redis_args
         redis = self._spawn("redis", redis_args, self.env())
         wait_for(lambda: port_open(self.redis_port), 10, "redis-server", redis)
         origin = self._spawn("origin", [sys.executable, "-m", "loadtest.origin"], self.env())
@@ -176,6 +178,17 @@ class LocalStack:
             wait_for(lambda url=url: answers(url + "/healthz"), 60, f"web tier {url}", proc)
         wait_for(lambda: "ready." in worker.tail(100_000), 60, "worker", worker)
         return self
+
+    def restart_redis(self) -> None:
+        """Kill redis-server (SIGKILL; it persists nothing) and start an empty one on the same port:
+        a Redis that lost its memory, with web and worker reconnecting on their own."""
+        old = self.procs[0]
+        assert old.name == "redis", "redis-server is the stack's first process"
+        os.killpg(old.popen.pid, signal.SIGKILL)
+        old.popen.wait(10)
+        new = Process("redis", self._redis_args, self.env(), self.logdir)
+        self.procs[0] = new
+        wait_for(lambda: port_open(self.redis_port), 10, "redis-server after its restart", new)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Process:
         proc = Process(name, args, env, self.logdir)

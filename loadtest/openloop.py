@@ -15,6 +15,7 @@ import math
 import random
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -187,6 +188,8 @@ class OpenLoopRun:
         self._all_done: asyncio.Event | None = None
         self._t0 = 0.0  # event-loop time of offset 0, fixed by _start_clock
         self._start_wall = time.time()
+        # set once offset 0 is fixed: a bench acting on the stack mid-run (restartbench) times itself by it
+        self.clock_started = threading.Event()
         self._sec_requests: Counter = Counter()
         self._sec_errors: Counter = Counter()
         self._sec_latency_max: dict[int, float] = {}
@@ -294,6 +297,12 @@ class OpenLoopRun:
         """Fix offset 0 of the run a little in the future, so the first sends are not already late."""
         self._t0 = asyncio.get_running_loop().time() + delay
         self._start_wall = time.time() + delay
+        self.clock_started.set()
+
+    @property
+    def start_wall(self) -> float:
+        """Unix time of offset 0 (final once clock_started is set)."""
+        return self._start_wall
 
     async def _wait_for_answers(self, notes: list[str]) -> None:
         if not self.in_flight:

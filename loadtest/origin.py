@@ -12,7 +12,9 @@ GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, 
                   If-Modified-Since is not older than its Last-Modified).
 GET /stats        {"calls": total, "per_key": {key: n}, "bodies": n, "not_modified": n,
                    "bodies_per_key": {key: n}, "not_modified_per_key": {key: n},
-                   "in_flight": n, "max_in_flight": peak}
+                   "in_flight": n, "max_in_flight": peak,
+                   "headers": {name: {value: n}}: /items calls by each non-standard request header
+                   received (Authorization, X-Api-Key, ...), to show a namespace's headers arrive}
 POST /stats/reset zero the counters (and restart the peak from the calls in flight now)
 PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": .., "cache_control": ..,
                    "keys": {key: {"value": JSON, "cache_control": str | null} | null}}
@@ -53,6 +55,11 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:24] + '"'
 
 
+# Headers every client sends (and validators, which vary per key): not worth counting.
+_STANDARD_HEADERS = {"host", "accept", "accept-encoding", "user-agent", "connection", "content-length"}
+_STANDARD_HEADERS |= {"if-none-match", "if-modified-since"}
+
+
 class OriginState:
     def __init__(self, latency_ms: float, failure_rate: float) -> None:
         self.lock = threading.Lock()
@@ -62,6 +69,7 @@ class OriginState:
         self.calls = 0
         self.per_key: dict[str, int] = {}
         self.paths: list[str] = []  # raw request paths, newest last (bounded)
+        self.headers: dict[str, dict[str, int]] = {}  # header name (lower case) -> value -> calls
         # /items calls being served now, and the most at once since start or the last reset:
         # shows whether the engine kept to ORIGIN_MAX_CONCURRENCY.
         self.in_flight = 0
@@ -102,8 +110,13 @@ class OriginState:
                 raise ValueError("cache_control is a string or null")
             current.cache_control = cache_control
 
-    def record(self, key: str, raw_path: str) -> int:
+    def record(self, key: str, raw_path: str, headers: list[tuple[str, str]] | None = None) -> int:
         with self.lock:
+            for name, value in headers or ():
+                name = name.lower()
+                if name not in _STANDARD_HEADERS:
+                    counts = self.headers.setdefault(name, {})
+                    counts[value] = counts.get(value, 0) + 1
             self.calls += 1
             count = self.per_key.get(key, 0) + 1
             self.per_key[key] = count
@@ -125,6 +138,7 @@ class OriginState:
             self.calls = 0
             self.per_key.clear()
             self.paths.clear()
+            self.headers.clear()
             self.max_in_flight = self.in_flight
             self.bodies = self.not_modified = 0
             self.bodies_per_key.clear()
@@ -180,6 +194,7 @@ class OriginHandler(BaseHTTPRequestHandler):
                     "paths": list(state.paths[-100:]),
                     "in_flight": state.in_flight,
                     "max_in_flight": state.max_in_flight,
+                    "headers": {name: dict(values) for name, values in state.headers.items()},
                 }
             self._send_json(200, stats)
             return
@@ -194,7 +209,7 @@ class OriginHandler(BaseHTTPRequestHandler):
             state.leave()
 
     def _answer_item(self, state: OriginState, key: str) -> None:
-        count = state.record(key, self.path)
+        count = state.record(key, self.path, list(self.headers.items()))
         with state.lock:
             latency, failure_rate, pad = state.latency_ms, state.failure_rate, state.body_bytes
         if latency > 0:

@@ -80,6 +80,17 @@ Purges (admin)
     purge answers once every web process has confirmed dropping the key from its near-cache
     (or ``PURGE_ACK_SECONDS`` passed), so no process serves the purged value from memory after.
 
+Warm-ups (admin)
+    A warm-up names many keys of one namespace. Each key holding a fresh value is left alone
+    (``already_fresh``); each whose lease is held, cooling down or whose refresh is queued is
+    left to that refresh (``in_flight``, ``cooling_down``); every other key has its free lease
+    taken and queued marker set exactly as by a read that wins (``WARM``, pipelined), and its
+    refresh is handed to the queue with reason ``warm``. So a key warmed while reads of it are
+    enqueueing, or warmed twice, costs the origin one call, not two. A warm task may wait in the
+    queue as long as its marker lives (a warm-up may enqueue more than the workers run within
+    one lease); a read that misses on such a key waits for it like any queued refresh. If the
+    queue refuses a task, the leases and markers of the keys not yet handed over are given back.
+
 What never happens: two refreshes holding one key's lease; a value older than the stored one
 replacing it; a purged value coming back; two refresh tasks of one key in the queue; a read
 waiting on the origin while a stale value exists.
@@ -91,7 +102,9 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +161,35 @@ class BrokerUnavailable(Exception):
     """The refresh could not be handed to the queue."""
 
 
+@dataclass(frozen=True)
+class WarmResult:
+    """What a warm-up did with each distinct key it was given."""
+
+    enqueued: int
+    already_fresh: int
+    in_flight: int
+    cooling_down: int
+
+
+class WarmIncomplete(BrokerUnavailable):
+    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
+    the other keys' leases were given back, so the same warm-up may simply be sent again (the
+    keys enqueued the first time then count as in flight)."""
+
+    def __init__(self, enqueued: int) -> None:
+        super().__init__(
+            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
+        )
+        self.enqueued = enqueued
+
+
 SendRefresh = Callable[[RefreshRequest], None]
+# Opens a batch of sends over one broker connection (a warm-up's): `with open_batch() as send:`.
+OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
+
+# Keys a warm-up takes leases for at once: each chunk's tasks are sent right after its leases
+# are taken, so no key holds a lease and queued marker long without a task behind them.
+WARM_CHUNK = 500
 
 
 # -- the web side -------------------------------------------------------------------------------
@@ -165,6 +206,7 @@ class Engine:
         store: CacheStore,
         *,
         send_refresh: SendRefresh | None = None,
+        open_batch: OpenBatch | None = None,
         waiter: ColdWaitHub | None = None,
         near_cache: NearCache[ReadResult] | None = None,
         slots: Callable[[str], OriginSlots] | None = None,
@@ -174,6 +216,7 @@ class Engine:
         self.namespaces = namespaces
         self.store = store
         self._send_refresh = send_refresh
+        self._open_batch = open_batch
         self._waiter = waiter
         self.near_cache = near_cache
         self._slots_factory = slots
@@ -404,6 +447,58 @@ class Engine:
         self._enqueue(ns, key, token, "manual", self.store.now_ms())
         return True
 
+    def warm(self, ns: Namespace, keys: list[str]) -> WarmResult:
+        """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
+        validated by the caller; duplicates count once). Raises WarmIncomplete when the queue
+        refuses a task."""
+        if self._send_refresh is None:
+            raise WarmIncomplete(0)
+        distinct = list(dict.fromkeys(keys))
+        states: dict[str, str] = {}
+        sent = 0
+        batch = self._open_batch() if self._open_batch is not None else nullcontext(self._send_refresh)
+        with ExitStack() as on_exit:
+            try:
+                send = on_exit.enter_context(batch)
+            except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "no broker"
+                log.warning("warm-up of %s: broker unavailable (%s)", ns.name, type(exc).__name__)
+                raise WarmIncomplete(0) from exc
+            try:
+                for start in range(0, len(distinct), WARM_CHUNK):
+                    tokens = {key: new_token() for key in distinct[start : start + WARM_CHUNK]}
+                    chunk, won_at_ms = self.store.warm(ns, tokens)
+                    won = [key for key, state in chunk.items() if state == "won"]
+                    for i, key in enumerate(won):
+                        try:
+                            send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))
+                        except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
+                            log.warning(
+                                "warm-up of %s: broker unavailable after %d refreshes (%s)",
+                                ns.name,
+                                sent,
+                                type(exc).__name__,
+                            )
+                            # Keys of later chunks were never touched; give back this chunk's unsent.
+                            self._give_back(ns, {k: tokens[k] for k in won[i:]})
+                            raise WarmIncomplete(sent) from exc
+                        sent += 1
+                    states.update(chunk)
+            finally:
+                metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(sent)
+        counts = Counter(states.values())
+        return WarmResult(
+            enqueued=sent,
+            already_fresh=counts["fresh"],
+            in_flight=counts["queued"] + counts["held"],
+            cooling_down=counts["cooldown"],
+        )
+
+    def _give_back(self, ns: Namespace, tokens: dict[str, str]) -> None:
+        try:
+            self.store.finish_many(ns, tokens)
+        except Exception:  # noqa: BLE001 - Redis is down too; the leases and markers expire
+            log.warning("warm-up for namespace %s: could not give back %d leases", ns.name, len(tokens))
+
     def purge(self, ns: Namespace, key: str, *, soft: bool = False) -> bool:
         """Hard purge (the value is gone) or soft purge (served stale and refreshed). Either way
         no refresh that started before the purge can write, and every web process drops the key
@@ -545,6 +640,10 @@ class Engine:
             store.publish_ready(ns, key, "error")
             return "origin_error"
         metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
+        # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a
+        # warm-up's queue wait is its own batch ahead of it, which says nothing about the key,
+        # and would make the value refresh early by about that much.
+        won_at_ms = _duration_start(req, started_ms)
         if isinstance(response, NotModified):
             # Only a conditional call gets one (an origin that sends 304 unasked fails above).
             metrics.ORIGIN_CALLS.labels(ns.name, "not_modified").inc()
@@ -560,7 +659,7 @@ class Engine:
                     key,
                     run_token,
                     started_ms=started_ms,
-                    won_at_ms=req.won_at_ms,
+                    won_at_ms=won_at_ms,
                     value=response.body,
                     content_type=response.content_type,
                     validators=response.validators,
@@ -570,7 +669,7 @@ class Engine:
                 # Handed to the readers waiting now (in the ready message), stored nowhere.
                 hand_over = OriginResponse(response.body, response.content_type)
                 result = store.drop_uncacheable(
-                    ns, key, run_token, started_ms=started_ms, won_at_ms=req.won_at_ms, hand_over=hand_over
+                    ns, key, run_token, started_ms=started_ms, won_at_ms=won_at_ms, hand_over=hand_over
                 )
         else:
             metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
@@ -579,7 +678,7 @@ class Engine:
                 key,
                 run_token,
                 started_ms=started_ms,
-                won_at_ms=req.won_at_ms,
+                won_at_ms=won_at_ms,
                 value=b"",
                 content_type="application/json",
                 negative=True,
@@ -613,7 +712,12 @@ class Engine:
                 # The origin now forbids storing what it confirmed: drop it. The bytes are in
                 # Redis only, so the waiters re-read and the next refresh fetches them whole.
                 return self.store.drop_uncacheable(
-                    ns, req.key, run_token, started_ms=started_ms, won_at_ms=req.won_at_ms, hand_over=None
+                    ns,
+                    req.key,
+                    run_token,
+                    started_ms=started_ms,
+                    won_at_ms=_duration_start(req, started_ms),
+                    hand_over=None,
                 )
             lifetimes = policy.lifetimes
         elif ns.freshness != "origin":
@@ -623,7 +727,7 @@ class Engine:
             req.key,
             run_token,
             started_ms=started_ms,
-            won_at_ms=req.won_at_ms,
+            won_at_ms=_duration_start(req, started_ms),
             validated_at_ms=validated_at_ms,
             validators=response.validators,
             lifetimes=lifetimes,
@@ -676,6 +780,12 @@ def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None
     if r.etag:
         headers["ETag"] = r.etag
     return headers
+
+
+def _duration_start(req: RefreshRequest, started_ms: int) -> int:
+    """Where a refresh's duration (XFetch's d) starts: when its lease was won, the queue wait a
+    reader would sit through included; a warm-up's, at its origin call."""
+    return started_ms if req.reason == "warm" else req.won_at_ms
 
 
 def _handed_over_result(handed: HandedOver, now_ms: int) -> ReadResult:

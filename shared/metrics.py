@@ -98,7 +98,7 @@ NEAR_CACHE_BYTES = Gauge(
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
-ENQUEUE_REASONS = ("miss", "stale", "early", "manual")
+ENQUEUE_REASONS = ("miss", "stale", "early", "manual", "warm")
 SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
 REFRESH_OUTCOMES = (
     "written",

@@ -6,7 +6,7 @@ import os
 import re
 import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +42,45 @@ class NamespaceConfigError(ValueError):
     """The namespaces file is missing, unreadable or describes an invalid namespace."""
 
 
+# RFC 9110 token: what a header name may be.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Headers herdless sets itself (or the HTTP client does) on every origin request.
+_RESERVED_HEADERS = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "if-none-match",
+    "if-modified-since",
+}
+
+
+@dataclass(frozen=True)
+class OriginHeaders:
+    """Request headers sent to a namespace's origin on every refresh (credentials, mostly). The
+    values are secrets: repr and str show the names only, so no log line or error built from
+    a namespace can carry them."""
+
+    items: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.items]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.items)
+
+    def __repr__(self) -> str:
+        return f"OriginHeaders({self.names})"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
 @dataclass(frozen=True)
 class Namespace:
     name: str
@@ -64,6 +103,7 @@ class Namespace:
     max_stale_seconds: float = _ORIGIN_BOUNDS["max_stale_seconds"]
     min_stale_if_error_seconds: float = _ORIGIN_BOUNDS["min_stale_if_error_seconds"]
     max_stale_if_error_seconds: float = _ORIGIN_BOUNDS["max_stale_if_error_seconds"]
+    origin_headers: OriginHeaders = field(default_factory=OriginHeaders)
 
     @property
     def is_http(self) -> bool:
@@ -89,10 +129,15 @@ class Namespace:
         return int(self.stale_ttl_seconds * 1000) if self.serves_stale else 0
 
 
-def _expand(template: str, settings: Settings) -> str:
+def _environment(settings: Settings) -> dict[str, str]:
     mapping = dict(os.environ)
     mapping["ORIGIN_BASE_URL"] = settings.origin_base_url
     mapping["ORIGIN_PORT"] = str(settings.origin_port)
+    return mapping
+
+
+def _expand(template: str, settings: Settings) -> str:
+    mapping = _environment(settings)
     try:
         # {key} is ours, not an env var: only ${VAR} is substituted.
         return string.Template(template).substitute(mapping)
@@ -102,8 +147,8 @@ def _expand(template: str, settings: Settings) -> str:
 
 def _origin_name(origin: str) -> str:
     if origin.startswith(("http://", "https://")):
-        parts = urlsplit(origin)
-        return parts.netloc
+        # host:port only: user:password@ in an origin URL must not become a metric label.
+        return urlsplit(origin).netloc.rpartition("@")[2]
     return origin
 
 
@@ -121,10 +166,56 @@ def _validate_origin(name: str, origin: str) -> None:
         )
 
 
+def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> OriginHeaders:
+    """`headers = { Authorization = "Bearer ${ORIGIN_TOKEN}" }`: names checked, ${VAR} filled in
+    from the environment. Errors name the namespace, the header and the variable, never a value
+    (neither the template's nor the environment's: either may hold the secret)."""
+    if raw is None:
+        return OriginHeaders()
+    if not isinstance(raw, dict):
+        raise NamespaceConfigError(
+            f'namespace {name}: headers must be a table, e.g. headers = {{ X-Api-Key = "${{KEY}}" }}'
+        )
+    if raw and not origin.startswith(("http://", "https://")):
+        raise NamespaceConfigError(f"namespace {name}: headers apply to http(s) origins only")
+    env = _environment(settings)
+    seen: set[str] = set()
+    items: list[tuple[str, str]] = []
+    for header, template in raw.items():
+        if not _HEADER_NAME_RE.match(header):
+            raise NamespaceConfigError(f"namespace {name}: {header!r} is not a valid HTTP header name")
+        if header.lower() in _RESERVED_HEADERS:
+            raise NamespaceConfigError(f"namespace {name}: header {header} is set by herdless and cannot be configured")
+        if header.lower() in seen:
+            raise NamespaceConfigError(f"namespace {name}: header {header} is given twice")
+        seen.add(header.lower())
+        if not isinstance(template, str):
+            raise NamespaceConfigError(f"namespace {name}: header {header} must be a string")
+        parsed = string.Template(template)
+        if not parsed.is_valid():
+            raise NamespaceConfigError(f"namespace {name}: header {header}: write variables as ${{NAME}}; $$ is a $")
+        for variable in parsed.get_identifiers():
+            if variable not in env:
+                raise NamespaceConfigError(
+                    f"namespace {name}: header {header} needs the environment variable {variable}, which is not set"
+                )
+            if not env[variable]:
+                raise NamespaceConfigError(
+                    f"namespace {name}: header {header} needs the environment variable {variable}, which is empty"
+                )
+        value = parsed.substitute(env)
+        if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value):
+            raise NamespaceConfigError(
+                f"namespace {name}: the value of header {header} holds a control character (a line break?)"
+            )
+        items.append((header, value))
+    return OriginHeaders(tuple(items))
+
+
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
         raise NamespaceConfigError(f"namespace name {name!r} must match {NAMESPACE_RE.pattern}")
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness"}
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers"}
     if unknown:
         raise NamespaceConfigError(f"namespace {name}: unknown option(s) {sorted(unknown)}")
     strategy = raw.get("strategy", "xfetch")
@@ -134,6 +225,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         raise NamespaceConfigError(f"namespace {name}: origin is required")
     origin = _expand(raw["origin"], settings)
     _validate_origin(name, origin)
+    headers = _origin_headers(name, raw.get("headers"), origin, settings)
     values: dict[str, Any] = {}
     for option in _OVERRIDABLE:
         value = raw.get(option, getattr(settings, option))
@@ -157,6 +249,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         origin=origin,
         origin_name=_origin_name(origin),
         origin_max_concurrency=max_conc,
+        origin_headers=headers,
         **values,
         **_freshness_options(name, raw),
     )

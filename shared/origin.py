@@ -125,6 +125,8 @@ class HttpOrigin:
         self.template = ns.origin
         self.timeout = ns.origin_timeout_seconds
         self.max_bytes = max_bytes
+        # The namespace's own headers (credentials) go with every request; never logged.
+        self.headers = {"Accept": "*/*", "User-Agent": "herdless", **ns.origin_headers.as_dict()}
 
     def url_for(self, key: str) -> str:
         return self.template.replace("{key}", encode_key_for_path(key))
@@ -198,7 +200,7 @@ class HttpOrigin:
                     preload_content=False,
                     redirect=False,
                     timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),
-                    headers={"Accept": "*/*", "User-Agent": "herdless", **conditional},
+                    headers={**self.headers, **conditional},
                 )
             except urllib3.exceptions.NewConnectionError as exc:
                 # A listener whose accept queue overflowed in a burst refuses the odd connection

@@ -234,6 +234,31 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
+# WARM: one key of a warm-up. What a read that is not a HIT does to the lease, without the read
+# (the same checks as READ, in the same order): a key holding a fresh value (positive or cached
+# 404) is left alone; otherwise the free lease is taken and the queued marker set exactly as by
+# a read that wins, so a warm-up and the reads of the same moment enqueue one refresh per key.
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
+# ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] queued marker ttl ms
+# Returns {state, now}: state "fresh" (stored and before soft), "won" (the caller must enqueue),
+#   "queued" (a refresh task for the key waits in the queue), "held" (a refresh runs) or
+#   "cooldown" (the last refresh failed and the key backs off)
+WARM = (
+    _NOW
+    + """
+local soft = tonumber(redis.call('HGET', KEYS[1], 'soft'))
+if soft and now < soft then return {'fresh', now} end
+local holder = redis.call('GET', KEYS[2])
+local queued = redis.call('GET', KEYS[3])
+if holder and string.sub(holder, 1, 3) == 'cd:' then return {'cooldown', now} end
+if queued and string.sub(queued, 1, 2) ~= 'r:' then return {'queued', now} end
+if holder then return {'held', now} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
+return {'won', now}
+"""
+)
+
 # CLAIM: a worker starts a refresh task. Turn the lease into this run's own: the lease value
 # becomes the run token, unique to this execution. A redelivered copy of the same message carries
 # the same task token but can never match a run token, so it can neither claim, renew, write nor

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     breaker_reset_timeout_seconds: PositiveSeconds = 30
     admin_token: str | None = None
     max_cold_waiters: Annotated[int, Field(ge=1)] = 1000
+    # Most keys one warm-up request (POST /v1/cache/<namespace>/warm) may name.
+    warm_max_keys: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     # Near-cache: each web process serves a value Redis called fresh from memory until its
     # known XFetch moment, and drops it on the invalidation every write and purge publishes.
     near_cache: bool = True

@@ -20,11 +20,14 @@ from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
 from shared.settings import Settings
+from shared.tasks import queued_marker_ttl_seconds
 from shared.xfetch import Decision, draw_u
 
 # Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
 # breaker's reset timeout (past that the breaker, not the key, holds the origin off).
 COOLDOWN_BASE_MS = 1000
+# Calls per pipeline of a batch (a warm-up): bounds the memory of one round trip.
+PIPELINE_CHUNK = 1000
 
 
 def _driver_info() -> dict[str, Any]:
@@ -217,6 +220,7 @@ class CacheStore:
         self._mark_queued = client.register_script(scripts.MARK_QUEUED)
         self._purge = client.register_script(scripts.PURGE)
         self._soft_purge = client.register_script(scripts.SOFT_PURGE)
+        self._warm = client.register_script(scripts.WARM)
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -224,10 +228,7 @@ class CacheStore:
 
     @property
     def queued_marker_ttl_ms(self) -> int:
-        # How long a queued refresh blocks new ones for its key. Long enough to cover workers
-        # being away for a while; finite so that a message lost by the broker (or a worker that
-        # died between its ack and FINISH) cannot block the key forever.
-        return max(60_000, 6 * self.lease_ttl_ms)
+        return int(queued_marker_ttl_seconds(self.settings) * 1000)
 
     def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
         """One EVALSHA: the entry, the decision and whether this caller won the refresh lease."""
@@ -286,6 +287,52 @@ class CacheStore:
         stops while it runs): its marker blocks other enqueues again, unless a read took over."""
         k = EntryKeys.of(ns.name, key)
         return int(self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])) == 1
+
+    def warm(self, ns: Namespace, tokens: dict[str, str]) -> tuple[dict[str, str], int]:
+        """WARM each key (its token drawn by the caller), pipelined: ({key: state}, Redis ms).
+        The states are those of the WARM script."""
+        calls = []
+        for key, token in tokens.items():
+            k = EntryKeys.of(ns.name, key)
+            calls.append(([k.entry, k.lease, k.queued], [token, self.lease_ttl_ms, self.queued_marker_ttl_ms]))
+        replies = self._evalsha_many(self._warm, calls)
+        states = {key: _str(reply[0]) for key, reply in zip(tokens, replies, strict=True)}
+        now = max((int(reply[1]) for reply in replies), default=0)
+        return states, now
+
+    def finish_many(self, ns: Namespace, tokens: dict[str, str]) -> None:
+        """FINISH each key's token, pipelined: refreshes that will not be enqueued after all."""
+        calls = []
+        for key, token in tokens.items():
+            k = EntryKeys.of(ns.name, key)
+            calls.append(([k.lease, k.queued], [token]))
+        self._evalsha_many(self._finish, calls)
+
+    def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script over many keys in pipelines of PIPELINE_CHUNK calls, without a
+        transaction (each call touches one hash tag, so this works on Redis Cluster too). The
+        script is loaded first: a pipeline cannot load it on NOSCRIPT (a cluster pipeline
+        does not even try)."""
+        replies: list[Any] = []
+        for start in range(0, len(calls), PIPELINE_CHUNK):
+            chunk = calls[start : start + PIPELINE_CHUNK]
+            for attempt in (1, 2):
+                if attempt == 2 or start == 0:
+                    script.sha = self.redis.script_load(script.script)
+                pipe = self.redis.pipeline(transaction=False)
+                for keys, args in chunk:
+                    # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter by
+                    # name (it cannot load scripts on NOSCRIPT), but routes EVALSHA by its keys.
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                try:
+                    replies += pipe.execute()
+                    break
+                except redis.exceptions.NoScriptError:
+                    # Redis restarted (or flushed its scripts) between the load and the pipeline:
+                    # no call of the chunk ran, load again and run it once more.
+                    if attempt == 2:
+                        raise
+        return replies
 
     def lease_holder(self, ns: Namespace, key: str) -> str | None:
         raw = self.redis.get(EntryKeys.of(ns.name, key).lease)

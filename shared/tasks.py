@@ -16,9 +16,11 @@ QUEUE = "herdless"
 REFRESH_TASK = "herdless.refresh"
 
 # Priorities: a cold miss has someone waiting, a stale read has served old data, an early
-# refresh is only a head start. Redis lists lower numbers first; AMQP serves higher first.
-_PRIORITY_REDIS = {"miss": 0, "manual": 3, "stale": 3, "early": 6}
-_PRIORITY_AMQP = {"miss": 9, "manual": 6, "stale": 6, "early": 3}
+# refresh is only a head start. A warm-up is a batch of manual refreshes: below the misses, so
+# readers of keys it has not reached yet are not stuck behind thousands of its tasks.
+# Redis lists lower numbers first; AMQP serves higher first.
+_PRIORITY_REDIS = {"miss": 0, "manual": 3, "warm": 3, "stale": 3, "early": 6}
+_PRIORITY_AMQP = {"miss": 9, "manual": 6, "warm": 6, "stale": 6, "early": 3}
 
 # Longest a refresh may wait for an origin slot (ORIGIN_MAX_CONCURRENCY) before giving up.
 SLOT_WAIT_FACTOR = 3
@@ -41,6 +43,26 @@ class RefreshRequest:
 
     def as_kwargs(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def queued_marker_ttl_seconds(settings: Settings) -> float:
+    """How long a queued refresh blocks new ones for its key. Long enough to cover workers being
+    away for a while; finite so that a message lost by the broker (or a worker that died between
+    its ack and FINISH) cannot block the key forever."""
+    return max(60.0, 6 * settings.lease_ttl_seconds)
+
+
+def refresh_expiry_seconds(reason: str, settings: Settings) -> float:
+    """How long a refresh task may wait in the queue before it is discarded unrun.
+
+    A refresh a read triggered is pointless once it waited longer than its lease: the next read
+    enqueues another. A warm-up has no next read to count on and may enqueue thousands at once,
+    more than the workers run within one lease, so its tasks wait as long as their queued
+    marker keeps other refreshes of the key out (CLAIM lets a task whose lease ran out run while
+    the marker is its own)."""
+    if reason == "warm":
+        return queued_marker_ttl_seconds(settings)
+    return settings.lease_ttl_seconds
 
 
 def longest_refresh_seconds(settings: Settings, origin_timeout_seconds: float | None = None) -> float:
@@ -104,15 +126,16 @@ def celery_config(
     }
 
 
-def send_refresh(app: Any, request: RefreshRequest, settings: Settings) -> None:
+def send_refresh(app: Any, request: RefreshRequest, settings: Settings, producer: Any = None) -> None:
     """Put one refresh task on the queue (app: a Celery app). Raises whatever kombu raises when
-    the broker is unreachable."""
+    the broker is unreachable. A batch passes one `producer` (app.producer_or_acquire()) for all
+    its tasks rather than taking one from the pool per task."""
     app.send_task(
         REFRESH_TASK,
+        producer=producer,
         kwargs=request.as_kwargs(),
         queue=QUEUE,
         routing_key=QUEUE,
         priority=refresh_priority(request.reason, settings),
-        # A refresh that waited longer than its lease is pointless: discard it unrun.
-        expires=settings.lease_ttl_seconds,
+        expires=refresh_expiry_seconds(request.reason, settings),
     )

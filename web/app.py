@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from celery import Celery
 from flask import Flask, Response
@@ -82,11 +84,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)
 
+    @contextmanager
+    def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:
+        # One producer (one broker connection) for a whole warm-up instead of one per task.
+        with celery.producer_or_acquire() as producer:
+            yield lambda request: send_refresh(celery, request, settings, producer=producer)
+
     engine = Engine(
         settings,
         namespaces,
         CacheStore(client, settings),
         send_refresh=enqueue,
+        open_batch=enqueue_batch,
         waiter=waiter,
         near_cache=near_cache,
     )

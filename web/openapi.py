@@ -64,9 +64,10 @@ _ADMIN_ERRORS = {
 _UNAVAILABLE = _error("Redis or the broker is unreachable; retry after Retry-After seconds.", retry_after=True)
 
 
-def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
+def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000) -> dict[str, Any]:
     names = sorted(namespaces)
     target = _target_parameters(names)
+    namespace_only = target[:1]
     cache_headers = {
         "X-Cache": {
             "description": "How the answer was produced.",
@@ -166,6 +167,73 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
                         "503": _UNAVAILABLE,
                     },
                 },
+            },
+            "/v1/cache/{namespace}/warm": {
+                "post": {
+                    "operationId": "warmCache",
+                    "summary": "Enqueue a refresh of every listed key that is not fresh (admin)",
+                    "description": (
+                        "Keys holding a fresh value are left alone; keys whose refresh is queued or running, or "
+                        "which cool down after a failed refresh, are left to it. Every other key gets its "
+                        "refresh lease and queued marker exactly as a read that misses would, so reads and "
+                        "warm-ups of the same moment cost the origin one call per key. Any bad key: 400, and "
+                        "nothing is enqueued. (The key named `warm` is read at /v1/cache/{namespace}/warm and "
+                        "refreshed at /v1/cache/{namespace}/warm/refresh.)"
+                    ),
+                    "security": [{"adminToken": []}],
+                    "parameters": namespace_only,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["keys"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "keys": {
+                                            "type": "array",
+                                            "maxItems": warm_max_keys,
+                                            "description": f"At most WARM_MAX_KEYS ({warm_max_keys}) keys; "
+                                            "duplicates count once.",
+                                            "items": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_BYTES},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "What happened to each distinct key.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Warm"}}},
+                        },
+                        "400": _error(
+                            'The body is not JSON, not {"keys": [...]}, names more than WARM_MAX_KEYS keys, or '
+                            "holds an illegal key; nothing was enqueued."
+                        ),
+                        **_ADMIN_ERRORS,
+                        "404": _error("No such namespace."),
+                        "413": _error("The body is larger than any valid warm-up; nothing was enqueued."),
+                        "503": _error(
+                            "Redis or the broker is unreachable (the detail says how many refreshes were enqueued "
+                            "before the broker failed; send the warm-up again).",
+                            retry_after=True,
+                        ),
+                    },
+                }
+            },
+            "/v1/namespaces": {
+                "get": {
+                    "operationId": "listNamespaces",
+                    "summary": "The configured namespaces (origin header names, never their values)",
+                    "responses": {
+                        "200": {
+                            "description": "Every namespace of namespaces.toml, by name.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Namespaces"}}},
+                        }
+                    },
+                }
             },
             "/healthz": {
                 "get": {
@@ -271,6 +339,55 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
                     "required": ["enqueued"],
                     "properties": {"enqueued": {"type": "boolean"}, "reason": {"type": "string"}},
                 },
+                "Warm": {
+                    "type": "object",
+                    "required": ["enqueued", "already_fresh", "in_flight", "cooling_down"],
+                    "properties": {
+                        "enqueued": {"type": "integer", "description": "Refreshes enqueued by this warm-up."},
+                        "already_fresh": {"type": "integer", "description": "Keys holding a fresh value."},
+                        "in_flight": {
+                            "type": "integer",
+                            "description": "Keys whose refresh was already queued or running.",
+                        },
+                        "cooling_down": {
+                            "type": "integer",
+                            "description": "Keys backing off after a failed refresh (retried when it ends).",
+                        },
+                    },
+                },
+                "Namespaces": {
+                    "type": "object",
+                    "required": ["namespaces"],
+                    "properties": {
+                        "namespaces": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "strategy", "origin", "origin_headers"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "strategy": {"enum": ["xfetch", "swr", "lock", "naive"]},
+                                    "origin": {
+                                        "type": "string",
+                                        "description": "host:port of an HTTP origin, or package.module:function",
+                                    },
+                                    "origin_headers": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                        "description": "Names of the headers sent to the origin (values are secret).",
+                                    },
+                                    "cache_ttl_seconds": {"type": "number"},
+                                    "stale_ttl_seconds": {"type": "number"},
+                                    "stale_if_error_seconds": {"type": "number"},
+                                    "negative_ttl_seconds": {"type": "number"},
+                                    "xfetch_beta": {"type": "number"},
+                                    "origin_timeout_seconds": {"type": "number"},
+                                    "origin_max_concurrency": {"type": "integer"},
+                                },
+                            },
+                        }
+                    },
+                },
                 "Status": {
                     "type": "object",
                     "required": ["requests", "requests_total", "queue_depth", "breakers", "worker"],
@@ -323,4 +440,5 @@ def build_openapi(namespaces: dict[str, Namespace]) -> dict[str, Any]:
 
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
-    return jsonify(build_openapi(web_state().namespaces))
+    state = web_state()
+    return jsonify(build_openapi(state.namespaces, state.settings.warm_max_keys))

@@ -4,6 +4,7 @@ turns an HTTP request into an engine call (shared/engine.py) and the engine's an
 from __future__ import annotations
 
 import hmac
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from shared import metrics
-from shared.engine import BrokerUnavailable, Refused, Served, cache_headers
-from shared.keys import InvalidKey, decode_key
+from shared.engine import BrokerUnavailable, Refused, Served, WarmIncomplete, cache_headers
+from shared.keys import MAX_KEY_BYTES, InvalidKey, decode_key, validate_key
 from shared.namespaces import NAMESPACE_RE, Namespace
 from web.http import json_error, json_response
 from web.state import web_state
@@ -128,6 +129,9 @@ def read(_rest: str) -> Response:
 
 @bp.post("/v1/cache/<anything:_rest>")
 def refresh(_rest: str) -> Response:
+    warm_ns = _warm_namespace()
+    if warm_ns is not None:
+        return warm(warm_ns)
     target = _target(b"/refresh")
     _require_admin()
     try:
@@ -139,6 +143,79 @@ def refresh(_rest: str) -> Response:
     return json_response(202, {"enqueued": True})
 
 
+WARM_SUFFIX = b"/warm"
+# Bytes one key may take in a JSON body: 512 bytes of UTF-8 escaped as \uXXXX (6 bytes per byte at
+# worst), its quotes, a comma and some whitespace.
+_JSON_BYTES_PER_KEY = 6 * MAX_KEY_BYTES + 16
+
+
+def _warm_namespace() -> Namespace | None:
+    """The namespace of POST /v1/cache/<namespace>/warm, or None for any other POST path. (A key
+    named "warm" is refreshed at /v1/cache/<namespace>/warm/refresh, so the two never meet.)"""
+    raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace")
+    if not raw.startswith(PREFIX) or not raw.endswith(WARM_SUFFIX):
+        return None
+    ns_name = raw[len(PREFIX) : -len(WARM_SUFFIX)].decode("ascii", "replace")
+    if "/" in ns_name:
+        return None
+    if not NAMESPACE_RE.match(ns_name):
+        raise BadRequest(404, "unknown_namespace", "no such namespace")
+    ns = web_state().namespaces.get(ns_name)
+    if ns is None:
+        raise BadRequest(404, "unknown_namespace", f"no namespace named {ns_name!r}")
+    return ns
+
+
+def _warm_keys(max_keys: int) -> list[str]:
+    """The keys of a warm-up body {"keys": [...]}, every one validated: any fault is a 400 and
+    nothing is enqueued."""
+    # A body no valid request could reach is refused before it is read (413).
+    request.max_content_length = max_keys * _JSON_BYTES_PER_KEY + 65536
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except ValueError:  # bad JSON or bad UTF-8
+        raise BadRequest(400, "invalid_body", 'the body must be JSON: {"keys": ["key", ...]}') from None
+    if not isinstance(body, dict) or "keys" not in body:
+        raise BadRequest(400, "invalid_body", 'the body must be a JSON object {"keys": ["key", ...]}')
+    unknown = sorted(set(body) - {"keys"})
+    if unknown:
+        raise BadRequest(400, "invalid_body", f'unknown field(s) {unknown}; the body is {{"keys": [...]}}')
+    keys = body["keys"]
+    if not isinstance(keys, list):
+        raise BadRequest(400, "invalid_body", '"keys" must be a list of strings')
+    if len(keys) > max_keys:
+        raise BadRequest(400, "too_many_keys", f"{len(keys)} keys; at most {max_keys} (WARM_MAX_KEYS) per warm-up")
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise BadRequest(400, "invalid_key", f"keys[{i}] is not a string")
+        try:
+            validate_key(key)
+        except InvalidKey as exc:
+            raise BadRequest(400, "invalid_key", f"keys[{i}]: {exc}") from None
+    return keys
+
+
+def warm(ns: Namespace) -> Response:
+    """POST /v1/cache/<namespace>/warm (admin): enqueue a refresh of every listed key that is not
+    fresh and not already being refreshed."""
+    _require_admin()
+    state = web_state()
+    keys = _warm_keys(state.settings.warm_max_keys)
+    try:
+        result = state.engine.warm(ns, keys)
+    except WarmIncomplete as exc:
+        return json_error(503, "broker_unavailable", str(exc), {"Retry-After": "1"})
+    return json_response(
+        202,
+        {
+            "enqueued": result.enqueued,
+            "already_fresh": result.already_fresh,
+            "in_flight": result.in_flight,
+            "cooling_down": result.cooling_down,
+        },
+    )
+
+
 @bp.delete("/v1/cache/<anything:_rest>")
 def purge(_rest: str) -> Response:
     target = _target()
@@ -146,6 +223,34 @@ def purge(_rest: str) -> Response:
     soft = request.args.get("soft") in ("1", "true", "yes")
     web_state().engine.purge(target.ns, target.key, soft=soft)
     return Response(status=204)
+
+
+@bp.get("/v1/namespaces")
+def namespaces() -> Response:
+    """The configured namespaces: strategy, lifetimes, the origin's host (or callable) and the
+    names of the headers sent to it. Never a header's value, nor the origin URL, which may
+    carry a credential of its own."""
+    return json_response(
+        200,
+        {
+            "namespaces": [
+                {
+                    "name": ns.name,
+                    "strategy": ns.strategy,
+                    "origin": ns.origin_name,
+                    "origin_headers": ns.origin_headers.names,
+                    "cache_ttl_seconds": ns.cache_ttl_seconds,
+                    "stale_ttl_seconds": ns.stale_ttl_seconds,
+                    "stale_if_error_seconds": ns.stale_if_error_seconds,
+                    "negative_ttl_seconds": ns.negative_ttl_seconds,
+                    "xfetch_beta": ns.xfetch_beta,
+                    "origin_timeout_seconds": ns.origin_timeout_seconds,
+                    "origin_max_concurrency": ns.origin_max_concurrency,
+                }
+                for ns in sorted(web_state().namespaces.values(), key=lambda ns: ns.name)
+            ]
+        },
+    )
 
 
 @bp.get("/healthz")

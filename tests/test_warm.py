@@ -1,0 +1,129 @@
+"""Warm-ups against a real redis-server: the WARM script takes the same lease and queued marker as
+a read that wins, and leaves fresh, queued, running and cooling keys alone."""
+
+from __future__ import annotations
+
+from shared.engine import Engine, WarmIncomplete
+from shared.keys import EntryKeys
+from shared.namespaces import Namespace, build_namespace
+from shared.settings import Settings
+from shared.store import CacheStore, new_token
+from shared.tasks import RefreshRequest, queued_marker_ttl_seconds, refresh_expiry_seconds, refresh_priority
+from shared.xfetch import Decision
+
+
+def _fresh(store: CacheStore, ns: Namespace, key: str) -> None:
+    token = new_token()
+    assert store.take_lease(ns, key, token)
+    run = store.claim(ns, key, token)
+    assert run is not None
+    now = store.now_ms()
+    assert store.fenced_write(
+        ns, key, run, started_ms=now, won_at_ms=now, value=b"v", content_type="text/plain"
+    ).written
+
+
+def test_a_warm_up_takes_the_lease_and_marker_of_a_cold_key_as_a_winning_read_would(
+    store: CacheStore, ns: Namespace
+) -> None:
+    token = new_token()
+    states, now = store.warm(ns, {"cold": token})
+    assert states == {"cold": "won"} and now > 0
+    k = EntryKeys.of(ns.name, "cold")
+    assert store.redis.get(k.lease).decode() == token and store.redis.get(k.queued).decode() == token
+    # A read now finds the warm-up's refresh queued and enqueues nothing of its own.
+    r = store.read(ns, "cold", new_token())
+    assert r.decision is Decision.MISS and not r.won_lease and r.lease_state == "queued"
+    # The warm task claims the lease like any other refresh.
+    assert store.claim(ns, "cold", token) is not None
+
+
+def test_a_warm_up_leaves_fresh_queued_running_and_cooling_keys_alone(store: CacheStore, ns: Namespace) -> None:
+    _fresh(store, ns, "fresh")
+    queued = store.read(ns, "queued", new_token())
+    assert queued.won_lease
+    running = new_token()
+    assert store.take_lease(ns, "running", running)
+    assert store.claim(ns, "running", running) is not None
+    cooling = new_token()
+    assert store.take_lease(ns, "cooling", cooling)
+    cooling_run = store.claim(ns, "cooling", cooling)
+    assert cooling_run is not None
+    store.record_failure(ns, "cooling", cooling_run)
+    # A stale value is not fresh: it is warmed.
+    _fresh(store, ns, "stale")
+    assert store.soft_purge(ns, "stale")
+
+    keys = ["fresh", "queued", "running", "cooling", "stale"]
+    leases_before = {key: store.redis.get(EntryKeys.of(ns.name, key).lease) for key in keys[:4]}
+    states, _ = store.warm(ns, {key: new_token() for key in keys})
+    assert states == {"fresh": "fresh", "queued": "queued", "running": "held", "cooling": "cooldown", "stale": "won"}
+    assert {key: store.redis.get(EntryKeys.of(ns.name, key).lease) for key in keys[:4]} == leases_before
+
+
+def test_engine_warm_counts_each_distinct_key_once_and_hands_winners_to_the_queue(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    sent: list[RefreshRequest] = []
+    engine = Engine(settings, {ns.name: ns}, store, send_refresh=sent.append)
+    _fresh(store, ns, "f")
+    keys = [f"w{i}" for i in range(2500)] + ["f", "w0", "w1"]
+    result = engine.warm(ns, keys)
+    assert (result.enqueued, result.already_fresh, result.in_flight, result.cooling_down) == (2500, 1, 0, 0)
+    assert sorted(r.key for r in sent) == sorted(f"w{i}" for i in range(2500))
+    assert {r.reason for r in sent} == {"warm"}
+    # Each task carries the token its key's lease holds.
+    for r in sent[::250]:
+        assert store.lease_holder(ns, r.key) == r.token
+    again = engine.warm(ns, keys)
+    assert (again.enqueued, again.in_flight) == (0, 2500) and len(sent) == 2500
+
+
+def test_a_refused_task_gives_back_the_leases_of_every_key_not_yet_enqueued(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    sent: list[RefreshRequest] = []
+
+    def queue_that_fails_after_three(request: RefreshRequest) -> None:
+        if len(sent) == 3:
+            raise ConnectionError("broker down")
+        sent.append(request)
+
+    engine = Engine(settings, {ns.name: ns}, store, send_refresh=queue_that_fails_after_three)
+    keys = [f"k{i}" for i in range(10)]
+    try:
+        engine.warm(ns, keys)
+    except WarmIncomplete as exc:
+        assert exc.enqueued == 3
+    else:
+        raise AssertionError("the warm-up did not report the refused task")
+    enqueued = {r.key for r in sent}
+    for key in keys:
+        k = EntryKeys.of(ns.name, key)
+        held = store.redis.exists(k.lease) + store.redis.exists(k.queued)
+        assert held == (2 if key in enqueued else 0), key
+
+
+def test_a_warm_tasks_queue_wait_does_not_count_as_refresh_duration(settings: Settings, store: CacheStore) -> None:
+    # d (XFetch's refresh duration) is what a reader would wait; a warm-up's backlog says nothing
+    # about the key, and counting it would make the value refresh early by about that much.
+    ns = build_namespace("t", {"origin": "tests.origins:compute"}, settings)
+    engine = Engine(settings, {ns.name: ns}, store)
+    waited_ms = 30_000
+    d: dict[str, float] = {}
+    for reason in ("warm", "miss"):
+        key = f"queued-long-{reason}"
+        token = new_token()
+        states, now = store.warm(ns, {key: token})
+        assert states[key] == "won"
+        outcome = engine.run_refresh(RefreshRequest(ns.name, key, token, reason, now - waited_ms))
+        assert outcome == "written"
+        d[reason] = float(store.redis.hget(EntryKeys.of(ns.name, key).entry, "d"))
+    assert d["miss"] >= waited_ms
+    assert d["warm"] < waited_ms / 10, d
+
+
+def test_warm_tasks_wait_in_the_queue_as_long_as_their_marker_lives(settings: Settings) -> None:
+    assert refresh_expiry_seconds("warm", settings) == queued_marker_ttl_seconds(settings) >= 60
+    assert refresh_expiry_seconds("miss", settings) == settings.lease_ttl_seconds
+    assert refresh_priority("warm", settings) > refresh_priority("miss", settings)  # Redis: lower first
