@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from shared.coldwait import CONNECTED_SLICE
 from shared.keys import EntryKeys
 from shared.origin import encode_key_for_path
 from tests.e2e.conftest import write_namespaces
@@ -110,6 +111,18 @@ def hot_key(stack: Stack) -> HotKeyRun:
         misses=web_metric(stack, "herdless_requests_total", namespace="fast", outcome="miss"),
         early_enqueued=web_metric(stack, "herdless_refresh_enqueued_total", namespace="fast", reason="early"),
     )
+
+
+def test_a_cold_miss_waiter_is_woken_by_the_published_refresh(stack: Stack) -> None:
+    wakeups = web_metric(stack, "herdless_cold_wakeups_total", namespace="herd")
+    t0 = time.monotonic()
+    r = stack.get("herd", "woken-by-the-channel")
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
+    # Woken by the "ready" message on its web process's subscription, not by a re-read on a
+    # timer (every 0.2 s while the subscription is down, every CONNECTED_SLICE while it is up).
+    assert web_metric(stack, "herdless_cold_wakeups_total", namespace="herd") == wakeups + 1
+    assert elapsed < CONNECTED_SLICE
 
 
 def test_a_hot_key_costs_one_origin_call_per_ttl_window_and_never_waits(hot_key: HotKeyRun) -> None:
