@@ -127,7 +127,7 @@ def test_a_miss_overtakes_early_refreshes_queued_before_it(env: Env) -> None:
     assert [p for p in order[1:] if p != "/items/overtaker"] == [f"/items/{k}" for k in keys], order
 
 
-def test_a_manual_refresh_is_not_enqueued_while_one_is_already_queued(env: Env) -> None:
+def test_a_manual_refresh_is_not_enqueued_while_one_is_queued_or_running(env: Env) -> None:
     stack = env.stack
     key = "manual"
     auth = {"Authorization": f"Bearer {ADMIN}"}
@@ -138,11 +138,16 @@ def test_a_manual_refresh_is_not_enqueued_while_one_is_already_queued(env: Env) 
     with worker_busy(env, "blocker-manual"):
         first = requests.post(url, headers=auth, timeout=5)
         assert first.status_code == 202 and first.json() == {"enqueued": True}
-        second = requests.post(url, headers=auth, timeout=5)
-        assert second.status_code == 202, second.text
-        assert second.json()["enqueued"] is False and second.json()["reason"]
+        queued = requests.post(url, headers=auth, timeout=5)
+        assert queued.status_code == 202, queued.text
+        assert queued.json()["enqueued"] is False and queued.json()["reason"]
         assert [k for k, _ in queued_refreshes(stack.redis.client())].count(key) == 1
+        # The gated key's own refresh is running (held at the origin): no second one either.
+        running = requests.post(stack.url("gated", "blocker-manual") + "/refresh", headers=auth, timeout=5)
+        assert running.status_code == 202 and running.json()["enqueued"] is False, running.text
+        assert "blocker-manual" not in [k for k, _ in queued_refreshes(stack.redis.client())]
     assert web_metric(stack, "herdless_refresh_suppressed_total", namespace="k", reason="lease_held") == suppressed + 1
     wait_until(lambda: stack.get("k", key).json()["count"] == 2, 10, "the one manual refresh")
     settled(stack)
     assert stack.origin_stats()["per_key"][key] == 2
+    assert [c.path for c in env.gated.calls].count("/v/blocker-manual") == 1
