@@ -180,10 +180,11 @@ def test_prometheus_evaluates_every_alert_rule_without_error(observed: Prometheu
 def test_every_panel_query_shows_data_after_traffic(observed: PrometheusServer, query: PanelQuery) -> None:
     series = evaluate(observed, query)
     assert series, f"{query.panel}/{query.ref_id} is empty after traffic: {query.expr}"
-    values = [float(s["value"][1]) for s in series]
-    # A ratio or quantile of no traffic is NaN: the traffic must have defined every one, and
-    # moved every series the panel exists to show.
-    assert all(math.isfinite(v) for v in values), f"{query.panel}/{query.ref_id}: {values}"
+    # A ratio or quantile of no traffic is NaN (a per-namespace ratio is NaN for a namespace
+    # that saw none): the traffic must have defined at least one value of every query, and
+    # moved what the panel exists to show.
+    values = [v for v in (float(s["value"][1]) for s in series) if math.isfinite(v)]
+    assert values, f"{query.panel}/{query.ref_id} has no defined value after traffic: {series}"
     if f"{query.panel}/{query.ref_id}" not in ZERO_AT_REST:
         assert any(v > 0 for v in values), f"{query.panel}/{query.ref_id} shows only zeros: {series}"
 
