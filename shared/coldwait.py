@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
+from shared import metrics
 from shared.nearcache import NearCache
 
 log = logging.getLogger("herdless.coldwait")
@@ -421,6 +422,7 @@ class ColdWaitHub:
             wait.handed_over = handed_over
             event, wait.event = wait.event, threading.Event()
             self.wakeups += 1
+        metrics.COLD_WAKEUPS.labels(target[0]).inc()
         event.set()
 
     # -- waiting -----------------------------------------------------------------------

@@ -89,6 +89,12 @@ NEAR_CACHE = Counter(
     "Near-cache (per-process L1) lookups and drops: hit, miss, invalidated, bypassed (subscription down)",
     ["result"],
 )
+COLD_WAKEUPS = Counter(
+    "herdless_cold_wakeups",
+    "Cold-miss waits woken by a refresh published on the subscription: one per key and web "
+    "process, however many requests wait (waits that end otherwise re-read on a timer)",
+    ["namespace"],
+)
 NEAR_CACHE_BYTES = Gauge(
     "herdless_near_cache_bytes",
     "Bytes held by the near-cache, summed over live processes",
@@ -127,6 +133,7 @@ def init_web_series(namespaces: Iterable[str]) -> None:
             REFRESH_SUPPRESSED.labels(ns, reason)
         REQUEST_DURATION.labels(ns)
         SERVED_AGE.labels(ns)
+        COLD_WAKEUPS.labels(ns)
     for result in NEAR_CACHE_RESULTS:
         NEAR_CACHE.labels(result)
 

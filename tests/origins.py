@@ -6,6 +6,9 @@ import time
 
 from shared.origin import NOT_MODIFIED, NotFound, OriginValue
 
+# Larger than the default ORIGIN_MAX_BYTES (1 MiB).
+OVERSIZED_BYTES = 2 * 1024 * 1024
+
 
 def compute(key: str) -> dict[str, object]:
     if key.startswith("missing-"):
@@ -27,3 +30,19 @@ def versioned(key: str, validator: str | None = None) -> object:
     if validator == etag:
         return NOT_MODIFIED
     return OriginValue({"key": key, "version": VERSION}, etag=etag)
+
+
+def typed(key: str) -> object:
+    """Answers of every type a callable may return, chosen by the key's prefix."""
+    kind = key.split("-", 1)[0]
+    if kind == "bytes":
+        return b"\x00raw bytes\xff"
+    if kind == "str":
+        return f"text for {key} \u2713"
+    if kind == "nonjson":
+        return {"key": key, "when": object()}  # json.dumps refuses it
+    if kind == "oversized":
+        return "x" * OVERSIZED_BYTES
+    if kind == "lookup":
+        raise KeyError(key)  # any LookupError means "no such key"
+    return {"key": key}

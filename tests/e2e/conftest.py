@@ -26,6 +26,19 @@ strategy = "lock"
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 1
 
+# A herd that arrives when the value expires must finish inside one TTL to see one refresh.
+[namespaces.lock-herd]
+strategy = "lock"
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 2
+
+# A cached 404 is refreshed early like any value under XFetch; beta 0 leaves only its expiry.
+[namespaces.neg]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+negative_ttl_seconds = 1
+xfetch_beta = 0
+
 [namespaces.naive]
 strategy = "naive"
 origin = "${ORIGIN_BASE_URL}/items/{key}"
@@ -33,6 +46,10 @@ cache_ttl_seconds = 60
 
 [namespaces.py]
 origin = "tests.origins:compute"
+cache_ttl_seconds = 60
+
+[namespaces.py-typed]
+origin = "tests.origins:typed"
 cache_ttl_seconds = 60
 """
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import collections
 import http.client
+import json
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
+from shared.coldwait import CONNECTED_SLICE
+from shared.keys import EntryKeys
 from shared.origin import encode_key_for_path
 from tests.e2e.conftest import write_namespaces
+from tests.faults.observe import web_metric
+from tests.origins import OVERSIZED_BYTES
 from tests.stack import Stack, cold_herd, wait_until
 
 ADMIN = "s3cret-admin-token"
@@ -62,30 +69,79 @@ def test_a_cold_herd_of_300_costs_the_origin_one_call(stack: Stack) -> None:
     assert stack.get("herd", key).headers["X-Cache"] == "HIT"
 
 
-def test_a_hot_key_costs_one_origin_call_per_ttl_window_and_never_waits(stack: Stack) -> None:
+@dataclass
+class HotKeyRun:
+    """What 10 s of back-to-back reads of one hot key (namespace `fast`, 1 s TTL) looked like."""
+
+    outcomes: list[str]  # X-Cache of every read after the first
+    windows: int  # distinct wall-clock seconds (TTL windows) the reads spanned
+    calls: int  # origin calls for the key, the first included
+    draws: set[float]  # XFetch draws `u` found stored with the key's successive values
+    misses: float  # reads of the namespace answered as MISS (waited for a refresh)
+    early_enqueued: float  # refreshes enqueued by an EARLY read
+
+
+@pytest.fixture(scope="module")
+def hot_key(stack: Stack) -> HotKeyRun:
     key = "continuous"
+    entry = EntryKeys.of("fast", key).entry
+    redis = stack.redis.client()
     session = requests.Session()
     first = session.get(stack.url("fast", key), timeout=10)
     assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
     start = time.monotonic()
     windows: set[int] = set()
     outcomes: list[str] = []
-    slowest = 0.0
+    draws: set[float] = set()
     while time.monotonic() - start < 10:
-        t0 = time.perf_counter()
         r = session.get(stack.url("fast", key), timeout=10)
-        slowest = max(slowest, time.perf_counter() - t0)
         assert r.status_code == 200
         outcomes.append(r.headers["X-Cache"])
         windows.add(int(time.time()))  # 1 s TTL: one window per wall-clock second
+        u = redis.hget(entry, "u")
+        if u is not None:
+            draws.add(float(u))
         time.sleep(0.01)
-    calls = calls_for(stack, key)
-    assert "MISS" not in outcomes
-    assert calls <= len(windows) + 1, (calls, len(windows))
-    assert calls >= 5, "the key should have been refreshed about once a second"
-    # The origin takes 150 ms; a read that waited on it could not be this fast.
-    assert slowest < 0.075, slowest
-    assert outcomes.count("EARLY") + outcomes.count("STALE") > 0
+    session.close()
+    return HotKeyRun(
+        outcomes=outcomes,
+        windows=len(windows),
+        calls=calls_for(stack, key),
+        draws=draws,
+        misses=web_metric(stack, "herdless_requests_total", namespace="fast", outcome="miss"),
+        early_enqueued=web_metric(stack, "herdless_refresh_enqueued_total", namespace="fast", reason="early"),
+    )
+
+
+def test_a_cold_miss_waiter_is_woken_by_the_published_refresh(stack: Stack) -> None:
+    wakeups = web_metric(stack, "herdless_cold_wakeups_total", namespace="herd")
+    t0 = time.monotonic()
+    r = stack.get("herd", "woken-by-the-channel")
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
+    # Woken by the "ready" message on its web process's subscription, not by a re-read on a
+    # timer (every 0.2 s while the subscription is down, every CONNECTED_SLICE while it is up).
+    assert web_metric(stack, "herdless_cold_wakeups_total", namespace="herd") == wakeups + 1
+    assert elapsed < CONNECTED_SLICE
+
+
+def test_a_hot_key_costs_one_origin_call_per_ttl_window_and_never_waits(hot_key: HotKeyRun) -> None:
+    assert hot_key.calls <= hot_key.windows + 1, (hot_key.calls, hot_key.windows)
+    assert hot_key.calls >= 5, "the key should have been refreshed about once a second"
+    # Only a MISS waits for the origin; a hot key's value is always servable (fresh or stale),
+    # so no read of it waited, in any web process: the namespace's only MISS is the first read.
+    assert "MISS" not in hot_key.outcomes
+    assert hot_key.misses == 1
+
+
+def test_a_hot_key_is_refreshed_early_by_the_draw_its_writer_stored(hot_key: HotKeyRun) -> None:
+    # No draw is injected here: each refresh stores its own u. A writer that always stored
+    # u = 1 would make `now - d*beta*ln(u) >= soft` mean `now >= soft`: never EARLY, only STALE.
+    assert hot_key.outcomes.count("EARLY") > 0, collections.Counter(hot_key.outcomes)
+    assert hot_key.early_enqueued > 0
+    # Every value carries a draw of its own, in (0, 1].
+    assert len(hot_key.draws) >= 3, hot_key.draws
+    assert all(0 < u <= 1 for u in hot_key.draws), hot_key.draws
 
 
 def test_stale_value_is_served_while_the_refresh_runs(stack: Stack) -> None:
@@ -116,6 +172,29 @@ def test_lock_strategy_waits_for_the_single_refresher_instead_of_serving_stale(s
     r = stack.get("lock", key)
     assert r.headers["X-Cache"] in ("HIT", "MISS")
     assert r.headers["X-Cache"] != "STALE"
+
+
+def redis_now_ms(stack: Stack) -> int:
+    seconds, micros = stack.redis.client().time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def stored_soft_ms(stack: Stack, namespace: str, key: str) -> int:
+    soft = stack.redis.client().hget(EntryKeys.of(namespace, key).entry, "soft")
+    assert soft is not None, f"nothing stored for {namespace}/{key}"
+    return int(soft)
+
+
+def test_lock_strategy_herd_at_expiry_waits_for_one_shared_refresh(stack: Stack) -> None:
+    key = "lock-herd"
+    assert stack.get("lock-herd", key).json()["count"] == 1
+    soft = stored_soft_ms(stack, "lock-herd", key)
+    wait_until(lambda: redis_now_ms(stack) >= soft, 10, "the value to expire on the Redis clock")
+    results = cold_herd(stack, "lock-herd", [key], 50)
+    assert {status for _, status, _ in results} == {200}, results[:3]
+    # Nobody got the expired value: every reader waited for the one refresh and shares its value.
+    assert {json.loads(body)["count"] for _, _, body in results} == {2}
+    assert calls_for(stack, key) == 2
 
 
 def test_naive_strategy_calls_the_origin_from_the_web_tier(stack: Stack) -> None:
@@ -152,6 +231,27 @@ def test_origin_404_is_cached_as_a_negative_entry(stack: Stack) -> None:
     assert calls_for(stack, "missing-thing") == 1
 
 
+def test_a_cached_404_expires_after_negative_ttl_and_the_origin_is_asked_again(stack: Stack) -> None:
+    key = "missing-for-a-while"  # namespace neg: negative_ttl_seconds = 1
+    assert stack.get("neg", key).status_code == 404
+    soft = stored_soft_ms(stack, "neg", key)
+    # Until the negative entry's moment on the Redis clock, the cached 404 answers alone.
+    while True:
+        r = stack.get("neg", key)
+        answered_before_expiry = redis_now_ms(stack) < soft
+        if not answered_before_expiry:
+            break
+        assert r.status_code == 404 and r.headers["X-Cache"] == "NEGATIVE"
+        assert calls_for(stack, key) == 1
+        time.sleep(0.05)
+    # The first read after it asks the origin again (and caches the new 404).
+    wait_until(lambda: redis_now_ms(stack) >= soft, 5, "the negative entry to expire")
+    again = stack.get("neg", key)
+    assert again.status_code == 404 and again.json()["error"] == "not_found"
+    assert calls_for(stack, key) == 2
+    assert stored_soft_ms(stack, "neg", key) > soft
+
+
 def test_python_callable_origin(stack: Stack) -> None:
     r = stack.get("py", "from-python")
     assert r.status_code == 200 and r.json()["key"] == "from-python"
@@ -159,6 +259,35 @@ def test_python_callable_origin(stack: Stack) -> None:
     assert stack.get("py", "missing-callable").status_code == 404
     failed = stack.get("py", "boom-now")
     assert failed.status_code == 502 and failed.json()["error"] == "origin_error"
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "content_type", "body"),
+    [
+        ("bytes-k", 200, "application/octet-stream", b"\x00raw bytes\xff"),
+        ("str-k", 200, "text/plain; charset=utf-8", "text for str-k \u2713".encode()),
+        ("dict-k", 200, "application/json", b'{"key":"dict-k"}'),
+        ("lookup-k", 404, "application/json", None),
+        ("nonjson-k", 502, "application/json", None),
+        ("oversized-k", 502, "application/json", None),
+    ],
+)
+def test_a_python_callable_origin_answer_is_stored_by_its_type(
+    stack: Stack, key: str, status: int, content_type: str, body: bytes | None
+) -> None:
+    r = stack.get("py-typed", key)
+    assert r.status_code == status, r.text[:200]
+    assert r.headers["Content-Type"] == content_type
+    if body is not None:
+        assert r.content == body
+        assert stack.get("py-typed", key).headers["X-Cache"] == "HIT"
+    elif status == 404:
+        assert r.json()["error"] == "not_found"  # a LookupError is "no such key", cached
+        assert stack.get("py-typed", key).headers["X-Cache"] == "NEGATIVE"
+    else:
+        assert r.json()["error"] == "origin_error"  # never stored, never served
+        assert len(r.content) < OVERSIZED_BYTES
+        assert stack.redis.client().hget(EntryKeys.of("py-typed", key).entry, "v") is None
 
 
 @pytest.mark.parametrize(
@@ -179,8 +308,6 @@ def test_bad_input_gets_a_json_4xx(stack: Stack, path: str, status: int, error: 
     got, headers, body = raw_get(stack, path)
     assert got == status, (got, body)
     assert headers["Content-Type"].startswith("application/json")
-    import json
-
     payload = json.loads(body)
     assert payload["error"] == error and payload["detail"]
     assert "Traceback" not in body.decode(errors="replace")

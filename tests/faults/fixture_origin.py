@@ -34,6 +34,7 @@ class FixtureOrigin:
     max_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
+    _gate: threading.Event = field(default_factory=threading.Event)
     _connections: set[socket.socket] = field(default_factory=set)
 
     @property
@@ -42,6 +43,7 @@ class FixtureOrigin:
 
     def start(self) -> FixtureOrigin:
         origin = self
+        self._gate.set()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -62,6 +64,9 @@ class FixtureOrigin:
             def do_GET(self) -> None:  # noqa: N802
                 call = origin._enter(self.path)
                 try:
+                    # A held origin answers nobody until released (bounded, so a forgotten
+                    # hold cannot hang a test run).
+                    origin._gate.wait(30)
                     with origin._lock:
                         mode, latency = origin.mode, origin.latency
                     if latency:
@@ -108,6 +113,13 @@ class FixtureOrigin:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def hold(self) -> None:
+        """Keep every call waiting (in flight) until release()."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
 
     def set(self, mode: Mode | None = None, latency: float | None = None) -> None:
         with self._lock:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from tests.stack import Stack, metric
+
+# The Redis broker's list for each refresh priority step (shared/tasks.py).
+BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
 
 
 def worker_metric(stack: Stack, name: str, worker: str | None = None, **labels: str) -> float:
@@ -27,6 +32,18 @@ def worker_metric(stack: Stack, name: str, worker: str | None = None, **labels: 
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         total += metric(text, name, **labels)
     return total
+
+
+def queued_refreshes(redis: Any) -> list[tuple[str, datetime | None]]:
+    """(key, expires) of every refresh message waiting in the Redis broker's priority lists."""
+    found = []
+    for name in BROKER_LISTS:
+        for raw in redis.lrange(name, 0, -1):
+            envelope = json.loads(raw)
+            _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+            expires = envelope["headers"].get("expires")
+            found.append((kwargs["key"], datetime.fromisoformat(expires) if expires else None))
+    return found
 
 
 def web_metric(stack: Stack, name: str, **labels: str) -> float:

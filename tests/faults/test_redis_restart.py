@@ -145,3 +145,33 @@ def test_a_broker_outage_keeps_serving_stale_and_fails_cold_misses_fast(tmp_path
     finally:
         broker.stop()
         cache.stop()
+
+
+def test_a_persisted_redis_serves_its_stored_values_at_once_after_a_restart(tmp_path: Path) -> None:
+    # Every write reaches the append-only file before Redis answers: a crash loses nothing.
+    redis = RedisServer(tmp_path / "persisted", extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES), "ORIGIN_LATENCY_MS": "20"}
+    try:
+        with Stack(tmp_path, env=env, redis=redis) as stack:
+            keys = ["kept-a", "kept-b", "kept-c"]
+            stored = {key: stack.get("hot", key).content for key in keys}
+            calls = stack.origin_stats()["calls"]
+            assert calls == len(keys)
+
+            redis.stop()  # SIGKILL: a crash, not a clean shutdown
+            redis.start()  # same port, same directory
+
+            def first_answer(key: str) -> requests.Response:
+                # The web tier may answer 503 while it replaces its broken connections; the
+                # first answer with a body must be the stored value.
+                return wait_until(
+                    lambda: (r := stack.get("hot", key)).status_code != 503 and r, 10, f"an answer for {key}"
+                )
+
+            for key in keys:
+                r = first_answer(key)
+                assert r.status_code == 200 and r.headers["X-Cache"] == "HIT", (r.status_code, r.headers)
+                assert r.content == stored[key]
+            assert stack.origin_stats()["calls"] == calls  # nothing was refreshed
+    finally:
+        redis.stop()

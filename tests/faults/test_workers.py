@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -12,28 +11,37 @@ import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES, write_namespaces
-from tests.faults.observe import TrafficLoop, worker_metric
+from tests.faults.observe import TrafficLoop, queued_refreshes, worker_metric
 from tests.stack import Stack, wait_until
 
 NAMESPACES = LONG_AND_SWR_NAMESPACES
-BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
 
 
-def queued_refreshes(redis: Any) -> list[tuple[str, datetime | None]]:
-    """(key, expires) of every refresh message waiting in the Redis broker's priority lists."""
-    found = []
-    for name in BROKER_LISTS:
-        for raw in redis.lrange(name, 0, -1):
-            envelope = json.loads(raw)
-            _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-            expires = envelope["headers"].get("expires")
-            found.append((kwargs["key"], datetime.fromisoformat(expires) if expires else None))
-    return found
+def test_a_cold_key_with_no_worker_running_gets_503_cold_wait_timeout(tmp_path: Path) -> None:
+    cold_wait = 1.0
+    env = {
+        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
+        "COLD_WAIT_TIMEOUT_SECONDS": str(cold_wait),
+    }
+    with Stack(tmp_path, env=env, workers=0) as stack:
+        t0 = time.monotonic()
+        r = stack.get("k", "nobody-refreshes-me")
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 503, r.text
+        assert r.headers["Content-Type"].startswith("application/json")
+        assert r.json()["error"] == "cold_wait_timeout" and r.json()["detail"]
+        assert int(r.headers["Retry-After"]) >= 1
+        # It waited out its COLD_WAIT_TIMEOUT_SECONDS for a refresh nobody ran.
+        assert elapsed >= cold_wait
+        assert stack.origin_stats()["calls"] == 0
+        # The refresh stays queued (one per key) for the workers to come.
+        again = stack.get("k", "nobody-refreshes-me")
+        assert again.status_code == 503 and again.json()["error"] == "cold_wait_timeout"
+        assert [key for key, _ in queued_refreshes(stack.redis.client())] == ["nobody-refreshes-me"]
 
 
 def test_sigterm_during_a_refresh_lets_it_finish_and_write(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ CONTRACT_METRICS = {
     "herdless_origin_in_flight": "gauge",
     "herdless_origin_slot_wait_seconds": "histogram",
     "herdless_near_cache_total": "counter",
+    "herdless_cold_wakeups_total": "counter",
     "herdless_near_cache_bytes": "gauge",
 }
 

@@ -29,6 +29,7 @@ WEB_METRICS = [
     "herdless_origin_in_flight",
     "herdless_near_cache_total",
     "herdless_near_cache_bytes",
+    "herdless_cold_wakeups_total",
 ]
 WORKER_METRICS = [
     "herdless_refresh_total",
@@ -121,6 +122,8 @@ def test_a_cold_herd_is_one_origin_call_and_the_rest_is_accounted_as_suppressed(
     assert misses + hits == 300
     suppressed = delta(web, web_before, "herdless_refresh_suppressed_total", namespace="herd")
     assert suppressed == misses - 1, (suppressed, misses)
+    # The waiters of each web process that had any were woken once, by the published refresh.
+    assert misses == 0 or 1 <= delta(web, web_before, "herdless_cold_wakeups_total", namespace="herd") <= 2
     assert delta(web, web_before, "herdless_request_duration_seconds_count", namespace="herd") == 300
     assert metric(worker, "herdless_refresh_lag_seconds_count", namespace="herd") >= 1
     for name in WEB_METRICS:

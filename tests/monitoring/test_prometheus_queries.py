@@ -10,40 +10,43 @@ from contextlib import contextmanager
 import pytest
 import requests
 
+from tests.e2e.conftest import write_namespaces
 from tests.stack import PYTHON, Proc, Stack, free_port, wait_until
 
 from .prometheus_server import PrometheusServer
-from .queries import PanelQuery, alert_rules, panel_queries, to_promql
+from .queries import REPO, PanelQuery, alert_rules, panel_queries, to_promql
 
-# Short TTLs so one test run sees misses, hits and stale answers; a quick origin keeps it fast.
-STACK_ENV = {"CACHE_TTL_SECONDS": "1", "ORIGIN_LATENCY_MS": "20"}
+ADMIN = "monitoring-admin-token"
+# Short TTLs so one test run sees misses, hits and stale answers; a quick origin keeps it fast;
+# a breaker that opens at the first failure and may close a second later.
+STACK_ENV = {
+    "CACHE_TTL_SECONDS": "1",
+    "ORIGIN_LATENCY_MS": "20",
+    "ADMIN_TOKEN": ADMIN,
+    "BREAKER_FAIL_MAX": "1",
+    "BREAKER_RESET_TIMEOUT_SECONDS": "1",
+}
+# The shipped namespaces plus one whose values stay HITs (held in the near-cache) for a minute.
+NAMESPACES = (
+    (REPO / "namespaces.toml").read_text()
+    + """
+[namespaces.held]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+"""
+)
+# Panels whose right value after this traffic is 0: nothing queued, nothing in flight, every
+# breaker closed, no slot timeout (their own tests below check the 0).
+ZERO_AT_REST = {
+    "Queue depth/A",
+    "Breaker state per origin/A",
+    "Origin calls in flight/A",
+    "Origin slot waits and timeouts/B",
+}
 
 # Rates over the whole traffic window: the stack lives for seconds, not minutes.
 RATE_INTERVAL = "30s"
 TIME_RANGE = "1m"
-
-PANELS_WITH_DATA = [
-    "Requests by outcome",
-    "Origin calls vs requests",
-    "Refresh lag p50/p99",
-    "Queue depth",
-    "Breaker state per origin",
-    "Workers online",
-    "Task runtime",
-    # Every panel below has a series even when nothing happened: counters and the slot-wait
-    # histogram are created at 0 for every label set, and in-flight and near-cache bytes are
-    # gauges read at each scrape; the traffic makes the ratios and quantiles defined.
-    "Fresh share",
-    "Served age p99",
-    "Near-cache hit share",
-    "Near-cache bytes",
-    "Near-cache invalidations and bypasses",
-    "Origin slot wait p50/p99",
-    "Origin slot waits and timeouts",
-    "Origin calls in flight",
-    "Origin bytes received",
-    "Revalidated share of origin answers",
-]
 
 # The user monitoring/prometheus.yml scrapes Flower as.
 FLOWER_USER = "herdless"
@@ -77,6 +80,25 @@ def drive_traffic(stack: Stack, prometheus: PrometheusServer) -> None:
         response = http.get(stack.url(namespace, key), timeout=15)
         assert response.status_code == 200, (namespace, key, response.status_code, response.text)
         return response
+
+    # The breaker opens at the origin's first failure; once the origin is back, a probe after
+    # the reset timeout closes it: the dashboard sees every transition and an origin error.
+    stack.origin_config(failure_rate=1.0)
+    tripped = http.get(stack.url("demo", "breaker-trip"), timeout=15)
+    assert tripped.status_code == 502, tripped.text
+    stack.origin_config(failure_rate=0.0)
+    wait_until(
+        lambda: http.get(stack.url("demo", "breaker-trip"), timeout=15).status_code == 200,
+        timeout=15,
+        what="the breaker to close after a good probe",
+        interval=0.2,
+    )
+
+    # A value held in the near-cache, then purged: the purge's invalidation drops it.
+    for _ in range(10):
+        requests.get(stack.url("held", "purged"), timeout=15).raise_for_status()  # new connections: both web processes
+    purge = http.delete(stack.url("held", "purged"), headers={"Authorization": f"Bearer {ADMIN}"}, timeout=15)
+    assert purge.status_code == 204, purge.text
 
     for round_no in range(3):
         assert get("demo", f"cold-{round_no}").headers["X-Cache"] == "MISS"
@@ -113,7 +135,9 @@ def observed(
     tmp_path_factory: pytest.TempPathFactory, prometheus: Callable[..., PrometheusServer]
 ) -> Iterator[PrometheusServer]:
     """Prometheus that has watched the stack serve every kind of traffic."""
-    with Stack(tmp_path_factory.mktemp("stack"), env=STACK_ENV) as stack, running_flower(stack) as flower_metrics:
+    tmp = tmp_path_factory.mktemp("stack")
+    env = {**STACK_ENV, "NAMESPACES_FILE": write_namespaces(tmp / "config", NAMESPACES)}
+    with Stack(tmp, env=env) as stack, running_flower(stack) as flower_metrics:
         server = prometheus(
             {"web": f"{stack.web_url}/metrics", "worker": stack.worker_metrics_url, "flower": flower_metrics}
         )
@@ -152,9 +176,22 @@ def test_prometheus_evaluates_every_alert_rule_without_error(observed: Prometheu
         assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
 
 
-@pytest.mark.parametrize("title", PANELS_WITH_DATA)
-def test_panel_shows_data_after_traffic(observed: PrometheusServer, title: str) -> None:
-    assert panel_results(observed, title), f"panel {title!r} is empty after traffic"
+@pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.panel}/{q.ref_id}")
+def test_every_panel_query_shows_data_after_traffic(observed: PrometheusServer, query: PanelQuery) -> None:
+    series = evaluate(observed, query)
+    assert series, f"{query.panel}/{query.ref_id} is empty after traffic: {query.expr}"
+    # A ratio or quantile of no traffic is NaN (a per-namespace ratio is NaN for a namespace
+    # that saw none): the traffic must have defined at least one value of every query, and
+    # moved what the panel exists to show.
+    values = [v for v in (float(s["value"][1]) for s in series) if math.isfinite(v)]
+    assert values, f"{query.panel}/{query.ref_id} has no defined value after traffic: {series}"
+    if f"{query.panel}/{query.ref_id}" not in ZERO_AT_REST:
+        assert any(v > 0 for v in values), f"{query.panel}/{query.ref_id} shows only zeros: {series}"
+
+
+def test_the_breaker_panel_shows_it_opening_probing_and_closing(observed: PrometheusServer) -> None:
+    moved = {s["metric"]["to"] for s in panel_results(observed, "Breaker transitions") if float(s["value"][1]) > 0}
+    assert moved == {"open", "half-open", "closed"}, moved
 
 
 def test_requests_by_outcome_shows_misses_hits_and_stale_answers(observed: PrometheusServer) -> None:
