@@ -347,7 +347,10 @@ class Engine:
                     r = self.store.read(ns, key, token)
                     if r.won_lease:
                         try:
-                            self._enqueue(ns, key, token, "miss", r.now_ms)
+                            # A value may have landed meanwhile: then it is served, and its
+                            # refresh is an early or stale one, queued behind cold misses.
+                            reason = "miss" if r.decision is Decision.MISS else r.decision.value.lower()
+                            self._enqueue(ns, key, token, reason, r.now_ms)
                         except BrokerUnavailable:
                             return r, False
                     return r, True
