@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,14 +270,24 @@ def test_an_invalidation_published_on_redis_drops_the_key_from_the_near_cache(
     assert nc.get(ns, "c") is not None
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private server: purges count the hubs registered in their database, and in-process
+    apps of other test modules keep hubs registered on the session's server."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
 def test_a_purge_returns_only_after_every_subscribed_process_dropped_the_key(
-    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str, redis_server: RedisServer
+    make_hub: Callable[..., ColdWaitHub], own_redis: RedisServer, ns: str
 ) -> None:
     # Before, a purge answered as soon as it had published: another web process could still
     # serve the purged value from memory to the purger's next read.
+    client = own_redis.client()
     caches: list[NearCache[Entry]] = [NearCache(1 << 20) for _ in range(3)]
     for nc in caches:
-        make_hub(nearcache=nc, ack_client=redis.Redis.from_url(redis_server.url))
+        make_hub(nearcache=nc, factory=own_redis.client, ack_client=own_redis.client())
         assert put_fresh(nc, ns, "k", b"old")
     told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=5)
     assert (told, confirmed) == (3, 3)
@@ -285,26 +296,25 @@ def test_a_purge_returns_only_after_every_subscribed_process_dropped_the_key(
 
 
 def test_a_purge_waits_at_most_its_bound_for_a_registered_process_that_does_not_confirm(
-    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+    make_hub: Callable[..., ColdWaitHub], own_redis: RedisServer, ns: str
 ) -> None:
+    client = own_redis.client()
     nc: NearCache[Entry] = NearCache(1 << 20)
-    make_hub(nearcache=nc, ack_client=client)
+    make_hub(nearcache=nc, factory=own_redis.client, ack_client=client)
     # A process that registered and then hung (its entry has not expired yet).
     client.zadd(SUBSCRIBERS_KEY, {"hung-process": client.time()[0] * 1000 + 60_000})
-    try:
-        started = time.monotonic()
-        told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=0.3)
-        assert (told, confirmed) == (2, 1)
-        assert 0.3 <= time.monotonic() - started < 3
-        assert not client.keys("hl:inval-ack:*")
-    finally:
-        client.zrem(SUBSCRIBERS_KEY, "hung-process")
+    started = time.monotonic()
+    told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=0.3)
+    assert (told, confirmed) == (2, 1)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert not client.keys("hl:inval-ack:*")
 
 
 def test_a_hub_counts_in_purges_only_while_subscribed(
-    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+    make_hub: Callable[..., ColdWaitHub], own_redis: RedisServer, ns: str
 ) -> None:
-    hub = make_hub(nearcache=NearCache(1 << 20), ack_client=client)
+    client = own_redis.client()
+    hub = make_hub(nearcache=NearCache(1 << 20), factory=own_redis.client, ack_client=client)
     assert client.zcard(SUBSCRIBERS_KEY) == 1
     hub.stop()
     assert client.zcard(SUBSCRIBERS_KEY) == 0
