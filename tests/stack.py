@@ -166,12 +166,20 @@ class Proc:
         if self.alive():
             try:
                 os.killpg(self.popen.pid, sig)
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
             except ProcessLookupError:
                 pass
+        self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float = 15) -> None:
+        """Wait for an exit already asked for; SIGKILL the group past `timeout`."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(5)
         self._log.close()
 
     def output(self) -> str:
@@ -325,8 +333,22 @@ class Stack:
         self.procs[name].stop(sig)
 
     def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            proc.stop()
+        """Tear down: every process is told at once, then waited for. A gevent worker handles
+        SIGTERM only when its consumer loop next wakes (about 4 s when idle), and nothing of a
+        finished test is worth a graceful stop: workers whose broker is this stack's private
+        Redis are killed outright (a test that needs a graceful stop asks for it with
+        stop_worker). A worker on another broker (RabbitMQ) stops gracefully, so that it
+        leaves no unacknowledged message behind for the next stack."""
+        kill_workers = self.own_redis and not self.env.get("CELERY_BROKER_URL")
+        procs = list(reversed(self.procs.values()))
+        for proc in procs:
+            worker = proc.name in self.worker_names
+            try:
+                proc.send(signal.SIGKILL if worker and kill_workers else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            proc.wait_stopped()
         if self.own_redis:
             self.redis.stop()
 

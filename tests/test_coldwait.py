@@ -280,7 +280,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def test_a_purge_returns_only_after_every_subscribed_process_dropped_the_key(
-    make_hub: Callable[..., ColdWaitHub], own_redis: RedisServer, ns: str
+    own_redis: RedisServer, make_hub: Callable[..., ColdWaitHub], ns: str
 ) -> None:
     # Before, a purge answered as soon as it had published: another web process could still
     # serve the purged value from memory to the purger's next read.
@@ -296,7 +296,7 @@ def test_a_purge_returns_only_after_every_subscribed_process_dropped_the_key(
 
 
 def test_a_purge_waits_at_most_its_bound_for_a_registered_process_that_does_not_confirm(
-    make_hub: Callable[..., ColdWaitHub], own_redis: RedisServer, ns: str
+    own_redis: RedisServer, make_hub: Callable[..., ColdWaitHub], ns: str
 ) -> None:
     client = own_redis.client()
     nc: NearCache[Entry] = NearCache(1 << 20)
@@ -311,7 +311,7 @@ def test_a_purge_waits_at_most_its_bound_for_a_registered_process_that_does_not_
 
 
 def test_a_hub_counts_in_purges_only_while_subscribed(
-    make_hub: Callable[..., ColdWaitHub], own_redis: RedisServer, ns: str
+    own_redis: RedisServer, make_hub: Callable[..., ColdWaitHub], ns: str
 ) -> None:
     client = own_redis.client()
     hub = make_hub(nearcache=NearCache(1 << 20), factory=own_redis.client, ack_client=client)
