@@ -266,9 +266,11 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
         return requests.get(stack.web_url + "/status.json", timeout=5).json()
 
     before = status()
-    assert stack.get("demo", "status-json-cold").headers["X-Cache"] == "MISS"
+    # A 60 s value: a 1 s one may be inside its XFetch early window from the start (its
+    # refresh duration, queue wait included, times beta 4 can exceed the TTL) and read EARLY.
+    assert stack.get("herd", "status-json-cold").headers["X-Cache"] == "MISS"
     for _ in range(10):
-        assert stack.get("demo", "status-json-cold").status_code == 200
+        assert stack.get("herd", "status-json-cold").status_code == 200
     after = status()
 
     # The keys the page has always read are still there.
