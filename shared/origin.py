@@ -153,7 +153,10 @@ class HttpOrigin:
         except urllib3.exceptions.TimeoutError as exc:
             raise OriginTimeout(f"origin timed out after {self.timeout:g}s") from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise OriginError(f"origin unreachable: {type(exc).__name__}") from exc
+            # The reason's type only (e.g. RemoteDisconnected, ConnectionResetError): never a
+            # message that could carry the URL.
+            reason = next((type(arg).__name__ for arg in exc.args if isinstance(arg, BaseException)), "")
+            raise OriginError(f"origin unreachable: {type(exc).__name__}" + (f" ({reason})" if reason else "")) from exc
         complete = False
         try:
             if resp.status == 404:
