@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
+import redis
+
 from shared import metrics
 from shared.nearcache import NearCache
 
@@ -106,9 +108,16 @@ def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float =
     try:
         while confirmed < receivers:
             left = deadline - time.monotonic()
-            if left <= 0 or client.blpop([ack], timeout=max(left, 0.01)) is None:
+            if left <= 0:
                 break
-            confirmed += 1
+            # Short slices: a BLPOP must never outwait the client's own read timeout, which
+            # may be shorter than the whole bound (COLD_WAIT_TIMEOUT_SECONDS sets it in web).
+            try:
+                popped = client.blpop([ack], timeout=min(max(left, 0.01), 0.1))
+            except redis.exceptions.TimeoutError:
+                continue  # a client read timeout shorter still: try again until the bound
+            if popped is not None:
+                confirmed += 1
     finally:
         client.delete(ack)
     return receivers, confirmed
