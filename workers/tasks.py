@@ -77,9 +77,11 @@ class RefreshTaskRequest(Request):  # type: ignore[misc]
 
     def reject(self, requeue: bool = False) -> None:
         already = self.acknowledged
+        if requeue and not already:
+            self._tell_engine(requeued=True)  # before the message is visible in the queue again
         super().reject(requeue=requeue)
-        if not already:
-            self._tell_engine(requeued=requeue)
+        if not requeue and not already:
+            self._tell_engine(requeued=False)
 
     def _tell_engine(self, *, requeued: bool) -> None:
         req = _refresh_request(self.kwargs or {})
