@@ -104,7 +104,9 @@ def test_a_refused_task_gives_back_the_leases_of_every_key_not_yet_enqueued(
         assert held == (2 if key in enqueued else 0), key
 
 
-def test_a_warm_up_or_cold_start_queue_wait_does_not_count_as_refresh_duration(settings: Settings, store: CacheStore) -> None:
+def test_a_warm_up_or_cold_start_queue_wait_does_not_count_as_refresh_duration(
+    settings: Settings, store: CacheStore
+) -> None:
     # d (XFetch's refresh duration) is what the next early refresh will take, queue included; a
     # warm-up's or a cold start's backlog says nothing about the key, and counting it would make
     # the value refresh early by about that much.
