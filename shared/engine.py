@@ -92,8 +92,10 @@ Warm-ups (admin)
     queue refuses a task, the leases and markers of the keys not yet handed over are given back.
 
 What never happens: two refreshes holding one key's lease; a value older than the stored one
-replacing it; a purged value coming back; two refresh tasks of one key in the queue; a read
-waiting on the origin while a stale value exists.
+replacing it; a purged value coming back; two refresh tasks of one key in the queue that could
+both run (the one exception to "one message": a dead host's message, restored by the broker's
+visibility timeout after a read took its key over, which stops at its claim); a read waiting on
+the origin while a stale value exists.
 """
 
 from __future__ import annotations
