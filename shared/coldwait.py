@@ -77,14 +77,15 @@ SUBSCRIBERS_KEY = "hl:subscribers"
 T = TypeVar("T")
 
 
-def _redis_now_ms(client: Any) -> int:
+def redis_now_ms(client: Any) -> int:
+    """The Redis server's clock in ms (TIME), the only clock herdless decides by."""
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
 def registered_hubs(client: Any) -> int:
     """How many hubs of this database are subscribed now (their entries have not run out)."""
-    return int(client.zcount(SUBSCRIBERS_KEY, f"({_redis_now_ms(client)}", "+inf"))
+    return int(client.zcount(SUBSCRIBERS_KEY, f"({redis_now_ms(client)}", "+inf"))
 
 
 def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float = 0.0) -> tuple[int, int]:
@@ -390,7 +391,7 @@ class ColdWaitHub:
         try:
             # Plain commands, not a script: this runs every heartbeat in every web process, and
             # scripts are what tests count to prove a request never reached Redis.
-            now = _redis_now_ms(self._ack_client)
+            now = redis_now_ms(self._ack_client)
             with self._ack_client.pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(SUBSCRIBERS_KEY, "-inf", now)
                 pipe.zadd(SUBSCRIBERS_KEY, {self._member: now + ttl_ms})

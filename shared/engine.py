@@ -653,7 +653,9 @@ class Engine:
             # Only a conditional call gets one (an origin that sends 304 unasked fails above).
             metrics.ORIGIN_CALLS.labels(ns.name, "not_modified").inc()
             validated_at, stored_lifetimes = (stored.at_ms, stored.lifetimes) if stored else (0, fixed_lifetimes(ns))
-            result = self._write_not_modified(ns, req, run_token, started_ms, validated_at, stored_lifetimes, response)
+            result = self._write_not_modified(
+                ns, req.key, run_token, started_ms, won_at_ms, validated_at, stored_lifetimes, response
+            )
         elif isinstance(response, OriginResponse):
             metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
             metrics.ORIGIN_BYTES.labels(ns.name).inc(len(response.body))
@@ -701,9 +703,10 @@ class Engine:
     def _write_not_modified(
         self,
         ns: Namespace,
-        req: RefreshRequest,
+        key: str,
         run_token: str,
         started_ms: int,
+        won_at_ms: int,
         validated_at_ms: int,
         stored_lifetimes: Lifetimes,
         response: NotModified,
@@ -717,22 +720,17 @@ class Engine:
                 # The origin now forbids storing what it confirmed: drop it. The bytes are in
                 # Redis only, so the waiters re-read and the next refresh fetches them whole.
                 return self.store.drop_uncacheable(
-                    ns,
-                    req.key,
-                    run_token,
-                    started_ms=started_ms,
-                    won_at_ms=_duration_start(req, started_ms),
-                    hand_over=None,
+                    ns, key, run_token, started_ms=started_ms, won_at_ms=won_at_ms, hand_over=None
                 )
             lifetimes = policy.lifetimes
         elif ns.freshness != "origin":
             lifetimes = fixed_lifetimes(ns)
         return self.store.revalidate(
             ns,
-            req.key,
+            key,
             run_token,
             started_ms=started_ms,
-            won_at_ms=_duration_start(req, started_ms),
+            won_at_ms=won_at_ms,
             validated_at_ms=validated_at_ms,
             validators=response.validators,
             lifetimes=lifetimes,

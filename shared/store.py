@@ -14,7 +14,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from shared import scripts
-from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready
+from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready, redis_now_ms
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
@@ -343,8 +343,7 @@ class CacheStore:
         return int(self._renew(keys=[k.lease], args=[token, self.lease_ttl_ms])) == 1
 
     def now_ms(self) -> int:
-        seconds, micros = self.redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return redis_now_ms(self.redis)
 
     def stored_validators(self, ns: Namespace, key: str) -> StoredValidators | None:
         """The stored entry's origin validators, or None when there is nothing to revalidate

@@ -11,19 +11,10 @@ from pathlib import Path
 import pytest
 from matplotlib import image
 
-from tests.e2e.conftest import write_namespaces
+from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES, write_namespaces
 from tests.stack import ROOT, Stack
 
-# The shipped namespaces, plus "herd" with a 60 s TTL: a herd of 100 clients on a loaded machine
-# may outlast XFetch's early window of a 1 s value, and then rightly cost a second call.
-NAMESPACES = (
-    (ROOT / "namespaces.toml").read_text()
-    + """
-[namespaces.herd]
-cache_ttl_seconds = 60
-origin = "${ORIGIN_BASE_URL}/items/{key}"
-"""
-)
+NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.conftest import write_namespaces
+from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES, write_namespaces
 from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
 
 WEB_METRICS = [
@@ -45,18 +44,9 @@ WORKER_METRICS = [
 ]
 FLOWER_AUTH = ("herdless", "flower-test-secret")
 
-# The shipped demo namespaces (1 s TTL in this module, so background refreshes keep
-# running) plus "herd": a herd of 300 requests on a loaded machine may last longer than
-# XFetch's early window of a 1 s value, so the one-call herd reads a 60 s value.
-NAMESPACES = (
-    (Path(__file__).resolve().parents[2] / "namespaces.toml").read_text()
-    + """
-[namespaces.herd]
-strategy = "xfetch"
-cache_ttl_seconds = 60
-origin = "${ORIGIN_BASE_URL}/items/{key}"
-"""
-)
+# The shipped demo namespaces (1 s TTL in this module, so background refreshes keep running)
+# plus the 60 s "herd" namespace for counts that must be exactly one call per herd.
+NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
 
 
 @pytest.fixture(scope="module")
