@@ -10,7 +10,7 @@ import pytest
 from shared.namespaces import Namespace, build_namespace
 from shared.settings import Settings
 from shared.store import CacheStore, make_redis
-from tests.stack import RedisServer
+from tests.stack import RedisServer, Stack, stack_for
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack of real processes for a whole test module, which configures it with
+    STACK_NAMESPACES (the namespaces.toml body), and optionally STACK_ENV (settings) and
+    STACK_OPTIONS (Stack's keyword arguments: workers, worker_concurrency, ...)."""
+    module = request.module
+    namespaces = getattr(module, "STACK_NAMESPACES", None)
+    if namespaces is None:
+        raise pytest.UsageError(f"{module.__name__} uses the stack fixture but sets no STACK_NAMESPACES")
+    tmp = tmp_path_factory.mktemp(module.__name__.rpartition(".")[2])
+    env = getattr(module, "STACK_ENV", {})
+    with stack_for(tmp, namespaces, env, **getattr(module, "STACK_OPTIONS", {})) as running:
+        yield running
 
 
 @pytest.fixture

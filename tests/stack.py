@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -379,3 +380,19 @@ class Stack:
     def get(self, namespace: str, key: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", 15)
         return requests.get(self.url(namespace, key), **kwargs)
+
+
+@contextmanager
+def stack_for(
+    tmp: Path,
+    namespaces: str,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Iterator[Stack]:
+    """A running stack that serves `namespaces` (a namespaces.toml body), with `env` on top of the
+    test defaults and `options` for Stack (workers, redis, worker_concurrency, start_web)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "namespaces.toml"
+    path.write_text(namespaces)
+    with Stack(tmp, env={"NAMESPACES_FILE": str(path), **(env or {})}, **options) as stack:
+        yield stack

@@ -7,7 +7,6 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +17,22 @@ import requests
 from shared.coldwait import CONNECTED_SLICE
 from shared.keys import EntryKeys
 from shared.origin import encode_key_for_path
-from tests.e2e.conftest import write_namespaces
+from tests.e2e.conftest import ENGINE_NAMESPACES
 from tests.faults.observe import web_metric, worker_metric
 from tests.origins import OVERSIZED_BYTES
-from tests.stack import Stack, cold_herd, wait_until
+from tests.stack import Stack, cold_herd, stack_for, wait_until
 
 ADMIN = "s3cret-admin-token"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("engine")
-    env = {
-        "NAMESPACES_FILE": write_namespaces(tmp),
-        "WEB_CONCURRENCY": "2",
-        "ORIGIN_LATENCY_MS": "150",
-        "ADMIN_TOKEN": ADMIN,
-        "NEGATIVE_TTL_SECONDS": "30",
-    }
-    with Stack(tmp, env=env) as s:  # the shipped worker: gevent pool, 100 refreshes at once
-        yield s
+STACK_NAMESPACES = ENGINE_NAMESPACES
+# The shipped worker: gevent pool, 100 refreshes at once.
+STACK_ENV = {
+    "WEB_CONCURRENCY": "2",
+    "ORIGIN_LATENCY_MS": "150",
+    "ADMIN_TOKEN": ADMIN,
+    "NEGATIVE_TTL_SECONDS": "30",
+}
 
 
 def calls_for(stack: Stack, key: str) -> int:
@@ -406,8 +401,8 @@ def test_invalid_settings_stop_the_process_naming_the_variable(tmp_path: Path) -
 def test_fifty_concurrent_refreshes_of_one_origin_overlap_in_one_worker_process(tmp_path: Path) -> None:
     # One gevent worker process; a 1 s origin. The demo origin's peak concurrency shows whether
     # the refreshes overlapped (the old breaker held a lock across the call: peak 1).
-    env = {"NAMESPACES_FILE": write_namespaces(tmp_path), "ORIGIN_LATENCY_MS": "1000"}
-    with Stack(tmp_path, env=env) as stack:
+    env = {"ORIGIN_LATENCY_MS": "1000"}
+    with stack_for(tmp_path, ENGINE_NAMESPACES, env) as stack:
         requests.post(stack.origin_url + "/stats/reset", timeout=5)
         results = cold_herd(stack, "herd", [f"overlap-{i}" for i in range(50)], 50)
         assert all(status == 200 for _, status, _ in results)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Iterator
 
-import pytest
 import requests
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import web_metric
 from tests.stack import Stack, cold_herd
 
@@ -27,17 +24,12 @@ cache_ttl_seconds = 60
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("environment-settings")
-    env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
-        "WEB_WORKER_CLASS": "gthread",
-        "WEB_THREADS": "8",
-        "XFETCH_BETA": "0",
-    }
-    with Stack(tmp, env=env) as s:
-        yield s
+STACK_NAMESPACES = NAMESPACES
+STACK_ENV = {
+    "WEB_WORKER_CLASS": "gthread",
+    "WEB_THREADS": "8",
+    "XFETCH_BETA": "0",
+}
 
 
 def test_the_gthread_web_worker_class_serves_a_cold_herd_with_one_origin_call(stack: Stack) -> None:

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 
 from shared.keys import EntryKeys
 from shared.store import SUBSCRIBER_NAME
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import web_metric
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, stack_for, wait_until
 
 ADMIN = "near-cache-admin"
 COHERENCE_MS = 100  # X in the README
@@ -31,17 +28,12 @@ cache_ttl_seconds = 60
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("near-cache")
-    env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
-        "WEB_CONCURRENCY": "2",
-        "ADMIN_TOKEN": ADMIN,
-        "ORIGIN_LATENCY_MS": "50",
-    }
-    with Stack(tmp, env=env) as s:
-        yield s
+STACK_NAMESPACES = NAMESPACES
+STACK_ENV = {
+    "WEB_CONCURRENCY": "2",
+    "ADMIN_TOKEN": ADMIN,
+    "ORIGIN_LATENCY_MS": "50",
+}
 
 
 def _fresh_connection_get(stack: Stack, key: str) -> requests.Response:
@@ -204,12 +196,11 @@ def test_a_write_missed_while_the_subscription_was_down_is_never_hidden_by_the_n
 def test_the_near_cache_never_holds_more_than_its_budget(tmp_path: Path) -> None:
     budget = 4096
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "WEB_CONCURRENCY": "1",
         "NEAR_CACHE_MAX_BYTES": str(budget),
         "ORIGIN_LATENCY_MS": "5",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         stack.origin_config(body_bytes=3000)  # one value fits; two do not
         for i in range(20):
             for _ in range(3):
@@ -223,8 +214,8 @@ def test_the_near_cache_never_holds_more_than_its_budget(tmp_path: Path) -> None
 
 
 def test_with_the_near_cache_off_every_read_goes_to_redis(tmp_path: Path) -> None:
-    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES), "NEAR_CACHE": "false"}
-    with Stack(tmp_path, env=env) as stack:
+    env = {"NEAR_CACHE": "false"}
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         key = "no-near-cache"
         assert stack.get("nc", key).status_code == 200
         seen, thread = _watch_redis_commands(stack, EntryKeys.of("nc", key).entry)

@@ -3,14 +3,11 @@ redis-server, the demo origin, gunicorn (2 processes) and a Celery worker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import requests
 
 from shared.keys import EntryKeys
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import worker_metric
 from tests.stack import Stack, cold_herd, wait_until
 
@@ -45,18 +42,13 @@ max_stale_if_error_seconds = 50
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("freshness")
-    env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
-        "WEB_CONCURRENCY": "2",
-        "ADMIN_TOKEN": ADMIN,
-        # Whatever the global TTL says, freshness = "origin" follows the origin.
-        "CACHE_TTL_SECONDS": "60",
-    }
-    with Stack(tmp, env=env) as s:
-        yield s
+STACK_NAMESPACES = NAMESPACES
+STACK_ENV = {
+    "WEB_CONCURRENCY": "2",
+    "ADMIN_TOKEN": ADMIN,
+    # Whatever the global TTL says, freshness = "origin" follows the origin.
+    "CACHE_TTL_SECONDS": "60",
+}
 
 
 def configure(stack: Stack, key: str, **config: Any) -> None:

@@ -10,18 +10,17 @@ from pathlib import Path
 import requests
 
 from shared.breaker import breaker_fields_key
-from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES, write_namespaces
-from tests.stack import Stack, metric, wait_until
+from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES
+from tests.stack import metric, stack_for, wait_until
 
 
 def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, LONG_AND_SWR_NAMESPACES),
         "LEASE_TTL_SECONDS": "1",
         "COLD_WAIT_TIMEOUT_SECONDS": "20",
         "ORIGIN_LATENCY_MS": "1500",
     }
-    with Stack(tmp_path, env=env, workers=0) as stack:
+    with stack_for(tmp_path, LONG_AND_SWR_NAMESPACES, env, workers=0) as stack:
         slow = stack.start_worker("slow", extra_args=["--pool", "solo"], wait=True)
         answers: list[requests.Response] = []
         waiter = threading.Thread(target=lambda: answers.append(stack.get("k", "fenced", timeout=30)))
@@ -50,12 +49,11 @@ RESET_SECONDS = 3
 
 def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, LONG_AND_SWR_NAMESPACES),
         "BREAKER_FAIL_MAX": "3",
         "BREAKER_RESET_TIMEOUT_SECONDS": str(RESET_SECONDS),
         "ORIGIN_LATENCY_MS": "20",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, LONG_AND_SWR_NAMESPACES, env) as stack:
         keys = [f"warm-{i}" for i in range(6)]
         originals = {k: stack.get("swr", k).json() for k in keys}
         stack.origin_config(failure_rate=1.0)
@@ -123,11 +121,10 @@ def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Pa
 
 def test_a_worker_killed_mid_refresh_delays_the_refresh_but_fails_no_request(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, LONG_AND_SWR_NAMESPACES),
         "LEASE_TTL_SECONDS": "2",
         "ORIGIN_LATENCY_MS": "50",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, LONG_AND_SWR_NAMESPACES, env) as stack:
         key = "killed"
         v1 = stack.get("swr", key).json()
         stack.origin_config(latency_ms=3000)

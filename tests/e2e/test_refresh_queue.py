@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import queued_refreshes, web_metric
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, stack_for, wait_until
 
 ADMIN = "queue-admin-token"
 
@@ -51,14 +50,13 @@ origin = "${{ORIGIN_BASE_URL}}/items/{{key}}"
 cache_ttl_seconds = 60
 """
         stack_env = {
-            "NAMESPACES_FILE": write_namespaces(tmp, namespaces),
             "WORKER_POOL": "prefork",  # see the module docstring
             "WORKER_CONCURRENCY": "1",
             "ORIGIN_LATENCY_MS": "20",
             "ADMIN_TOKEN": ADMIN,
             "COLD_WAIT_TIMEOUT_SECONDS": "20",
         }
-        with Stack(tmp, env=stack_env) as stack:
+        with stack_for(tmp, namespaces, stack_env) as stack:
             yield Env(stack, gated)
 
 

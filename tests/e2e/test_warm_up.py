@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
 import requests
 
 from shared.keys import EntryKeys
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import web_metric
 from tests.stack import Stack, wait_until
 
@@ -28,17 +25,12 @@ cache_ttl_seconds = 300
 BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("warm")
-    env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
-        "ORIGIN_LATENCY_MS": "20",
-        "ADMIN_TOKEN": ADMIN,
-        "WARM_MAX_KEYS": str(WARM_MAX_KEYS),
-    }
-    with Stack(tmp, env=env) as s:
-        yield s
+STACK_NAMESPACES = NAMESPACES
+STACK_ENV = {
+    "ORIGIN_LATENCY_MS": "20",
+    "ADMIN_TOKEN": ADMIN,
+    "WARM_MAX_KEYS": str(WARM_MAX_KEYS),
+}
 
 
 def warm(stack: Stack, body: Any, token: str | None = ADMIN, raw: bytes | None = None) -> requests.Response:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.breaker import breaker_state_key
-from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import TrafficLoop, worker_metric
-from tests.stack import Stack, wait_until
+from tests.stack import stack_for, wait_until
 
 RESET_SECONDS = 2.0
 PROBE_SECONDS = 1.0
@@ -24,13 +23,12 @@ origin = "{origin.base_url}/v/{{key}}"
 cache_ttl_seconds = 1
 """
         env = {
-            "NAMESPACES_FILE": write_namespaces(tmp_path, namespaces),
             "BREAKER_FAIL_MAX": "2",
             "BREAKER_RESET_TIMEOUT_SECONDS": str(RESET_SECONDS),
             "LEASE_TTL_SECONDS": "3",
         }
         # Two worker "hosts" of two pool processes each: four processes competing for the probe.
-        with Stack(tmp_path, env=env, workers=2, worker_concurrency=2) as stack:
+        with stack_for(tmp_path, namespaces, env, workers=2, worker_concurrency=2) as stack:
             redis = stack.redis.client()
             state_key = breaker_state_key(origin.base_url.removeprefix("http://"))
             keys = [f"b{i}" for i in range(8)]

@@ -11,10 +11,9 @@ import pytest
 
 from shared.breaker import breaker_state_key
 from shared.keys import EntryKeys
-from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import worker_metric
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, stack_for, wait_until
 
 FAIL_MAX = 2
 RESET_SECONDS = 30
@@ -48,12 +47,11 @@ stale_ttl_seconds = {STALE_TTL_MS / 1000}
 stale_if_error_seconds = {STALE_IF_ERROR_MS / 1000}
 """
         stack_env = {
-            "NAMESPACES_FILE": write_namespaces(tmp, namespaces),
             "BREAKER_FAIL_MAX": str(FAIL_MAX),
             "BREAKER_RESET_TIMEOUT_SECONDS": str(RESET_SECONDS),
             "COLD_WAIT_TIMEOUT_SECONDS": str(COLD_WAIT_SECONDS),
         }
-        with Stack(tmp, env=stack_env) as stack:
+        with stack_for(tmp, namespaces, stack_env) as stack:
             yield Env(stack, down, flaky)
 
 

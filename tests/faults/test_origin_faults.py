@@ -12,10 +12,9 @@ import pytest
 import requests
 
 from shared.breaker import breaker_fields_key
-from tests.e2e.conftest import write_namespaces
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import worker_metric
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, stack_for, wait_until
 
 MAX_BYTES = 2000
 
@@ -54,13 +53,12 @@ origin = "{refusing.base_url}/v/{{key}}"
 cache_ttl_seconds = 1
 """
         stack_env = {
-            "NAMESPACES_FILE": write_namespaces(tmp, namespaces),
             "ORIGIN_LATENCY_MS": "10",
             "ORIGIN_MAX_BYTES": str(MAX_BYTES),
             "BREAKER_FAIL_MAX": "1000",  # count failures here; the breaker test opens it
             "COLD_WAIT_TIMEOUT_SECONDS": "5",
         }
-        with Stack(tmp, env=stack_env) as stack:
+        with stack_for(tmp, namespaces, stack_env) as stack:
             yield Env(stack, broken_json, refusing)
 
 

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES, write_namespaces
+from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES
 from tests.faults.observe import worker_metric
-from tests.stack import Stack, wait_until
+from tests.stack import Stack, stack_for, wait_until
 
 ADMIN = "purge-race-admin-token"
 
 
-def _stack_env(tmp_path: Path) -> dict[str, str]:
-    return {"NAMESPACES_FILE": write_namespaces(tmp_path, LONG_AND_SWR_NAMESPACES), "ADMIN_TOKEN": ADMIN}
+ENV = {"ADMIN_TOKEN": ADMIN}
 
 
 def _refresh_and_wait_for_its_origin_call(stack: Stack, key: str) -> None:
@@ -26,7 +25,7 @@ def _refresh_and_wait_for_its_origin_call(stack: Stack, key: str) -> None:
 
 
 def test_a_hard_purge_during_a_slow_refresh_is_never_undone(tmp_path: Path) -> None:
-    with Stack(tmp_path, env=_stack_env(tmp_path)) as stack:
+    with stack_for(tmp_path, LONG_AND_SWR_NAMESPACES, ENV) as stack:
         assert stack.get("k", "hp").json()["count"] == 1
         stack.origin_config(latency_ms=2500)  # the next origin call is slow
         _refresh_and_wait_for_its_origin_call(stack, "hp")
@@ -46,7 +45,7 @@ def test_a_hard_purge_during_a_slow_refresh_is_never_undone(tmp_path: Path) -> N
 
 
 def test_a_soft_purge_during_a_refresh_fences_it(tmp_path: Path) -> None:
-    with Stack(tmp_path, env=_stack_env(tmp_path)) as stack:
+    with stack_for(tmp_path, LONG_AND_SWR_NAMESPACES, ENV) as stack:
         assert stack.get("k", "sp").json()["count"] == 1
         stack.origin_config(latency_ms=2500)
         _refresh_and_wait_for_its_origin_call(stack, "sp")

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import metric
-from tests.stack import Stack, cold_herd, port_open, wait_until
+from tests.stack import cold_herd, port_open, stack_for, wait_until
 
 NAMESPACES = """
 [namespaces.herd]
@@ -48,11 +47,10 @@ def vhost() -> Iterator[str]:
 
 def test_a_cold_herd_with_a_rabbitmq_broker_costs_one_origin_call(tmp_path: Path, vhost: str) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
         "ORIGIN_LATENCY_MS": "150",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         assert "amqp://guest:**@127.0.0.1:5672/" + vhost in stack.procs["w1"].output()
         keys = [f"rabbit-{i}" for i in range(3)]
         results = cold_herd(stack, "herd", keys, HERD)

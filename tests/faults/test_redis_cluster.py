@@ -13,9 +13,8 @@ import pytest
 import requests
 
 from shared.coldwait import CONNECTED_SLICE
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import read_logs, web_metric, worker_metric
-from tests.stack import RedisServer, Stack, cold_herd, free_port, wait_until
+from tests.stack import RedisServer, Stack, cold_herd, free_port, stack_for, wait_until
 
 NAMESPACES = """
 [namespaces.herd]
@@ -99,7 +98,6 @@ def stack(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("cluster-stack")
     broker = RedisServer(tmp / "broker").start()
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "REDIS_CLUSTER": "true",
         "REDIS_URL": f"redis://127.0.0.1:{cluster[1].port}/0",
         "CELERY_BROKER_URL": broker.url,
@@ -108,7 +106,7 @@ def stack(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactory) 
         "LEASE_TTL_SECONDS": "3",
     }
     try:
-        with Stack(tmp, env=env, redis=broker) as s:
+        with stack_for(tmp, NAMESPACES, env, redis=broker) as s:
             yield s
     finally:
         broker.stop()

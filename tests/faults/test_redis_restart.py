@@ -8,9 +8,8 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import TrafficLoop, worker_metric
-from tests.stack import RedisServer, Stack, wait_until
+from tests.stack import RedisServer, stack_for, wait_until
 
 NAMESPACES = """
 [namespaces.hot]
@@ -29,12 +28,11 @@ RECOVERY_LIMIT = 2.0
 
 def test_redis_restart_gives_fast_503s_then_service_without_restarting_anything(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": "20",
         "LEASE_TTL_SECONDS": "2",
         "WEB_CONCURRENCY": "2",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         keys = [("hot", "a"), ("hot", "b"), ("swr", "c"), ("swr", "d")]
         for ns, key in keys:
             assert stack.get(ns, key).status_code == 200
@@ -102,13 +100,12 @@ def test_a_broker_outage_keeps_serving_stale_and_fails_cold_misses_fast(tmp_path
     cache = RedisServer(tmp_path / "cache").start()
     broker = RedisServer(tmp_path / "broker").start()
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "CELERY_BROKER_URL": broker.url,
         "ORIGIN_LATENCY_MS": "20",
         "LEASE_TTL_SECONDS": "5",
     }
     try:
-        with Stack(tmp_path, env=env, redis=cache) as stack:
+        with stack_for(tmp_path, NAMESPACES, env, redis=cache) as stack:
             first = stack.get("swr", "kept").json()
             # A refresh is running (slow origin) when the broker goes away and comes back.
             stack.origin_config(latency_ms=1500)
@@ -150,9 +147,9 @@ def test_a_broker_outage_keeps_serving_stale_and_fails_cold_misses_fast(tmp_path
 def test_a_persisted_redis_serves_its_stored_values_at_once_after_a_restart(tmp_path: Path) -> None:
     # Every write reaches the append-only file before Redis answers: a crash loses nothing.
     redis = RedisServer(tmp_path / "persisted", extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
-    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES), "ORIGIN_LATENCY_MS": "20"}
+    env = {"ORIGIN_LATENCY_MS": "20"}
     try:
-        with Stack(tmp_path, env=env, redis=redis) as stack:
+        with stack_for(tmp_path, NAMESPACES, env, redis=redis) as stack:
             keys = ["kept-a", "kept-b", "kept-c"]
             stored = {key: stack.get("hot", key).content for key in keys}
             calls = stack.origin_stats()["calls"]

@@ -14,20 +14,26 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES, write_namespaces
+from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES
 from tests.faults.observe import TrafficLoop, queued_refreshes, worker_metric
-from tests.stack import Stack, wait_until
+from tests.stack import stack_for, wait_until
 
 NAMESPACES = LONG_AND_SWR_NAMESPACES
+
+
+Q_NAMESPACE = """
+[namespaces.q]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 2
+"""
 
 
 def test_a_cold_key_with_no_worker_running_gets_503_cold_wait_timeout(tmp_path: Path) -> None:
     cold_wait = 1.0
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "COLD_WAIT_TIMEOUT_SECONDS": str(cold_wait),
     }
-    with Stack(tmp_path, env=env, workers=0) as stack:
+    with stack_for(tmp_path, NAMESPACES, env, workers=0) as stack:
         t0 = time.monotonic()
         r = stack.get("k", "nobody-refreshes-me")
         elapsed = time.monotonic() - t0
@@ -46,11 +52,10 @@ def test_a_cold_key_with_no_worker_running_gets_503_cold_wait_timeout(tmp_path: 
 
 def test_sigterm_during_a_refresh_lets_it_finish_and_write(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": "1500",
         "COLD_WAIT_TIMEOUT_SECONDS": "15",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         answers: list[requests.Response] = []
         waiter = threading.Thread(target=lambda: answers.append(stack.get("k", "graceful", timeout=30)))
         waiter.start()
@@ -74,11 +79,10 @@ def test_sigterm_during_a_refresh_lets_it_finish_and_write(tmp_path: Path) -> No
 
 def test_sigkill_of_one_of_two_worker_hosts_moves_the_refresh_to_the_other(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "LEASE_TTL_SECONDS": "2",
         "ORIGIN_LATENCY_MS": "50",
     }
-    with Stack(tmp_path, env=env, workers=0) as stack:
+    with stack_for(tmp_path, NAMESPACES, env, workers=0) as stack:
         hosts = {name: stack.start_worker(name, wait=True) for name in ("host-a", "host-b")}
         assert all(f"{name}@" in proc.output() for name, proc in hosts.items())  # two node names
         key = "two-hosts"
@@ -115,11 +119,10 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
 ) -> None:
     lease_ttl = 1.0
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "LEASE_TTL_SECONDS": str(lease_ttl),
         "ORIGIN_LATENCY_MS": "20",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         redis = stack.redis.client()
         keys = [f"absent-{i}" for i in range(4)]
         originals = {k: stack.get("swr", k).json() for k in keys}
@@ -190,21 +193,13 @@ def test_a_worker_stopped_mid_refresh_leaves_at_most_one_queued_refresh_per_key(
     # queue (reject_on_worker_lost); their queued markers were already cleared when the
     # refreshes started, so reads enqueued a second refresh for those keys.
     env = {
-        "NAMESPACES_FILE": write_namespaces(
-            tmp_path,
-            """
-[namespaces.q]
-origin = "${ORIGIN_BASE_URL}/items/{key}"
-cache_ttl_seconds = 2
-""",
-        ),
         "LEASE_TTL_SECONDS": "3",
         "ORIGIN_LATENCY_MS": "400",
         "WORKER_POOL": "prefork",
         "WORKER_CONCURRENCY": "2",
     }
     keys = [f"q{i}" for i in range(30)]
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, Q_NAMESPACE, env) as stack:
         for key in keys:
             assert stack.get("q", key).status_code == 200
         with TrafficLoop([stack.url("q", key) for key in keys], pause=0.005):

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from matplotlib import image
 
-from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES, write_namespaces
+from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES
 from tests.stack import ROOT, Stack
 
-NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # TTL 1 s so keys expire several times in a few seconds of load
-    tmp = tmp_path_factory.mktemp("loadtest-stack")
-    env = {"CACHE_TTL_SECONDS": "1", "NAMESPACES_FILE": write_namespaces(tmp / "config", NAMESPACES)}
-    with Stack(tmp, env=env) as s:
-        yield s
+STACK_NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
+STACK_ENV = {"CACHE_TTL_SECONDS": "1"}  # keys expire several times in a few seconds of load
 
 
 def loadtest(stack: Stack, out: Path, *args: str) -> str:

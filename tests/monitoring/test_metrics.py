@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES, write_namespaces
+from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES
 from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
 
 WEB_METRICS = [
@@ -46,25 +46,17 @@ FLOWER_AUTH = ("herdless", "flower-test-secret")
 
 # The shipped demo namespaces (1 s TTL in this module, so background refreshes keep running)
 # plus the 60 s "herd" namespace for counts that must be exactly one call per herd.
-NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # prefork: the multiprocess metric files of pool children must add up (the gevent default
-    # runs in one process, which every other stack of the suite exercises).
-    env = {
-        "WEB_CONCURRENCY": "2",
-        "CACHE_TTL_SECONDS": "1",
-        "LEASE_TTL_SECONDS": "1",
-        "ORIGIN_LATENCY_MS": "100",
-        "WORKER_POOL": "prefork",
-        "WORKER_CONCURRENCY": "2",
-    }
-    tmp = tmp_path_factory.mktemp("metrics")
-    env["NAMESPACES_FILE"] = write_namespaces(tmp / "config", NAMESPACES)
-    with Stack(tmp, env=env) as s:
-        yield s
+STACK_NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
+# prefork: the multiprocess metric files of pool children must add up (the gevent default
+# runs in one process, which every other stack of the suite exercises).
+STACK_ENV = {
+    "WEB_CONCURRENCY": "2",
+    "CACHE_TTL_SECONDS": "1",
+    "LEASE_TTL_SECONDS": "1",
+    "ORIGIN_LATENCY_MS": "100",
+    "WORKER_POOL": "prefork",
+    "WORKER_CONCURRENCY": "2",
+}
 
 
 @pytest.fixture(scope="module")

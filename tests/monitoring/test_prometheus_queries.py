@@ -10,8 +10,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from tests.e2e.conftest import write_namespaces
-from tests.stack import PYTHON, Proc, Stack, free_port, wait_until
+from tests.stack import PYTHON, Proc, Stack, free_port, stack_for, wait_until
 
 from .prometheus_server import PrometheusServer
 from .queries import REPO, PanelQuery, alert_rules, panel_queries, to_promql
@@ -136,8 +135,7 @@ def observed(
 ) -> Iterator[PrometheusServer]:
     """Prometheus that has watched the stack serve every kind of traffic."""
     tmp = tmp_path_factory.mktemp("stack")
-    env = {**STACK_ENV, "NAMESPACES_FILE": write_namespaces(tmp / "config", NAMESPACES)}
-    with Stack(tmp, env=env) as stack, running_flower(stack) as flower_metrics:
+    with stack_for(tmp, NAMESPACES, STACK_ENV) as stack, running_flower(stack) as flower_metrics:
         server = prometheus(
             {"web": f"{stack.web_url}/metrics", "worker": stack.worker_metrics_url, "flower": flower_metrics}
         )

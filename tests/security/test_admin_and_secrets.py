@@ -9,9 +9,8 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import TrafficLoop, read_logs
-from tests.stack import ROOT, RedisServer, Stack, wait_until
+from tests.stack import ROOT, RedisServer, stack_for, wait_until
 
 ADMIN = "adm1n-T0ken-7f3c9e"
 REDIS_PASSWORD = "r3dis-Pa55-b81d0a"
@@ -30,14 +29,13 @@ def _assert_secret_free(text: str, where: str) -> None:
 def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis", password=REDIS_PASSWORD).start()
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": "20",
         "ADMIN_TOKEN": ADMIN,
         "LOG_LEVEL": "debug",
     }
     bodies: list[str] = []
     try:
-        with Stack(tmp_path, env=env, redis=redis) as stack:
+        with stack_for(tmp_path, NAMESPACES, env, redis=redis) as stack:
             assert stack.redis_url.startswith(f"redis://:{REDIS_PASSWORD}@")
             key = "guarded"
             url = stack.url("demo", key)

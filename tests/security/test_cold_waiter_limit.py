@@ -9,9 +9,8 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import web_metric
-from tests.stack import Stack
+from tests.stack import stack_for
 
 NAMESPACES = """
 [namespaces.demo]
@@ -25,14 +24,13 @@ ORIGIN_MS = 1500
 
 def test_cold_waiters_beyond_the_limit_get_503_immediately(tmp_path: Path) -> None:
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES),
         "ORIGIN_LATENCY_MS": str(ORIGIN_MS),
         "MAX_COLD_WAITERS": str(LIMIT),
         "WEB_CONCURRENCY": "1",  # one process: the limit is per process
         "WEB_THREADS": "16",
         "COLD_WAIT_TIMEOUT_SECONDS": "10",
     }
-    with Stack(tmp_path, env=env) as stack:
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         barrier = threading.Barrier(CLIENTS)
 
         def one(i: int) -> tuple[int, float, dict[str, str], str]:

@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shared.origin import encode_key_for_path
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import assert_json_error, command_calls, raw_request
-from tests.stack import RedisServer, Stack, wait_until
+from tests.stack import RedisServer, Stack, stack_for, wait_until
 
 NAMESPACES = """
 [namespaces.demo]
@@ -72,7 +71,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # the cache's EVALSHAs to prove that illegal input never reached it.
     broker = RedisServer(tmp / "broker").start()
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "CELERY_BROKER_URL": broker.url,
         "ORIGIN_LATENCY_MS": "0",
         "WEB_CONCURRENCY": "1",
@@ -81,7 +79,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEAR_CACHE": "false",
     }
     try:
-        with Stack(tmp, env=env, worker_concurrency=2) as s:
+        with stack_for(tmp, NAMESPACES, env, worker_concurrency=2) as s:
             yield s
     finally:
         broker.stop()

@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 
 from shared.settings import Settings
 from tests.e2e.conftest import write_namespaces
-from tests.stack import RedisServer, Stack
+from tests.stack import RedisServer, Stack, stack_for
 from web.app import create_app
 from web.openapi import build_openapi
 
@@ -37,13 +37,12 @@ IGNORED_METHODS = {"HEAD", "OPTIONS"}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("openapi")
     env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
         "ORIGIN_LATENCY_MS": "0",
         "ADMIN_TOKEN": ADMIN,
         "WEB_CONCURRENCY": "1",
         "WEB_THREADS": "8",
     }
-    with Stack(tmp, env=env, worker_concurrency=2) as s:
+    with stack_for(tmp, NAMESPACES, env, worker_concurrency=2) as s:
         s.origin_config(latency_ms=0)
         yield s
 

@@ -3,12 +3,8 @@ else: not in any process log of the stack, not in any answer of herdless."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import requests
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import read_logs
 from tests.stack import Stack, wait_until
 
@@ -30,19 +26,14 @@ cache_ttl_seconds = 60
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("origin-headers")
-    env = {
-        "NAMESPACES_FILE": write_namespaces(tmp, NAMESPACES),
-        "ORIGIN_LATENCY_MS": "20",
-        "ADMIN_TOKEN": ADMIN,
-        "LOG_LEVEL": "debug",
-        "HL_ORIGIN_TOKEN": ORIGIN_TOKEN,
-        "HL_ORIGIN_KEY": ORIGIN_KEY,
-    }
-    with Stack(tmp, env=env) as s:
-        yield s
+STACK_NAMESPACES = NAMESPACES
+STACK_ENV = {
+    "ORIGIN_LATENCY_MS": "20",
+    "ADMIN_TOKEN": ADMIN,
+    "LOG_LEVEL": "debug",
+    "HL_ORIGIN_TOKEN": ORIGIN_TOKEN,
+    "HL_ORIGIN_KEY": ORIGIN_KEY,
+}
 
 
 def _received(stack: Stack) -> dict[str, dict[str, int]]:

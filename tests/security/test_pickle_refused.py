@@ -9,9 +9,8 @@ from pathlib import Path
 
 from kombu import Connection
 
-from tests.e2e.conftest import write_namespaces
 from tests.faults.observe import worker_metric
-from tests.stack import Stack, wait_until
+from tests.stack import stack_for, wait_until
 
 NAMESPACES = """
 [namespaces.demo]
@@ -35,8 +34,8 @@ def test_a_pickled_task_is_refused_and_not_executed(tmp_path: Path) -> None:
     control = tmp_path / "control"
     pickle.loads(pickle.dumps(CreatesFileWhenUnpickled(control)))
     assert control.exists(), "the payload must have a visible effect when it is unpickled"
-    env = {"NAMESPACES_FILE": write_namespaces(tmp_path, NAMESPACES), "ORIGIN_LATENCY_MS": "10"}
-    with Stack(tmp_path, env=env) as stack:
+    env = {"ORIGIN_LATENCY_MS": "10"}
+    with stack_for(tmp_path, NAMESPACES, env) as stack:
         redis = stack.redis.client()
         task_id = str(uuid.uuid4())
         kwargs = {
