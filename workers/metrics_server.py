@@ -20,5 +20,13 @@ def start_metrics_server(settings: Settings, app: Celery) -> None:
     # Every known series exists from the start, at 0, before any pool process did any work.
     init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
     registry = build_registry(settings, app, namespaces)
-    start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
+    try:
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
+    except OSError as exc:
+        # A worker whose metrics nobody can scrape looks dead to Prometheus and Flower's
+        # dashboards while it runs: stop at start instead, naming the port.
+        raise SystemExit(
+            f"herdless: the worker's metrics port {settings.worker_metrics_port} is not free "
+            f"({exc.strerror or exc}); set WORKER_METRICS_PORT to a free port"
+        ) from None
     log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
