@@ -476,8 +476,9 @@ def test_an_encoded_slash_refresh_is_a_key_never_the_refresh_route(stack: Stack)
     r = requests.post(f"{stack.web_url}/v1/cache/herd/ambiguous%2Frefresh/refresh", headers=auth, timeout=5)
     assert r.status_code == 202 and r.json()["enqueued"] is True, r.text
     wait_until(lambda: calls_for(stack, "ambiguous/refresh") == 1, 10, "the refresh of the key 'ambiguous/refresh'")
-    r = stack.get("herd", "ambiguous/refresh")
-    assert r.headers["X-Cache"] == "HIT" and r.json()["key"] == "ambiguous/refresh"
+    # (A read may still find that refresh writing, and wait for it: never a second origin call.)
+    assert stack.get("herd", "ambiguous/refresh").json()["key"] == "ambiguous/refresh"
+    assert calls_for(stack, "ambiguous/refresh") == 1
     assert calls_for(stack, "ambiguous") == 1
     assert stack.get("herd", "ambiguous").json()["count"] == 1
 
