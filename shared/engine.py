@@ -110,7 +110,7 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from shared import metrics, rates
+from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.coldwait import ColdWaitHub, HandedOver, TooManyWaiters
 from shared.freshness import CacheHeaders, CachePolicy, Lifetimes, cache_policy, fixed_lifetimes
@@ -228,9 +228,6 @@ class Engine:
         self._slots: dict[str, OriginSlots] = {}
         self._lock = threading.Lock()
         self._malformed_reported: set[str] = set()  # origins whose bad Cache-Control was logged
-        # Answers and origin calls counted in this process reach the status page's last-minute
-        # rates through the cache's Redis (shared/rates.py).
-        rates.RECORDER.bind(store.redis)
 
     # origin adapters, breakers and slots are built once per namespace / origin, on first use
     def origin(self, ns: Namespace) -> Origin:

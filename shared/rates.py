@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,28 +51,43 @@ class RateRecorder:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str, str], int] = defaultdict(int)
         self._client: Any | None = None
+        self._client_factory: Callable[[], Any] | None = None
         self._flusher_pid: int | None = None
 
+    def configure(self, client_factory: Callable[[], Any]) -> None:
+        """Flush through clients made by `client_factory` (one per process, made after any fork).
+        The web tier's app factory and the worker's Celery app call this; a process that never
+        does (a unit test driving an engine) only counts in memory."""
+        self._client_factory = client_factory
+
     def bind(self, client: Any) -> None:
-        """Flush to this Redis (the cache's): the engine binds its store's client."""
+        """Flush through this client (tests)."""
         self._client = client
 
     def add(self, series: str, namespace: str, outcome: str, amount: float = 1) -> None:
         with self._lock:
             self._pending[(namespace, series, outcome)] += int(amount)
-            if self._flusher_pid != os.getpid():
+            if self._flusher_pid != os.getpid() and self._client_factory is not None:
                 self._flusher_pid = os.getpid()
                 threading.Thread(target=self._run, name="herdless-rates", daemon=True).start()
 
     def _after_fork_in_child(self) -> None:
-        # The parent's counts are the parent's to flush, and its lock may have been held.
+        # The parent's counts and client are the parent's, and its lock may have been held.
         self._lock = threading.Lock()
         self._pending = defaultdict(int)
+        if self._client_factory is not None:
+            self._client = None
 
     def _run(self) -> None:
         pid = os.getpid()
         while self._flusher_pid == pid:
             time.sleep(self._interval_s)
+            if self._client is None and self._client_factory is not None:
+                try:
+                    self._client = self._client_factory()
+                except Exception as exc:  # noqa: BLE001 - retried at the next interval
+                    log.debug("rate counts not flushed: %s", type(exc).__name__)
+                    continue
             self.flush()
 
     def flush(self) -> None:
