@@ -1,5 +1,8 @@
-"""HTTP routes of the web tier: cache reads, admin refresh/purge, health and metrics. Each route
-turns an HTTP request into an engine call (shared/engine.py) and the engine's answer into HTTP."""
+"""HTTP routes of the web tier: cache reads, admin refresh/purge/warm-up/meta and namespaces,
+health and metrics. Each route turns an HTTP request into an engine call (shared/engine.py) and
+the engine's answer into HTTP. Cache paths are parsed from the raw request URI (web/cache_path.py):
+Flask's routing sees the decoded path, in which %2F and / are the same, so one rule per method
+takes any /v1/cache/ path and the parser decides which action, if any, it names."""
 
 from __future__ import annotations
 
