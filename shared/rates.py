@@ -65,11 +65,16 @@ class RateRecorder:
         self._client = client
 
     def add(self, series: str, namespace: str, outcome: str, amount: float = 1) -> None:
+        # Nothing inside the lock may yield: under gevent the lock can be a native one (made at
+        # fork, before the worker patches threading), and a greenlet switch while holding it would
+        # block the whole process. Starting the flusher yields, so it happens outside.
         with self._lock:
             self._pending[(namespace, series, outcome)] += int(amount)
-            if self._flusher_pid != os.getpid() and self._client_factory is not None:
+            start = self._flusher_pid != os.getpid() and self._client_factory is not None
+            if start:
                 self._flusher_pid = os.getpid()
-                threading.Thread(target=self._run, name="herdless-rates", daemon=True).start()
+        if start:
+            threading.Thread(target=self._run, name="herdless-rates", daemon=True).start()
 
     def _after_fork_in_child(self) -> None:
         # The parent's counts and client are the parent's, and its lock may have been held.
