@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+from urllib.parse import quote
 
 from locust import FastHttpUser, constant_throughput, events, task
 
@@ -45,7 +46,7 @@ class CacheReader(FastHttpUser):
     def read_key(self) -> None:
         key = KEY_SPACE.key(SAMPLER.sample(self.rng))
         with self.client.get(
-            f"/v1/cache/{NAMESPACE}/{key}", name=f"/v1/cache/{NAMESPACE}/[key]", catch_response=True
+            f"/v1/cache/{NAMESPACE}/{quote(key, safe='')}", name=f"/v1/cache/{NAMESPACE}/[key]", catch_response=True
         ) as resp:
             if resp.status_code not in (200, 304):
                 resp.failure(f"HTTP {resp.status_code}")

@@ -10,18 +10,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared import rates
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 AGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 
-REQUESTS = Counter(
+
+class WindowedCounter(Counter):
+    """A (namespace, outcome) counter whose increments also feed the last-minute rates of the
+    status page (shared/rates.py), counted where the event happens, in memory."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], *, series: str, **kwargs: Any) -> None:
+        super().__init__(name, documentation, labelnames, **kwargs)
+        self._series = series
+        self._kwargs["series"] = series  # what labels() passes to each child it builds
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        super().inc(amount, exemplar)
+        namespace, outcome = self._labelvalues
+        rates.RECORDER.add(self._series, namespace, outcome, amount)
+
+
+REQUESTS = WindowedCounter(
     "herdless_requests",
     "Cache reads answered, by outcome",
     ["namespace", "outcome"],
+    series="answers",
 )
 REQUEST_DURATION = Histogram(
     "herdless_request_duration_seconds",
@@ -50,10 +70,11 @@ REFRESHES = Counter(
     "Refresh tasks finished, by outcome",
     ["namespace", "outcome"],
 )
-ORIGIN_CALLS = Counter(
+ORIGIN_CALLS = WindowedCounter(
     "herdless_origin_calls",
     "Calls made to an origin, by outcome",
     ["namespace", "outcome"],
+    series="origin_calls",
 )
 ORIGIN_BYTES = Counter(
     "herdless_origin_bytes",

@@ -356,3 +356,23 @@ if holder and string.sub(holder, 1, 3) ~= 'cd:' then redis.call('DEL', KEYS[2]) 
 return 1
 """
 )
+
+# INSPECT: everything stored for one key, for the admin's GET .../<key>/meta. Writes nothing and
+# never touches the lease: reading a key's state must not change it.
+# KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
+# Returns {now, exists, soft, at, d, u, neg, etag, size, fails, sp, entry_pttl, lease, lease_pttl,
+#   queued, queued_pttl} (decoded by name in shared/store.py: INSPECT_FIELDS)
+#   exists: 1 when the entry hash is stored; size: bytes of the stored value (HSTRLEN v)
+#   lease: the lease's value ("cd:..." while it serves as a failure cooldown) or false
+#   queued: the queued marker ("r:..." while a worker runs the refresh) or false
+#   *_pttl: PTTL of that key (-2 when absent, -1 without expiry)
+INSPECT = (
+    _NOW
+    + """
+local e = redis.call('HMGET', KEYS[1], 'soft', 'at', 'd', 'u', 'neg', 'etag', 'fails', 'sp')
+return {now, redis.call('EXISTS', KEYS[1]), e[1] or false, e[2] or false, e[3] or false, e[4] or false,
+        e[5] or false, e[6] or false, redis.call('HSTRLEN', KEYS[1], 'v'), e[7] or false, e[8] or false,
+        redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or false, redis.call('PTTL', KEYS[2]),
+        redis.call('GET', KEYS[3]) or false, redis.call('PTTL', KEYS[3])}
+"""
+)

@@ -202,6 +202,81 @@ class StoredValidators:
         return cls(at, validators, lifetimes)
 
 
+# The INSPECT script's reply, field by field (shared/scripts.py documents each).
+INSPECT_FIELDS = (
+    "now",
+    "exists",
+    "soft",
+    "at",
+    "d",
+    "u",
+    "neg",
+    "etag",
+    "size",
+    "fails",
+    "sp",
+    "entry_pttl",
+    "lease",
+    "lease_pttl",
+    "queued",
+    "queued_pttl",
+)
+
+
+@dataclass(frozen=True)
+class EntryState:
+    """What Redis holds for one key at one moment (Redis clock), read without changing it."""
+
+    now_ms: int
+    stored: bool  # the entry hash exists (a value, or a cached 404)
+    soft_ms: int | None  # fresh until
+    at_ms: int | None  # the origin call that produced or last revalidated the value started
+    delta_ms: float  # smoothed refresh duration, XFetch's d
+    u: float  # the value's XFetch draw
+    negative: bool
+    etag: str
+    size_bytes: int
+    failures: int  # consecutive failed refreshes (each doubles the cooldown)
+    soft_purged_at_ms: int | None
+    kept_until_ms: int | None  # when Redis drops the entry (stale window and stale-if-error included)
+    lease: str  # "" (free), "held" (a refresh holds it) or "cooldown" (the last refresh failed)
+    lease_until_ms: int | None
+    queued: str  # "" (none), "queued" (a refresh waits in the queue) or "running" (a worker runs it)
+    queued_until_ms: int | None
+
+    @property
+    def anything_stored(self) -> bool:
+        return self.stored or bool(self.lease) or bool(self.queued)
+
+    @classmethod
+    def from_reply(cls, raw: list[Any]) -> EntryState:
+        f = dict(zip(INSPECT_FIELDS, raw, strict=True))
+        now = int(f["now"])
+
+        def until(pttl: Any) -> int | None:
+            return now + int(pttl) if int(pttl) >= 0 else None
+
+        lease, queued = _str(f["lease"]), _str(f["queued"])
+        return cls(
+            now_ms=now,
+            stored=int(f["exists"]) == 1,
+            soft_ms=_int(f["soft"]),
+            at_ms=_int(f["at"]),
+            delta_ms=float(_str(f["d"]) or 0),
+            u=float(_str(f["u"]) or 1.0),
+            negative=_str(f["neg"]) == "1",
+            etag=_str(f["etag"]),
+            size_bytes=int(f["size"]),
+            failures=_int(f["fails"]) or 0,
+            soft_purged_at_ms=_int(f["sp"]),
+            kept_until_ms=until(f["entry_pttl"]),
+            lease="" if not lease else ("cooldown" if lease.startswith("cd:") else "held"),
+            lease_until_ms=until(f["lease_pttl"]) if lease else None,
+            queued="" if not queued else ("running" if queued.startswith("r:") else "queued"),
+            queued_until_ms=until(f["queued_pttl"]) if queued else None,
+        )
+
+
 class CacheStore:
     """All cache I/O for one Redis (or Cluster). Thread-safe; share one per process."""
 
@@ -221,6 +296,7 @@ class CacheStore:
         self._purge = client.register_script(scripts.PURGE)
         self._soft_purge = client.register_script(scripts.SOFT_PURGE)
         self._warm = client.register_script(scripts.WARM)
+        self._inspect = client.register_script(scripts.INSPECT)
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -245,6 +321,11 @@ class CacheStore:
             ],
         )
         return ReadResult.from_reply(raw)
+
+    def inspect(self, ns: Namespace, key: str) -> EntryState:
+        """One EVALSHA that reads the entry, its lease and its queued marker and changes none."""
+        k = EntryKeys.of(ns.name, key)
+        return EntryState.from_reply(self._inspect(keys=[k.entry, k.lease, k.queued]))
 
     def take_lease(self, ns: Namespace, key: str, token: str) -> bool:
         """Take the lease outside a read (a manual refresh); refused while a refresh is queued."""

@@ -12,6 +12,7 @@ from kombu import Queue
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from shared import rates
 from shared.coldwait import ColdWaitHub
 from shared.engine import Engine
 from shared.exposition import build_registry
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     longest = max((ns.origin_timeout_seconds for ns in namespaces.values()), default=None)
     celery = celery_client(settings, longest)
     init_web_series(namespaces)
+    # Answers (and the naive strategy's origin calls) reach the status page's last minute.
+    rates.RECORDER.configure(lambda: make_redis(settings, pool_size=2))
     # Requests share a bounded, blocking pool: a command takes well under a millisecond, so a
     # few dozen connections serve thousands of concurrent requests, and a burst never opens a
     # connection per request (which overflowed Redis's accept queue: connect timeouts, 503).

@@ -14,6 +14,76 @@ bp = Blueprint("openapi", __name__)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _COUNTS = {"type": "object", "additionalProperties": {"type": "number"}}
+_NUM = {"type": "number"}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_RATES = {
+    "type": "object",
+    "required": ["answers", "answers_total", "answers_per_second", "fresh_share", "origin_calls", "origin_calls_total"],
+    "properties": {
+        "answers": {**_COUNTS, "description": "Answers of the last 60 s by outcome (herdless_requests_total's)."},
+        "answers_total": _NUM,
+        "answers_per_second": _NUM,
+        "fresh_share": {**_NULLABLE_NUM, "description": "hit + early over all answers; null with none."},
+        "origin_calls": {**_COUNTS, "description": "Origin calls of the last 60 s by outcome, counted by workers."},
+        "origin_calls_total": _NUM,
+        "origin_calls_per_second": _NUM,
+    },
+}
+_ENTRY_META = {
+    "type": "object",
+    "required": ["namespace", "key", "now_ms", "value", "lease", "cooldown", "refresh"],
+    "properties": {
+        "namespace": {"type": "string"},
+        "key": {"type": "string"},
+        "now_ms": {"type": "integer", "description": "The Redis clock."},
+        "value": {
+            "oneOf": [
+                {"type": "null", "description": "No value is stored (a lease or queued refresh is)."},
+                {
+                    "type": "object",
+                    "required": ["state", "negative", "fresh_until_ms", "fresh_for_seconds", "size_bytes"],
+                    "properties": {
+                        "state": {"enum": ["fresh", "stale"]},
+                        "negative": {"type": "boolean", "description": "A cached origin 404."},
+                        "fresh_until_ms": {"type": "integer"},
+                        "fresh_for_seconds": {**_NUM, "description": "Negative once stale."},
+                        "early_refresh_from_ms": {
+                            "type": "integer",
+                            "description": "From this moment reads are EARLY (XFetch) rather than HIT.",
+                        },
+                        "age_seconds": _NULLABLE_NUM,
+                        "refresh_duration_ms": {**_NUM, "description": "XFetch's smoothed refresh duration d."},
+                        "size_bytes": {"type": "integer"},
+                        "etag": {"type": ["string", "null"]},
+                        "kept_until_ms": {**_NULLABLE_INT, "description": "When Redis drops the entry."},
+                        "soft_purged_at_ms": _NULLABLE_INT,
+                    },
+                },
+            ]
+        },
+        "lease": {
+            "type": "object",
+            "required": ["held"],
+            "properties": {"held": {"type": "boolean"}, "until_ms": _NULLABLE_INT, "seconds_left": _NULLABLE_NUM},
+        },
+        "cooldown": {
+            "type": "object",
+            "required": ["held", "consecutive_failures"],
+            "properties": {
+                "held": {"type": "boolean"},
+                "until_ms": _NULLABLE_INT,
+                "seconds_left": _NULLABLE_NUM,
+                "consecutive_failures": {"type": "integer"},
+            },
+        },
+        "refresh": {
+            "type": "object",
+            "required": ["state"],
+            "properties": {"state": {"enum": ["none", "queued", "running"]}, "marker_until_ms": _NULLABLE_INT},
+        },
+    },
+}
 
 
 def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
@@ -37,9 +107,10 @@ def _target_parameters(namespaces: list[str]) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "description": (
-                f"The cache key, percent-encoded: any UTF-8 text of 1 to {MAX_KEY_BYTES} bytes without control "
-                "characters. '/' is allowed (send it as %2F or literally); the key reaches an HTTP origin "
-                "percent-encoded as one path segment."
+                f"The cache key, percent-encoded as one path segment: any UTF-8 text of 1 to {MAX_KEY_BYTES} "
+                "bytes without control characters. A '/' in the key is sent as %2F ('?' as %3F, '#' as %23, "
+                "'%' as %25); a literal '/' in the key's place is no route (404). The key reaches an HTTP "
+                "origin percent-encoded as one path segment."
             ),
             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_BYTES},
         },
@@ -47,8 +118,11 @@ def _target_parameters(namespaces: list[str]) -> list[dict[str, Any]]:
 
 
 _TARGET_ERRORS = {
-    "400": _error("The key is illegal (empty, not UTF-8, too long, or holds a control character)."),
-    "404": _error("No such namespace."),
+    "400": _error(
+        "The key is illegal (empty, not UTF-8, too long, holds a control character or a '%' that is not an "
+        "escape), or the URL has a query string (query_not_allowed: only a purge takes one, ?soft=)."
+    ),
+    "404": _error("No such namespace, or no such route (a literal '/' in the key: send it as %2F)."),
 }
 # gunicorn refuses a request line over 4094 bytes before the app sees it (a legal key, 512 bytes
 # of UTF-8, is at most 1536 bytes percent-encoded), so this one error is gunicorn's HTML page.
@@ -168,6 +242,31 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                     },
                 },
             },
+            "/v1/cache/{namespace}/{key}/meta": {
+                "get": {
+                    "operationId": "inspectCache",
+                    "summary": "What is stored for a key: freshness, lease, cooldown, queued refresh (admin)",
+                    "description": (
+                        "Read in one round trip that changes nothing (the lease included). All times are "
+                        "the Redis clock in ms since the epoch; *_seconds are relative to now_ms."
+                    ),
+                    "security": [{"adminToken": []}],
+                    "parameters": target,
+                    "responses": {
+                        "200": {
+                            "description": "The key's stored state.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EntryMeta"}}},
+                        },
+                        **_TARGET_ERRORS,
+                        **_ADMIN_ERRORS,
+                        "404": _error(
+                            "No such namespace or route, or nothing is stored for the key (not_stored: no "
+                            "value, lease or queued refresh)."
+                        ),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
             "/v1/cache/{namespace}/warm": {
                 "post": {
                     "operationId": "warmCache",
@@ -210,7 +309,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                         },
                         "400": _error(
                             'The body is not JSON, not {"keys": [...]}, names more than WARM_MAX_KEYS keys, or '
-                            "holds an illegal key; nothing was enqueued."
+                            "holds an illegal key, or the URL has a query string; nothing was enqueued."
                         ),
                         **_ADMIN_ERRORS,
                         "404": _error("No such namespace."),
@@ -226,12 +325,15 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
             "/v1/namespaces": {
                 "get": {
                     "operationId": "listNamespaces",
-                    "summary": "The configured namespaces (origin header names, never their values)",
+                    "summary": "The configured namespaces and their effective settings (admin)",
+                    "description": "Origin header names, never their values; an origin's host, never its URL.",
+                    "security": [{"adminToken": []}],
                     "responses": {
                         "200": {
                             "description": "Every namespace of namespaces.toml, by name.",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Namespaces"}}},
-                        }
+                        },
+                        **_ADMIN_ERRORS,
                     },
                 }
             },
@@ -383,15 +485,32 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                                     "xfetch_beta": {"type": "number"},
                                     "origin_timeout_seconds": {"type": "number"},
                                     "origin_max_concurrency": {"type": "integer"},
+                                    "effective_xfetch_beta": {
+                                        "type": "number",
+                                        "description": "The beta reads use: xfetch_beta for xfetch, else 0.",
+                                    },
+                                    "serves_stale": {"type": "boolean"},
+                                    "freshness": {"enum": ["fixed", "origin"]},
+                                    "origin_freshness_bounds": {
+                                        "oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": _NUM}]
+                                    },
+                                    "lease_ttl_seconds": {"type": "number"},
+                                    "cold_wait_timeout_seconds": {"type": "number"},
                                 },
                             },
                         }
                     },
                 },
+                "EntryMeta": _ENTRY_META,
                 "Status": {
                     "type": "object",
-                    "required": ["requests", "requests_total", "queue_depth", "breakers", "worker"],
+                    "required": ["requests", "requests_total", "queue_depth", "breakers", "last_minute", "worker"],
                     "properties": {
+                        "last_minute": {
+                            "description": "Per namespace, the last 60 s from every web and worker process; "
+                            "null while Redis is unreachable.",
+                            "oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": _RATES}],
+                        },
                         "requests": _COUNTS,
                         "requests_total": {"type": "number"},
                         "refresh_enqueued": _COUNTS,
@@ -399,6 +518,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                         "queue_depth": {"type": "number"},
                         "breakers": {
                             "type": "object",
+                            "description": "By origin, named by the namespaces that use it (never its host).",
                             "additionalProperties": {"enum": ["closed", "half-open", "open", "unknown"]},
                         },
                         "worker": {

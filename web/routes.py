@@ -1,5 +1,8 @@
-"""HTTP routes of the web tier: cache reads, admin refresh/purge, health and metrics. Each route
-turns an HTTP request into an engine call (shared/engine.py) and the engine's answer into HTTP."""
+"""HTTP routes of the web tier: cache reads, admin refresh/purge/warm-up/meta and namespaces,
+health and metrics. Each route turns an HTTP request into an engine call (shared/engine.py) and
+the engine's answer into HTTP. Cache paths are parsed from the raw request URI (web/cache_path.py):
+Flask's routing sees the decoded path, in which %2F and / are the same, so one rule per method
+takes any /v1/cache/ path and the parser decides which action, if any, it names."""
 
 from __future__ import annotations
 
@@ -14,14 +17,15 @@ from flask import Blueprint, Response, request
 
 from shared import metrics
 from shared.engine import BrokerUnavailable, Refused, Served, WarmIncomplete, cache_headers
-from shared.keys import MAX_KEY_BYTES, InvalidKey, decode_key, validate_key
-from shared.namespaces import NAMESPACE_RE, Namespace
+from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
+from shared.namespaces import Namespace
+from shared.nearcache import hit_until_ms
+from shared.store import EntryState
+from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
 from web.state import web_state
 
 bp = Blueprint("herdless", __name__)
-
-PREFIX = b"/v1/cache/"
 
 
 class BadRequest(Exception):
@@ -36,30 +40,21 @@ class Target:
     key: str
 
 
-def _target(suffix: bytes = b"") -> Target:
-    """Namespace and key from the raw request path (decoded bytes, strict UTF-8)."""
-    raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace")
-    if not raw.startswith(PREFIX):
-        raise BadRequest(404, "not_found", "no such route")
-    rest = raw[len(PREFIX) :]
-    if suffix:
-        if not rest.endswith(suffix):
-            raise BadRequest(404, "not_found", "no such route")
-        rest = rest[: -len(suffix)]
-    ns_raw, sep, key_raw = rest.partition(b"/")
-    ns_name = ns_raw.decode("ascii", "replace")
-    if not sep or not NAMESPACE_RE.match(ns_name):
-        if not sep:
-            raise BadRequest(400, "invalid_key", "the path must be /v1/cache/<namespace>/<key>")
-        raise BadRequest(404, "unknown_namespace", "no such namespace")
-    ns = web_state().namespaces.get(ns_name)
-    if ns is None:
-        raise BadRequest(404, "unknown_namespace", f"no namespace named {ns_name!r}")
+def _cache_path() -> tuple[Namespace, CachePath]:
+    """The namespace and what a /v1/cache/ request asks for, from the raw request URI."""
+    namespaces = web_state().namespaces
+    path, query = raw_request_uri(request.environ)
     try:
-        key = decode_key(key_raw)
-    except InvalidKey as exc:
-        raise BadRequest(400, "invalid_key", str(exc)) from None
-    return Target(ns, key)
+        parsed = parse_cache_path(request.method, path, query, namespaces)
+    except PathError as exc:
+        raise BadRequest(exc.status, exc.error, exc.detail) from None
+    return namespaces[parsed.namespace], parsed
+
+
+def _target(parsed: tuple[Namespace, CachePath]) -> Target:
+    ns, path = parsed
+    assert path.key is not None  # every action but warm names a key
+    return Target(ns, path.key)
 
 
 @bp.errorhandler(BadRequest)
@@ -116,7 +111,10 @@ def _refused(ns: Namespace, answer: Refused) -> Response:
 
 @bp.get("/v1/cache/<anything:_rest>")
 def read(_rest: str) -> Response:
-    target = _target()
+    parsed = _cache_path()
+    if parsed[1].action == "meta":
+        return meta(_target(parsed))
+    target = _target(parsed)
     started = time.perf_counter()
     try:
         answer = web_state().engine.read(target.ns, target.key)
@@ -129,10 +127,10 @@ def read(_rest: str) -> Response:
 
 @bp.post("/v1/cache/<anything:_rest>")
 def refresh(_rest: str) -> Response:
-    warm_ns = _warm_namespace()
-    if warm_ns is not None:
-        return warm(warm_ns)
-    target = _target(b"/refresh")
+    parsed = _cache_path()
+    if parsed[1].action == "warm":
+        return warm(parsed[0])
+    target = _target(parsed)
     _require_admin()
     try:
         enqueued = web_state().engine.request_refresh(target.ns, target.key)
@@ -143,27 +141,9 @@ def refresh(_rest: str) -> Response:
     return json_response(202, {"enqueued": True})
 
 
-WARM_SUFFIX = b"/warm"
 # Bytes one key may take in a JSON body: 512 bytes of UTF-8 escaped as \uXXXX (6 bytes per byte at
 # worst), its quotes, a comma and some whitespace.
 _JSON_BYTES_PER_KEY = 6 * MAX_KEY_BYTES + 16
-
-
-def _warm_namespace() -> Namespace | None:
-    """The namespace of POST /v1/cache/<namespace>/warm, or None for any other POST path. (A key
-    named "warm" is refreshed at /v1/cache/<namespace>/warm/refresh, so the two never meet.)"""
-    raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace")
-    if not raw.startswith(PREFIX) or not raw.endswith(WARM_SUFFIX):
-        return None
-    ns_name = raw[len(PREFIX) : -len(WARM_SUFFIX)].decode("ascii", "replace")
-    if "/" in ns_name:
-        return None
-    if not NAMESPACE_RE.match(ns_name):
-        raise BadRequest(404, "unknown_namespace", "no such namespace")
-    ns = web_state().namespaces.get(ns_name)
-    if ns is None:
-        raise BadRequest(404, "unknown_namespace", f"no namespace named {ns_name!r}")
-    return ns
 
 
 def _warm_keys(max_keys: int) -> list[str]:
@@ -218,18 +198,73 @@ def warm(ns: Namespace) -> Response:
 
 @bp.delete("/v1/cache/<anything:_rest>")
 def purge(_rest: str) -> Response:
-    target = _target()
+    parsed = _cache_path()
+    target = _target(parsed)
     _require_admin()
-    soft = request.args.get("soft") in ("1", "true", "yes")
-    web_state().engine.purge(target.ns, target.key, soft=soft)
+    web_state().engine.purge(target.ns, target.key, soft=parsed[1].soft)
     return Response(status=204)
+
+
+def meta(target: Target) -> Response:
+    """GET /v1/cache/<namespace>/<key>/meta (admin): what Redis holds for the key, read in one
+    round trip that changes nothing (not even the lease)."""
+    _require_admin()
+    state = web_state().store.inspect(target.ns, target.key)
+    if not state.anything_stored:
+        return json_error(404, "not_stored", "nothing is stored for this key: no value, lease or queued refresh")
+    return json_response(200, {"namespace": target.ns.name, "key": target.key, **entry_state_json(target.ns, state)})
+
+
+def _seconds_until(now_ms: int, until_ms: int | None) -> float | None:
+    return None if until_ms is None else round((until_ms - now_ms) / 1000, 3)
+
+
+def entry_state_json(ns: Namespace, s: EntryState) -> dict[str, Any]:
+    value: dict[str, Any] | None = None
+    if s.stored and s.soft_ms is not None:
+        value = {
+            "state": "fresh" if s.now_ms < s.soft_ms else "stale",
+            "negative": s.negative,
+            "fresh_until_ms": s.soft_ms,
+            "fresh_for_seconds": _seconds_until(s.now_ms, s.soft_ms),
+            # From this moment a read is EARLY (XFetch), not HIT; equal to fresh_until without XFetch.
+            "early_refresh_from_ms": int(hit_until_ms(s.soft_ms, s.delta_ms, ns.beta, s.u)),
+            "age_seconds": None if s.at_ms is None else round(max(0, s.now_ms - s.at_ms) / 1000, 3),
+            "refresh_duration_ms": s.delta_ms,
+            "size_bytes": s.size_bytes,
+            "etag": s.etag or None,
+            "kept_until_ms": s.kept_until_ms,
+            "soft_purged_at_ms": s.soft_purged_at_ms,
+        }
+    return {
+        "now_ms": s.now_ms,
+        "value": value,
+        "lease": {
+            "held": s.lease == "held",
+            "until_ms": s.lease_until_ms if s.lease == "held" else None,
+            "seconds_left": _seconds_until(s.now_ms, s.lease_until_ms) if s.lease == "held" else None,
+        },
+        "cooldown": {
+            "held": s.lease == "cooldown",
+            "until_ms": s.lease_until_ms if s.lease == "cooldown" else None,
+            "seconds_left": _seconds_until(s.now_ms, s.lease_until_ms) if s.lease == "cooldown" else None,
+            # The cooldown's cause is not stored; each consecutive failure doubles its length.
+            "consecutive_failures": s.failures,
+        },
+        "refresh": {
+            "state": s.queued or "none",
+            "marker_until_ms": s.queued_until_ms,
+        },
+    }
 
 
 @bp.get("/v1/namespaces")
 def namespaces() -> Response:
-    """The configured namespaces: strategy, lifetimes, the origin's host (or callable) and the
-    names of the headers sent to it. Never a header's value, nor the origin URL, which may
-    carry a credential of its own."""
+    """(admin) The configured namespaces and their effective settings: strategy, lifetimes, β,
+    timeouts, concurrency, the origin's host (or callable) and the names of the headers sent to
+    it. Never a header's value, nor the origin URL, which may carry a credential of its own."""
+    _require_admin()
+    settings = web_state().settings
     return json_response(
         200,
         {
@@ -246,6 +281,25 @@ def namespaces() -> Response:
                     "xfetch_beta": ns.xfetch_beta,
                     "origin_timeout_seconds": ns.origin_timeout_seconds,
                     "origin_max_concurrency": ns.origin_max_concurrency,
+                    # What the engine uses: β is 0 unless the strategy is xfetch, and only xfetch
+                    # and swr serve a value past its fresh lifetime.
+                    "effective_xfetch_beta": ns.beta,
+                    "serves_stale": ns.serves_stale,
+                    "freshness": ns.freshness,
+                    "origin_freshness_bounds": (
+                        {
+                            "min_ttl_seconds": ns.min_ttl_seconds,
+                            "max_ttl_seconds": ns.max_ttl_seconds,
+                            "min_stale_seconds": ns.min_stale_seconds,
+                            "max_stale_seconds": ns.max_stale_seconds,
+                            "min_stale_if_error_seconds": ns.min_stale_if_error_seconds,
+                            "max_stale_if_error_seconds": ns.max_stale_if_error_seconds,
+                        }
+                        if ns.freshness == "origin"
+                        else None
+                    ),
+                    "lease_ttl_seconds": settings.lease_ttl_seconds,
+                    "cold_wait_timeout_seconds": settings.cold_wait_timeout_seconds,
                 }
                 for ns in sorted(web_state().namespaces.values(), key=lambda ns: ns.name)
             ]

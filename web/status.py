@@ -1,6 +1,9 @@
 """The status page at `/`: the stampede story (request mix, fresh share, served age, near-cache,
-origin calls and slots, refreshes, queue depth, breaker state) live, for someone running
-`make run` without Grafana."""
+origin calls and slots, refreshes, queue depth, breaker state, and each namespace's last minute)
+live, for someone running `make run` without Grafana.
+
+The page is public, so it names an origin only by the namespaces that use it: an origin's host
+and port (or module and function) are for the admin's GET /v1/namespaces."""
 
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ from typing import Any
 import urllib3
 from flask import Blueprint, Response
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import RedisError
 
+from shared import rates
 from shared.metrics import histogram_quantile as shared_histogram_quantile
+from shared.namespaces import Namespace
 from web.http import json_response
 from web.state import web_state
 
@@ -83,8 +89,29 @@ def _slot_waits(worker: list[Any]) -> dict[str, dict[str, float | None]]:
     }
 
 
+def origin_labels(namespaces: Iterable[Namespace]) -> dict[str, str]:
+    """A public name for each origin: the namespaces that use it, not its host and port."""
+    users: dict[str, list[str]] = defaultdict(list)
+    for ns in namespaces:
+        users[ns.origin_name].append(ns.name)
+    return {origin: "origin of " + ", ".join(sorted(names)) for origin, names in users.items()}
+
+
+def _relabel(values: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """Re-key a per-origin figure by its public name; an origin no namespace uses is left out."""
+    return {labels[origin]: value for origin, value in values.items() if origin in labels}
+
+
+def _last_minute(client: Any, namespaces: Iterable[str]) -> dict[str, Any] | None:
+    try:
+        return {name: r.as_json() for name, r in rates.last_minute(client, namespaces).items()}
+    except RedisError:
+        return None
+
+
 def status_snapshot() -> dict[str, Any]:
     state = web_state()
+    labels = origin_labels(state.namespaces.values())
     web = _web_samples()
     requests_by_outcome = _by_label(web, "herdless_requests_total", "outcome")
     requests_total = sum(requests_by_outcome.values())
@@ -103,16 +130,22 @@ def status_snapshot() -> dict[str, Any]:
         "near_cache": _by_label(web, "herdless_near_cache_total", "result"),
         "near_cache_bytes": _total(web, "herdless_near_cache_bytes"),
         # Read from the Redis semaphore at this moment, like queue depth.
-        "origin_in_flight": _by_label(web, "herdless_origin_in_flight", "origin"),
-        "origin_limits": limits,
+        "origin_in_flight": _relabel(_by_label(web, "herdless_origin_in_flight", "origin"), labels),
+        "origin_limits": _relabel(limits, labels),
         "refresh_enqueued": _by_label(web, "herdless_refresh_enqueued_total", "reason"),
         "refresh_suppressed": _by_label(web, "herdless_refresh_suppressed_total", "reason"),
         # Read from the broker and Redis at this moment, so they show even with no worker running.
         "queue_depth": sum(_by_label(web, "herdless_queue_depth", "queue").values()),
-        "breakers": {
-            origin: {0: "closed", 1: "half-open", 2: "open"}.get(int(v), "unknown")
-            for origin, v in _by_label(web, "herdless_breaker_state", "origin").items()
-        },
+        "breakers": _relabel(
+            {
+                origin: {0: "closed", 1: "half-open", 2: "open"}.get(int(v), "unknown")
+                for origin, v in _by_label(web, "herdless_breaker_state", "origin").items()
+            },
+            labels,
+        ),
+        # Per namespace, over the last 60 s, from every web and worker process (shared/rates.py);
+        # None while Redis is unreachable.
+        "last_minute": _last_minute(state.store.redis, sorted(state.namespaces)),
         "worker": None,
     }
     worker = _worker_samples(state.settings.worker_metrics_url)
@@ -124,7 +157,7 @@ def status_snapshot() -> dict[str, Any]:
             # Value bodies received; a 304 revalidation (origin_calls "not_modified") adds none.
             "origin_bytes_total": _total(worker, "herdless_origin_bytes_total"),
             "refreshes": _by_label(worker, "herdless_refresh_total", "outcome"),
-            "slot_waits": _slot_waits(worker),
+            "slot_waits": _relabel(_slot_waits(worker), labels),
         }
     return snapshot
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from shared import rates
 from shared.namespaces import load_namespaces
 from shared.settings import Settings, get_settings
+from shared.store import make_redis
 from shared.tasks import QUEUE, celery_config
 
 
@@ -20,6 +22,9 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[Queue(QUEUE, routing_key=QUEUE, queue_arguments={"x-max-priority": 10})],
         worker_consumer="workers.consumer:PromptReconnectConsumer",
     )
+    # Origin calls, counted where they happen, reach the status page's last minute (each pool
+    # process flushes through a client of its own, made after the fork).
+    rates.RECORDER.configure(lambda: make_redis(settings, pool_size=2))
     return app
 
 

@@ -44,6 +44,11 @@ strategy = "naive"
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 60
 
+# Read only by the status-rates test, so its last-minute counts are that test's alone.
+[namespaces.rates]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+
 [namespaces.py]
 origin = "tests.origins:compute"
 cache_ttl_seconds = 60

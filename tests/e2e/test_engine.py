@@ -438,3 +438,126 @@ def test_a_cold_start_of_300_keys_is_enqueued_and_acknowledged_without_exhaustin
     assert "Couldn't ack" not in worker_log and "Too many connections" not in worker_log
     redis = stack.redis.client()
     wait_until(lambda: redis.hlen("unacked") == 0, 10, "every refresh to be acknowledged")
+
+
+# -- keys from the raw request URI (gunicorn's RAW_URI) -----------------------------------------
+
+
+def _entry(stack: Stack, namespace: str, key: str) -> dict[bytes, bytes]:
+    return stack.redis.client().hgetall(EntryKeys.of(namespace, key).entry)  # type: ignore[no-any-return]
+
+
+def test_an_encoded_slash_is_part_of_the_key_and_a_literal_one_is_no_route(stack: Stack) -> None:
+    status, _, body = raw_get(stack, "/v1/cache/herd/dir%2Ffile")
+    assert status == 200 and json.loads(body)["key"] == "dir/file"
+    assert stack.origin_stats()["per_key"]["dir/file"] == 1
+
+    status, headers, body = raw_get(stack, "/v1/cache/herd/dir/file")
+    assert status == 404, body
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["error"] == "not_found" and "%2F" in json.loads(body)["detail"]
+    # Neither half became a key of its own, nor reached the origin.
+    assert not _entry(stack, "herd", "dir") and not _entry(stack, "herd", "file")
+    assert {"dir", "file"}.isdisjoint(stack.origin_stats()["per_key"])
+
+
+def test_an_encoded_slash_refresh_is_a_key_never_the_refresh_route(stack: Stack) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert stack.get("herd", "ambiguous").json()["count"] == 1
+    # Once this path refreshed the key "ambiguous"; now it names no route at all.
+    r = requests.post(f"{stack.web_url}/v1/cache/herd/ambiguous%2Frefresh", headers=auth, timeout=5)
+    assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+    # The key "ambiguous/refresh" is refreshed at its own refresh route.
+    r = requests.post(f"{stack.web_url}/v1/cache/herd/ambiguous%2Frefresh/refresh", headers=auth, timeout=5)
+    assert r.status_code == 202 and r.json()["enqueued"] is True, r.text
+    wait_until(lambda: calls_for(stack, "ambiguous/refresh") == 1, 10, "the refresh of the key 'ambiguous/refresh'")
+    # (A read may still find that refresh writing, and wait for it: never a second origin call.)
+    assert stack.get("herd", "ambiguous/refresh").json()["key"] == "ambiguous/refresh"
+    assert calls_for(stack, "ambiguous/refresh") == 1
+    assert calls_for(stack, "ambiguous") == 1
+    assert stack.get("herd", "ambiguous").json()["count"] == 1
+
+
+def test_a_query_string_is_refused_and_the_value_is_left_alone(stack: Stack) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    key = "queried"
+    assert stack.get("herd", key).json()["count"] == 1
+    stored = _entry(stack, "herd", key)
+    url = stack.url("herd", key)
+    refusals = [
+        ("GET", raw_get(stack, f"/v1/cache/herd/{key}?x=2")),
+        ("HEAD", requests.head(url + "?x=2", timeout=5)),
+        ("POST refresh", requests.post(url + "/refresh?now=1", headers=auth, timeout=5)),
+        ("DELETE", requests.delete(url + "?soft=maybe", headers=auth, timeout=5)),
+        ("DELETE", requests.delete(url + "?hard=1", headers=auth, timeout=5)),
+        ("GET meta", requests.get(url + "/meta?x=1", headers=auth, timeout=5)),
+    ]
+    for what, answer in refusals:
+        if isinstance(answer, tuple):
+            status, body = answer[0], answer[2]
+        else:
+            status, body = answer.status_code, answer.content
+        assert status == 400, (what, status, body)
+        if what != "HEAD":
+            assert json.loads(body)["error"] == "query_not_allowed", (what, body)
+    assert _entry(stack, "herd", key) == stored, "a refused request changed the stored value"
+    assert calls_for(stack, key) == 1
+
+    # The one query a cache route takes: purge's ?soft=1.
+    assert requests.delete(url + "?soft=1", headers=auth, timeout=5).status_code == 204
+    assert stack.get("herd", key).headers["X-Cache"] == "STALE"
+    wait_until(lambda: calls_for(stack, key) == 2, 10, "the refresh after the soft purge")
+
+
+# -- last-minute rates on the status page ------------------------------------------------------
+
+
+def _web_requests_by_process(stack: Stack, namespace: str) -> dict[str, float]:
+    """herdless_requests_total of one namespace in each gunicorn worker's own metrics file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts: dict[str, float] = {}
+    for path in Path(stack.tmp / "metrics").glob("herdless-web-*/counter_*.db"):
+        total = sum(
+            sample.value
+            for family in MultiProcessCollector.merge([str(path)])
+            for sample in family.samples
+            if sample.name == "herdless_requests_total" and sample.labels.get("namespace") == namespace
+        )
+        if total:
+            counts[path.stem] = total
+    return counts
+
+
+def test_status_rates_count_the_last_minute_of_both_gunicorn_workers(stack: Stack) -> None:
+    def last_minute() -> dict:
+        return requests.get(stack.web_url + "/status.json", timeout=5).json()["last_minute"]["rates"]
+
+    assert last_minute()["answers_total"] == 0
+    assert stack.get("rates", "r").headers["X-Cache"] == "MISS"
+    reads = 1
+    # New connections until both gunicorn processes have answered some of the reads.
+    while len(_web_requests_by_process(stack, "rates")) < 2:
+        assert reads < 400, f"one gunicorn process answered every read: {_web_requests_by_process(stack, 'rates')}"
+        for _ in range(10):
+            r = requests.get(stack.url("rates", "r"), headers={"Connection": "close"}, timeout=5)
+            assert r.headers["X-Cache"] == "HIT"
+        reads += 10
+    per_process = _web_requests_by_process(stack, "rates")
+    assert sum(per_process.values()) == reads
+
+    def counted() -> dict | None:
+        rates = last_minute()
+        return rates if rates["answers_total"] == reads and rates["origin_calls_total"] == 1 else None
+
+    rates = wait_until(counted, 10, f"the last minute to show {reads} answers and 1 origin call")
+    assert rates["answers"] == {"miss": 1, "hit": reads - 1}
+    assert rates["origin_calls"] == {"ok": 1}
+    assert rates["fresh_share"] == pytest.approx((reads - 1) / reads)
+    assert rates["answers_per_second"] == pytest.approx(reads / 60)
+
+
+def test_the_public_status_page_names_no_origin_host(stack: Stack) -> None:
+    text = requests.get(stack.web_url + "/status.json", timeout=5).text
+    assert f"127.0.0.1:{stack.origin_port}" not in text
+    assert "tests.origins" not in text  # nor a callable origin's module

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from shared.keys import EntryKeys
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import queued_refreshes, web_metric
 from tests.stack import Stack, stack_for, wait_until
@@ -149,3 +150,81 @@ def test_a_manual_refresh_is_not_enqueued_while_one_is_queued_or_running(env: En
     settled(stack)
     assert stack.origin_stats()["per_key"][key] == 2
     assert [c.path for c in env.gated.calls].count("/v/blocker-manual") == 1
+
+
+# -- GET /v1/cache/<namespace>/<key>/meta: a key's stored state, for the admin -------------------
+
+
+def meta(stack: Stack, namespace: str, key: str) -> dict:
+    r = requests.get(stack.url(namespace, key) + "/meta", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_meta_needs_the_admin_token_and_is_404_for_a_key_never_stored(env: Env) -> None:
+    url = env.stack.url("k", "meta-never") + "/meta"
+    assert requests.get(url, timeout=5).status_code == 401
+    assert requests.get(url, headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 403
+    r = requests.get(url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
+    assert r.status_code == 404 and r.json()["error"] == "not_stored"
+
+
+def test_meta_reports_a_fresh_value_then_its_queued_refresh(env: Env) -> None:
+    stack = env.stack
+    read = stack.get("k", "meta-fresh")
+    settled(stack)
+    m = meta(stack, "k", "meta-fresh")
+    value = m["value"]
+    assert value["state"] == "fresh" and value["negative"] is False
+    assert 50 < value["fresh_for_seconds"] <= 60 and value["fresh_until_ms"] > m["now_ms"]
+    assert value["early_refresh_from_ms"] <= value["fresh_until_ms"]
+    assert 0 <= value["age_seconds"] < 10 and value["refresh_duration_ms"] > 0
+    assert value["size_bytes"] == len(read.content) and value["etag"] == read.headers["ETag"]
+    assert m["lease"]["held"] is False and m["cooldown"]["held"] is False
+    assert m["refresh"]["state"] == "none"
+
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    with worker_busy(env, "meta-blocker"):
+        # The worker's only slot is taken: a manual refresh waits in the queue.
+        r = requests.post(stack.url("k", "meta-fresh") + "/refresh", headers=auth, timeout=5)
+        assert r.json() == {"enqueued": True}
+        lease_key = EntryKeys.of("k", "meta-fresh").lease
+        lease_before = stack.redis.client().get(lease_key)
+        m = meta(stack, "k", "meta-fresh")
+        assert m["refresh"]["state"] == "queued" and m["refresh"]["marker_until_ms"] > m["now_ms"]
+        assert m["lease"]["held"] is True and m["lease"]["until_ms"] > m["now_ms"]
+        assert m["value"]["state"] == "fresh"
+        assert stack.redis.client().get(lease_key) == lease_before, "reading the state changed the lease"
+
+        # The blocker's own refresh runs (held at the origin), with nothing stored yet.
+        running = meta(stack, "gated", "meta-blocker")
+        assert running["value"] is None
+        assert running["refresh"]["state"] == "running" and running["lease"]["held"] is True
+    settled(stack)
+    assert meta(stack, "k", "meta-fresh")["refresh"]["state"] == "none"
+
+
+def test_meta_reports_a_cooldown_after_a_failed_refresh(env: Env) -> None:
+    stack = env.stack
+    assert stack.get("gated", "meta-cooling").status_code == 200
+    settled(stack)
+    env.gated.set(mode="fail")
+    try:
+        r = requests.post(
+            stack.url("gated", "meta-cooling") + "/refresh", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5
+        )
+        assert r.json() == {"enqueued": True}
+        # The first failure cools the key down for 1 s: poll for it.
+        m = wait_until(
+            lambda: (m := meta(stack, "gated", "meta-cooling"))["cooldown"]["held"] and m,
+            10,
+            "the failed refresh's cooldown",
+            interval=0.02,
+        )
+    finally:
+        env.gated.set(mode="ok")
+    assert m["cooldown"]["until_ms"] > m["now_ms"] and 0 < m["cooldown"]["seconds_left"] <= 1
+    assert m["cooldown"]["consecutive_failures"] == 1
+    assert m["lease"]["held"] is False
+    assert m["value"]["state"] == "fresh"  # the stored value stays
+    settled(stack)

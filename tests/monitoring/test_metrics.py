@@ -241,6 +241,11 @@ def test_the_status_page_renders_live_numbers_in_headless_chromium(stack: Stack)
     assert in_flight and re.search(r'data-key="[^"]+">\d+ / 50<', in_flight.group(1)), in_flight
     slot_waits = re.search(r'<table id="slot-waits">(.*?)</table>', after, re.S)
     assert slot_waits and re.search(r'data-key="[^"]+">\d+, p99 [\d.]+ s<', slot_waits.group(1)), slot_waits
+    # Each namespace's last minute (its figures: tests/e2e/test_engine.py), named by namespace.
+    last_minute = re.search(r'<table id="last-minute">(.*?)</table>', after, re.S)
+    assert last_minute and re.search(
+        r'<tr data-namespace="demo">.*?data-figure="answers-per-second">[\d.]+<', last_minute.group(1)
+    )
 
 
 def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack) -> None:

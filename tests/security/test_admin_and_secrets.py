@@ -50,6 +50,8 @@ def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
                 for r in (
                     requests.post(url + "/refresh", headers=headers, timeout=5),
                     requests.delete(url, headers=headers, timeout=5),
+                    requests.get(url + "/meta", headers=headers, timeout=5),
+                    requests.get(stack.web_url + "/v1/namespaces", headers=headers, timeout=5),
                 ):
                     assert r.status_code == 401, (name, r.status_code, r.text)
                     assert r.json()["error"] == "unauthorized"
@@ -60,6 +62,8 @@ def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
                 for r in (
                     requests.post(url + "/refresh", headers=headers, timeout=5),
                     requests.delete(url, headers=headers, timeout=5),
+                    requests.get(url + "/meta", headers=headers, timeout=5),
+                    requests.get(stack.web_url + "/v1/namespaces", headers=headers, timeout=5),
                 ):
                     assert r.status_code == 403, (token, r.status_code, r.text)
                     assert r.json()["error"] == "forbidden"

@@ -138,10 +138,20 @@ def test_generated_keys_and_namespaces_never_5xx_and_illegal_ones_stop_before_re
     path = f"/v1/cache/{ns_part}/{key_part}"
     redis = stack.redis.client()
 
-    # What the server sees: gunicorn percent-decodes the path once; the route splits at the first "/".
-    ns_raw, _, key_raw = unquote_to_bytes(f"{ns_part}/{key_part}").partition(b"/")
-    ns_seen = ns_raw.decode("latin-1")
-    expected_key = legal_key(key_raw) if ns_seen in CONFIGURED else None
+    # What the server sees: the raw path. The namespace is its first segment as sent; the key must
+    # be the one segment after it, percent-decoded once (a literal "/" in it is no route, except
+    # <key>/meta, the admin's inspection route).
+    ns_seen = ns_part
+    segments = key_part.split("/")
+    expected_key = legal_key(unquote_to_bytes(key_part)) if ns_seen in CONFIGURED and len(segments) == 1 else None
+    if ns_seen not in CONFIGURED or len(segments) == 1:
+        expected_refusal = (400, "invalid_key")
+    elif len(segments) == 2 and segments[1] == "meta" and legal_key(unquote_to_bytes(segments[0])) is not None:
+        expected_refusal = (403, "admin_disabled")  # this stack sets no ADMIN_TOKEN
+    elif len(segments) == 2 and segments[1] == "meta":
+        expected_refusal = (400, "invalid_key")
+    else:
+        expected_refusal = (404, "not_found")
 
     # The previous example's refresh is acknowledged after its reader was answered, and its
     # acknowledgement clears the key's queued marker by script: let it land before counting.
@@ -160,10 +170,9 @@ def test_generated_keys_and_namespaces_never_5xx_and_illegal_ones_stop_before_re
         return
     if expected_key is None:
         payload = assert_json_error(status, headers, body)
-        assert status in (400, 404), (path, status, payload)
+        assert status in (400, 403, 404), (path, status, payload)
         if ns_seen in CONFIGURED:
-            expected = (400, "invalid_key")
-            assert (status, payload["error"]) == expected, (path, payload)
+            assert (status, payload["error"]) == expected_refusal, (path, payload)
         assert evalsha_after == evalsha_before, f"{path} reached Redis"
         assert origin["calls"] == calls_before, f"{path} reached the origin"
         return
@@ -195,7 +204,7 @@ def seen() -> dict[str, int]:
     ("raw_key", "server_key"),
     [
         ("%40evil.example%2F", "@evil.example/"),
-        ("@evil.example/", "@evil.example/"),
+        ("@evil.example%2F", "@evil.example/"),
         ("..%252f..%252fadmin", "..%2f..%2fadmin"),
         ("..%2f..%2fadmin", "../../admin"),
         ("%3Fx%3D1%23y", "?x=1#y"),
@@ -217,3 +226,16 @@ def test_escape_attempts_reach_the_origin_as_one_encoded_segment(stack: Stack, r
         assert new_paths == [expected], new_paths
     assert all(ORIGIN_PATH.fullmatch(p) for p in after["paths"]), after["paths"]
     assert after["per_key"].get(server_key) == 1
+
+
+@pytest.mark.parametrize("raw_key", ["@evil.example/", "a/../../admin", "../../admin", "a/b", "a//b", "a/"])
+def test_a_literal_slash_in_a_key_is_no_route_and_reaches_nothing(stack: Stack, raw_key: str) -> None:
+    redis = stack.redis.client()
+    evalsha_before = command_calls(redis, "evalsha") + command_calls(redis, "eval")
+    calls_before = stack.origin_stats()["calls"]
+    status, headers, body = raw_request(stack.web_port, "GET", "/v1/cache/demo/" + raw_key)
+    payload = assert_json_error(status, headers, body)
+    assert (status, payload["error"]) == (404, "not_found"), payload
+    assert "%2F" in payload["detail"]
+    assert command_calls(redis, "evalsha") + command_calls(redis, "eval") == evalsha_before
+    assert stack.origin_stats()["calls"] == calls_before

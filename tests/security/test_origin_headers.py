@@ -83,7 +83,8 @@ def test_the_header_values_show_in_no_log_line_and_no_answer_of_herdless(stack: 
     finally:
         stack.origin_config(failure_rate=0.0)
 
-    listed = keep(requests.get(stack.web_url + "/v1/namespaces", timeout=5))
+    assert keep(requests.get(stack.web_url + "/v1/namespaces", timeout=5)).status_code == 401  # admin only
+    listed = keep(requests.get(stack.web_url + "/v1/namespaces", headers=admin, timeout=5))
     api = next(ns for ns in listed.json()["namespaces"] if ns["name"] == "api")
     assert api["origin_headers"] == ["Authorization", "X-Api-Key"]
     for path in ("/status.json", "/metrics", "/openapi.json", "/", "/readyz", "/v1/cache/nope/k", "/v1/cache/api/"):
