@@ -12,7 +12,7 @@ _settings = load_settings()  # a bad variable stops gunicorn here, named
 try:
     load_namespaces(_settings)
 except NamespaceConfigError as _exc:
-    print(f"herdless: {_exc}", file=sys.stderr)
+    print(_exc, file=sys.stderr)  # one line: file, namespace, field (or the module that does not import)
     sys.exit(2)
 
 bind = os.environ.get("WEB_BIND", f"0.0.0.0:{_settings.web_port}")
