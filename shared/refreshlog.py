@@ -42,9 +42,12 @@ class RefreshReport:
         return self.outcome in FAILED_OUTCOMES
 
     def describe(self) -> str:
+        """`origin_error (origin_timeout): origin api:443: origin timed out after 10s`; the code in
+        parentheses only when it says more than the outcome."""
         if not self.failed:
             return self.outcome
-        return f"{self.outcome} ({self.error}): {self.detail}" if self.detail else f"{self.outcome} ({self.error})"
+        text = self.outcome if self.error in ("", self.outcome) else f"{self.outcome} ({self.error})"
+        return f"{text}: {self.detail}" if self.detail else text
 
 
 class RefreshLog:
@@ -58,6 +61,7 @@ class RefreshLog:
         self._outcomes: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._timer_pid: int | None = None
+        self._since = time.monotonic()
 
     def record(self, namespace: str, key: str, report: RefreshReport) -> None:
         if report.failed:
@@ -83,13 +87,14 @@ class RefreshLog:
         with self._lock:
             outcomes, errors = self._outcomes, self._errors
             self._outcomes, self._errors = Counter(), Counter()
+            now, since, self._since = time.monotonic(), self._since, time.monotonic()
         total = sum(outcomes.values())
         if not total:
             return None
         wrote = sum(n for o, n in outcomes.items() if o in WROTE_OUTCOMES)
         failed = sum(n for o, n in outcomes.items() if o in FAILED_OUTCOMES)
         other = {o: n for o, n in outcomes.items() if o not in WROTE_OUTCOMES | FAILED_OUTCOMES}
-        line = f"refreshes in the last {self.interval:g} s: {total}, {wrote} wrote a value, {failed} failed"
+        line = f"refresh summary, last {now - since:.0f} s: {total} refreshes, {wrote} wrote a value, {failed} failed"
         if errors:
             line += " (" + ", ".join(f"{e} {n}" for e, n in sorted(errors.items())) + ")"
         if other:

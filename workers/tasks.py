@@ -182,6 +182,14 @@ def _mark_running_refreshes_queued(**_: Any) -> None:
             log.warning("could not mark a running refresh as queued while stopping")
 
 
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _last_refresh_summary(**_: Any) -> None:
+    # The refreshes since the last periodic summary, before this process goes.
+    if _engine is not None and _engine_pid == os.getpid():
+        _engine.refresh_log.flush()
+
+
 @signals.worker_process_shutdown.connect
 def _mark_dead(pid: int | None = None, **_: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
