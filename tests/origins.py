@@ -43,6 +43,8 @@ def typed(key: str) -> object:
         return {"key": key, "when": object()}  # json.dumps refuses it
     if kind == "oversized":
         return "x" * OVERSIZED_BYTES
+    if kind == "boom":
+        raise RuntimeError(f"the origin callable failed for {key}")
     if kind == "slow":
         time.sleep(2)  # past the origin_timeout_seconds of the namespaces that ask for it
         return {"key": key}

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES, write_namespaces
+from tests.faults.observe import queued_refreshes
 from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
 
 WEB_METRICS = [
@@ -45,8 +46,17 @@ WORKER_METRICS = [
 FLOWER_AUTH = ("herdless", "flower-test-secret")
 
 # The shipped demo namespaces (1 s TTL in this module, so background refreshes keep running)
-# plus the 60 s "herd" namespace for counts that must be exactly one call per herd.
-NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
+# plus the 60 s "herd" namespace for counts that must be exactly one call per herd, and a
+# callable origin whose keys choose how it fails (its own breaker: the demo origin's stays closed).
+NAMESPACES = (
+    SHIPPED_AND_LONG_HERD_NAMESPACES
+    + """
+[namespaces.py-typed]
+origin = "tests.origins:typed"
+cache_ttl_seconds = 60
+origin_timeout_seconds = 0.5
+"""
+)
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +319,49 @@ def test_counters_of_a_replaced_pool_process_are_kept_without_a_pid_label(stack:
     after = worker_metrics(stack)
     assert metric(after, "herdless_origin_calls_total") == before + 1
     assert 'pid="' not in after
+
+
+def test_a_refresh_that_failed_is_a_failure_in_flower_with_its_reason_and_is_not_run_again(
+    stack: Stack, flower: str
+) -> None:
+    key = "nonjson-flower"  # the callable returns a value JSON cannot encode: an origin error
+    before = worker_metrics(stack)
+    r = stack.get("py-typed", key)
+    assert r.status_code == 502 and r.json()["error"] == "origin_error", r.text
+
+    def failed_task() -> dict[str, object] | None:
+        tasks = requests.get(flower + "/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
+        found = [t for t in tasks.values() if t.get("name") == "herdless.refresh" and key in str(t.get("kwargs"))]
+        return next((t for t in found if t.get("state") == "FAILURE"), None)
+
+    task = wait_until(failed_task, 15, "Flower to show the refresh as failed")
+    info = requests.get(f"{flower}/api/task/info/{task['uuid']}", auth=FLOWER_AUTH, timeout=5).json()
+    assert info["state"] == "FAILURE" and not info.get("retries"), info
+    assert "RefreshFailed" in info["exception"] and "origin_error" in info["exception"], info["exception"]
+    assert "not JSON-able" in info["exception"]
+    # Acknowledged before the failure event was sent, and never retried or redelivered.
+    redis = stack.redis.client()
+    assert task["uuid"] not in str(redis.hgetall("unacked"))
+    assert key not in [k for k, _ in queued_refreshes(redis)]
+    after = worker_metrics(stack)
+    for name, outcome in (("herdless_origin_calls_total", "error"), ("herdless_refresh_total", "origin_error")):
+        labels = {"namespace": "py-typed", "outcome": outcome}
+        assert metric(after, name, **labels) - metric(before, name, **labels) == 1, name
+
+    # One log line for the failure; none of Celery's per-task INFO lines ("received", "succeeded").
+    log = stack.procs["w1"].output()
+    assert log.count(f"refresh of py-typed/'{key}' failed: origin_error") == 1
+    assert "herdless.refresh[" not in log
+
+
+@pytest.mark.parametrize(
+    ("key", "error"),
+    [("oversized-code", "origin_too_large"), ("slow-code", "origin_timeout"), ("boom-code", "origin_error")],
+)
+def test_a_cold_key_whose_origin_fails_answers_the_failure_s_own_code(stack: Stack, key: str, error: str) -> None:
+    r = stack.get("py-typed", key)
+    assert r.status_code == 502 and r.json()["error"] == error, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    # Later reads during the key's cooldown answer the same code, from the cooldown in Redis.
+    again = stack.get("py-typed", key)
+    assert again.status_code == 502 and again.json()["error"] == error, again.text
