@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from shared.keys import EntryKeys
 from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES, write_namespaces
 from tests.faults.observe import queued_refreshes
 from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
@@ -343,6 +344,8 @@ def test_a_refresh_that_failed_is_a_failure_in_flower_with_its_reason_and_is_not
     redis = stack.redis.client()
     assert task["uuid"] not in str(redis.hgetall("unacked"))
     assert key not in [k for k, _ in queued_refreshes(redis)]
+    # ...and its queued marker went with the acknowledgement: the next read may enqueue again.
+    assert redis.exists(EntryKeys.of("py-typed", key).queued) == 0
     after = worker_metrics(stack)
     for name, outcome in (("herdless_origin_calls_total", "error"), ("herdless_refresh_total", "origin_error")):
         labels = {"namespace": "py-typed", "outcome": outcome}
