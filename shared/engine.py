@@ -9,7 +9,7 @@ A key is **absent** (no entry), **fresh** (an entry before its ``soft`` moment),
 said 404; served as 404 until it expires). Orthogonal to that, its lease (``hl:{ns:key}:l``) is
 **free**, **won** (a read took it and is handing a refresh to the queue: the lease holds the task
 token and the *queued marker* ``:q`` holds it too), **running** (a worker claimed it: the lease
-holds that run's own token), or **cooling down** (the last refresh failed: ``cd:<token>``).
+holds that run's own token), or **cooling down** (the last refresh failed: ``cd:<token>:<code>``).
 The queued marker lives exactly as long as the task's message: set by the read that enqueues,
 turned into a *running* marker (``r:<task token>``) when a worker claims the task, cleared when
 the worker has acknowledged the message (``finish``) or the message expires unrun.
@@ -57,8 +57,11 @@ Refreshes (worker, ``run_refresh``)
       in the "ready" message to the readers waiting for it (``HandedOver``), who answer with
       it; later readers find the key absent and wait for a call of their own;
     - failure → ``RECORD_FAILURE``: the lease becomes a cooldown (1 s doubling per failure,
-      capped by the breaker's reset timeout, at least until the breaker may half-open) and the
-      stale value's stored life is stretched by ``STALE_IF_ERROR_SECONDS``.
+      capped by the breaker's reset timeout, at least until the breaker may half-open) holding
+      the failure's code (``origin_timeout``, ``breaker_open``...), which cold reads of the key
+      answer with in every web process, and the stale value's stored life is stretched by
+      ``STALE_IF_ERROR_SECONDS``. The worker logs the failure with its reason at once (the
+      rest goes into a periodic summary: ``shared/refreshlog.py``).
 
     Either way "ready"/"error" is published for cold-miss waiters (the write script publishes
     "ready" itself); the message also invalidates the key in every web process's near-cache.

@@ -22,10 +22,11 @@ from workers.celery_app import app
 
 log = logging.getLogger("herdless.worker")
 
-# Celery's own line per task ("received", "succeeded in", "raised expected"), at INFO: two lines
-# per refresh. The refresh log (shared/refreshlog.py) says what matters instead; errors Celery
-# logs (an unexpected exception, a lost worker) are WARNING or ERROR and still appear.
-CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+# Celery's own line per task ("received", "succeeded in", "raised expected", "Discarding revoked
+# task" for each expired refresh), at INFO: two lines per refresh. The refresh log
+# (shared/refreshlog.py) and herdless_refresh_total say what matters instead; errors Celery logs
+# (an unexpected exception, a lost worker) are WARNING or ERROR and still appear.
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
 
 
 def quiet_celery_task_lines(log_level: str) -> None:
