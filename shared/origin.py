@@ -295,6 +295,14 @@ def _gevent_patched() -> bool:
 CALLABLE_THREADS = 256
 
 
+def _outcome_of(fn: Callable[[str], Any], arg: str) -> tuple[bool, Any]:
+    """(False, fn(arg)), or (True, the exception it raised)."""
+    try:
+        return False, fn(arg)
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        return True, exc
+
+
 def run_with_deadline(fn: Callable[[str], Any], arg: str, deadline: float) -> Any:
     """Run a blocking callable in a real OS thread and wait for it until `deadline`.
 
@@ -310,11 +318,16 @@ def run_with_deadline(fn: Callable[[str], Any], arg: str, deadline: float) -> An
         pool = gevent.get_hub().threadpool
         if pool.maxsize < CALLABLE_THREADS:
             pool.maxsize = CALLABLE_THREADS
-        async_result = pool.spawn(fn, arg)
+        # The exception comes back as a value: raised inside the pool, gevent's hub would also
+        # print its traceback to stderr, a dozen lines per failed refresh besides our one line.
+        async_result = pool.spawn(_outcome_of, fn, arg)
         try:
-            return async_result.get(timeout=timeout)
+            raised, value = async_result.get(timeout=timeout)
         except gevent.Timeout:
             raise OriginTimeout("origin callable missed its deadline") from None
+        if raised:
+            raise value
+        return value
     box: dict[str, Any] = {}
     done = threading.Event()
 
