@@ -251,7 +251,7 @@ class OriginBreaker:
                 args=[self.reset_timeout_ms, token, self.probe_ttl_ms, self.probe_busy_retry_ms],
             )
         )
-        self._count(admission.transition)
+        self._count(admission.transition, was="open", fails=admission.fails)
         if admission.verdict == "refuse":
             raise BreakerOpen(admission.retry_after_ms)
         probing = admission.verdict == "probe"
@@ -260,20 +260,20 @@ class OriginBreaker:
             try:
                 result = fn(*args)
             except Exception as exc:
-                recorded = self._finish(token, ok=not self._exclusions.is_system_error(exc))
+                recorded = self._finish(token, ok=not self._exclusions.is_system_error(exc), probing=probing, exc=exc)
                 raise
             # The common case costs no second round trip: a success while closed with no
             # failure on record changes nothing.
             if admission.verdict == "call" and admission.fails == 0:
                 recorded = True
             else:
-                recorded = self._finish(token, ok=True)
+                recorded = self._finish(token, ok=True, probing=probing)
             return result, admission.now_ms
         finally:
             if probing and not recorded:
                 self._release_probe(token)
 
-    def _finish(self, token: str, *, ok: bool) -> bool:
+    def _finish(self, token: str, *, ok: bool, probing: bool = False, exc: BaseException | None = None) -> bool:
         """Record the outcome; True if it was recorded. A Redis error here must not turn a good
         origin answer into a failure, so it is logged (the probe, if any, is freed by the caller)."""
         try:
@@ -283,7 +283,7 @@ class OriginBreaker:
         except RedisError:
             log.warning("could not record a call outcome for breaker %s", self.origin_name, exc_info=True)
             return False
-        self._count(outcome.transition)
+        self._count(outcome.transition, was="half-open" if probing else "closed", fails=outcome.fails, exc=exc)
         return True
 
     def _release_probe(self, token: str) -> None:
@@ -292,6 +292,38 @@ class OriginBreaker:
         except RedisError:
             log.warning("could not free the probe of breaker %s; it expires by itself", self.origin_name)
 
-    def _count(self, transition: str) -> None:
-        if transition:
-            BREAKER_TRANSITIONS.labels(self.origin_name, transition).inc()
+    def _count(self, transition: str, *, was: str, fails: int, exc: BaseException | None = None) -> None:
+        """Count a transition, and log it: only the one call whose script made it gets here, so
+        each transition is one line across every process and host (in the log of the process
+        that made it)."""
+        if not transition:
+            return
+        BREAKER_TRANSITIONS.labels(self.origin_name, transition).inc()
+        reset_s = self.reset_timeout_ms / 1000
+        if transition == "open" and was == "closed":
+            log.warning(
+                "circuit breaker of origin %s: closed -> open after %d consecutive failures (last: %s); "
+                "no call to it for %g s (BREAKER_RESET_TIMEOUT_SECONDS), stale values are served meanwhile",
+                self.origin_name,
+                fails,
+                _describe(exc),
+                reset_s,
+            )
+        elif transition == "open":
+            log.warning(
+                "circuit breaker of origin %s: half-open -> open, the probe failed (%s); no call for another %g s",
+                self.origin_name,
+                _describe(exc),
+                reset_s,
+            )
+        elif transition == "half-open":
+            log.info("circuit breaker of origin %s: open -> half-open, one probe call may go through", self.origin_name)
+        else:
+            log.info("circuit breaker of origin %s: half-open -> closed, the probe succeeded", self.origin_name)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown"
+    message = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -9,7 +9,7 @@ A key is **absent** (no entry), **fresh** (an entry before its ``soft`` moment),
 said 404; served as 404 until it expires). Orthogonal to that, its lease (``hl:{ns:key}:l``) is
 **free**, **won** (a read took it and is handing a refresh to the queue: the lease holds the task
 token and the *queued marker* ``:q`` holds it too), **running** (a worker claimed it: the lease
-holds that run's own token), or **cooling down** (the last refresh failed: ``cd:<token>``).
+holds that run's own token), or **cooling down** (the last refresh failed: ``cd:<token>:<code>``).
 The queued marker lives exactly as long as the task's message: set by the read that enqueues,
 turned into a *running* marker (``r:<task token>``) when a worker claims the task, cleared when
 the worker has acknowledged the message (``finish``) or the message expires unrun.
@@ -57,8 +57,11 @@ Refreshes (worker, ``run_refresh``)
       in the "ready" message to the readers waiting for it (``HandedOver``), who answer with
       it; later readers find the key absent and wait for a call of their own;
     - failure → ``RECORD_FAILURE``: the lease becomes a cooldown (1 s doubling per failure,
-      capped by the breaker's reset timeout, at least until the breaker may half-open) and the
-      stale value's stored life is stretched by ``STALE_IF_ERROR_SECONDS``.
+      capped by the breaker's reset timeout, at least until the breaker may half-open) holding
+      the failure's code (``origin_timeout``, ``breaker_open``...), which cold reads of the key
+      answer with in every web process, and the stale value's stored life is stretched by
+      ``STALE_IF_ERROR_SECONDS``. The worker logs the failure with its reason at once (the
+      rest goes into a periodic summary: ``shared/refreshlog.py``).
 
     Either way "ready"/"error" is published for cold-miss waiters (the write script publishes
     "ready" itself); the message also invalidates the key in every web process's near-cache.
@@ -118,6 +121,7 @@ from shared.namespaces import Namespace
 from shared.nearcache import NearCache, hit_until_ms
 from shared.origin import NotFound, NotModified, Origin, OriginError, OriginResponse, make_origin
 from shared.origin_slots import OriginSlots
+from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, WriteResult, new_token
 from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
@@ -154,6 +158,26 @@ class Refused:
     @property
     def outcome(self) -> str:
         return "timeout" if self.error == "cold_wait_timeout" else "error"
+
+
+# The answer to a cold read while its key cools down after a failed refresh, by the failure's
+# code (which the worker stores with the cooldown): the status is 502 for each, the detail
+# says what failed and what to look at.
+FAILURE_DETAILS = {
+    "origin_error": "the origin failed to produce a value (see the worker log)",
+    "origin_timeout": "the origin did not answer within its timeout (ORIGIN_TIMEOUT_SECONDS)",
+    "origin_too_large": "the origin's answer is larger than ORIGIN_MAX_BYTES",
+    "origin_unimportable": "the origin callable cannot be imported by the worker (see the worker log)",
+    "breaker_open": "the origin's circuit breaker is open after repeated failures; no call until it half-opens",
+    "origin_busy": "every concurrency slot of the origin stayed taken (ORIGIN_MAX_CONCURRENCY)",
+}
+
+
+def refused_by_failure(failure: str, retry_after_s: float) -> Refused:
+    """The 502 of a cold key whose last refresh failed for `failure` (a code from FAILURE_DETAILS;
+    an unknown or missing one, from an older worker, is a plain origin_error)."""
+    error = failure if failure in FAILURE_DETAILS else "origin_error"
+    return Refused(502, error, FAILURE_DETAILS[error], retry_after_s)
 
 
 Answer = Served | Refused
@@ -228,6 +252,7 @@ class Engine:
         self._slots: dict[str, OriginSlots] = {}
         self._lock = threading.Lock()
         self._malformed_reported: set[str] = set()  # origins whose bad Cache-Control was logged
+        self.refresh_log = RefreshLog()
 
     # origin adapters, breakers and slots are built once per namespace / origin, on first use
     def origin(self, ns: Namespace) -> Origin:
@@ -335,9 +360,7 @@ class Engine:
                 else:
                     if first.lease_state == "cooldown":
                         metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
-                        return Refused(
-                            502, "origin_error", "the origin is failing; retry later", first.lease_pttl_ms / 1000
-                        )
+                        return refused_by_failure(first.failure, first.lease_pttl_ms / 1000)
                     reason = "coalesced" if handle.coalesced else "lease_held"
                     metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
@@ -368,12 +391,7 @@ class Engine:
                         if not enqueued:
                             return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
                         if not r.won_lease and (r.lease_state == "cooldown" or status == "error"):
-                            return Refused(
-                                502,
-                                "origin_error",
-                                "the origin failed to produce a value",
-                                max(r.lease_pttl_ms, 1000) / 1000,
-                            )
+                            return refused_by_failure(r.failure, max(r.lease_pttl_ms, 1000) / 1000)
                     fresh_read_due = True
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -423,7 +441,8 @@ class Engine:
             metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
-            return Refused(502, "origin_error", str(exc))
+            log.warning("origin error for namespace %s (origin %s): %s", ns.name, ns.origin_name, exc)
+            return Refused(502, exc.code, str(exc))
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         if policy is not None and not policy.storable:
@@ -523,13 +542,19 @@ class Engine:
 
     def run_refresh(self, req: RefreshRequest) -> str:
         """Run one refresh task; returns the outcome recorded in herdless_refresh_total."""
+        return self.run_refresh_reported(req).outcome
+
+    def run_refresh_reported(self, req: RefreshRequest) -> RefreshReport:
+        """Run one refresh task; returns its outcome and, for a failure, why (for the task's
+        state in Flower). Logs a failure at once and the rest in the periodic summary."""
         ns = self.namespaces.get(req.namespace)
         if ns is None:
             log.warning("refresh for unknown namespace %r dropped", req.namespace)
-            return "lost_lease"
-        outcome = self._refresh(ns, req)
-        metrics.REFRESHES.labels(ns.name, outcome).inc()
-        return outcome
+            return RefreshReport("lost_lease")
+        report = self._refresh(ns, req)
+        metrics.REFRESHES.labels(ns.name, report.outcome).inc()
+        self.refresh_log.record(ns.name, req.key, report)
+        return report
 
     def requeued(self, req: RefreshRequest) -> None:
         """This task's message goes back to the queue (its worker is stopping while it runs):
@@ -555,12 +580,12 @@ class Engine:
         metrics.REFRESHES.labels(ns.name, "expired").inc()
         self.store.finish(ns, req.key, req.token)
 
-    def _refresh(self, ns: Namespace, req: RefreshRequest) -> str:
+    def _refresh(self, ns: Namespace, req: RefreshRequest) -> RefreshReport:
         store, key = self.store, req.key
         run_token = store.claim(ns, key, req.token)
         if run_token is None:
             # The lease ran out while this task waited, or another run holds it.
-            return "lost_lease"
+            return RefreshReport("lost_lease")
         try:
             return self._run_claimed(ns, req, run_token)
         except BaseException:
@@ -571,7 +596,7 @@ class Engine:
                 pass
             raise
 
-    def _run_claimed(self, ns: Namespace, req: RefreshRequest, run_token: str) -> str:
+    def _run_claimed(self, ns: Namespace, req: RefreshRequest, run_token: str) -> RefreshReport:
         store, key = self.store, req.key
         slots = self.origin_slots(ns)
         with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
@@ -585,9 +610,11 @@ class Engine:
                 if not got:
                     # The origin is saturated by other refreshes: back off like a failure,
                     # without counting one against the key or the breaker.
-                    store.record_failure(ns, key, run_token, origin_called=False)
+                    store.record_failure(ns, key, run_token, origin_called=False, reason="origin_busy")
                     store.publish_ready(ns, key, "error")
-                    return "slot_timeout"
+                    return RefreshReport(
+                        "slot_timeout", "origin_busy", f"no concurrency slot of origin {ns.origin_name} came free"
+                    )
                 renewer.holds_slot = True
             try:
                 return self._call_and_write(ns, req, run_token, renewer)
@@ -614,13 +641,22 @@ class Engine:
                 )
         return policy
 
-    def _call_and_write(self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer) -> str:
+    def _call_and_write(
+        self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer
+    ) -> RefreshReport:
         store, key = self.store, req.key
         if renewer.lost.is_set():
-            return "lost_lease"
+            return RefreshReport("lost_lease")
         t0 = time.perf_counter()
         deadline = time.monotonic() + ns.origin_timeout_seconds
-        origin = self.origin(ns)
+        try:
+            origin = self.origin(ns)
+        except OriginError as exc:
+            # A callable that stopped importing (checked at start, so a module changed or
+            # removed since): a failure of the key like any other, without a call to count.
+            store.record_failure(ns, key, run_token, reason=exc.code)
+            store.publish_ready(ns, key, "error")
+            return RefreshReport("origin_error", exc.code, f"origin {ns.origin_name}: {exc}")
         # With validators stored, the call is conditional and a 304 costs no body.
         stored = store.stored_validators(ns, key) if origin.conditional else None
 
@@ -634,16 +670,17 @@ class Engine:
             # started_ms: the Redis clock when the breaker admitted the call, just before it.
             response, started_ms = self.breaker(ns).call_timed(fetch)
         except BreakerOpen as exc:
-            store.record_failure(ns, key, run_token, min_cooldown_ms=exc.retry_after_ms, origin_called=False)
+            store.record_failure(
+                ns, key, run_token, min_cooldown_ms=exc.retry_after_ms, origin_called=False, reason="breaker_open"
+            )
             store.publish_ready(ns, key, "error")
-            return "breaker_open"
+            return RefreshReport("breaker_open", "breaker_open", f"origin {ns.origin_name}: {exc}")
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
-            log.warning("origin error for namespace %s: %s", ns.name, exc)
-            store.record_failure(ns, key, run_token)
+            store.record_failure(ns, key, run_token, reason=exc.code)
             store.publish_ready(ns, key, "error")
-            return "origin_error"
+            return RefreshReport("origin_error", exc.code, f"origin {ns.origin_name}: {exc}")
         metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a
         # warm-up's queue wait is its own batch ahead of it, which says nothing about the key,
@@ -696,9 +733,9 @@ class Engine:
             # "fenced": a newer value is stored or the key was purged (or, for a 304, the bytes
             # it confirmed are no longer stored); "lost_lease": a purge or a takeover freed our
             # lease while the origin call ran; "uncacheable": handed over, not stored.
-            return result.status
+            return RefreshReport(result.status)
         metrics.REFRESH_LAG.labels(ns.name).observe(max(0.0, (result.written_at_ms - req.won_at_ms) / 1000))
-        return result.status
+        return RefreshReport(result.status)
 
     def _write_not_modified(
         self,

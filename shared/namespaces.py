@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import re
 import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from shared.settings import STRATEGIES, Settings
@@ -38,8 +40,41 @@ _ORIGIN_BOUNDS: dict[str, float] = {
 }
 
 
-class NamespaceConfigError(ValueError):
-    """The namespaces file is missing, unreadable or describes an invalid namespace."""
+class NamespaceConfigError(SystemExit):
+    """The namespaces file is missing, unreadable or describes an invalid namespace.
+
+    Like SettingsError, a SystemExit: uncaught (`python -c "...load_namespaces(...)"`, a Celery
+    or gunicorn import) it stops the process with its one-line message and no traceback. Its
+    message names the file (load_namespaces adds it), the table and the field."""
+
+    def __str__(self) -> str:
+        return str(self.code)
+
+
+def _bad(name: str, field_name: str, problem: str) -> NoReturn:
+    raise NamespaceConfigError(f"[namespaces.{name}]{' ' if field_name else ''}{field_name}: {problem}")
+
+
+class CallableImportError(Exception):
+    """A `package.module:function` origin that this process cannot import."""
+
+
+def import_callable(spec: str) -> Any:
+    """The function a `package.module:function` origin names. Raises CallableImportError with
+    one line naming the module (or the function) and why, e.g. `module 'myapp' cannot be
+    imported (ModuleNotFoundError: No module named 'myapp')`."""
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - whatever the module raises while importing
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise CallableImportError(f"module {module_name!r} cannot be imported ({detail})") from None
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise CallableImportError(f"module {module_name!r} has no attribute {func_name!r}")
+    if not callable(func):
+        raise CallableImportError(f"{spec} is not callable")
+    return func
 
 
 # RFC 9110 token: what a header name may be.
@@ -142,7 +177,7 @@ def _expand(template: str, settings: Settings) -> str:
         # {key} is ours, not an env var: only ${VAR} is substituted.
         return string.Template(template).substitute(mapping)
     except (KeyError, ValueError) as exc:
-        raise NamespaceConfigError(f"origin {template!r}: unknown variable {exc}") from None
+        raise NamespaceConfigError(f"unknown variable {exc} in {template!r}") from None
 
 
 def _origin_name(origin: str) -> str:
@@ -152,18 +187,21 @@ def _origin_name(origin: str) -> str:
     return origin
 
 
+def mask_url(url: str) -> str:
+    """An origin URL with any user:password@ replaced by ***@, for messages and logs."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
 def _validate_origin(name: str, origin: str) -> None:
     if origin.startswith(("http://", "https://")):
         parts = urlsplit(origin)
         if not parts.hostname:
-            raise NamespaceConfigError(f"namespace {name}: origin {origin!r} has no host")
+            _bad(name, "origin", f"{mask_url(origin)!r} has no host")
         if "{key}" not in parts.path or "{key}" in parts.netloc:
-            raise NamespaceConfigError(f"namespace {name}: origin {origin!r} must carry {{key}} in its path")
+            _bad(name, "origin", f"{mask_url(origin)!r} must carry {{key}} in its path")
         return
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", origin):
-        raise NamespaceConfigError(
-            f"namespace {name}: origin {origin!r} must be an http(s) URL template or package.module:function"
-        )
+        _bad(name, "origin", f"{origin!r} must be an http(s) URL template or package.module:function")
 
 
 def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> OriginHeaders:
@@ -173,74 +211,71 @@ def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> Ori
     if raw is None:
         return OriginHeaders()
     if not isinstance(raw, dict):
-        raise NamespaceConfigError(
-            f'namespace {name}: headers must be a table, e.g. headers = {{ X-Api-Key = "${{KEY}}" }}'
-        )
+        _bad(name, "headers", 'must be a table, e.g. headers = { X-Api-Key = "${KEY}" }')
     if raw and not origin.startswith(("http://", "https://")):
-        raise NamespaceConfigError(f"namespace {name}: headers apply to http(s) origins only")
+        _bad(name, "headers", "apply to http(s) origins only")
     env = _environment(settings)
     seen: set[str] = set()
     items: list[tuple[str, str]] = []
     for header, template in raw.items():
         if not _HEADER_NAME_RE.match(header):
-            raise NamespaceConfigError(f"namespace {name}: {header!r} is not a valid HTTP header name")
+            _bad(name, "headers", f"{header!r} is not a valid HTTP header name")
         if header.lower() in _RESERVED_HEADERS:
-            raise NamespaceConfigError(f"namespace {name}: header {header} is set by herdless and cannot be configured")
+            _bad(name, "headers", f"header {header} is set by herdless and cannot be configured")
         if header.lower() in seen:
-            raise NamespaceConfigError(f"namespace {name}: header {header} is given twice")
+            _bad(name, "headers", f"header {header} is given twice")
         seen.add(header.lower())
         if not isinstance(template, str):
-            raise NamespaceConfigError(f"namespace {name}: header {header} must be a string")
+            _bad(name, "headers", f"header {header} must be a string")
         parsed = string.Template(template)
         if not parsed.is_valid():
-            raise NamespaceConfigError(f"namespace {name}: header {header}: write variables as ${{NAME}}; $$ is a $")
+            _bad(name, "headers", f"header {header}: write variables as ${{NAME}}; $$ is a $")
         for variable in parsed.get_identifiers():
             if variable not in env:
-                raise NamespaceConfigError(
-                    f"namespace {name}: header {header} needs the environment variable {variable}, which is not set"
-                )
+                _bad(name, "headers", f"header {header} needs the environment variable {variable}, which is not set")
             if not env[variable]:
-                raise NamespaceConfigError(
-                    f"namespace {name}: header {header} needs the environment variable {variable}, which is empty"
-                )
+                _bad(name, "headers", f"header {header} needs the environment variable {variable}, which is empty")
         value = parsed.substitute(env)
         if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value):
-            raise NamespaceConfigError(
-                f"namespace {name}: the value of header {header} holds a control character (a line break?)"
-            )
+            _bad(name, "headers", f"the value of header {header} holds a control character (a line break?)")
         items.append((header, value))
     return OriginHeaders(tuple(items))
 
 
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
-        raise NamespaceConfigError(f"namespace name {name!r} must match {NAMESPACE_RE.pattern}")
+        raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
     unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers"}
     if unknown:
-        raise NamespaceConfigError(f"namespace {name}: unknown option(s) {sorted(unknown)}")
+        _bad(name, ", ".join(sorted(unknown)), "unknown option")
     strategy = raw.get("strategy", "xfetch")
     if strategy not in STRATEGIES:
-        raise NamespaceConfigError(f"namespace {name}: strategy {strategy!r} is not one of {STRATEGIES}")
+        _bad(name, "strategy", f"{strategy!r} is not one of {STRATEGIES}")
     if "origin" not in raw or not isinstance(raw["origin"], str):
-        raise NamespaceConfigError(f"namespace {name}: origin is required")
-    origin = _expand(raw["origin"], settings)
+        _bad(name, "origin", "is required (an http(s) URL template or package.module:function)")
+    try:
+        origin = _expand(raw["origin"], settings)
+    except NamespaceConfigError as exc:
+        _bad(name, "origin", str(exc))
     _validate_origin(name, origin)
     headers = _origin_headers(name, raw.get("headers"), origin, settings)
     values: dict[str, Any] = {}
     for option in _OVERRIDABLE:
         value = raw.get(option, getattr(settings, option))
         if not isinstance(value, int | float) or isinstance(value, bool):
-            raise NamespaceConfigError(f"namespace {name}: {option} must be a number")
+            _bad(name, option, f"must be a number, not {value!r}")
         positive = option in {
             "cache_ttl_seconds",
             "negative_ttl_seconds",
             "origin_timeout_seconds",
             "origin_max_concurrency",
         }
+        if not math.isfinite(value):
+            _bad(name, option, f"must be a finite number, not {value}")
         if value < 0 or (positive and value == 0):
-            raise NamespaceConfigError(f"namespace {name}: {option}={value} is out of range")
+            _bad(name, option, f"{value} is out of range (must be {'> 0' if positive else '>= 0'})")
         if option == "origin_max_concurrency" and value != int(value):
-            raise NamespaceConfigError(f"namespace {name}: {option} must be a whole number")
+            _bad(name, option, f"must be a whole number, not {value}")
         values[option] = float(value)
     max_conc = int(values.pop("origin_max_concurrency"))
     return Namespace(
@@ -259,15 +294,15 @@ def _freshness_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     """freshness and, with freshness = "origin", the bounds that clamp the origin's lifetimes."""
     freshness = raw.get("freshness", "fixed")
     if freshness not in FRESHNESS_MODES:
-        raise NamespaceConfigError(f"namespace {name}: freshness {freshness!r} is not one of {FRESHNESS_MODES}")
+        _bad(name, "freshness", f"{freshness!r} is not one of {FRESHNESS_MODES}")
     given = sorted(set(raw) & set(_ORIGIN_BOUNDS))
     if given and freshness != "origin":
-        raise NamespaceConfigError(f'namespace {name}: {", ".join(given)} need freshness = "origin"')
+        _bad(name, ", ".join(given), 'need freshness = "origin"')
     options: dict[str, Any] = {"freshness": freshness}
     for option, default in _ORIGIN_BOUNDS.items():
         value = raw.get(option, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise NamespaceConfigError(f"namespace {name}: {option} must be a number >= 0")
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0 or math.isinf(value):
+            _bad(name, option, "must be a finite number >= 0")
         options[option] = float(value)
     for low, high in (
         ("min_ttl_seconds", "max_ttl_seconds"),
@@ -275,19 +310,50 @@ def _freshness_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
         ("min_stale_if_error_seconds", "max_stale_if_error_seconds"),
     ):
         if options[low] > options[high]:
-            raise NamespaceConfigError(f"namespace {name}: {low}={options[low]:g} exceeds {high}={options[high]:g}")
+            _bad(name, low, f"{options[low]:g} exceeds {high}={options[high]:g}")
     return options
 
 
-def load_namespaces(settings: Settings, path: Path | None = None) -> dict[str, Namespace]:
-    path = path or settings.namespaces_file
+def load_namespaces(
+    settings: Settings, path: Path | None = None, *, import_callables: bool = True
+) -> dict[str, Namespace]:
+    """Every namespace of the file, validated. With `import_callables`, each Python-callable
+    origin is imported now, so a process that could not call it stops at start (naming the
+    namespace and the module) rather than failing every refresh of it later.
+
+    Raises NamespaceConfigError (a SystemExit) with one line: `herdless: <file>: [namespaces.<name>]
+    <field>: <problem>`."""
+    path = Path(path or settings.namespaces_file)
+    where = f"herdless: NAMESPACES_FILE {str(path)!r}"
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise NamespaceConfigError(f"NAMESPACES_FILE {str(path)!r} does not exist") from None
+        raise NamespaceConfigError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NamespaceConfigError(f"{where} cannot be read ({type(exc).__name__}: {exc})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise NamespaceConfigError(f"NAMESPACES_FILE {str(path)!r}: {exc}") from None
+        raise NamespaceConfigError(f"{where} is not valid TOML: {exc}") from None
     table = data.get("namespaces")
     if not isinstance(table, dict) or not table:
-        raise NamespaceConfigError(f"NAMESPACES_FILE {str(path)!r} defines no [namespaces.<name>] table")
-    return {name: build_namespace(name, raw, settings) for name, raw in table.items()}
+        raise NamespaceConfigError(f"{where} defines no [namespaces.<name>] table")
+    namespaces: dict[str, Namespace] = {}
+    for name, raw in table.items():
+        try:
+            if not isinstance(raw, dict):
+                _bad(name, "", "must be a table ([namespaces.<name>] with origin = ...)")
+            ns = namespaces[name] = build_namespace(name, raw, settings)
+            if import_callables and not ns.is_http:
+                try:
+                    import_callable(ns.origin)
+                except CallableImportError as exc:
+                    _bad(name, "origin", f"{ns.origin} cannot be used: {exc}; {CALLABLE_HINT}")
+        except NamespaceConfigError as exc:
+            raise NamespaceConfigError(f"{where}: {exc}") from None
+    return namespaces
+
+
+# What to do about an origin callable that does not import (README: "Namespaces and origins").
+CALLABLE_HINT = (
+    "the web tier and the workers must both import it: install its package, or put the directory "
+    "that holds it on PYTHONPATH"
+)

@@ -8,7 +8,6 @@ that accepts a ``validator`` keyword may return ``NOT_MODIFIED``. Either way the
 from __future__ import annotations
 
 import errno
-import importlib
 import inspect
 import json
 import sys
@@ -23,17 +22,34 @@ from urllib.parse import quote
 import urllib3
 
 from shared.freshness import CacheHeaders
-from shared.namespaces import Namespace
+from shared.namespaces import CallableImportError, Namespace, import_callable
 
 
 class OriginError(Exception):
-    """The origin failed: bad status, bad body, unreachable. Counts against the breaker."""
+    """The origin failed: bad status, bad body, unreachable. Counts against the breaker.
+
+    `outcome` labels herdless_origin_calls_total; `code` is the `error` of the answer a reader
+    gets when no value can be served (it travels to the web tier with the key's cooldown)."""
 
     outcome = "error"
+    code = "origin_error"
 
 
 class OriginTimeout(OriginError):
     outcome = "timeout"
+    code = "origin_timeout"
+
+
+class OriginTooLarge(OriginError):
+    """The answer's body is over ORIGIN_MAX_BYTES."""
+
+    code = "origin_too_large"
+
+
+class OriginUnimportable(OriginError):
+    """A callable origin's module or function cannot be imported in this process."""
+
+    code = "origin_unimportable"
 
 
 class NotFound(Exception):
@@ -171,7 +187,7 @@ class HttpOrigin:
                 raise OriginError(f"origin answered HTTP {resp.status}")
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                raise OriginError(f"origin body of {declared} bytes exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
+                raise OriginTooLarge(f"origin body of {declared} bytes exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
             body = self._read_body(resp, deadline)
             complete = True
         except urllib3.exceptions.TimeoutError as exc:
@@ -230,8 +246,17 @@ class HttpOrigin:
                 return b"".join(chunks)
             size += len(chunk)
             if size > self.max_bytes:
-                raise OriginError(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
+                raise OriginTooLarge(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
             chunks.append(chunk)
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """`RuntimeError: database is down`, on one line and cut at `limit` characters, for the
+    log and error details (a callable's own message: the operator needs it to diagnose)."""
+    message = " ".join(str(exc).split())
+    if len(message) > limit:
+        message = message[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _os_error_name(exc: BaseException) -> str:
@@ -270,6 +295,14 @@ def _gevent_patched() -> bool:
 CALLABLE_THREADS = 256
 
 
+def _outcome_of(fn: Callable[[str], Any], arg: str) -> tuple[bool, Any]:
+    """(False, fn(arg)), or (True, the exception it raised)."""
+    try:
+        return False, fn(arg)
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        return True, exc
+
+
 def run_with_deadline(fn: Callable[[str], Any], arg: str, deadline: float) -> Any:
     """Run a blocking callable in a real OS thread and wait for it until `deadline`.
 
@@ -285,11 +318,16 @@ def run_with_deadline(fn: Callable[[str], Any], arg: str, deadline: float) -> An
         pool = gevent.get_hub().threadpool
         if pool.maxsize < CALLABLE_THREADS:
             pool.maxsize = CALLABLE_THREADS
-        async_result = pool.spawn(fn, arg)
+        # The exception comes back as a value: raised inside the pool, gevent's hub would also
+        # print its traceback to stderr, a dozen lines per failed refresh besides our one line.
+        async_result = pool.spawn(_outcome_of, fn, arg)
         try:
-            return async_result.get(timeout=timeout)
+            raised, value = async_result.get(timeout=timeout)
         except gevent.Timeout:
             raise OriginTimeout("origin callable missed its deadline") from None
+        if raised:
+            raise value
+        return value
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -326,8 +364,10 @@ class CallableOrigin:
     when there is none, and returning NOT_MODIFIED keeps the stored value for a new lifetime."""
 
     def __init__(self, ns: Namespace, max_bytes: int) -> None:
-        module_name, func_name = ns.origin.split(":", 1)
-        self.func: Callable[..., Any] = getattr(importlib.import_module(module_name), func_name)
+        try:
+            self.func: Callable[..., Any] = import_callable(ns.origin)
+        except CallableImportError as exc:
+            raise OriginUnimportable(str(exc)) from None
         self.max_bytes = max_bytes
         self.timeout = ns.origin_timeout_seconds
         self.conditional = _accepts_validator(self.func)
@@ -347,7 +387,7 @@ class CallableOrigin:
         except OriginError:
             raise
         except Exception as exc:
-            raise OriginError(f"origin callable raised {type(exc).__name__}") from exc
+            raise OriginError(f"origin callable raised {describe_exception(exc)}") from exc
         if result is NOT_MODIFIED:
             if validator is None:
                 raise OriginError("origin callable returned NOT_MODIFIED without being passed a validator")
@@ -366,7 +406,7 @@ class CallableOrigin:
                 raise OriginError("origin callable returned a value that is not JSON-able") from exc
             ctype = "application/json"
         if len(body) > self.max_bytes:
-            raise OriginError(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
+            raise OriginTooLarge(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
         return OriginResponse(
             body=body,
             content_type=ctype,

@@ -8,7 +8,10 @@ for a cached origin 404), fails (consecutive refresh failures), oetag and olm (t
 ETag and Last-Modified: the validators of a conditional refresh), ttl, st and sie (ms: the
 value's fresh life, stale window and stale-if-error extension, which freshness = "origin"
 takes from the origin's answer).
-A lease value is the refresher's token, or "cd:" .. token while it serves as a failure cooldown.
+A lease value is the refresher's token, or "cd:" .. token .. ":" .. reason while it serves as a
+failure cooldown; reason is the error code a cold read answers with (origin_error, origin_timeout,
+origin_too_large, origin_unimportable, breaker_open, origin_busy), so the worker's diagnosis
+reaches every web process with the cooldown itself.
 The queued marker (KEYS ...:q) names the refresh task whose message the broker holds for the
 key, from the read that enqueued it until a worker has acknowledged the message (FINISH):
 "<task token>" while the message waits in the queue, "r:<task token>" while a worker runs it.
@@ -34,12 +37,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
 # read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
 # would cost the origin more than one call per TTL.
-# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st}
+# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st, cd}
 #   (decoded by name in shared/store.py: READ_FIELDS)
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
 #   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent
 #   failure), "queued" (a refresh task for this key is still waiting in the queue)
+#   cd: while cooling down, why the last refresh failed (the reason in the lease value), else ""
 # The lease is taken when it is free and no message of the key waits in the queue (no marker, or
 # the marker of a run whose lease is gone: that run cannot write any more).
 READ = (
@@ -63,13 +67,14 @@ else
     if now - d * beta * math.log(u) >= soft then decision = 'EARLY' end
   end
 end
-local won, lease_state, lease_pttl = 0, '', -2
+local won, lease_state, lease_pttl, cd = 0, '', -2, ''
 if decision ~= 'HIT' and ARGV[5] == '1' then
   local holder = redis.call('GET', KEYS[2])
   local queued = redis.call('GET', KEYS[3])
   if holder and string.sub(holder, 1, 3) == 'cd:' then
     lease_state = 'cooldown'
     lease_pttl = redis.call('PTTL', KEYS[2])
+    cd = string.match(holder, '^cd:[^:]*:(.+)$') or ''
   elseif queued and string.sub(queued, 1, 2) ~= 'r:' then
     lease_state = 'queued'
     lease_pttl = redis.call('PTTL', KEYS[2])
@@ -83,7 +88,7 @@ if decision ~= 'HIT' and ARGV[5] == '1' then
   end
 end
 return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
-        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false}
+        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false, cd}
 """
 )
 
@@ -193,7 +198,8 @@ return soft
 # ARGV[5] stale-if-error ms (both used only when the entry stores none of its own: st, sie),
 # ARGV[6] minimum cooldown ms (e.g. until the breaker may half-open),
 # ARGV[7] "1" if the origin was called and failed, "0" if the breaker refused the call (the
-# key's failure streak, which doubles its cooldown, counts only real origin failures)
+# key's failure streak, which doubles its cooldown, counts only real origin failures),
+# ARGV[8] reason: the error code cold reads answer with while the cooldown lasts
 # Returns {fails, cooldown ms}
 RECORD_FAILURE = (
     _NOW
@@ -217,7 +223,7 @@ if cooldown < tonumber(ARGV[6]) then cooldown = tonumber(ARGV[6]) end
 cooldown = math.floor(cooldown)
 local holder = redis.call('GET', KEYS[2])
 if holder == ARGV[1] or not holder then
-  redis.call('SET', KEYS[2], 'cd:' .. ARGV[1], 'PX', cooldown)
+  redis.call('SET', KEYS[2], 'cd:' .. ARGV[1] .. ':' .. ARGV[8], 'PX', cooldown)
 end
 return {fails, cooldown}
 """

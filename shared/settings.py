@@ -17,8 +17,9 @@ STRATEGIES: tuple[str, ...] = ("xfetch", "swr", "lock", "naive")
 
 DEFAULT_NAMESPACES_FILE = Path(__file__).resolve().parent.parent / "namespaces.toml"
 
-PositiveSeconds = Annotated[float, Field(gt=0)]
-NonNegativeSeconds = Annotated[float, Field(ge=0)]
+# inf and nan are refused: XFETCH_BETA=inf would refresh on every read, a nan TTL never expires.
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
 
     origin_port: Port = 9000
     origin_latency_ms: NonNegativeSeconds = 100
-    origin_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    origin_failure_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
     origin_base_url: str = ""
 
     namespaces_file: Path = DEFAULT_NAMESPACES_FILE

@@ -105,6 +105,7 @@ READ_FIELDS = (
     "lease_pttl",
     "u",
     "st",
+    "cd",
 )
 
 
@@ -134,6 +135,8 @@ class ReadResult:
     lease_pttl_ms: int
     u: float  # this value's XFetch draw (1.0 when none is stored)
     stale_ms: int | None = None  # the value's stale window, when stored with it
+    # While cooling down: the error code of the failure behind it (origin_error, breaker_open...)
+    failure: str = ""
 
     @property
     def has_value(self) -> bool:
@@ -157,6 +160,7 @@ class ReadResult:
             lease_pttl_ms=int(f["lease_pttl"]),
             u=float(_str(f["u"]) or 1.0),
             stale_ms=_int(f["st"]),
+            failure=_str(f["cd"]),
         )
 
 
@@ -586,9 +590,17 @@ class CacheStore:
         )
 
     def record_failure(
-        self, ns: Namespace, key: str, token: str, *, min_cooldown_ms: int = 0, origin_called: bool = True
+        self,
+        ns: Namespace,
+        key: str,
+        token: str,
+        *,
+        min_cooldown_ms: int = 0,
+        origin_called: bool = True,
+        reason: str = "origin_error",
     ) -> int:
-        """Turn the lease into a cooldown and stretch the stale value's life; returns the cooldown ms."""
+        """Turn the lease into a cooldown and stretch the stale value's life; returns the cooldown ms.
+        `reason` (an error code) is kept with the cooldown: cold reads answer with it."""
         k = EntryKeys.of(ns.name, key)
         cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
         raw = self._record_failure(
@@ -601,6 +613,7 @@ class CacheStore:
                 int(ns.stale_if_error_seconds * 1000),
                 min_cooldown_ms,
                 "1" if origin_called else "0",
+                reason,
             ],
         )
         return int(raw[1])

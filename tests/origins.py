@@ -43,6 +43,11 @@ def typed(key: str) -> object:
         return {"key": key, "when": object()}  # json.dumps refuses it
     if kind == "oversized":
         return "x" * OVERSIZED_BYTES
+    if kind == "boom":
+        raise RuntimeError(f"the origin callable failed for {key}")
+    if kind == "slow":
+        time.sleep(2)  # past the origin_timeout_seconds of the namespaces that ask for it
+        return {"key": key}
     if kind == "lookup":
         raise KeyError(key)  # any LookupError means "no such key"
     return {"key": key}

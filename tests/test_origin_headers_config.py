@@ -50,7 +50,7 @@ def test_header_values_come_from_the_environment_and_no_repr_shows_them(
         ({"X-A": "x", "x-a": "y"}, {}, "header x-a is given twice"),
         ({"X-A": 5}, {}, "header X-A must be a string"),
         ({"X-A": "${"}, {}, "write variables as ${NAME}"),
-        ("Authorization: x", {}, "headers must be a table"),
+        ("Authorization: x", {}, "headers: must be a table"),
     ],
 )
 def test_a_bad_header_stops_the_namespace_naming_what_is_wrong_but_no_value(

@@ -17,7 +17,7 @@ from shared.coldwait import ColdWaitHub
 from shared.engine import Engine
 from shared.exposition import build_registry
 from shared.metrics import init_web_series
-from shared.namespaces import NamespaceConfigError, load_namespaces
+from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
@@ -46,10 +46,8 @@ def celery_client(settings: Settings, longest_origin_timeout: float | None) -> C
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        namespaces = load_namespaces(settings)
-    except NamespaceConfigError as exc:
-        raise SystemExit(f"herdless: {exc}") from None
+    # A bad file, or a callable origin this process cannot import, stops it here in one line.
+    namespaces = load_namespaces(settings)
 
     app = Flask(__name__)
     # Keys are opaque: "a//b" and "a/b/" are keys of their own, not paths to tidy up.

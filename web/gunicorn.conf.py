@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -10,10 +11,17 @@ from shared.settings import load_settings
 
 _settings = load_settings()  # a bad variable stops gunicorn here, named
 try:
-    load_namespaces(_settings)
+    _namespaces = load_namespaces(_settings, import_callables=False)
 except NamespaceConfigError as _exc:
-    print(f"herdless: {_exc}", file=sys.stderr)
+    print(_exc, file=sys.stderr)  # one line: file, namespace, field
     sys.exit(2)
+# Callable origins must import here too, or gunicorn stops with one line naming the namespace and
+# the module. Checked in a child process: imported into this master, their modules (ssl,
+# requests...) would reach every worker forked from it before gevent patches them.
+if any(not _ns.is_http for _ns in _namespaces.values()):
+    _check = "from shared.settings import load_settings; from shared.namespaces import load_namespaces; "
+    if subprocess.run([sys.executable, "-c", _check + "load_namespaces(load_settings())"], check=False).returncode:
+        sys.exit(2)  # the child printed the line
 
 bind = os.environ.get("WEB_BIND", f"0.0.0.0:{_settings.web_port}")
 workers = _settings.web_concurrency

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from shared.engine import FAILURE_DETAILS
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
 from web.state import web_state
@@ -144,7 +145,10 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
     namespace_only = target[:1]
     cache_headers = {
         "X-Cache": {
-            "description": "How the answer was produced.",
+            "description": (
+                "How the answer was produced. MISS: this request waited for the origin's answer (a 404 "
+                "too, the first time); NEGATIVE: a cached origin 404, within NEGATIVE_TTL_SECONDS."
+            ),
             "schema": {"type": "string", "enum": ["HIT", "EARLY", "STALE", "MISS", "NEGATIVE"]},
         },
         "Age": {
@@ -197,7 +201,19 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                             "headers": cache_headers,
                             "content": {"application/json": {"schema": _ERROR}},
                         },
-                        "502": _error("The origin failed and no stale value exists.", retry_after=True),
+                        "502": {
+                            "description": (
+                                "The origin failed and no stale value exists. `error` says why: "
+                                "`origin_error` (bad status, bad body, unreachable, the callable raised), "
+                                "`origin_timeout` (no answer within ORIGIN_TIMEOUT_SECONDS), `origin_too_large` "
+                                "(body over ORIGIN_MAX_BYTES), `origin_unimportable` (the callable does not "
+                                "import in the worker), `breaker_open` (the origin's circuit breaker is open: "
+                                "no call until BREAKER_RESET_TIMEOUT_SECONDS have passed), `origin_busy` (no "
+                                "concurrency slot of the origin came free)."
+                            ),
+                            "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OriginFailure"}}},
+                        },
                         "503": _error(
                             "The cold-miss wait timed out, too many requests wait, or Redis/the broker is unreachable.",
                             retry_after=True,
@@ -435,6 +451,14 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                     "type": "object",
                     "required": ["error", "detail"],
                     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+                "OriginFailure": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {
+                        "error": {"type": "string", "enum": sorted(FAILURE_DETAILS)},
+                        "detail": {"type": "string"},
+                    },
                 },
                 "Refresh": {
                     "type": "object",

@@ -85,14 +85,16 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 def _serve(ns: Namespace, answer: Served) -> Response:
     """Answer from a stored entry (positive or negative) and record the outcome."""
     r = answer.result
-    headers = cache_headers(ns, r, "NEGATIVE" if r.negative else answer.outcome, answer.now_ms)
+    # A cached 404 is NEGATIVE once stored; the read that waited for the origin to say 404 is a MISS.
+    negative_hit = r.negative and answer.outcome != "miss"
+    headers = cache_headers(ns, r, "NEGATIVE" if negative_hit else answer.outcome, answer.now_ms)
     if answer.uncacheable:
         # The origin forbade storing it (no-store, private): neither do the client's caches.
         headers["Cache-Control"] = "no-store"
     if r.at_ms is not None:
         metrics.SERVED_AGE.labels(ns.name).observe(max(0, answer.now_ms - r.at_ms) / 1000)
     if r.negative:
-        metrics.REQUESTS.labels(ns.name, "negative").inc()
+        metrics.REQUESTS.labels(ns.name, "negative" if negative_hit else "miss").inc()
         return json_error(404, "not_found", "the origin has no value for this key", headers)
     if r.etag and _etag_matches(request.headers.get("If-None-Match"), r.etag):
         metrics.REQUESTS.labels(ns.name, "not_modified").inc()

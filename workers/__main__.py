@@ -19,7 +19,7 @@ def main() -> None:
     try:
         load_namespaces(settings)
     except NamespaceConfigError as exc:
-        sys.exit(f"herdless: {exc}")
+        sys.exit(str(exc))  # one line: file, namespace, field (or the module that does not import)
     base = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
     metrics_dir = os.path.join(base, f"herdless-worker-{os.getpid()}")
     shutil.rmtree(metrics_dir, ignore_errors=True)

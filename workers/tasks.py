@@ -22,6 +22,26 @@ from workers.celery_app import app
 
 log = logging.getLogger("herdless.worker")
 
+# Celery's own line per task ("received", "succeeded in", "raised expected", "Discarding revoked
+# task" for each expired refresh), at INFO: two lines per refresh. The refresh log
+# (shared/refreshlog.py) and herdless_refresh_total say what matters instead; errors Celery logs
+# (an unexpected exception, a lost worker) are WARNING or ERROR and still appear.
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
+
+
+def quiet_celery_task_lines(log_level: str) -> None:
+    if log_level.lower() != "debug":
+        for name in CELERY_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class RefreshFailed(Exception):
+    """A refresh that stored nothing because the origin or its breaker failed. Raised after all
+    bookkeeping (metrics, cooldown, "error" published), so that the task's state is FAILURE in
+    Flower with the reason as its exception; the message is still acknowledged (acks_on_failure)
+    and never retried. One string argument: JSON-serialisable, like everything Celery moves."""
+
+
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _engine_lock = threading.Lock()
@@ -100,10 +120,24 @@ class RefreshTask(app.Task):  # type: ignore[misc,name-defined]
     Request = RefreshTaskRequest
 
 
-@app.task(name=REFRESH_TASK, base=RefreshTask, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@app.task(
+    name=REFRESH_TASK,
+    base=RefreshTask,
+    acks_late=True,
+    # A failed refresh is acknowledged like a good one: its cooldown decides when the key is
+    # tried again, never a redelivery (Celery's default, spelled out because FAILURE is ours).
+    acks_on_failure=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    # Expected: Celery logs it without a traceback (and at INFO, which quiet_celery_task_lines hides).
+    throws=(RefreshFailed,),
+)
 def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -> str:
     """Recompute one key. Enqueued only by the request that won its lease."""
-    return worker_engine().run_refresh(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
+    report = worker_engine().run_refresh_reported(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
+    if report.failed:
+        raise RefreshFailed(report.describe())
+    return report.outcome
 
 
 def _refresh_request(kwargs: Any) -> RefreshRequest | None:
@@ -149,12 +183,28 @@ def _mark_running_refreshes_queued(**_: Any) -> None:
             log.warning("could not mark a running refresh as queued while stopping")
 
 
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _last_refresh_summary(**_: Any) -> None:
+    # The refreshes since the last periodic summary, before this process goes.
+    if _engine is not None and _engine_pid == os.getpid():
+        _engine.refresh_log.flush()
+
+
 @signals.worker_process_shutdown.connect
 def _mark_dead(pid: int | None = None, **_: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid or os.getpid())
+
+
+@signals.after_setup_logger.connect
+def _quiet_task_lines(**_: Any) -> None:
+    quiet_celery_task_lines(get_settings().log_level)
+
+
+quiet_celery_task_lines(get_settings().log_level)
 
 
 @signals.worker_init.connect

@@ -220,7 +220,8 @@ def test_etag_and_if_none_match(stack: Stack) -> None:
 
 def test_origin_404_is_cached_as_a_negative_entry(stack: Stack) -> None:
     r = stack.get("herd", "missing-thing")
-    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    # The read that waited for the origin's 404 was a miss; the cached 404 answers NEGATIVE after.
+    assert r.status_code == 404 and r.json()["error"] == "not_found" and r.headers["X-Cache"] == "MISS"
     r2 = stack.get("herd", "missing-thing")
     assert r2.status_code == 404 and r2.headers["X-Cache"] == "NEGATIVE"
     assert calls_for(stack, "missing-thing") == 1
@@ -254,8 +255,14 @@ def test_python_callable_origin(stack: Stack) -> None:
     assert stack.get("py", "missing-callable").status_code == 404
     failed = stack.get("py", "boom-now")
     assert failed.status_code == 502 and failed.json()["error"] == "origin_error"
+    # The worker's one line about it carries the callable's own message, not just its type.
+    worker_log = stack.procs["w1"].output()
+    assert "RuntimeError: the origin callable failed" in worker_log
+    assert worker_log.count("refresh of py/'boom-now' failed") == 1
+    assert "failed with RuntimeError" not in worker_log  # nor gevent's traceback of the pool thread
 
 
+# body: what a 200 carries; for a 502, the error code that says which failure it was.
 @pytest.mark.parametrize(
     ("key", "status", "content_type", "body"),
     [
@@ -263,24 +270,24 @@ def test_python_callable_origin(stack: Stack) -> None:
         ("str-k", 200, "text/plain; charset=utf-8", "text for str-k \u2713".encode()),
         ("dict-k", 200, "application/json", b'{"key":"dict-k"}'),
         ("lookup-k", 404, "application/json", None),
-        ("nonjson-k", 502, "application/json", None),
-        ("oversized-k", 502, "application/json", None),
+        ("nonjson-k", 502, "application/json", "origin_error"),
+        ("oversized-k", 502, "application/json", "origin_too_large"),
     ],
 )
 def test_a_python_callable_origin_answer_is_stored_by_its_type(
-    stack: Stack, key: str, status: int, content_type: str, body: bytes | None
+    stack: Stack, key: str, status: int, content_type: str, body: bytes | str | None
 ) -> None:
     r = stack.get("py-typed", key)
     assert r.status_code == status, r.text[:200]
     assert r.headers["Content-Type"] == content_type
-    if body is not None:
+    if isinstance(body, bytes):
         assert r.content == body
         assert stack.get("py-typed", key).headers["X-Cache"] == "HIT"
     elif status == 404:
         assert r.json()["error"] == "not_found"  # a LookupError is "no such key", cached
         assert stack.get("py-typed", key).headers["X-Cache"] == "NEGATIVE"
     else:
-        assert r.json()["error"] == "origin_error"  # never stored, never served
+        assert r.json()["error"] == body  # never stored, never served
         assert len(r.content) < OVERSIZED_BYTES
         assert stack.redis.client().hget(EntryKeys.of("py-typed", key).entry, "v") is None
 

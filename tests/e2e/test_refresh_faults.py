@@ -21,7 +21,8 @@ def test_a_paused_refresher_past_its_lease_cannot_overwrite_a_newer_value(tmp_pa
         "ORIGIN_LATENCY_MS": "1500",
     }
     with stack_for(tmp_path, LONG_AND_SWR_NAMESPACES, env, workers=0) as stack:
-        slow = stack.start_worker("slow", extra_args=["--pool", "solo"], wait=True)
+        # debug: Celery's "succeeded ...: 'lost_lease'" line tells when the paused refresher is done.
+        slow = stack.start_worker("slow", extra_env={"LOG_LEVEL": "debug"}, extra_args=["--pool", "solo"], wait=True)
         answers: list[requests.Response] = []
         waiter = threading.Thread(target=lambda: answers.append(stack.get("k", "fenced", timeout=30)))
         waiter.start()
@@ -58,6 +59,10 @@ def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Pa
         originals = {k: stack.get("swr", k).json() for k in keys}
         stack.origin_config(failure_rate=1.0)
         failures: list[str] = []
+        # A key with no value gets the failure's own code: here the origin's HTTP 500.
+        cold = stack.get("k", "cold-while-failing")
+        assert cold.status_code == 502 and cold.json()["error"] == "origin_error", cold.text
+        assert "Retry-After" in cold.headers
 
         def read_all(expect_original: bool = True) -> None:
             for k in keys:
@@ -80,6 +85,10 @@ def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Pa
             return metric(worker_metrics(), "herdless_refresh_total", outcome="breaker_open") >= 2
 
         wait_until(refused_by_breaker, 10, "refreshes refused by the open breaker", interval=0.1)
+        # A key with no value, while the breaker is open: 502 breaker_open, not a generic origin_error.
+        cold = stack.get("k", "cold-while-open")
+        assert cold.status_code == 502 and cold.json()["error"] == "breaker_open", cold.text
+        assert int(cold.headers["Retry-After"]) >= 1
         calls_when_open = stack.origin_stats()["calls"]
         refused_before = metric(worker_metrics(), "herdless_refresh_total", outcome="breaker_open")
         # For as long as the breaker stays open (BREAKER_RESET_TIMEOUT_SECONDS from its opening,
@@ -117,6 +126,18 @@ def test_failing_origin_serves_stale_opens_the_breaker_and_recovers(tmp_path: Pa
         wait_until(lambda: refreshed() and not failures, 30, "a refresh after the origin recovered", interval=0.2)
         wait_until(lambda: metric(worker_metrics(), "herdless_breaker_state") == 0, 10, "the breaker to close")
         assert not failures, failures[:5]
+
+        # Each transition is one log line, by the worker that made it: as many as were counted.
+        log = stack.procs["w1"].output()
+        text = worker_metrics()
+        origin = stack.origin_url.removeprefix("http://")
+        ours = [line for line in log.splitlines() if f"circuit breaker of origin {origin}:" in line]
+        lines = {to: [line for line in ours if f"-> {to}" in line] for to in ("open", "half-open", "closed")}
+        for to, found in lines.items():
+            assert len(found) == metric(text, "herdless_breaker_transitions_total", to=to) >= 1, (to, found)
+        assert len([line for line in lines["open"] if "closed -> open" in line]) == 1
+        assert "after 3 consecutive failures" in lines["open"][0] and "HTTP 500" in lines["open"][0]
+        assert len(lines["closed"]) == 1 and "half-open -> closed" in lines["closed"][0]
 
 
 def test_a_worker_killed_mid_refresh_delays_the_refresh_but_fails_no_request(tmp_path: Path) -> None:

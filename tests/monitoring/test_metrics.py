@@ -14,7 +14,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from shared.keys import EntryKeys
 from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES
+from tests.faults.observe import queued_refreshes
 from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
 
 WEB_METRICS = [
@@ -45,8 +47,17 @@ WORKER_METRICS = [
 FLOWER_AUTH = ("herdless", "flower-test-secret")
 
 # The shipped demo namespaces (1 s TTL in this module, so background refreshes keep running)
-# plus the 60 s "herd" namespace for counts that must be exactly one call per herd.
-STACK_NAMESPACES = SHIPPED_AND_LONG_HERD_NAMESPACES
+# plus the 60 s "herd" namespace for counts that must be exactly one call per herd, and a
+# callable origin whose keys choose how it fails (its own breaker: the demo origin's stays closed).
+STACK_NAMESPACES = (
+    SHIPPED_AND_LONG_HERD_NAMESPACES
+    + """
+[namespaces.py-typed]
+origin = "tests.origins:typed"
+cache_ttl_seconds = 60
+origin_timeout_seconds = 0.5
+"""
+)
 # prefork: the multiprocess metric files of pool children must add up (the gevent default
 # runs in one process, which every other stack of the suite exercises).
 STACK_ENV = {
@@ -275,11 +286,12 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
     assert after["near_cache"]["hit"] > before["near_cache"]["hit"], "repeated reads are served from memory"
     assert after["near_cache_bytes"] > 0
 
-    # Every demo namespace calls the one demo origin (named host:port). Nothing is being
-    # refreshed now: no slot is held, and the limit is the default ORIGIN_MAX_CONCURRENCY.
-    [origin] = after["origin_limits"]
-    assert after["origin_limits"] == {origin: 50}
-    assert after["origin_in_flight"] == {origin: 0}
+    # Every demo namespace calls the one demo origin (named host:port); py-typed its callable.
+    # Nothing is being refreshed now: no slot is held, and the limit is the default
+    # ORIGIN_MAX_CONCURRENCY.
+    origin = stack.origin_url.removeprefix("http://")
+    assert after["origin_limits"] == {origin: 50, "tests.origins:typed": 50}
+    assert after["origin_in_flight"] == {origin: 0, "tests.origins:typed": 0}
 
     waits = after["worker"]["slot_waits"][origin]
     assert waits["waits"] > before["worker"]["slot_waits"][origin]["waits"]
@@ -306,3 +318,52 @@ def test_counters_of_a_replaced_pool_process_are_kept_without_a_pid_label(stack:
     after = worker_metrics(stack)
     assert metric(after, "herdless_origin_calls_total") == before + 1
     assert 'pid="' not in after
+
+
+def test_a_refresh_that_failed_is_a_failure_in_flower_with_its_reason_and_is_not_run_again(
+    stack: Stack, flower: str
+) -> None:
+    key = "nonjson-flower"  # the callable returns a value JSON cannot encode: an origin error
+    before = worker_metrics(stack)
+    r = stack.get("py-typed", key)
+    assert r.status_code == 502 and r.json()["error"] == "origin_error", r.text
+
+    def failed_task() -> dict[str, object] | None:
+        tasks = requests.get(flower + "/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
+        found = [t for t in tasks.values() if t.get("name") == "herdless.refresh" and key in str(t.get("kwargs"))]
+        return next((t for t in found if t.get("state") == "FAILURE"), None)
+
+    task = wait_until(failed_task, 15, "Flower to show the refresh as failed")
+    info = requests.get(f"{flower}/api/task/info/{task['uuid']}", auth=FLOWER_AUTH, timeout=5).json()
+    assert info["state"] == "FAILURE" and not info.get("retries"), info
+    assert "RefreshFailed" in info["exception"] and "origin_error" in info["exception"], info["exception"]
+    assert "not JSON-able" in info["exception"]
+    # Acknowledged before the failure event was sent, and never retried or redelivered.
+    redis = stack.redis.client()
+    assert task["uuid"] not in str(redis.hgetall("unacked"))
+    assert key not in [k for k, _ in queued_refreshes(redis)]
+    # ...and its queued marker went with the acknowledgement: the next read may enqueue again.
+    assert redis.exists(EntryKeys.of("py-typed", key).queued) == 0
+    after = worker_metrics(stack)
+    for name, outcome in (("herdless_origin_calls_total", "error"), ("herdless_refresh_total", "origin_error")):
+        labels = {"namespace": "py-typed", "outcome": outcome}
+        assert metric(after, name, **labels) - metric(before, name, **labels) == 1, name
+
+    # One log line for the failure; none of Celery's per-task INFO lines ("received", "succeeded").
+    log = stack.procs["w1"].output()
+    assert log.count(f"refresh of py-typed/'{key}' failed: origin_error") == 1
+    assert not re.search(r"herdless\.refresh\[[^]]*\] (received|succeeded)", log), "Celery's per-task lines"
+    assert "succeeded in" not in log and "raised expected" not in log
+
+
+@pytest.mark.parametrize(
+    ("key", "error"),
+    [("oversized-code", "origin_too_large"), ("slow-code", "origin_timeout"), ("boom-code", "origin_error")],
+)
+def test_a_cold_key_whose_origin_fails_answers_the_failure_s_own_code(stack: Stack, key: str, error: str) -> None:
+    r = stack.get("py-typed", key)
+    assert r.status_code == 502 and r.json()["error"] == error, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    # Later reads during the key's cooldown answer the same code, from the cooldown in Redis.
+    again = stack.get("py-typed", key)
+    assert again.status_code == 502 and again.json()["error"] == error, again.text

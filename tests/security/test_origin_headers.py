@@ -79,7 +79,7 @@ def test_the_header_values_show_in_no_log_line_and_no_answer_of_herdless(stack: 
         failed = keep(stack.get("api", "cold-while-failing"))
         assert failed.status_code == 502 and failed.json()["error"] == "origin_error", failed.text
         keep(requests.post(stack.url("api", "scan") + "/refresh", headers=admin, timeout=5))
-        wait_until(lambda: "origin error for namespace api" in read_logs(stack), 10, "the logged origin error")
+        wait_until(lambda: "refresh of api/'scan' failed" in read_logs(stack), 10, "the logged origin error")
     finally:
         stack.origin_config(failure_rate=0.0)
 
@@ -100,6 +100,6 @@ def test_the_header_values_show_in_no_log_line_and_no_answer_of_herdless(stack: 
         for secret in SECRETS:
             assert secret not in body, f"an origin header value leaked into an answer: {body[:300]}"
     logs = read_logs(stack)
-    assert "DEBUG" in logs and "origin error for namespace api" in logs  # the logs are real and verbose
+    assert "DEBUG" in logs and "refresh of api/'scan' failed" in logs  # the logs are real and verbose
     for secret in SECRETS:
         assert secret not in logs, "an origin header value leaked into a process log"
