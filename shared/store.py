@@ -245,6 +245,7 @@ class EntryState:
     kept_until_ms: int | None  # when Redis drops the entry (stale window and stale-if-error included)
     lease: str  # "" (free), "held" (a refresh holds it) or "cooldown" (the last refresh failed)
     lease_until_ms: int | None
+    cooldown_reason: str  # while cooling down, the failure's error code (origin_timeout, ...)
     queued: str  # "" (none), "queued" (a refresh waits in the queue) or "running" (a worker runs it)
     queued_until_ms: int | None
 
@@ -276,6 +277,10 @@ class EntryState:
             kept_until_ms=until(f["entry_pttl"]),
             lease="" if not lease else ("cooldown" if lease.startswith("cd:") else "held"),
             lease_until_ms=until(f["lease_pttl"]) if lease else None,
+            # "cd:<token>:<code>"; a cooldown written before codes were stored is an origin_error
+            cooldown_reason=(lease.split(":", 2)[2] if lease.count(":") >= 2 else "origin_error")
+            if lease.startswith("cd:")
+            else "",
             queued="" if not queued else ("running" if queued.startswith("r:") else "queued"),
             queued_until_ms=until(f["queued_pttl"]) if queued else None,
         )

@@ -75,6 +75,7 @@ _ENTRY_META = {
                 "held": {"type": "boolean"},
                 "until_ms": _NULLABLE_INT,
                 "seconds_left": _NULLABLE_NUM,
+                "reason": {"type": ["string", "null"]},
                 "consecutive_failures": {"type": "integer"},
             },
         },

@@ -250,7 +250,9 @@ def entry_state_json(ns: Namespace, s: EntryState) -> dict[str, Any]:
             "held": s.lease == "cooldown",
             "until_ms": s.lease_until_ms if s.lease == "cooldown" else None,
             "seconds_left": _seconds_until(s.now_ms, s.lease_until_ms) if s.lease == "cooldown" else None,
-            # The cooldown's cause is not stored; each consecutive failure doubles its length.
+            # The failure's error code, as a cold read answers it (502); null unless held.
+            "reason": s.cooldown_reason or None,
+            # Each consecutive failure doubles the cooldown's length.
             "consecutive_failures": s.failures,
         },
         "refresh": {

@@ -225,6 +225,7 @@ def test_meta_reports_a_cooldown_after_a_failed_refresh(env: Env) -> None:
         env.gated.set(mode="ok")
     assert m["cooldown"]["until_ms"] > m["now_ms"] and 0 < m["cooldown"]["seconds_left"] <= 1
     assert m["cooldown"]["consecutive_failures"] == 1
+    assert m["cooldown"]["reason"] == "origin_error"  # the gated origin answered 500
     assert m["lease"]["held"] is False
     assert m["value"]["state"] == "fresh"  # the stored value stays
     settled(stack)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -186,7 +185,6 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
         # Discarded refreshes never reached the origin: every origin call since the return was a write.
         calls_since = stack.origin_stats()["calls"] - calls_before_return
         assert calls_since == worker_metric(stack, "herdless_origin_calls_total", outcome="ok") == written
-        assert re.search(r"Discarding revoked task|expired", stack.procs["w2"].output())
 
 
 def test_a_worker_stopped_mid_refresh_leaves_at_most_one_queued_refresh_per_key(tmp_path: Path) -> None:
