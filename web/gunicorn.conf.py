@@ -15,7 +15,7 @@ except NamespaceConfigError as _exc:
     print(f"herdless: {_exc}", file=sys.stderr)
     sys.exit(2)
 
-bind = os.environ.get("WEB_BIND", f"0.0.0.0:{_settings.web_port}")
+bind = _settings.web_bind  # BIND_HOST:WEB_PORT unless WEB_BIND says otherwise
 workers = _settings.web_concurrency
 worker_class = _settings.web_worker_class
 threads = _settings.web_threads  # gthread only

@@ -10,7 +10,7 @@ from prometheus_client import start_http_server
 from shared.exposition import build_registry
 from shared.metrics import init_worker_series
 from shared.namespaces import load_namespaces
-from shared.settings import Settings
+from shared.settings import Settings, url_host
 
 log = logging.getLogger("herdless.worker")
 
@@ -20,5 +20,5 @@ def start_metrics_server(settings: Settings, app: Celery) -> None:
     # Every known series exists from the start, at 0, before any pool process did any work.
     init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
     registry = build_registry(settings, app, namespaces)
-    start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
-    log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
+    start_http_server(settings.worker_metrics_port, addr=settings.bind_host, registry=registry)
+    log.info("worker metrics on %s:%d/metrics", url_host(settings.bind_host), settings.worker_metrics_port)
