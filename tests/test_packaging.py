@@ -12,13 +12,13 @@ from packaging.utils import canonicalize_name
 
 from tests.stack import ROOT
 
-LOADTEST_ONLY = ("matplotlib", "numpy", "hdrh", "honcho", "psutil")
+LOADTEST_ONLY = ("matplotlib", "numpy", "hdrh", "psutil")
 
 
 def test_the_runtime_dependencies_leave_out_the_load_tester() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = " ".join(project["dependencies"]).lower()
-    for name in ("matplotlib", "numpy", "hdrhistogram", "honcho", "psutil"):
+    for name in ("matplotlib", "numpy", "hdrhistogram", "psutil"):
         assert name not in runtime, name
         assert any(name in dep.lower() for dep in project["optional-dependencies"]["loadtest"]), name
 
@@ -76,7 +76,7 @@ def _constraints() -> dict[str, str]:
 def test_pip_install_without_extras_pulls_no_load_tester_package_even_indirectly() -> None:
     runtime = _requirement_closure(_project()["dependencies"])
     assert {"celery", "redis", "flask", "gunicorn", "kombu"} <= runtime.keys()  # the walk does follow
-    pulled = sorted({"matplotlib", "numpy", "hdrhistogram", "honcho", "psutil"} & runtime.keys())
+    pulled = sorted({"matplotlib", "numpy", "hdrhistogram", "psutil"} & runtime.keys())
     assert not pulled, f"`pip install .` would install {pulled}"
 
 
