@@ -47,7 +47,7 @@ import redis
 from dotenv import dotenv_values
 
 from shared.namespaces import NamespaceConfigError, load_namespaces
-from shared.settings import SettingsError, load_settings, reachable_host, redact_url, url_host
+from shared.settings import Settings, SettingsError, load_settings, reachable_host, redact_url, url_host
 
 ROOT = Path(__file__).resolve().parent.parent
 # SIGTERM to SIGKILL: an idle gevent Celery worker takes about 4 s to act on SIGTERM.
@@ -114,7 +114,11 @@ class Child:
         """Whether the leader exited, without reaping it: its pid, which is also its process group's
         id, cannot be reused until the end, so signalling the group never hits a stranger."""
         if self.exit_status is None:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            try:
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped already: gone, status unknown
+                self.exit_status = -255
+                return True
             if info is not None and info.si_pid:
                 self.exit_status = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
         return self.exit_status is not None
@@ -431,7 +435,9 @@ def start_private_redis(sup: Supervisor, env: dict[str, str], dead_url: str, ori
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_answers(url):
-        if sup.redis.exited() or time.monotonic() > deadline or sup.stop.requested:
+        if sup.stop.requested:
+            return  # stopped during start-up: nothing else starts, and the supervisor stops this one
+        if sup.redis.exited() or time.monotonic() > deadline:
             sys.exit(f"herdless: the private redis-server did not start (exit {sup.redis.exit_status})")
         time.sleep(0.1)
     sup.out.line(
@@ -443,6 +449,27 @@ def start_private_redis(sup: Supervisor, env: dict[str, str], dead_url: str, ori
         env["CELERY_BROKER_URL"] = url
     env["REDIS_URL"] = url
     env["REDIS_CLUSTER"] = "false"
+
+
+def busy_ports(settings: Settings, env: dict[str, str], names: set[str]) -> None:
+    """Stop before starting anything when a port is taken (often a stack left from another run):
+    otherwise one process dies with a traceback in the middle of the others' start-up lines."""
+    wanted = {
+        "origin": ("ORIGIN_PORT", settings.origin_port),
+        "web": ("WEB_PORT", settings.web_port),
+        "worker": ("WORKER_METRICS_PORT", settings.worker_metrics_port),
+        "flower": ("FLOWER_PORT", int(env.get("FLOWER_PORT") or 5555)),
+    }
+    host = reachable_host(settings.bind_host)
+    for name, (variable, port) in wanted.items():
+        if name in names:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.settimeout(0.5)
+                if probe.connect_ex((host, port)) == 0:
+                    sys.exit(
+                        f"herdless: port {port} ({variable}) is in use already, maybe by a stack of another run"
+                        f" (`ss -ltnp 'sport = :{port}'` shows which process); stop it, or set {variable}"
+                    )
 
 
 def url_block(env: dict[str, str], names: set[str], flower_generated: bool, private_redis: bool) -> list[str]:
@@ -545,6 +572,8 @@ def run_stack(sup: Supervisor, names: list[str]) -> int:
         raise SystemExit(2) from None
     except NamespaceConfigError as exc:
         raise SystemExit(f"herdless: {exc}") from None
+
+    busy_ports(load_settings(), env, {name for name, _ in processes})
 
     # Flower never runs without authentication: generate credentials when none are given.
     flower_generated = not env.get("FLOWER_BASIC_AUTH")
