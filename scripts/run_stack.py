@@ -14,7 +14,7 @@ What it does, in order:
    generated).
 6. On SIGINT, SIGTERM or SIGHUP (to itself, its process group, or to a `make` parent, which passes
    on only SIGTERM; Ctrl-C in a terminal reaches only it, see Terminal), or when a process exits:
-   SIGTERM to every group, SIGKILL to what is left after GRACE_SECONDS, then the private Redis;
+   SIGTERM to each process, SIGKILL to its group after GRACE_SECONDS, then the private Redis;
    removes the temporary directories; exits 0 on a requested stop, 1 when a process failed.
 
 Why not honcho: it writes to its stdout from the thread that stops the processes, so after
@@ -123,6 +123,15 @@ class Child:
                 self.exit_status = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
         return self.exit_status is not None
 
+    def terminate(self) -> None:
+        """SIGTERM to the leader alone: gunicorn's master and Celery's main process stop their
+        own children in their own order (the group gets SIGKILL only if that takes too long)."""
+        if not self.exited():
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def signal_group(self, signum: int) -> None:
         try:
             os.killpg(self.pid, signum)
@@ -217,7 +226,7 @@ class Supervisor:
                 stopping_apps = True
                 self.out.line(f"herdless: stopping ({self.stop.reason})")
                 for child in apps:
-                    child.signal_group(signal.SIGTERM)
+                    child.terminate()
             if stopping_apps and not killed_apps:
                 late = time.monotonic() - self.stop.since > GRACE_SECONDS or self.stop.force
                 if late and not all(c.exited() for c in apps):
@@ -229,7 +238,7 @@ class Supervisor:
             if stopping_apps and all(c.exited() for c in apps):
                 if self.redis and not stopping_redis:
                     stopping_redis, redis_since = True, time.monotonic()
-                    self.redis.signal_group(signal.SIGTERM)
+                    self.redis.terminate()
                 if self.redis is None or self.redis.exited():
                     break
                 if not killed_redis and time.monotonic() - redis_since > REDIS_GRACE_SECONDS:
