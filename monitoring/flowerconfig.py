@@ -3,7 +3,8 @@
 Port and credentials are not set here: Flower reads FLOWER_PORT and
 FLOWER_BASIC_AUTH from the environment first and this file would override
 them. (Flower also rejects any other FLOWER_* variable it does not know.)
-The address is: BIND_HOST, like every other process of the stack.
+The listening address comes from BIND_HOST, as for every other process of the
+stack (so FLOWER_ADDRESS has no effect).
 """
 
 from shared.settings import load_settings as _load_settings

@@ -155,9 +155,7 @@ def url_host(host: str) -> str:
 
 def reachable_host(bind_host: str) -> str:
     """Where a client on this machine reaches a server bound to bind_host (for printed URLs)."""
-    if bind_host in ("0.0.0.0", "::"):
-        return "127.0.0.1" if bind_host == "0.0.0.0" else "::1"
-    return bind_host
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind_host, bind_host)
 
 
 def redact_url(url: str) -> str:
