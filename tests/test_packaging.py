@@ -94,3 +94,24 @@ def test_constraints_pin_every_package_that_make_installs_within_pyproject_bound
         assert req.specifier.contains(pinned, prereleases=True), (
             f"{req} but constraints.txt pins {pinned}: run `make lock`"
         )
+
+
+def _installs(target: str) -> list[str]:
+    """The constrained pip installs `make <target>` runs when pyproject.toml changed (`-n`: none run)."""
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-W", "pyproject.toml", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return [
+        line.split("-e ", 1)[1] for line in out.splitlines() if "pip install" in line and "-c constraints.txt" in line
+    ]
+
+
+def test_make_run_installs_the_service_and_load_tester_but_not_the_test_and_lint_tools() -> None:
+    assert _installs("run") == ["'.[loadtest]'"]
+    assert _installs("loadtest") == ["'.[loadtest]'"]
+    assert _installs("test")[-1] == "'.[dev,loadtest]'"
