@@ -1,39 +1,48 @@
 # herdless: `make run` starts the stack, `make test` runs every test. Both set themselves up.
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed
+# Two installs: `make run` and `make loadtest` need the service and the load tester; `make test`
+# and `make lint` add the test and lint tools (pytest, schemathesis, mypy, ruff...) on top.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test lint loadtest lock system-deps clean
 
 # Every package at the version constraints.txt pins, so every machine runs what CI tested.
-$(STAMP): pyproject.toml constraints.txt
+$(RUN_STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[loadtest]'
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): $(RUN_STAMP)
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev,loadtest]'
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
 # Re-resolve pyproject.toml in a throw-away venv and rewrite constraints.txt: after changing a
 # dependency, or to take upgrades. Then `make test` and commit both files.
 lock:
 	PYTHON=$(PYTHON) ./scripts/lock.sh
 
-run: $(STAMP)
+# One simple command, so that make runs it without a shell: the supervisor is make's own child
+# and gets the SIGTERM make passes on.
+run: $(RUN_STAMP)
 	./scripts/run.sh
 
 # Binaries the tests drive for real. apt-get only when one is missing (and we are allowed to).
 system-deps:
 	@./scripts/system-deps.sh
 
-test: $(STAMP) system-deps
+test: $(DEV_STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared
 	$(VENV)/bin/pytest
 
 # Starts the local stack if none is running, compares the strategies, prints the table.
-loadtest: $(STAMP)
+loadtest: $(RUN_STAMP)
 	./loadtest/make_loadtest.sh
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy shared

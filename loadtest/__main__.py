@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from loadtest.openloop import SCENARIOS, RunConfig, run_blocking
+from loadtest.preflight import DEFAULT_TTL, check_stack
 from loadtest.workload import ARRIVALS
 
 MAX_RATE = 5000
@@ -119,19 +120,28 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) -> None:
+def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float, ttl_from_stack: bool = False) -> None:
     p.add_argument("--scenario", choices=SCENARIOS, default="steady")
     p.add_argument("--rate", type=float, default=rate, help="requests per second (default %(default)s)")
     p.add_argument("--duration", type=float, default=duration, help="seconds (default %(default)s)")
     p.add_argument("--keys", type=int, default=100, help="distinct keys (default %(default)s)")
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of key popularity (default %(default)s)")
-    p.add_argument(
-        "--ttl",
-        type=float,
-        default=5.0,
-        help="the stack's CACHE_TTL_SECONDS, used for the per-TTL-window figure (default %(default)s); "
-        "start the stack with the same value",
-    )
+    if ttl_from_stack:
+        p.add_argument(
+            "--ttl",
+            type=float,
+            default=None,
+            help="the namespace's TTL in seconds, for the per-TTL-window figures (default: its cache_ttl_seconds"
+            " from the stack's GET /v1/namespaces, sent with ADMIN_TOKEN as a Bearer token when set; else 5)",
+        )
+    else:
+        p.add_argument(
+            "--ttl",
+            type=float,
+            default=5.0,
+            help="the stack's CACHE_TTL_SECONDS, used for the per-TTL-window figure (default %(default)s); "
+            "start the stack with the same value",
+        )
     p.add_argument("--arrivals", choices=ARRIVALS, default="poisson")
     p.add_argument("--clients", type=int, default=1000, help="cold-herd: simultaneous clients (default %(default)s)")
     p.add_argument(
@@ -159,7 +169,7 @@ def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float) 
     )
 
 
-def make_config(args: argparse.Namespace, namespace: str, label: str = "") -> RunConfig:
+def make_config(args: argparse.Namespace, namespace: str, label: str = "", ttl: float | None = None) -> RunConfig:
     metrics = args.metrics_url or ["http://127.0.0.1:9540/metrics", args.url.rstrip("/") + "/metrics"]
     return RunConfig(
         url=args.url,
@@ -169,7 +179,7 @@ def make_config(args: argparse.Namespace, namespace: str, label: str = "") -> Ru
         duration=args.duration,
         keys=args.keys,
         zipf=args.zipf,
-        ttl=args.ttl,
+        ttl=ttl if ttl is not None else args.ttl,
         arrivals=args.arrivals,
         seed=args.seed,
         origin_url=args.origin_url,
@@ -219,7 +229,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.summary import summarize
 
     _raise_fd_limit(args.clients + args.max_connections + 256)
-    result = run_blocking(make_config(args, args.namespace))
+    ttls = stack_ttls(args, [args.namespace])
+    result = run_blocking(make_config(args, args.namespace, ttl=ttls[args.namespace]))
     summary = summarize(result)
     directory = write_run_report(summary, new_results_dir(args.out, f"{args.scenario}-{args.namespace}"))
     print(one_line(summary))
@@ -236,6 +247,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"report: {directory / 'report.md'}")
     return 0
+
+
+def stack_ttls(args: argparse.Namespace, namespaces: list[str]) -> dict[str, float]:
+    """{namespace: TTL} from the running stack (or --ttl); refuses while a breaker is open."""
+    ttls = check_stack(args.url, namespaces, args.ttl, os.environ.get("ADMIN_TOKEN") or None)
+    args.ttl = args.ttl if args.ttl is not None else ttls[namespaces[0]]  # for what reads args.ttl alone
+    return ttls
 
 
 def wait_for_quiet_queue(args: argparse.Namespace, timeout: float = 10.0) -> None:
@@ -284,14 +302,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _raise_fd_limit(args.clients + args.max_connections + 256)
     if args.with_nginx:
+        # A private stack, started with CACHE_TTL_SECONDS = --ttl: nothing to read.
+        args.ttl = DEFAULT_TTL if args.ttl is None else args.ttl
         return cmd_compare_with_nginx(args)
     namespaces = [n.strip() for n in args.namespaces.split(",") if n.strip()]
+    ttls = stack_ttls(args, namespaces)
     summaries = []
     for i, namespace in enumerate(namespaces):
         if i:
             wait_for_quiet_queue(args)
             time.sleep(args.pause)
-        summaries.append(summarize(run_blocking(make_config(args, namespace))))
+        summaries.append(summarize(run_blocking(make_config(args, namespace, ttl=ttls[namespace]))))
         print(one_line(summaries[-1]))
     directory = write_compare_report(summaries, new_results_dir(args.out, f"compare-{args.scenario}"))
     print()
@@ -649,29 +670,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="herdless load test: an open-loop generator, stampede scenarios, the strategies side by"
         " side, and a hit-path benchmark. Reports go to loadtest/results/<timestamp>/.",
         epilog="examples:\n"
-        "  python -m loadtest run --namespace demo --rate 1000 --duration 60 --keys 100 --zipf 1.1 --ttl 5\n"
+        "  python -m loadtest run --namespace demo --rate 1000 --duration 60 --keys 100 --zipf 1.1\n"
         "  python -m loadtest run --scenario cold-herd --clients 1000\n"
-        "  python -m loadtest compare --rate 500 --duration 20 --ttl 5\n"
+        "  python -m loadtest compare --rate 500 --duration 20\n"
         "  python -m loadtest hitbench --classes gevent,gthread --rounds 5\n"
         "  python -m loadtest soak --minutes 10 --rate 500\n"
         "  python -m loadtest refreshbench -n 2000 --pools prefork,gevent --rounds 3\n"
         "  python -m loadtest betasweep --betas 0,0.5,1,2,4 --rate 500 --duration 60 --ttl 5\n"
         "  python -m loadtest compare --with-nginx --rate 500 --duration 60 --ttl 5\n"
         "  python -m loadtest restart --rate 300 --duration 20 --keys 1000\n"
-        "The stack must run with CACHE_TTL_SECONDS equal to --ttl.",
+        "run and compare read each namespace's TTL from the running stack (GET /v1/namespaces, with ADMIN_TOKEN"
+        " as a Bearer token when set) and refuse to start while its origin's circuit breaker is open; the other"
+        " commands start stacks of their own with CACHE_TTL_SECONDS = --ttl.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="one scenario against one namespace (open loop)")
     add_target_args(p)
-    add_workload_args(p, rate=200, duration=20)
+    add_workload_args(p, rate=200, duration=20, ttl_from_stack=True)
     p.add_argument("--namespace", default="demo")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="the same scenario against each strategy's namespace, one after another")
     add_target_args(p)
-    add_workload_args(p, rate=200, duration=15)
+    add_workload_args(p, rate=200, duration=15, ttl_from_stack=True)
     p.add_argument("--namespaces", default=DEFAULT_NAMESPACES, help="comma-separated (default %(default)s)")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between strategies (default %(default)s)")
     p.add_argument(

@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
 # `make loadtest`: compare the four strategies on the local stack and print the table.
 # Uses the stack already listening on WEB_PORT; otherwise starts one (scripts/run.sh) with
-# CACHE_TTL_SECONDS=$LOADTEST_TTL for the duration of the comparison and stops it afterwards.
+# CACHE_TTL_SECONDS=${LOADTEST_TTL:-5} for the duration of the comparison and stops it afterwards.
+# Either way `python -m loadtest compare` reads each namespace's TTL from the stack (GET
+# /v1/namespaces, with ADMIN_TOKEN when set) and refuses to start while its origin's circuit
+# breaker is open.
 #
-#   LOADTEST_RATE (200) req/s, LOADTEST_DURATION (15) s per strategy, LOADTEST_TTL (5) s,
-#   LOADTEST_ARGS extra arguments for `python -m loadtest compare`.
+#   LOADTEST_RATE (200) req/s, LOADTEST_DURATION (15) s per strategy, LOADTEST_TTL (unset: the
+#   stack's) s, LOADTEST_ARGS extra arguments for `python -m loadtest compare`.
+# Ports and ADMIN_TOKEN come from the environment, then ENV_FILE (.env), as for `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 
+# The stack's own settings: the shell's value, else .env's (what scripts/run_stack.py gives it).
+eval "$("$PY" - <<'PYEOF'
+import os, shlex
+from dotenv import dotenv_values
+path = os.environ.get("ENV_FILE") or ".env"
+values = {k: v for k, v in (dotenv_values(path, interpolate=False) if os.path.isfile(path) else {}).items() if v}
+for name in ("WEB_PORT", "ORIGIN_PORT", "WORKER_METRICS_PORT", "ADMIN_TOKEN"):
+    if name not in os.environ and name in values:
+        print(f"{name}={shlex.quote(values[name])}; export {name}")
+PYEOF
+)"
 WEB_PORT="${WEB_PORT:-8000}"
 ORIGIN_PORT="${ORIGIN_PORT:-9000}"
 WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9540}"
@@ -37,8 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 if answers "http://127.0.0.1:$WEB_PORT/healthz"; then
-  TTL="${LOADTEST_TTL:-${CACHE_TTL_SECONDS:-30}}"
-  echo "loadtest: using the stack on port $WEB_PORT; assuming its CACHE_TTL_SECONDS is $TTL (set LOADTEST_TTL if not)"
+  echo "loadtest: using the stack on port $WEB_PORT"
 else
   TTL="${LOADTEST_TTL:-5}"
   mkdir -p .run
@@ -65,4 +79,4 @@ fi
   --url "http://127.0.0.1:$WEB_PORT" \
   --origin-url "http://127.0.0.1:$ORIGIN_PORT" \
   --metrics-url "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" \
-  --rate "$RATE" --duration "$DURATION" --ttl "$TTL" ${LOADTEST_ARGS:-}
+  --rate "$RATE" --duration "$DURATION" ${LOADTEST_TTL:+--ttl "$LOADTEST_TTL"} ${LOADTEST_ARGS:-}

@@ -1,6 +1,6 @@
 """The demo origin: a deliberately slow HTTP backend that counts every call it gets.
 
-    python -m loadtest.origin      # listens on ORIGIN_PORT (9000)
+    python -m loadtest.origin      # listens on BIND_HOST (127.0.0.1):ORIGIN_PORT (9000)
 
 GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, else JSON
                   {"key", "count" (this key's call number), "time"}; keys "missing-*" answer 404.
@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -306,7 +307,10 @@ class OriginServer(ThreadingHTTPServer):
 
 def main() -> None:
     port = int(os.environ.get("ORIGIN_PORT", "9000"))
-    host = os.environ.get("ORIGIN_HOST", "0.0.0.0")
+    # Loopback unless told otherwise, like the rest of the stack (BIND_HOST; ORIGIN_HOST for it alone).
+    host = os.environ.get("ORIGIN_HOST") or os.environ.get("BIND_HOST") or "127.0.0.1"
+    if ":" in host:
+        OriginServer.address_family = socket.AF_INET6
     state = OriginState(
         latency_ms=float(os.environ.get("ORIGIN_LATENCY_MS", "100")),
         failure_rate=float(os.environ.get("ORIGIN_FAILURE_RATE", "0")),

@@ -3,7 +3,14 @@
 Port and credentials are not set here: Flower reads FLOWER_PORT and
 FLOWER_BASIC_AUTH from the environment first and this file would override
 them. (Flower also rejects any other FLOWER_* variable it does not know.)
+The listening address comes from BIND_HOST, as for every other process of the
+stack (so FLOWER_ADDRESS has no effect).
 """
+
+from shared.settings import load_settings as _load_settings
+
+# Loopback unless BIND_HOST says otherwise (docker-compose sets 0.0.0.0).
+address = _load_settings().bind_host
 
 # Refresh tasks take about one origin call (ORIGIN_LATENCY_MS, 100 ms in the
 # demo) up to ORIGIN_TIMEOUT_SECONDS; the default buckets stop at 10 s and are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -35,10 +36,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The address web, the demo origin, worker metrics and Flower listen on: loopback unless
+    # told otherwise (containers set 0.0.0.0 to be reachable through their published ports).
+    bind_host: str = "127.0.0.1"
     redis_cluster: bool = False
     celery_broker_url: str = ""
 
     web_port: Port = 8000
+    # gunicorn's full bind address (host:port or unix:PATH); empty means BIND_HOST:WEB_PORT.
+    web_bind: str = ""
     web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     web_threads: Annotated[int, Field(ge=1, le=1024)] = 4
     # gevent: each request is a greenlet, so thousands of cold-miss waiters cost no threads;
@@ -89,6 +95,17 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         return _check_redis_url(value, "REDIS_URL")
 
+    @field_validator("bind_host")
+    @classmethod
+    def _bind_host(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            pass
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", value):
+            raise ValueError("BIND_HOST must be an IP address (127.0.0.1, 0.0.0.0, ::1) or a host name")
+        return value
+
     @field_validator("celery_broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
@@ -121,6 +138,8 @@ class Settings(BaseSettings):
             self.celery_broker_url = self.redis_url
         if not self.origin_base_url:
             self.origin_base_url = f"http://127.0.0.1:{self.origin_port}"
+        if not self.web_bind:
+            self.web_bind = f"{url_host(self.bind_host)}:{self.web_port}"
         if not self.worker_metrics_url:
             self.worker_metrics_url = f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
         return self
@@ -128,6 +147,16 @@ class Settings(BaseSettings):
     @property
     def broker_is_redis(self) -> bool:
         return self.celery_broker_url.startswith(("redis://", "rediss://"))
+
+
+def url_host(host: str) -> str:
+    """A host as it goes into a URL or a gunicorn bind: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def reachable_host(bind_host: str) -> str:
+    """Where a client on this machine reaches a server bound to bind_host (for printed URLs)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind_host, bind_host)
 
 
 def redact_url(url: str) -> str:

@@ -12,13 +12,13 @@ from packaging.utils import canonicalize_name
 
 from tests.stack import ROOT
 
-LOADTEST_ONLY = ("matplotlib", "numpy", "hdrh", "honcho", "psutil")
+LOADTEST_ONLY = ("matplotlib", "numpy", "hdrh", "psutil")
 
 
 def test_the_runtime_dependencies_leave_out_the_load_tester() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = " ".join(project["dependencies"]).lower()
-    for name in ("matplotlib", "numpy", "hdrhistogram", "honcho", "psutil"):
+    for name in ("matplotlib", "numpy", "hdrhistogram", "psutil"):
         assert name not in runtime, name
         assert any(name in dep.lower() for dep in project["optional-dependencies"]["loadtest"]), name
 
@@ -76,7 +76,7 @@ def _constraints() -> dict[str, str]:
 def test_pip_install_without_extras_pulls_no_load_tester_package_even_indirectly() -> None:
     runtime = _requirement_closure(_project()["dependencies"])
     assert {"celery", "redis", "flask", "gunicorn", "kombu"} <= runtime.keys()  # the walk does follow
-    pulled = sorted({"matplotlib", "numpy", "hdrhistogram", "honcho", "psutil"} & runtime.keys())
+    pulled = sorted({"matplotlib", "numpy", "hdrhistogram", "psutil"} & runtime.keys())
     assert not pulled, f"`pip install .` would install {pulled}"
 
 
@@ -94,3 +94,24 @@ def test_constraints_pin_every_package_that_make_installs_within_pyproject_bound
         assert req.specifier.contains(pinned, prereleases=True), (
             f"{req} but constraints.txt pins {pinned}: run `make lock`"
         )
+
+
+def _installs(target: str) -> list[str]:
+    """The constrained pip installs `make <target>` runs when pyproject.toml changed (`-n`: none run)."""
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-W", "pyproject.toml", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return [
+        line.split("-e ", 1)[1] for line in out.splitlines() if "pip install" in line and "-c constraints.txt" in line
+    ]
+
+
+def test_make_run_installs_the_service_and_load_tester_but_not_the_test_and_lint_tools() -> None:
+    assert _installs("run") == ["'.[loadtest]'"]
+    assert _installs("loadtest") == ["'.[loadtest]'"]
+    assert _installs("test")[-1] == "'.[dev,loadtest]'"

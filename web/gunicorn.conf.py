@@ -23,7 +23,7 @@ if any(not _ns.is_http for _ns in _namespaces.values()):
     if subprocess.run([sys.executable, "-c", _check + "load_namespaces(load_settings())"], check=False).returncode:
         sys.exit(2)  # the child printed the line
 
-bind = os.environ.get("WEB_BIND", f"0.0.0.0:{_settings.web_port}")
+bind = _settings.web_bind  # BIND_HOST:WEB_PORT unless WEB_BIND says otherwise
 workers = _settings.web_concurrency
 worker_class = _settings.web_worker_class
 threads = _settings.web_threads  # gthread only

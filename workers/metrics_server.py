@@ -10,7 +10,7 @@ from prometheus_client import start_http_server
 from shared.exposition import build_registry
 from shared.metrics import init_worker_series
 from shared.namespaces import load_namespaces
-from shared.settings import Settings
+from shared.settings import Settings, url_host
 
 log = logging.getLogger("herdless.worker")
 
@@ -21,7 +21,7 @@ def start_metrics_server(settings: Settings, app: Celery) -> None:
     init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
     registry = build_registry(settings, app, namespaces)
     try:
-        start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)
+        start_http_server(settings.worker_metrics_port, addr=settings.bind_host, registry=registry)
     except OSError as exc:
         # A worker whose metrics nobody can scrape looks dead to Prometheus and Flower's
         # dashboards while it runs: stop at start instead, naming the port.
@@ -29,4 +29,4 @@ def start_metrics_server(settings: Settings, app: Celery) -> None:
             f"herdless: the worker's metrics port {settings.worker_metrics_port} is not free "
             f"({exc.strerror or exc}); set WORKER_METRICS_PORT to a free port"
         ) from None
-    log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
+    log.info("worker metrics on %s:%d/metrics", url_host(settings.bind_host), settings.worker_metrics_port)
