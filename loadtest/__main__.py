@@ -431,6 +431,7 @@ def refresh_line(r: dict) -> str:
         f"{r['pool']} round {r['round']}: {r['served']}/{r['keys']} keys served, {r['served_per_s']} refreshes/s"
         f" (limit {r['limit_per_s']}/s, ratio {r['ratio_to_limit']}), all served in {r['all_served_s']} s,"
         f" errors {r['errors_by_status'] or 0}, origin max in flight {r['origin_max_in_flight']}"
+        + (f", CPU ms/key {r['cpu_ms_per_key']}" if r.get("cpu_ms_per_key") else "")
     )
 
 
@@ -463,7 +464,14 @@ def cmd_refreshbench(args: argparse.Namespace) -> int:
                 )
                 env = {**settings.stack_env(), "MAX_COLD_WAITERS": str(max(1000, args.n + 100))}
                 with LocalStack(env=env) as stack:
-                    result = run_refreshbench(stack.web_urls[0], stack.origin_url, args.namespace, args.n, settings)
+                    result = run_refreshbench(
+                        stack.web_urls[0],
+                        stack.origin_url,
+                        args.namespace,
+                        args.n,
+                        settings,
+                        cpu_seconds=stack.cpu_seconds,
+                    )
                 results.append({**result, "round": r + 1, "stack": "started by refreshbench"})
                 print(refresh_line(results[-1]), flush=True)
     directory = new_results_dir(args.out, "refreshbench")

@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -178,6 +180,25 @@ class LocalStack:
             wait_for(lambda url=url: answers(url + "/healthz"), 60, f"web tier {url}", proc)
         wait_for(lambda: "ready." in worker.tail(100_000), 60, "worker", worker)
         return self
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) each role (redis, origin, worker, web) has used so far, its
+        child processes included: what a run costs, beside what it achieved."""
+        used: dict[str, float] = {}
+        for proc in self.procs:
+            role = proc.name.rstrip("0123456789")
+            try:
+                root = psutil.Process(proc.popen.pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for p in tree:
+                try:
+                    t = p.cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                used[role] = used.get(role, 0.0) + t.user + t.system
+        return used
 
     def restart_redis(self) -> None:
         """Kill redis-server (SIGKILL; it persists nothing) and start an empty one on the same port:

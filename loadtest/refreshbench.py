@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
@@ -130,17 +131,31 @@ async def cold_burst(url: str, namespace: str, n: int, timeout: float, key_prefi
 
 
 def run_refreshbench(
-    url: str, origin_url: str, namespace: str, n: int, settings: BenchSettings, reset_origin: bool = True
+    url: str,
+    origin_url: str,
+    namespace: str,
+    n: int,
+    settings: BenchSettings,
+    reset_origin: bool = True,
+    cpu_seconds: Callable[[], dict[str, float]] | None = None,
 ) -> dict:
-    """One burst of n cold keys against a running stack; the figures as a JSON-ready dict."""
+    """One burst of n cold keys against a running stack; the figures as a JSON-ready dict.
+    With `cpu_seconds` (a started stack's), also the CPU each role spent per key served."""
     origin = OriginProbe(origin_url)
     if reset_origin:
         origin.reset()  # so max_in_flight is this burst's peak
     prefix = f"rb-{new_run_id()}-"
     before = origin.try_stats(prefix)
+    cpu_before = cpu_seconds() if cpu_seconds else None
     burst = asyncio.run(cold_burst(url, namespace, n, settings.cold_wait_timeout_s + 10, prefix))
     time.sleep(0.2)
+    cpu_after = cpu_seconds() if cpu_seconds else None
     after = origin.try_stats(prefix)
+    cpu_ms_per_key = None
+    if cpu_before is not None and cpu_after is not None and burst.served:
+        cpu_ms_per_key = {
+            role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / burst.served, 2) for role in cpu_after
+        }
     limit = settings.limit_per_s
     result = asdict(burst)
     result.pop("answered_at_s")
@@ -154,6 +169,7 @@ def run_refreshbench(
             "origin_calls": None if after is None or before is None else after.prefixed - before.prefixed,
             "origin_max_in_flight": None if after is None else after.max_in_flight,
             "origin_max_in_flight_note": "since this burst started" if reset_origin else "since the origin started",
+            "cpu_ms_per_key": cpu_ms_per_key,
         }
     )
     return result
@@ -173,6 +189,9 @@ COLUMNS = (
     ("errors", lambda r: ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_status"].items())) or "0"),
     ("origin calls", lambda r: _fmt(r["origin_calls"])),
     ("origin max in flight", lambda r: _fmt(r["origin_max_in_flight"])),
+    ("CPU ms/key web", lambda r: _fmt((r.get("cpu_ms_per_key") or {}).get("web"), 2)),
+    ("CPU ms/key worker", lambda r: _fmt((r.get("cpu_ms_per_key") or {}).get("worker"), 2)),
+    ("CPU ms/key redis", lambda r: _fmt((r.get("cpu_ms_per_key") or {}).get("redis"), 2)),
 )
 
 
@@ -203,7 +222,10 @@ def markdown(results: list[dict], command: str, machine: str) -> str:
         "- Each row: N never-seen keys requested at once, one request each (a cold miss per key)."
         " *refreshes/s* = keys served / time until the last one was served; *limit/s* ="
         " min(worker concurrency, origin max concurrency) / origin latency. Requests still waiting after"
-        " COLD_WAIT_TIMEOUT_SECONDS get 503 and count as errors.",
+        " COLD_WAIT_TIMEOUT_SECONDS get 503 and count as errors. *CPU ms/key*: user + system CPU"
+        " of each role's processes (gunicorn master and workers; the Celery worker; redis-server)"
+        " during the burst, per key served: the cost beside the throughput, and a figure other"
+        " processes on the machine disturb far less than the rate.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
