@@ -147,9 +147,11 @@ class _SharedRead:
 
 
 class _KeyWait:
-    __slots__ = ("waiters", "generation", "status", "handed_over", "event", "read_seq", "read")
+    __slots__ = ("waiters", "generation", "status", "handed_over", "event", "read_seq", "read", "oldest_read")
 
-    def __init__(self) -> None:
+    def __init__(self, oldest_read: float) -> None:
+        # When the oldest read of its waiters started (time.monotonic()): each found no value.
+        self.oldest_read = oldest_read
         self.waiters = 0
         self.generation = 0
         self.status = ""
@@ -166,6 +168,7 @@ class WaitHandle:
         self._hub = hub
         self._wait = wait
         self.coalesced = coalesced  # another waiter of this key was already there
+        self.waiting_since = wait.oldest_read  # the oldest read of this key's waiters started then
         self._seen = wait.generation
         self._read_floor = wait.read_seq  # only reads started after this one may be shared
         self.ran_last_read = False  # whether the last shared_read ran fn in this caller
@@ -454,8 +457,10 @@ class ColdWaitHub:
             return last >= since
 
     @contextmanager
-    def join(self, namespace: str, key: str) -> Iterator[WaitHandle]:
-        """Register as a waiter for (namespace, key); raises TooManyWaiters past the limit."""
+    def join(self, namespace: str, key: str, read_started: float | None = None) -> Iterator[WaitHandle]:
+        """Register as a waiter for (namespace, key); raises TooManyWaiters past the limit.
+        `read_started`: when this waiter's own read (which found no value) started; None for a
+        waiter that joins the others without reading (see WaitHandle.waiting_since)."""
         self.start()
         target = (namespace, key)
         with self._lock:
@@ -465,7 +470,10 @@ class ColdWaitHub:
             wait = self._waits.get(target)
             coalesced = wait is not None
             if wait is None:
-                wait = self._waits[target] = _KeyWait()
+                started = time.monotonic() if read_started is None else read_started
+                wait = self._waits[target] = _KeyWait(started)
+            elif read_started is not None and read_started < wait.oldest_read:
+                wait.oldest_read = read_started
             wait.waiters += 1
             handle = WaitHandle(self, wait, coalesced)
         try:

@@ -299,6 +299,11 @@ class Engine:
                 # Redis would say HIT until the value's XFetch moment: no round trip needed.
                 return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
             read_token = near.begin_read(ns.name, key)
+        if self._waiter is not None and self._waiter.waiting_on(ns.name, key):
+            # Readers of this process already wait for the key's refresh: join them and share
+            # their next read instead of reading alone. A cold herd then costs a process a
+            # handful of reads, not one per request.
+            return self._wait_for_refresh(ns, key, None, None, time.monotonic())
         token = new_token()
         read_started = time.monotonic()
         r = self.store.read(ns, key, token)
@@ -339,20 +344,33 @@ class Engine:
             raise BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
 
-    def _wait_for_refresh(self, ns: Namespace, key: str, first: ReadResult, token: str, read_started: float) -> Answer:
+    def _wait_for_refresh(
+        self, ns: Namespace, key: str, first: ReadResult | None, token: str | None, read_started: float
+    ) -> Answer:
+        """Wait for the key's refresh. `first` is this reader's own read (a MISS), or None for a
+        reader that joined waiters already there without reading: it registers, then shares
+        their next read, and is served at once (as that read's decision) if a value is there."""
         if self._waiter is None:
-            if first.won_lease:
+            if first is not None and first.won_lease and token is not None:
                 self.store.finish(ns, key, token)
             return Refused(503, "cold_wait_timeout", "this process cannot wait for refreshes", 1)
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
         try:
-            with self._waiter.join(ns.name, key) as handle:
+            with self._waiter.join(ns.name, key, read_started if first is not None else None) as handle:
                 # The winner registers, then enqueues: nothing can be published for the key
                 # before its refresh runs, so it waits at once without a second read. Another
                 # reader reads again first only if a refresh may have been published between
                 # its read and its registration; anything published later wakes it.
-                fresh_read_due = not first.won_lease and self._waiter.ready_since(ns.name, key, read_started)
-                if first.won_lease:
+                if first is None:
+                    # Joined without reading: the others found no value since waiting_since.
+                    # Unless a refresh was published since then (it may have landed before this
+                    # reader registered), the next publish wakes it like them: no read needed.
+                    fresh_read_due = self._waiter.ready_since(ns.name, key, handle.waiting_since)
+                else:
+                    fresh_read_due = not first.won_lease and self._waiter.ready_since(ns.name, key, read_started)
+                if first is None:
+                    pass  # a joiner counts as suppressed once it waits (below)
+                elif first.won_lease and token is not None:
                     try:
                         self._enqueue(ns, key, token, "miss", first.now_ms)
                     except BrokerUnavailable:
@@ -381,13 +399,16 @@ class Engine:
                     return r, True
 
                 status: str | None = None
+                now_ms = first.now_ms if first is not None else 0
+                waited = first is not None  # a joiner served by its first read did not wait
                 while True:
                     if fresh_read_due:
                         # Registered first, read second: a refresh published from here on wakes us.
                         handle.mark()
                         r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
+                        now_ms = r.now_ms
                         if r.has_value and r.decision is not Decision.MISS:
-                            return Served(r, "miss", r.now_ms)
+                            return Served(r, "miss" if waited else r.decision.value.lower(), r.now_ms)
                         if not enqueued:
                             return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
                         if not r.won_lease and (r.lease_state == "cooldown" or status == "error"):
@@ -401,17 +422,25 @@ class Engine:
                             "the value is being computed; retry shortly",
                             self.settings.cold_wait_timeout_seconds,
                         )
+                    if not waited:
+                        # A joiner whose read found no value: one more request the refresh
+                        # already under way will answer.
+                        metrics.REFRESH_SUPPRESSED.labels(ns.name, "coalesced").inc()
+                        waited = True
                     status = handle.wait(remaining)
                     if handle.handed_over is not None:
                         # The origin's answer may not be stored: this is the one copy there is.
+                        # (A joiner that never read has no Redis time: the answer has no stored
+                        # life either way, so the host clock dates it.)
+                        now_ms = now_ms or int(time.time() * 1000)
                         return Served(
-                            _handed_over_result(handle.handed_over, first.now_ms),
+                            _handed_over_result(handle.handed_over, now_ms),
                             "miss",
-                            first.now_ms,
+                            now_ms,
                             uncacheable=True,
                         )
         except TooManyWaiters:
-            if first.won_lease:
+            if first is not None and first.won_lease and token is not None:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
                 try:
                     self._enqueue(ns, key, token, "miss", first.now_ms)

@@ -82,6 +82,38 @@ def test_a_warm_key_costs_at_most_one_redis_read_per_web_process_per_fresh_lifet
     assert web_metric(stack, "herdless_near_cache_total", result="hit") - hits_before >= 998
 
 
+def test_readers_arriving_while_a_cold_key_is_refreshed_join_the_waiters_without_reading_redis(
+    stack: Stack,
+) -> None:
+    # 100 reads, one every 5 ms over both web processes, of a key whose refresh takes a second:
+    # after the first readers of each process found no value and wait, the rest join them
+    # without a read of their own, and one publish answers them all.
+    key = "cold-joiners"
+    stack.origin_config(latency_ms=1000)
+    seen, thread = _watch_redis_commands(stack, EntryKeys.of("nc", key).entry)
+    answers: list[requests.Response] = []
+    try:
+        readers = []
+        for _ in range(100):
+            reader = threading.Thread(target=lambda: answers.append(_fresh_connection_get(stack, key)))
+            reader.start()
+            readers.append(reader)
+            time.sleep(0.005)
+        for reader in readers:
+            reader.join(15)
+    finally:
+        stack.origin_config(latency_ms=50)
+        stack.redis.client().get(SENTINEL)
+        thread.join(5)
+    assert len(answers) == 100 and {(r.status_code, r.headers["X-Cache"]) for r in answers} == {(200, "MISS")}
+    assert {r.json()["count"] for r in answers} == {1}  # one refresh answered them all
+    reads = [c for c in seen if c.startswith("EVALSHA")]
+    # Without joining, every request read Redis: 100 reads. Now a few per process (the readers
+    # that arrived together first, and the one read each process makes when the refresh lands),
+    # plus the refresh's own write.
+    assert len(reads) <= 20, len(reads)
+
+
 @dataclass
 class Seen:
     started: float
