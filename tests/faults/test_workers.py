@@ -189,7 +189,7 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
 
 def test_a_worker_stopped_mid_refresh_leaves_at_most_one_queued_refresh_per_key(tmp_path: Path) -> None:
     # The case that used to break it: reads keep going on 30 keys (TTL 2 s, lease 3 s) while the
-    # worker's process group gets SIGTERM (honcho's Ctrl-C, systemd, Kubernetes) with refreshes
+    # worker's process group gets SIGTERM (make run's stop, systemd, Kubernetes) with refreshes
     # running. Prefork children die mid-refresh and Celery hands their messages back to the
     # queue (reject_on_worker_lost); their queued markers were already cleared when the
     # refreshes started, so reads enqueued a second refresh for those keys.
