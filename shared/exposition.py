@@ -43,6 +43,9 @@ def origin_in_flight(slots: list[OriginSlots]) -> Iterable[tuple[str, int]]:
     return [(s.origin_name, s.in_flight()) for s in slots]
 
 
+_global_scrape_collector: ScrapeTimeCollector | None = None
+
+
 def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Namespace]) -> CollectorRegistry:
     """Counters of every process of this role, plus queue depth and breaker state read per scrape,
     so queue depth stays visible from the web tier while no worker runs."""
@@ -54,11 +57,17 @@ def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Na
     client = make_redis(settings)
     origin_names = sorted({ns.origin_name for ns in namespaces.values()})
     slots = [OriginSlots(client, name) for name in origin_names]
-    registry.register(
-        ScrapeTimeCollector(
-            queue_depths=lambda: queue_depths(celery_app),
-            breaker_states=lambda: breaker_states(client, origin_names),
-            origin_in_flight=lambda: origin_in_flight(slots),
-        )
+    collector = ScrapeTimeCollector(
+        queue_depths=lambda: queue_depths(celery_app),
+        breaker_states=lambda: breaker_states(client, origin_names),
+        origin_in_flight=lambda: origin_in_flight(slots),
     )
+    if registry is REGISTRY:
+        # One process, one global registry: a second app built in it (tests, a reload) replaces
+        # the first one's scrape-time collector instead of failing on duplicate series.
+        global _global_scrape_collector
+        if _global_scrape_collector is not None:
+            REGISTRY.unregister(_global_scrape_collector)
+        _global_scrape_collector = collector
+    registry.register(collector)
     return registry

@@ -43,6 +43,21 @@ def celery_client(settings: Settings, longest_origin_timeout: float | None) -> C
     return app
 
 
+def warm_broker_connection(client: Celery) -> bool:
+    """Do now, at start, what the first send_task would: resolve the (disabled) result backend
+    (an entry-point scan), connect to the broker and declare the refresh queue. Under a herd the
+    winning request's first send paid for all of it, each round trip of the connect waiting
+    behind the process's other requests. A broker that is down is left to the first send to
+    report (False)."""
+    try:
+        client.backend  # noqa: B018 - the property resolves and caches the backend
+        with client.producer_or_acquire() as producer:
+            producer.maybe_declare(client.amqp.queues[QUEUE], retry=False)
+        return True
+    except Exception:  # noqa: BLE001 - kombu and redis raise many types; all mean "not now"
+        return False
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -109,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics_registry=build_registry(settings, celery, namespaces),
     )
     waiter.start()
+    warm_broker_connection(celery)
 
     app.register_blueprint(routes_bp)
     app.register_blueprint(status_bp)
