@@ -12,6 +12,7 @@ import tempfile
 
 from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import load_settings
+from workers.metrics_dir import OWNED_METRICS_DIR
 
 
 def main() -> None:
@@ -25,6 +26,8 @@ def main() -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Ours to remove when the worker stops (workers/tasks.py), so starts leave no directory behind.
+    os.environ[OWNED_METRICS_DIR] = metrics_dir
     argv = [
         "celery",
         "-A",

@@ -11,6 +11,7 @@ from shared.exposition import build_registry
 from shared.metrics import init_worker_series
 from shared.namespaces import load_namespaces
 from shared.settings import Settings, url_host
+from workers.metrics_dir import remove_owned_metrics_dir
 
 log = logging.getLogger("herdless.worker")
 
@@ -25,6 +26,7 @@ def start_metrics_server(settings: Settings, app: Celery) -> None:
     except OSError as exc:
         # A worker whose metrics nobody can scrape looks dead to Prometheus and Flower's
         # dashboards while it runs: stop at start instead, naming the port.
+        remove_owned_metrics_dir()
         raise SystemExit(
             f"herdless: the worker's metrics port {settings.worker_metrics_port} is not free "
             f"({exc.strerror or exc}); set WORKER_METRICS_PORT to a free port"

@@ -191,6 +191,14 @@ def _last_refresh_summary(**_: Any) -> None:
         _engine.refresh_log.flush()
 
 
+@signals.worker_shutdown.connect
+def _remove_metrics_dir(**_: Any) -> None:
+    # The main process, last: its metrics directory goes with it.
+    from workers.metrics_dir import remove_owned_metrics_dir
+
+    remove_owned_metrics_dir()
+
+
 @signals.worker_process_shutdown.connect
 def _mark_dead(pid: int | None = None, **_: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
