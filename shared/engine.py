@@ -298,12 +298,13 @@ class Engine:
             if hit is not None:
                 # Redis would say HIT until the value's XFetch moment: no round trip needed.
                 return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
-            read_token = near.begin_read(ns.name, key)
         if self._waiter is not None and self._waiter.waiting_on(ns.name, key):
-            # Readers of this process already wait for the key's refresh: join them and share
-            # their next read instead of reading alone. A cold herd then costs a process a
-            # handful of reads, not one per request.
+            # Readers of this process already wait for the key's refresh: join them without a
+            # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
+            # cold refresh then cost a process a handful of reads, not one each.
             return self._wait_for_refresh(ns, key, None, None, time.monotonic())
+        if near is not None:
+            read_token = near.begin_read(ns.name, key)
         token = new_token()
         read_started = time.monotonic()
         r = self.store.read(ns, key, token)
@@ -348,8 +349,10 @@ class Engine:
         self, ns: Namespace, key: str, first: ReadResult | None, token: str | None, read_started: float
     ) -> Answer:
         """Wait for the key's refresh. `first` is this reader's own read (a MISS), or None for a
-        reader that joined waiters already there without reading: it registers, then shares
-        their next read, and is served at once (as that read's decision) if a value is there."""
+        reader that joined waiters already there without reading: it registers and waits for the
+        same publish as they do; only if a refresh was published since their oldest read (it
+        may have landed before this reader registered) does it read first, sharing that read,
+        and a value found then is served as that read's decision (hit, early, stale)."""
         if self._waiter is None:
             if first is not None and first.won_lease and token is not None:
                 self.store.finish(ns, key, token)
