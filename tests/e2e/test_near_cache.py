@@ -105,8 +105,12 @@ def test_readers_arriving_while_a_cold_key_is_refreshed_join_the_waiters_without
         stack.origin_config(latency_ms=50)
         stack.redis.client().get(SENTINEL)
         thread.join(5)
-    assert len(answers) == 100 and {(r.status_code, r.headers["X-Cache"]) for r in answers} == {(200, "MISS")}
-    assert {r.json()["count"] for r in answers} == {1}  # one refresh answered them all
+    assert len(answers) == 100 and {r.status_code for r in answers} == {200}
+    # All arrived while the value was being computed (a reader starting after it landed, on a
+    # slow machine, would read it: HIT); one refresh answered them all.
+    assert {r.headers["X-Cache"] for r in answers} <= {"MISS", "HIT"}
+    assert sum(r.headers["X-Cache"] == "MISS" for r in answers) >= 90
+    assert {r.json()["count"] for r in answers} == {1}
     reads = [c for c in seen if c.startswith("EVALSHA")]
     # Without joining, every request read Redis: 100 reads. Now a few per process (the readers
     # that arrived together first, and the one read each process makes when the refresh lands),
