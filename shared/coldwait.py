@@ -55,6 +55,7 @@ from typing import Any, NamedTuple, TypeVar
 import redis
 
 from shared import metrics
+from shared.clock import redis_now_ms
 from shared.nearcache import NearCache
 
 log = logging.getLogger("herdless.coldwait")
@@ -75,12 +76,6 @@ SUBSCRIBERS_KEY = "hl:subscribers"
 
 
 T = TypeVar("T")
-
-
-def redis_now_ms(client: Any) -> int:
-    """The Redis server's clock in ms (TIME), the only clock herdless decides by."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def registered_hubs(client: Any) -> int:

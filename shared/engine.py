@@ -368,17 +368,16 @@ class Engine:
                     # Joined without reading: the others found no value since waiting_since.
                     # Unless a refresh was published since then (it may have landed before this
                     # reader registered), the next publish wakes it like them: no read needed.
+                    # It counts as suppressed once it waits (below).
                     fresh_read_due = self._waiter.ready_since(ns.name, key, handle.waiting_since)
-                else:
-                    fresh_read_due = not first.won_lease and self._waiter.ready_since(ns.name, key, read_started)
-                if first is None:
-                    pass  # a joiner counts as suppressed once it waits (below)
                 elif first.won_lease and token is not None:
+                    fresh_read_due = False
                     try:
                         self._enqueue(ns, key, token, "miss", first.now_ms)
                     except BrokerUnavailable:
                         return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
                 else:
+                    fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
                     if first.lease_state == "cooldown":
                         metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
                         return refused_by_failure(first.failure, first.lease_pttl_ms / 1000)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.clock import redis_now_ms
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "hl:rates:"
@@ -33,13 +35,6 @@ SERIES = ("answers", "origin_calls")
 
 def bucket_key(second: int) -> str:
     return f"{KEY_PREFIX}{second}"
-
-
-def redis_now_s(client: Any) -> int:
-    """The Redis clock in whole seconds (shared.coldwait.redis_now_ms imports the metrics, which
-    import this module)."""
-    seconds, _micros = client.time()
-    return int(seconds)
 
 
 class RateRecorder:
@@ -106,7 +101,7 @@ class RateRecorder:
         if not pending:
             return
         try:
-            key = bucket_key(redis_now_s(client))
+            key = bucket_key(redis_now_ms(client) // 1000)
             pipe = client.pipeline(transaction=False)
             for (namespace, series, outcome), n in pending.items():
                 pipe.hincrby(key, f"{namespace}|{series}|{outcome}", n)
@@ -150,7 +145,7 @@ def last_minute(client: Any, namespaces: Iterable[str]) -> dict[str, NamespaceRa
     """Counts of the last WINDOW_SECONDS (the current second included) per namespace: two round
     trips (the Redis clock, then every bucket in one pipeline)."""
     rates = {name: NamespaceRates() for name in namespaces}
-    now_s = redis_now_s(client)
+    now_s = redis_now_ms(client) // 1000
     pipe = client.pipeline(transaction=False)
     for second in range(now_s - WINDOW_SECONDS + 1, now_s + 1):
         pipe.hgetall(bucket_key(second))

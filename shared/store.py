@@ -14,7 +14,8 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from shared import scripts
-from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready, redis_now_ms
+from shared.clock import redis_now_ms
+from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace

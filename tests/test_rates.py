@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from shared import metrics, rates
-from shared.rates import RateRecorder, bucket_key, last_minute, redis_now_s
+from shared.clock import redis_now_ms
+from shared.rates import RateRecorder, bucket_key, last_minute
 from tests.stack import RedisServer
 
 
@@ -42,7 +43,7 @@ def test_counts_reach_redis_only_when_flushed_and_then_show_in_the_last_minute(c
 
 
 def test_buckets_older_than_a_minute_are_not_counted(client: Any) -> None:
-    now = redis_now_s(client)
+    now = redis_now_ms(client) // 1000
     client.hset(bucket_key(now - rates.WINDOW_SECONDS), "a|answers|hit", 100)
     client.hset(bucket_key(now - rates.WINDOW_SECONDS + 2), "a|answers|hit", 7)
     client.hset(bucket_key(now - 1), "unconfigured|answers|hit", 3)
