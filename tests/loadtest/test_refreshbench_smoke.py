@@ -40,4 +40,10 @@ def test_refreshbench_serves_every_cold_key_for_both_pools_and_reports_the_limit
         # (the demo origin refuses the odd connection when 50 refreshes start at once; a failed
         # key is retried after its 1 s cooldown). Never one per waiting request.
         assert 1 <= result["origin_calls"] <= 50 + 5
+        # The cost beside the rate: each role of the stack the bench started spent some CPU on
+        # the burst, reported per key served.
+        cpu = result["cpu_ms_per_key"]
+        assert set(cpu) == {"redis", "origin", "worker", "web"}, cpu
+        assert cpu["web"] > 0 and cpu["worker"] > 0, cpu
+    assert "CPU ms/key" in proc.stdout
     assert "refreshes/s" in proc.stdout and f"report: {report_dir / 'report.json'}" in proc.stdout
