@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from shared.metrics import BREAKER_TRANSITIONS
 from shared.origin import NotFound
+from shared.protocol import lua_script
 from shared.settings import Settings
 from shared.store import new_token
 
@@ -64,11 +65,6 @@ def breaker_fields_key(origin_name: str) -> str:
     return f"{breaker_namespace(origin_name)}:h"
 
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
 # ADMIT: may this call reach the origin? Moves open -> half-open once the reset timeout is over.
 # KEYS[1] state (string), KEYS[2] fields (hash)
 # ARGV[1] reset timeout ms, ARGV[2] token (becomes the probe if this call probes),
@@ -77,9 +73,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 #   verdict: "call" (closed), "probe" (this call is the one half-open probe), "refuse"
 #   retry_after_ms: when a refused caller may try again (0 unless refused)
 #   transition: "half-open" if this call moved the breaker there, else ""
-ADMIT = (
-    _NOW
-    + """
+ADMIT = lua_script(
+    """
+local now = now_ms()
 local state = redis.call('GET', KEYS[1]) or 'closed'
 local fails = tonumber(redis.call('HGET', KEYS[2], 'fails')) or 0
 if state == 'closed' then return {'call', 0, '', now, fails} end
@@ -106,9 +102,9 @@ return {'probe', 0, transition, now, fails}
 # breaker (opened_at = now); a success of the current probe closes it. Outcomes of calls that
 # were admitted before the breaker left "closed" change nothing once it has.
 # Returns {transition, fails}: transition "open", "closed" or ""; fails after this outcome
-RECORD = (
-    _NOW
-    + """
+RECORD = lua_script(
+    """
+local now = now_ms()
 local state = redis.call('GET', KEYS[1]) or 'closed'
 local is_probe = state == 'half-open' and redis.call('HGET', KEYS[2], 'probe') == ARGV[2]
 if is_probe then
@@ -149,9 +145,9 @@ return 1
 # SNAPSHOT: read the breaker without changing it.
 # KEYS[1] state, KEYS[2] fields; ARGV[1] reset timeout ms
 # Returns {state, fails, remaining_open_ms}: remaining is 0 unless open and the timeout runs
-SNAPSHOT = (
-    _NOW
-    + """
+SNAPSHOT = lua_script(
+    """
+local now = now_ms()
 local state = redis.call('GET', KEYS[1]) or 'closed'
 local fails = tonumber(redis.call('HGET', KEYS[2], 'fails')) or 0
 local remaining = 0

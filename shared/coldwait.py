@@ -1,21 +1,17 @@
 """ColdWaitHub: a process's one pub/sub connection, waking cold-miss waiters per key and invalidating the near-cache.
 
-Two channels, one connection:
+Two channels, one connection (their names and messages: shared/channels.py):
 
-- ``hl:ready`` (JSON ``{"ns", "key", "status"}``): a refresh of the key finished ("ready" or
-  "error"). It wakes that key's waiters -- only them -- and, a write having happened, drops
-  the key from the near-cache. When the origin's answer may not be stored (``no-store``,
-  ``private``) the message also carries it (``"body"``, base64, and ``"ct"``): it is handed to
-  the waiters it wakes (``WaitHandle.handed_over``), and to no one else.
-- ``hl:inval`` (JSON ``{"ns", "key"}``, plus ``"ack"`` from a purge): published after every
-  hard and soft purge; drops the key from the near-cache. It wakes no waiter. A purge waits
-  (``PURGE_ACK_SECONDS`` at most) until every subscribed process has dropped the key and
-  pushed its acknowledgement to the list the message names, so once a purge has answered no
-  web process serves the purged value from memory. "Every subscribed process" is counted in
-  ``hl:subscribers`` (a sorted set in the deployment's own database: PUBLISH's receiver count
-  would include other databases' subscribers, and on Redis Cluster only one node's): each hub
-  keeps its entry alive there while it is subscribed, and removes it when it loses the
-  subscription (its near-cache is suspended then anyway).
+- the ready channel: a refresh of the key ended ("ready" or "error"). It wakes that key's
+  waiters -- only them -- and, a write having happened, drops the key from the near-cache. An
+  uncacheable answer it carries is handed to the waiters it wakes (``WaitHandle.handed_over``),
+  and to no one else.
+- the invalidation channel: published after every hard and soft purge; drops the key from the
+  near-cache. It wakes no waiter. A purge waits (``PURGE_ACK_SECONDS`` at most) until every
+  subscribed process has dropped the key and pushed its acknowledgement to the list the message
+  names, so once a purge has answered no web process serves the purged value from memory. Each
+  hub keeps its entry in ``SUBSCRIBERS_KEY`` alive while it is subscribed (purges count those),
+  and removes it when it loses the subscription (its near-cache is suspended then anyway).
 
 Waiting. Waiters of one key share one ``_KeyWait``: a generation number, the last published
 status and an Event that is replaced by a fresh one at each publish, so a publish for key K
@@ -40,9 +36,6 @@ writes for longer than that.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import os
 import threading
@@ -50,18 +43,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, TypeVar
-
-import redis
+from typing import Any, TypeVar
 
 from shared import metrics
+from shared.channels import (
+    INVALIDATION_CHANNEL,
+    PURGE_ACK_SECONDS,
+    READY_CHANNEL,
+    SUBSCRIBERS_KEY,
+    HandedOver,
+    parse_message,
+)
 from shared.clock import redis_now_ms
 from shared.nearcache import NearCache
+from shared.protocol import ReadyStatus
 
 log = logging.getLogger("herdless.coldwait")
-
-READY_CHANNEL = "hl:ready"
-INVALIDATION_CHANNEL = "hl:inval"
 
 CONNECTED_SLICE = 1.0  # safety-net re-read period while the subscription is live
 DISCONNECTED_SLICE = 0.2  # re-read period while it is not
@@ -70,60 +67,9 @@ HEARTBEAT_SECONDS = 1.0  # PING after this long without hearing anything
 LIVENESS_SECONDS = 3.0  # nothing heard (not even a pong) for this long: reconnect
 MAX_BACKOFF_SECONDS = 2.0
 READY_MEMORY = 100_000  # keys whose last ready message time is remembered
-PURGE_ACK_SECONDS = 1.0  # the longest a purge waits for every web process to drop the key
-ACK_PREFIX = "hl:inval-ack:"
-SUBSCRIBERS_KEY = "hl:subscribers"
 
 
 T = TypeVar("T")
-
-
-def registered_hubs(client: Any) -> int:
-    """How many hubs of this database are subscribed now (their entries have not run out)."""
-    return int(client.zcount(SUBSCRIBERS_KEY, f"({redis_now_ms(client)}", "+inf"))
-
-
-def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float = 0.0) -> tuple[int, int]:
-    """Tell every web process to drop (ns, key) from its near-cache. With `ack_timeout`, wait
-    until every subscribed hub of this deployment has dropped the key (at most that long).
-    Returns (hubs subscribed, hubs that confirmed)."""
-    message: dict[str, str] = {"ns": ns, "key": key}
-    if ack_timeout <= 0:
-        client.publish(INVALIDATION_CHANNEL, json.dumps(message))
-        return 0, 0
-    ack = message["ack"] = ACK_PREFIX + os.urandom(12).hex()
-    receivers = registered_hubs(client)
-    client.publish(INVALIDATION_CHANNEL, json.dumps(message))
-    confirmed = 0
-    deadline = time.monotonic() + ack_timeout
-    try:
-        while confirmed < receivers:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            # Short slices: a BLPOP must never outwait the client's own read timeout, which
-            # may be shorter than the whole bound (COLD_WAIT_TIMEOUT_SECONDS sets it in web).
-            try:
-                popped = client.blpop([ack], timeout=min(max(left, 0.01), 0.1))
-            except redis.exceptions.TimeoutError:
-                continue  # a client read timeout shorter still: try again until the bound
-            if popped is not None:
-                confirmed += 1
-    finally:
-        client.delete(ack)
-    return receivers, confirmed
-
-
-def publish_ready(client: Any, ns: str, key: str, status: str) -> None:
-    """Tell every web process that a refresh of (ns, key) finished ("ready" or "error")."""
-    client.publish(READY_CHANNEL, json.dumps({"ns": ns, "key": key, "status": status}))
-
-
-class HandedOver(NamedTuple):
-    """An uncacheable origin answer, handed to the readers that waited for it."""
-
-    body: bytes
-    content_type: str
 
 
 class TooManyWaiters(Exception):
@@ -149,7 +95,7 @@ class _KeyWait:
         self.oldest_read = oldest_read
         self.waiters = 0
         self.generation = 0
-        self.status = ""
+        self.status = ReadyStatus.READY  # what the last publish said
         self.handed_over: HandedOver | None = None  # what the last publish handed over
         self.event = threading.Event()  # set (and replaced) by the next publish
         self.read_seq = 0
@@ -175,7 +121,7 @@ class WaitHandle:
         with self._hub._lock:
             self._seen = self._wait.generation
 
-    def wait(self, timeout: float) -> str | None:
+    def wait(self, timeout: float) -> ReadyStatus | None:
         """Block until a refresh of this key is published after the last mark(), or the timeout
         (capped at the current re-read slice). Returns the published status or None."""
         slice_ = self._hub.connected_slice if self._hub.connected.is_set() else self._hub.disconnected_slice
@@ -365,20 +311,15 @@ class ColdWaitHub:
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
             return
-        channel = _text(message.get("channel"))
-        try:
-            event = json.loads(message["data"])
-            target = (str(event["ns"]), str(event["key"]))
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed message on %s", channel)
+        event = parse_message(_text(message.get("channel")), message["data"])
+        if event is None:
             return
         if self.nearcache is not None:
-            self.nearcache.invalidate(*target)
-        ack = event.get("ack")
-        if channel == INVALIDATION_CHANNEL and isinstance(ack, str) and ack.startswith(ACK_PREFIX):
-            self._confirm(ack)
-        if channel == READY_CHANNEL:
-            self._wake(target, str(event.get("status", "ready")), _handed_over(event))
+            self.nearcache.invalidate(event.ns, event.key)
+        if event.ack is not None:
+            self._confirm(event.ack)
+        if event.channel == READY_CHANNEL:
+            self._wake((event.ns, event.key), event.status, event.handed_over)
 
     def _register(self) -> None:
         # Purges wait for the confirmation of every registered hub; an entry outlives a missed
@@ -417,7 +358,7 @@ class ColdWaitHub:
         except Exception as exc:  # noqa: BLE001 - the purge waits its bound and answers anyway
             log.warning("could not confirm an invalidation (%s)", type(exc).__name__)
 
-    def _wake(self, target: tuple[str, str], status: str, handed_over: HandedOver | None = None) -> None:
+    def _wake(self, target: tuple[str, str], status: ReadyStatus, handed_over: HandedOver | None = None) -> None:
         with self._lock:
             self._last_ready[target] = time.monotonic()
             self._last_ready.move_to_end(target)
@@ -490,17 +431,6 @@ class ColdWaitHub:
         with self._lock:
             wait = self._waits.get((namespace, key))
             return 0 if wait is None else wait.waiters
-
-
-def _handed_over(event: dict[str, Any]) -> HandedOver | None:
-    body = event.get("body")
-    if not isinstance(body, str):
-        return None
-    try:
-        return HandedOver(base64.b64decode(body, validate=True), str(event.get("ct") or "application/octet-stream"))
-    except (binascii.Error, ValueError):
-        log.warning("ignoring a malformed hand-over for namespace %s", event.get("ns"))
-        return None
 
 
 def _text(raw: Any) -> str:

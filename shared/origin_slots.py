@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.metrics import ORIGIN_SLOT_WAIT
+from shared.protocol import lua_script
 
 WAIT_SLICE_S = 0.5  # the longest one BLPOP blocks before the waiter retries on its own
 WAKE_TTL_MS = 60_000  # an unused wake-up list goes away after this
@@ -48,11 +49,6 @@ def wake_key(origin_name: str) -> str:
     return f"{slots_key(origin_name)}:wake"
 
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
 # ACQUIRE: take a slot if fewer than limit unexpired leases are held.
 # KEYS[1] slots (sorted set: token -> lease expiry ms)
 # ARGV[1] token, ARGV[2] limit, ARGV[3] lease ttl ms
@@ -62,9 +58,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 #   acquired: 1 if the token holds a slot now, else 0
 #   held: unexpired leases after this call
 #   next_expiry_in_ms: ms until the earliest lease expires (-1 when none is held)
-ACQUIRE = (
-    _NOW
-    + """
+ACQUIRE = lua_script(
+    """
+local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local ttl = tonumber(ARGV[3])
 local held = redis.call('ZCARD', KEYS[1])
@@ -84,9 +80,9 @@ return {acquired, held, next_expiry}
 # RENEW: extend a lease that has not expired yet.
 # KEYS[1] slots; ARGV[1] token, ARGV[2] lease ttl ms
 # Returns 1 if renewed, 0 if the token holds no unexpired lease (the slot may be someone else's).
-RENEW = (
-    _NOW
-    + """
+RENEW = lua_script(
+    """
+local now = now_ms()
 local expiry = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
 if not expiry or expiry <= now then return 0 end
 local ttl = tonumber(ARGV[2])
@@ -109,9 +105,9 @@ return 1
 
 # IN_FLIGHT: count unexpired leases without changing anything (safe at scrape time).
 # KEYS[1] slots. Returns the count.
-IN_FLIGHT = (
-    _NOW
-    + """
+IN_FLIGHT = lua_script(
+    """
+local now = now_ms()
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 )

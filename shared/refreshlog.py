@@ -16,26 +16,33 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from shared.protocol import RefreshOutcome
+
 log = logging.getLogger("herdless.refresh")
 
 SUMMARY_SECONDS = 60.0
 
-# Refresh outcomes (herdless_refresh_total) that mean "the origin gave no value": failures.
-# The rest either stored something (written, revalidated, uncacheable: handed to the waiters)
-# or lost a race that a newer refresh won (fenced, lost_lease, expired): nothing to act on.
-FAILED_OUTCOMES = frozenset({"origin_error", "breaker_open", "slot_timeout"})
-WROTE_OUTCOMES = frozenset({"written", "revalidated", "uncacheable"})
+# Refresh outcomes that mean "the origin gave no value": failures. The rest either stored
+# something (written, revalidated, uncacheable: handed to the waiters), lost a race that a newer
+# refresh won (fenced, lost_lease, expired), or named a namespace this worker does not know
+# (logged where it is dropped): nothing to act on here.
+FAILED_OUTCOMES = frozenset({RefreshOutcome.ORIGIN_ERROR, RefreshOutcome.BREAKER_OPEN, RefreshOutcome.SLOT_TIMEOUT})
+WROTE_OUTCOMES = frozenset({RefreshOutcome.WRITTEN, RefreshOutcome.REVALIDATED, RefreshOutcome.UNCACHEABLE})
 
 
 @dataclass(frozen=True)
 class RefreshReport:
-    """How one refresh ended: `outcome` as counted in herdless_refresh_total; for a failure,
-    `error` (the code cold reads answer with: origin_timeout, breaker_open, ...) and `detail`
-    (the exception's message, never a secret: URLs carry no credentials, no header values)."""
+    """How one refresh ended: `outcome` (a RefreshOutcome, as counted in herdless_refresh_total:
+    a word of its own is refused here); for a failure, `error` (the FailureCode cold reads answer
+    with: origin_timeout, breaker_open, ...) and `detail` (the exception's message, never a
+    secret: URLs carry no credentials, no header values)."""
 
     outcome: str
     error: str = ""
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", RefreshOutcome(self.outcome))
 
     @property
     def failed(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 from dataclasses import dataclass
@@ -14,15 +13,28 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from shared import scripts
+from shared.channels import PURGE_ACK_SECONDS, READY_CHANNEL, HandedOver, publish_invalidation, ready_message
 from shared.clock import redis_now_ms
-from shared.coldwait import PURGE_ACK_SECONDS, READY_CHANNEL, publish_invalidation, publish_ready
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
+from shared.protocol import (
+    Decision,
+    FailureCode,
+    LeaseState,
+    MarkerState,
+    NoCode,
+    ReadyStatus,
+    WarmState,
+    WriteMode,
+    WriteOutcome,
+    lease_state_of,
+    marker_state_of,
+)
 from shared.settings import Settings
 from shared.tasks import queued_marker_ttl_seconds
-from shared.xfetch import Decision, draw_u
+from shared.xfetch import draw_u
 
 # Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
 # breaker's reset timeout (past that the breaker, not the key, holds the origin off).
@@ -132,12 +144,12 @@ class ReadResult:
     soft_ms: int | None
     delta_ms: float
     negative: bool
-    lease_state: str  # "", "held", "cooldown", "queued"
+    lease_state: str  # a LeaseState (from_reply gives the member)
     lease_pttl_ms: int
     u: float  # this value's XFetch draw (1.0 when none is stored)
     stale_ms: int | None = None  # the value's stale window, when stored with it
-    # While cooling down: the error code of the failure behind it (origin_error, breaker_open...)
-    failure: str = ""
+    # While cooling down: the code of the failure behind it (origin_error, breaker_open...)
+    failure: FailureCode | NoCode = ""
 
     @property
     def has_value(self) -> bool:
@@ -146,6 +158,7 @@ class ReadResult:
     @classmethod
     def from_reply(cls, raw: list[Any]) -> ReadResult:
         f = dict(zip(READ_FIELDS, raw, strict=True))
+        lease_state = LeaseState(_str(f["lease_state"]))
         return cls(
             decision=Decision(_str(f["decision"])),
             won_lease=int(f["won"]) == 1,
@@ -157,18 +170,17 @@ class ReadResult:
             soft_ms=_int(f["soft"]),
             delta_ms=float(_str(f["d"]) or 0),
             negative=_str(f["neg"]) == "1",
-            lease_state=_str(f["lease_state"]),
+            lease_state=lease_state,
             lease_pttl_ms=int(f["lease_pttl"]),
             u=float(_str(f["u"]) or 1.0),
             stale_ms=_int(f["st"]),
-            failure=_str(f["cd"]),
+            failure=FailureCode.parse(_str(f["cd"])) if lease_state is LeaseState.COOLDOWN else "",
         )
 
 
 @dataclass(frozen=True)
 class WriteResult:
-    # "written", "revalidated", "uncacheable", "fenced" or "lost_lease" (see FENCED_WRITE)
-    status: str
+    status: WriteOutcome
     delta_ms: float
     soft_ms: int
     written_at_ms: int
@@ -176,7 +188,7 @@ class WriteResult:
     @property
     def written(self) -> bool:
         """A value (new or revalidated) is stored and fresh."""
-        return self.status in ("written", "revalidated")
+        return self.status.stored
 
 
 @dataclass(frozen=True)
@@ -244,10 +256,10 @@ class EntryState:
     failures: int  # consecutive failed refreshes (each doubles the cooldown)
     soft_purged_at_ms: int | None
     kept_until_ms: int | None  # when Redis drops the entry (stale window and stale-if-error included)
-    lease: str  # "" (free), "held" (a refresh holds it) or "cooldown" (the last refresh failed)
+    lease: LeaseState  # FREE, HELD (a refresh holds it) or COOLDOWN (the last refresh failed)
     lease_until_ms: int | None
-    cooldown_reason: str  # while cooling down, the failure's error code (origin_timeout, ...)
-    queued: str  # "" (none), "queued" (a refresh waits in the queue) or "running" (a worker runs it)
+    cooldown_reason: FailureCode | NoCode  # while cooling down, why the last refresh failed
+    queued: MarkerState
     queued_until_ms: int | None
 
     @property
@@ -262,7 +274,8 @@ class EntryState:
         def until(pttl: Any) -> int | None:
             return now + int(pttl) if int(pttl) >= 0 else None
 
-        lease, queued = _str(f["lease"]), _str(f["queued"])
+        lease, cooldown_reason = lease_state_of(_str(f["lease"]))
+        queued = marker_state_of(_str(f["queued"]))
         return cls(
             now_ms=now,
             stored=int(f["exists"]) == 1,
@@ -276,13 +289,10 @@ class EntryState:
             failures=_int(f["fails"]) or 0,
             soft_purged_at_ms=_int(f["sp"]),
             kept_until_ms=until(f["entry_pttl"]),
-            lease="" if not lease else ("cooldown" if lease.startswith("cd:") else "held"),
+            lease=lease,
             lease_until_ms=until(f["lease_pttl"]) if lease else None,
-            # "cd:<token>:<code>"; a cooldown written before codes were stored is an origin_error
-            cooldown_reason=(lease.split(":", 2)[2] if lease.count(":") >= 2 else "origin_error")
-            if lease.startswith("cd:")
-            else "",
-            queued="" if not queued else ("running" if queued.startswith("r:") else "queued"),
+            cooldown_reason=cooldown_reason,
+            queued=queued,
             queued_until_ms=until(f["queued_pttl"]) if queued else None,
         )
 
@@ -379,7 +389,7 @@ class CacheStore:
         k = EntryKeys.of(ns.name, key)
         return int(self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])) == 1
 
-    def warm(self, ns: Namespace, tokens: dict[str, str]) -> tuple[dict[str, str], int]:
+    def warm(self, ns: Namespace, tokens: dict[str, str]) -> tuple[dict[str, WarmState], int]:
         """WARM each key (its token drawn by the caller), pipelined: ({key: state}, Redis ms).
         The states are those of the WARM script."""
         calls = []
@@ -387,7 +397,7 @@ class CacheStore:
             k = EntryKeys.of(ns.name, key)
             calls.append(([k.entry, k.lease, k.queued], [token, self.lease_ttl_ms, self.queued_marker_ttl_ms]))
         replies = self._evalsha_many(self._warm, calls)
-        states = {key: _str(reply[0]) for key, reply in zip(tokens, replies, strict=True)}
+        states = {key: WarmState(_str(reply[0])) for key, reply in zip(tokens, replies, strict=True)}
         now = max((int(reply[1]) for reply in replies), default=0)
         return states, now
 
@@ -464,7 +474,7 @@ class CacheStore:
             ns,
             key,
             token,
-            "store",
+            WriteMode.STORE,
             started_ms=started_ms,
             won_at_ms=won_at_ms,
             body=value,
@@ -496,7 +506,7 @@ class CacheStore:
             ns,
             key,
             token,
-            "revalidate",
+            WriteMode.REVALIDATE,
             started_ms=started_ms,
             won_at_ms=won_at_ms,
             validators=validators,
@@ -510,16 +520,9 @@ class CacheStore:
     ) -> WriteResult:
         """The origin's answer may not be stored: delete the entry (under the same fences as a
         write) and hand `hand_over` to the readers waiting for the key, in the ready message."""
+        handed = None if hand_over is None else HandedOver(hand_over.body, hand_over.content_type)
         return self._fenced(
-            ns,
-            key,
-            token,
-            "drop",
-            started_ms=started_ms,
-            won_at_ms=won_at_ms,
-            body=base64.b64encode(hand_over.body) if hand_over else b"",
-            content_type=hand_over.content_type if hand_over else "",
-            hand_over=hand_over is not None,
+            ns, key, token, WriteMode.DROP, started_ms=started_ms, won_at_ms=won_at_ms, hand_over=handed
         )
 
     def _fenced(
@@ -527,7 +530,7 @@ class CacheStore:
         ns: Namespace,
         key: str,
         token: str,
-        mode: str,
+        mode: WriteMode,
         *,
         started_ms: int,
         won_at_ms: int,
@@ -539,37 +542,34 @@ class CacheStore:
         negative: bool = False,
         u: float | None = None,
         validated_at_ms: int = 0,
-        hand_over: bool = False,
+        hand_over: HandedOver | None = None,
     ) -> WriteResult:
         k = EntryKeys.of(ns.name, key)
         validators = validators or Validators()
         lifetimes = lifetimes or fixed_lifetimes(ns)
-        raw = self._fenced_write(
-            keys=[k.entry, k.lease, k.tombstone, k.queued],
-            args=[
-                token,
-                started_ms,
-                won_at_ms,
-                mode,
-                body,
-                content_type,
-                etag,
-                validators.etag,
-                validators.last_modified,
-                lifetimes.soft_ttl_ms,
-                lifetimes.stale_ms,
-                lifetimes.stale_if_error_ms,
-                "1" if negative else "0",
-                repr(draw_u() if u is None else u),
-                validated_at_ms,
-                READY_CHANNEL,
-                ns.name,
-                key,
-                "1" if hand_over else "0",
-            ],
+        args = scripts.FencedWriteArgs(
+            run_token=token,
+            started_ms=started_ms,
+            won_at_ms=won_at_ms,
+            mode=mode,
+            value=body,
+            content_type=content_type,
+            etag=etag,
+            origin_etag=validators.etag,
+            origin_last_modified=validators.last_modified,
+            soft_ttl_ms=lifetimes.soft_ttl_ms,
+            stale_ms=lifetimes.stale_ms,
+            stale_if_error_ms=lifetimes.stale_if_error_ms,
+            negative=negative,
+            u=draw_u() if u is None else u,
+            validated_at_ms=validated_at_ms,
+            channel=READY_CHANNEL,
+            message=ready_message(ns.name, key, ReadyStatus.READY),
+            hand_over="" if hand_over is None else ready_message(ns.name, key, ReadyStatus.READY, hand_over),
         )
+        raw = self._fenced_write(keys=[k.entry, k.lease, k.tombstone, k.queued], args=args.argv())
         return WriteResult(
-            status=_str(raw[0]),
+            status=WriteOutcome(_str(raw[0])),
             delta_ms=float(_str(raw[1]) or 0),
             soft_ms=int(raw[2]),
             written_at_ms=int(raw[3]),
@@ -588,12 +588,15 @@ class CacheStore:
     ) -> int:
         k = EntryKeys.of(ns.name, key)
         ttl = int(ns.negative_ttl_seconds * 1000) if negative else (soft_ttl_ms or ns.soft_ttl_ms)
-        return int(
-            self._plain_write(
-                keys=[k.entry],
-                args=[value, content_type, make_etag(value), started_ms, ttl, "1" if negative else "0"],
-            )
+        args = scripts.PlainWriteArgs(
+            value=value,
+            content_type=content_type,
+            etag=make_etag(value),
+            started_ms=started_ms,
+            soft_ttl_ms=ttl,
+            negative=negative,
         )
+        return int(self._plain_write(keys=[k.entry], args=args.argv()))
 
     def record_failure(
         self,
@@ -603,25 +606,23 @@ class CacheStore:
         *,
         min_cooldown_ms: int = 0,
         origin_called: bool = True,
-        reason: str = "origin_error",
+        reason: str = FailureCode.ORIGIN_ERROR,
     ) -> int:
         """Turn the lease into a cooldown and stretch the stale value's life; returns the cooldown ms.
-        `reason` (an error code) is kept with the cooldown: cold reads answer with it."""
+        `reason` (a FailureCode) is kept with the cooldown: cold reads answer with it."""
         k = EntryKeys.of(ns.name, key)
         cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
-        raw = self._record_failure(
-            keys=[k.entry, k.lease, k.queued],
-            args=[
-                token,
-                COOLDOWN_BASE_MS,
-                max(cap, min_cooldown_ms),
-                ns.stale_ttl_ms,
-                int(ns.stale_if_error_seconds * 1000),
-                min_cooldown_ms,
-                "1" if origin_called else "0",
-                reason,
-            ],
+        args = scripts.RecordFailureArgs(
+            run_token=token,
+            cooldown_base_ms=COOLDOWN_BASE_MS,
+            cooldown_max_ms=max(cap, min_cooldown_ms),
+            stale_ms=ns.stale_ttl_ms,
+            stale_if_error_ms=int(ns.stale_if_error_seconds * 1000),
+            min_cooldown_ms=min_cooldown_ms,
+            origin_called=origin_called,
+            reason=FailureCode(reason),
         )
+        raw = self._record_failure(keys=[k.entry, k.lease, k.queued], args=args.argv())
         return int(raw[1])
 
     def purge(self, ns: Namespace, key: str) -> bool:
@@ -638,7 +639,7 @@ class CacheStore:
     def publish_ready(self, ns: Namespace, key: str, status: str) -> None:
         """Tell cold-miss waiters in every web process that this key's refresh finished (and
         their near-caches that it may have changed)."""
-        publish_ready(self.redis, ns.name, key, status)
+        self.redis.publish(READY_CHANNEL, ready_message(ns.name, key, ReadyStatus(status)))
 
     def publish_invalidation(self, ns: Namespace, key: str) -> tuple[int, int]:
         """Tell every web process to drop this key from its near-cache (after a purge) and wait

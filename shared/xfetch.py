@@ -24,17 +24,11 @@ from __future__ import annotations
 
 import math
 import random
-from enum import StrEnum
+
+from shared.protocol import Decision
 
 # Smallest u the rule accepts: u = 0 would be ln(0) = -inf; clamp instead of crashing.
 MIN_U = 1e-300
-
-
-class Decision(StrEnum):
-    HIT = "HIT"
-    EARLY = "EARLY"
-    STALE = "STALE"
-    MISS = "MISS"
 
 
 def draw_u(rng: random.Random | None = None) -> float:

@@ -16,17 +16,22 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from shared.coldwait import (
+from shared.channels import (
     READY_CHANNEL,
     SUBSCRIBERS_KEY,
-    ColdWaitHub,
     HandedOver,
-    TooManyWaiters,
     publish_invalidation,
-    publish_ready,
+    ready_message,
 )
+from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.nearcache import NearCache
+from shared.protocol import ReadyStatus
 from tests.stack import RedisServer, wait_until
+
+
+def publish_ready(client: redis.Redis, ns: str, key: str, status: str) -> None:
+    """What a refresh script publishes once it has written or recorded a failure."""
+    client.publish(READY_CHANNEL, ready_message(ns, key, ReadyStatus(status)))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from shared.coldwait import READY_CHANNEL
+from shared.channels import READY_CHANNEL
 from shared.freshness import Lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
