@@ -642,7 +642,6 @@ class Engine:
                     # The origin is saturated by other refreshes: back off like a failure,
                     # without counting one against the key or the breaker.
                     store.record_failure(ns, key, run_token, origin_called=False, reason="origin_busy")
-                    store.publish_ready(ns, key, "error")
                     return RefreshReport(
                         "slot_timeout", "origin_busy", f"no concurrency slot of origin {ns.origin_name} came free"
                     )
@@ -686,7 +685,6 @@ class Engine:
             # A callable that stopped importing (checked at start, so a module changed or
             # removed since): a failure of the key like any other, without a call to count.
             store.record_failure(ns, key, run_token, reason=exc.code)
-            store.publish_ready(ns, key, "error")
             return RefreshReport("origin_error", exc.code, f"origin {ns.origin_name}: {exc}")
         # With validators stored, the call is conditional and a 304 costs no body.
         stored = store.stored_validators(ns, key) if origin.conditional else None
@@ -704,13 +702,11 @@ class Engine:
             store.record_failure(
                 ns, key, run_token, min_cooldown_ms=exc.retry_after_ms, origin_called=False, reason="breaker_open"
             )
-            store.publish_ready(ns, key, "error")
             return RefreshReport("breaker_open", "breaker_open", f"origin {ns.origin_name}: {exc}")
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
             store.record_failure(ns, key, run_token, reason=exc.code)
-            store.publish_ready(ns, key, "error")
             return RefreshReport("origin_error", exc.code, f"origin {ns.origin_name}: {exc}")
         metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a

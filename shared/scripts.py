@@ -232,14 +232,18 @@ class PlainWriteArgs(LuaArgs):
 
 
 # RECORD_FAILURE: the origin failed. Keep (or take) the lease as a cooldown so reads stop
-# enqueueing, and stretch the stored lifetime of a stale value by stale-if-error.
+# enqueueing, stretch the stored lifetime of a stale value by stale-if-error, and wake the key's
+# cold-miss waiters: they answer with the failure's code at once, in every web process.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker (kept: FINISH clears it)
 # ARGV by name (RecordFailureArgs): run_token, cooldown_base_ms, cooldown_max_ms, stale_ms and
 # stale_if_error_ms (both used only when the entry stores none of its own: st, sie),
 # min_cooldown_ms (e.g. until the breaker may half-open), origin_called ("1" if the origin was
 # called and failed, "0" if the breaker refused the call or no slot came free: the key's failure
 # streak, which doubles its cooldown, counts only real origin failures), reason (the FailureCode
-# cold reads answer with while the cooldown lasts)
+# cold reads answer with while the cooldown lasts), channel (the ready channel), message (its
+# "error" message for the key)
+# Publishes message on the channel whether or not the lease was still this run's, in the same
+# step as the cooldown it announces.
 # Returns {fails, cooldown ms}
 RECORD_FAILURE = lua_script(
     """
@@ -266,6 +270,7 @@ local holder = redis.call('GET', KEYS[2])
 if holder == a.run_token or not holder then
   redis.call('SET', KEYS[2], cooldown_value(a.run_token, a.reason), 'PX', cooldown)
 end
+redis.call('PUBLISH', a.channel, a.message)
 return {fails, cooldown}
 """
 )
@@ -281,6 +286,8 @@ class RecordFailureArgs(LuaArgs):
     min_cooldown_ms: int
     origin_called: bool
     reason: FailureCode
+    channel: str
+    message: str
 
 
 # TAKE_LEASE: the lease outside a read (manual refresh); like READ, refused while a refresh is queued.

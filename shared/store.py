@@ -608,7 +608,8 @@ class CacheStore:
         origin_called: bool = True,
         reason: str = FailureCode.ORIGIN_ERROR,
     ) -> int:
-        """Turn the lease into a cooldown and stretch the stale value's life; returns the cooldown ms.
+        """Turn the lease into a cooldown, stretch the stale value's life and wake the key's
+        cold-miss waiters ("error" on the ready channel), in one step; returns the cooldown ms.
         `reason` (a FailureCode) is kept with the cooldown: cold reads answer with it."""
         k = EntryKeys.of(ns.name, key)
         cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
@@ -621,6 +622,8 @@ class CacheStore:
             min_cooldown_ms=min_cooldown_ms,
             origin_called=origin_called,
             reason=FailureCode(reason),
+            channel=READY_CHANNEL,
+            message=ready_message(ns.name, key, ReadyStatus.ERROR),
         )
         raw = self._record_failure(keys=[k.entry, k.lease, k.queued], args=args.argv())
         return int(raw[1])
@@ -635,11 +638,6 @@ class CacheStore:
     def soft_purge(self, ns: Namespace, key: str) -> bool:
         k = EntryKeys.of(ns.name, key)
         return int(self._soft_purge(keys=[k.entry, k.lease])) == 1
-
-    def publish_ready(self, ns: Namespace, key: str, status: str) -> None:
-        """Tell cold-miss waiters in every web process that this key's refresh finished (and
-        their near-caches that it may have changed)."""
-        self.redis.publish(READY_CHANNEL, ready_message(ns.name, key, ReadyStatus(status)))
 
     def publish_invalidation(self, ns: Namespace, key: str) -> tuple[int, int]:
         """Tell every web process to drop this key from its near-cache (after a purge) and wait
