@@ -114,12 +114,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import metrics
+from shared.answers import Answer, Refused, Served, refused_by_failure
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.coldwait import ColdWaitHub, HandedOver, TooManyWaiters
-from shared.freshness import CacheHeaders, CachePolicy, Lifetimes, cache_policy, fixed_lifetimes
+from shared.freshness import CachePolicy, Lifetimes, fixed_lifetimes
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, hit_until_ms
-from shared.origin import NotFound, NotModified, Origin, OriginError, OriginResponse, make_origin
+from shared.origin import NotFound, NotModified, OriginError, OriginResponse
+from shared.origin_adapters import OriginAdapters
 from shared.origin_slots import OriginSlots
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
@@ -130,57 +132,7 @@ from shared.xfetch import Decision
 log = logging.getLogger("herdless.engine")
 
 
-# -- what a read answers ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Served:
-    """A stored value (or a cached 404) to answer with; `outcome` is hit, early, stale or miss.
-    `now_ms` is the Redis clock at the answer (estimated from the read's offset on a near-cache
-    hit), for Age and max-age."""
-
-    result: ReadResult
-    outcome: str
-    now_ms: int
-    from_near_cache: bool = False
-    uncacheable: bool = False  # handed over from the origin, never stored (no-store, private)
-
-
-@dataclass(frozen=True)
-class Refused:
-    """No value to answer with: an HTTP status, a stable error code and when to retry."""
-
-    status: int
-    error: str
-    detail: str
-    retry_after_s: float | None = None
-
-    @property
-    def outcome(self) -> str:
-        return "timeout" if self.error == "cold_wait_timeout" else "error"
-
-
-# The answer to a cold read while its key cools down after a failed refresh, by the failure's
-# code (which the worker stores with the cooldown): the status is 502 for each, the detail
-# says what failed and what to look at.
-FAILURE_DETAILS = {
-    "origin_error": "the origin failed to produce a value (see the worker log)",
-    "origin_timeout": "the origin did not answer within its timeout (ORIGIN_TIMEOUT_SECONDS)",
-    "origin_too_large": "the origin's answer is larger than ORIGIN_MAX_BYTES",
-    "origin_unimportable": "the origin callable cannot be imported by the worker (see the worker log)",
-    "breaker_open": "the origin's circuit breaker is open after repeated failures; no call until it half-opens",
-    "origin_busy": "every concurrency slot of the origin stayed taken (ORIGIN_MAX_CONCURRENCY)",
-}
-
-
-def refused_by_failure(failure: str, retry_after_s: float) -> Refused:
-    """The 502 of a cold key whose last refresh failed for `failure` (a code from FAILURE_DETAILS;
-    an unknown or missing one, from an older worker, is a plain origin_error)."""
-    error = failure if failure in FAILURE_DETAILS else "origin_error"
-    return Refused(502, error, FAILURE_DETAILS[error], retry_after_s)
-
-
-Answer = Served | Refused
+# -- what a warm-up answers ---------------------------------------------------------------------
 
 
 class BrokerUnavailable(Exception):
@@ -247,23 +199,13 @@ class Engine:
         self.near_cache = near_cache
         self._slots_factory = slots
         self._breaker_client = breaker_client if breaker_client is not None else store.redis
-        self._origins: dict[str, Origin] = {}
+        self.origins = OriginAdapters(settings.origin_max_bytes)
         self._breakers: dict[str, OriginBreaker] = {}
         self._slots: dict[str, OriginSlots] = {}
         self._lock = threading.Lock()
-        self._malformed_reported: set[str] = set()  # origins whose bad Cache-Control was logged
         self.refresh_log = RefreshLog()
 
-    # origin adapters, breakers and slots are built once per namespace / origin, on first use
-    def origin(self, ns: Namespace) -> Origin:
-        origin = self._origins.get(ns.name)
-        if origin is None:
-            with self._lock:
-                origin = self._origins.get(ns.name)
-                if origin is None:
-                    origin = self._origins[ns.name] = make_origin(ns, self.settings.origin_max_bytes)
-        return origin
-
+    # breakers and slots are built once per origin, on first use
     def breaker(self, ns: Namespace) -> OriginBreaker:
         breaker = self._breakers.get(ns.origin_name)
         if breaker is None:
@@ -460,13 +402,13 @@ class Engine:
         policy: CachePolicy | None = None
         try:
             # Never conditional: the baseline fetches the whole value on every miss.
-            resp = self.origin(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
+            resp = self.origins.get(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
             if isinstance(resp, NotModified):
                 raise OriginError("origin answered 304 to a request that was not conditional")
             negative, body, ctype = False, resp.body, resp.content_type
             metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
             metrics.ORIGIN_BYTES.labels(ns.name).inc(len(body))
-            policy = self.cache_policy(ns, resp.cache)
+            policy = self.origins.cache_policy(ns, resp.cache)
         except NotFound:
             negative, body, ctype = True, b"", "application/json"
             metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
@@ -654,24 +596,6 @@ class Engine:
                     renewer.holds_slot = False
                     slots.release(run_token)
 
-    def cache_policy(self, ns: Namespace, headers: CacheHeaders) -> CachePolicy:
-        """Lifetimes of one origin answer (shared/freshness.py). A Cache-Control that does not
-        parse is logged once per origin in this process, not once per call."""
-        policy = cache_policy(ns, headers, time.time())
-        if policy.malformed and ns.origin_name not in self._malformed_reported:
-            with self._lock:
-                first = ns.origin_name not in self._malformed_reported
-                self._malformed_reported.add(ns.origin_name)
-            if first:
-                log.warning(
-                    "origin %s sent a malformed Cache-Control (%s): namespace %s uses its own TTLs "
-                    "for such answers; reported once per origin",
-                    ns.origin_name,
-                    policy.malformed,
-                    ns.name,
-                )
-        return policy
-
     def _call_and_write(
         self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer
     ) -> RefreshReport:
@@ -681,7 +605,7 @@ class Engine:
         t0 = time.perf_counter()
         deadline = time.monotonic() + ns.origin_timeout_seconds
         try:
-            origin = self.origin(ns)
+            origin = self.origins.get(ns)
         except OriginError as exc:
             # A callable that stopped importing (checked at start, so a module changed or
             # removed since): a failure of the key like any other, without a call to count.
@@ -727,7 +651,7 @@ class Engine:
         elif isinstance(response, OriginResponse):
             metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
             metrics.ORIGIN_BYTES.labels(ns.name).inc(len(response.body))
-            policy = self.cache_policy(ns, response.cache)
+            policy = self.origins.cache_policy(ns, response.cache)
             if policy.storable:
                 result = store.fenced_write(
                     ns,
@@ -783,7 +707,7 @@ class Engine:
         replace the stored ones (RFC 9111 4.3.4); without any, the value keeps its lifetimes."""
         lifetimes = stored_lifetimes
         if ns.freshness == "origin" and not response.cache.empty:
-            policy = self.cache_policy(ns, response.cache)
+            policy = self.origins.cache_policy(ns, response.cache)
             if not policy.storable:
                 # The origin now forbids storing what it confirmed: drop it. The bytes are in
                 # Redis only, so the waiters re-read and the next refresh fetches them whole.

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from shared.engine import FAILURE_DETAILS, Engine, refused_by_failure
+from shared.answers import FAILURE_DETAILS, refused_by_failure
+from shared.engine import Engine
 from shared.namespaces import build_namespace
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings

@@ -16,7 +16,8 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from shared import metrics
-from shared.engine import BrokerUnavailable, Refused, Served, WarmIncomplete, cache_headers
+from shared.answers import Refused, Served
+from shared.engine import BrokerUnavailable, WarmIncomplete, cache_headers
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
