@@ -6,6 +6,8 @@ from __future__ import annotations
 from shared.engine import Engine, WarmIncomplete
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace, build_namespace
+from shared.origin_slots import OriginSlots
+from shared.refresher import Refresher
 from shared.settings import Settings
 from shared.store import CacheStore, new_token
 from shared.tasks import RefreshRequest, queued_marker_ttl_seconds, refresh_expiry_seconds, refresh_priority
@@ -111,7 +113,7 @@ def test_a_warm_up_or_cold_start_queue_wait_does_not_count_as_refresh_duration(
     # warm-up's or a cold start's backlog says nothing about the key, and counting it would make
     # the value refresh early by about that much.
     ns = build_namespace("t", {"origin": "tests.origins:compute"}, settings)
-    engine = Engine(settings, {ns.name: ns}, store)
+    refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name))
     waited_ms = 30_000
     d: dict[str, float] = {}
     for reason in ("warm", "miss", "early"):
@@ -119,8 +121,8 @@ def test_a_warm_up_or_cold_start_queue_wait_does_not_count_as_refresh_duration(
         token = new_token()
         states, now = store.warm(ns, {key: token})
         assert states[key] == "won"
-        outcome = engine.run_refresh(RefreshRequest(ns.name, key, token, reason, now - waited_ms))
-        assert outcome == "written"
+        report = refresher.run(RefreshRequest(ns.name, key, token, reason, now - waited_ms))
+        assert report.outcome == "written"
         d[reason] = float(store.redis.hget(EntryKeys.of(ns.name, key).entry, "d"))
     assert d["early"] >= waited_ms
     assert d["warm"] < waited_ms / 10 and d["miss"] < waited_ms / 10, d
