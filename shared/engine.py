@@ -70,7 +70,6 @@ the origin while a stale value exists.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -441,21 +440,6 @@ class Engine:
                 told,
             )
         return existed
-
-
-def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None = None) -> dict[str, str]:
-    """X-Cache, Age, Cache-Control and ETag of an answer from a stored entry."""
-    now = r.now_ms if now_ms is None else now_ms
-    headers = {"X-Cache": outcome.upper()}
-    if r.at_ms is not None:
-        headers["Age"] = str(max(0, (now - r.at_ms) // 1000))
-    if r.soft_ms is not None:
-        max_age = max(0, math.floor((r.soft_ms - now) / 1000))
-        stale_ms = ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
-        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={stale_ms // 1000}"
-    if r.etag:
-        headers["ETag"] = r.etag
-    return headers
 
 
 def _handed_over_result(handed: HandedOver, now_ms: int) -> ReadResult:

@@ -17,11 +17,11 @@ from flask import Blueprint, Response, request
 
 from shared import metrics
 from shared.answers import Refused, Served
-from shared.engine import BrokerUnavailable, WarmIncomplete, cache_headers
+from shared.engine import BrokerUnavailable, WarmIncomplete
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
-from shared.store import EntryState
+from shared.store import EntryState, ReadResult
 from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
 from web.state import web_state
@@ -81,6 +81,21 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tokens = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
     return "*" in tokens or etag in tokens
+
+
+def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None = None) -> dict[str, str]:
+    """X-Cache, Age, Cache-Control and ETag of an answer from a stored entry."""
+    now = r.now_ms if now_ms is None else now_ms
+    headers = {"X-Cache": outcome.upper()}
+    if r.at_ms is not None:
+        headers["Age"] = str(max(0, (now - r.at_ms) // 1000))
+    if r.soft_ms is not None:
+        max_age = max(0, math.floor((r.soft_ms - now) / 1000))
+        stale_ms = ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
+        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={stale_ms // 1000}"
+    if r.etag:
+        headers["ETag"] = r.etag
+    return headers
 
 
 def _serve(ns: Namespace, answer: Served) -> Response:
