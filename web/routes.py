@@ -1,6 +1,6 @@
 """HTTP routes of the web tier: cache reads, admin refresh/purge/warm-up/meta and namespaces,
-health and metrics. Each route turns an HTTP request into an engine call (shared/engine.py) and
-the engine's answer into HTTP. Cache paths are parsed from the raw request URI (web/cache_path.py):
+health and metrics. Each route turns an HTTP request into a read path call (shared/readpath.py) and
+its answer into HTTP. Cache paths are parsed from the raw request URI (web/cache_path.py):
 Flask's routing sees the decoded path, in which %2F and / are the same, so one rule per method
 takes any /v1/cache/ path and the parser decides which action, if any, it names."""
 
@@ -17,10 +17,10 @@ from flask import Blueprint, Response, request
 
 from shared import metrics
 from shared.answers import Refused, Served
-from shared.engine import BrokerUnavailable, WarmIncomplete
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
+from shared.readpath import BrokerUnavailable, WarmIncomplete
 from shared.store import EntryState, ReadResult
 from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
@@ -135,7 +135,7 @@ def read(_rest: str) -> Response:
     target = _target(parsed)
     started = time.perf_counter()
     try:
-        answer = web_state().engine.read(target.ns, target.key)
+        answer = web_state().read_path.read(target.ns, target.key)
         if isinstance(answer, Served):
             return _serve(target.ns, answer)
         return _refused(target.ns, answer)
@@ -151,7 +151,7 @@ def refresh(_rest: str) -> Response:
     target = _target(parsed)
     _require_admin()
     try:
-        enqueued = web_state().engine.request_refresh(target.ns, target.key)
+        enqueued = web_state().read_path.request_refresh(target.ns, target.key)
     except BrokerUnavailable:
         return json_error(503, "broker_unavailable", "could not enqueue the refresh", {"Retry-After": "1"})
     if not enqueued:
@@ -200,7 +200,7 @@ def warm(ns: Namespace) -> Response:
     state = web_state()
     keys = _warm_keys(state.settings.warm_max_keys)
     try:
-        result = state.engine.warm(ns, keys)
+        result = state.read_path.warm(ns, keys)
     except WarmIncomplete as exc:
         return json_error(503, "broker_unavailable", str(exc), {"Retry-After": "1"})
     return json_response(
@@ -219,7 +219,7 @@ def purge(_rest: str) -> Response:
     parsed = _cache_path()
     target = _target(parsed)
     _require_admin()
-    web_state().engine.purge(target.ns, target.key, soft=parsed[1].soft)
+    web_state().read_path.purge(target.ns, target.key, soft=parsed[1].soft)
     return Response(status=204)
 
 

@@ -1,18 +1,19 @@
-"""The life of one cache key: read and decide, lease, queue hand-off, cold wait, claim, origin
-call, write or failure, purge. Routes and the Celery task are thin adapters over this module.
+"""The read path (web tier): read and decide, win the lease and queue a refresh, wait for a cold key, warm, purge.
 
-States of a key
----------------
+What a refresh does with the lease it was handed is told in ``shared/refresher.py``; the routes
+are thin adapters over ``ReadPath``.
+
+Read states of a key
+--------------------
 
 A key is **absent** (no entry), **fresh** (an entry before its ``soft`` moment), **stale** (past
 ``soft`` but still stored, for strategies that serve stale values) or **negative** (the origin
 said 404; served as 404 until it expires). Orthogonal to that, its lease (``hl:{ns:key}:l``) is
 **free**, **won** (a read took it and is handing a refresh to the queue: the lease holds the task
-token and the *queued marker* ``:q`` holds it too), **running** (a worker claimed it: the lease
-holds that run's own token), or **cooling down** (the last refresh failed: ``cd:<token>:<code>``).
-The queued marker lives exactly as long as the task's message: set by the read that enqueues,
-turned into a *running* marker (``r:<task token>``) when a worker claims the task, cleared when
-the worker has acknowledged the message (``finish``) or the message expires unrun.
+token and the *queued marker* ``:q`` holds it too), or held by a refresh that runs or failed
+(**running**, **cooling down**: ``shared/refresher.py``). The queued marker lives exactly as
+long as the task's message: set by the read that enqueues, it becomes a running marker while a
+worker runs the task and goes when the message is acknowledged or expires unrun.
 
 Reads (web tier, one Redis round trip, ``READ``)
     A read of a fresh value whose XFetch moment ``soft + d·β·ln(u)`` has not come is a HIT.
@@ -33,10 +34,6 @@ Near-cache (web tier)
     with the value), so the process keeps it in its ``NearCache`` and answers later reads
     from memory until then — never past it, never while its subscription is down, and never
     after a ready or invalidation message for the key has arrived.
-
-Refreshes (worker)
-    What a refresh task does with the lease it was handed, and its marker, is told in
-    ``shared/refresher.py``.
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
@@ -60,11 +57,10 @@ Warm-ups (admin)
     one lease); a read that misses on such a key waits for it like any queued refresh. If the
     queue refuses a task, the leases and markers of the keys not yet handed over are given back.
 
-What never happens: two refreshes holding one key's lease; a value older than the stored one
-replacing it; a purged value coming back; two refresh tasks of one key in the queue that could
-both run (the one exception to "one message": a dead host's message, restored by the broker's
-visibility timeout after a read took its key over, which stops at its claim); a read waiting on
-the origin while a stale value exists.
+What never happens: a purged value coming back (from a near-cache included); two refresh
+tasks of one key in the queue that could both run (the one exception to "one message": a dead
+host's message, restored by the broker's visibility timeout after a read took its key over,
+which stops at its claim); a read waiting on the origin while a stale value exists.
 """
 
 from __future__ import annotations
@@ -73,7 +69,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
 from shared import metrics
@@ -81,7 +77,7 @@ from shared.answers import Answer, Refused, Served, refused_by_failure
 from shared.coldwait import ColdWaitHub, HandedOver, TooManyWaiters
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
-from shared.nearcache import NearCache, hit_until_ms
+from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
 from shared.origin import NotFound, NotModified, OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.settings import Settings
@@ -90,9 +86,6 @@ from shared.tasks import RefreshRequest
 from shared.xfetch import Decision
 
 log = logging.getLogger("herdless.engine")
-
-
-# -- what a warm-up answers ---------------------------------------------------------------------
 
 
 class BrokerUnavailable(Exception):
@@ -130,26 +123,35 @@ OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
 WARM_CHUNK = 500
 
 
-# -- the web side -------------------------------------------------------------------------------
+class NoNearCache:
+    """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
+
+    def get(self, ns: str, key: str) -> NearHit[ReadResult] | None:
+        return None
+
+    def begin_read(self, ns: str, key: str) -> ReadToken:
+        return ReadToken(0, 0.0)
+
+    def put(self, ns: str, key: str, entry: ReadResult, redis_now_ms: int, early_ms: float, token: ReadToken) -> bool:
+        return False
 
 
-class Engine:
-    """One per web process, given a queue (`send_refresh`) and a cold-miss waiter. The worker
-    tier runs refreshes with `shared.refresher.Refresher`."""
+class ReadPath:
+    """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
+    the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
+    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache."""
 
     def __init__(
         self,
         settings: Settings,
-        namespaces: dict[str, Namespace],
         store: CacheStore,
         *,
-        send_refresh: SendRefresh | None = None,
-        open_batch: OpenBatch | None = None,
-        waiter: ColdWaitHub | None = None,
-        near_cache: NearCache[ReadResult] | None = None,
+        send_refresh: SendRefresh,
+        open_batch: OpenBatch,
+        waiter: ColdWaitHub,
+        near_cache: NearCache[ReadResult] | NoNearCache,
     ) -> None:
         self.settings = settings
-        self.namespaces = namespaces
         self.store = store
         self._send_refresh = send_refresh
         self._open_batch = open_batch
@@ -164,24 +166,21 @@ class Engine:
         if ns.strategy == "naive":
             return self._read_naive(ns, key)
         near = self.near_cache
-        read_token = None
-        if near is not None:
-            hit = near.get(ns.name, key)
-            if hit is not None:
-                # Redis would say HIT until the value's XFetch moment: no round trip needed.
-                return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
-        if self._waiter is not None and self._waiter.waiting_on(ns.name, key):
+        hit = near.get(ns.name, key)
+        if hit is not None:
+            # Redis would say HIT until the value's XFetch moment: no round trip needed.
+            return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
+        if self._waiter.waiting_on(ns.name, key):
             # Readers of this process already wait for the key's refresh: join them without a
             # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
             # cold refresh then cost a process a handful of reads, not one each.
             return self._wait_for_refresh(ns, key, None, None, time.monotonic())
-        if near is not None:
-            read_token = near.begin_read(ns.name, key)
+        read_token = near.begin_read(ns.name, key)
         token = new_token()
         read_started = time.monotonic()
         r = self.store.read(ns, key, token)
         if r.decision is Decision.HIT:
-            if near is not None and read_token is not None and r.soft_ms is not None:
+            if r.soft_ms is not None:
                 until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u)
                 near.put(ns.name, key, r, r.now_ms, until, read_token)
             return Served(r, "hit", r.now_ms)
@@ -204,8 +203,6 @@ class Engine:
 
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> None:
         """Hand the refresh to the queue; on failure give the lease and marker back."""
-        if self._send_refresh is None:
-            raise BrokerUnavailable("this engine has no refresh queue")
         try:
             self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
@@ -225,10 +222,6 @@ class Engine:
         same publish as they do; only if a refresh was published since their oldest read (it
         may have landed before this reader registered) does it read first, sharing that read,
         and a value found then is served as that read's decision (hit, early, stale)."""
-        if self._waiter is None:
-            if first is not None and first.won_lease and token is not None:
-                self.store.finish(ns, key, token)
-            return Refused(503, "cold_wait_timeout", "this process cannot wait for refreshes", 1)
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
         try:
             with self._waiter.join(ns.name, key, read_started if first is not None else None) as handle:
@@ -378,12 +371,10 @@ class Engine:
         """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
         validated by the caller; duplicates count once). Raises WarmIncomplete when the queue
         refuses a task."""
-        if self._send_refresh is None:
-            raise WarmIncomplete(0)
         distinct = list(dict.fromkeys(keys))
         states: dict[str, str] = {}
         sent = 0
-        batch = self._open_batch() if self._open_batch is not None else nullcontext(self._send_refresh)
+        batch = self._open_batch()
         with ExitStack() as on_exit:
             try:
                 send = on_exit.enter_context(batch)
