@@ -1,4 +1,4 @@
-"""What a read answers (a value, or a refusal with its status), and the failure codes a cooling key answers with."""
+"""What a read answers (a value, an unstored value or a refusal), and the failure codes a cooling key answers with."""
 
 from __future__ import annotations
 
@@ -17,7 +17,19 @@ class Served:
     outcome: str
     now_ms: int
     from_near_cache: bool = False
-    uncacheable: bool = False  # handed over from the origin, never stored (no-store, private)
+
+
+@dataclass(frozen=True)
+class Unstored:
+    """An origin answer the origin forbade storing (no-store, private), for this read only: handed
+    over by the refresh it waited for (or fetched by a naive read). It has no stored life."""
+
+    body: bytes
+    content_type: str
+
+    @property
+    def outcome(self) -> str:
+        return "miss"
 
 
 @dataclass(frozen=True)
@@ -54,4 +66,4 @@ def refused_by_failure(failure: str, retry_after_s: float) -> Refused:
     return Refused(502, error, FAILURE_DETAILS[error], retry_after_s)
 
 
-Answer = Served | Refused
+Answer = Served | Unstored | Refused

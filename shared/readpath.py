@@ -73,8 +73,8 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
 from shared import metrics
-from shared.answers import Answer, Refused, Served, refused_by_failure
-from shared.coldwait import ColdWaitHub, HandedOver, TooManyWaiters
+from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
+from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
@@ -266,14 +266,12 @@ class ReadPath:
                     return r, True
 
                 status: str | None = None
-                now_ms = first.now_ms if first is not None else 0
                 waited = first is not None  # a joiner served by its first read did not wait
                 while True:
                     if fresh_read_due:
                         # Registered first, read second: a refresh published from here on wakes us.
                         handle.mark()
                         r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
-                        now_ms = r.now_ms
                         if r.has_value and r.decision is not Decision.MISS:
                             return Served(r, "miss" if waited else r.decision.value.lower(), r.now_ms)
                         if not enqueued:
@@ -297,15 +295,7 @@ class ReadPath:
                     status = handle.wait(remaining)
                     if handle.handed_over is not None:
                         # The origin's answer may not be stored: this is the one copy there is.
-                        # (A joiner that never read has no Redis time: the answer has no stored
-                        # life either way, so the host clock dates it.)
-                        now_ms = now_ms or int(time.time() * 1000)
-                        return Served(
-                            _handed_over_result(handle.handed_over, now_ms),
-                            "miss",
-                            now_ms,
-                            uncacheable=True,
-                        )
+                        return Unstored(handle.handed_over.body, handle.handed_over.content_type)
         except TooManyWaiters:
             if first is not None and first.won_lease and token is not None:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
@@ -342,7 +332,7 @@ class ReadPath:
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         if policy is not None and not policy.storable:
-            return Served(_handed_over_result(HandedOver(body, ctype), started), "miss", started, uncacheable=True)
+            return Unstored(body, ctype)
         self.store.plain_write(
             ns,
             key,
@@ -431,22 +421,3 @@ class ReadPath:
                 told,
             )
         return existed
-
-
-def _handed_over_result(handed: HandedOver, now_ms: int) -> ReadResult:
-    """An uncacheable answer in the shape of a read: a value with no stored life."""
-    return ReadResult(
-        decision=Decision.MISS,
-        won_lease=False,
-        now_ms=now_ms,
-        value=handed.body,
-        content_type=handed.content_type,
-        etag="",
-        at_ms=None,
-        soft_ms=None,
-        delta_ms=0.0,
-        negative=False,
-        lease_state="",
-        lease_pttl_ms=0,
-        u=1.0,
-    )

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from shared import metrics
-from shared.answers import Refused, Served
+from shared.answers import Refused, Served, Unstored
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
@@ -104,9 +104,6 @@ def _serve(ns: Namespace, answer: Served) -> Response:
     # A cached 404 is NEGATIVE once stored; the read that waited for the origin to say 404 is a MISS.
     negative_hit = r.negative and answer.outcome != "miss"
     headers = cache_headers(ns, r, "NEGATIVE" if negative_hit else answer.outcome, answer.now_ms)
-    if answer.uncacheable:
-        # The origin forbade storing it (no-store, private): neither do the client's caches.
-        headers["Cache-Control"] = "no-store"
     if r.at_ms is not None:
         metrics.SERVED_AGE.labels(ns.name).observe(max(0, answer.now_ms - r.at_ms) / 1000)
     if r.negative:
@@ -117,6 +114,13 @@ def _serve(ns: Namespace, answer: Served) -> Response:
         return Response(status=304, headers=headers)
     metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
     return Response(r.value or b"", status=200, headers=headers, content_type=r.content_type)
+
+
+def _serve_unstored(ns: Namespace, answer: Unstored) -> Response:
+    """Answer with a value the origin forbade storing (no-store, private): neither do the client's caches."""
+    metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
+    headers = {"X-Cache": answer.outcome.upper(), "Cache-Control": "no-store"}
+    return Response(answer.body, status=200, headers=headers, content_type=answer.content_type)
 
 
 def _refused(ns: Namespace, answer: Refused) -> Response:
@@ -138,6 +142,8 @@ def read(_rest: str) -> Response:
         answer = web_state().read_path.read(target.ns, target.key)
         if isinstance(answer, Served):
             return _serve(target.ns, answer)
+        if isinstance(answer, Unstored):
+            return _serve_unstored(target.ns, answer)
         return _refused(target.ns, answer)
     finally:
         metrics.REQUEST_DURATION.labels(target.ns.name).observe(time.perf_counter() - started)
