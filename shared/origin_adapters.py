@@ -5,12 +5,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from shared.freshness import CacheHeaders, CachePolicy, cache_policy
 from shared.namespaces import Namespace
 from shared.origin import Origin, make_origin
 
 log = logging.getLogger("herdless.engine")
+
+T = TypeVar("T")
+
+
+class BuiltOnce(Generic[T]):
+    """Objects built on first use, one per name (a namespace's origin, an origin's breaker or
+    slots), however many threads or greenlets ask at once."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, T] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, build: Callable[[], T]) -> T:
+        value = self._built.get(name)
+        if value is None:
+            with self._lock:
+                value = self._built.get(name)
+                if value is None:
+                    value = self._built[name] = build()
+        return value
 
 
 class OriginAdapters:
@@ -19,18 +41,12 @@ class OriginAdapters:
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
-        self._origins: dict[str, Origin] = {}
+        self._origins: BuiltOnce[Origin] = BuiltOnce()
         self._lock = threading.Lock()
         self._malformed_reported: set[str] = set()  # origins whose bad Cache-Control was logged
 
     def get(self, ns: Namespace) -> Origin:
-        origin = self._origins.get(ns.name)
-        if origin is None:
-            with self._lock:
-                origin = self._origins.get(ns.name)
-                if origin is None:
-                    origin = self._origins[ns.name] = make_origin(ns, self._max_bytes)
-        return origin
+        return self._origins.get(ns.name, lambda: make_origin(ns, self._max_bytes))
 
     def cache_policy(self, ns: Namespace, headers: CacheHeaders) -> CachePolicy:
         """Lifetimes of one origin answer (shared/freshness.py). A Cache-Control that does not

@@ -69,7 +69,7 @@ from shared.breaker import BreakerOpen, OriginBreaker
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.namespaces import Namespace
 from shared.origin import NotFound, NotModified, OriginError, OriginResponse
-from shared.origin_adapters import OriginAdapters
+from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
@@ -95,30 +95,18 @@ class Refresher:
         self.store = store
         self.origins = OriginAdapters(settings.origin_max_bytes)
         self._slots_factory = slots
-        self._breakers: dict[str, OriginBreaker] = {}
-        self._slots: dict[str, OriginSlots] = {}
-        self._lock = threading.Lock()
+        self._breakers: BuiltOnce[OriginBreaker] = BuiltOnce()
+        self._slots: BuiltOnce[OriginSlots] = BuiltOnce()
         self.refresh_log = RefreshLog()
 
     # breakers and slots are built once per origin, on first use
     def breaker(self, ns: Namespace) -> OriginBreaker:
-        breaker = self._breakers.get(ns.origin_name)
-        if breaker is None:
-            with self._lock:
-                breaker = self._breakers.get(ns.origin_name)
-                if breaker is None:
-                    breaker = OriginBreaker(self.store.redis, ns.origin_name, self.settings)
-                    self._breakers[ns.origin_name] = breaker
-        return breaker
+        return self._breakers.get(
+            ns.origin_name, lambda: OriginBreaker(self.store.redis, ns.origin_name, self.settings)
+        )
 
     def origin_slots(self, ns: Namespace) -> OriginSlots:
-        slots = self._slots.get(ns.origin_name)
-        if slots is None:
-            with self._lock:
-                slots = self._slots.get(ns.origin_name)
-                if slots is None:
-                    slots = self._slots[ns.origin_name] = self._slots_factory(ns.origin_name)
-        return slots
+        return self._slots.get(ns.origin_name, lambda: self._slots_factory(ns.origin_name))
 
     def run(self, req: RefreshRequest) -> RefreshReport:
         """Run one refresh task; returns its outcome and, for a failure, why (for the task's
