@@ -6,8 +6,10 @@ import logging
 
 import pytest
 
-from shared.engine import FAILURE_DETAILS, Engine, refused_by_failure
+from shared.answers import FAILURE_DETAILS, refused_by_failure
 from shared.namespaces import build_namespace
+from shared.origin_slots import OriginSlots
+from shared.refresher import Refresher
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
 from shared.store import CacheStore, new_token
@@ -19,12 +21,12 @@ def test_a_callable_that_stopped_importing_fails_the_refresh_as_origin_unimporta
 ) -> None:
     # Start-up imports every callable, so this is a module removed or broken after the start.
     ns = build_namespace("gone", {"origin": "tests.no_such_module_here:compute"}, settings)
-    engine = Engine(settings, {ns.name: ns}, store)
+    refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name))
     key, token = "k", new_token()
     states, now = store.warm(ns, {key: token})
     assert states[key] == "won"
 
-    report = engine.run_refresh_reported(RefreshRequest(ns.name, key, token, "miss", now))
+    report = refresher.run(RefreshRequest(ns.name, key, token, "miss", now))
 
     assert (report.outcome, report.error) == ("origin_error", "origin_unimportable")
     assert "tests.no_such_module_here" in report.detail and "ModuleNotFoundError" in report.detail

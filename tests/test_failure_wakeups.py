@@ -13,18 +13,21 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
 import redis
 
+from shared.answers import Answer, Refused
 from shared.breaker import breaker_fields_key, breaker_state_key
 from shared.channels import READY_CHANNEL
 from shared.coldwait import ColdWaitHub
-from shared.engine import Answer, Engine, Refused
 from shared.namespaces import Namespace, build_namespace
 from shared.origin_slots import OriginSlots
 from shared.protocol import FailureCode, LeaseState, ReadyStatus, RefreshOutcome
+from shared.readpath import NoNearCache, ReadPath
+from shared.refresher import Refresher
 from shared.settings import Settings
 from shared.store import CacheStore, make_redis, new_token, pubsub_client
 from tests.stack import wait_until
@@ -97,14 +100,15 @@ class ColdKey:
         self.hub = ColdWaitHub(lambda: pubsub_client(settings), 100, connected_slice=SAFETY_NET_SLICE)
         self.hub.start()
         assert self.hub.connected.wait(10), "the hub did not subscribe"
-        self.engine = Engine(
+        self.read_path = ReadPath(
             settings,
-            {ns.name: ns},
             store,
             send_refresh=self.sent.put,
+            open_batch=lambda: nullcontext(self.sent.put),
             waiter=self.hub,
-            slots=(lambda name: OriginSlots(store.redis, name)) if slots else None,
+            near_cache=NoNearCache(),
         )
+        self.refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name))
         self.answer: Answer | None = None
 
     def fail_the_refresh(self, key: str) -> tuple[Answer | None, float, RefreshOutcome]:
@@ -114,13 +118,13 @@ class ColdKey:
         reader.start()
         request = self.sent.get(timeout=10)
         wait_until(lambda: self.hub.waiting_on(self.ns.name, key) == 1, 10, "the cold read to wait")
-        report = self.engine.run_refresh_reported(request)
+        report = self.refresher.run(request)
         refreshed = time.monotonic()
         reader.join(COLD_WAIT_SECONDS + 5)
         return self.answer, time.monotonic() - refreshed, RefreshOutcome(report.outcome)
 
     def _read(self, key: str) -> None:
-        self.answer = self.engine.read(self.ns, key)
+        self.answer = self.read_path.read(self.ns, key)
 
     def close(self) -> None:
         self.hub.stop()

@@ -1,4 +1,5 @@
-"""The module structure the design promises: web/ never imports workers/, and no import cycles."""
+"""The module structure the design promises: web/ never imports workers/, the engine's halves read
+alone, and no import cycles."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def test_shared_imports_neither_tier_nor_flask_nor_celery() -> None:
                 else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             )
             assert not any(n.split(".")[0] in ("flask", "celery", "kombu") for n in names), (path.name, names)
+
+
+def test_the_read_path_and_the_refresher_import_neither_each_other_nor_a_tier() -> None:
+    # Each half of the engine reads alone: what both need lives in modules of its own.
+    graph = _imports()
+    assert "shared.refresher" not in graph["shared.readpath"], graph["shared.readpath"]
+    assert "shared.readpath" not in graph["shared.refresher"], graph["shared.refresher"]
+    assert not any(m.startswith(("web", "workers")) for m in graph["shared.readpath"] | graph["shared.refresher"])
+
+
+def test_no_engine_module_is_over_450_lines() -> None:
+    for name in ("readpath", "refresher", "answers", "origin_adapters"):
+        lines = len((ROOT / "shared" / f"{name}.py").read_text().splitlines())
+        assert lines <= 450, (name, lines)
 
 
 def test_there_is_no_import_cycle() -> None:

@@ -3,9 +3,14 @@ a read that wins, and leaves fresh, queued, running and cooling keys alone."""
 
 from __future__ import annotations
 
-from shared.engine import Engine, WarmIncomplete
+from contextlib import nullcontext
+
+from shared.coldwait import ColdWaitHub
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace, build_namespace
+from shared.origin_slots import OriginSlots
+from shared.readpath import NoNearCache, ReadPath, SendRefresh, WarmIncomplete
+from shared.refresher import Refresher
 from shared.settings import Settings
 from shared.store import CacheStore, new_token
 from shared.tasks import RefreshRequest, queued_marker_ttl_seconds, refresh_expiry_seconds, refresh_priority
@@ -21,6 +26,19 @@ def _fresh(store: CacheStore, ns: Namespace, key: str) -> None:
     assert store.fenced_write(
         ns, key, run, started_ms=now, won_at_ms=now, value=b"v", content_type="text/plain"
     ).written
+
+
+def _read_path(settings: Settings, store: CacheStore, send: SendRefresh) -> ReadPath:
+    """A web process's read path whose queue is `send` (a warm-up sends one task at a time)."""
+    waiter = ColdWaitHub(lambda: store.redis, settings.max_cold_waiters)
+    return ReadPath(
+        settings,
+        store,
+        send_refresh=send,
+        open_batch=lambda: nullcontext(send),
+        waiter=waiter,
+        near_cache=NoNearCache(),
+    )
 
 
 def test_a_warm_up_takes_the_lease_and_marker_of_a_cold_key_as_a_winning_read_would(
@@ -61,21 +79,21 @@ def test_a_warm_up_leaves_fresh_queued_running_and_cooling_keys_alone(store: Cac
     assert {key: store.redis.get(EntryKeys.of(ns.name, key).lease) for key in keys[:4]} == leases_before
 
 
-def test_engine_warm_counts_each_distinct_key_once_and_hands_winners_to_the_queue(
+def test_a_warm_up_counts_each_distinct_key_once_and_hands_winners_to_the_queue(
     settings: Settings, store: CacheStore, ns: Namespace
 ) -> None:
     sent: list[RefreshRequest] = []
-    engine = Engine(settings, {ns.name: ns}, store, send_refresh=sent.append)
+    read_path = _read_path(settings, store, sent.append)
     _fresh(store, ns, "f")
     keys = [f"w{i}" for i in range(2500)] + ["f", "w0", "w1"]
-    result = engine.warm(ns, keys)
+    result = read_path.warm(ns, keys)
     assert (result.enqueued, result.already_fresh, result.in_flight, result.cooling_down) == (2500, 1, 0, 0)
     assert sorted(r.key for r in sent) == sorted(f"w{i}" for i in range(2500))
     assert {r.reason for r in sent} == {"warm"}
     # Each task carries the token its key's lease holds.
     for r in sent[::250]:
         assert store.lease_holder(ns, r.key) == r.token
-    again = engine.warm(ns, keys)
+    again = read_path.warm(ns, keys)
     assert (again.enqueued, again.in_flight) == (0, 2500) and len(sent) == 2500
 
 
@@ -89,10 +107,10 @@ def test_a_refused_task_gives_back_the_leases_of_every_key_not_yet_enqueued(
             raise ConnectionError("broker down")
         sent.append(request)
 
-    engine = Engine(settings, {ns.name: ns}, store, send_refresh=queue_that_fails_after_three)
+    read_path = _read_path(settings, store, queue_that_fails_after_three)
     keys = [f"k{i}" for i in range(10)]
     try:
-        engine.warm(ns, keys)
+        read_path.warm(ns, keys)
     except WarmIncomplete as exc:
         assert exc.enqueued == 3
     else:
@@ -111,7 +129,7 @@ def test_a_warm_up_or_cold_start_queue_wait_does_not_count_as_refresh_duration(
     # warm-up's or a cold start's backlog says nothing about the key, and counting it would make
     # the value refresh early by about that much.
     ns = build_namespace("t", {"origin": "tests.origins:compute"}, settings)
-    engine = Engine(settings, {ns.name: ns}, store)
+    refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name))
     waited_ms = 30_000
     d: dict[str, float] = {}
     for reason in ("warm", "miss", "early"):
@@ -119,8 +137,8 @@ def test_a_warm_up_or_cold_start_queue_wait_does_not_count_as_refresh_duration(
         token = new_token()
         states, now = store.warm(ns, {key: token})
         assert states[key] == "won"
-        outcome = engine.run_refresh(RefreshRequest(ns.name, key, token, reason, now - waited_ms))
-        assert outcome == "written"
+        report = refresher.run(RefreshRequest(ns.name, key, token, reason, now - waited_ms))
+        assert report.outcome == "written"
         d[reason] = float(store.redis.hget(EntryKeys.of(ns.name, key).entry, "d"))
     assert d["early"] >= waited_ms
     assert d["warm"] < waited_ms / 10 and d["miss"] < waited_ms / 10, d

@@ -1,4 +1,4 @@
-"""Flask app factory: settings, namespaces, the engine with its queue and cold-miss waiter, routes."""
+"""Flask app factory: settings, namespaces, the read path with its queue and cold-miss waiter, routes."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from werkzeug.exceptions import HTTPException
 
 from shared import rates
 from shared.coldwait import ColdWaitHub
-from shared.engine import Engine
 from shared.exposition import build_registry
 from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache
+from shared.readpath import NoNearCache, ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.tasks import QUEUE, RefreshRequest, celery_config, send_refresh
@@ -106,19 +106,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         with celery.producer_or_acquire() as producer:
             yield lambda request: send_refresh(celery, request, settings, producer=producer)
 
-    engine = Engine(
+    read_path = ReadPath(
         settings,
-        namespaces,
         CacheStore(client, settings),
         send_refresh=enqueue,
         open_batch=enqueue_batch,
         waiter=waiter,
-        near_cache=near_cache,
+        near_cache=near_cache if near_cache is not None else NoNearCache(),
     )
     app.extensions[EXTENSION] = WebState(
         settings=settings,
         namespaces=namespaces,
-        engine=engine,
+        read_path=read_path,
         celery=celery,
         waiter=waiter,
         metrics_registry=build_registry(settings, celery, namespaces),

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from shared.engine import FAILURE_DETAILS
+from shared.answers import FAILURE_DETAILS
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
 from web.state import web_state

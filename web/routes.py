@@ -1,6 +1,6 @@
 """HTTP routes of the web tier: cache reads, admin refresh/purge/warm-up/meta and namespaces,
-health and metrics. Each route turns an HTTP request into an engine call (shared/engine.py) and
-the engine's answer into HTTP. Cache paths are parsed from the raw request URI (web/cache_path.py):
+health and metrics. Each route turns an HTTP request into a read path call (shared/readpath.py) and
+its answer into HTTP. Cache paths are parsed from the raw request URI (web/cache_path.py):
 Flask's routing sees the decoded path, in which %2F and / are the same, so one rule per method
 takes any /v1/cache/ path and the parser decides which action, if any, it names."""
 
@@ -16,11 +16,12 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from shared import metrics
-from shared.engine import BrokerUnavailable, Refused, Served, WarmIncomplete, cache_headers
+from shared.answers import Refused, Served, Unstored
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
-from shared.store import EntryState
+from shared.readpath import BrokerUnavailable, WarmIncomplete
+from shared.store import EntryState, ReadResult
 from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
 from web.state import web_state
@@ -82,15 +83,27 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tokens or etag in tokens
 
 
+def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None = None) -> dict[str, str]:
+    """X-Cache, Age, Cache-Control and ETag of an answer from a stored entry."""
+    now = r.now_ms if now_ms is None else now_ms
+    headers = {"X-Cache": outcome.upper()}
+    if r.at_ms is not None:
+        headers["Age"] = str(max(0, (now - r.at_ms) // 1000))
+    if r.soft_ms is not None:
+        max_age = max(0, math.floor((r.soft_ms - now) / 1000))
+        stale_ms = ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
+        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={stale_ms // 1000}"
+    if r.etag:
+        headers["ETag"] = r.etag
+    return headers
+
+
 def _serve(ns: Namespace, answer: Served) -> Response:
     """Answer from a stored entry (positive or negative) and record the outcome."""
     r = answer.result
     # A cached 404 is NEGATIVE once stored; the read that waited for the origin to say 404 is a MISS.
     negative_hit = r.negative and answer.outcome != "miss"
     headers = cache_headers(ns, r, "NEGATIVE" if negative_hit else answer.outcome, answer.now_ms)
-    if answer.uncacheable:
-        # The origin forbade storing it (no-store, private): neither do the client's caches.
-        headers["Cache-Control"] = "no-store"
     if r.at_ms is not None:
         metrics.SERVED_AGE.labels(ns.name).observe(max(0, answer.now_ms - r.at_ms) / 1000)
     if r.negative:
@@ -101,6 +114,13 @@ def _serve(ns: Namespace, answer: Served) -> Response:
         return Response(status=304, headers=headers)
     metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
     return Response(r.value or b"", status=200, headers=headers, content_type=r.content_type)
+
+
+def _serve_unstored(ns: Namespace, answer: Unstored) -> Response:
+    """Answer with a value the origin forbade storing (no-store, private): neither do the client's caches."""
+    metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
+    headers = {"X-Cache": answer.outcome.upper(), "Cache-Control": "no-store"}
+    return Response(answer.body, status=200, headers=headers, content_type=answer.content_type)
 
 
 def _refused(ns: Namespace, answer: Refused) -> Response:
@@ -119,9 +139,11 @@ def read(_rest: str) -> Response:
     target = _target(parsed)
     started = time.perf_counter()
     try:
-        answer = web_state().engine.read(target.ns, target.key)
+        answer = web_state().read_path.read(target.ns, target.key)
         if isinstance(answer, Served):
             return _serve(target.ns, answer)
+        if isinstance(answer, Unstored):
+            return _serve_unstored(target.ns, answer)
         return _refused(target.ns, answer)
     finally:
         metrics.REQUEST_DURATION.labels(target.ns.name).observe(time.perf_counter() - started)
@@ -135,7 +157,7 @@ def refresh(_rest: str) -> Response:
     target = _target(parsed)
     _require_admin()
     try:
-        enqueued = web_state().engine.request_refresh(target.ns, target.key)
+        enqueued = web_state().read_path.request_refresh(target.ns, target.key)
     except BrokerUnavailable:
         return json_error(503, "broker_unavailable", "could not enqueue the refresh", {"Retry-After": "1"})
     if not enqueued:
@@ -184,7 +206,7 @@ def warm(ns: Namespace) -> Response:
     state = web_state()
     keys = _warm_keys(state.settings.warm_max_keys)
     try:
-        result = state.engine.warm(ns, keys)
+        result = state.read_path.warm(ns, keys)
     except WarmIncomplete as exc:
         return json_error(503, "broker_unavailable", str(exc), {"Retry-After": "1"})
     return json_response(
@@ -203,7 +225,7 @@ def purge(_rest: str) -> Response:
     parsed = _cache_path()
     target = _target(parsed)
     _require_admin()
-    web_state().engine.purge(target.ns, target.key, soft=parsed[1].soft)
+    web_state().read_path.purge(target.ns, target.key, soft=parsed[1].soft)
     return Response(status=204)
 
 

@@ -9,8 +9,8 @@ from flask import current_app
 from prometheus_client import CollectorRegistry
 
 from shared.coldwait import ColdWaitHub
-from shared.engine import Engine
 from shared.namespaces import Namespace
+from shared.readpath import ReadPath
 from shared.settings import Settings
 from shared.store import CacheStore
 
@@ -21,14 +21,14 @@ EXTENSION = "herdless"
 class WebState:
     settings: Settings
     namespaces: dict[str, Namespace]
-    engine: Engine
+    read_path: ReadPath
     celery: Any  # the Celery app used only to send tasks and read the queue depth
     waiter: ColdWaitHub
     metrics_registry: CollectorRegistry
 
     @property
     def store(self) -> CacheStore:
-        return self.engine.store
+        return self.read_path.store
 
 
 def web_state() -> WebState:

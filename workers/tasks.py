@@ -1,4 +1,4 @@
-"""The refresh task (a thin adapter over shared/engine.py) and worker lifecycle hooks."""
+"""The refresh task (a thin adapter over shared/refresher.py) and worker lifecycle hooks."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from celery import signals
 from celery.worker.request import Request
 
 from shared import metrics
-from shared.engine import Engine
 from shared.namespaces import load_namespaces
 from shared.origin import size_http_pool
 from shared.origin_slots import OriginSlots
+from shared.refresher import Refresher
 from shared.settings import get_settings
 from shared.store import CacheStore, make_redis
 from shared.tasks import REFRESH_TASK, RefreshRequest
@@ -42,12 +42,12 @@ class RefreshFailed(Exception):
     and never retried. One string argument: JSON-serialisable, like everything Celery moves."""
 
 
-_engine: Engine | None = None
+_engine: Refresher | None = None
 _engine_pid: int | None = None
 _engine_lock = threading.Lock()
 
 
-def worker_engine() -> Engine:
+def worker_engine() -> Refresher:
     """One engine per worker process, built after fork (a Redis client must not cross a fork);
     the threads pool's first tasks may ask at once, hence the lock."""
     global _engine, _engine_pid
@@ -57,7 +57,7 @@ def worker_engine() -> Engine:
         return _build_engine()
 
 
-def _build_engine() -> Engine:
+def _build_engine() -> Refresher:
     global _engine, _engine_pid
     if _engine is None or _engine_pid != os.getpid():
         settings = get_settings()
@@ -72,7 +72,7 @@ def _build_engine() -> Engine:
             socket_timeout=max(2.0, settings.lease_ttl_seconds / 3),
         )
         size_http_pool(settings.worker_concurrency)
-        _engine = Engine(
+        _engine = Refresher(
             settings,
             namespaces,
             CacheStore(client, settings),
@@ -85,7 +85,7 @@ def _build_engine() -> Engine:
 class RefreshTaskRequest(Request):  # type: ignore[misc]
     """Celery's request of a refresh task, as the worker's main process sees it.
 
-    The key's queued marker lives as long as the task's message (see shared/engine.py): once
+    The key's queued marker lives as long as the task's message (see shared/refresher.py): once
     the message is acknowledged or dropped the marker goes, and when the message goes back to
     the queue (a pool process died mid-refresh: reject_on_worker_lost) the marker says so."""
 
@@ -134,7 +134,7 @@ class RefreshTask(app.Task):  # type: ignore[misc,name-defined]
 )
 def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -> str:
     """Recompute one key. Enqueued only by the request that won its lease."""
-    report = worker_engine().run_refresh_reported(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
+    report = worker_engine().run(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
     if report.failed:
         raise RefreshFailed(report.describe())
     return report.outcome

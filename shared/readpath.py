@@ -1,0 +1,423 @@
+"""The read path (web tier): read and decide, win the lease and queue a refresh, wait for a cold key, warm, purge.
+
+What a refresh does with the lease it was handed is told in ``shared/refresher.py``; the routes
+are thin adapters over ``ReadPath``.
+
+Read states of a key
+--------------------
+
+A key is **absent** (no entry), **fresh** (an entry before its ``soft`` moment), **stale** (past
+``soft`` but still stored, for strategies that serve stale values) or **negative** (the origin
+said 404; served as 404 until it expires). Orthogonal to that, its lease (``hl:{ns:key}:l``) is
+**free**, **won** (a read took it and is handing a refresh to the queue: the lease holds the task
+token and the *queued marker* ``:q`` holds it too), or held by a refresh that runs or failed
+(**running**, **cooling down**: ``shared/refresher.py``). The queued marker lives exactly as
+long as the task's message: set by the read that enqueues, it becomes a running marker while a
+worker runs the task and goes when the message is acknowledged or expires unrun.
+
+Reads (web tier, one Redis round trip, ``READ``)
+    A read of a fresh value whose XFetch moment ``soft + d·β·ln(u)`` has not come is a HIT.
+    Past that moment it is EARLY, past ``soft`` STALE, and with no servable value a MISS. Every
+    read that is not a HIT tries to take the free lease; the one that wins hands a refresh task
+    to the injected queue (``send_refresh``) and, while that task waits in the queue, the queued
+    marker stops every other read from enqueueing another, even after the lease runs out with
+    no worker consuming. A running marker stops reads only while its run's lease lives: if the
+    run's host dies, the lease runs out and a read takes over. EARLY and STALE reads are
+    answered at once with the stored value. A MISS waits (``ColdWaitHub``, bounded by
+    ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to be published (one re-read per wake-up,
+    shared by the key's waiters in the process); if it finds the lease free (its refresher
+    died) it takes it over; if the key is cooling down it answers 502 at once. If the queue
+    refuses the task the lease and marker are given back, so the next read retries.
+
+Near-cache (web tier)
+    A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
+    with the value), so the process keeps it in its ``NearCache`` and answers later reads
+    from memory until then — never past it, never while its subscription is down, and never
+    after a ready or invalidation message for the key has arrived.
+
+Purges (admin)
+    A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
+    makes the value stale now, records the moment (``sp``) and frees a running lease. Because
+    writes need the lease, a refresh running during a purge can never land, however long its
+    origin call takes; because writes need a start after ``sp``, a soft purge fences every
+    refresh that started before it. A refresh still waiting in the queue keeps its marker and
+    may re-take the freed lease when it starts (it starts after the purge); the marker of a
+    refresh running during the purge no longer holds reads off, since its lease is gone. The
+    purge answers once every web process has confirmed dropping the key from its near-cache
+    (or ``PURGE_ACK_SECONDS`` passed), so no process serves the purged value from memory after.
+
+Warm-ups (admin)
+    A warm-up names many keys of one namespace. Each key holding a fresh value is left alone
+    (``already_fresh``); each whose lease is held, cooling down or whose refresh is queued is
+    left to that refresh (``in_flight``, ``cooling_down``); every other key has its free lease
+    taken and queued marker set exactly as by a read that wins (``WARM``, pipelined), and its
+    refresh is handed to the queue with reason ``warm``. So a key warmed while reads of it are
+    enqueueing, or warmed twice, costs the origin one call, not two. A warm task may wait in the
+    queue as long as its marker lives (a warm-up may enqueue more than the workers run within
+    one lease); a read that misses on such a key waits for it like any queued refresh. If the
+    queue refuses a task, the leases and markers of the keys not yet handed over are given back.
+
+What never happens: a purged value coming back (from a near-cache included); two refresh
+tasks of one key in the queue that could both run (the one exception to "one message": a dead
+host's message, restored by the broker's visibility timeout after a read took its key over,
+which stops at its claim); a read waiting on the origin while a stale value exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+
+from shared import metrics
+from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
+from shared.coldwait import ColdWaitHub, TooManyWaiters
+from shared.freshness import CachePolicy
+from shared.namespaces import Namespace
+from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
+from shared.origin import NotFound, NotModified, OriginError
+from shared.origin_adapters import OriginAdapters
+from shared.settings import Settings
+from shared.store import CacheStore, ReadResult, new_token
+from shared.tasks import RefreshRequest
+from shared.xfetch import Decision
+
+log = logging.getLogger("herdless.engine")
+
+
+class BrokerUnavailable(Exception):
+    """The refresh could not be handed to the queue."""
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What a warm-up did with each distinct key it was given."""
+
+    enqueued: int
+    already_fresh: int
+    in_flight: int
+    cooling_down: int
+
+
+class WarmIncomplete(BrokerUnavailable):
+    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
+    the other keys' leases were given back, so the same warm-up may simply be sent again (the
+    keys enqueued the first time then count as in flight)."""
+
+    def __init__(self, enqueued: int) -> None:
+        super().__init__(
+            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
+        )
+        self.enqueued = enqueued
+
+
+SendRefresh = Callable[[RefreshRequest], None]
+# Opens a batch of sends over one broker connection (a warm-up's): `with open_batch() as send:`.
+OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
+
+# Keys a warm-up takes leases for at once: each chunk's tasks are sent right after its leases
+# are taken, so no key holds a lease and queued marker long without a task behind them.
+WARM_CHUNK = 500
+
+
+class NoNearCache:
+    """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
+
+    def get(self, ns: str, key: str) -> NearHit[ReadResult] | None:
+        return None
+
+    def begin_read(self, ns: str, key: str) -> ReadToken:
+        return ReadToken(0, 0.0)
+
+    def put(self, ns: str, key: str, entry: ReadResult, redis_now_ms: int, early_ms: float, token: ReadToken) -> bool:
+        return False
+
+
+class ReadPath:
+    """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
+    the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
+    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: CacheStore,
+        *,
+        send_refresh: SendRefresh,
+        open_batch: OpenBatch,
+        waiter: ColdWaitHub,
+        near_cache: NearCache[ReadResult] | NoNearCache,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._send_refresh = send_refresh
+        self._open_batch = open_batch
+        self._waiter = waiter
+        self.near_cache = near_cache
+        self.origins = OriginAdapters(settings.origin_max_bytes)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def read(self, ns: Namespace, key: str) -> Answer:
+        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
+        if ns.strategy == "naive":
+            return self._read_naive(ns, key)
+        near = self.near_cache
+        hit = near.get(ns.name, key)
+        if hit is not None:
+            # Redis would say HIT until the value's XFetch moment: no round trip needed.
+            return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
+        if self._waiter.waiting_on(ns.name, key):
+            # Readers of this process already wait for the key's refresh: join them without a
+            # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
+            # cold refresh then cost a process a handful of reads, not one each.
+            return self._wait_for_refresh(ns, key, None, None, time.monotonic())
+        read_token = near.begin_read(ns.name, key)
+        token = new_token()
+        read_started = time.monotonic()
+        r = self.store.read(ns, key, token)
+        if r.decision is Decision.HIT:
+            if r.soft_ms is not None:
+                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u)
+                near.put(ns.name, key, r, r.now_ms, until, read_token)
+            return Served(r, "hit", r.now_ms)
+        if r.decision in (Decision.EARLY, Decision.STALE):
+            reason = r.decision.value.lower()
+            if r.won_lease:
+                try:
+                    self._enqueue(ns, key, token, reason, r.now_ms)
+                except BrokerUnavailable:
+                    pass  # the value is served anyway; the next read retries the refresh
+            else:
+                self._count_suppressed(ns, r)
+            return Served(r, reason, r.now_ms)
+        # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
+        return self._wait_for_refresh(ns, key, r, token, read_started)
+
+    def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
+        reason = "cooldown" if r.lease_state == "cooldown" else "lease_held"
+        metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
+
+    def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> None:
+        """Hand the refresh to the queue; on failure give the lease and marker back."""
+        try:
+            self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
+        except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
+            log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
+            try:
+                self.store.finish(ns, key, token)
+            except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
+                pass
+            raise BrokerUnavailable(str(exc)) from None
+        metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
+
+    def _wait_for_refresh(
+        self, ns: Namespace, key: str, first: ReadResult | None, token: str | None, read_started: float
+    ) -> Answer:
+        """Wait for the key's refresh. `first` is this reader's own read (a MISS), or None for a
+        reader that joined waiters already there without reading: it registers and waits for the
+        same publish as they do; only if a refresh was published since their oldest read (it
+        may have landed before this reader registered) does it read first, sharing that read,
+        and a value found then is served as that read's decision (hit, early, stale)."""
+        deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
+        try:
+            with self._waiter.join(ns.name, key, read_started if first is not None else None) as handle:
+                # The winner registers, then enqueues: nothing can be published for the key
+                # before its refresh runs, so it waits at once without a second read. Another
+                # reader reads again first only if a refresh may have been published between
+                # its read and its registration; anything published later wakes it.
+                if first is None:
+                    # Joined without reading: the others found no value since waiting_since.
+                    # Unless a refresh was published since then (it may have landed before this
+                    # reader registered), the next publish wakes it like them: no read needed.
+                    # It counts as suppressed once it waits (below).
+                    fresh_read_due = self._waiter.ready_since(ns.name, key, handle.waiting_since)
+                elif first.won_lease and token is not None:
+                    fresh_read_due = False
+                    try:
+                        self._enqueue(ns, key, token, "miss", first.now_ms)
+                    except BrokerUnavailable:
+                        return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                else:
+                    fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
+                    if first.lease_state == "cooldown":
+                        metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
+                        return refused_by_failure(first.failure, first.lease_pttl_ms / 1000)
+                    reason = "coalesced" if handle.coalesced else "lease_held"
+                    metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
+
+                def reread() -> tuple[ReadResult, bool]:
+                    # One read per wake-up for all waiters of the key in this process. If it
+                    # finds the lease free (the refresher died, or the last refresh failed and its
+                    # cooldown ran out) it takes over and enqueues, once, for all of them.
+                    token = new_token()
+                    r = self.store.read(ns, key, token)
+                    if r.won_lease:
+                        try:
+                            # A value may have landed meanwhile: then it is served, and its
+                            # refresh is an early or stale one, queued behind cold misses.
+                            reason = "miss" if r.decision is Decision.MISS else r.decision.value.lower()
+                            self._enqueue(ns, key, token, reason, r.now_ms)
+                        except BrokerUnavailable:
+                            return r, False
+                    return r, True
+
+                status: str | None = None
+                waited = first is not None  # a joiner served by its first read did not wait
+                while True:
+                    if fresh_read_due:
+                        # Registered first, read second: a refresh published from here on wakes us.
+                        handle.mark()
+                        r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
+                        if r.has_value and r.decision is not Decision.MISS:
+                            return Served(r, "miss" if waited else r.decision.value.lower(), r.now_ms)
+                        if not enqueued:
+                            return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                        if not r.won_lease and (r.lease_state == "cooldown" or status == "error"):
+                            return refused_by_failure(r.failure, max(r.lease_pttl_ms, 1000) / 1000)
+                    fresh_read_due = True
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return Refused(
+                            503,
+                            "cold_wait_timeout",
+                            "the value is being computed; retry shortly",
+                            self.settings.cold_wait_timeout_seconds,
+                        )
+                    if not waited:
+                        # A joiner whose read found no value: one more request the refresh
+                        # already under way will answer.
+                        metrics.REFRESH_SUPPRESSED.labels(ns.name, "coalesced").inc()
+                        waited = True
+                    status = handle.wait(remaining)
+                    if handle.handed_over is not None:
+                        # The origin's answer may not be stored: this is the one copy there is.
+                        return Unstored(handle.handed_over.body, handle.handed_over.content_type)
+        except TooManyWaiters:
+            if first is not None and first.won_lease and token is not None:
+                # Not waiting, but the refresh it won is still worth running for the next reader.
+                try:
+                    self._enqueue(ns, key, token, "miss", first.now_ms)
+                except BrokerUnavailable:
+                    pass
+            return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
+
+    def _read_naive(self, ns: Namespace, key: str) -> Answer:
+        """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""
+        r = self.store.read(ns, key, new_token())
+        if r.decision is Decision.HIT:
+            return Served(r, "hit", r.now_ms)
+        started = self.store.now_ms()
+        t0 = time.perf_counter()
+        policy: CachePolicy | None = None
+        try:
+            # Never conditional: the baseline fetches the whole value on every miss.
+            resp = self.origins.get(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
+            if isinstance(resp, NotModified):
+                raise OriginError("origin answered 304 to a request that was not conditional")
+            negative, body, ctype = False, resp.body, resp.content_type
+            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+            metrics.ORIGIN_BYTES.labels(ns.name).inc(len(body))
+            policy = self.origins.cache_policy(ns, resp.cache)
+        except NotFound:
+            negative, body, ctype = True, b"", "application/json"
+            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
+        except OriginError as exc:
+            metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
+            log.warning("origin error for namespace %s (origin %s): %s", ns.name, ns.origin_name, exc)
+            return Refused(502, exc.code, str(exc))
+        finally:
+            metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
+        if policy is not None and not policy.storable:
+            return Unstored(body, ctype)
+        self.store.plain_write(
+            ns,
+            key,
+            started_ms=started,
+            value=body,
+            content_type=ctype,
+            negative=negative,
+            soft_ttl_ms=policy.lifetimes.soft_ttl_ms if policy else None,
+        )
+        r = self.store.read(ns, key, new_token())
+        return Served(r, "miss", r.now_ms)
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def request_refresh(self, ns: Namespace, key: str) -> bool:
+        """A manual refresh: True if enqueued, False if one is already queued, running or cooling
+        down. Raises BrokerUnavailable when the queue refused it."""
+        token = new_token()
+        if not self.store.take_lease(ns, key, token):
+            metrics.REFRESH_SUPPRESSED.labels(ns.name, "lease_held").inc()
+            return False
+        self._enqueue(ns, key, token, "manual", self.store.now_ms())
+        return True
+
+    def warm(self, ns: Namespace, keys: list[str]) -> WarmResult:
+        """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
+        validated by the caller; duplicates count once). Raises WarmIncomplete when the queue
+        refuses a task."""
+        distinct = list(dict.fromkeys(keys))
+        states: dict[str, str] = {}
+        sent = 0
+        batch = self._open_batch()
+        with ExitStack() as on_exit:
+            try:
+                send = on_exit.enter_context(batch)
+            except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "no broker"
+                log.warning("warm-up of %s: broker unavailable (%s)", ns.name, type(exc).__name__)
+                raise WarmIncomplete(0) from exc
+            try:
+                for start in range(0, len(distinct), WARM_CHUNK):
+                    tokens = {key: new_token() for key in distinct[start : start + WARM_CHUNK]}
+                    chunk, won_at_ms = self.store.warm(ns, tokens)
+                    won = [key for key, state in chunk.items() if state == "won"]
+                    for i, key in enumerate(won):
+                        try:
+                            send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))
+                        except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
+                            log.warning(
+                                "warm-up of %s: broker unavailable after %d refreshes (%s)",
+                                ns.name,
+                                sent,
+                                type(exc).__name__,
+                            )
+                            # Keys of later chunks were never touched; give back this chunk's unsent.
+                            self._give_back(ns, {k: tokens[k] for k in won[i:]})
+                            raise WarmIncomplete(sent) from exc
+                        sent += 1
+                    states.update(chunk)
+            finally:
+                metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(sent)
+        counts = Counter(states.values())
+        return WarmResult(
+            enqueued=sent,
+            already_fresh=counts["fresh"],
+            in_flight=counts["queued"] + counts["held"],
+            cooling_down=counts["cooldown"],
+        )
+
+    def _give_back(self, ns: Namespace, tokens: dict[str, str]) -> None:
+        try:
+            self.store.finish_many(ns, tokens)
+        except Exception:  # noqa: BLE001 - Redis is down too; the leases and markers expire
+            log.warning("warm-up for namespace %s: could not give back %d leases", ns.name, len(tokens))
+
+    def purge(self, ns: Namespace, key: str, *, soft: bool = False) -> bool:
+        """Hard purge (the value is gone) or soft purge (served stale and refreshed). Either way
+        no refresh that started before the purge can write, and every web process drops the key
+        from its near-cache."""
+        existed = self.store.soft_purge(ns, key) if soft else self.store.purge(ns, key)
+        told, confirmed = self.store.publish_invalidation(ns, key)
+        if confirmed < told:
+            log.warning(
+                "purge in namespace %s: %d of %d web processes confirmed dropping the key in time",
+                ns.name,
+                confirmed,
+                told,
+            )
+        return existed
