@@ -169,7 +169,7 @@ class LocalStack:
         self._redis_args = redis_args
         redis = self._spawn("redis", redis_args, self.env())
         wait_for(lambda: port_open(self.redis_port), 10, "redis-server", redis)
-        origin = self._spawn("origin", [sys.executable, "-m", "loadtest.origin"], self.env())
+        origin = self._spawn("origin", [sys.executable, "-m", "demo_origin"], self.env())
         wait_for(lambda: answers(self.origin_url + "/stats"), 15, "demo origin", origin)
         worker = self._spawn("worker", [sys.executable, "-m", "workers", "--hostname", "bench@%h"], self.env())
         webs = []

@@ -310,7 +310,7 @@ class Stack:
             self.wait_worker_ready(name)
 
     def start_origin(self) -> None:
-        self.procs["origin"] = Proc("origin", [PYTHON, "-m", "loadtest.origin"], self.env, self.logdir)
+        self.procs["origin"] = Proc("origin", [PYTHON, "-m", "demo_origin"], self.env, self.logdir)
         wait_until(lambda: port_open(self.origin_port), 15, "demo origin")
 
     def start_web_tier(self, extra_env: dict[str, str] | None = None) -> None:

@@ -28,7 +28,7 @@ def test_every_process_of_the_image_imports_without_the_load_tester_packages() -
     code = (
         "import sys\n"
         f"for name in {LOADTEST_ONLY!r}: sys.modules[name] = None\n"
-        "import web.app, workers.tasks, workers.metrics_server, loadtest.origin, shared.engine\n"
+        "import web.app, workers.tasks, workers.metrics_server, demo_origin, shared.engine\n"
         "print('ok')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
