@@ -324,8 +324,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_hitbench(args: argparse.Namespace) -> int:
     import signal
 
+    from launcher.processes import LaunchError
     from loadtest.hitbench import HitbenchSettings, hitbench_markdown, run_hitbench, terminal_summary
-    from loadtest.launcher import LaunchError
     from loadtest.report import command_line, new_results_dir
     from loadtest.workload import new_run_id
 

@@ -24,8 +24,9 @@ from urllib.parse import quote
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from launcher.processes import LaunchError, Process, free_port, http_ok, wait_until
 from loadtest.httpclient import ConnectionPool, HTTPClientError, build_get
-from loadtest.launcher import LaunchError, LocalStack, Process, answers, free_port, wait_for
+from loadtest.launcher import LocalStack
 from loadtest.summary import new_histogram, percentiles_ms
 
 TARGETS = ("near_cache_on", "near_cache_off", "baseline")
@@ -223,7 +224,7 @@ def hitbench_stack(settings: HitbenchSettings, worker_class: str) -> Iterator[tu
             }
             for proc, target in ((off, "near_cache_off"), (base, "baseline")):
                 url = urls[target]
-                wait_for(lambda url=url: answers(url + "/healthz"), 60, f"{target} web tier {url}", proc)
+                wait_until(lambda url=url: http_ok(url + "/healthz"), 60, f"{target} web tier {url}", process=proc)
             yield stack, urls
         finally:
             for proc in extra:  # all at once: each gunicorn takes a second or more to stop

@@ -1,9 +1,7 @@
-"""Starts and stops a private stack for a bench: redis-server, the demo origin, web nodes, one worker, nginx.
+"""Private stacks for the benches: launcher's stack with several web nodes and its CPU bill, and nginx.
 
-Every process gets a free loopback port and its own process group, logs into the
-stack's directory, and is stopped (SIGTERM, then SIGKILL) when the stack stops.
-The tests' harness (tests/stack.py) does the same for tests; this one needs no
-test dependencies and can run several gunicorn masters on one Redis.
+The processes are started and stopped by launcher (shared with `make run` and the tests): free
+loopback ports, a process group each, logs in the stack's directory, SIGTERM then SIGKILL.
 """
 
 from __future__ import annotations
@@ -11,98 +9,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+from launcher.processes import LaunchError, Process, free_port, port_open, wait_until
+from launcher.stack import PrivateStack
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return 200 <= resp.status < 300
-    except OSError:
-        return False
-
-
-class LaunchError(RuntimeError):
-    pass
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: Process | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and not proc.alive():
-            raise LaunchError(f"{what}: process exited; log tail:\n{proc.tail()}")
-        time.sleep(0.1)
-    raise LaunchError(f"{what}: not ready after {timeout:g}s" + (f"; log tail:\n{proc.tail()}" if proc else ""))
-
-
-class Process:
-    """A child in its own process group, output to <logdir>/<name>.log."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
-        self.name = name
-        self.log_path = logdir / f"{name}.log"
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def terminate(self) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if not self.alive():
-            return
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
-        except ProcessLookupError:
-            pass
-
-
-class LocalStack:
+class LocalStack(PrivateStack):
     """redis-server + demo origin + one Celery worker + `web_nodes` gunicorn masters on that Redis.
 
     with LocalStack(env={"WORKER_POOL": "gevent"}) as stack:
@@ -111,84 +27,56 @@ class LocalStack:
 
     def __init__(self, env: dict[str, str] | None = None, web_nodes: int = 1, workdir: Path | None = None) -> None:
         self._own_dir = workdir is None
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix="herdless-bench-"))
-        self.logdir = self.dir / "logs"
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self.redis_port = free_port()
-        self.origin_port = free_port()
-        self.worker_metrics_port = free_port()
-        self.web_ports = [free_port() for _ in range(web_nodes)]
-        self.extra_env = dict(env or {})
-        self.procs: list[Process] = []
-        self._redis_args: list[str] = []
+        directory = Path(workdir or tempfile.mkdtemp(prefix="herdless-bench-"))
+        super().__init__(directory, env, first_worker="worker")
+        for i in range(web_nodes):
+            self.web_ports[f"web{i + 1}"] = free_port()
+        self.defaults = {
+            "ORIGIN_HOST": "127.0.0.1",
+            "WORKER_METRICS_PORT": str(self.worker_metrics_ports["worker"]),
+        }
 
     @property
-    def origin_url(self) -> str:
-        return f"http://127.0.0.1:{self.origin_port}"
+    def redis_port(self) -> int:
+        return self.redis.port
 
     @property
     def web_urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}" for port in self.web_ports]
+        return [f"http://127.0.0.1:{port}" for port in self.web_ports.values()]
 
     @property
     def worker_metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
+        return self.metrics_url_of("worker")
 
     @property
     def metrics_urls(self) -> list[str]:
         return [self.worker_metrics_url, self.web_urls[0] + "/metrics"]
 
     def env(self, **more: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        env.update(
-            {
-                "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-                "ORIGIN_PORT": str(self.origin_port),
-                "ORIGIN_HOST": "127.0.0.1",
-                "WORKER_METRICS_PORT": str(self.worker_metrics_port),
-                "WORKER_METRICS_URL": self.worker_metrics_url,
-                "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics"),
-                "PYTHONUNBUFFERED": "1",
-                # gevent web workers would wait out idle keep-alive clients for the whole graceful timeout
-                "GUNICORN_CMD_ARGS": "--graceful-timeout 1",
-            }
-        )
-        env.update(self.extra_env)
-        env.update(more)
-        return env
+        return self.environment(**more)
 
     def start(self) -> LocalStack:
-        redis_server = shutil.which("redis-server")
-        if not redis_server:
-            raise LaunchError("redis-server is not installed (make system-deps installs it)")
-        (self.dir / "metrics").mkdir(exist_ok=True)
-        redis_dir = self.dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        redis_args = [redis_server, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
-        redis_args += ["--appendonly", "no", "--dir", str(redis_dir)]
-        self._redis_args = redis_args
-        redis = self._spawn("redis", redis_args, self.env())
-        wait_for(lambda: port_open(self.redis_port), 10, "redis-server", redis)
-        origin = self._spawn("origin", [sys.executable, "-m", "loadtest.origin"], self.env())
-        wait_for(lambda: answers(self.origin_url + "/stats"), 15, "demo origin", origin)
-        worker = self._spawn("worker", [sys.executable, "-m", "workers", "--hostname", "bench@%h"], self.env())
-        webs = []
-        for i, port in enumerate(self.web_ports):
-            args = [sys.executable, "-m", "gunicorn", "-c", "web/gunicorn.conf.py", "web.app:create_app()"]
-            webs.append(self._spawn(f"web{i + 1}", args, self.env(WEB_PORT=str(port))))
-        for proc, url in zip(webs, self.web_urls, strict=True):
-            wait_for(lambda url=url: answers(url + "/healthz"), 60, f"web tier {url}", proc)
-        wait_for(lambda: "ready." in worker.tail(100_000), 60, "worker", worker)
+        self.start_redis()
+        self.start_origin()
+        self.start_worker("worker", hostname="bench@%h")
+        for name in self.web_ports:
+            self.start_web(name, wait=False)
+        for name in self.web_ports:
+            self.wait_web_ready(name)
+        self.wait_worker_ready("worker")
         return self
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user + system) each role (redis, origin, worker, web) has used so far, its
         child processes included: what a run costs, beside what it achieved."""
         used: dict[str, float] = {}
-        for proc in self.procs:
+        procs = [self.redis.process, *self.procs.values()]
+        for proc in procs:
+            if proc is None:
+                continue
             role = proc.name.rstrip("0123456789")
             try:
-                root = psutil.Process(proc.popen.pid)
+                root = psutil.Process(proc.pid)
                 tree = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 continue
@@ -203,26 +91,11 @@ class LocalStack:
     def restart_redis(self) -> None:
         """Kill redis-server (SIGKILL; it persists nothing) and start an empty one on the same port:
         a Redis that lost its memory, with web and worker reconnecting on their own."""
-        old = self.procs[0]
-        assert old.name == "redis", "redis-server is the stack's first process"
-        os.killpg(old.popen.pid, signal.SIGKILL)
-        old.popen.wait(10)
-        new = Process("redis", self._redis_args, self.env(), self.logdir)
-        self.procs[0] = new
-        wait_for(lambda: port_open(self.redis_port), 10, "redis-server after its restart", new)
+        self.redis.stop(signal.SIGKILL)
+        self.redis.start()
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Process:
-        proc = Process(name, args, env, self.logdir)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        # web and worker first (all at once: each takes a second or more to shut down), redis last
-        for proc in self.procs[1:]:
-            proc.terminate()
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
+    def stop(self, kill_workers: bool = False) -> None:
+        super().stop(kill_workers)
         if self._own_dir and not os.environ.get("LOADTEST_KEEP_STACK_DIR"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -308,7 +181,7 @@ class NginxNode:
         args = [binary, "-e", str(self.dir / "error.log"), "-c", str(conf)]
         args += ["-g", f"daemon off; pid {self.dir}/nginx.pid;"]
         self.proc = Process("nginx", args, dict(os.environ), self.dir)
-        wait_for(lambda: port_open(self.port), 10, f"nginx on {self.port}", self.proc)
+        wait_until(lambda: port_open(self.port), 10, f"nginx on {self.port}", process=self.proc)
         return self
 
     def stop(self) -> None:

@@ -32,7 +32,7 @@ class OriginCalls:
 
 
 class OriginProbe:
-    """Reads and drives the demo origin: GET /stats, POST /stats/reset, PUT /config (see loadtest/origin.py)."""
+    """Reads and drives the demo origin: GET /stats, POST /stats/reset, PUT /config (see demo_origin/server.py)."""
 
     def __init__(self, base_url: str, timeout: float = 2.0) -> None:
         self.base_url = base_url.rstrip("/")

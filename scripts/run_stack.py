@@ -17,6 +17,10 @@ What it does, in order:
    SIGTERM to each process, SIGKILL to its group after GRACE_SECONDS, then the private Redis;
    removes the temporary directories; exits 0 on a requested stop, 1 when a process failed.
 
+The processes, their commands (the Procfile's) and environment, free ports and the private
+redis-server's command line are launcher's, which the tests' and the load tester's stacks share;
+what is this file's own is the supervision: relayed output, the terminal, the stop on any signal.
+
 Why not honcho: it writes to its stdout from the thread that stops the processes, so after
 `make run | tee log` and Ctrl-C (tee dies first) it hung on the broken pipe; it loads .env over
 the environment after run.sh had decided on Redis; and `kill make` left it running.
@@ -29,10 +33,8 @@ import os
 import queue
 import secrets
 import selectors
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,10 +48,12 @@ import psutil
 import redis
 from dotenv import dotenv_values
 
+from launcher import roles
+from launcher.processes import ROOT, LaunchError, Process, free_port, port_open
+from launcher.redis_server import redis_server_argv
 from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import Settings, SettingsError, load_settings, reachable_host, redact_url, url_host
 
-ROOT = Path(__file__).resolve().parent.parent
 # SIGTERM to SIGKILL: an idle gevent Celery worker takes about 4 s to act on SIGTERM.
 GRACE_SECONDS = 6.0
 REDIS_GRACE_SECONDS = 2.0
@@ -99,16 +103,23 @@ class Output:
 
 @dataclass
 class Child:
-    """One started process: the leader of its own process group."""
+    """One started process: the leader of its own process group, its output on a pipe."""
 
-    name: str
-    popen: subprocess.Popen[bytes]
+    process: Process
     partial: bytes = b""
     exit_status: int | None = None  # set once it exited (not reaped before the end)
 
     @property
+    def name(self) -> str:
+        return self.process.name
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        return self.process.popen
+
+    @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.process.pid
 
     def exited(self) -> bool:
         """Whether the leader exited, without reaping it: its pid, which is also its process group's
@@ -133,10 +144,7 @@ class Child:
                 pass
 
     def signal_group(self, signum: int) -> None:
-        try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.process.send(signum)
 
 
 def _die_with_parent() -> None:
@@ -179,18 +187,16 @@ class Supervisor:
     temp_dirs: list[Path] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        popen = subprocess.Popen(
+        process = Process(
+            name,
             argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            process_group=0,  # a terminal's Ctrl-C reaches only us; we stop them in order
+            env,
+            None,  # output on a pipe, relayed with the process's name
+            own_session=False,  # a process group only: a terminal's Ctrl-C reaches only us; we stop them in order
             preexec_fn=_die_with_parent,  # safe: no other thread exists yet (see run_stack)
         )
-        os.set_blocking(popen.stdout.fileno(), False)  # type: ignore[union-attr]
-        child = Child(name, popen)
+        os.set_blocking(process.popen.stdout.fileno(), False)  # type: ignore[union-attr]
+        child = Child(process)
         self.children.append(child)
         return child
 
@@ -382,15 +388,10 @@ def _status(code: int | None) -> str:
 
 
 def read_procfile(names: list[str]) -> list[tuple[str, list[str]]]:
-    processes: list[tuple[str, list[str]]] = []
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, _, command = line.partition(":")
-            processes.append((name.strip(), shlex.split(command)))
-    known = [name for name, _ in processes]
+    known = list(roles.procfile())
     if unknown := [n for n in names if n not in known]:
         sys.exit(f"herdless: no process {', '.join(unknown)} in the Procfile (there are {', '.join(known)})")
-    return [p for p in processes if not names or p[0] in names]
+    return [(name, roles.command(name)) for name in known if not names or name in names]
 
 
 def stack_environment(out: Output) -> tuple[dict[str, str], str]:
@@ -410,9 +411,7 @@ def stack_environment(out: Output) -> tuple[dict[str, str], str]:
     else:
         origin = "the default"
     env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
-    env["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are logged
-    return env, origin
+    return roles.environment(env), origin
 
 
 def redis_answers(url: str) -> bool:
@@ -422,25 +421,19 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_private_redis(sup: Supervisor, env: dict[str, str], dead_url: str, origin: str) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit(
-            f"herdless: no Redis answers at {redact_url(dead_url)} (REDIS_URL from {origin}) and no redis-server"
-            " binary is installed.\n  Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew"
-            " install redis), or point REDIS_URL at a running Redis, then run 'make run' again."
-        )
     directory = Path(tempfile.mkdtemp(prefix="herdless-redis."))
     sup.temp_dirs.append(directory)
     port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    sup.redis = sup.start("redis", [*argv, "--dir", str(directory), "--logfile", ""], env)
+    try:
+        argv = redis_server_argv(port, directory)  # logs to its stdout, which we relay
+    except LaunchError:
+        raise SystemExit(
+            f"herdless: no Redis answers at {redact_url(dead_url)} (REDIS_URL from {origin}) and no redis-server"
+            " binary is installed.\n  Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew"
+            " install redis), or point REDIS_URL at a running Redis, then run 'make run' again."
+        ) from None
+    sup.redis = sup.start("redis", argv, env)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_answers(url):
@@ -471,14 +464,11 @@ def busy_ports(settings: Settings, env: dict[str, str], names: set[str]) -> None
     }
     host = reachable_host(settings.bind_host)
     for name, (variable, port) in wanted.items():
-        if name in names:
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex((host, port)) == 0:
-                    sys.exit(
-                        f"herdless: port {port} ({variable}) is in use already, maybe by a stack of another run"
-                        f" (`ss -ltnp 'sport = :{port}'` shows which process); stop it, or set {variable}"
-                    )
+        if name in names and port_open(port, host):
+            sys.exit(
+                f"herdless: port {port} ({variable}) is in use already, maybe by a stack of another run"
+                f" (`ss -ltnp 'sport = :{port}'` shows which process); stop it, or set {variable}"
+            )
 
 
 def url_block(env: dict[str, str], names: set[str], flower_generated: bool, private_redis: bool) -> list[str]:

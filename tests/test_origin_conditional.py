@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.origin import OriginServer, OriginState
+from demo_origin import OriginServer, OriginState
 from shared.namespaces import build_namespace
 from shared.origin import (
     NOT_MODIFIED,

@@ -28,7 +28,19 @@ def test_every_process_of_the_image_imports_without_the_load_tester_packages() -
     code = (
         "import sys\n"
         f"for name in {LOADTEST_ONLY!r}: sys.modules[name] = None\n"
-        "import web.app, workers.tasks, workers.metrics_server, loadtest.origin, shared.readpath, shared.refresher\n"
+        "import web.app, workers.tasks, workers.metrics_server, demo_origin, shared.readpath, shared.refresher\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_launcher_and_the_demo_origin_import_without_the_load_tester_packages() -> None:
+    # `make run` has the loadtest extra, but the tests' stacks and the image must not need it.
+    code = (
+        "import sys\n"
+        f"for name in {(*LOADTEST_ONLY, 'dotenv')!r}: sys.modules[name] = None\n"
+        "import launcher.processes, launcher.redis_server, launcher.roles, launcher.stack, demo_origin\n"
         "print('ok')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

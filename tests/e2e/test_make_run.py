@@ -89,7 +89,7 @@ def test_make_run_piped_prints_its_urls_on_loopback_and_sigterm_to_make_after_th
 
         started = descendants(shell.pid)
         names = " ".join(" ".join(p.cmdline()) for p in started)
-        for role in ("run_stack", "gunicorn", "workers", "loadtest.origin", "flower", "redis-server"):
+        for role in ("run_stack", "gunicorn", "workers", "demo_origin", "flower", "redis-server"):
             assert role in names, names
         listening = [c for p in started for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
         assert {c.laddr.port for c in listening} >= set(ports.values()) | {int(private[1])}, listening
@@ -155,7 +155,7 @@ def test_ctrl_c_in_a_terminal_stops_everything_make_exits_0_and_tee_keeps_the_wh
         wait_until(lambda: requests.get(flower, timeout=2).ok, 60, "Flower", interval=0.5)
         started = descendants(shell.pid)
         names = " ".join(" ".join(p.cmdline()) for p in started)
-        for role in ("run_stack", "gunicorn", "workers", "loadtest.origin", "flower"):
+        for role in ("run_stack", "gunicorn", "workers", "demo_origin", "flower"):
             assert role in names, names
         assert "redis-server" not in names, names  # REDIS_URL answered
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo_origin import OriginServer, OriginState
 from loadtest.launcher import nginx_ttl, render_nginx_conf
 from loadtest.openloop import X_CACHE_CODES, Records, RunConfig, RunResult
-from loadtest.origin import OriginServer, OriginState
 from loadtest.probes import (
     bucket_delta,
     histogram_quantile,

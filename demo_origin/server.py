@@ -1,6 +1,6 @@
-"""The demo origin: a deliberately slow HTTP backend that counts every call it gets.
+"""The demo origin's server: a deliberately slow HTTP backend that counts every call it gets.
 
-    python -m loadtest.origin      # listens on BIND_HOST (127.0.0.1):ORIGIN_PORT (9000)
+    python -m demo_origin      # listens on BIND_HOST (127.0.0.1):ORIGIN_PORT (9000)
 
 GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, else JSON
                   {"key", "count" (this key's call number), "time"}; keys "missing-*" answer 404.
@@ -326,7 +326,3 @@ def main() -> None:
         pass
     finally:
         server.server_close()
-
-
-if __name__ == "__main__":
-    main()
