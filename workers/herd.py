@@ -63,9 +63,14 @@ def run_herd(settings: Settings, namespaces: dict[str, Namespace], extra: list[s
         )
     }
     alive = set(members)
+    stopping: list[int] = []  # the stop signals forwarded so far
 
     def forward(signum: int, _frame: FrameType | None = None) -> None:
-        for pid in alive:
+        # Ctrl-C reaches the members too (one process group): a second SIGINT would make their
+        # shutdown a cold one, so they get SIGTERM, a warm shutdown however often it comes.
+        signum = signal.SIGTERM if signum == signal.SIGINT else signum
+        stopping.append(signum)
+        for pid in list(alive):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
@@ -83,8 +88,10 @@ def run_herd(settings: Settings, namespaces: dict[str, Namespace], extra: list[s
             codes.append(code)
             # Its counters stay in the sums; its live gauges go.
             multiprocess.mark_process_dead(pid)
-            if alive and len(codes) == 1:
-                log.warning("herd member %d exited (%d): stopping the herd", pid, code)
+            if code != 0 or not stopping:
+                log.warning("herd member %d exited (%d)", pid, code)
+            if alive and not stopping:
+                log.warning("stopping the herd: a member exited")
                 forward(signal.SIGTERM)
     finally:
         for pid in alive:
