@@ -11,6 +11,9 @@ import tempfile
 
 # Names the directory `python -m workers` made for this worker (and only that one).
 OWNED_METRICS_DIR = "HERDLESS_OWNED_METRICS_DIR"
+# Set in the workers of a herd (WORKER_PROCESSES > 1, workers/herd.py): the herd owns the metrics
+# directory and serves /metrics, so a member does neither.
+HERD_MEMBER = "HERDLESS_WORKER_HERD_MEMBER"
 
 
 def make_metrics_dir(role: str) -> str:

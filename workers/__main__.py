@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from shared.metrics_dir import own_metrics_dir
-from shared.namespaces import Namespace, NamespaceConfigError, load_namespaces
+from shared.metrics_dir import HERD_MEMBER
 from shared.settings import Settings, load_settings
-from workers.app import HERD_MEMBER, make_celery
+
+if TYPE_CHECKING:
+    from shared.namespaces import Namespace
 
 
 def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
@@ -36,6 +38,9 @@ def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
 
 
 def run_worker(settings: Settings, namespaces: dict[str, Namespace], extra: list[str]) -> None:
+    from shared.metrics_dir import own_metrics_dir
+    from workers.app import make_celery
+
     if not os.environ.get(HERD_MEMBER):
         # Ours to remove when the worker stops (workers/tasks.py): starts leave no directory behind.
         own_metrics_dir("worker")
@@ -44,11 +49,20 @@ def run_worker(settings: Settings, namespaces: dict[str, Namespace], extra: list
 
 def main() -> None:
     settings = load_settings()  # stop here, naming the variable, if a setting is bad
+    herd = settings.worker_processes > 1 and not os.environ.get(HERD_MEMBER)
+    if not herd:
+        # What `celery worker` does first: patch for gevent before anything else is imported
+        # (redis, urllib3, the origin callables), or a gevent pool's refreshes block each other.
+        from celery import maybe_patch_concurrency
+
+        maybe_patch_concurrency([*sys.argv[1:], "--pool", settings.worker_pool])
+    from shared.namespaces import NamespaceConfigError, load_namespaces
+
     try:
         namespaces = load_namespaces(settings)
     except NamespaceConfigError as exc:
         sys.exit(str(exc))  # one line: file, namespace, field (or the module that does not import)
-    if settings.worker_processes > 1 and not os.environ.get(HERD_MEMBER):
+    if herd:
         from workers.herd import run_herd
 
         sys.exit(run_herd(settings, namespaces, sys.argv[1:]))

@@ -12,10 +12,6 @@ from shared.namespaces import Namespace
 from shared.settings import Settings
 from shared.tasks import celery_config, longest_origin_timeout
 
-# Set in the workers of a herd (WORKER_PROCESSES > 1, workers/herd.py): the herd owns the metrics
-# directory and serves /metrics, so a member does neither.
-HERD_MEMBER = "HERDLESS_WORKER_HERD_MEMBER"
-
 
 @dataclass(frozen=True)
 class WorkerConfig:

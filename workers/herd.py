@@ -17,10 +17,10 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
-from shared.metrics_dir import OWNED_METRICS_DIR, own_metrics_dir, remove_owned_metrics_dir
+from shared.metrics_dir import HERD_MEMBER, OWNED_METRICS_DIR, own_metrics_dir, remove_owned_metrics_dir
 from shared.namespaces import Namespace
 from shared.settings import Settings
-from workers.app import HERD_MEMBER, WorkerConfig, make_celery
+from workers.app import WorkerConfig, make_celery
 from workers.metrics_server import start_metrics_server
 
 log = logging.getLogger("herdless.worker")

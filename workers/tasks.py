@@ -11,10 +11,11 @@ from celery.worker.request import Request
 
 from shared import metrics
 from shared.engine import Engine
+from shared.metrics_dir import HERD_MEMBER
 from shared.origin_slots import OriginSlots
 from shared.store import CacheStore, make_redis
 from shared.tasks import REFRESH_TASK, RefreshRequest
-from workers.app import HERD_MEMBER, WorkerConfig
+from workers.app import WorkerConfig
 
 log = logging.getLogger("herdless.worker")
 
