@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 import requests
@@ -20,34 +19,32 @@ from tests.stack import Stack, metric, stack_for, wait_until
 HERD = "herd"
 
 
-@dataclass
-class Env:
-    stack: Stack
-    gated: FixtureOrigin
+@pytest.fixture(scope="module")
+def gated() -> Iterator[FixtureOrigin]:
+    with FixtureOrigin() as origin:
+        yield origin
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    tmp = tmp_path_factory.mktemp("worker-herd")
-    with FixtureOrigin() as gated:
-        namespaces = f'[namespaces.gated]\norigin = "{gated.base_url}/v/{{key}}"\n'
-        # One refresh at a time per member: two refreshes at the origin at once means both ran.
-        stack_env = {"WORKER_POOL": "prefork", "WORKER_CONCURRENCY": "1", "COLD_WAIT_TIMEOUT_SECONDS": "20"}
-        with stack_for(tmp, namespaces, stack_env, workers=0) as stack:
-            stack.start_worker(HERD, extra_env={"WORKER_PROCESSES": "2"})
-            herd = stack.procs[HERD]
-            wait_until(lambda: herd.output().count("ready.") == 2 or not herd.alive(), 60, "both herd members ready")
-            assert herd.alive(), herd.output()[-3000:]
-            yield Env(stack, gated)
+def stack(gated: FixtureOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    namespaces = f'[namespaces.gated]\norigin = "{gated.base_url}/v/{{key}}"\n'
+    # One refresh at a time per member: two refreshes at the origin at once means both ran.
+    one_slot_each = {"WORKER_POOL": "prefork", "WORKER_CONCURRENCY": "1", "COLD_WAIT_TIMEOUT_SECONDS": "20"}
+    with stack_for(tmp_path_factory.mktemp("worker-herd"), namespaces, one_slot_each, workers=0) as running:
+        running.start_worker(HERD, extra_env={"WORKER_PROCESSES": "2"})
+        herd = running.procs[HERD]
+        wait_until(lambda: herd.output().count("ready.") == 2 or not herd.alive(), 60, "both herd members ready")
+        assert herd.alive(), herd.output()[-3000:]
+        yield running
 
 
 def herd_metrics(stack: Stack) -> str:
     return requests.get(f"http://127.0.0.1:{stack.worker_metrics_ports[HERD]}/metrics", timeout=5).text
 
 
-def test_a_herd_of_two_answers_as_two_celery_workers_with_hostnames_of_their_own(env: Env) -> None:
+def test_a_herd_of_two_answers_as_two_celery_workers_with_hostnames_of_their_own(stack: Stack) -> None:
     app = Celery("herd-ping")
-    app.conf.update(celery_config(Settings(redis_url=env.stack.redis_url)))
+    app.conf.update(celery_config(Settings(redis_url=stack.redis_url)))
     try:
         replies = app.control.ping(timeout=2)
     finally:
@@ -56,8 +53,9 @@ def test_a_herd_of_two_answers_as_two_celery_workers_with_hostnames_of_their_own
     assert names == ["herd-1", "herd-2"], replies
 
 
-def test_both_members_of_a_herd_consume_and_one_metrics_endpoint_counts_both(env: Env) -> None:
-    stack, gated = env.stack, env.gated
+def test_both_members_of_a_herd_consume_and_one_metrics_endpoint_counts_both(
+    stack: Stack, gated: FixtureOrigin
+) -> None:
     before = metric(herd_metrics(stack), "herdless_refresh_total", namespace="gated")
     answers: list[requests.Response] = []
     gated.hold()
@@ -82,10 +80,10 @@ def test_both_members_of_a_herd_consume_and_one_metrics_endpoint_counts_both(env
     )
 
 
-def test_a_stopped_herd_stops_its_members_and_leaves_no_metrics_directory_behind(env: Env) -> None:
-    herd = env.stack.procs[HERD]
-    assert len(list((env.stack.tmp / "metrics").glob("herdless-worker-*"))) == 1
+def test_a_stopped_herd_stops_its_members_and_leaves_no_metrics_directory_behind(stack: Stack) -> None:
+    herd = stack.procs[HERD]
+    assert len(list((stack.tmp / "metrics").glob("herdless-worker-*"))) == 1
     herd.popen.send_signal(signal.SIGTERM)  # the herd alone, as `docker stop` or systemd would
     assert herd.popen.wait(30) == 0, herd.output()[-3000:]
     assert herd.output().count("Warm shutdown") >= 2, herd.output()[-3000:]  # each member, warm
-    assert list((env.stack.tmp / "metrics").glob("herdless-worker-*")) == []
+    assert list((stack.tmp / "metrics").glob("herdless-worker-*")) == []
