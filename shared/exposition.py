@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from shared import rates
 from shared.breaker import breaker_state_key
 from shared.metrics import ScrapeTimeCollector
 from shared.namespaces import Namespace
@@ -71,3 +72,9 @@ def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Na
         _global_scrape_collector = collector
     registry.register(collector)
     return registry
+
+
+def configure_rate_recorder(settings: Settings) -> None:
+    """Flush this process's last-minute counts (rates.RECORDER) to the Redis of `settings`. The
+    web tier's app factory and the worker's Celery app factory call this."""
+    rates.RECORDER.configure(lambda: make_redis(settings, pool_size=2))

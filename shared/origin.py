@@ -118,15 +118,8 @@ def encode_key_for_path(key: str) -> str:
     return encoded
 
 
-# One pool per process. maxsize is the connections kept per origin host; block=False lets a burst
-# open more (each closed after use), so refresh concurrency is never capped by the pool.
-_pool = urllib3.PoolManager(num_pools=32, maxsize=128, block=False, retries=False)
-
-
-def size_http_pool(connections: int) -> None:
-    """Keep up to `connections` idle connections per origin host (the worker's concurrency)."""
-    global _pool
-    _pool = urllib3.PoolManager(num_pools=32, maxsize=max(8, connections), block=False, retries=False)
+# Idle connections an HTTP origin keeps per host unless told otherwise (a worker's concurrency).
+IDLE_CONNECTIONS = 128
 
 
 def _is_json(content_type: str) -> bool:
@@ -137,12 +130,20 @@ def _is_json(content_type: str) -> bool:
 class HttpOrigin:
     conditional = True  # a GET can always carry If-None-Match / If-Modified-Since
 
-    def __init__(self, ns: Namespace, max_bytes: int) -> None:
+    def __init__(self, ns: Namespace, max_bytes: int, connections: int = IDLE_CONNECTIONS) -> None:
         self.template = ns.origin
         self.timeout = ns.origin_timeout_seconds
         self.max_bytes = max_bytes
         # The namespace's own headers (credentials) go with every request; never logged.
         self.headers = {"Accept": "*/*", "User-Agent": "herdless", **ns.origin_headers.as_dict()}
+        # This origin's own pool, closed with it. maxsize is the connections kept per origin
+        # host; block=False lets a burst open more (each closed after use), so refresh
+        # concurrency is never capped by the pool.
+        self._pool = urllib3.PoolManager(num_pools=32, maxsize=max(8, connections), block=False, retries=False)
+
+    def close(self) -> None:
+        """Close this origin's idle connections; a later fetch opens new ones."""
+        self._pool.clear()
 
     def url_for(self, key: str) -> str:
         return self.template.replace("{key}", encode_key_for_path(key))
@@ -213,7 +214,7 @@ class HttpOrigin:
         for attempt in (1, 2):
             remaining = max(0.001, deadline - time.monotonic())
             try:
-                return _pool.request(
+                return self._pool.request(
                     "GET",
                     url,
                     preload_content=False,
@@ -372,6 +373,9 @@ class CallableOrigin:
         self.timeout = ns.origin_timeout_seconds
         self.conditional = _accepts_validator(self.func)
 
+    def close(self) -> None:
+        """Nothing to close: a callable holds no connections of ours."""
+
     def fetch(
         self, key: str, deadline: float | None = None, validators: Validators | None = None
     ) -> OriginResponse | NotModified:
@@ -418,5 +422,6 @@ class CallableOrigin:
 Origin = HttpOrigin | CallableOrigin
 
 
-def make_origin(ns: Namespace, max_bytes: int) -> Origin:
-    return HttpOrigin(ns, max_bytes) if ns.is_http else CallableOrigin(ns, max_bytes)
+def make_origin(ns: Namespace, max_bytes: int, connections: int = IDLE_CONNECTIONS) -> Origin:
+    """The origin of `ns`; an HTTP one keeps up to `connections` idle connections per host."""
+    return HttpOrigin(ns, max_bytes, connections) if ns.is_http else CallableOrigin(ns, max_bytes)

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 
 from shared.freshness import CacheHeaders, CachePolicy, cache_policy
 from shared.namespaces import Namespace
-from shared.origin import Origin, make_origin
+from shared.origin import IDLE_CONNECTIONS, Origin, make_origin
 
 log = logging.getLogger("herdless.engine")
 
@@ -39,14 +39,14 @@ class OriginAdapters:
     """The origin of each namespace, built on first use; the read path's naive strategy and the
     refresher both call origins through it. Thread- and greenlet-safe."""
 
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
+    def __init__(self, max_bytes: int, connections: int = IDLE_CONNECTIONS) -> None:
+        self._max_bytes, self._connections = max_bytes, connections
         self._origins: BuiltOnce[Origin] = BuiltOnce()
         self._lock = threading.Lock()
         self._malformed_reported: set[str] = set()  # origins whose bad Cache-Control was logged
 
     def get(self, ns: Namespace) -> Origin:
-        return self._origins.get(ns.name, lambda: make_origin(ns, self._max_bytes))
+        return self._origins.get(ns.name, lambda: make_origin(ns, self._max_bytes, self._connections))
 
     def cache_policy(self, ns: Namespace, headers: CacheHeaders) -> CachePolicy:
         """Lifetimes of one origin answer (shared/freshness.py). A Cache-Control that does not

@@ -94,7 +94,8 @@ class Refresher:
         self.settings = settings
         self.namespaces = namespaces
         self.store = store
-        self.origins = OriginAdapters(settings.origin_max_bytes)
+        # Every concurrent refresh holds at most one origin connection: keep that many idle.
+        self.origins = OriginAdapters(settings.origin_max_bytes, max(8, settings.worker_concurrency))
         self._slots_factory = slots
         self._breakers: BuiltOnce[OriginBreaker] = BuiltOnce()
         self._slots: BuiltOnce[OriginSlots] = BuiltOnce()

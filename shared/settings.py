@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # all waiting on the origin); threads: as many OS threads; prefork: one refresh per process.
     worker_pool: Literal["gevent", "threads", "prefork"] = "gevent"
     worker_concurrency: Annotated[int, Field(ge=1, le=10000)] = 100
+    # Celery workers `python -m workers` runs on this host (each WORKER_POOL x WORKER_CONCURRENCY),
+    # their metrics summed on one WORKER_METRICS_PORT: how one gevent worker scales over cores.
+    worker_processes: Annotated[int, Field(ge=1, le=256)] = 1
     # Calls in flight to one origin, across every worker process and host (a Redis semaphore).
     origin_max_concurrency: Annotated[int, Field(ge=1)] = 50
     worker_metrics_port: Port = 9540

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from shared.namespaces import Namespace
 from shared.settings import Settings
 
 QUEUE = "herdless"
@@ -65,6 +66,12 @@ def refresh_expiry_seconds(reason: str, settings: Settings) -> float:
     return settings.lease_ttl_seconds
 
 
+def longest_origin_timeout(namespaces: dict[str, Namespace]) -> float | None:
+    """The longest origin timeout of any namespace (None: none defined), which bounds how long the
+    broker must keep a running refresh's message invisible."""
+    return max((ns.origin_timeout_seconds for ns in namespaces.values()), default=None)
+
+
 def longest_refresh_seconds(settings: Settings, origin_timeout_seconds: float | None = None) -> float:
     """Upper bound of one refresh run: waiting for an origin slot, then the origin call (a total
     deadline), then the write. Every origin call is cut off at its deadline, so this is a bound."""
@@ -101,6 +108,8 @@ def celery_config(
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": QUEUE,
+        # The one declaration of the refresh queue (as kombu Queue options), for both tiers.
+        "task_queues": {QUEUE: {"routing_key": QUEUE, "queue_arguments": {"x-max-priority": 10}}},
         "task_default_priority": None,
         "broker_transport_options": {
             "priority_steps": [0, 3, 6, 9],

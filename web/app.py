@@ -8,20 +8,18 @@ from contextlib import contextmanager
 
 from celery import Celery
 from flask import Flask, Response
-from kombu import Queue
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from shared import rates
 from shared.coldwait import ColdWaitHub
-from shared.exposition import build_registry
+from shared.exposition import build_registry, configure_rate_recorder
 from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache
 from shared.readpath import NoNearCache, ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
-from shared.tasks import QUEUE, RefreshRequest, celery_config, send_refresh
+from shared.tasks import QUEUE, RefreshRequest, celery_config, longest_origin_timeout, send_refresh
 from web.http import AnythingConverter, json_error
 from web.openapi import bp as openapi_bp
 from web.routes import bp as routes_bp
@@ -37,8 +35,7 @@ def celery_client(settings: Settings, longest_origin_timeout: float | None) -> C
     app = Celery("herdless")
     app.conf.update(
         # Every request a gevent web process holds may enqueue at the same moment.
-        celery_config(settings, longest_origin_timeout, broker_connections=settings.max_cold_waiters + 1000),
-        task_queues=[Queue(QUEUE, routing_key=QUEUE, queue_arguments={"x-max-priority": 10})],
+        celery_config(settings, longest_origin_timeout, broker_connections=settings.max_cold_waiters + 1000)
     )
     return app
 
@@ -73,11 +70,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["anything"] = AnythingConverter
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    longest = max((ns.origin_timeout_seconds for ns in namespaces.values()), default=None)
-    celery = celery_client(settings, longest)
+    celery = celery_client(settings, longest_origin_timeout(namespaces))
     init_web_series(namespaces)
     # Answers (and the naive strategy's origin calls) reach the status page's last minute.
-    rates.RECORDER.configure(lambda: make_redis(settings, pool_size=2))
+    configure_rate_recorder(settings)
     # Requests share a bounded, blocking pool: a command takes well under a millisecond, so a
     # few dozen connections serve thousands of concurrent requests, and a burst never opens a
     # connection per request (which overflowed Redis's accept queue: connect timeouts, 503).

@@ -1,11 +1,10 @@
 """gunicorn settings for the web tier, driven by the same environment as everything else."""
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
+from shared.metrics_dir import make_metrics_dir
 from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import load_settings
 
@@ -44,12 +43,7 @@ proc_name = "herdless-web"
 control_socket_disable = True
 
 # prometheus_client multiprocess mode: one fresh directory per gunicorn master.
-_metrics_dir = os.path.join(
-    os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir(), f"herdless-web-{os.getpid()}"
-)
-shutil.rmtree(_metrics_dir, ignore_errors=True)
-os.makedirs(_metrics_dir)
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+_metrics_dir = make_metrics_dir("web")
 
 
 def child_exit(server, worker):  # noqa: ANN001 - gunicorn hook signature

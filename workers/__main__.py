@@ -1,4 +1,7 @@
-"""Worker entry point: gives the worker a fresh metrics directory, then execs `celery worker`.
+"""Worker entry point: parses the settings and namespaces once, gives the worker a fresh metrics
+directory, builds the Celery app and runs `celery worker` in this process. With
+WORKER_PROCESSES=N > 1 it runs a herd instead: N such workers (distinct Celery hostnames) over
+one metrics directory, and one /metrics endpoint on WORKER_METRICS_PORT that sums them.
 
 python -m workers [extra celery worker options]
 """
@@ -6,32 +9,18 @@ python -m workers [extra celery worker options]
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
+from typing import TYPE_CHECKING
 
-from shared.namespaces import NamespaceConfigError, load_namespaces
-from shared.settings import load_settings
-from workers.metrics_dir import OWNED_METRICS_DIR
+from shared.metrics_dir import HERD_MEMBER
+from shared.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from shared.namespaces import Namespace
 
 
-def main() -> None:
-    settings = load_settings()  # stop here, naming the variable, if a setting is bad
-    try:
-        load_namespaces(settings)
-    except NamespaceConfigError as exc:
-        sys.exit(str(exc))  # one line: file, namespace, field (or the module that does not import)
-    base = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
-    metrics_dir = os.path.join(base, f"herdless-worker-{os.getpid()}")
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    os.makedirs(metrics_dir)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    # Ours to remove when the worker stops (workers/tasks.py), so starts leave no directory behind.
-    os.environ[OWNED_METRICS_DIR] = metrics_dir
-    argv = [
-        "celery",
-        "-A",
-        "workers.celery_app",
+def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
+    return [
         "worker",
         "--loglevel",
         settings.log_level.upper(),
@@ -44,9 +33,40 @@ def main() -> None:
         "--task-events",
         "--without-gossip",
         "--without-mingle",
-        *sys.argv[1:],
+        *extra,
     ]
-    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+
+
+def run_worker(settings: Settings, namespaces: dict[str, Namespace], extra: list[str]) -> None:
+    from shared.metrics_dir import own_metrics_dir
+    from workers.app import make_celery
+
+    if not os.environ.get(HERD_MEMBER):
+        # Ours to remove when the worker stops (workers/tasks.py): starts leave no directory behind.
+        own_metrics_dir("worker")
+    make_celery(settings, namespaces).worker_main(celery_worker_argv(settings, extra))
+
+
+def main() -> None:
+    settings = load_settings()  # stop here, naming the variable, if a setting is bad
+    herd = settings.worker_processes > 1 and not os.environ.get(HERD_MEMBER)
+    if not herd:
+        # What `celery worker` does first: patch for gevent before anything else is imported
+        # (redis, urllib3, the origin callables), or a gevent pool's refreshes block each other.
+        from celery import maybe_patch_concurrency
+
+        maybe_patch_concurrency([*sys.argv[1:], "--pool", settings.worker_pool])
+    from shared.namespaces import NamespaceConfigError, load_namespaces
+
+    try:
+        namespaces = load_namespaces(settings)
+    except NamespaceConfigError as exc:
+        sys.exit(str(exc))  # one line: file, namespace, field (or the module that does not import)
+    if herd:
+        from workers.herd import run_herd
+
+        sys.exit(run_herd(settings, namespaces, sys.argv[1:]))
+    run_worker(settings, namespaces, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ from prometheus_client import start_http_server
 
 from shared.exposition import build_registry
 from shared.metrics import init_worker_series
-from shared.namespaces import load_namespaces
-from shared.settings import Settings, url_host
-from workers.metrics_dir import remove_owned_metrics_dir
+from shared.metrics_dir import remove_owned_metrics_dir
+from shared.settings import url_host
+from workers.app import WorkerConfig
 
 log = logging.getLogger("herdless.worker")
 
 
-def start_metrics_server(settings: Settings, app: Celery) -> None:
-    namespaces = load_namespaces(settings)
+def start_metrics_server(config: WorkerConfig, app: Celery) -> None:
+    settings, namespaces = config.settings, config.namespaces
     # Every known series exists from the start, at 0, before any pool process did any work.
     init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
     registry = build_registry(settings, app, namespaces)

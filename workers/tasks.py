@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
 
-from celery import signals
+from celery import Task, current_app, shared_task, signals
 from celery.worker.request import Request
 
 from shared import metrics
-from shared.namespaces import load_namespaces
-from shared.origin import size_http_pool
+from shared.metrics_dir import HERD_MEMBER
 from shared.origin_slots import OriginSlots
 from shared.refresher import Refresher
-from shared.settings import get_settings
 from shared.store import CacheStore, make_redis
 from shared.tasks import REFRESH_TASK, RefreshRequest
-from workers.celery_app import app
+from workers.app import WorkerConfig
 
 log = logging.getLogger("herdless.worker")
 
@@ -42,44 +39,55 @@ class RefreshFailed(Exception):
     and never retried. One string argument: JSON-serialisable, like everything Celery moves."""
 
 
+# This process's engine: built by the worker_process_init / worker_init signals from the app's
+# configuration (workers/app.py), never at import. Celery's main process needs one too: it
+# acknowledges messages (RefreshTaskRequest) and runs refreshes itself in the gevent, threads
+# and solo pools.
 _engine: Refresher | None = None
-_engine_pid: int | None = None
-_engine_lock = threading.Lock()
 
 
 def worker_engine() -> Refresher:
-    """One engine per worker process, built after fork (a Redis client must not cross a fork);
-    the threads pool's first tasks may ask at once, hence the lock."""
-    global _engine, _engine_pid
-    if _engine is not None and _engine_pid == os.getpid():
-        return _engine
-    with _engine_lock:
-        return _build_engine()
-
-
-def _build_engine() -> Refresher:
-    global _engine, _engine_pid
-    if _engine is None or _engine_pid != os.getpid():
-        settings = get_settings()
-        namespaces = load_namespaces(settings)
-        metrics.init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
-        # Every concurrent refresh holds at most one connection at a time, its renewer another;
-        # past that a caller waits for one rather than failing mid-refresh.
-        client = make_redis(
-            settings,
-            pool_size=2 * settings.worker_concurrency + 16,
-            pool_wait_seconds=max(2.0, settings.lease_ttl_seconds / 3),
-            socket_timeout=max(2.0, settings.lease_ttl_seconds / 3),
-        )
-        size_http_pool(settings.worker_concurrency)
-        _engine = Refresher(
-            settings,
-            namespaces,
-            CacheStore(client, settings),
-            slots=lambda origin_name: OriginSlots(client, origin_name),
-        )
-        _engine_pid = os.getpid()
+    if _engine is None:
+        raise RuntimeError("no refresh engine in this process: the worker's start-up signals build it")
     return _engine
+
+
+def _build_engine(config: WorkerConfig) -> Refresher:
+    settings, namespaces = config.settings, config.namespaces
+    metrics.init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
+    # Every concurrent refresh holds at most one connection at a time, its renewer another;
+    # past that a caller waits for one rather than failing mid-refresh.
+    client = make_redis(
+        settings,
+        pool_size=2 * settings.worker_concurrency + 16,
+        pool_wait_seconds=max(2.0, settings.lease_ttl_seconds / 3),
+        socket_timeout=max(2.0, settings.lease_ttl_seconds / 3),
+    )
+    return Refresher(
+        settings,
+        namespaces,
+        CacheStore(client, settings),
+        slots=lambda origin_name: OriginSlots(client, origin_name),
+    )
+
+
+@signals.worker_init.connect
+def _set_up_main_process(sender: Any = None, **_: Any) -> None:
+    # A Redis client must not cross a fork: a prefork child builds its own (below).
+    global _engine
+    app = sender.app
+    quiet_celery_task_lines(app.herdless.settings.log_level)
+    _engine = _build_engine(app.herdless)
+    if not os.environ.get(HERD_MEMBER):  # a herd serves its members' metrics itself
+        from workers.metrics_server import start_metrics_server
+
+        start_metrics_server(app.herdless, app)
+
+
+@signals.worker_process_init.connect
+def _set_up_pool_process(**_: Any) -> None:
+    global _engine
+    _engine = _build_engine(current_app.herdless)
 
 
 class RefreshTaskRequest(Request):  # type: ignore[misc]
@@ -116,11 +124,11 @@ class RefreshTaskRequest(Request):  # type: ignore[misc]
             log.warning("could not update the queued marker of a refresh")
 
 
-class RefreshTask(app.Task):  # type: ignore[misc,name-defined]
+class RefreshTask(Task):  # type: ignore[misc]
     Request = RefreshTaskRequest
 
 
-@app.task(
+@shared_task(
     name=REFRESH_TASK,
     base=RefreshTask,
     acks_late=True,
@@ -187,14 +195,14 @@ def _mark_running_refreshes_queued(**_: Any) -> None:
 @signals.worker_process_shutdown.connect
 def _last_refresh_summary(**_: Any) -> None:
     # The refreshes since the last periodic summary, before this process goes.
-    if _engine is not None and _engine_pid == os.getpid():
+    if _engine is not None:
         _engine.refresh_log.flush()
 
 
 @signals.worker_shutdown.connect
 def _remove_metrics_dir(**_: Any) -> None:
     # The main process, last: its metrics directory goes with it.
-    from workers.metrics_dir import remove_owned_metrics_dir
+    from shared.metrics_dir import remove_owned_metrics_dir
 
     remove_owned_metrics_dir()
 
@@ -209,14 +217,6 @@ def _mark_dead(pid: int | None = None, **_: Any) -> None:
 
 @signals.after_setup_logger.connect
 def _quiet_task_lines(**_: Any) -> None:
-    quiet_celery_task_lines(get_settings().log_level)
-
-
-quiet_celery_task_lines(get_settings().log_level)
-
-
-@signals.worker_init.connect
-def _start_metrics_server(**_: Any) -> None:
-    from workers.metrics_server import start_metrics_server
-
-    start_metrics_server(get_settings(), app)
+    config = getattr(current_app, "herdless", None)
+    if config is not None:
+        quiet_celery_task_lines(config.settings.log_level)
