@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.protocol import AnswerOutcome
 from shared.store import ReadResult
 
 
@@ -14,7 +15,7 @@ class Served:
     hit), for Age and max-age."""
 
     result: ReadResult
-    outcome: str
+    outcome: AnswerOutcome
     now_ms: int
     from_near_cache: bool = False
 
@@ -28,8 +29,8 @@ class Unstored:
     content_type: str
 
     @property
-    def outcome(self) -> str:
-        return "miss"
+    def outcome(self) -> AnswerOutcome:
+        return AnswerOutcome.MISS
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class Refused:
     retry_after_s: float | None = None
 
     @property
-    def outcome(self) -> str:
-        return "timeout" if self.error == "cold_wait_timeout" else "error"
+    def outcome(self) -> AnswerOutcome:
+        return AnswerOutcome.TIMEOUT if self.error == "cold_wait_timeout" else AnswerOutcome.ERROR
 
 
 # The answer to a cold read while its key cools down after a failed refresh, by the failure's

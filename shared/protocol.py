@@ -148,6 +148,21 @@ class FailureCode(StrEnum):
             return cls.ORIGIN_ERROR
 
 
+class AnswerOutcome(StrEnum):
+    """How a read was answered: the X-Cache word (upper-cased) and the requests metric's label."""
+
+    HIT = "hit"
+    EARLY = "early"
+    STALE = "stale"
+    MISS = "miss"
+    TIMEOUT = "timeout"  # a cold wait ran out
+    ERROR = "error"  # refused: the key cools down, the origin failed, or the queue refused
+
+    @classmethod
+    def of(cls, decision: Decision) -> AnswerOutcome:
+        return cls(decision.value.lower())
+
+
 class RefreshReason(StrEnum):
     """Why a refresh was enqueued (RefreshRequest.reason; herdless_refresh_enqueued_total)."""
 

@@ -80,10 +80,18 @@ from shared.namespaces import Namespace
 from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
 from shared.origin import NotFound, NotModified, OriginError
 from shared.origin_adapters import OriginAdapters
+from shared.protocol import (
+    AnswerOutcome,
+    Decision,
+    LeaseState,
+    ReadyStatus,
+    RefreshReason,
+    SuppressReason,
+    WarmState,
+)
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import RefreshRequest
-from shared.xfetch import Decision
 
 log = logging.getLogger("herdless.engine")
 
@@ -169,7 +177,7 @@ class ReadPath:
         hit = near.get(ns.name, key)
         if hit is not None:
             # Redis would say HIT until the value's XFetch moment: no round trip needed.
-            return Served(hit.entry, "hit", hit.redis_now_ms, from_near_cache=True)
+            return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
         if self._waiter.waiting_on(ns.name, key):
             # Readers of this process already wait for the key's refresh: join them without a
             # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
@@ -183,9 +191,10 @@ class ReadPath:
             if r.soft_ms is not None:
                 until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u)
                 near.put(ns.name, key, r, r.now_ms, until, read_token)
-            return Served(r, "hit", r.now_ms)
+            return Served(r, AnswerOutcome.HIT, r.now_ms)
         if r.decision in (Decision.EARLY, Decision.STALE):
-            reason = r.decision.value.lower()
+            outcome = AnswerOutcome.of(r.decision)
+            reason = RefreshReason(outcome.value)
             if r.won_lease:
                 try:
                     self._enqueue(ns, key, token, reason, r.now_ms)
@@ -193,12 +202,12 @@ class ReadPath:
                     pass  # the value is served anyway; the next read retries the refresh
             else:
                 self._count_suppressed(ns, r)
-            return Served(r, reason, r.now_ms)
+            return Served(r, outcome, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
         return self._wait_for_refresh(ns, key, r, token, read_started)
 
     def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
-        reason = "cooldown" if r.lease_state == "cooldown" else "lease_held"
+        reason = SuppressReason.COOLDOWN if r.lease_state == LeaseState.COOLDOWN else SuppressReason.LEASE_HELD
         metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> None:
@@ -238,12 +247,12 @@ class ReadPath:
                 elif first.won_lease and token is not None:
                     fresh_read_due = False
                     try:
-                        self._enqueue(ns, key, token, "miss", first.now_ms)
+                        self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                     except BrokerUnavailable:
                         return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
-                    if first.lease_state == "cooldown":
+                    if first.lease_state == LeaseState.COOLDOWN:
                         metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
                         return refused_by_failure(first.failure, first.lease_pttl_ms / 1000)
                     reason = "coalesced" if handle.coalesced else "lease_held"
@@ -259,7 +268,11 @@ class ReadPath:
                         try:
                             # A value may have landed meanwhile: then it is served, and its
                             # refresh is an early or stale one, queued behind cold misses.
-                            reason = "miss" if r.decision is Decision.MISS else r.decision.value.lower()
+                            reason = (
+                                RefreshReason.MISS
+                                if r.decision is Decision.MISS
+                                else RefreshReason(r.decision.value.lower())
+                            )
                             self._enqueue(ns, key, token, reason, r.now_ms)
                         except BrokerUnavailable:
                             return r, False
@@ -273,10 +286,10 @@ class ReadPath:
                         handle.mark()
                         r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
                         if r.has_value and r.decision is not Decision.MISS:
-                            return Served(r, "miss" if waited else r.decision.value.lower(), r.now_ms)
+                            return Served(r, AnswerOutcome.MISS if waited else AnswerOutcome.of(r.decision), r.now_ms)
                         if not enqueued:
                             return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
-                        if not r.won_lease and (r.lease_state == "cooldown" or status == "error"):
+                        if not r.won_lease and (r.lease_state == LeaseState.COOLDOWN or status == ReadyStatus.ERROR):
                             return refused_by_failure(r.failure, max(r.lease_pttl_ms, 1000) / 1000)
                     fresh_read_due = True
                     remaining = deadline - time.monotonic()
@@ -300,7 +313,7 @@ class ReadPath:
             if first is not None and first.won_lease and token is not None:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
                 try:
-                    self._enqueue(ns, key, token, "miss", first.now_ms)
+                    self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                 except BrokerUnavailable:
                     pass
             return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
@@ -309,7 +322,7 @@ class ReadPath:
         """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""
         r = self.store.read(ns, key, new_token())
         if r.decision is Decision.HIT:
-            return Served(r, "hit", r.now_ms)
+            return Served(r, AnswerOutcome.HIT, r.now_ms)
         started = self.store.now_ms()
         t0 = time.perf_counter()
         policy: CachePolicy | None = None
@@ -343,7 +356,7 @@ class ReadPath:
             soft_ttl_ms=policy.lifetimes.soft_ttl_ms if policy else None,
         )
         r = self.store.read(ns, key, new_token())
-        return Served(r, "miss", r.now_ms)
+        return Served(r, AnswerOutcome.MISS, r.now_ms)
 
     # -- admin ----------------------------------------------------------------------------------
 
@@ -354,7 +367,7 @@ class ReadPath:
         if not self.store.take_lease(ns, key, token):
             metrics.REFRESH_SUPPRESSED.labels(ns.name, "lease_held").inc()
             return False
-        self._enqueue(ns, key, token, "manual", self.store.now_ms())
+        self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
         return True
 
     def warm(self, ns: Namespace, keys: list[str]) -> WarmResult:
@@ -375,7 +388,7 @@ class ReadPath:
                 for start in range(0, len(distinct), WARM_CHUNK):
                     tokens = {key: new_token() for key in distinct[start : start + WARM_CHUNK]}
                     chunk, won_at_ms = self.store.warm(ns, tokens)
-                    won = [key for key, state in chunk.items() if state == "won"]
+                    won = [key for key, state in chunk.items() if state == WarmState.WON]
                     for i, key in enumerate(won):
                         try:
                             send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))

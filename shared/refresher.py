@@ -71,7 +71,7 @@ from shared.namespaces import Namespace
 from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
-from shared.protocol import RefreshOutcome
+from shared.protocol import FailureCode, RefreshOutcome, RefreshReason
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
 from shared.store import CacheStore, WriteResult
@@ -151,7 +151,7 @@ class Refresher:
         run_token = store.claim(ns, key, req.token)
         if run_token is None:
             # The lease ran out while this task waited, or another run holds it.
-            return RefreshReport("lost_lease")
+            return RefreshReport(RefreshOutcome.LOST_LEASE)
         try:
             return self._run_claimed(ns, req, run_token)
         except BaseException:
@@ -175,9 +175,11 @@ class Refresher:
             if not got:
                 # The origin is saturated by other refreshes: back off like a failure,
                 # without counting one against the key or the breaker.
-                store.record_failure(ns, key, run_token, origin_called=False, reason="origin_busy")
+                store.record_failure(ns, key, run_token, origin_called=False, reason=FailureCode.ORIGIN_BUSY)
                 return RefreshReport(
-                    "slot_timeout", "origin_busy", f"no concurrency slot of origin {ns.origin_name} came free"
+                    RefreshOutcome.SLOT_TIMEOUT,
+                    FailureCode.ORIGIN_BUSY,
+                    f"no concurrency slot of origin {ns.origin_name} came free",
                 )
             renewer.holds_slot = True
             try:
@@ -191,7 +193,7 @@ class Refresher:
     ) -> RefreshReport:
         store, key = self.store, req.key
         if renewer.lost.is_set():
-            return RefreshReport("lost_lease")
+            return RefreshReport(RefreshOutcome.LOST_LEASE)
         t0 = time.perf_counter()
         deadline = time.monotonic() + ns.origin_timeout_seconds
         try:
@@ -200,7 +202,7 @@ class Refresher:
             # A callable that stopped importing (checked at start, so a module changed or
             # removed since): a failure of the key like any other, without a call to count.
             store.record_failure(ns, key, run_token, reason=exc.code)
-            return RefreshReport("origin_error", exc.code, f"origin {ns.origin_name}: {exc}")
+            return RefreshReport(RefreshOutcome.ORIGIN_ERROR, exc.code, f"origin {ns.origin_name}: {exc}")
         # With validators stored, the call is conditional and a 304 costs no body.
         stored = store.stored_validators(ns, key) if origin.conditional else None
 
@@ -215,14 +217,21 @@ class Refresher:
             response, started_ms = self.breaker(ns).call_timed(fetch)
         except BreakerOpen as exc:
             store.record_failure(
-                ns, key, run_token, min_cooldown_ms=exc.retry_after_ms, origin_called=False, reason="breaker_open"
+                ns,
+                key,
+                run_token,
+                min_cooldown_ms=exc.retry_after_ms,
+                origin_called=False,
+                reason=FailureCode.BREAKER_OPEN,
             )
-            return RefreshReport("breaker_open", "breaker_open", f"origin {ns.origin_name}: {exc}")
+            return RefreshReport(
+                RefreshOutcome.BREAKER_OPEN, FailureCode.BREAKER_OPEN, f"origin {ns.origin_name}: {exc}"
+            )
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
             store.record_failure(ns, key, run_token, reason=exc.code)
-            return RefreshReport("origin_error", exc.code, f"origin {ns.origin_name}: {exc}")
+            return RefreshReport(RefreshOutcome.ORIGIN_ERROR, exc.code, f"origin {ns.origin_name}: {exc}")
         metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a
         # warm-up's queue wait is its own batch ahead of it, which says nothing about the key,
@@ -355,4 +364,4 @@ def _duration_start(req: RefreshRequest, started_ms: int) -> int:
     a cold miss or a warm-up, at its origin call: their queue wait is the backlog of a cold
     start, which says nothing about the key. (Counted in, a cold start of 2 000 keys stored
     d of seconds, and one key in thirty was refreshed again as soon as its value landed.)"""
-    return started_ms if req.reason in ("miss", "warm") else req.won_at_ms
+    return started_ms if req.reason in (RefreshReason.MISS, RefreshReason.WARM) else req.won_at_ms

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.namespaces import Namespace
+from shared.protocol import RefreshReason
 from shared.settings import Settings
 
 QUEUE = "herdless"
@@ -61,7 +62,7 @@ def refresh_expiry_seconds(reason: str, settings: Settings) -> float:
     more than the workers run within one lease, so its tasks wait as long as their queued
     marker keeps other refreshes of the key out (CLAIM lets a task whose lease ran out run while
     the marker is its own)."""
-    if reason == "warm":
+    if reason == RefreshReason.WARM:
         return queued_marker_ttl_seconds(settings)
     return settings.lease_ttl_seconds
 

@@ -20,6 +20,7 @@ from shared.answers import Refused, Served, Unstored
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
+from shared.protocol import AnswerOutcome, LeaseState
 from shared.readpath import BrokerUnavailable, WarmIncomplete
 from shared.store import EntryState, ReadResult
 from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
@@ -102,7 +103,7 @@ def _serve(ns: Namespace, answer: Served) -> Response:
     """Answer from a stored entry (positive or negative) and record the outcome."""
     r = answer.result
     # A cached 404 is NEGATIVE once stored; the read that waited for the origin to say 404 is a MISS.
-    negative_hit = r.negative and answer.outcome != "miss"
+    negative_hit = r.negative and answer.outcome != AnswerOutcome.MISS
     headers = cache_headers(ns, r, "NEGATIVE" if negative_hit else answer.outcome, answer.now_ms)
     if r.at_ms is not None:
         metrics.SERVED_AGE.labels(ns.name).observe(max(0, answer.now_ms - r.at_ms) / 1000)
@@ -264,14 +265,14 @@ def entry_state_json(ns: Namespace, s: EntryState) -> dict[str, Any]:
         "now_ms": s.now_ms,
         "value": value,
         "lease": {
-            "held": s.lease == "held",
-            "until_ms": s.lease_until_ms if s.lease == "held" else None,
-            "seconds_left": _seconds_until(s.now_ms, s.lease_until_ms) if s.lease == "held" else None,
+            "held": s.lease == LeaseState.HELD,
+            "until_ms": s.lease_until_ms if s.lease == LeaseState.HELD else None,
+            "seconds_left": _seconds_until(s.now_ms, s.lease_until_ms) if s.lease == LeaseState.HELD else None,
         },
         "cooldown": {
-            "held": s.lease == "cooldown",
-            "until_ms": s.lease_until_ms if s.lease == "cooldown" else None,
-            "seconds_left": _seconds_until(s.now_ms, s.lease_until_ms) if s.lease == "cooldown" else None,
+            "held": s.lease == LeaseState.COOLDOWN,
+            "until_ms": s.lease_until_ms if s.lease == LeaseState.COOLDOWN else None,
+            "seconds_left": _seconds_until(s.now_ms, s.lease_until_ms) if s.lease == LeaseState.COOLDOWN else None,
             # The failure's error code, as a cold read answers it (502); null unless held.
             "reason": s.cooldown_reason or None,
             # Each consecutive failure doubles the cooldown's length.
