@@ -4,34 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
-from redis.retry import Retry
 
 from shared import scripts
 from shared.channels import PURGE_ACK_SECONDS, READY_CHANNEL, HandedOver, publish_invalidation, ready_message
 from shared.clock import redis_now_ms
+from shared.connection import SUBSCRIBER_NAME as SUBSCRIBER_NAME
+from shared.connection import make_redis as make_redis
+from shared.connection import pubsub_client as pubsub_client
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
 from shared.protocol import (
-    Decision,
     FailureCode,
-    LeaseState,
-    MarkerState,
-    NoCode,
     ReadyStatus,
     WarmState,
     WriteMode,
     WriteOutcome,
-    lease_state_of,
-    marker_state_of,
 )
+from shared.replies import EntryState as EntryState
+from shared.replies import ReadResult as ReadResult
+from shared.replies import StoredValidators as StoredValidators
+from shared.replies import WriteResult as WriteResult
+from shared.replies import decode_text
 from shared.settings import Settings
 from shared.tasks import queued_marker_ttl_seconds
 from shared.xfetch import draw_u
@@ -43,56 +41,6 @@ COOLDOWN_BASE_MS = 1000
 PIPELINE_CHUNK = 1000
 
 
-def _driver_info() -> dict[str, Any]:
-    """redis-py builds its CLIENT SETINFO data per new connection, reading the installed
-    package's metadata from disk each time (about a millisecond): a burst that grows a pool by
-    hundreds of connections spent most of its time there. One object, built once, is shared."""
-    try:
-        from redis.driver_info import DriverInfo
-    except ImportError:  # redis-py before 7 has no driver_info (and reads no metadata per connection)
-        return {}
-    return {"driver_info": DriverInfo(lib_version=redis.__version__)}
-
-
-_DRIVER_INFO = _driver_info()
-
-
-def make_redis(
-    settings: Settings,
-    *,
-    url: str | None = None,
-    pool_size: int | None = None,
-    pool_wait_seconds: float | None = None,
-    **kwargs: Any,
-) -> Any:
-    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
-
-    pool_size caps the connections a process may open. With pool_wait_seconds, a caller that
-    finds all of them busy waits up to that long for one (a blocking pool) instead of failing:
-    a burst of a thousand requests in one gevent process then shares a few dozen connections,
-    each command taking well under a millisecond, rather than opening a thousand at once, which
-    made Redis's accept queue overflow and connects time out."""
-    url = url or settings.redis_url
-    opts: dict[str, Any] = {
-        "socket_timeout": kwargs.pop("socket_timeout", 2.0),
-        "socket_connect_timeout": kwargs.pop("socket_connect_timeout", 1.0),
-        "health_check_interval": kwargs.pop("health_check_interval", 0),
-    }
-    # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
-    opts.setdefault("retry", Retry(NoBackoff(), 0))
-    opts.update(_DRIVER_INFO)
-    opts.update(kwargs)
-    if pool_size:
-        opts["max_connections"] = pool_size
-    if settings.redis_cluster:
-        opts.pop("health_check_interval", None)
-        return RedisCluster.from_url(url, **opts)
-    if pool_size and pool_wait_seconds is not None:
-        pool = redis.BlockingConnectionPool.from_url(url, timeout=pool_wait_seconds, **opts)
-        return redis.Redis(connection_pool=pool)
-    return redis.Redis.from_url(url, **opts)
-
-
 def new_token() -> str:
     """An unguessable lease token (96 random bits); one is drawn for every read."""
     return os.urandom(12).hex()
@@ -100,201 +48,6 @@ def new_token() -> str:
 
 def make_etag(value: bytes) -> str:
     return '"' + hashlib.blake2b(value, digest_size=12).hexdigest() + '"'
-
-
-# The READ script's reply, field by field (shared/scripts.py documents each).
-READ_FIELDS = (
-    "decision",
-    "won",
-    "now",
-    "v",
-    "ct",
-    "etag",
-    "at",
-    "soft",
-    "d",
-    "neg",
-    "lease_state",
-    "lease_pttl",
-    "u",
-    "st",
-    "cd",
-)
-
-
-def _int(raw: Any) -> int | None:
-    return None if raw is None or raw is False else int(float(raw))
-
-
-def _str(raw: Any) -> str:
-    if raw is None or raw is False:
-        return ""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    decision: Decision
-    won_lease: bool
-    now_ms: int
-    value: bytes | None
-    content_type: str
-    etag: str
-    at_ms: int | None
-    soft_ms: int | None
-    delta_ms: float
-    negative: bool
-    lease_state: str  # a LeaseState (from_reply gives the member)
-    lease_pttl_ms: int
-    u: float  # this value's XFetch draw (1.0 when none is stored)
-    stale_ms: int | None = None  # the value's stale window, when stored with it
-    # While cooling down: the code of the failure behind it (origin_error, breaker_open...)
-    failure: FailureCode | NoCode = ""
-
-    @property
-    def has_value(self) -> bool:
-        return self.soft_ms is not None
-
-    @classmethod
-    def from_reply(cls, raw: list[Any]) -> ReadResult:
-        f = dict(zip(READ_FIELDS, raw, strict=True))
-        lease_state = LeaseState(_str(f["lease_state"]))
-        return cls(
-            decision=Decision(_str(f["decision"])),
-            won_lease=int(f["won"]) == 1,
-            now_ms=int(f["now"]),
-            value=f["v"] if f["v"] not in (None, False) else None,
-            content_type=_str(f["ct"]) or "application/octet-stream",
-            etag=_str(f["etag"]),
-            at_ms=_int(f["at"]),
-            soft_ms=_int(f["soft"]),
-            delta_ms=float(_str(f["d"]) or 0),
-            negative=_str(f["neg"]) == "1",
-            lease_state=lease_state,
-            lease_pttl_ms=int(f["lease_pttl"]),
-            u=float(_str(f["u"]) or 1.0),
-            stale_ms=_int(f["st"]),
-            failure=FailureCode.parse(_str(f["cd"])) if lease_state is LeaseState.COOLDOWN else "",
-        )
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    status: WriteOutcome
-    delta_ms: float
-    soft_ms: int
-    written_at_ms: int
-
-    @property
-    def written(self) -> bool:
-        """A value (new or revalidated) is stored and fresh."""
-        return self.status.stored
-
-
-@dataclass(frozen=True)
-class StoredValidators:
-    """What a conditional refresh needs of the stored entry: which entry it is (`at_ms`), its
-    origin validators and the lifetimes it was stored with (a 304 without cache headers keeps
-    them)."""
-
-    at_ms: int
-    validators: Validators
-    lifetimes: Lifetimes
-
-    _FIELDS: ClassVar[tuple[str, ...]] = ("at", "oetag", "olm", "neg", "ttl", "st", "sie")
-
-    @classmethod
-    def from_fields(cls, raw: list[Any], fallback: Lifetimes) -> StoredValidators | None:
-        f = dict(zip(cls._FIELDS, raw, strict=True))
-        at = _int(f["at"])
-        validators = Validators(_str(f["oetag"]), _str(f["olm"]))
-        if at is None or _str(f["neg"]) == "1" or not validators:
-            return None
-        ttl, st, sie = _int(f["ttl"]), _int(f["st"]), _int(f["sie"])
-        lifetimes = Lifetimes(
-            soft_ttl_ms=fallback.soft_ttl_ms if ttl is None else ttl,
-            stale_ms=fallback.stale_ms if st is None else st,
-            stale_if_error_ms=fallback.stale_if_error_ms if sie is None else sie,
-        )
-        return cls(at, validators, lifetimes)
-
-
-# The INSPECT script's reply, field by field (shared/scripts.py documents each).
-INSPECT_FIELDS = (
-    "now",
-    "exists",
-    "soft",
-    "at",
-    "d",
-    "u",
-    "neg",
-    "etag",
-    "size",
-    "fails",
-    "sp",
-    "entry_pttl",
-    "lease",
-    "lease_pttl",
-    "queued",
-    "queued_pttl",
-)
-
-
-@dataclass(frozen=True)
-class EntryState:
-    """What Redis holds for one key at one moment (Redis clock), read without changing it."""
-
-    now_ms: int
-    stored: bool  # the entry hash exists (a value, or a cached 404)
-    soft_ms: int | None  # fresh until
-    at_ms: int | None  # the origin call that produced or last revalidated the value started
-    delta_ms: float  # smoothed refresh duration, XFetch's d
-    u: float  # the value's XFetch draw
-    negative: bool
-    etag: str
-    size_bytes: int
-    failures: int  # consecutive failed refreshes (each doubles the cooldown)
-    soft_purged_at_ms: int | None
-    kept_until_ms: int | None  # when Redis drops the entry (stale window and stale-if-error included)
-    lease: LeaseState  # FREE, HELD (a refresh holds it) or COOLDOWN (the last refresh failed)
-    lease_until_ms: int | None
-    cooldown_reason: FailureCode | NoCode  # while cooling down, why the last refresh failed
-    queued: MarkerState
-    queued_until_ms: int | None
-
-    @property
-    def anything_stored(self) -> bool:
-        return self.stored or bool(self.lease) or bool(self.queued)
-
-    @classmethod
-    def from_reply(cls, raw: list[Any]) -> EntryState:
-        f = dict(zip(INSPECT_FIELDS, raw, strict=True))
-        now = int(f["now"])
-
-        def until(pttl: Any) -> int | None:
-            return now + int(pttl) if int(pttl) >= 0 else None
-
-        lease, cooldown_reason = lease_state_of(_str(f["lease"]))
-        queued = marker_state_of(_str(f["queued"]))
-        return cls(
-            now_ms=now,
-            stored=int(f["exists"]) == 1,
-            soft_ms=_int(f["soft"]),
-            at_ms=_int(f["at"]),
-            delta_ms=float(_str(f["d"]) or 0),
-            u=float(_str(f["u"]) or 1.0),
-            negative=_str(f["neg"]) == "1",
-            etag=_str(f["etag"]),
-            size_bytes=int(f["size"]),
-            failures=_int(f["fails"]) or 0,
-            soft_purged_at_ms=_int(f["sp"]),
-            kept_until_ms=until(f["entry_pttl"]),
-            lease=lease,
-            lease_until_ms=until(f["lease_pttl"]) if lease else None,
-            cooldown_reason=cooldown_reason,
-            queued=queued,
-            queued_until_ms=until(f["queued_pttl"]) if queued else None,
-        )
 
 
 class CacheStore:
@@ -397,7 +150,7 @@ class CacheStore:
             k = EntryKeys.of(ns.name, key)
             calls.append(([k.entry, k.lease, k.queued], [token, self.lease_ttl_ms, self.queued_marker_ttl_ms]))
         replies = self._evalsha_many(self._warm, calls)
-        states = {key: WarmState(_str(reply[0])) for key, reply in zip(tokens, replies, strict=True)}
+        states = {key: WarmState(decode_text(reply[0])) for key, reply in zip(tokens, replies, strict=True)}
         now = max((int(reply[1]) for reply in replies), default=0)
         return states, now
 
@@ -437,7 +190,7 @@ class CacheStore:
 
     def lease_holder(self, ns: Namespace, key: str) -> str | None:
         raw = self.redis.get(EntryKeys.of(ns.name, key).lease)
-        return None if raw is None else _str(raw)
+        return None if raw is None else decode_text(raw)
 
     def renew_lease(self, ns: Namespace, key: str, token: str) -> bool:
         k = EntryKeys.of(ns.name, key)
@@ -569,8 +322,8 @@ class CacheStore:
         )
         raw = self._fenced_write(keys=[k.entry, k.lease, k.tombstone, k.queued], args=args.argv())
         return WriteResult(
-            status=WriteOutcome(_str(raw[0])),
-            delta_ms=float(_str(raw[1]) or 0),
+            status=WriteOutcome(decode_text(raw[0])),
+            delta_ms=float(decode_text(raw[1]) or 0),
             soft_ms=int(raw[2]),
             written_at_ms=int(raw[3]),
         )
@@ -643,12 +396,3 @@ class CacheStore:
         """Tell every web process to drop this key from its near-cache (after a purge) and wait
         until they all did (PURGE_ACK_SECONDS at most). Returns (told, confirmed)."""
         return publish_invalidation(self.redis, ns.name, key, ack_timeout=PURGE_ACK_SECONDS)
-
-
-# CLIENT LIST shows each web process's subscription under this name.
-SUBSCRIBER_NAME = "herdless-web-subscriber"
-
-
-def pubsub_client(settings: Settings) -> Any:
-    """A dedicated client for the long-lived subscription (no read timeout on it)."""
-    return make_redis(settings, socket_timeout=None, health_check_interval=30, client_name=SUBSCRIBER_NAME)

@@ -1,0 +1,71 @@
+"""Redis clients for both tiers: a URL or a Cluster, no retries hidden in the driver, a subscriber connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from shared.settings import Settings
+
+
+def _driver_info() -> dict[str, Any]:
+    """redis-py builds its CLIENT SETINFO data per new connection, reading the installed
+    package's metadata from disk each time (about a millisecond): a burst that grows a pool by
+    hundreds of connections spent most of its time there. One object, built once, is shared."""
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before 7 has no driver_info (and reads no metadata per connection)
+        return {}
+    return {"driver_info": DriverInfo(lib_version=redis.__version__)}
+
+
+_DRIVER_INFO = _driver_info()
+
+
+def make_redis(
+    settings: Settings,
+    *,
+    url: str | None = None,
+    pool_size: int | None = None,
+    pool_wait_seconds: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
+
+    pool_size caps the connections a process may open. With pool_wait_seconds, a caller that
+    finds all of them busy waits up to that long for one (a blocking pool) instead of failing:
+    a burst of a thousand requests in one gevent process then shares a few dozen connections,
+    each command taking well under a millisecond, rather than opening a thousand at once, which
+    made Redis's accept queue overflow and connects time out."""
+    url = url or settings.redis_url
+    opts: dict[str, Any] = {
+        "socket_timeout": kwargs.pop("socket_timeout", 2.0),
+        "socket_connect_timeout": kwargs.pop("socket_connect_timeout", 1.0),
+        "health_check_interval": kwargs.pop("health_check_interval", 0),
+    }
+    # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
+    opts.setdefault("retry", Retry(NoBackoff(), 0))
+    opts.update(_DRIVER_INFO)
+    opts.update(kwargs)
+    if pool_size:
+        opts["max_connections"] = pool_size
+    if settings.redis_cluster:
+        opts.pop("health_check_interval", None)
+        return RedisCluster.from_url(url, **opts)
+    if pool_size and pool_wait_seconds is not None:
+        pool = redis.BlockingConnectionPool.from_url(url, timeout=pool_wait_seconds, **opts)
+        return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_url(url, **opts)
+
+
+# CLIENT LIST shows each web process's subscription under this name.
+SUBSCRIBER_NAME = "herdless-web-subscriber"
+
+
+def pubsub_client(settings: Settings) -> Any:
+    """A dedicated client for the long-lived subscription (no read timeout on it)."""
+    return make_redis(settings, socket_timeout=None, health_check_interval=30, client_name=SUBSCRIBER_NAME)
