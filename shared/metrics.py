@@ -126,7 +126,7 @@ BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual", "warm")
-SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
+SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced", "queue_full", "out_of_memory")
 REFRESH_OUTCOMES = (
     "written",
     "revalidated",
@@ -137,6 +137,7 @@ REFRESH_OUTCOMES = (
     "breaker_open",
     "expired",
     "slot_timeout",
+    "out_of_memory",
 )
 ORIGIN_OUTCOMES = ("ok", "not_modified", "error", "timeout", "not_found")
 BREAKER_STATES = ("closed", "half-open", "open")

@@ -121,6 +121,7 @@ class RefreshOutcome(StrEnum):
     ORIGIN_ERROR = "origin_error"  # the origin failed (FailureCode says how)
     BREAKER_OPEN = "breaker_open"  # the breaker refused the call
     SLOT_TIMEOUT = "slot_timeout"  # no concurrency slot of the origin came free
+    OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: the write script was refused
     EXPIRED = "expired"  # the task waited in the queue past its marker and was dropped unrun
     # The task names a namespace this worker does not know (its namespaces file differs from
     # the web tier's). Never a metric label: the name is not one of the configured ones.
@@ -179,6 +180,16 @@ class SuppressReason(StrEnum):
     LEASE_HELD = "lease_held"
     COOLDOWN = "cooldown"
     COALESCED = "coalesced"
+    QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES messages wait already
+    OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: the lease could not be stored
+
+
+class AdmitState(StrEnum):
+    """What the queue's bound said to a refresh about to be enqueued (shared/queuebound.py)."""
+
+    ADMITTED = "admitted"  # send it
+    QUEUED = "queued"  # a message of the key still waits in the queue: send none
+    FULL = "full"  # MAX_QUEUED_REFRESHES messages wait: send none
 
 
 class ReadyStatus(StrEnum):

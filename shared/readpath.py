@@ -27,7 +27,10 @@ Reads (web tier, one Redis round trip, ``READ``)
     ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to be published (one re-read per wake-up,
     shared by the key's waiters in the process); if it finds the lease free (its refresher
     died) it takes it over; if the key is cooling down it answers 502 at once. If the queue
-    refuses the task the lease and marker are given back, so the next read retries.
+    refuses the task the lease and marker are given back, so the next read retries. Before it
+    sends, the winner asks the queue's bound (``shared/queuebound.py``): if the key's message
+    still waits (its marker lapsed while no worker consumed) it sends none and waits for that
+    one; if MAX_QUEUED_REFRESHES wait, it sends none and a cold read answers 503 ``queue_full``.
 
 Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
@@ -70,7 +73,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
 
 from shared import metrics
 from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
@@ -81,6 +83,7 @@ from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
 from shared.origin import NotFound, NotModified, OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.protocol import (
+    AdmitState,
     AnswerOutcome,
     Decision,
     LeaseState,
@@ -89,6 +92,7 @@ from shared.protocol import (
     SuppressReason,
     WarmState,
 )
+from shared.queuebound import BrokerUnavailable, QueueBound, QueueRefused, WarmIncomplete, WarmResult
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import RefreshRequest
@@ -96,30 +100,7 @@ from shared.tasks import RefreshRequest
 log = logging.getLogger("herdless.engine")
 
 
-class BrokerUnavailable(Exception):
-    """The refresh could not be handed to the queue."""
-
-
-@dataclass(frozen=True)
-class WarmResult:
-    """What a warm-up did with each distinct key it was given."""
-
-    enqueued: int
-    already_fresh: int
-    in_flight: int
-    cooling_down: int
-
-
-class WarmIncomplete(BrokerUnavailable):
-    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
-    the other keys' leases were given back, so the same warm-up may simply be sent again (the
-    keys enqueued the first time then count as in flight)."""
-
-    def __init__(self, enqueued: int) -> None:
-        super().__init__(
-            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
-        )
-        self.enqueued = enqueued
+QUEUE_FULL = Refused(503, "queue_full", "too many refreshes wait in the queue (MAX_QUEUED_REFRESHES)", 1)
 
 
 SendRefresh = Callable[[RefreshRequest], None]
@@ -166,6 +147,7 @@ class ReadPath:
         self._waiter = waiter
         self.near_cache = near_cache
         self.origins = OriginAdapters(settings.origin_max_bytes)
+        self.queue = QueueBound(store, settings)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -210,18 +192,26 @@ class ReadPath:
         reason = SuppressReason.COOLDOWN if r.lease_state == LeaseState.COOLDOWN else SuppressReason.LEASE_HELD
         metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
-    def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> None:
-        """Hand the refresh to the queue; on failure give the lease and marker back."""
+    def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
+        """Hand the refresh to the queue; on failure give the lease and marker back. False: the
+        key's message still waits in the queue, so none was sent. QueueRefused: the bound is met."""
+        state = self.queue.admit_or_give_back(ns, key, token)
+        if state is AdmitState.QUEUED:
+            return False
+        if state is AdmitState.FULL:
+            raise QueueRefused(QUEUE_FULL.detail)
         try:
             self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
             log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
             try:
                 self.store.finish(ns, key, token)
+                self.queue.depart(ns.name, key, token)
             except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
                 pass
             raise BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
+        return True
 
     def _wait_for_refresh(
         self, ns: Namespace, key: str, first: ReadResult | None, token: str | None, read_started: float
@@ -248,6 +238,8 @@ class ReadPath:
                     fresh_read_due = False
                     try:
                         self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
+                    except QueueRefused:
+                        return QUEUE_FULL
                     except BrokerUnavailable:
                         return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
                 else:
@@ -258,7 +250,7 @@ class ReadPath:
                     reason = "coalesced" if handle.coalesced else "lease_held"
                     metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
-                def reread() -> tuple[ReadResult, bool]:
+                def reread() -> tuple[ReadResult, Refused | None]:
                     # One read per wake-up for all waiters of the key in this process. If it
                     # finds the lease free (the refresher died, or the last refresh failed and its
                     # cooldown ran out) it takes over and enqueues, once, for all of them.
@@ -274,9 +266,11 @@ class ReadPath:
                                 else RefreshReason(r.decision.value.lower())
                             )
                             self._enqueue(ns, key, token, reason, r.now_ms)
+                        except QueueRefused:
+                            return r, QUEUE_FULL
                         except BrokerUnavailable:
-                            return r, False
-                    return r, True
+                            return r, Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                    return r, None
 
                 status: str | None = None
                 waited = first is not None  # a joiner served by its first read did not wait
@@ -284,11 +278,11 @@ class ReadPath:
                     if fresh_read_due:
                         # Registered first, read second: a refresh published from here on wakes us.
                         handle.mark()
-                        r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
+                        r, refusal = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
                         if r.has_value and r.decision is not Decision.MISS:
                             return Served(r, AnswerOutcome.MISS if waited else AnswerOutcome.of(r.decision), r.now_ms)
-                        if not enqueued:
-                            return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                        if refusal is not None:
+                            return refusal
                         if not r.won_lease and (r.lease_state == LeaseState.COOLDOWN or status == ReadyStatus.ERROR):
                             return refused_by_failure(r.failure, max(r.lease_pttl_ms, 1000) / 1000)
                     fresh_read_due = True
@@ -367,8 +361,7 @@ class ReadPath:
         if not self.store.take_lease(ns, key, token):
             metrics.REFRESH_SUPPRESSED.labels(ns.name, "lease_held").inc()
             return False
-        self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
-        return True
+        return self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
 
     def warm(self, ns: Namespace, keys: list[str]) -> WarmResult:
         """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
@@ -376,7 +369,7 @@ class ReadPath:
         refuses a task."""
         distinct = list(dict.fromkeys(keys))
         states: dict[str, str] = {}
-        sent = 0
+        sent = full = 0
         batch = self._open_batch()
         with ExitStack() as on_exit:
             try:
@@ -390,6 +383,12 @@ class ReadPath:
                     chunk, won_at_ms = self.store.warm(ns, tokens)
                     won = [key for key, state in chunk.items() if state == WarmState.WON]
                     for i, key in enumerate(won):
+                        admitted = self.queue.admit_or_give_back(ns, key, tokens[key])
+                        if admitted is AdmitState.QUEUED:
+                            chunk[key] = WarmState.QUEUED
+                        if admitted is not AdmitState.ADMITTED:
+                            full += admitted is AdmitState.FULL
+                            continue
                         try:
                             send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))
                         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
@@ -412,11 +411,14 @@ class ReadPath:
             already_fresh=counts["fresh"],
             in_flight=counts["queued"] + counts["held"],
             cooling_down=counts["cooldown"],
+            queue_full=full,
         )
 
     def _give_back(self, ns: Namespace, tokens: dict[str, str]) -> None:
         try:
             self.store.finish_many(ns, tokens)
+            for key, token in tokens.items():
+                self.queue.depart(ns.name, key, token)
         except Exception:  # noqa: BLE001 - Redis is down too; the leases and markers expire
             log.warning("warm-up for namespace %s: could not give back %d leases", ns.name, len(tokens))
 

@@ -72,6 +72,7 @@ from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
 from shared.protocol import FailureCode, RefreshOutcome, RefreshReason
+from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
 from shared.store import CacheStore, WriteResult
@@ -94,6 +95,7 @@ class Refresher:
         self.settings = settings
         self.namespaces = namespaces
         self.store = store
+        self.queue = QueueBound(store, settings)
         # Every concurrent refresh holds at most one origin connection: keep that many idle.
         self.origins = OriginAdapters(settings.origin_max_bytes, max(8, settings.worker_concurrency))
         self._slots_factory = slots
@@ -113,6 +115,8 @@ class Refresher:
     def run(self, req: RefreshRequest) -> RefreshReport:
         """Run one refresh task; returns its outcome and, for a failure, why (for the task's
         state in Flower). Logs a failure at once and the rest in the periodic summary."""
+        # The message is off the queue: the key may have another one waiting from now on.
+        self.queue.depart(req.namespace, req.key, req.token, taken=True)
         ns = self.namespaces.get(req.namespace)
         if ns is None:
             log.warning("refresh for unknown namespace %r dropped", req.namespace)
@@ -127,12 +131,13 @@ class Refresher:
         its marker becomes a waiting one, so no read enqueues a second refresh meanwhile. If the
         run still finishes, its acknowledgement clears the marker (`finished`)."""
         ns = self.namespaces.get(req.namespace)
-        if ns is not None:
-            self.store.mark_queued(ns, req.key, req.token)
+        if ns is not None and self.store.mark_queued(ns, req.key, req.token):
+            self.queue.admit(ns.name, req.key, req.token, force=True)
 
     def finished(self, req: RefreshRequest) -> None:
         """This task's message is acknowledged (or dropped): it will never run again, so the
         next read may enqueue another refresh of the key."""
+        self.queue.depart(req.namespace, req.key, req.token)
         ns = self.namespaces.get(req.namespace)
         if ns is not None:
             self.store.finish(ns, req.key, req.token)
@@ -140,6 +145,7 @@ class Refresher:
     def discard_expired(self, req: RefreshRequest) -> None:
         """A refresh that waited past its lease leaves the queue unrun: let the next read enqueue.
         Only the unclaimed task token is released, never a lease that some run holds."""
+        self.queue.depart(req.namespace, req.key, req.token, taken=True)
         ns = self.namespaces.get(req.namespace)
         if ns is None:
             return

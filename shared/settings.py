@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     stale_ttl_seconds: NonNegativeSeconds = 300
     stale_if_error_seconds: NonNegativeSeconds = 3600
     lease_ttl_seconds: PositiveSeconds = 10
+    # How long a key's queued marker keeps other reads from enqueueing a refresh of it while its
+    # message waits (unset: max(60 s, 6 leases)). The queue still holds one message per key
+    # after it lapses: shared/queuebound.py remembers every waiting message until a worker takes it.
+    queued_marker_seconds: PositiveSeconds | None = None
+    # Refresh messages that may wait in the queue at once; past it a read that would enqueue a new
+    # one is refused at once (a cold miss: 503 queue_full), so the broker cannot grow without bound
+    # while workers are away or behind. 10 000 messages are ~10 MB of broker memory and, at the
+    # default WORKER_CONCURRENCY (100 in flight) and a 100 ms origin, ~10 s of work.
+    max_queued_refreshes: Annotated[int, Field(ge=1)] = 10_000
     # Measured by `python -m loadtest betasweep` (README, Numbers): 4 keeps hot keys >= 99 % fresh
     # for a few percent more origin calls than 1.
     xfetch_beta: NonNegativeSeconds = 4.0

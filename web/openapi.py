@@ -216,7 +216,8 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OriginFailure"}}},
                         },
                         "503": _error(
-                            "The cold-miss wait timed out, too many requests wait, or Redis/the broker is unreachable.",
+                            "The cold-miss wait timed out, too many requests wait, MAX_QUEUED_REFRESHES refreshes wait "
+                            "in the queue (`queue_full`), or Redis/the broker is unreachable.",
                             retry_after=True,
                         ),
                     },
@@ -468,7 +469,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                 },
                 "Warm": {
                     "type": "object",
-                    "required": ["enqueued", "already_fresh", "in_flight", "cooling_down"],
+                    "required": ["enqueued", "already_fresh", "in_flight", "cooling_down", "queue_full"],
                     "properties": {
                         "enqueued": {"type": "integer", "description": "Refreshes enqueued by this warm-up."},
                         "already_fresh": {"type": "integer", "description": "Keys holding a fresh value."},
@@ -479,6 +480,10 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                         "cooling_down": {
                             "type": "integer",
                             "description": "Keys backing off after a failed refresh (retried when it ends).",
+                        },
+                        "queue_full": {
+                            "type": "integer",
+                            "description": "Keys not enqueued: MAX_QUEUED_REFRESHES refreshes waited already.",
                         },
                     },
                 },

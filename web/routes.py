@@ -21,7 +21,7 @@ from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, LeaseState
-from shared.readpath import BrokerUnavailable, WarmIncomplete
+from shared.readpath import QUEUE_FULL, BrokerUnavailable, QueueRefused, WarmIncomplete
 from shared.store import EntryState, ReadResult
 from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
@@ -159,6 +159,8 @@ def refresh(_rest: str) -> Response:
     _require_admin()
     try:
         enqueued = web_state().read_path.request_refresh(target.ns, target.key)
+    except QueueRefused:
+        return json_error(503, QUEUE_FULL.error, QUEUE_FULL.detail, {"Retry-After": "1"})
     except BrokerUnavailable:
         return json_error(503, "broker_unavailable", "could not enqueue the refresh", {"Retry-After": "1"})
     if not enqueued:
@@ -217,6 +219,7 @@ def warm(ns: Namespace) -> Response:
             "already_fresh": result.already_fresh,
             "in_flight": result.in_flight,
             "cooling_down": result.cooling_down,
+            "queue_full": result.queue_full,
         },
     )
 

@@ -100,7 +100,7 @@ def test_2000_keys_warmed_on_an_empty_cache_are_hits_for_2000_origin_calls_and_w
     enqueued_before = warm_enqueued(stack)
     r = warm(stack, {"keys": keys})
     assert r.status_code == 202, r.text
-    assert r.json() == {"enqueued": 2000, "already_fresh": 0, "in_flight": 0, "cooling_down": 0}
+    assert r.json() == {"enqueued": 2000, "already_fresh": 0, "in_flight": 0, "cooling_down": 0, "queue_full": 0}
     wait_until(lambda: stored(stack, keys) == len(keys), 60, "every warmed key to be stored")
 
     answers = x_cache_of(stack, keys)
@@ -110,7 +110,7 @@ def test_2000_keys_warmed_on_an_empty_cache_are_hits_for_2000_origin_calls_and_w
 
     again = warm(stack, {"keys": keys})
     assert again.status_code == 202
-    assert again.json() == {"enqueued": 0, "already_fresh": 2000, "in_flight": 0, "cooling_down": 0}
+    assert again.json() == {"enqueued": 0, "already_fresh": 2000, "in_flight": 0, "cooling_down": 0, "queue_full": 0}
     assert warm_enqueued(stack) - enqueued_before == 2000
     # Nothing waits in the queue, and once the workers have acknowledged their runs no key holds
     # a lease or marker: the second warm-up cost nothing.
