@@ -20,13 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from launcher.processes import ROOT, Process, free_port, port_open, wait_until
 from launcher.redis_server import RedisServer
 from launcher.stack import PrivateStack
+from shared.keys import DEFAULT_KEYSPACE
+from shared.tasks import broker_lists
 
 __all__ = [
+    "BROKER_LISTS",
     "PYTHON",
     "ROOT",
     "Proc",
     "RedisServer",
     "Stack",
+    "UNACKED",
     "cold_herd",
     "free_port",
     "metric",
@@ -36,6 +40,10 @@ __all__ = [
 ]
 
 PYTHON = sys.executable
+# Where a stack with the default HERDLESS_PREFIX keeps its refresh messages on its Redis broker:
+# the priority lists, and kombu's hash of messages delivered but not acknowledged yet.
+BROKER_LISTS = tuple(broker_lists(DEFAULT_KEYSPACE))
+UNACKED = DEFAULT_KEYSPACE.broker_keyprefix + "unacked"
 Proc = Process  # a child process with its output in <logdir>/<name>.log (read it when a test fails)
 
 
