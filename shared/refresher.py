@@ -71,7 +71,7 @@ from shared.namespaces import Namespace
 from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
-from shared.protocol import FailureCode, RefreshOutcome, RefreshReason
+from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReason
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, WriteResult
@@ -285,14 +285,14 @@ class Refresher:
         """A 304: the stored bytes start a new lifetime. Its cache headers, when it has any,
         replace the stored ones (RFC 9111 4.3.4); without any, the value keeps its lifetimes."""
         lifetimes = stored_lifetimes
-        if ns.freshness == "origin" and not response.cache.empty:
+        if ns.freshness is Freshness.ORIGIN and not response.cache.empty:
             policy = self.origins.cache_policy(ns, response.cache)
             if not policy.storable:
                 # The origin now forbids storing what it confirmed: drop it. The bytes are in
                 # Redis only, so the waiters re-read and the next refresh fetches them whole.
                 return self.store.drop_uncacheable(ns, key, fence, hand_over=None)
             lifetimes = policy.lifetimes
-        elif ns.freshness != "origin":
+        elif ns.freshness is not Freshness.ORIGIN:
             lifetimes = fixed_lifetimes(ns)
         return self.store.revalidate(
             ns, key, fence, validated_at_ms=validated_at_ms, validators=response.validators, lifetimes=lifetimes

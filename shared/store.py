@@ -21,6 +21,7 @@ from shared.origin import OriginResponse, Validators
 from shared.protocol import (
     FailureCode,
     ReadyStatus,
+    Strategy,
     WarmState,
     WriteMode,
     WriteOutcome,
@@ -98,7 +99,7 @@ class CacheStore:
                 self.lease_ttl_ms,
                 token,
                 "1" if ns.serves_stale else "0",
-                "0" if ns.strategy == "naive" else "1",
+                "0" if ns.strategy is Strategy.NAIVE else "1",
                 self.queued_marker_ttl_ms,
             ],
         )
