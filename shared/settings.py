@@ -13,9 +13,6 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Strategy = Literal["xfetch", "swr", "lock", "naive"]
-STRATEGIES: tuple[str, ...] = ("xfetch", "swr", "lock", "naive")
-
 # Every Redis key, channel and queue of a deployment starts with its HERDLESS_PREFIX (shared/keys.py).
 DEFAULT_PREFIX = "hl"
 # No ":" (kombu splits its list names on it), no braces (Cluster hash tags), no glob characters.
