@@ -24,8 +24,12 @@ def queue_depths(celery_app: Any, queue: str) -> Iterable[tuple[str, int]]:
     """Messages waiting in the refresh queue (priority sub-queues summed by the transport)."""
     with celery_app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
+        # Passive on AMQP (a declare must not race the workers' own). Not on Redis: there a
+        # declare creates nothing (a list exists while it holds messages), and kombu's passive
+        # check (EXISTS) ignores the broker's global_keyprefix, so it never finds the queue.
+        passive = conn.transport.driver_type != "redis"
         try:
-            ok = conn.default_channel.queue_declare(queue=queue, passive=True)
+            ok = conn.default_channel.queue_declare(queue=queue, passive=passive)
         except conn.channel_errors:
             # kombu's Redis transport reports an empty queue (no list key yet) as missing.
             return [(queue, 0)]

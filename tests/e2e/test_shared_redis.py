@@ -138,6 +138,7 @@ def test_two_prefixes_on_one_database_never_take_each_other_s_tasks(
         a_queue = broker_lists(Keyspace("alpha", db))
         assert a.get("shared", "task").status_code == 503  # enqueued; no worker of A runs it
         assert sum(client.llen(name) for name in a_queue) == 1
+        assert web_metric(a, "herdless_queue_depth", queue=Keyspace("alpha", db).queue) == 1
         # B's worker consumes B's queue: once it has run one of B's tasks it would have taken
         # A's, enqueued earlier, had it listened to the same list.
         assert b.get("shared", "mine").status_code == 200
