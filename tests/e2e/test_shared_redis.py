@@ -19,7 +19,7 @@ from tests.faults.observe import web_metric
 from tests.stack import RedisServer, Stack, stack_for, wait_until
 
 ADMIN = "shared-redis-admin-token"
-SLOW_ORIGIN_MS = 1500  # how long B's refreshes take: A's answers land while B's readers wait
+SLOW_ORIGIN_MS = 3000  # how long B's refreshes take: A's answers land while B's readers wait
 
 NAMESPACES = """
 [namespaces.shared]
@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 def stack_on(tmp: Path, server: RedisServer, db: int, env: dict[str, str], **options: Any) -> Any:
-    base = {"ADMIN_TOKEN": ADMIN, "WEB_CONCURRENCY": "1", "COLD_WAIT_TIMEOUT_SECONDS": "5", **env}
+    base = {"ADMIN_TOKEN": ADMIN, "WEB_CONCURRENCY": "1", "COLD_WAIT_TIMEOUT_SECONDS": "10", **env}
     return stack_for(tmp, NAMESPACES, base, redis=server, db=db, **options)
 
 
