@@ -15,6 +15,7 @@ from shared.breaker import breaker_state_key
 from shared.metrics import ScrapeTimeCollector
 from shared.namespaces import Namespace
 from shared.origin_slots import OriginSlots
+from shared.protocol import BreakerState
 from shared.settings import Settings
 from shared.store import make_redis
 from shared.tasks import QUEUE
@@ -32,11 +33,11 @@ def queue_depths(celery_app: Any) -> Iterable[tuple[str, int]]:
         return [(QUEUE, int(ok.message_count))]
 
 
-def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, str]]:
+def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, BreakerState]]:
     states = []
     for name in origin_names:
         raw = client.get(breaker_state_key(name))
-        states.append((name, raw.decode() if raw else "closed"))
+        states.append((name, BreakerState(raw.decode()) if raw else BreakerState.CLOSED))
     return states
 
 
