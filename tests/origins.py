@@ -51,3 +51,14 @@ def typed(key: str) -> object:
     if kind == "lookup":
         raise KeyError(key)  # any LookupError means "no such key"
     return {"key": key}
+
+
+# What a database driver's exception may say: its DSN, password and all.
+LEAKY_DSN = "postgresql://app:Db-Pa55word-9c1e@db.internal:5432/app"
+
+
+def leaky(key: str) -> object:
+    """A callable whose failure names a secret (as psycopg's connection errors name their DSN)."""
+    if key.startswith("fail-"):
+        raise ConnectionError(f'connection to server failed: could not connect to "{LEAKY_DSN}"')
+    return {"key": key}
