@@ -22,6 +22,8 @@ DEFAULT_NAMESPACES_FILE = Path(__file__).resolve().parent.parent / "namespaces.t
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# The shortest ADMIN_TOKEN accepted: a guessable token opens purges and refreshes to anyone.
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 def _check_redis_url(value: str, name: str) -> str:
@@ -133,6 +135,12 @@ class Settings(BaseSettings):
     @field_validator("admin_token")
     @classmethod
     def _admin_token(cls, value: str | None) -> str | None:
+        if value and len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters (it has {len(value)}): make one"
+                " with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`, or leave it empty to"
+                " turn the admin API off"
+            )
         return value or None
 
     @model_validator(mode="after")

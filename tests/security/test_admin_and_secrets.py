@@ -15,7 +15,7 @@ from shared.settings import redact_url
 from tests.faults.observe import TrafficLoop, read_logs
 from tests.stack import ROOT, RedisServer, stack_for, wait_until
 
-ADMIN = "adm1n-T0ken-7f3c9e"
+ADMIN = "adm1n-T0ken-7f3c9e-62283a52768ab4350e1b4"
 REDIS_PASSWORD = "r3dis-Pa55-b81d0a"
 NAMESPACES = """
 [namespaces.demo]
@@ -71,6 +71,20 @@ def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
                     assert r.status_code == 403, (token, r.status_code, r.text)
                     assert r.json()["error"] == "forbidden"
                     bodies.append(r.text)
+            # The token is checked before the namespace: without it, an unknown namespace
+            # answers as a known one does, so namespaces cannot be enumerated.
+            for headers, status in (({}, 401), ({"Authorization": "Bearer " + "x" * len(ADMIN)}, 403)):
+                for namespace in ("demo", "nope", "n0-such-namespace"):
+                    base = f"{stack.web_url}/v1/cache/{namespace}"
+                    for r in (
+                        requests.post(f"{base}/k/refresh", headers=headers, timeout=5),
+                        requests.post(f"{base}/warm", headers=headers, json={"keys": ["k"]}, timeout=5),
+                        requests.delete(f"{base}/k", headers=headers, timeout=5),
+                        requests.delete(f"{base}/k?soft=1", headers=headers, timeout=5),
+                        requests.get(f"{base}/k/meta", headers=headers, timeout=5),
+                    ):
+                        assert r.status_code == status, (namespace, r.request.method, r.url, r.text)
+                        assert "namespace" not in r.json()["detail"], r.text
             # Nothing changed: no refresh ran, nothing was purged.
             after = stack.get("demo", key)
             assert after.headers["X-Cache"] == "HIT" and after.json() == before
