@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import pybreaker
 from redis.exceptions import RedisError
 
+from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.metrics import BREAKER_TRANSITIONS
 from shared.origin import NotFound, OriginError
 from shared.protocol import BreakerOutcome, BreakerState, BreakerVerdict, lua_script
@@ -53,19 +54,14 @@ class BreakerOpen(pybreaker.CircuitBreakerError):
         self.retry_after_ms = retry_after_ms
 
 
-def breaker_namespace(origin_name: str) -> str:
-    # One hash tag per origin: the scripts touch the state key and the hash together (Cluster).
-    return f"hl:breaker:{{{origin_name}}}"
-
-
-def breaker_state_key(origin_name: str) -> str:
+def breaker_state_key(origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
     """A plain string, "closed" / "open" / "half-open": what herdless_breaker_state reads."""
-    return f"{breaker_namespace(origin_name)}:state"
+    return f"{keys.breaker(origin_name)}:state"
 
 
-def breaker_fields_key(origin_name: str) -> str:
+def breaker_fields_key(origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
     """A hash: fails (consecutive counted failures), opened_at (Redis ms), probe, probe_until (ms)."""
-    return f"{breaker_namespace(origin_name)}:h"
+    return f"{keys.breaker(origin_name)}:h"
 
 
 # ADMIT: may this call reach the origin? Moves open -> half-open once the reset timeout is over.
@@ -236,7 +232,8 @@ class OriginBreaker:
         self.probe_ttl_ms = int((settings.origin_timeout_seconds + settings.lease_ttl_seconds) * 1000)
         # Callers refused while another call probes come back after a quarter of the timeout.
         self.probe_busy_retry_ms = max(1000, self.reset_timeout_ms // 4)
-        self._keys = [breaker_state_key(origin_name), breaker_fields_key(origin_name)]
+        keys = Keyspace.of(settings)
+        self._keys = [breaker_state_key(origin_name, keys), breaker_fields_key(origin_name, keys)]
         self._admit = client.register_script(ADMIT)
         self._record = client.register_script(RECORD)
         self._abandon_probe = client.register_script(ABANDON_PROBE)

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from shared import rates
 from shared.exposition import origin_labels
+from shared.keys import Keyspace
 from shared.metrics import histogram_quantile as shared_histogram_quantile
 from shared.protocol import BreakerState
 from web.http import json_response
@@ -93,9 +94,9 @@ def _slot_waits(worker: list[Any]) -> dict[str, dict[str, float | None]]:
 _BREAKER_BY_GAUGE = {state.gauge: state.value for state in BreakerState}
 
 
-def _last_minute(client: Any, namespaces: Iterable[str]) -> dict[str, Any] | None:
+def _last_minute(client: Any, namespaces: Iterable[str], keys: Keyspace) -> dict[str, Any] | None:
     try:
-        return {name: r.as_json() for name, r in rates.last_minute(client, namespaces).items()}
+        return {name: r.as_json() for name, r in rates.last_minute(client, namespaces, keys).items()}
     except RedisError:
         return None
 
@@ -135,7 +136,7 @@ def status_snapshot() -> dict[str, Any]:
         },
         # Per namespace, over the last 60 s, from every web and worker process (shared/rates.py);
         # None while Redis is unreachable.
-        "last_minute": _last_minute(state.store.redis, sorted(state.namespaces)),
+        "last_minute": _last_minute(state.store.redis, sorted(state.namespaces), state.store.keys),
         "worker": None,
     }
     worker = _worker_samples(state.settings.worker_metrics_url)
