@@ -64,17 +64,11 @@ class OriginUnimportable(OriginError):
     code = FailureCode.ORIGIN_UNIMPORTABLE
 
 
-# Statuses below 500 that still say the origin itself is in trouble, not the key.
-ORIGIN_TROUBLE_STATUSES = frozenset({408, 429})
-
-
 def status_error(status: int) -> OriginError:
-    """The failure an HTTP status other than 200, 304 and 404 stands for: a 5xx, 408 or 429 is
-    the origin's own (it trips the breaker), any other the key's."""
-    message = f"origin answered HTTP {status}"
-    if status >= 500 or status in ORIGIN_TROUBLE_STATUSES:
-        return OriginError(message)
-    return KeyFault(message)
+    """The failure an HTTP status other than 200, 304 and 404 stands for: a 5xx, a 408 (it timed
+    out) or a 429 (it is overloaded) is the origin's own trouble, any other the key's."""
+    kind = OriginError if status >= 500 or status in (408, 429) else KeyFault
+    return kind(f"origin answered HTTP {status}")
 
 
 class NotFound(Exception):

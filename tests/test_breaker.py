@@ -24,7 +24,8 @@ from shared.breaker import (
     breaker_state_key,
     counts_against_breaker,
 )
-from shared.origin import KeyFault, NotFound, OriginError, OriginTooLarge, status_error
+from shared.namespaces import build_namespace
+from shared.origin import KeyFault, NotFound, OriginError, OriginTooLarge, make_origin, status_error
 from shared.protocol import BreakerOutcome, BreakerState, BreakerVerdict
 from shared.settings import Settings
 from shared.store import make_redis
@@ -200,6 +201,21 @@ def invalid_json() -> None:
 
 def too_large() -> None:
     raise OriginTooLarge("origin body exceeds ORIGIN_MAX_BYTES=1")
+
+
+def test_a_callable_origin_refusing_a_key_with_key_fault_is_not_counted_but_its_other_errors_are(
+    redis_server: RedisServer,
+) -> None:
+    settings = breaker_settings(redis_server, breaker_fail_max=2)
+    origin = make_origin(build_namespace("picky", {"origin": "tests.origins:picky"}, settings), 1 << 20)
+    breaker = make_breaker(settings, "tests.origins:picky")
+    for i in range(5):
+        with pytest.raises(KeyFault):
+            breaker.call(origin.fetch, f"malformed-{i}")
+    assert breaker.state is BreakerState.CLOSED and breaker.snapshot().fails == 0
+    with pytest.raises(OriginError) as failed:
+        breaker.call(origin.fetch, "down-1")
+    assert not isinstance(failed.value, KeyFault) and breaker.snapshot().fails == 1
 
 
 def test_a_key_fault_of_the_probe_closes_the_breaker_the_origin_answered(redis_server: RedisServer) -> None:
