@@ -343,7 +343,8 @@ class ReadPath:
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             log.warning("origin error for namespace %s (origin %s): %s", ns.name, ns.origin_name, exc)
-            return Refused(502, exc.code, str(exc))
+            # The fixed text of its code: the exception's own may hold a secret (a DSN, a URL).
+            return refused_by_failure(exc.code)
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         if policy is not None and not policy.storable:

@@ -23,7 +23,7 @@ from tests.faults.observe import web_metric, worker_metric
 from tests.origins import OVERSIZED_BYTES
 from tests.stack import UNACKED, Stack, cold_herd, stack_for, wait_until
 
-ADMIN = "s3cret-admin-token"
+ADMIN = "s3cret-admin-token-757224ba37701e155c211"
 
 
 STACK_NAMESPACES = ENGINE_NAMESPACES
