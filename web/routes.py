@@ -23,7 +23,7 @@ from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
 from shared.readpath import BrokerUnavailable, WarmIncomplete
 from shared.store import EntryState, ReadResult
-from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
+from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
 from web.state import web_state
 
@@ -47,7 +47,7 @@ def _asks_for_meta() -> bool:
     alone, before the namespace is looked up (the read path costs a split, not a parse)."""
     path, _ = raw_request_uri(request.environ)
     segments = path.split("/")
-    return len(segments) == 6 and segments[5] == "meta"
+    return len(segments) == 6 and segments[5] == CacheAction.META
 
 
 def _cache_path() -> tuple[Namespace, CachePath]:
@@ -147,7 +147,7 @@ def read(_rest: str) -> Response:
     if _asks_for_meta():
         _require_admin()
     parsed = _cache_path()
-    if parsed[1].action == "meta":
+    if parsed[1].action is CacheAction.META:
         return meta(_target(parsed))
     target = _target(parsed)
     started = time.perf_counter()
@@ -166,7 +166,7 @@ def read(_rest: str) -> Response:
 def refresh(_rest: str) -> Response:
     _require_admin()  # every POST to a cache path is an admin's
     parsed = _cache_path()
-    if parsed[1].action == "warm":
+    if parsed[1].action is CacheAction.WARM:
         return warm(parsed[0])
     target = _target(parsed)
     try:
