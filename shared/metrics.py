@@ -122,6 +122,17 @@ NEAR_CACHE_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+REDIS_DEGRADED = Gauge(
+    "herdless_redis_degraded",
+    "Web processes that find Redis unreachable and answer from memory (degraded mode), summed over live processes",
+    multiprocess_mode="livesum",
+)
+DEGRADED_ANSWERS = Counter(
+    "herdless_degraded_answers",
+    "Reads answered while Redis was unreachable: stale (from the near-cache) or refused (503)",
+    ["namespace", "answer"],
+)
+
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
@@ -141,6 +152,7 @@ REFRESH_OUTCOMES = (
 ORIGIN_OUTCOMES = ("ok", "not_modified", "error", "timeout", "not_found")
 BREAKER_STATES = ("closed", "half-open", "open")
 NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
+DEGRADED_ANSWER_KINDS = ("stale", "refused")
 
 
 def init_web_series(namespaces: Iterable[str]) -> None:
@@ -155,8 +167,11 @@ def init_web_series(namespaces: Iterable[str]) -> None:
         REQUEST_DURATION.labels(ns)
         SERVED_AGE.labels(ns)
         COLD_WAKEUPS.labels(ns)
+        for answer in DEGRADED_ANSWER_KINDS:
+            DEGRADED_ANSWERS.labels(ns, answer)
     for result in NEAR_CACHE_RESULTS:
         NEAR_CACHE.labels(result)
+    REDIS_DEGRADED.set(0)
 
 
 def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> None:

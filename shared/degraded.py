@@ -1,0 +1,141 @@
+"""Degraded mode: while Redis is unreachable, answer what the near-cache holds as STALE, refuse the rest fast.
+
+When a read finds Redis unreachable (a refused or broken connection, a timeout: not a full
+connection pool, which is load, nor a script error), ``RedisHealth`` marks the process
+degraded: from then on reads do not try Redis at all (no connect timeout per request), a
+background probe PINGs it every ``PROBE_SECONDS`` on a connection of its own, and the first
+answer ends degraded mode by itself. Meanwhile ``answer_from_memory`` serves a value the
+near-cache holds within its stale-if-error bound (``stale_if_error_until_ms``) as STALE and
+answers every other key ``503 redis_unavailable`` with ``Retry-After``. Which values the
+near-cache may still vouch for, and why none was purged before the outage began, is told in
+shared/nearcache.py. Recovery needs nothing special: reads go back to the READ script, whose
+lease lets one refresh per key through, so a Redis that returns empty costs the origin one call
+per key, at the workers' ORIGIN_MAX_CONCURRENCY at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import metrics
+from shared.answers import Answer, Refused, Served
+from shared.namespaces import Namespace
+from shared.nearcache import NearCache, NoNearCache
+from shared.protocol import AnswerOutcome
+from shared.replies import ReadResult
+
+log = logging.getLogger("herdless.degraded")
+
+PROBE_SECONDS = 0.25  # how often a degraded process asks Redis whether it is back
+# redis-py's BlockingConnectionPool raises ConnectionError with this text when every connection
+# stayed busy for its wait: the process is overloaded, Redis may be fine.
+_POOL_EXHAUSTED = "No connection available."
+RETRY_AFTER_SECONDS = 1.0
+UNAVAILABLE_DETAIL = "the cache store is unreachable and this web process holds no servable value for the key"
+
+
+def means_unreachable(exc: RedisError) -> bool:
+    """Whether a Redis error says the server cannot be reached (as opposed to a busy pool or an
+    error the server answered with)."""
+    if isinstance(exc, RedisTimeoutError):
+        return True
+    return isinstance(exc, RedisConnectionError) and str(exc) != _POOL_EXHAUSTED
+
+
+def stale_if_error_until_ms(r: ReadResult, ns: Namespace) -> float:
+    """Until when (Redis clock) a read's value may be answered while Redis is unreachable: past
+    soft by its stale window and its stale-if-error allowance, as RECORD_FAILURE keeps a value
+    through an origin outage; only within its fresh life for a cached 404 or a strategy that
+    never serves stale values (lock). 0 when the read found no value."""
+    if r.soft_ms is None:
+        return 0.0
+    if r.negative or not ns.serves_stale:
+        return float(r.soft_ms)
+    stale = ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
+    allowance = ns.stale_if_error_seconds * 1000 if r.stale_if_error_ms is None else r.stale_if_error_ms
+    return float(r.soft_ms + stale + allowance)
+
+
+def answer_from_memory(near_cache: NearCache[ReadResult] | NoNearCache[ReadResult], ns: Namespace, key: str) -> Answer:
+    """A degraded process's answer: the held value as STALE, or a fast 503."""
+    held = near_cache.get_stale(ns.name, key)
+    if held is not None:
+        metrics.DEGRADED_ANSWERS.labels(ns.name, "stale").inc()
+        return Served(held.entry, AnswerOutcome.STALE, held.redis_now_ms, from_near_cache=True)
+    metrics.DEGRADED_ANSWERS.labels(ns.name, "refused").inc()
+    return Refused(503, "redis_unavailable", UNAVAILABLE_DETAIL, RETRY_AFTER_SECONDS)
+
+
+class RedisHealth:
+    """Whether this process finds Redis reachable. ``failed`` marks it down and starts the probe;
+    the probe's first success (``probe`` returns without raising) marks it up again and runs
+    ``on_recovery`` (e.g. drop the pool's connections, all broken by the outage)."""
+
+    def __init__(
+        self,
+        probe: Callable[[], object],
+        *,
+        on_recovery: Callable[[], object] | None = None,
+        interval_seconds: float = PROBE_SECONDS,
+    ) -> None:
+        self._probe = probe
+        self._on_recovery = on_recovery
+        self.interval_seconds = interval_seconds
+        self._lock = threading.Lock()
+        self._down_since: float | None = None  # time.monotonic()
+        self._stop = threading.Event()
+        self.outages = 0  # times this process went degraded
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def down_for(self) -> float | None:
+        """Seconds since this process found Redis unreachable; None while it is reachable."""
+        since = self._down_since
+        return None if since is None else time.monotonic() - since
+
+    def failed_with(self, exc: RedisError) -> bool:
+        """Mark Redis down when `exc` says it is unreachable; True if it does."""
+        if not means_unreachable(exc):
+            return False
+        self.failed(type(exc).__name__)
+        return True
+
+    def failed(self, reason: str = "unreachable") -> None:
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            self.outages += 1
+            threading.Thread(target=self._run, name="redis-probe", daemon=True).start()
+        metrics.REDIS_DEGRADED.set(1)
+        log.warning("Redis unreachable (%s): answering from memory, probing every %.2fs", reason, self.interval_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                self._probe()
+            except Exception:  # noqa: BLE001 - any failure means "still down"
+                continue
+            if self._on_recovery is not None:
+                try:
+                    self._on_recovery()
+                except Exception:  # noqa: BLE001 - best effort: broken connections fail once more
+                    log.warning("could not reset the Redis connections after the outage")
+            with self._lock:
+                down_for = time.monotonic() - (self._down_since or time.monotonic())
+                self._down_since = None
+            metrics.REDIS_DEGRADED.set(0)
+            log.warning("Redis reachable again after %.1fs: reading through it again", down_for)
+            return
