@@ -33,7 +33,9 @@ Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
     with the value), so the process keeps it in its ``NearCache`` and answers later reads
     from memory until then — never past it, never while its subscription is down, and never
-    after a ready or invalidation message for the key has arrived.
+    after a ready or invalidation message for the key has arrived. While Redis is unreachable
+    it answers what it holds as STALE, within each value's stale-if-error bound, and refuses
+    the rest at once (``shared/degraded.py``).
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
