@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.protocol import AnswerOutcome
+from shared.protocol import AnswerOutcome, Refusal
 from shared.store import ReadResult
 
 
@@ -44,7 +44,7 @@ class Refused:
 
     @property
     def outcome(self) -> AnswerOutcome:
-        return AnswerOutcome.TIMEOUT if self.error == "cold_wait_timeout" else AnswerOutcome.ERROR
+        return AnswerOutcome.TIMEOUT if self.error == Refusal.COLD_WAIT_TIMEOUT else AnswerOutcome.ERROR
 
 
 # The answer to a cold read while its key cools down after a failed refresh, by the failure's

@@ -28,7 +28,7 @@ from shared import metrics
 from shared.answers import Answer, Refused, Served
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, NoNearCache
-from shared.protocol import AnswerOutcome
+from shared.protocol import AnswerOutcome, Refusal
 from shared.replies import ReadResult
 
 log = logging.getLogger("herdless.degraded")
@@ -70,7 +70,7 @@ def answer_from_memory(near_cache: NearCache[ReadResult] | NoNearCache[ReadResul
         metrics.DEGRADED_ANSWERS.labels(ns.name, "stale").inc()
         return Served(held.entry, AnswerOutcome.STALE, held.redis_now_ms, from_near_cache=True)
     metrics.DEGRADED_ANSWERS.labels(ns.name, "refused").inc()
-    return Refused(503, "redis_unavailable", UNAVAILABLE_DETAIL, RETRY_AFTER_SECONDS)
+    return Refused(503, Refusal.REDIS_UNAVAILABLE, UNAVAILABLE_DETAIL, RETRY_AFTER_SECONDS)
 
 
 class RedisHealth:

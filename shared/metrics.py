@@ -155,38 +155,48 @@ NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
 DEGRADED_ANSWER_KINDS = ("stale", "refused")
 
 
+# Each metric with the values of its second label (empty: the first label alone), to create
+# at 0 for every namespace (or origin) so that dashboards and rates see a series from the start.
+Series = tuple[tuple[Any, tuple[str, ...]], ...]
+WEB_SERIES: Series = (
+    (REQUESTS, REQUEST_OUTCOMES),
+    (REFRESH_ENQUEUED, ENQUEUE_REASONS),
+    (REFRESH_SUPPRESSED, SUPPRESS_REASONS),
+    (REQUEST_DURATION, ()),
+    (SERVED_AGE, ()),
+    (COLD_WAKEUPS, ()),
+    (DEGRADED_ANSWERS, DEGRADED_ANSWER_KINDS),
+)
+WORKER_SERIES: Series = (
+    (REFRESHES, REFRESH_OUTCOMES),
+    (ORIGIN_CALLS, ORIGIN_OUTCOMES),
+    (ORIGIN_BYTES, ()),
+    (ORIGIN_DURATION, ()),
+    (REFRESH_LAG, ()),
+)
+ORIGIN_SERIES: Series = ((BREAKER_TRANSITIONS, BREAKER_STATES), (ORIGIN_SLOT_WAIT, ()))
+
+
+def _create(series: Series, names: Iterable[str]) -> None:
+    for name in names:
+        for metric, values in series:
+            label_sets: list[tuple[str, ...]] = [(name, value) for value in values] or [(name,)]
+            for labels in label_sets:
+                metric.labels(*labels)
+
+
 def init_web_series(namespaces: Iterable[str]) -> None:
-    """Create every known label set at 0, so dashboards and rates see a series from the start."""
-    for ns in namespaces:
-        for outcome in REQUEST_OUTCOMES:
-            REQUESTS.labels(ns, outcome)
-        for reason in ENQUEUE_REASONS:
-            REFRESH_ENQUEUED.labels(ns, reason)
-        for reason in SUPPRESS_REASONS:
-            REFRESH_SUPPRESSED.labels(ns, reason)
-        REQUEST_DURATION.labels(ns)
-        SERVED_AGE.labels(ns)
-        COLD_WAKEUPS.labels(ns)
-        for answer in DEGRADED_ANSWER_KINDS:
-            DEGRADED_ANSWERS.labels(ns, answer)
+    """Create every web label set at 0."""
+    _create(WEB_SERIES, namespaces)
     for result in NEAR_CACHE_RESULTS:
         NEAR_CACHE.labels(result)
     REDIS_DEGRADED.set(0)
 
 
 def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> None:
-    for ns in namespaces:
-        for outcome in REFRESH_OUTCOMES:
-            REFRESHES.labels(ns, outcome)
-        for outcome in ORIGIN_OUTCOMES:
-            ORIGIN_CALLS.labels(ns, outcome)
-        ORIGIN_BYTES.labels(ns)
-        ORIGIN_DURATION.labels(ns)
-        REFRESH_LAG.labels(ns)
-    for origin in origins:
-        for state in BREAKER_STATES:
-            BREAKER_TRANSITIONS.labels(origin, state)
-        ORIGIN_SLOT_WAIT.labels(origin)
+    """Create every worker label set at 0."""
+    _create(WORKER_SERIES, namespaces)
+    _create(ORIGIN_SERIES, origins)
 
 
 class ScrapeTimeCollector(Collector):

@@ -163,6 +163,31 @@ class AnswerOutcome(StrEnum):
         return cls(decision.value.lower())
 
 
+class Refusal(StrEnum):
+    """Why a read was refused when no origin failure is to blame: the ``error`` of its 503."""
+
+    BROKER_UNAVAILABLE = "broker_unavailable"  # the refresh could not be enqueued
+    COLD_WAIT_TIMEOUT = "cold_wait_timeout"  # the value is still being computed
+    TOO_MANY_WAITERS = "too_many_waiters"  # the process holds MAX_COLD_WAITERS already
+    REDIS_UNAVAILABLE = "redis_unavailable"  # the cache store is unreachable
+
+
+class Strategy(StrEnum):
+    """How a namespace spares its origin (namespaces.toml ``strategy``; README "Strategies")."""
+
+    XFETCH = "xfetch"  # stale serving and early refresh: the default
+    SWR = "swr"  # stale serving, no early refresh
+    LOCK = "lock"  # one refresher, the other readers wait; nothing stale is served
+    NAIVE = "naive"  # cache-aside, the baseline: every miss calls the origin from the web tier
+
+
+class Freshness(StrEnum):
+    """Where a namespace's lifetimes come from (namespaces.toml ``freshness``)."""
+
+    FIXED = "fixed"  # the namespace's TTLs
+    ORIGIN = "origin"  # the origin's Cache-Control / Expires, clamped by the namespace's bounds
+
+
 class RefreshReason(StrEnum):
     """Why a refresh was enqueued (RefreshRequest.reason; herdless_refresh_enqueued_total)."""
 

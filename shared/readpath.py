@@ -92,6 +92,8 @@ from shared.protocol import (
     LeaseState,
     ReadyStatus,
     RefreshReason,
+    Refusal,
+    Strategy,
     SuppressReason,
     WarmState,
 )
@@ -167,7 +169,7 @@ class ReadPath:
 
     def read(self, ns: Namespace, key: str) -> Answer:
         """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
-        if ns.strategy == "naive":
+        if ns.strategy is Strategy.NAIVE:
             return self._read_naive(ns, key)
         near = self.near_cache
         hit = near.get(ns.name, key)
@@ -258,7 +260,7 @@ class ReadPath:
                     try:
                         self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                     except BrokerUnavailable:
-                        return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                        return Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
                     if first.lease_state == LeaseState.COOLDOWN:
@@ -297,7 +299,7 @@ class ReadPath:
                         if r.has_value and r.decision is not Decision.MISS:
                             return Served(r, AnswerOutcome.MISS if waited else AnswerOutcome.of(r.decision), r.now_ms)
                         if not enqueued:
-                            return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                            return Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
                         if not r.won_lease and (r.lease_state == LeaseState.COOLDOWN or status == ReadyStatus.ERROR):
                             return refused_by_failure(r.failure, max(r.lease_pttl_ms, 1000) / 1000)
                     fresh_read_due = True
@@ -305,7 +307,7 @@ class ReadPath:
                     if remaining <= 0:
                         return Refused(
                             503,
-                            "cold_wait_timeout",
+                            Refusal.COLD_WAIT_TIMEOUT,
                             "the value is being computed; retry shortly",
                             self.settings.cold_wait_timeout_seconds,
                         )
@@ -325,7 +327,7 @@ class ReadPath:
                     self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                 except BrokerUnavailable:
                     pass
-            return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
+            return Refused(503, Refusal.TOO_MANY_WAITERS, "too many requests are waiting for cold keys", 1)
 
     def _read_naive(self, ns: Namespace, key: str) -> Answer:
         """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""

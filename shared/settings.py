@@ -13,9 +13,6 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Strategy = Literal["xfetch", "swr", "lock", "naive"]
-STRATEGIES: tuple[str, ...] = ("xfetch", "swr", "lock", "naive")
-
 DEFAULT_NAMESPACES_FILE = Path(__file__).resolve().parent.parent / "namespaces.toml"
 
 # inf and nan are refused: XFETCH_BETA=inf would refresh on every read, a nan TTL never expires.

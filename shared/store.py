@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -21,6 +21,7 @@ from shared.origin import OriginResponse, Validators
 from shared.protocol import (
     FailureCode,
     ReadyStatus,
+    Strategy,
     WarmState,
     WriteMode,
     WriteOutcome,
@@ -39,6 +40,15 @@ from shared.xfetch import draw_u
 COOLDOWN_BASE_MS = 1000
 # Calls per pipeline of a batch (a warm-up): bounds the memory of one round trip.
 PIPELINE_CHUNK = 1000
+
+
+class Fence(NamedTuple):
+    """What fences one run's write: the lease token the run holds, when its origin call
+    started and when its key's lease was won (Redis clock, ms; see FENCED_WRITE)."""
+
+    token: str
+    started_ms: int
+    won_at_ms: int
 
 
 def new_token() -> str:
@@ -89,7 +99,7 @@ class CacheStore:
                 self.lease_ttl_ms,
                 token,
                 "1" if ns.serves_stale else "0",
-                "0" if ns.strategy == "naive" else "1",
+                "0" if ns.strategy is Strategy.NAIVE else "1",
                 self.queued_marker_ttl_ms,
             ],
         )
@@ -209,10 +219,8 @@ class CacheStore:
         self,
         ns: Namespace,
         key: str,
-        token: str,
+        fence: Fence,
         *,
-        started_ms: int,
-        won_at_ms: int,
         value: bytes,
         content_type: str,
         negative: bool = False,
@@ -226,10 +234,8 @@ class CacheStore:
         return self._fenced(
             ns,
             key,
-            token,
+            fence,
             WriteMode.STORE,
-            started_ms=started_ms,
-            won_at_ms=won_at_ms,
             body=value,
             content_type=content_type,
             etag=make_etag(value),
@@ -243,10 +249,8 @@ class CacheStore:
         self,
         ns: Namespace,
         key: str,
-        token: str,
+        fence: Fence,
         *,
-        started_ms: int,
-        won_at_ms: int,
         validated_at_ms: int,
         validators: Validators,
         lifetimes: Lifetimes,
@@ -258,10 +262,8 @@ class CacheStore:
         return self._fenced(
             ns,
             key,
-            token,
+            fence,
             WriteMode.REVALIDATE,
-            started_ms=started_ms,
-            won_at_ms=won_at_ms,
             validators=validators,
             lifetimes=lifetimes,
             validated_at_ms=validated_at_ms,
@@ -269,24 +271,20 @@ class CacheStore:
         )
 
     def drop_uncacheable(
-        self, ns: Namespace, key: str, token: str, *, started_ms: int, won_at_ms: int, hand_over: OriginResponse | None
+        self, ns: Namespace, key: str, fence: Fence, *, hand_over: OriginResponse | None
     ) -> WriteResult:
         """The origin's answer may not be stored: delete the entry (under the same fences as a
         write) and hand `hand_over` to the readers waiting for the key, in the ready message."""
         handed = None if hand_over is None else HandedOver(hand_over.body, hand_over.content_type)
-        return self._fenced(
-            ns, key, token, WriteMode.DROP, started_ms=started_ms, won_at_ms=won_at_ms, hand_over=handed
-        )
+        return self._fenced(ns, key, fence, WriteMode.DROP, hand_over=handed)
 
     def _fenced(
         self,
         ns: Namespace,
         key: str,
-        token: str,
+        fence: Fence,
         mode: WriteMode,
         *,
-        started_ms: int,
-        won_at_ms: int,
         body: bytes = b"",
         content_type: str = "",
         etag: str = "",
@@ -301,9 +299,9 @@ class CacheStore:
         validators = validators or Validators()
         lifetimes = lifetimes or fixed_lifetimes(ns)
         args = scripts.FencedWriteArgs(
-            run_token=token,
-            started_ms=started_ms,
-            won_at_ms=won_at_ms,
+            run_token=fence.token,
+            started_ms=fence.started_ms,
+            won_at_ms=fence.won_at_ms,
             mode=mode,
             value=body,
             content_type=content_type,

@@ -17,6 +17,7 @@ from shared.exposition import build_registry, configure_rate_recorder
 from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache, NoNearCache
+from shared.protocol import Refusal
 from shared.readpath import ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
@@ -146,7 +147,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(RedisError)
     def _redis_error(exc: RedisError) -> Response:
         app.logger.warning("redis unavailable: %s", type(exc).__name__)
-        return json_error(503, "redis_unavailable", "the cache store is unreachable", {"Retry-After": "1"})
+        return json_error(503, Refusal.REDIS_UNAVAILABLE, "the cache store is unreachable", {"Retry-After": "1"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -21,7 +21,7 @@ from shared.answers import Refused, Served, Unstored
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
-from shared.protocol import AnswerOutcome, LeaseState
+from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
 from shared.readpath import BrokerUnavailable, WarmIncomplete
 from shared.store import EntryState, ReadResult
 from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
@@ -161,7 +161,7 @@ def refresh(_rest: str) -> Response:
     try:
         enqueued = web_state().read_path.request_refresh(target.ns, target.key)
     except BrokerUnavailable:
-        return json_error(503, "broker_unavailable", "could not enqueue the refresh", {"Retry-After": "1"})
+        return json_error(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", {"Retry-After": "1"})
     if not enqueued:
         return json_response(202, {"enqueued": False, "reason": "a refresh is already running or cooling down"})
     return json_response(202, {"enqueued": True})
@@ -210,7 +210,7 @@ def warm(ns: Namespace) -> Response:
     try:
         result = state.read_path.warm(ns, keys)
     except WarmIncomplete as exc:
-        return json_error(503, "broker_unavailable", str(exc), {"Retry-After": "1"})
+        return json_error(503, Refusal.BROKER_UNAVAILABLE, str(exc), {"Retry-After": "1"})
     return json_response(
         202,
         {
@@ -323,7 +323,7 @@ def namespaces() -> Response:
                             "min_stale_if_error_seconds": ns.min_stale_if_error_seconds,
                             "max_stale_if_error_seconds": ns.max_stale_if_error_seconds,
                         }
-                        if ns.freshness == "origin"
+                        if ns.freshness is Freshness.ORIGIN
                         else None
                     ),
                     "lease_ttl_seconds": settings.lease_ttl_seconds,

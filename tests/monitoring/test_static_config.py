@@ -77,10 +77,15 @@ def test_prometheus_config_is_valid_and_loads_the_alert_rules() -> None:
 
 def test_prometheus_scrapes_web_worker_and_flower() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = {
-        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]
+        name: [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        + [f"{n}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
+        for name, job in jobs.items()
     }
     assert targets == {"web": ["web:8000"], "worker": ["worker:9540"], "flower": ["flower:5555"]}
+    # Every replica of `--scale worker=N`: the worker's name is looked up, not pinned to one.
+    assert jobs["worker"]["dns_sd_configs"][0]["type"] == "A"
     flower = next(job for job in config["scrape_configs"] if job["job_name"] == "flower")
     assert flower["basic_auth"]["password_file"], "Flower must be scraped with its credentials"
 
@@ -125,6 +130,19 @@ def test_compose_stack_has_every_service_with_a_healthcheck() -> None:
     for name in ("web", "worker"):
         conditions = {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
         assert conditions == {"redis": "service_healthy", "origin": "service_healthy"}, name
+
+
+def test_the_worker_service_can_be_scaled() -> None:
+    """`docker compose up --scale worker=N`: N replicas cannot share one fixed host port, a
+    container name or a Celery hostname; each takes a host port of a range instead."""
+    resolved = run(required_tool("docker-compose", "docker-compose"), "config").stdout
+    worker = yaml.safe_load(resolved)["services"]["worker"]
+    assert "container_name" not in worker
+    assert any("%h" in arg for arg in worker["command"]), "replicas need distinct Celery hostnames"
+    for port in worker.get("ports", []):
+        host = str(port["published"]) if isinstance(port, dict) else str(port).rsplit(":", 1)[0]
+        low, _, high = host.rpartition(":")[2].partition("-")
+        assert high and int(high) > int(low), f"worker publishes one fixed host port: {port}"
 
 
 def test_dashboard_is_provisioned_from_the_repository() -> None:
