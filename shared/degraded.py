@@ -25,10 +25,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import metrics
-from shared.answers import Answer, Refused, Served
+from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, NoNearCache
-from shared.protocol import AnswerOutcome, Refusal
+from shared.origin import NotFound, NotModified, OriginError
+from shared.origin_adapters import OriginAdapters
+from shared.protocol import AnswerOutcome, FailureCode, Fallback, Refusal
 from shared.replies import ReadResult
 
 log = logging.getLogger("herdless.degraded")
@@ -39,6 +41,7 @@ PROBE_SECONDS = 0.25  # how often a degraded process asks Redis whether it is ba
 _POOL_EXHAUSTED = "No connection available."
 RETRY_AFTER_SECONDS = 1.0
 UNAVAILABLE_DETAIL = "the cache store is unreachable and this web process holds no servable value for the key"
+BUSY_DETAIL = "the cache store is unreachable and this web process's calls to the namespace's origin are all busy"
 
 
 def means_unreachable(exc: RedisError) -> bool:
@@ -63,14 +66,84 @@ def stale_if_error_until_ms(r: ReadResult, ns: Namespace) -> float:
     return float(r.soft_ms + stale + allowance)
 
 
-def answer_from_memory(near_cache: NearCache[ReadResult] | NoNearCache[ReadResult], ns: Namespace, key: str) -> Answer:
-    """A degraded process's answer: the held value as STALE, or a fast 503."""
+def answer_from_memory(
+    near_cache: NearCache[ReadResult] | NoNearCache[ReadResult], ns: Namespace, key: str, fallback: OriginFallback
+) -> Answer:
+    """A degraded process's answer: the held value as STALE; else, for a namespace with
+    ``fallback = "origin"``, the origin's; else a fast 503."""
     held = near_cache.get_stale(ns.name, key)
     if held is not None:
         metrics.DEGRADED_ANSWERS.labels(ns.name, "stale").inc()
         return Served(held.entry, AnswerOutcome.STALE, held.redis_now_ms, from_near_cache=True)
+    if ns.fallback is Fallback.ORIGIN:
+        return fallback.fetch(ns, key)
     metrics.DEGRADED_ANSWERS.labels(ns.name, "refused").inc()
     return Refused(503, Refusal.REDIS_UNAVAILABLE, UNAVAILABLE_DETAIL, RETRY_AFTER_SECONDS)
+
+
+class _Call:
+    __slots__ = ("done", "answer")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: Answer | None = None
+
+
+class OriginFallback:
+    """Cold keys of a ``fallback = "origin"`` namespace while Redis is unreachable: the origin
+    called from this process, one call per key at a time (readers of a key being fetched share
+    its answer) and at most the namespace's ``origin_max_concurrency`` calls at once (past that
+    a new key is refused at once). Nothing is stored: the answer goes to this read alone
+    (``Cache-Control: no-store``), and there is no shared breaker or slot without Redis."""
+
+    def __init__(self, origins: OriginAdapters) -> None:
+        self._origins = origins
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str], _Call] = {}
+        self._in_flight: dict[str, int] = {}
+
+    def fetch(self, ns: Namespace, key: str) -> Answer:
+        target = (ns.name, key)
+        with self._lock:
+            call = self._calls.get(target)
+            leader = call is None
+            if call is None:
+                if self._in_flight.get(ns.name, 0) >= ns.origin_max_concurrency:
+                    metrics.DEGRADED_ANSWERS.labels(ns.name, "refused").inc()
+                    return Refused(503, Refusal.REDIS_UNAVAILABLE, BUSY_DETAIL, RETRY_AFTER_SECONDS)
+                call = self._calls[target] = _Call()
+                self._in_flight[ns.name] = self._in_flight.get(ns.name, 0) + 1
+        if not leader:
+            call.done.wait(ns.origin_timeout_seconds + 1)
+            return call.answer or refused_by_failure(FailureCode.ORIGIN_TIMEOUT, RETRY_AFTER_SECONDS)
+        try:
+            call.answer = self._call_origin(ns, key)
+        finally:
+            with self._lock:
+                del self._calls[target]
+                self._in_flight[ns.name] -= 1
+            call.done.set()
+        return call.answer
+
+    def _call_origin(self, ns: Namespace, key: str) -> Answer:
+        metrics.DEGRADED_ANSWERS.labels(ns.name, "origin").inc()
+        t0 = time.perf_counter()
+        try:
+            resp = self._origins.get(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
+            if isinstance(resp, NotModified):
+                raise OriginError("origin answered 304 to a request that was not conditional")
+            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+            metrics.ORIGIN_BYTES.labels(ns.name).inc(len(resp.body))
+            return Unstored(resp.body, resp.content_type)
+        except NotFound:
+            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
+            return Refused(404, "not_found", "the origin has no value for this key")
+        except OriginError as exc:
+            metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
+            log.warning("origin fallback for namespace %s failed: %s", ns.name, exc.code)
+            return refused_by_failure(exc.code, RETRY_AFTER_SECONDS)
+        finally:
+            metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
 
 
 class RedisHealth:

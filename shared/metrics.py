@@ -129,7 +129,8 @@ REDIS_DEGRADED = Gauge(
 )
 DEGRADED_ANSWERS = Counter(
     "herdless_degraded_answers",
-    "Reads answered while Redis was unreachable: stale (from the near-cache) or refused (503)",
+    "Reads answered while Redis was unreachable: stale (from the near-cache), refused (503) or "
+    'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
 
@@ -152,7 +153,7 @@ REFRESH_OUTCOMES = (
 ORIGIN_OUTCOMES = ("ok", "not_modified", "error", "timeout", "not_found")
 BREAKER_STATES = ("closed", "half-open", "open")
 NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
-DEGRADED_ANSWER_KINDS = ("stale", "refused")
+DEGRADED_ANSWER_KINDS = ("stale", "refused", "origin")
 
 
 # Each metric with the values of its second label (empty: the first label alone), to create

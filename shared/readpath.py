@@ -79,7 +79,7 @@ from redis.exceptions import RedisError
 from shared import metrics
 from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
-from shared.degraded import RedisHealth, answer_from_memory, stale_if_error_until_ms
+from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, hit_until_ms
@@ -164,6 +164,7 @@ class ReadPath:
         self.near_cache = near_cache
         self.health = health or RedisHealth(store.redis.ping)
         self.origins = OriginAdapters(settings.origin_max_bytes)
+        self._fallback = OriginFallback(self.origins)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -177,13 +178,13 @@ class ReadPath:
             # Redis would say HIT until the value's XFetch moment: no round trip needed.
             return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
         if self.health.down:  # known down: answer from memory without waiting on a connect
-            return answer_from_memory(near, ns, key)
+            return answer_from_memory(near, ns, key, self._fallback)
         try:
             return self._read_through(ns, key)
         except RedisError as exc:
             if not self.health.failed_with(exc):
                 raise
-            return answer_from_memory(near, ns, key)
+            return answer_from_memory(near, ns, key, self._fallback)
 
     def _read_through(self, ns: Namespace, key: str) -> Answer:
         near = self.near_cache

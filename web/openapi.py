@@ -523,6 +523,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                                     },
                                     "serves_stale": {"type": "boolean"},
                                     "freshness": {"enum": ["fixed", "origin"]},
+                                    "fallback": {"enum": ["none", "origin"]},
                                     "origin_freshness_bounds": {
                                         "oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": _NUM}]
                                     },

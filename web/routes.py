@@ -314,6 +314,7 @@ def namespaces() -> Response:
                     "effective_xfetch_beta": ns.beta,
                     "serves_stale": ns.serves_stale,
                     "freshness": ns.freshness,
+                    "fallback": ns.fallback,
                     "origin_freshness_bounds": (
                         {
                             "min_ttl_seconds": ns.min_ttl_seconds,

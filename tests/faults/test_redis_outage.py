@@ -168,3 +168,56 @@ def test_warm_keys_are_served_stale_from_memory_while_redis_is_down_and_refreshe
         assert requests.get(stack.web_url + "/readyz", timeout=5).json()["status"] == "ready"
         assert web_metric(stack, "herdless_redis_degraded") == 0
         assert json.loads(stack.get("hot", "brand-new").content)  # a cold key is served again
+
+
+FALLBACK_NAMESPACES = """
+[namespaces.direct]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+fallback = "origin"
+origin_max_concurrency = 2
+
+[namespaces.hot]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+cache_ttl_seconds = 60
+"""
+
+
+def test_a_namespace_with_an_origin_fallback_answers_cold_keys_from_the_origin_while_redis_is_down(
+    tmp_path: Path,
+) -> None:
+    env = {"WEB_CONCURRENCY": "1", "ORIGIN_LATENCY_MS": "500"}
+    with stack_for(tmp_path, FALLBACK_NAMESPACES, env) as stack:
+        assert stack.get("direct", "warm").ok and stack.get("direct", "warm").headers["X-Cache"] == "HIT"
+        stack.redis.stop()
+        wait_until(lambda: not stack.get("hot", "cold").ok, 10, "the outage to be noticed")
+        assert stack.get("direct", "warm").headers["X-Cache"] == "STALE"  # held: no origin call
+
+        # Readers of one cold key share one origin call.
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            shared = list(pool.map(lambda _: stack.get("direct", "shared"), range(10)))
+        assert all(r.status_code == 200 for r in shared), [(r.status_code, r.text[:80]) for r in shared]
+        assert len({r.content for r in shared}) == 1 and shared[0].headers["Cache-Control"] == "no-store"
+        assert stack.origin_stats()["per_key"]["shared"] == 1
+
+        # Distinct cold keys: at most origin_max_concurrency calls at once, the rest refused at once.
+        def timed(key: str) -> tuple[requests.Response, float]:
+            t0 = time.monotonic()
+            r = stack.get("direct", key)
+            return r, time.monotonic() - t0
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(timed, [f"distinct-{i}" for i in range(6)]))
+        served = [r for r, _ in answers if r.status_code == 200]
+        refused = [(r, elapsed) for r, elapsed in answers if r.status_code != 200]
+        assert served and refused, [(r.status_code, r.text[:80]) for r, _ in answers]
+        for r, elapsed in refused:
+            assert r.status_code == 503 and r.json()["error"] == "redis_unavailable", r.text
+            assert elapsed <= FAST_503_SECONDS * 2, elapsed
+        assert stack.origin_stats()["max_in_flight"] <= 2
+
+        # A namespace without the fallback still refuses its cold keys.
+        assert stack.get("hot", "another-cold").status_code == 503
+        assert web_metric(stack, "herdless_degraded_answers_total", namespace="direct", answer="origin") == 1 + len(
+            served
+        )
