@@ -340,16 +340,7 @@ class NoNearCache(Generic[E]):
     def begin_read(self, ns: str, key: str) -> ReadToken:
         return ReadToken(0, 0.0)
 
-    def put(
-        self,
-        ns: str,
-        key: str,
-        entry: E,
-        redis_now_ms: int,
-        early_ms: float,
-        token: ReadToken,
-        keep_until_ms: float | None = None,
-    ) -> bool:
+    def put(self, ns: str, key: str, entry: E, *moments: object, **keep_until: object) -> bool:
         return False
 
     def redis_answered(self, token: ReadToken) -> None:
