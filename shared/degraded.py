@@ -188,27 +188,39 @@ class RedisHealth:
                 return
             self._down_since = time.monotonic()
             self.outages += 1
-            threading.Thread(target=self._run, name="redis-probe", daemon=True).start()
+            threading.Thread(target=self._run, args=(self.outages,), name="redis-probe", daemon=True).start()
         metrics.REDIS_DEGRADED.set(1)
         log.warning("Redis unreachable (%s): answering from memory, probing every %.2fs", reason, self.interval_seconds)
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
+    def reachable(self) -> None:
+        """Redis answered someone in this process (the subscription's handshake): end degraded
+        mode now rather than at the next probe. The subscription, back, has just flushed the
+        values held for the outage, so waiting for the probe would only refuse their keys."""
+        if self._down_since is not None:
+            self._recovered()
+
+    def _run(self, outage: int) -> None:
+        # Until Redis answers, or a later outage (after reachable() ended this one) probes itself.
+        while self.down and self.outages == outage and not self._stop.wait(self.interval_seconds):
             try:
                 self._probe()
             except Exception:  # noqa: BLE001 - any failure means "still down"
                 continue
-            if self._on_recovery is not None:
-                try:
-                    self._on_recovery()
-                except Exception:  # noqa: BLE001 - best effort: broken connections fail once more
-                    log.warning("could not reset the Redis connections after the outage")
-            with self._lock:
-                down_for = time.monotonic() - (self._down_since or time.monotonic())
-                self._down_since = None
-            metrics.REDIS_DEGRADED.set(0)
-            log.warning("Redis reachable again after %.1fs: reading through it again", down_for)
-            return
+            self._recovered()
+
+    def _recovered(self) -> None:
+        if self._on_recovery is not None and self.down:
+            try:  # before reads go back to Redis, so none of them takes a broken connection
+                self._on_recovery()
+            except Exception:  # noqa: BLE001 - best effort: broken connections fail once more
+                log.warning("could not reset the Redis connections after the outage")
+        with self._lock:
+            if self._down_since is None:
+                return
+            down_for = time.monotonic() - self._down_since
+            self._down_since = None
+        metrics.REDIS_DEGRADED.set(0)
+        log.warning("Redis reachable again after %.1fs: reading through it again", down_for)

@@ -85,6 +85,17 @@ def test_the_probe_ends_degraded_mode_at_redis_s_first_answer() -> None:
     assert not health.down
 
 
+def test_a_subscription_back_ends_degraded_mode_without_waiting_for_the_probe() -> None:
+    recovered = threading.Event()
+    # A probe that would not get there in time.
+    health = RedisHealth(lambda: None, on_recovery=recovered.set, interval_seconds=3600.0)
+    health.failed()
+    health.reachable()  # what the hub calls after its subscribe handshake
+    assert not health.down and recovered.is_set()
+    health.reachable()  # nothing to end: no second recovery
+    health.stop()
+
+
 def test_the_origin_fallback_is_an_opt_in_a_naive_namespace_cannot_take() -> None:
     settings = Settings()
     assert build_namespace("d", {"origin": ORIGIN}, settings).fallback is Fallback.NONE

@@ -104,7 +104,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         probe_client.ping,
         on_recovery=(lambda: pool.disconnect(inuse_connections=False)) if pool is not None else None,
     )
-    waiter = ColdWaitHub(lambda: pubsub_client(settings), settings.max_cold_waiters, near_cache, ack_client=client)
+    waiter = ColdWaitHub(
+        lambda: pubsub_client(settings),
+        settings.max_cold_waiters,
+        near_cache,
+        ack_client=client,
+        on_subscribed=health.reachable,
+    )
 
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)
