@@ -20,7 +20,7 @@ from shared.origin import encode_key_for_path
 from tests.e2e.conftest import ENGINE_NAMESPACES
 from tests.faults.observe import web_metric, worker_metric
 from tests.origins import OVERSIZED_BYTES
-from tests.stack import Stack, cold_herd, stack_for, wait_until
+from tests.stack import UNACKED, Stack, cold_herd, stack_for, wait_until
 
 ADMIN = "s3cret-admin-token"
 
@@ -448,7 +448,7 @@ def test_a_cold_start_of_300_keys_is_enqueued_and_acknowledged_without_exhaustin
     worker_log = stack.procs["w1"].output()
     assert "Couldn't ack" not in worker_log and "Too many connections" not in worker_log
     redis = stack.redis.client()
-    wait_until(lambda: redis.hlen("unacked") == 0, 10, "every refresh to be acknowledged")
+    wait_until(lambda: redis.hlen(UNACKED) == 0, 10, "every refresh to be acknowledged")
 
 
 # -- keys from the raw request URI (gunicorn's RAW_URI) -----------------------------------------
