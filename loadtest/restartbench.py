@@ -32,10 +32,11 @@ MISS = X_CACHE_CODES.index("MISS")
 
 
 def _ready(web_url: str) -> bool:
+    # 200 also answers "degraded" (Redis unreachable, values served from memory): not ready yet.
     try:
         with urllib.request.urlopen(web_url + "/readyz", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.URLError):
+            return bool(resp.status == 200 and json.loads(resp.read()).get("status") == "ready")
+    except (OSError, urllib.error.URLError, ValueError):
         return False
 
 
