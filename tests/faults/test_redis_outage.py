@@ -183,15 +183,22 @@ cache_ttl_seconds = 60
 """
 
 
-def test_a_namespace_with_an_origin_fallback_answers_cold_keys_from_the_origin_while_redis_is_down(
+def test_an_origin_fallback_answers_cold_keys_from_the_origin_and_a_purged_value_stays_gone_while_redis_is_down(
     tmp_path: Path,
 ) -> None:
-    env = {"WEB_CONCURRENCY": "1", "ORIGIN_LATENCY_MS": "500"}
+    token = "t" * 40
+    env = {"WEB_CONCURRENCY": "1", "ORIGIN_LATENCY_MS": "500", "ADMIN_TOKEN": token}
     with stack_for(tmp_path, FALLBACK_NAMESPACES, env) as stack:
-        assert stack.get("direct", "warm").ok and stack.get("direct", "warm").headers["X-Cache"] == "HIT"
+        for ns, key in (("direct", "warm"), ("hot", "purged")):
+            assert stack.get(ns, key).ok and stack.get(ns, key).headers["X-Cache"] == "HIT"
+        purge = requests.delete(stack.url("hot", "purged"), headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert purge.status_code == 204
         stack.redis.stop()
         wait_until(lambda: not stack.get("hot", "cold").ok, 10, "the outage to be noticed")
         assert stack.get("direct", "warm").headers["X-Cache"] == "STALE"  # held: no origin call
+        # A value purged before the outage is not among what the process answers from memory.
+        gone = stack.get("hot", "purged")
+        assert gone.status_code == 503 and gone.json()["error"] == "redis_unavailable", gone.text
 
         # Readers of one cold key share one origin call.
         with ThreadPoolExecutor(max_workers=10) as pool:
