@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import rates
+from shared.protocol import BreakerState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 AGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -134,8 +135,6 @@ DEGRADED_ANSWERS = Counter(
     ["namespace", "answer"],
 )
 
-BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
-
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual", "warm")
 SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
@@ -151,7 +150,7 @@ REFRESH_OUTCOMES = (
     "slot_timeout",
 )
 ORIGIN_OUTCOMES = ("ok", "not_modified", "error", "timeout", "not_found")
-BREAKER_STATES = ("closed", "half-open", "open")
+BREAKER_STATES = tuple(BreakerState)
 NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
 DEGRADED_ANSWER_KINDS = ("stale", "refused", "origin")
 
@@ -207,7 +206,7 @@ class ScrapeTimeCollector(Collector):
     def __init__(
         self,
         queue_depths: Callable[[], Iterable[tuple[str, int]]],
-        breaker_states: Callable[[], Iterable[tuple[str, str]]],
+        breaker_states: Callable[[], Iterable[tuple[str, BreakerState]]],
         origin_in_flight: Callable[[], Iterable[tuple[str, int]]] | None = None,
     ) -> None:
         self._queue_depths = queue_depths
@@ -227,7 +226,7 @@ class ScrapeTimeCollector(Collector):
         )
         try:
             for origin, name in self._breaker_states():
-                state.add_metric([origin], BREAKER_STATE_VALUES.get(name, 0))
+                state.add_metric([origin], BreakerState(name).gauge)
         except Exception:  # noqa: BLE001
             pass
         yield state

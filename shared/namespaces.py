@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from shared.protocol import Fallback, Freshness, Strategy
-from shared.settings import Settings
+from shared.settings import Settings, redact_url
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _OVERRIDABLE = {
@@ -191,8 +191,9 @@ def _origin_name(origin: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """An origin URL with any user:password@ replaced by ***@, for messages and logs."""
-    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+    """An origin URL with any user:password@ replaced by ***@ (a raw @ in the password
+    included) and any ?password= hidden, for messages and logs."""
+    return redact_url(url, hide_user=True)
 
 
 def _validate_origin(name: str, origin: str) -> None:

@@ -214,6 +214,38 @@ class SuppressReason(StrEnum):
     COALESCED = "coalesced"
 
 
+class BreakerState(StrEnum):
+    """An origin's circuit breaker state (shared/breaker.py): what its state key holds, the
+    ``to`` of herdless_breaker_transitions_total; the value herdless_breaker_state reports is
+    ``gauge``."""
+
+    CLOSED = "closed"  # pybreaker.STATE_CLOSED: every call goes to the origin
+    HALF_OPEN = "half-open"  # pybreaker.STATE_HALF_OPEN: one probe call may go through
+    OPEN = "open"  # pybreaker.STATE_OPEN: no call until the reset timeout is over
+
+    @property
+    def gauge(self) -> int:
+        return _BREAKER_GAUGE[self]
+
+
+_BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class BreakerVerdict(StrEnum):
+    """The breaker's ADMIT script: may this call reach the origin?"""
+
+    CALL = "call"  # closed: go ahead
+    PROBE = "probe"  # half-open, and this call is the one probe
+    REFUSE = "refuse"  # open, or another call probes
+
+
+class BreakerOutcome(StrEnum):
+    """What the breaker's RECORD script is told about an admitted call."""
+
+    OK = "ok"  # the origin answered (a key's own fault included: the origin is up)
+    FAILED = "failed"  # the origin itself failed: counted
+
+
 class ReadyStatus(StrEnum):
     """The status of a message on the ready channel (shared/channels.py)."""
 

@@ -33,9 +33,8 @@ Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
     with the value), so the process keeps it in its ``NearCache`` and answers later reads
     from memory until then — never past it, never while its subscription is down, and never
-    after a ready or invalidation message for the key has arrived. While Redis is unreachable
-    it answers what it holds as STALE, within each value's stale-if-error bound, and refuses
-    the rest at once (``shared/degraded.py``).
+    after a ready or invalidation message for the key has arrived. While Redis is unreachable it
+    answers those it holds STALE, within their stale-if-error bound (``shared/degraded.py``).
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
@@ -142,8 +141,7 @@ WARM_CHUNK = 500
 class ReadPath:
     """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
     the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
-    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache;
-    `health` says whether Redis is reachable (shared/degraded.py: read from memory while not)."""
+    process's `waiter`; `near_cache` is a NearCache or NoNearCache; `health`: is Redis reachable."""
 
     def __init__(
         self,
@@ -353,7 +351,8 @@ class ReadPath:
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             log.warning("origin error for namespace %s (origin %s): %s", ns.name, ns.origin_name, exc)
-            return Refused(502, exc.code, str(exc))
+            # The fixed text of its code: the exception's own may hold a secret (a DSN, a URL).
+            return refused_by_failure(exc.code)
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         if policy is not None and not policy.storable:

@@ -43,6 +43,14 @@ class Target:
     key: str
 
 
+def _asks_for_meta() -> bool:
+    """Is this GET the admin's /v1/cache/<namespace>/<key>/meta? Told from the raw path's shape
+    alone, before the namespace is looked up (the read path costs a split, not a parse)."""
+    path, _ = raw_request_uri(request.environ)
+    segments = path.split("/")
+    return len(segments) == 6 and segments[5] == "meta"
+
+
 def _cache_path() -> tuple[Namespace, CachePath]:
     """The namespace and what a /v1/cache/ request asks for, from the raw request URI."""
     namespaces = web_state().namespaces
@@ -133,8 +141,12 @@ def _refused(ns: Namespace, answer: Refused) -> Response:
     return json_error(answer.status, answer.error, answer.detail, headers)
 
 
+# Admin routes check the token before the namespace: without it, a 404 unknown_namespace
+# against a 401 would tell anyone which namespaces exist.
 @bp.get("/v1/cache/<anything:_rest>")
 def read(_rest: str) -> Response:
+    if _asks_for_meta():
+        _require_admin()
     parsed = _cache_path()
     if parsed[1].action == "meta":
         return meta(_target(parsed))
@@ -153,11 +165,11 @@ def read(_rest: str) -> Response:
 
 @bp.post("/v1/cache/<anything:_rest>")
 def refresh(_rest: str) -> Response:
+    _require_admin()  # every POST to a cache path is an admin's
     parsed = _cache_path()
     if parsed[1].action == "warm":
         return warm(parsed[0])
     target = _target(parsed)
-    _require_admin()
     try:
         enqueued = web_state().read_path.request_refresh(target.ns, target.key)
     except BrokerUnavailable:
@@ -203,8 +215,7 @@ def _warm_keys(max_keys: int) -> list[str]:
 
 def warm(ns: Namespace) -> Response:
     """POST /v1/cache/<namespace>/warm (admin): enqueue a refresh of every listed key that is not
-    fresh and not already being refreshed."""
-    _require_admin()
+    fresh and not already being refreshed. The caller checked the token."""
     state = web_state()
     keys = _warm_keys(state.settings.warm_max_keys)
     try:
@@ -224,17 +235,16 @@ def warm(ns: Namespace) -> Response:
 
 @bp.delete("/v1/cache/<anything:_rest>")
 def purge(_rest: str) -> Response:
+    _require_admin()
     parsed = _cache_path()
     target = _target(parsed)
-    _require_admin()
     web_state().read_path.purge(target.ns, target.key, soft=parsed[1].soft)
     return Response(status=204)
 
 
 def meta(target: Target) -> Response:
     """GET /v1/cache/<namespace>/<key>/meta (admin): what Redis holds for the key, read in one
-    round trip that changes nothing (not even the lease)."""
-    _require_admin()
+    round trip that changes nothing (not even the lease). The caller checked the token."""
     state = web_state().store.inspect(target.ns, target.key)
     if not state.anything_stored:
         return json_error(404, "not_stored", "nothing is stored for this key: no value, lease or queued refresh")

@@ -304,6 +304,23 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
     assert "slot_timeout" in after["worker"]["refreshes"]
 
 
+def test_metrics_name_each_origin_by_its_namespaces_never_by_host_or_module(stack: Stack) -> None:
+    assert stack.get("herd", "origin-labels").status_code == 200
+    assert stack.get("py-typed", "boom-origin-labels").status_code == 502  # a slot wait, a failure
+    demo = "origin of demo, demo-lock, demo-naive, demo-swr, herd"
+    pages = {
+        "web": requests.get(stack.web_url + "/metrics", timeout=5).text,
+        "worker": requests.get(stack.worker_metrics_url, timeout=5).text,
+    }
+    for tier, text in pages.items():
+        labels = set(re.findall(r'\borigin="([^"]*)"', text))
+        assert labels == {demo, "origin of py-typed"}, (tier, labels)
+        assert stack.origin_url.removeprefix("http://") not in text, tier
+        assert "tests.origins:typed" not in text, tier
+    assert metric(pages["worker"], "herdless_breaker_state", origin="origin of py-typed") == 0
+    assert metric(pages["worker"], "herdless_origin_slot_wait_seconds_count", origin=demo) >= 1
+
+
 def _pool_children(main_pid: int) -> set[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(main_pid)], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}

@@ -15,7 +15,7 @@ from tests.stack import PYTHON, Proc, Stack, free_port, stack_for, wait_until
 from .prometheus_server import PrometheusServer
 from .queries import REPO, PanelQuery, alert_rules, panel_queries, to_promql
 
-ADMIN = "monitoring-admin-token"
+ADMIN = "monitoring-admin-token-14637963221ac0876"
 # Short TTLs so one test run sees misses, hits and stale answers; a quick origin keeps it fast;
 # a breaker that opens at the first failure and may close a second later.
 STACK_ENV = {
