@@ -123,6 +123,18 @@ NEAR_CACHE_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+REDIS_DEGRADED = Gauge(
+    "herdless_redis_degraded",
+    "Web processes that find Redis unreachable and answer from memory (degraded mode), summed over live processes",
+    multiprocess_mode="livesum",
+)
+DEGRADED_ANSWERS = Counter(
+    "herdless_degraded_answers",
+    "Reads answered while Redis was unreachable: stale (from the near-cache), refused (503) or "
+    'origin (the namespace has fallback = "origin")',
+    ["namespace", "answer"],
+)
+
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual", "warm")
 SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
@@ -140,6 +152,7 @@ REFRESH_OUTCOMES = (
 ORIGIN_OUTCOMES = ("ok", "not_modified", "error", "timeout", "not_found")
 BREAKER_STATES = tuple(BreakerState)
 NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
+DEGRADED_ANSWER_KINDS = ("stale", "refused", "origin")
 
 
 # Each metric with the values of its second label (empty: the first label alone), to create
@@ -152,6 +165,7 @@ WEB_SERIES: Series = (
     (REQUEST_DURATION, ()),
     (SERVED_AGE, ()),
     (COLD_WAKEUPS, ()),
+    (DEGRADED_ANSWERS, DEGRADED_ANSWER_KINDS),
 )
 WORKER_SERIES: Series = (
     (REFRESHES, REFRESH_OUTCOMES),
@@ -176,6 +190,7 @@ def init_web_series(namespaces: Iterable[str]) -> None:
     _create(WEB_SERIES, namespaces)
     for result in NEAR_CACHE_RESULTS:
         NEAR_CACHE.labels(result)
+    REDIS_DEGRADED.set(0)
 
 
 def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> None:

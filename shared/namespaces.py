@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from shared.protocol import Freshness, Strategy
+from shared.protocol import Fallback, Freshness, Strategy
 from shared.settings import Settings, redact_url
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -132,6 +132,9 @@ class Namespace:
     # "fixed": lifetimes from the TTL settings above; "origin": from each answer's Cache-Control
     # (or Expires), clamped by the bounds below, the settings above being the fallback.
     freshness: Freshness = Freshness.FIXED
+    # While Redis is unreachable, what a cold key answers: 503 (none) or the origin's answer,
+    # fetched by the web process itself (origin; shared/degraded.py OriginFallback).
+    fallback: Fallback = Fallback.NONE
     min_ttl_seconds: float = _ORIGIN_BOUNDS["min_ttl_seconds"]
     max_ttl_seconds: float = _ORIGIN_BOUNDS["max_ttl_seconds"]
     min_stale_seconds: float = _ORIGIN_BOUNDS["min_stale_seconds"]
@@ -246,7 +249,7 @@ def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> Ori
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
         raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers"}
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers", "fallback"}
     if unknown:
         _bad(name, ", ".join(sorted(unknown)), "unknown option")
     try:
@@ -261,6 +264,12 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         _bad(name, "origin", str(exc))
     _validate_origin(name, origin)
     headers = _origin_headers(name, raw.get("headers"), origin, settings)
+    try:
+        fallback = Fallback(raw.get("fallback", Fallback.NONE))
+    except ValueError:
+        _bad(name, "fallback", f"{raw['fallback']!r} is not one of {tuple(map(str, Fallback))}")
+    if fallback is Fallback.ORIGIN and strategy is Strategy.NAIVE:
+        _bad(name, "fallback", "the naive strategy calls the origin from the web tier already")
     values: dict[str, Any] = {}
     for option in _OVERRIDABLE:
         value = raw.get(option, getattr(settings, option))
@@ -287,6 +296,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         origin_name=_origin_name(origin),
         origin_max_concurrency=max_conc,
         origin_headers=headers,
+        fallback=fallback,
         **values,
         **_freshness_options(name, raw),
     )

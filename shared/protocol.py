@@ -181,6 +181,14 @@ class Strategy(StrEnum):
     NAIVE = "naive"  # cache-aside, the baseline: every miss calls the origin from the web tier
 
 
+class Fallback(StrEnum):
+    """What a web process answers for a key it holds no value of while Redis is unreachable
+    (namespaces.toml ``fallback``; shared/degraded.py)."""
+
+    NONE = "none"  # 503 redis_unavailable at once: the default
+    ORIGIN = "origin"  # call the origin from the web tier, one call per key and process at a time
+
+
 class Freshness(StrEnum):
     """Where a namespace's lifetimes come from (namespaces.toml ``freshness``)."""
 

@@ -33,7 +33,8 @@ Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
     with the value), so the process keeps it in its ``NearCache`` and answers later reads
     from memory until then — never past it, never while its subscription is down, and never
-    after a ready or invalidation message for the key has arrived.
+    after a ready or invalidation message for the key has arrived. While Redis is unreachable it
+    answers those it holds STALE, within their stale-if-error bound (``shared/degraded.py``).
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
@@ -72,12 +73,16 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from shared import metrics
 from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
+from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
-from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
+from shared.nearcache import NearCache, hit_until_ms
+from shared.nearcache import NoNearCache as NoNearCache
 from shared.origin import NotFound, NotModified, OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.protocol import (
@@ -133,23 +138,10 @@ OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
 WARM_CHUNK = 500
 
 
-class NoNearCache:
-    """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
-
-    def get(self, ns: str, key: str) -> NearHit[ReadResult] | None:
-        return None
-
-    def begin_read(self, ns: str, key: str) -> ReadToken:
-        return ReadToken(0, 0.0)
-
-    def put(self, ns: str, key: str, entry: ReadResult, redis_now_ms: int, early_ms: float, token: ReadToken) -> bool:
-        return False
-
-
 class ReadPath:
     """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
     the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
-    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache."""
+    process's `waiter`; `near_cache` is a NearCache or NoNearCache; `health`: is Redis reachable."""
 
     def __init__(
         self,
@@ -159,7 +151,8 @@ class ReadPath:
         send_refresh: SendRefresh,
         open_batch: OpenBatch,
         waiter: ColdWaitHub,
-        near_cache: NearCache[ReadResult] | NoNearCache,
+        near_cache: NearCache[ReadResult] | NoNearCache[ReadResult],
+        health: RedisHealth | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -167,7 +160,9 @@ class ReadPath:
         self._open_batch = open_batch
         self._waiter = waiter
         self.near_cache = near_cache
+        self.health = health or RedisHealth(store.redis.ping)
         self.origins = OriginAdapters(settings.origin_max_bytes)
+        self._fallback = OriginFallback(self.origins)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -180,6 +175,17 @@ class ReadPath:
         if hit is not None:
             # Redis would say HIT until the value's XFetch moment: no round trip needed.
             return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
+        if self.health.down:  # known down: answer from memory without waiting on a connect
+            return answer_from_memory(near, ns, key, self._fallback)
+        try:
+            return self._read_through(ns, key)
+        except RedisError as exc:
+            if not self.health.failed_with(exc):
+                raise
+            return answer_from_memory(near, ns, key, self._fallback)
+
+    def _read_through(self, ns: Namespace, key: str) -> Answer:
+        near = self.near_cache
         if self._waiter.waiting_on(ns.name, key):
             # Readers of this process already wait for the key's refresh: join them without a
             # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
@@ -189,10 +195,12 @@ class ReadPath:
         token = new_token()
         read_started = time.monotonic()
         r = self.store.read(ns, key, token)
+        near.redis_answered(read_token)
+        if r.soft_ms is not None:
+            # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
+            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u) if r.decision is Decision.HIT else 0.0
+            near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns))
         if r.decision is Decision.HIT:
-            if r.soft_ms is not None:
-                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u)
-                near.put(ns.name, key, r, r.now_ms, until, read_token)
             return Served(r, AnswerOutcome.HIT, r.now_ms)
         if r.decision in (Decision.EARLY, Decision.STALE):
             outcome = AnswerOutcome.of(r.decision)
@@ -428,6 +436,7 @@ class ReadPath:
         no refresh that started before the purge can write, and every web process drops the key
         from its near-cache."""
         existed = self.store.soft_purge(ns, key) if soft else self.store.purge(ns, key)
+        self.near_cache.invalidate(ns.name, key)  # also when this process's subscription is down
         told, confirmed = self.store.publish_invalidation(ns, key)
         if confirmed < told:
             log.warning(

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # known XFetch moment, and drops it on the invalidation every write and purge publishes.
     near_cache: bool = True
     near_cache_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    # ...and keeps at most this many values, whatever their size (distinct keys cost ~900 bytes
+    # each beyond their value: shared/nearcache.py ENTRY_OVERHEAD_BYTES).
+    near_cache_max_entries: Annotated[int, Field(ge=1)] = 100_000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("redis_url")

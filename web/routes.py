@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, request
+from redis.exceptions import RedisError
 
 from shared import metrics
 from shared.answers import Refused, Served, Unstored
@@ -323,6 +324,7 @@ def namespaces() -> Response:
                     "effective_xfetch_beta": ns.beta,
                     "serves_stale": ns.serves_stale,
                     "freshness": ns.freshness,
+                    "fallback": ns.fallback,
                     "origin_freshness_bounds": (
                         {
                             "min_ttl_seconds": ns.min_ttl_seconds,
@@ -351,13 +353,23 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
+    """200 ready; 200 degraded while Redis is unreachable but this process holds values it can
+    answer from memory (a load balancer should keep sending it traffic: taking it out turns
+    every one of those answers into an error); 503 otherwise."""
     state = web_state()
     checks: dict[str, str] = {}
-    try:
-        state.store.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:  # noqa: BLE001
-        checks["redis"] = f"unreachable ({type(exc).__name__})"
+    health = state.read_path.health
+    down_for = health.down_for()
+    if down_for is not None:  # known down: do not wait on a connect, the probe watches it
+        checks["redis"] = f"unreachable (degraded for {down_for:.1f}s)"
+    else:
+        try:
+            state.store.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+            if isinstance(exc, RedisError):
+                health.failed_with(exc)
     try:
         with state.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=1)
@@ -365,11 +377,16 @@ def readyz() -> Response:
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unreachable ({type(exc).__name__})"
     ok = all(v == "ok" for v in checks.values())
-    body: dict[str, Any] = {"status": "ready" if ok else "unavailable", "checks": checks}
-    if not ok:
+    held = len(state.read_path.near_cache)
+    degraded = not ok and checks["redis"] != "ok" and held > 0
+    body: dict[str, Any] = {"status": "ready" if ok else "degraded" if degraded else "unavailable", "checks": checks}
+    if degraded:
+        body["near_cache_entries"] = held
+        body["detail"] = "Redis is unreachable: values held in memory are answered stale, other keys get 503"
+    elif not ok:
         body["error"] = "not_ready"
         body["detail"] = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
-    return json_response(200 if ok else 503, body)
+    return json_response(200 if ok or degraded else 503, body)
 
 
 @bp.get("/metrics")

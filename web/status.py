@@ -123,6 +123,9 @@ def status_snapshot() -> dict[str, Any]:
         "served_age_p99_seconds": histogram_quantile(0.99, _buckets(web, "herdless_served_age_seconds").items()),
         "near_cache": _by_label(web, "herdless_near_cache_total", "result"),
         "near_cache_bytes": _total(web, "herdless_near_cache_bytes"),
+        # Web processes that find Redis unreachable and answer from memory (degraded mode).
+        "redis_degraded_processes": _total(web, "herdless_redis_degraded"),
+        "degraded_answers": _by_label(web, "herdless_degraded_answers_total", "answer"),
         # Read from the Redis semaphore at this moment, like queue depth.
         "origin_in_flight": _by_label(web, "herdless_origin_in_flight", "origin"),
         "origin_limits": limits,

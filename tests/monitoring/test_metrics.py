@@ -32,6 +32,8 @@ WEB_METRICS = [
     "herdless_near_cache_total",
     "herdless_near_cache_bytes",
     "herdless_cold_wakeups_total",
+    "herdless_redis_degraded",
+    "herdless_degraded_answers_total",
 ]
 WORKER_METRICS = [
     "herdless_refresh_total",
