@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from shared.namespaces import Namespace
+from shared.protocol import Freshness
 
 # Directives whose argument is delta-seconds (RFC 9111 1.2.2).
 _SECONDS = ("max-age", "s-maxage", "stale-while-revalidate", "stale-if-error")
@@ -136,7 +137,7 @@ def cache_policy(ns: Namespace, headers: CacheHeaders, now_s: float) -> CachePol
     """The policy for one origin answer under the namespace's freshness mode. `now_s` (Unix
     seconds) stands in for a missing Date when Expires is used."""
     fixed = fixed_lifetimes(ns)
-    if ns.freshness != "origin":
+    if ns.freshness is not Freshness.ORIGIN:
         return CachePolicy(True, fixed)
     try:
         directives = parse_cache_control(headers.cache_control or "")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from shared.settings import STRATEGIES, Settings
+from shared.protocol import Fallback, Freshness, Strategy
+from shared.settings import Settings, redact_url
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _OVERRIDABLE = {
@@ -26,7 +27,6 @@ _OVERRIDABLE = {
     "origin_max_concurrency",
 }
 
-FRESHNESS_MODES = ("fixed", "origin")
 
 # Bounds that clamp what an origin's Cache-Control asks for (freshness = "origin" only), with
 # their defaults in seconds. Each pair bounds one of the three lifetimes an origin may set.
@@ -119,7 +119,7 @@ class OriginHeaders:
 @dataclass(frozen=True)
 class Namespace:
     name: str
-    strategy: str
+    strategy: Strategy
     origin: str  # "http(s)://host/path/{key}" or "package.module:function"
     origin_name: str  # bounded label for metrics and the breaker: host:port or module:function
     cache_ttl_seconds: float
@@ -131,7 +131,10 @@ class Namespace:
     origin_max_concurrency: int
     # "fixed": lifetimes from the TTL settings above; "origin": from each answer's Cache-Control
     # (or Expires), clamped by the bounds below, the settings above being the fallback.
-    freshness: str = "fixed"
+    freshness: Freshness = Freshness.FIXED
+    # While Redis is unreachable, what a cold key answers: 503 (none) or the origin's answer,
+    # fetched by the web process itself (origin; shared/degraded.py OriginFallback).
+    fallback: Fallback = Fallback.NONE
     min_ttl_seconds: float = _ORIGIN_BOUNDS["min_ttl_seconds"]
     max_ttl_seconds: float = _ORIGIN_BOUNDS["max_ttl_seconds"]
     min_stale_seconds: float = _ORIGIN_BOUNDS["min_stale_seconds"]
@@ -146,12 +149,12 @@ class Namespace:
 
     @property
     def serves_stale(self) -> bool:
-        return self.strategy in ("xfetch", "swr")
+        return self.strategy in (Strategy.XFETCH, Strategy.SWR)
 
     @property
     def beta(self) -> float:
         """Effective XFetch beta: only the xfetch strategy refreshes early."""
-        return self.xfetch_beta if self.strategy == "xfetch" else 0.0
+        return self.xfetch_beta if self.strategy is Strategy.XFETCH else 0.0
 
     @property
     def soft_ttl_ms(self) -> int:
@@ -188,8 +191,9 @@ def _origin_name(origin: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """An origin URL with any user:password@ replaced by ***@, for messages and logs."""
-    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+    """An origin URL with any user:password@ replaced by ***@ (a raw @ in the password
+    included) and any ?password= hidden, for messages and logs."""
+    return redact_url(url, hide_user=True)
 
 
 def _validate_origin(name: str, origin: str) -> None:
@@ -245,12 +249,13 @@ def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> Ori
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
         raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers"}
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers", "fallback"}
     if unknown:
         _bad(name, ", ".join(sorted(unknown)), "unknown option")
-    strategy = raw.get("strategy", "xfetch")
-    if strategy not in STRATEGIES:
-        _bad(name, "strategy", f"{strategy!r} is not one of {STRATEGIES}")
+    try:
+        strategy = Strategy(raw.get("strategy", Strategy.XFETCH))
+    except ValueError:
+        _bad(name, "strategy", f"{raw['strategy']!r} is not one of {tuple(map(str, Strategy))}")
     if "origin" not in raw or not isinstance(raw["origin"], str):
         _bad(name, "origin", "is required (an http(s) URL template or package.module:function)")
     try:
@@ -259,6 +264,12 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         _bad(name, "origin", str(exc))
     _validate_origin(name, origin)
     headers = _origin_headers(name, raw.get("headers"), origin, settings)
+    try:
+        fallback = Fallback(raw.get("fallback", Fallback.NONE))
+    except ValueError:
+        _bad(name, "fallback", f"{raw['fallback']!r} is not one of {tuple(map(str, Fallback))}")
+    if fallback is Fallback.ORIGIN and strategy is Strategy.NAIVE:
+        _bad(name, "fallback", "the naive strategy calls the origin from the web tier already")
     values: dict[str, Any] = {}
     for option in _OVERRIDABLE:
         value = raw.get(option, getattr(settings, option))
@@ -285,6 +296,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         origin_name=_origin_name(origin),
         origin_max_concurrency=max_conc,
         origin_headers=headers,
+        fallback=fallback,
         **values,
         **_freshness_options(name, raw),
     )
@@ -292,11 +304,12 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
 
 def _freshness_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     """freshness and, with freshness = "origin", the bounds that clamp the origin's lifetimes."""
-    freshness = raw.get("freshness", "fixed")
-    if freshness not in FRESHNESS_MODES:
-        _bad(name, "freshness", f"{freshness!r} is not one of {FRESHNESS_MODES}")
+    try:
+        freshness = Freshness(raw.get("freshness", Freshness.FIXED))
+    except ValueError:
+        _bad(name, "freshness", f"{raw['freshness']!r} is not one of {tuple(map(str, Freshness))}")
     given = sorted(set(raw) & set(_ORIGIN_BOUNDS))
-    if given and freshness != "origin":
+    if given and freshness is not Freshness.ORIGIN:
         _bad(name, ", ".join(given), 'need freshness = "origin"')
     options: dict[str, Any] = {"freshness": freshness}
     for option, default in _ORIGIN_BOUNDS.items():

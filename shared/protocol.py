@@ -164,6 +164,40 @@ class AnswerOutcome(StrEnum):
         return cls(decision.value.lower())
 
 
+class Refusal(StrEnum):
+    """Why a read was refused when no origin failure is to blame: the ``error`` of its 503."""
+
+    BROKER_UNAVAILABLE = "broker_unavailable"  # the refresh could not be enqueued
+    COLD_WAIT_TIMEOUT = "cold_wait_timeout"  # the value is still being computed
+    TOO_MANY_WAITERS = "too_many_waiters"  # the process holds MAX_COLD_WAITERS already
+    REDIS_UNAVAILABLE = "redis_unavailable"  # the cache store is unreachable
+    QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES refreshes wait in the queue already
+
+
+class Strategy(StrEnum):
+    """How a namespace spares its origin (namespaces.toml ``strategy``; README "Strategies")."""
+
+    XFETCH = "xfetch"  # stale serving and early refresh: the default
+    SWR = "swr"  # stale serving, no early refresh
+    LOCK = "lock"  # one refresher, the other readers wait; nothing stale is served
+    NAIVE = "naive"  # cache-aside, the baseline: every miss calls the origin from the web tier
+
+
+class Fallback(StrEnum):
+    """What a web process answers for a key it holds no value of while Redis is unreachable
+    (namespaces.toml ``fallback``; shared/degraded.py)."""
+
+    NONE = "none"  # 503 redis_unavailable at once: the default
+    ORIGIN = "origin"  # call the origin from the web tier, one call per key and process at a time
+
+
+class Freshness(StrEnum):
+    """Where a namespace's lifetimes come from (namespaces.toml ``freshness``)."""
+
+    FIXED = "fixed"  # the namespace's TTLs
+    ORIGIN = "origin"  # the origin's Cache-Control / Expires, clamped by the namespace's bounds
+
+
 class RefreshReason(StrEnum):
     """Why a refresh was enqueued (RefreshRequest.reason; herdless_refresh_enqueued_total)."""
 
@@ -190,6 +224,38 @@ class AdmitState(StrEnum):
     ADMITTED = "admitted"  # send it
     QUEUED = "queued"  # a message of the key still waits in the queue: send none
     FULL = "full"  # MAX_QUEUED_REFRESHES messages wait: send none
+
+
+class BreakerState(StrEnum):
+    """An origin's circuit breaker state (shared/breaker.py): what its state key holds, the
+    ``to`` of herdless_breaker_transitions_total; the value herdless_breaker_state reports is
+    ``gauge``."""
+
+    CLOSED = "closed"  # pybreaker.STATE_CLOSED: every call goes to the origin
+    HALF_OPEN = "half-open"  # pybreaker.STATE_HALF_OPEN: one probe call may go through
+    OPEN = "open"  # pybreaker.STATE_OPEN: no call until the reset timeout is over
+
+    @property
+    def gauge(self) -> int:
+        return _BREAKER_GAUGE[self]
+
+
+_BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class BreakerVerdict(StrEnum):
+    """The breaker's ADMIT script: may this call reach the origin?"""
+
+    CALL = "call"  # closed: go ahead
+    PROBE = "probe"  # half-open, and this call is the one probe
+    REFUSE = "refuse"  # open, or another call probes
+
+
+class BreakerOutcome(StrEnum):
+    """What the breaker's RECORD script is told about an admitted call."""
+
+    OK = "ok"  # the origin answered (a key's own fault included: the origin is up)
+    FAILED = "failed"  # the origin itself failed: counted
 
 
 class ReadyStatus(StrEnum):

@@ -36,7 +36,8 @@ Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
     with the value), so the process keeps it in its ``NearCache`` and answers later reads
     from memory until then — never past it, never while its subscription is down, and never
-    after a ready or invalidation message for the key has arrived.
+    after a ready or invalidation message for the key has arrived. While Redis is unreachable it
+    answers those it holds STALE, within their stale-if-error bound (``shared/degraded.py``).
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
@@ -74,12 +75,16 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 
+from redis.exceptions import RedisError
+
 from shared import metrics
 from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
+from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
-from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
+from shared.nearcache import NearCache, hit_until_ms
+from shared.nearcache import NoNearCache as NoNearCache
 from shared.origin import NotFound, NotModified, OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.protocol import (
@@ -89,6 +94,8 @@ from shared.protocol import (
     LeaseState,
     ReadyStatus,
     RefreshReason,
+    Refusal,
+    Strategy,
     SuppressReason,
     WarmState,
 )
@@ -100,7 +107,7 @@ from shared.tasks import RefreshRequest
 log = logging.getLogger("herdless.engine")
 
 
-QUEUE_FULL = Refused(503, "queue_full", "too many refreshes wait in the queue (MAX_QUEUED_REFRESHES)", 1)
+QUEUE_FULL = Refused(503, Refusal.QUEUE_FULL, "too many refreshes wait in the queue (MAX_QUEUED_REFRESHES)", 1)
 
 
 SendRefresh = Callable[[RefreshRequest], None]
@@ -112,23 +119,10 @@ OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
 WARM_CHUNK = 500
 
 
-class NoNearCache:
-    """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
-
-    def get(self, ns: str, key: str) -> NearHit[ReadResult] | None:
-        return None
-
-    def begin_read(self, ns: str, key: str) -> ReadToken:
-        return ReadToken(0, 0.0)
-
-    def put(self, ns: str, key: str, entry: ReadResult, redis_now_ms: int, early_ms: float, token: ReadToken) -> bool:
-        return False
-
-
 class ReadPath:
     """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
     the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
-    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache."""
+    process's `waiter`; `near_cache` is a NearCache or NoNearCache; `health`: is Redis reachable."""
 
     def __init__(
         self,
@@ -138,7 +132,8 @@ class ReadPath:
         send_refresh: SendRefresh,
         open_batch: OpenBatch,
         waiter: ColdWaitHub,
-        near_cache: NearCache[ReadResult] | NoNearCache,
+        near_cache: NearCache[ReadResult] | NoNearCache[ReadResult],
+        health: RedisHealth | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -146,20 +141,33 @@ class ReadPath:
         self._open_batch = open_batch
         self._waiter = waiter
         self.near_cache = near_cache
+        self.health = health or RedisHealth(store.redis.ping)
         self.origins = OriginAdapters(settings.origin_max_bytes)
         self.queue = QueueBound(store, settings)
+        self._fallback = OriginFallback(self.origins)
 
     # -- reads ----------------------------------------------------------------------------------
 
     def read(self, ns: Namespace, key: str) -> Answer:
         """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
-        if ns.strategy == "naive":
+        if ns.strategy is Strategy.NAIVE:
             return self._read_naive(ns, key)
         near = self.near_cache
         hit = near.get(ns.name, key)
         if hit is not None:
             # Redis would say HIT until the value's XFetch moment: no round trip needed.
             return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
+        if self.health.down:  # known down: answer from memory without waiting on a connect
+            return answer_from_memory(near, ns, key, self._fallback)
+        try:
+            return self._read_through(ns, key)
+        except RedisError as exc:
+            if not self.health.failed_with(exc):
+                raise
+            return answer_from_memory(near, ns, key, self._fallback)
+
+    def _read_through(self, ns: Namespace, key: str) -> Answer:
+        near = self.near_cache
         if self._waiter.waiting_on(ns.name, key):
             # Readers of this process already wait for the key's refresh: join them without a
             # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
@@ -169,10 +177,12 @@ class ReadPath:
         token = new_token()
         read_started = time.monotonic()
         r = self.store.read(ns, key, token)
+        near.redis_answered(read_token)
+        if r.soft_ms is not None:
+            # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
+            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u) if r.decision is Decision.HIT else 0.0
+            near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns))
         if r.decision is Decision.HIT:
-            if r.soft_ms is not None:
-                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u)
-                near.put(ns.name, key, r, r.now_ms, until, read_token)
             return Served(r, AnswerOutcome.HIT, r.now_ms)
         if r.decision in (Decision.EARLY, Decision.STALE):
             outcome = AnswerOutcome.of(r.decision)
@@ -241,7 +251,7 @@ class ReadPath:
                     except QueueRefused:
                         return QUEUE_FULL
                     except BrokerUnavailable:
-                        return Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                        return Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
                     if first.lease_state == LeaseState.COOLDOWN:
@@ -269,7 +279,7 @@ class ReadPath:
                         except QueueRefused:
                             return r, QUEUE_FULL
                         except BrokerUnavailable:
-                            return r, Refused(503, "broker_unavailable", "could not enqueue the refresh", 1)
+                            return r, Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
                     return r, None
 
                 status: str | None = None
@@ -290,7 +300,7 @@ class ReadPath:
                     if remaining <= 0:
                         return Refused(
                             503,
-                            "cold_wait_timeout",
+                            Refusal.COLD_WAIT_TIMEOUT,
                             "the value is being computed; retry shortly",
                             self.settings.cold_wait_timeout_seconds,
                         )
@@ -310,7 +320,7 @@ class ReadPath:
                     self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                 except BrokerUnavailable:
                     pass
-            return Refused(503, "too_many_waiters", "too many requests are waiting for cold keys", 1)
+            return Refused(503, Refusal.TOO_MANY_WAITERS, "too many requests are waiting for cold keys", 1)
 
     def _read_naive(self, ns: Namespace, key: str) -> Answer:
         """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""
@@ -335,7 +345,8 @@ class ReadPath:
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             log.warning("origin error for namespace %s (origin %s): %s", ns.name, ns.origin_name, exc)
-            return Refused(502, exc.code, str(exc))
+            # The fixed text of its code: the exception's own may hold a secret (a DSN, a URL).
+            return refused_by_failure(exc.code)
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         if policy is not None and not policy.storable:
@@ -427,6 +438,7 @@ class ReadPath:
         no refresh that started before the purge can write, and every web process drops the key
         from its near-cache."""
         existed = self.store.soft_purge(ns, key) if soft else self.store.purge(ns, key)
+        self.near_cache.invalidate(ns.name, key)  # also when this process's subscription is down
         told, confirmed = self.store.publish_invalidation(ns, key)
         if confirmed < told:
             log.warning(

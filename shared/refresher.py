@@ -71,11 +71,11 @@ from shared.namespaces import Namespace
 from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
-from shared.protocol import FailureCode, RefreshOutcome, RefreshReason
+from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReason
 from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
-from shared.store import CacheStore, WriteResult
+from shared.store import CacheStore, Fence, WriteResult
 from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
 
 log = logging.getLogger("herdless.engine")
@@ -242,14 +242,12 @@ class Refresher:
         # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a
         # warm-up's queue wait is its own batch ahead of it, which says nothing about the key,
         # and would make the value refresh early by about that much.
-        won_at_ms = _duration_start(req, started_ms)
+        fence = Fence(run_token, started_ms, _duration_start(req, started_ms))
         if isinstance(response, NotModified):
             # Only a conditional call gets one (an origin that sends 304 unasked fails above).
             metrics.ORIGIN_CALLS.labels(ns.name, "not_modified").inc()
             validated_at, stored_lifetimes = (stored.at_ms, stored.lifetimes) if stored else (0, fixed_lifetimes(ns))
-            result = self._write_not_modified(
-                ns, req.key, run_token, started_ms, won_at_ms, validated_at, stored_lifetimes, response
-            )
+            result = self._write_not_modified(ns, key, fence, validated_at, stored_lifetimes, response)
         elif isinstance(response, OriginResponse):
             metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
             metrics.ORIGIN_BYTES.labels(ns.name).inc(len(response.body))
@@ -258,9 +256,7 @@ class Refresher:
                 result = store.fenced_write(
                     ns,
                     key,
-                    run_token,
-                    started_ms=started_ms,
-                    won_at_ms=won_at_ms,
+                    fence,
                     value=response.body,
                     content_type=response.content_type,
                     validators=response.validators,
@@ -269,21 +265,10 @@ class Refresher:
             else:
                 # Handed to the readers waiting now (in the ready message), stored nowhere.
                 hand_over = OriginResponse(response.body, response.content_type)
-                result = store.drop_uncacheable(
-                    ns, key, run_token, started_ms=started_ms, won_at_ms=won_at_ms, hand_over=hand_over
-                )
+                result = store.drop_uncacheable(ns, key, fence, hand_over=hand_over)
         else:
             metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
-            result = store.fenced_write(
-                ns,
-                key,
-                run_token,
-                started_ms=started_ms,
-                won_at_ms=won_at_ms,
-                value=b"",
-                content_type="application/json",
-                negative=True,
-            )
+            result = store.fenced_write(ns, key, fence, value=b"", content_type="application/json", negative=True)
         # The write published "ready" itself: waiters may read whatever is stored now, and
         # near-caches drop the key, whatever its outcome.
         if not result.written:
@@ -298,9 +283,7 @@ class Refresher:
         self,
         ns: Namespace,
         key: str,
-        run_token: str,
-        started_ms: int,
-        won_at_ms: int,
+        fence: Fence,
         validated_at_ms: int,
         stored_lifetimes: Lifetimes,
         response: NotModified,
@@ -308,26 +291,17 @@ class Refresher:
         """A 304: the stored bytes start a new lifetime. Its cache headers, when it has any,
         replace the stored ones (RFC 9111 4.3.4); without any, the value keeps its lifetimes."""
         lifetimes = stored_lifetimes
-        if ns.freshness == "origin" and not response.cache.empty:
+        if ns.freshness is Freshness.ORIGIN and not response.cache.empty:
             policy = self.origins.cache_policy(ns, response.cache)
             if not policy.storable:
                 # The origin now forbids storing what it confirmed: drop it. The bytes are in
                 # Redis only, so the waiters re-read and the next refresh fetches them whole.
-                return self.store.drop_uncacheable(
-                    ns, key, run_token, started_ms=started_ms, won_at_ms=won_at_ms, hand_over=None
-                )
+                return self.store.drop_uncacheable(ns, key, fence, hand_over=None)
             lifetimes = policy.lifetimes
-        elif ns.freshness != "origin":
+        elif ns.freshness is not Freshness.ORIGIN:
             lifetimes = fixed_lifetimes(ns)
         return self.store.revalidate(
-            ns,
-            key,
-            run_token,
-            started_ms=started_ms,
-            won_at_ms=won_at_ms,
-            validated_at_ms=validated_at_ms,
-            validators=response.validators,
-            lifetimes=lifetimes,
+            ns, key, fence, validated_at_ms=validated_at_ms, validators=response.validators, lifetimes=lifetimes
         )
 
 

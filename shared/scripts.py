@@ -40,20 +40,21 @@ from shared.protocol import FailureCode, LuaArgs, WriteMode, lua_script
 # The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
 # read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
 # would cost the origin more than one call per TTL.
-# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st, cd}
+# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st, cd, sie}
 #   (decoded by name in shared/store.py: READ_FIELDS)
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
 #   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent
 #   failure), "queued" (a refresh task for this key is still waiting in the queue)
 #   cd: while cooling down, why the last refresh failed (the reason in the lease value), else ""
+#   st, sie: the value's stale window and stale-if-error allowance (ms), when stored with it
 # The lease is taken when it is free and no message of the key waits in the queue (no marker, or
 # the marker of a run whose lease is gone: that run cannot write any more).
 # ARGV stays positional: see shared/protocol.py (named pairs would cost every read ~5 µs of Redis).
 READ = lua_script(
     """
 local now = now_ms()
-local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u', 'st')
+local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u', 'st', 'sie')
 local decision
 local soft = tonumber(e[5])
 if not soft then
@@ -92,7 +93,8 @@ if decision ~= 'HIT' and ARGV[5] == '1' then
   end
 end
 return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
-        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false, cd}
+        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false, cd,
+        e[10] or false}
 """
 )
 

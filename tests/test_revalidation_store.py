@@ -7,12 +7,11 @@ import json
 
 import pytest
 
-from shared.channels import READY_CHANNEL
 from shared.freshness import Lifetimes
-from shared.keys import EntryKeys
+from shared.keys import DEFAULT_KEYSPACE, EntryKeys
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
-from shared.store import CacheStore, WriteResult, new_token
+from shared.store import CacheStore, Fence, WriteResult, new_token
 from shared.xfetch import Decision, may_revalidate
 
 V1 = Validators(etag='"v1"', last_modified="Wed, 25 Nov 2026 10:00:00 GMT")
@@ -35,9 +34,7 @@ def write(store: CacheStore, ns: Namespace, key: str, value: bytes, started: int
     result = store.fenced_write(
         ns,
         key,
-        run_lease(store, ns, key),
-        started_ms=started,
-        won_at_ms=started,
+        Fence(run_lease(store, ns, key), started, started),
         value=value,
         content_type="text/plain",
         validators=V1,
@@ -53,9 +50,7 @@ def revalidate(
     return store.revalidate(
         ns,
         key,
-        run_token,
-        started_ms=started,
-        won_at_ms=started,
+        Fence(run_token, started, started),
         validated_at_ms=validated_at,
         validators=Validators(),
         lifetimes=LIFE,
@@ -96,9 +91,7 @@ def test_a_304_replaces_the_validators_it_carries(store: CacheStore, ns: Namespa
     result = store.revalidate(
         ns,
         "k",
-        run_lease(store, ns, "k"),
-        started_ms=store.now_ms(),
-        won_at_ms=store.now_ms(),
+        Fence(run_lease(store, ns, "k"), store.now_ms(), store.now_ms()),
         validated_at_ms=at,
         validators=Validators(etag='"v1b"'),
         lifetimes=LIFE,
@@ -180,14 +173,12 @@ def test_revalidate_script_agrees_with_the_pure_rule(
 def test_no_stored_validators_without_an_origin_validator_or_for_a_404(store: CacheStore, ns: Namespace) -> None:
     started = store.now_ms()
     store.fenced_write(
-        ns, "plain", run_lease(store, ns, "plain"), started_ms=started, won_at_ms=started, value=b"x", content_type="t"
+        ns, "plain", Fence(run_lease(store, ns, "plain"), started, started), value=b"x", content_type="t"
     )
     store.fenced_write(
         ns,
         "gone",
-        run_lease(store, ns, "gone"),
-        started_ms=started,
-        won_at_ms=started,
+        Fence(run_lease(store, ns, "gone"), started, started),
         value=b"",
         content_type="t",
         negative=True,
@@ -202,14 +193,12 @@ def test_an_uncacheable_answer_is_handed_over_in_the_ready_message_and_deletes_t
 ) -> None:
     write(store, ns, "u", b"old", store.now_ms() - 1000)
     pubsub = store.redis.pubsub()
-    pubsub.subscribe(READY_CHANNEL)
+    pubsub.subscribe(DEFAULT_KEYSPACE.ready_channel)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     result = store.drop_uncacheable(
         ns,
         "u",
-        run_lease(store, ns, "u"),
-        started_ms=store.now_ms(),
-        won_at_ms=store.now_ms(),
+        Fence(run_lease(store, ns, "u"), store.now_ms(), store.now_ms()),
         hand_over=OriginResponse(b"\x00secret\xff", "application/octet-stream"),
     )
     assert result.status == "uncacheable" and not result.written
@@ -227,14 +216,12 @@ def test_an_uncacheable_answer_from_a_run_that_lost_its_lease_hands_nothing_over
     run_token = run_lease(store, ns, "u")
     store.purge(ns, "u")
     pubsub = store.redis.pubsub()
-    pubsub.subscribe(READY_CHANNEL)
+    pubsub.subscribe(DEFAULT_KEYSPACE.ready_channel)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     result = store.drop_uncacheable(
         ns,
         "u",
-        run_token,
-        started_ms=store.now_ms(),
-        won_at_ms=store.now_ms(),
+        Fence(run_token, store.now_ms(), store.now_ms()),
         hand_over=OriginResponse(b"from before the purge", "text/plain"),
     )
     assert result.status == "lost_lease"

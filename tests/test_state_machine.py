@@ -23,7 +23,7 @@ from shared.keys import EntryKeys
 from shared.namespaces import build_namespace
 from shared.origin import Validators
 from shared.settings import Settings
-from shared.store import CacheStore, make_redis, new_token
+from shared.store import CacheStore, Fence, make_redis, new_token
 from shared.xfetch import Decision
 from tests.stack import RedisServer
 
@@ -216,9 +216,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             result = store.fenced_write(
                 ns,
                 run.key,
-                run.run_token,
-                started_ms=run.started,
-                won_at_ms=run.started,
+                Fence(run.run_token, run.started, run.started),
                 value=run.value,
                 content_type="text/plain",
             )
@@ -241,9 +239,7 @@ def test_the_protocol_keeps_its_invariants_under_random_interleavings(machine_re
             result = store.revalidate(
                 ns,
                 run.key,
-                run.run_token,
-                started_ms=run.started,
-                won_at_ms=run.started,
+                Fence(run.run_token, run.started, run.started),
                 validated_at_ms=run.validated_at or 0,
                 validators=Validators(),
                 lifetimes=fixed_lifetimes(ns),

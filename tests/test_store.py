@@ -8,7 +8,7 @@ import pytest
 
 from shared.keys import EntryKeys, InvalidKey, decode_key, validate_key
 from shared.namespaces import Namespace
-from shared.store import CacheStore, new_token
+from shared.store import CacheStore, Fence, new_token
 from shared.xfetch import Decision, may_write, smooth_delta
 
 
@@ -29,7 +29,7 @@ def _write(
     run_token = run_token or _run_lease(store, ns, key)
     started = store.now_ms() if started is None else started
     return store.fenced_write(
-        ns, key, run_token, started_ms=started, won_at_ms=started, value=value, content_type="text/plain"
+        ns, key, Fence(run_token, started, started), value=value, content_type="text/plain"
     ).written
 
 
@@ -219,9 +219,7 @@ def test_the_write_script_measures_and_smooths_refresh_duration_like_the_pure_ru
     first = store.fenced_write(
         ns,
         "d",
-        _run_lease(store, ns, "d"),
-        started_ms=won_at + 1,
-        won_at_ms=won_at,
+        Fence(_run_lease(store, ns, "d"), won_at + 1, won_at),
         value=b"1",
         content_type="text/plain",
     )
@@ -230,9 +228,7 @@ def test_the_write_script_measures_and_smooths_refresh_duration_like_the_pure_ru
     second = store.fenced_write(
         ns,
         "d",
-        _run_lease(store, ns, "d"),
-        started_ms=won_again + 1,
-        won_at_ms=won_again,
+        Fence(_run_lease(store, ns, "d"), won_again + 1, won_again),
         value=b"2",
         content_type="text/plain",
     )
@@ -246,9 +242,7 @@ def test_negative_entries_are_read_back_as_negative(store: CacheStore, ns: Names
     assert store.fenced_write(
         ns,
         "gone",
-        run_token,
-        started_ms=started,
-        won_at_ms=started,
+        Fence(run_token, started, started),
         value=b"",
         content_type="application/json",
         negative=True,
@@ -309,7 +303,7 @@ def test_a_write_needs_the_lease_its_run_claimed(store: CacheStore, ns: Namespac
     run_token = _run_lease(store, ns, "w")
     store.redis.delete(EntryKeys.of(ns.name, "w").lease)  # the lease ran out during the call
     result = store.fenced_write(
-        ns, "w", run_token, started_ms=store.now_ms(), won_at_ms=store.now_ms(), value=b"x", content_type="text/plain"
+        ns, "w", Fence(run_token, store.now_ms(), store.now_ms()), value=b"x", content_type="text/plain"
     )
     assert result.status == "lost_lease"
     assert store.read(ns, "w", new_token()).decision is Decision.MISS
@@ -337,9 +331,7 @@ def test_a_soft_purge_fences_a_refresh_that_started_before_it(store: CacheStore,
     run_token = _run_lease(store, ns, "sp")
     started = store.now_ms()
     assert store.soft_purge(ns, "sp")
-    result = store.fenced_write(
-        ns, "sp", run_token, started_ms=started, won_at_ms=started, value=b"v2", content_type="text/plain"
-    )
+    result = store.fenced_write(ns, "sp", Fence(run_token, started, started), value=b"v2", content_type="text/plain")
     assert not result.written
     r = store.read(ns, "sp", new_token())
     assert r.decision is Decision.STALE and r.value == b"v1"
@@ -367,7 +359,7 @@ def test_a_purge_is_final_even_when_the_refresh_outlives_its_tombstone(store: Ca
     assert store.purge(ns, "long")
     store.redis.delete(EntryKeys.of(ns.name, "long").tombstone)  # the call outlived every timer
     result = store.fenced_write(
-        ns, "long", run_token, started_ms=started, won_at_ms=started, value=b"purged", content_type="text/plain"
+        ns, "long", Fence(run_token, started, started), value=b"purged", content_type="text/plain"
     )
     assert result.status == "lost_lease"
     assert store.read(ns, "long", new_token()).decision is Decision.MISS

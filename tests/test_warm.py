@@ -12,7 +12,7 @@ from shared.origin_slots import OriginSlots
 from shared.readpath import NoNearCache, ReadPath, SendRefresh, WarmIncomplete
 from shared.refresher import Refresher
 from shared.settings import Settings
-from shared.store import CacheStore, new_token
+from shared.store import CacheStore, Fence, new_token
 from shared.tasks import RefreshRequest, queued_marker_ttl_seconds, refresh_expiry_seconds, refresh_priority
 from shared.xfetch import Decision
 
@@ -23,9 +23,7 @@ def _fresh(store: CacheStore, ns: Namespace, key: str) -> None:
     run = store.claim(ns, key, token)
     assert run is not None
     now = store.now_ms()
-    assert store.fenced_write(
-        ns, key, run, started_ms=now, won_at_ms=now, value=b"v", content_type="text/plain"
-    ).written
+    assert store.fenced_write(ns, key, Fence(run, now, now), value=b"v", content_type="text/plain").written
 
 
 def _read_path(settings: Settings, store: CacheStore, send: SendRefresh) -> ReadPath:

@@ -12,14 +12,17 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from shared.coldwait import ColdWaitHub
+from shared.degraded import PROBE_SECONDS, RedisHealth
 from shared.exposition import build_registry, configure_rate_recorder
+from shared.keys import Keyspace
 from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
-from shared.nearcache import NearCache
-from shared.readpath import NoNearCache, ReadPath
+from shared.nearcache import NearCache, NoNearCache
+from shared.protocol import Refusal
+from shared.readpath import ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
-from shared.tasks import QUEUE, RefreshRequest, celery_config, longest_origin_timeout, send_refresh
+from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
 from web.http import AnythingConverter, json_error
 from web.openapi import bp as openapi_bp
 from web.routes import bp as routes_bp
@@ -49,7 +52,7 @@ def warm_broker_connection(client: Celery) -> bool:
     try:
         client.backend  # noqa: B018 - the property resolves and caches the backend
         with client.producer_or_acquire() as producer:
-            producer.maybe_declare(client.amqp.queues[QUEUE], retry=False)
+            producer.maybe_declare(client.amqp.queues[client.conf.task_default_queue], retry=False)
         return True
     except Exception:  # noqa: BLE001 - kombu and redis raise many types; all mean "not now"
         return False
@@ -89,9 +92,27 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     # The near-cache serves nothing until the hub's subscription is up (it starts suspended).
     near_cache: NearCache[ReadResult] | None = (
-        NearCache(settings.near_cache_max_bytes) if settings.near_cache and settings.near_cache_max_bytes else None
+        NearCache(settings.near_cache_max_bytes, max_entries=settings.near_cache_max_entries)
+        if settings.near_cache and settings.near_cache_max_bytes
+        else None
     )
-    waiter = ColdWaitHub(lambda: pubsub_client(settings), settings.max_cold_waiters, near_cache, ack_client=client)
+    # While Redis is unreachable the read path answers from memory and this probe, on a
+    # connection of its own (the pool's may all be busy or broken), notices its return; the
+    # pool's connections, broken by the outage, are dropped then rather than failing one by one.
+    probe_client = make_redis(settings, socket_timeout=PROBE_SECONDS * 2, socket_connect_timeout=PROBE_SECONDS * 2)
+    pool = getattr(client, "connection_pool", None)
+    health = RedisHealth(
+        probe_client.ping,
+        on_recovery=(lambda: pool.disconnect(inuse_connections=False)) if pool is not None else None,
+    )
+    waiter = ColdWaitHub(
+        lambda: pubsub_client(settings),
+        settings.max_cold_waiters,
+        near_cache,
+        ack_client=client,
+        keys=Keyspace.of(settings),
+        on_subscribed=health.reachable,
+    )
 
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)
@@ -109,6 +130,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         open_batch=enqueue_batch,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
+        health=health,
     )
     app.extensions[EXTENSION] = WebState(
         settings=settings,
@@ -133,7 +155,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(RedisError)
     def _redis_error(exc: RedisError) -> Response:
         app.logger.warning("redis unavailable: %s", type(exc).__name__)
-        return json_error(503, "redis_unavailable", "the cache store is unreachable", {"Retry-After": "1"})
+        return json_error(503, Refusal.REDIS_UNAVAILABLE, "the cache store is unreachable", {"Retry-After": "1"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -13,16 +13,15 @@ import requests
 
 from shared.keys import EntryKeys
 from tests.faults.observe import web_metric
-from tests.stack import Stack, wait_until
+from tests.stack import BROKER_LISTS, Stack, wait_until
 
-ADMIN = "warm-admin-t0ken"
+ADMIN = "warm-admin-t0ken-5e2413ae56c92e552e35f91"
 WARM_MAX_KEYS = 2500
 NAMESPACES = """
 [namespaces.w]
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 300
 """
-BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
 
 
 STACK_NAMESPACES = NAMESPACES
@@ -185,7 +184,15 @@ def test_only_the_admin_token_may_warm(stack: Stack) -> None:
     for token in ("nope", ADMIN + "x", ADMIN.upper()):
         r = warm(stack, {"keys": keys}, token=token)
         assert r.status_code == 403 and r.json()["error"] == "forbidden", (token, r.text)
-    unknown = requests.post(f"{stack.web_url}/v1/cache/nope/warm", json={"keys": keys}, timeout=10)
+    # The token is checked first: without it an unknown namespace looks like a known one.
+    anonymous = requests.post(f"{stack.web_url}/v1/cache/nope/warm", json={"keys": keys}, timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+    unknown = requests.post(
+        f"{stack.web_url}/v1/cache/nope/warm",
+        json={"keys": keys},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=10,
+    )
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_namespace"
     assert warm_enqueued(stack) == before and refresh_state(stack, keys) == 0
     # The key named "warm" is still a key: refreshed at .../warm/refresh, read at .../warm.

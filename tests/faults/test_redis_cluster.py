@@ -25,7 +25,7 @@ cache_ttl_seconds = 60
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 1
 """
-ADMIN = "cluster-admin"
+ADMIN = "cluster-admin-6e5263a7e09f3a31d43a4cb9ac"
 HERD = 60
 
 

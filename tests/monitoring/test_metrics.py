@@ -18,7 +18,7 @@ import requests
 from shared.keys import EntryKeys
 from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES
 from tests.faults.observe import queued_refreshes
-from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
+from tests.stack import PYTHON, UNACKED, Proc, Stack, cold_herd, free_port, metric, wait_until
 
 WEB_METRICS = [
     "herdless_requests_total",
@@ -32,6 +32,8 @@ WEB_METRICS = [
     "herdless_near_cache_total",
     "herdless_near_cache_bytes",
     "herdless_cold_wakeups_total",
+    "herdless_redis_degraded",
+    "herdless_degraded_answers_total",
 ]
 WORKER_METRICS = [
     "herdless_refresh_total",
@@ -302,6 +304,23 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
     assert "slot_timeout" in after["worker"]["refreshes"]
 
 
+def test_metrics_name_each_origin_by_its_namespaces_never_by_host_or_module(stack: Stack) -> None:
+    assert stack.get("herd", "origin-labels").status_code == 200
+    assert stack.get("py-typed", "boom-origin-labels").status_code == 502  # a slot wait, a failure
+    demo = "origin of demo, demo-lock, demo-naive, demo-swr, herd"
+    pages = {
+        "web": requests.get(stack.web_url + "/metrics", timeout=5).text,
+        "worker": requests.get(stack.worker_metrics_url, timeout=5).text,
+    }
+    for tier, text in pages.items():
+        labels = set(re.findall(r'\borigin="([^"]*)"', text))
+        assert labels == {demo, "origin of py-typed"}, (tier, labels)
+        assert stack.origin_url.removeprefix("http://") not in text, tier
+        assert "tests.origins:typed" not in text, tier
+    assert metric(pages["worker"], "herdless_breaker_state", origin="origin of py-typed") == 0
+    assert metric(pages["worker"], "herdless_origin_slot_wait_seconds_count", origin=demo) >= 1
+
+
 def _pool_children(main_pid: int) -> set[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(main_pid)], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
@@ -342,7 +361,7 @@ def test_a_refresh_that_failed_is_a_failure_in_flower_with_its_reason_and_is_not
     assert "not JSON-able" in info["exception"]
     # Acknowledged before the failure event was sent, and never retried or redelivered.
     redis = stack.redis.client()
-    assert task["uuid"] not in str(redis.hgetall("unacked"))
+    assert task["uuid"] not in str(redis.hgetall(UNACKED))
     assert key not in [k for k, _ in queued_refreshes(redis)]
     # ...and its queued marker went with the acknowledgement: the next read may enqueue again.
     assert redis.exists(EntryKeys.of("py-typed", key).queued) == 0
