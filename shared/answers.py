@@ -61,14 +61,20 @@ FAILURE_DETAILS: dict[FailureCode, str] = {
         "the origin's circuit breaker is open after repeated failures; no call until it half-opens"
     ),
     FailureCode.ORIGIN_BUSY: "every concurrency slot of the origin stayed taken (ORIGIN_MAX_CONCURRENCY)",
+    FailureCode.OUT_OF_MEMORY: "Redis is at its maxmemory and refused to store the refreshed value",
 }
 
 
 def refused_by_failure(failure: str, retry_after_s: float | None = None) -> Refused:
     """The 502 of a key whose last origin call failed for `failure` (a FailureCode; an unknown
-    or missing one, from an older worker, is a plain origin_error), with its fixed detail."""
+    or missing one, from an older worker, is a plain origin_error), with its fixed detail; a
+    503 when the store, not the origin, refused (out_of_memory)."""
     code = FailureCode.parse(failure)
-    return Refused(502, code, FAILURE_DETAILS[code], retry_after_s)
+    return Refused(503 if code is FailureCode.OUT_OF_MEMORY else 502, code, FAILURE_DETAILS[code], retry_after_s)
+
+
+QUEUE_FULL = Refused(503, Refusal.QUEUE_FULL, "too many refreshes wait in the queue (MAX_QUEUED_REFRESHES)", 1)
+OUT_OF_MEMORY = Refused(503, Refusal.OUT_OF_MEMORY, "Redis is at its maxmemory: no new value can be stored now", 1)
 
 
 Answer = Served | Unstored | Refused

@@ -44,6 +44,7 @@ class LeaseState(StrEnum):
     HELD = "held"  # a refresh holds it
     COOLDOWN = "cooldown"  # the last refresh failed: the key backs off
     QUEUED = "queued"  # READ only: a refresh task of the key still waits in the queue
+    OUT_OF_MEMORY = "out_of_memory"  # READ only: free, but Redis at maxmemory refused to store it
 
 
 class MarkerState(StrEnum):
@@ -138,6 +139,7 @@ class FailureCode(StrEnum):
     ORIGIN_UNIMPORTABLE = "origin_unimportable"
     BREAKER_OPEN = "breaker_open"
     ORIGIN_BUSY = "origin_busy"
+    OUT_OF_MEMORY = "out_of_memory"  # Redis at maxmemory refused the refresh's write
 
     @classmethod
     def parse(cls, text: str) -> FailureCode:
@@ -172,6 +174,7 @@ class Refusal(StrEnum):
     TOO_MANY_WAITERS = "too_many_waiters"  # the process holds MAX_COLD_WAITERS already
     REDIS_UNAVAILABLE = "redis_unavailable"  # the cache store is unreachable
     QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES refreshes wait in the queue already
+    OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: a cold key cannot be stored now
 
 
 class Strategy(StrEnum):
@@ -216,6 +219,13 @@ class SuppressReason(StrEnum):
     COALESCED = "coalesced"
     QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES messages wait already
     OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: the lease could not be stored
+
+
+# The suppression a read counts when the lease it wanted was not free (any other state: held).
+SUPPRESSED_BY_LEASE = {
+    LeaseState.COOLDOWN: SuppressReason.COOLDOWN,
+    LeaseState.OUT_OF_MEMORY: SuppressReason.OUT_OF_MEMORY,
+}
 
 
 class AdmitState(StrEnum):
@@ -292,6 +302,11 @@ def parse_marker(value: str) -> Marker:
     return Marker(value, None, False)
 
 
+def cooldown_value(token: str, code: FailureCode) -> str:
+    """A lease that serves as a cooldown (the Lua prelude's cooldown_value)."""
+    return f"{COOLDOWN_PREFIX}{token}:{code}"
+
+
 def lease_state_of(value: str) -> tuple[LeaseState, FailureCode | NoCode]:
     """A stored lease value ("" when absent) as (state, the cooldown's code or "")."""
     if not value:
@@ -354,16 +369,22 @@ def _calls(text: str, name: str) -> bool:
     return re.search(rf"(?<![\w.]){name}\(", text) is not None
 
 
-def lua_script(body: str) -> str:
+def lua_script(body: str, *, refused_at_maxmemory: bool = False) -> str:
     """A script's full text: the prelude's functions that `body` calls (with the ones those
-    call), in the prelude's order, then `body`."""
+    call), in the prelude's order, then `body`.
+
+    refused_at_maxmemory: the script opens with a ``#!lua`` shebang and no ``allow-oom`` flag, so
+    Redis (7+) refuses it with OOM before it runs once used memory passes ``maxmemory``. Without
+    one, Redis refuses only a script's first command that may grow memory, and lets every command
+    after a first write through: a write script that starts with a DEL wrote past the limit."""
     needed = {name for name in LUA_HELPERS if _calls(body, name)}
     grew = True
     while grew:
         more = {dep for name in needed for dep in LUA_HELPERS if dep != name and _calls(LUA_HELPERS[name], dep)}
         grew = not more <= needed
         needed |= more
-    return "".join(text for name, text in LUA_HELPERS.items() if name in needed) + "\n" + body
+    shebang = "#!lua\n" if refused_at_maxmemory else ""
+    return shebang + "".join(text for name, text in LUA_HELPERS.items() if name in needed) + "\n" + body
 
 
 class LuaArgs:

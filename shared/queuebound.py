@@ -29,8 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.exceptions import OutOfMemoryError
+
 from shared import metrics
-from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.protocol import AdmitState, SuppressReason, lua_script
 from shared.replies import decode_text
@@ -38,9 +39,6 @@ from shared.settings import Settings
 from shared.store import CacheStore
 from shared.tasks import queued_marker_ttl_seconds
 
-WAITING_KEY = "hl:queue:waiting"
-TOKENS_KEY = "hl:queue:tokens"
-CONSUMING_KEY = "hl:queue:consuming"
 CONSUMING_BEAT_SECONDS = 5.0
 # Entries trimmed per ADMIT at most: bounds one script's run time (Lua's unpack limit is 8 000).
 TRIM_BATCH = 500
@@ -71,7 +69,8 @@ if not force and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return {'admitted', ARGV[2]}
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 # DEPART: the message enqueued with this token left the queue (a worker took it, dropped it as
@@ -80,11 +79,14 @@ return {'admitted', ARGV[2]}
 # ARGV[3] "1" when a worker took it (it is consuming now). Returns 1 if the entry was removed.
 DEPART = lua_script(
     """
-if ARGV[3] == '1' then redis.call('SET', KEYS[3], now_ms()) end
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
+local removed = 0
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  removed = redis.call('ZREM', KEYS[1], ARGV[1])
+end
+-- At maxmemory the moment is not stored (pcall): the departure itself must still count.
+if ARGV[3] == '1' then redis.pcall('SET', KEYS[3], now_ms()) end
+return removed
 """
 )
 
@@ -92,7 +94,7 @@ return 1
 CONSUMING = lua_script(
     """
 local now = now_ms()
-redis.call('SET', KEYS[1], now)
+redis.pcall('SET', KEYS[1], now)
 return now
 """
 )
@@ -109,7 +111,8 @@ local queued = redis.call('GET', KEYS[2])
 if queued and queued ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 
@@ -161,6 +164,7 @@ class QueueBound:
     def __init__(self, store: CacheStore, settings: Settings) -> None:
         self.store = store
         self.redis = client = store.redis
+        self.keys = store.keys
         self.max_waiting = settings.max_queued_refreshes
         self.marker_ttl_ms = int(queued_marker_ttl_seconds(settings) * 1000)
         self._admit = client.register_script(ADMIT)
@@ -169,7 +173,7 @@ class QueueBound:
         self._coalesce = client.register_script(COALESCE)
 
     def _keys(self) -> list[str]:
-        return [WAITING_KEY, TOKENS_KEY, CONSUMING_KEY]
+        return [self.keys.queue_waiting, self.keys.queue_tokens, self.keys.queue_consuming]
 
     def admit(self, namespace: str, key: str, token: str, *, force: bool = False) -> Admission:
         raw = self._admit(
@@ -182,8 +186,14 @@ class QueueBound:
         return Admission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
 
     def admit_or_give_back(self, ns: Namespace, key: str, token: str) -> AdmitState:
-        """Admit the refresh `token` won; unless admitted, give back what it won (and count why)."""
-        admission = self.admit(ns.name, key, token)
+        """Admit the refresh `token` won; unless admitted, give back what it won (and count why).
+        Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue."""
+        try:
+            admission = self.admit(ns.name, key, token)
+        except OutOfMemoryError:
+            self.store.finish(ns, key, token)
+            metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.OUT_OF_MEMORY).inc()
+            return AdmitState.FULL
         if admission.state is AdmitState.QUEUED:
             self.coalesce(ns.name, key, token, admission.waiting_token)
             metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.COALESCED).inc()
@@ -194,15 +204,15 @@ class QueueBound:
 
     def coalesce(self, namespace: str, key: str, token: str, waiting_token: str) -> None:
         """Give the lease `token` won back; the key's marker names its waiting message again."""
-        k = EntryKeys.of(namespace, key)
+        k = self.keys.entry(namespace, key)
         self._coalesce(keys=[k.lease, k.queued], args=[token, waiting_token, self.marker_ttl_ms])
 
     def depart(self, namespace: str, key: str, token: str, *, taken: bool = False) -> None:
         self._depart(keys=self._keys(), args=[member(namespace, key), token, "1" if taken else "0"])
 
     def consuming(self) -> None:
-        self._consuming(keys=[CONSUMING_KEY])
+        self._consuming(keys=[self.keys.queue_consuming])
 
     def waiting(self) -> int:
         """Messages registered as waiting (lost ones included until trimmed)."""
-        return int(self.redis.zcard(WAITING_KEY))
+        return int(self.redis.zcard(self.keys.queue_waiting))

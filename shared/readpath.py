@@ -27,10 +27,10 @@ Reads (web tier, one Redis round trip, ``READ``)
     ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to be published (one re-read per wake-up,
     shared by the key's waiters in the process); if it finds the lease free (its refresher
     died) it takes it over; if the key is cooling down it answers 502 at once. If the queue
-    refuses the task the lease and marker are given back, so the next read retries. Before it
-    sends, the winner asks the queue's bound (``shared/queuebound.py``): if the key's message
-    still waits (its marker lapsed while no worker consumed) it sends none and waits for that
-    one; if MAX_QUEUED_REFRESHES wait, it sends none and a cold read answers 503 ``queue_full``.
+    refuses the task the lease and marker are given back, so the next read retries. The winner
+    sends only what the queue's bound admits (``shared/queuebound.py``: one waiting message per
+    key, MAX_QUEUED_REFRESHES in all; past it a cold read answers 503 ``queue_full`` at once).
+    At Redis's maxmemory no lease is stored: a stale value is served, a cold read refused.
 
 Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
@@ -78,7 +78,7 @@ from contextlib import AbstractContextManager, ExitStack
 from redis.exceptions import RedisError
 
 from shared import metrics
-from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
+from shared.answers import OUT_OF_MEMORY, QUEUE_FULL, Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
 from shared.freshness import CachePolicy
@@ -88,6 +88,7 @@ from shared.nearcache import NoNearCache as NoNearCache
 from shared.origin import NotFound, NotModified, OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.protocol import (
+    SUPPRESSED_BY_LEASE,
     AdmitState,
     AnswerOutcome,
     Decision,
@@ -105,9 +106,6 @@ from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import RefreshRequest
 
 log = logging.getLogger("herdless.engine")
-
-
-QUEUE_FULL = Refused(503, Refusal.QUEUE_FULL, "too many refreshes wait in the queue (MAX_QUEUED_REFRESHES)", 1)
 
 
 SendRefresh = Callable[[RefreshRequest], None]
@@ -199,7 +197,7 @@ class ReadPath:
         return self._wait_for_refresh(ns, key, r, token, read_started)
 
     def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
-        reason = SuppressReason.COOLDOWN if r.lease_state == LeaseState.COOLDOWN else SuppressReason.LEASE_HELD
+        reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
         metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
@@ -254,6 +252,8 @@ class ReadPath:
                         return Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
+                    if first.lease_state == LeaseState.OUT_OF_MEMORY:
+                        return OUT_OF_MEMORY
                     if first.lease_state == LeaseState.COOLDOWN:
                         metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
                         return refused_by_failure(first.failure, first.lease_pttl_ms / 1000)

@@ -64,6 +64,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from redis.exceptions import OutOfMemoryError
+
 from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.freshness import Lifetimes, fixed_lifetimes
@@ -154,13 +156,20 @@ class Refresher:
 
     def _refresh(self, ns: Namespace, req: RefreshRequest) -> RefreshReport:
         store, key = self.store, req.key
-        run_token = store.claim(ns, key, req.token)
-        if run_token is None:
-            # The lease ran out while this task waited, or another run holds it.
-            return RefreshReport(RefreshOutcome.LOST_LEASE)
+        run_token: str | None = None
         try:
+            run_token = store.claim(ns, key, req.token)
+            if run_token is None:
+                # The lease ran out while this task waited, or another run holds it.
+                return RefreshReport(RefreshOutcome.LOST_LEASE)
             return self._run_claimed(ns, req, run_token)
+        except OutOfMemoryError:
+            # Redis at maxmemory refused the claim or a write before it ran (shared/maxmemory.py).
+            store.record_refused_write(ns, key, req.token, run_token)
+            return RefreshReport(RefreshOutcome.OUT_OF_MEMORY, FailureCode.OUT_OF_MEMORY, "Redis is at maxmemory")
         except BaseException:
+            if run_token is None:
+                raise
             # Whatever stopped the run, the key must not stay blocked until its lease runs out.
             try:
                 store.end_run(ns, key, run_token)

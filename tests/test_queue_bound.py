@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from shared.keys import EntryKeys
+from shared.keys import DEFAULT_KEYSPACE
 from shared.namespaces import Namespace
 from shared.protocol import AdmitState
-from shared.queuebound import WAITING_KEY, QueueBound
+from shared.queuebound import QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, make_redis
 from tests.stack import RedisServer
@@ -56,7 +56,7 @@ def test_an_entry_whose_message_was_lost_is_trimmed_once_workers_consumed_for_a_
     time.sleep(0.3)
     queue.consuming()
     assert queue.admit("t", "other", "tok2").state is AdmitState.ADMITTED
-    assert redis_server.client().zrange(WAITING_KEY, 0, -1) == [b"t:other"]
+    assert redis_server.client().zrange(DEFAULT_KEYSPACE.queue_waiting, 0, -1) == [b"t:other"]
 
 
 def test_coalescing_hands_the_key_back_to_its_waiting_message_which_can_claim_it(
@@ -66,7 +66,7 @@ def test_coalescing_hands_the_key_back_to_its_waiting_message_which_can_claim_it
     assert store.read(ns, "k", "first").won_lease
     assert queue.admit(ns.name, "k", "first").state is AdmitState.ADMITTED
     # The marker and lease lapsed while no worker ran; a later read wins the key again.
-    k = EntryKeys.of(ns.name, "k")
+    k = DEFAULT_KEYSPACE.entry(ns.name, "k")
     store.redis.delete(k.lease, k.queued)
     assert store.read(ns, "k", "second").won_lease
     assert queue.admit_or_give_back(ns, "k", "second") is AdmitState.QUEUED

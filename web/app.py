@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from celery import Celery
 from flask import Flask, Response
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from werkzeug.exceptions import HTTPException
 
 from shared.coldwait import ColdWaitHub
@@ -154,6 +154,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(RedisError)
     def _redis_error(exc: RedisError) -> Response:
+        if isinstance(exc, OutOfMemoryError):  # a purge or warm-up refused at maxmemory (shared/maxmemory.py)
+            return json_error(503, Refusal.OUT_OF_MEMORY, "Redis is at its maxmemory", {"Retry-After": "1"})
         app.logger.warning("redis unavailable: %s", type(exc).__name__)
         return json_error(503, Refusal.REDIS_UNAVAILABLE, "the cache store is unreachable", {"Retry-After": "1"})
 

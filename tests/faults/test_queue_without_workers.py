@@ -9,7 +9,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shared.queuebound import WAITING_KEY
+from shared.keys import DEFAULT_KEYSPACE
 from tests.faults.observe import queued_refreshes
 from tests.stack import stack_for, wait_until
 
@@ -100,6 +100,6 @@ def test_without_workers_the_queue_holds_one_message_per_key_and_at_most_max_que
         # A worker comes back: it runs (or drops as expired) every message, and nothing stays behind.
         stack.start_worker("late", wait=True)
         wait_until(lambda: not queued_refreshes(redis), 30, "the queue to drain")
-        wait_until(lambda: redis.zcard(WAITING_KEY) == 0, 10, "the registry of waiting messages to empty")
+        wait_until(lambda: redis.zcard(DEFAULT_KEYSPACE.queue_waiting) == 0, 10, "the registry to empty")
         wait_until(lambda: stack.get("q", "hot").status_code == 200, 10, "the hot key to be served")
         wait_until(lambda: stack.get("q", "cold-999").status_code == 200, 10, "a refused key to be served")
