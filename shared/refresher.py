@@ -12,7 +12,9 @@ claim makes the lease **running** (it holds that run's own token) and the marker
 marker (``r:<task token>``); a failed refresh leaves the lease **cooling down**
 (``cd:<token>:<code>``); a write frees it. The marker lives exactly as long as the task's
 message: it is cleared when the worker has acknowledged the message (``finish``) or the message
-expires unrun (``discard_expired``).
+expires unrun (``discard_expired``). Taking a message off the queue also removes it from the
+queue's registry of waiting messages (``shared/queuebound.py``); a refresh whose claim or write
+Redis refuses at its maxmemory cools its key down and wakes its waiters (``shared/maxmemory.py``).
 
 Refreshes (worker, ``Refresher.run``)
     ``CLAIM`` turns the won lease into the run's own: the lease value becomes a run token that
