@@ -1,4 +1,4 @@
-"""Redis clients for both tiers: a URL or a Cluster, no retries hidden in the driver, a subscriber connection."""
+"""Redis clients for both tiers: a URL, a Cluster or the primary of Sentinel; no retries in the driver; a subscriber."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from shared.settings import Settings
 
@@ -34,7 +36,8 @@ def make_redis(
     pool_wait_seconds: float | None = None,
     **kwargs: Any,
 ) -> Any:
-    """A Redis client for the cache: a plain client, or a cluster client when REDIS_CLUSTER=true.
+    """A Redis client for the cache: a plain client, a cluster client when REDIS_CLUSTER=true, or
+    the primary the sentinels of REDIS_SENTINELS name for REDIS_SENTINEL_MASTER.
 
     pool_size caps the connections a process may open. With pool_wait_seconds, a caller that
     finds all of them busy waits up to that long for one (a blocking pool) instead of failing:
@@ -56,10 +59,37 @@ def make_redis(
     if settings.redis_cluster:
         opts.pop("health_check_interval", None)
         return RedisCluster.from_url(url, **opts)
+    if settings.redis_sentinels:
+        return _sentinel_primary(settings, url, opts, pool_wait_seconds if pool_size else None)
     if pool_size and pool_wait_seconds is not None:
         pool = redis.BlockingConnectionPool.from_url(url, timeout=pool_wait_seconds, **opts)
         return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **opts)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """A Sentinel-managed pool whose callers wait for a free connection (as the plain blocking
+    pool's do) instead of failing with "Too many connections"."""
+
+
+def _sentinel_primary(settings: Settings, url: str, opts: dict[str, Any], pool_wait_seconds: float | None) -> Any:
+    """The client of the current primary: every new connection asks the sentinels where it is, so
+    after a failover the connections broken by the old primary's loss reconnect to the new one.
+    REDIS_URL still gives the password, user, database and TLS; its host and port are unused.
+    The sentinels are asked with the same timeouts (and no password: they rarely have one)."""
+    params = {k: v for k, v in parse_url(url).items() if k not in ("host", "port", "path")}
+    if params.pop("connection_class", None) is SSLConnection:
+        params["ssl"] = True
+    sentinel = Sentinel(
+        settings.sentinel_addresses,
+        sentinel_kwargs={k: v for k, v in opts.items() if k.startswith("socket_") and v is not None},
+        **{**params, **opts},
+    )
+    pool_class: type[SentinelConnectionPool] = SentinelConnectionPool
+    extra: dict[str, Any] = {}
+    if pool_wait_seconds is not None:
+        pool_class, extra = _BlockingSentinelPool, {"timeout": pool_wait_seconds}
+    return sentinel.master_for(settings.redis_sentinel_master, connection_pool_class=pool_class, **extra)
 
 
 # CLIENT LIST shows each web process's subscription under this name.

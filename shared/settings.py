@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # told otherwise (containers set 0.0.0.0 to be reachable through their published ports).
     bind_host: str = "127.0.0.1"
     redis_cluster: bool = False
+    # Sentinel: "host:port,host:port" of the sentinels that watch the primary named
+    # REDIS_SENTINEL_MASTER; REDIS_URL then gives only the password, database and TLS.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
     celery_broker_url: str = ""
     # What this deployment's Redis names start with (shared/keys.py): another prefix, or another
     # database, keeps two deployments on one Redis server apart. Empty means the default.
@@ -117,6 +121,20 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         return _check_redis_url(value, "REDIS_URL")
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            _sentinel_address(item)
+        return ",".join(part.strip() for part in value.split(",") if part.strip())
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", value):
+            raise ValueError("REDIS_SENTINEL_MASTER must be 1-128 characters of A-Z, a-z, 0-9, '_', '.' or '-'")
+        return value
+
     @field_validator("herdless_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
@@ -140,8 +158,8 @@ class Settings(BaseSettings):
     @field_validator("celery_broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
-            raise ValueError("CELERY_BROKER_URL must be a redis://, rediss:// or amqp:// URL")
+        if value and not value.startswith(("redis://", "rediss://", "sentinel://", "amqp://", "amqps://", "pyamqp://")):
+            raise ValueError("CELERY_BROKER_URL must be a redis://, rediss://, sentinel:// or amqp:// URL")
         return value
 
     @field_validator("origin_base_url")
@@ -171,8 +189,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:
+        if self.redis_sentinels:
+            if not self.redis_sentinel_master:
+                raise ValueError("REDIS_SENTINEL_MASTER must name the primary when REDIS_SENTINELS is set")
+            if self.redis_cluster:
+                raise ValueError("REDIS_SENTINELS and REDIS_CLUSTER=true exclude each other")
+            if self.redis_url.startswith("unix://"):
+                raise ValueError("REDIS_SENTINELS needs a redis:// or rediss:// REDIS_URL (its password and db)")
         if not self.celery_broker_url:
-            self.celery_broker_url = self.redis_url
+            self.celery_broker_url = sentinel_broker_url(self) if self.redis_sentinels else self.redis_url
+        if self.broker_is_sentinel and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINEL_MASTER must name the primary of a sentinel:// CELERY_BROKER_URL")
         if not self.origin_base_url:
             self.origin_base_url = f"http://127.0.0.1:{self.origin_port}"
         if not self.web_bind:
@@ -183,7 +210,33 @@ class Settings(BaseSettings):
 
     @property
     def broker_is_redis(self) -> bool:
-        return self.celery_broker_url.startswith(("redis://", "rediss://"))
+        return self.celery_broker_url.startswith(("redis://", "rediss://", "sentinel://"))
+
+    @property
+    def broker_is_sentinel(self) -> bool:
+        return self.celery_broker_url.startswith("sentinel://")
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [_sentinel_address(item) for item in self.redis_sentinels.split(",") if item]
+
+
+def _sentinel_address(item: str) -> tuple[str, int]:
+    host, colon, port = item.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"REDIS_SENTINELS must be host:port items separated by commas ({item!r} is not one)")
+    return host.strip("[]"), int(port)
+
+
+def sentinel_broker_url(settings: Settings) -> str:
+    """kombu's sentinel transport URL for the sentinels of REDIS_SENTINELS, with REDIS_URL's
+    user, password and database: `sentinel://:pw@h1:p1/0;sentinel://:pw@h2:p2/0`."""
+    scheme_rest = settings.redis_url.partition("://")[2]
+    authority, _, tail = scheme_rest.partition("/")
+    userinfo = authority.rpartition("@")[0]
+    auth = f"{userinfo}@" if userinfo else ""
+    db = tail.partition("?")[0] or "0"
+    return ";".join(f"sentinel://{auth}{url_host(h)}:{p}/{db}" for h, p in settings.sentinel_addresses)
 
 
 def url_host(host: str) -> str:

@@ -137,6 +137,8 @@ def celery_config(
             # Redis broker only (others ignore it): the queue's lists, bindings, unacked
             # messages and the event and control channels, all under the deployment's prefix.
             "global_keyprefix": keys.broker_keyprefix,
+            # kombu's sentinel transport asks the sentinels for this primary (REDIS_SENTINEL_MASTER).
+            **({"master_name": settings.redis_sentinel_master} if settings.broker_is_sentinel else {}),
         },
         "broker_connection_timeout": 2,
         "broker_connection_retry_on_startup": True,
