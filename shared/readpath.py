@@ -73,6 +73,7 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
 from shared import metrics
+from shared.admission import OVERLOADED, Admission
 from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.freshness import CachePolicy
@@ -149,7 +150,8 @@ class NoNearCache:
 class ReadPath:
     """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
     the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
-    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache."""
+    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache; reads
+    that need Redis pass `admission` (MAX_REQUESTS_IN_FLIGHT) first."""
 
     def __init__(
         self,
@@ -160,6 +162,7 @@ class ReadPath:
         open_batch: OpenBatch,
         waiter: ColdWaitHub,
         near_cache: NearCache[ReadResult] | NoNearCache,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -167,6 +170,7 @@ class ReadPath:
         self._open_batch = open_batch
         self._waiter = waiter
         self.near_cache = near_cache
+        self.admission = admission or Admission(None)
         self.origins = OriginAdapters(settings.origin_max_bytes)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -185,6 +189,11 @@ class ReadPath:
             # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
             # cold refresh then cost a process a handful of reads, not one each.
             return self._wait_for_refresh(ns, key, None, None, time.monotonic())
+        with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
+            return self._read_store(ns, key) if admitted else OVERLOADED
+
+    def _read_store(self, ns: Namespace, key: str) -> Answer:
+        near = self.near_cache
         read_token = near.begin_read(ns.name, key)
         token = new_token()
         read_started = time.monotonic()

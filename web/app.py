@@ -11,6 +11,7 @@ from flask import Flask, Response
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from shared.admission import Admission
 from shared.coldwait import ColdWaitHub
 from shared.exposition import build_registry, configure_rate_recorder
 from shared.metrics import init_web_series
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         open_batch=enqueue_batch,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
+        admission=Admission(settings.max_requests_in_flight or None),
     )
     app.extensions[EXTENSION] = WebState(
         settings=settings,
