@@ -15,11 +15,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shared.answers import Refused
-from shared.protocol import Refusal
-
-OVERLOADED = Refused(503, Refusal.OVERLOADED, "too many requests in flight in this process; retry shortly", 1)
-
 
 class Admission:
     """At most `limit` reads in flight at once (None: no bound). Never blocks: a read that finds

@@ -72,8 +72,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
-from shared import metrics
-from shared.admission import OVERLOADED, Admission
+from shared import answers, metrics
+from shared.admission import Admission
 from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.freshness import CachePolicy
@@ -87,7 +87,6 @@ from shared.protocol import (
     LeaseState,
     ReadyStatus,
     RefreshReason,
-    Refusal,
     Strategy,
     SuppressReason,
     WarmState,
@@ -190,7 +189,7 @@ class ReadPath:
             # cold refresh then cost a process a handful of reads, not one each.
             return self._wait_for_refresh(ns, key, None, None, time.monotonic())
         with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
-            return self._read_store(ns, key) if admitted else OVERLOADED
+            return self._read_store(ns, key) if admitted else answers.OVERLOADED
 
     def _read_store(self, ns: Namespace, key: str) -> Answer:
         near = self.near_cache
@@ -243,6 +242,7 @@ class ReadPath:
         may have landed before this reader registered) does it read first, sharing that read,
         and a value found then is served as that read's decision (hit, early, stale)."""
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
+        timed_out = answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
         try:
             with self._waiter.join(ns.name, key, read_started if first is not None else None) as handle:
                 # The winner registers, then enqueues: nothing can be published for the key
@@ -260,7 +260,7 @@ class ReadPath:
                     try:
                         self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                     except BrokerUnavailable:
-                        return Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
+                        return answers.NOT_ENQUEUED
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
                     if first.lease_state == LeaseState.COOLDOWN:
@@ -292,25 +292,25 @@ class ReadPath:
                 status: str | None = None
                 waited = first is not None  # a joiner served by its first read did not wait
                 while True:
-                    if fresh_read_due:
+                    remaining = deadline - time.monotonic()
+                    if fresh_read_due and remaining > 0:
                         # Registered first, read second: a refresh published from here on wakes us.
+                        # A sharer waits for the shared read no longer than its own deadline.
                         handle.mark()
-                        r, enqueued = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
+                        try:
+                            r, enqueued = handle.shared_read(reread, timeout=remaining)
+                        except TimeoutError:
+                            return timed_out
                         if r.has_value and r.decision is not Decision.MISS:
                             return Served(r, AnswerOutcome.MISS if waited else AnswerOutcome.of(r.decision), r.now_ms)
                         if not enqueued:
-                            return Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
+                            return answers.NOT_ENQUEUED
                         if not r.won_lease and (r.lease_state == LeaseState.COOLDOWN or status == ReadyStatus.ERROR):
                             return refused_by_failure(r.failure, max(r.lease_pttl_ms, 1000) / 1000)
                     fresh_read_due = True
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return Refused(
-                            503,
-                            Refusal.COLD_WAIT_TIMEOUT,
-                            "the value is being computed; retry shortly",
-                            self.settings.cold_wait_timeout_seconds,
-                        )
+                        return timed_out
                     if not waited:
                         # A joiner whose read found no value: one more request the refresh
                         # already under way will answer.
@@ -327,7 +327,7 @@ class ReadPath:
                     self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                 except BrokerUnavailable:
                     pass
-            return Refused(503, Refusal.TOO_MANY_WAITERS, "too many requests are waiting for cold keys", 1)
+            return answers.TOO_MANY_WAITERS
 
     def _read_naive(self, ns: Namespace, key: str) -> Answer:
         """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""

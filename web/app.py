@@ -12,7 +12,9 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from shared.admission import Admission
+from shared.answers import OVERLOADED
 from shared.coldwait import ColdWaitHub
+from shared.connection import PoolExhausted
 from shared.exposition import build_registry, configure_rate_recorder
 from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
@@ -81,11 +83,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     # connection per request (which overflowed Redis's accept queue: connect timeouts, 503).
     # A Redis that is down refuses connections at once; the read timeout only catches a hung
     # server, and is generous because under a burst a gevent process can take a while to get
-    # back to a greenlet whose reply is already in its socket.
+    # back to a greenlet whose reply is already in its socket. A request that finds every
+    # connection busy for a second is answered 503 overloaded (PoolExhausted): Redis is up, the
+    # process has too much in flight; the bound on reads in flight keeps that rare.
     client = make_redis(
         settings,
         pool_size=WEB_REDIS_CONNECTIONS,
-        pool_wait_seconds=settings.cold_wait_timeout_seconds,
+        pool_wait_seconds=min(1.0, settings.cold_wait_timeout_seconds),
         socket_timeout=settings.cold_wait_timeout_seconds,
         socket_connect_timeout=0.5,
     )
@@ -135,6 +139,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(RedisError)
     def _redis_error(exc: RedisError) -> Response:
+        if isinstance(exc, PoolExhausted):  # Redis is up; this process has too much in flight
+            return json_error(503, OVERLOADED.error, OVERLOADED.detail, {"Retry-After": "1"})
         app.logger.warning("redis unavailable: %s", type(exc).__name__)
         return json_error(503, Refusal.REDIS_UNAVAILABLE, "the cache store is unreachable", {"Retry-After": "1"})
 

@@ -186,8 +186,10 @@ def test_queue_depth_rises_while_workers_are_away_but_never_past_one_per_key(sta
         "fresh refreshes once the worker is back",
     )
     assert refreshed
+    # The refreshes that waited past their leases ran (their `expires` is the queued marker's
+    # life): none was discarded unrun, none enqueued twice.
     text = worker_metrics(stack)
-    assert metric(text, "herdless_refresh_total", namespace="demo-swr", outcome="expired") >= 1
+    assert metric(text, "herdless_refresh_total", namespace="demo-swr", outcome="expired") == 0
 
 
 def _chromium() -> str:
