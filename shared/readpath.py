@@ -214,7 +214,9 @@ class ReadPath:
                 self._count_suppressed(ns, r)
             return Served(r, outcome, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
-        return self._wait_for_refresh(ns, key, r, token, read_started)
+        answer = self._wait_for_refresh(ns, key, r, token, read_started)
+        self.admission.observe_wait(time.monotonic() - read_started)  # what the bound adapts to
+        return answer
 
     def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
         reason = SuppressReason.COOLDOWN if r.lease_state == LeaseState.COOLDOWN else SuppressReason.LEASE_HELD
