@@ -464,7 +464,9 @@ def cmd_refreshbench(args: argparse.Namespace) -> int:
                 settings = BenchSettings(
                     pool, concurrency, args.origin_max_concurrency, args.origin_latency_ms, args.cold_wait_timeout
                 )
-                env = {**settings.stack_env(), "MAX_COLD_WAITERS": str(max(1000, args.n + 100))}
+                # Every key of the burst admitted: this mode measures the refresh tier, not shedding.
+                room = str(max(1000, args.n + 100))
+                env = {**settings.stack_env(), "MAX_COLD_WAITERS": room, "MAX_REQUESTS_IN_FLIGHT": room}
                 with LocalStack(env=env) as stack:
                     result = run_refreshbench(
                         stack.web_urls[0],

@@ -13,7 +13,8 @@ ceiling; a cold miss's wait (queue and refresh) is the signal. While the slow ta
 waits of the last window exceeds the target (a quarter of ``COLD_WAIT_TIMEOUT_SECONDS``, or
 twice the waits seen when nothing queued, for an origin that is simply slow), the bound shrinks
 in proportion; while the waits are within the target and the bound is what holds reads back,
-it grows again (by a quarter a window). So a burst that the workers would take longer than
+it grows again (by a quarter a window), and it is back at its ceiling once no cold wait has
+ended for ``QUIET_SECONDS`` (what shrank it says nothing about now). So a burst that the workers would take longer than
 the cold-wait timeout to serve is answered in part at once, and the part admitted is served,
 instead of all of it timing out.
 """
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 WINDOW_SECONDS = 0.5  # how often the bound is reconsidered (at most)
 FLOOR = 8  # the bound never adapts below this many reads in flight
 WINDOW_SAMPLES = 512  # waits kept per window
+QUIET_SECONDS = 2.0  # no cold wait ended for this long: the bound goes back to its ceiling
 
 
 class Admission:
@@ -48,12 +50,17 @@ class Admission:
         self._waits: list[float] = []
         self._peak = 0
         self._unqueued_wait_s: float | None = None  # the waits when nothing queued, slowly forgotten
+        self._last_wait_at = self._window_start
 
     @contextmanager
     def slot(self) -> Iterator[bool]:
         """`with admission.slot() as admitted:` -- False when the process is at its bound."""
         with self._lock:
             admitted = self.ceiling is None or self.in_flight < self.limit
+            if not admitted and self._clock() - self._last_wait_at > QUIET_SECONDS:
+                # No cold wait ended for a while: what shrank the bound says nothing about now.
+                self.limit = float(self.ceiling or 0)
+                admitted = self.in_flight < self.limit
             if admitted:
                 self.in_flight += 1
                 self._peak = max(self._peak, self.in_flight)
@@ -70,6 +77,7 @@ class Admission:
             return
         now = self._clock()
         with self._lock:
+            self._last_wait_at = now
             if len(self._waits) < WINDOW_SAMPLES:
                 self._waits.append(seconds)
             if now - self._window_start < WINDOW_SECONDS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.admission import FLOOR, WINDOW_SECONDS, Admission
+from shared.admission import FLOOR, QUIET_SECONDS, WINDOW_SECONDS, Admission
 
 
 class Clock:
@@ -68,3 +68,14 @@ def test_an_origin_that_is_simply_slow_does_not_shrink_the_bound() -> None:
     admission = Admission(256, target_wait_s=1.0, clock=clock)
     windows(admission, clock, 3.0, 10)
     assert admission.limit == 256
+
+
+def test_a_bound_shrunk_by_slow_waits_is_back_at_its_ceiling_once_no_cold_wait_ended_for_a_while() -> None:
+    clock = Clock()
+    admission = Admission(64, target_wait_s=1.0, clock=clock)
+    windows(admission, clock, 0.1, 1)
+    windows(admission, clock, 4.0, 20)
+    assert admission.limit == FLOOR
+    assert fill(admission, FLOOR + 1)[-1] is False  # still adapting: the excess is refused
+    clock.now += QUIET_SECONDS + 0.1  # the slow waits were a while ago
+    assert all(fill(admission, 64 - FLOOR - 1)) and admission.limit == 64
