@@ -39,8 +39,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def start(self) -> RedisServer:
         """Start it (again, on the same port, after a stop) and wait until it accepts connections."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import sys
@@ -30,6 +31,13 @@ def command(role: str, *extra: str) -> list[str]:
     (environment() puts that directory first on PATH)."""
     argv = [sys.executable if word == "python" else word for word in procfile()[role]]
     return [*argv, *extra]
+
+
+def checkout_prefix(checkout: Path) -> str:
+    """The HERDLESS_PREFIX `make run` gives a checkout that sets none: one of its own per path, so
+    that two clones on one Redis (the default 127.0.0.1:6379/0) share no key, channel or queue."""
+    digest = hashlib.sha256(str(checkout.resolve()).encode()).hexdigest()[:8]
+    return f"hl-{digest}"
 
 
 def environment(base: Mapping[str, str]) -> dict[str, str]:

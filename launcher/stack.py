@@ -19,7 +19,8 @@ from launcher.redis_server import RedisServer
 
 class PrivateStack:
     """Processes started one by one, by name, into `procs`; `redis` is this stack's own unless
-    one was given (then it is left running on stop)."""
+    one was given (then it is left running on stop). `db`: the database of it the stack uses, so
+    that stacks may share one redis-server as deployments do."""
 
     def __init__(
         self,
@@ -29,6 +30,7 @@ class PrivateStack:
         redis: RedisServer | None = None,
         first_worker: str = "w1",
         defaults: Mapping[str, str] | None = None,
+        db: int = 0,
     ) -> None:
         self.dir = Path(directory)
         self.logdir = self.dir / "logs"
@@ -37,6 +39,7 @@ class PrivateStack:
         self.metrics_dir.mkdir(exist_ok=True)
         self.own_redis = redis is None
         self.redis = redis or RedisServer(self.dir / "redis")
+        self.db = db
         self.origin_port = free_port()
         self.web_ports: dict[str, int] = {}
         # The first worker's port is chosen now: the web tier's status page reads it (WORKER_METRICS_URL).
@@ -46,6 +49,10 @@ class PrivateStack:
         self.worker_names: list[str] = []  # in the order they were first started
         self.defaults = dict(defaults or {})
         self.extra_env = dict(env or {})
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url_for(self.db)
 
     @property
     def origin_url(self) -> str:
@@ -60,7 +67,7 @@ class PrivateStack:
         env = roles.environment({k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
         env.update(
             {
-                "REDIS_URL": self.redis.url,
+                "REDIS_URL": self.redis_url,
                 "ORIGIN_PORT": str(self.origin_port),
                 "WORKER_METRICS_URL": self.metrics_url_of(self.first_worker),
                 # Web and worker each make their own subdirectory in it.

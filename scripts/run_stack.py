@@ -6,7 +6,9 @@ What it does, in order:
 1. Reads ENV_FILE (default .env) under the environment: a variable set in the shell wins, values
    are literal. The processes get exactly this environment; nothing re-reads the file later.
 2. Uses REDIS_URL when that Redis answers; otherwise starts a private redis-server on a free
-   loopback port in a temporary directory and hands that URL to every process.
+   loopback port in a temporary directory and hands that URL to every process. Unless
+   HERDLESS_PREFIX is set, gives this checkout a prefix of its own (derived from its path), so
+   that two clones' `make run`s on one Redis never share a key, a channel or the queue.
 3. Validates the settings, generates Flower credentials unless FLOWER_BASIC_AUTH is set, makes a
    temporary PROMETHEUS_MULTIPROC_DIR unless one is set.
 4. Starts each Procfile process in a process group of its own and prefixes its output lines.
@@ -53,6 +55,9 @@ from launcher.processes import ROOT, LaunchError, Process, free_port, port_open
 from launcher.redis_server import redis_server_argv
 from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import Settings, SettingsError, load_settings, reachable_host, redact_url, url_host
+
+# The checkout this script belongs to (whichever install it imports launcher from).
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 # SIGTERM to SIGKILL: an idle gevent Celery worker takes about 4 s to act on SIGTERM.
 GRACE_SECONDS = 6.0
@@ -411,6 +416,8 @@ def stack_environment(out: Output) -> tuple[dict[str, str], str]:
     else:
         origin = "the default"
     env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not env.get("HERDLESS_PREFIX"):
+        env["HERDLESS_PREFIX"] = roles.checkout_prefix(CHECKOUT)
     return roles.environment(env), origin
 
 
@@ -494,6 +501,7 @@ def url_block(env: dict[str, str], names: set[str], flower_generated: bool, priv
             lines.append(f"  {'Flower':<15} {flower}  login from FLOWER_BASIC_AUTH")
     where = "private redis-server, deleted on stop" if private_redis else "REDIS_URL"
     lines.append(f"  {'Redis':<15} {redact_url(settings.redis_url)} ({where})")
+    lines.append(f"  {'Redis names':<15} {settings.herdless_prefix}:… (HERDLESS_PREFIX)")
     if settings.bind_host in ("0.0.0.0", "::"):
         listening = f"{settings.bind_host}: every interface (BIND_HOST)"
     else:

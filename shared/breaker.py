@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import pybreaker
 from redis.exceptions import RedisError
 
+from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.metrics import BREAKER_TRANSITIONS
 from shared.origin import NotFound
 from shared.protocol import lua_script
@@ -50,19 +51,14 @@ class BreakerOpen(pybreaker.CircuitBreakerError):
         self.retry_after_ms = retry_after_ms
 
 
-def breaker_namespace(origin_name: str) -> str:
-    # One hash tag per origin: the scripts touch the state key and the hash together (Cluster).
-    return f"hl:breaker:{{{origin_name}}}"
-
-
-def breaker_state_key(origin_name: str) -> str:
+def breaker_state_key(origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
     """A plain string, "closed" / "open" / "half-open": what herdless_breaker_state reads."""
-    return f"{breaker_namespace(origin_name)}:state"
+    return f"{keys.breaker(origin_name)}:state"
 
 
-def breaker_fields_key(origin_name: str) -> str:
+def breaker_fields_key(origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
     """A hash: fails (consecutive counted failures), opened_at (Redis ms), probe, probe_until (ms)."""
-    return f"{breaker_namespace(origin_name)}:h"
+    return f"{keys.breaker(origin_name)}:h"
 
 
 # ADMIT: may this call reach the origin? Moves open -> half-open once the reset timeout is over.
@@ -213,7 +209,8 @@ class OriginBreaker:
         self.probe_ttl_ms = int((settings.origin_timeout_seconds + settings.lease_ttl_seconds) * 1000)
         # Callers refused while another call probes come back after a quarter of the timeout.
         self.probe_busy_retry_ms = max(1000, self.reset_timeout_ms // 4)
-        self._keys = [breaker_state_key(origin_name), breaker_fields_key(origin_name)]
+        keys = Keyspace.of(settings)
+        self._keys = [breaker_state_key(origin_name, keys), breaker_fields_key(origin_name, keys)]
         # Only pybreaker's public exclusion rule; this object never calls anything.
         self._exclusions = pybreaker.CircuitBreaker(exclude=[NotFound], name=origin_name)
         self._admit = client.register_script(ADMIT)

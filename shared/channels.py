@@ -1,17 +1,21 @@
 """The pub/sub channels both tiers speak on, and their messages: built here, decoded here.
 
-- ``hl:ready``: a refresh of the key ended. ``{"ns", "key", "status"}``, status a
-  ``ReadyStatus``: "ready" once a write script ran (whatever it stored), "error" once a failure
-  was recorded. The write and record-failure scripts publish it themselves, in the step that
-  changes the key, from a message built here (``ready_message``). When the origin's answer may
-  not be stored (``no-store``, ``private``) the message also carries it: ``"body"`` (base64) and
-  ``"ct"``, handed to the waiters it wakes and to no one else.
-- ``hl:inval``: a purge dropped the key. ``{"ns", "key"}``, plus ``"ack"`` (a list named
-  ``hl:inval-ack:<random>``) when the purge waits, ``PURGE_ACK_SECONDS`` at most, until every
-  subscribed hub has pushed its confirmation there. Subscribed hubs are counted in
-  ``hl:subscribers`` (a sorted set of the deployment's own database: member = hub, score = until
-  when its subscription counts; PUBLISH's receiver count would include other databases', and on
-  Redis Cluster only one node's).
+Channel and key names are the deployment's (``Keyspace`` in shared/keys.py): channels are
+server-wide, so their names carry the prefix and the database (``<prefix>:<db>:ready``), and a
+deployment hears only its own.
+
+- the ready channel, ``<prefix>:<db>:ready``: a refresh of the key ended. ``{"ns", "key",
+  "status"}``, status a ``ReadyStatus``: "ready" once a write script ran (whatever it stored),
+  "error" once a failure was recorded. The write and record-failure scripts publish it
+  themselves, in the step that changes the key, from a message built here (``ready_message``).
+  When the origin's answer may not be stored (``no-store``, ``private``) the message also
+  carries it: ``"body"`` (base64) and ``"ct"``, handed to the waiters it wakes and to no one else.
+- the invalidation channel, ``<prefix>:<db>:inval``: a purge dropped the key. ``{"ns", "key"}``,
+  plus ``"ack"`` (a list named ``<prefix>:inval-ack:<random>``) when the purge waits,
+  ``PURGE_ACK_SECONDS`` at most, until every subscribed hub has pushed its confirmation there.
+  Subscribed hubs are counted in ``<prefix>:subscribers`` (a sorted set of the deployment's own
+  database: member = hub, score = until when its subscription counts; PUBLISH's receiver count
+  would include other databases', and on Redis Cluster only one node's).
 
 The web tier's subscriber (shared/coldwait.py) reads them with ``parse_message``.
 """
@@ -29,14 +33,11 @@ from typing import Any, NamedTuple
 import redis
 
 from shared.clock import redis_now_ms
+from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.protocol import ReadyStatus
 
 log = logging.getLogger("herdless.channels")
 
-READY_CHANNEL = "hl:ready"
-INVALIDATION_CHANNEL = "hl:inval"
-ACK_PREFIX = "hl:inval-ack:"
-SUBSCRIBERS_KEY = "hl:subscribers"
 PURGE_ACK_SECONDS = 1.0  # the longest a purge waits for every web process to drop the key
 
 
@@ -75,8 +76,8 @@ def invalidation_message(ns: str, key: str, ack: str | None = None) -> str:
     return json.dumps(message)
 
 
-def parse_message(channel: str, data: bytes | str) -> Message | None:
-    """A message received on `channel`, or None (logged) when it is not one of ours."""
+def parse_message(channel: str, data: bytes | str, keys: Keyspace = DEFAULT_KEYSPACE) -> Message | None:
+    """A message received on `channel` (one of `keys`'), or None (logged) when it is not one of ours."""
     try:
         event = json.loads(data)
         ns, key = str(event["ns"]), str(event["key"])
@@ -86,9 +87,9 @@ def parse_message(channel: str, data: bytes | str) -> Message | None:
     # A status this version does not know (a newer publisher's) says at least "re-read".
     status = ReadyStatus.ERROR if event.get("status") == ReadyStatus.ERROR else ReadyStatus.READY
     ack = event.get("ack")
-    if channel != INVALIDATION_CHANNEL or not (isinstance(ack, str) and ack.startswith(ACK_PREFIX)):
+    if channel != keys.invalidation_channel or not (isinstance(ack, str) and ack.startswith(keys.ack_prefix)):
         ack = None
-    handed_over = _handed_over(event) if channel == READY_CHANNEL else None
+    handed_over = _handed_over(event) if channel == keys.ready_channel else None
     return Message(channel, ns, key, status, ack, handed_over)
 
 
@@ -103,21 +104,23 @@ def _handed_over(event: dict[str, Any]) -> HandedOver | None:
         return None
 
 
-def registered_hubs(client: Any) -> int:
-    """How many hubs of this database are subscribed now (their entries have not run out)."""
-    return int(client.zcount(SUBSCRIBERS_KEY, f"({redis_now_ms(client)}", "+inf"))
+def registered_hubs(client: Any, keys: Keyspace = DEFAULT_KEYSPACE) -> int:
+    """How many hubs of this deployment are subscribed now (their entries have not run out)."""
+    return int(client.zcount(keys.subscribers, f"({redis_now_ms(client)}", "+inf"))
 
 
-def publish_invalidation(client: Any, ns: str, key: str, *, ack_timeout: float = 0.0) -> tuple[int, int]:
-    """Tell every web process to drop (ns, key) from its near-cache. With `ack_timeout`, wait
-    until every subscribed hub of this deployment has dropped the key (at most that long).
-    Returns (hubs subscribed, hubs that confirmed)."""
+def publish_invalidation(
+    client: Any, ns: str, key: str, *, ack_timeout: float = 0.0, keys: Keyspace = DEFAULT_KEYSPACE
+) -> tuple[int, int]:
+    """Tell every web process of the deployment (`keys`) to drop (ns, key) from its near-cache.
+    With `ack_timeout`, wait until every subscribed hub of this deployment has dropped the key
+    (at most that long). Returns (hubs subscribed, hubs that confirmed)."""
     if ack_timeout <= 0:
-        client.publish(INVALIDATION_CHANNEL, invalidation_message(ns, key))
+        client.publish(keys.invalidation_channel, invalidation_message(ns, key))
         return 0, 0
-    ack = ACK_PREFIX + os.urandom(12).hex()
-    receivers = registered_hubs(client)
-    client.publish(INVALIDATION_CHANNEL, invalidation_message(ns, key, ack))
+    ack = keys.ack_prefix + os.urandom(12).hex()
+    receivers = registered_hubs(client, keys)
+    client.publish(keys.invalidation_channel, invalidation_message(ns, key, ack))
     confirmed = 0
     deadline = time.monotonic() + ack_timeout
     try:

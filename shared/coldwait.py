@@ -10,8 +10,9 @@ Two channels, one connection (their names and messages: shared/channels.py):
   near-cache. It wakes no waiter. A purge waits (``PURGE_ACK_SECONDS`` at most) until every
   subscribed process has dropped the key and pushed its acknowledgement to the list the message
   names, so once a purge has answered no web process serves the purged value from memory. Each
-  hub keeps its entry in ``SUBSCRIBERS_KEY`` alive while it is subscribed (purges count those),
-  and removes it when it loses the subscription (its near-cache is suspended then anyway).
+  hub keeps its entry in the deployment's subscriber set (``Keyspace.subscribers``) alive while
+  it is subscribed (purges count those), and removes it when it loses the subscription (its
+  near-cache is suspended then anyway).
 
 Waiting. Waiters of one key share one ``_KeyWait``: a generation number, the last published
 status and an Event that is replaced by a fresh one at each publish, so a publish for key K
@@ -46,15 +47,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from shared import metrics
-from shared.channels import (
-    INVALIDATION_CHANNEL,
-    PURGE_ACK_SECONDS,
-    READY_CHANNEL,
-    SUBSCRIBERS_KEY,
-    HandedOver,
-    parse_message,
-)
+from shared.channels import PURGE_ACK_SECONDS, HandedOver, parse_message
 from shared.clock import redis_now_ms
+from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.nearcache import NearCache
 from shared.protocol import ReadyStatus
 
@@ -186,6 +181,7 @@ class ColdWaitHub:
         nearcache: NearCache[Any] | None = None,
         *,
         ack_client: Any | None = None,
+        keys: Keyspace = DEFAULT_KEYSPACE,  # the deployment's channels and subscriber set
         connected_slice: float = CONNECTED_SLICE,
         disconnected_slice: float = DISCONNECTED_SLICE,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
@@ -195,7 +191,8 @@ class ColdWaitHub:
         self._max_waiters = max_waiters
         self.nearcache = nearcache
         self._ack_client = ack_client  # confirms purges' invalidations (None: never confirms)
-        self._member = os.urandom(8).hex()  # this hub in SUBSCRIBERS_KEY
+        self.keys = keys
+        self._member = os.urandom(8).hex()  # this hub in the subscriber set
         self.connected_slice = connected_slice
         self.disconnected_slice = disconnected_slice
         self.heartbeat_seconds = heartbeat_seconds
@@ -256,8 +253,9 @@ class ColdWaitHub:
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _subscribe(self, pubsub: Any) -> None:
-        pubsub.subscribe(READY_CHANNEL, INVALIDATION_CHANNEL)
-        pending = {READY_CHANNEL, INVALIDATION_CHANNEL}
+        channels = (self.keys.ready_channel, self.keys.invalidation_channel)
+        pubsub.subscribe(*channels)
+        pending = set(channels)
         deadline = time.monotonic() + HANDSHAKE_SECONDS
         while pending:
             left = deadline - time.monotonic()
@@ -311,14 +309,14 @@ class ColdWaitHub:
     def _handle(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
             return
-        event = parse_message(_text(message.get("channel")), message["data"])
+        event = parse_message(_text(message.get("channel")), message["data"], self.keys)
         if event is None:
             return
         if self.nearcache is not None:
             self.nearcache.invalidate(event.ns, event.key)
         if event.ack is not None:
             self._confirm(event.ack)
-        if event.channel == READY_CHANNEL:
+        if event.channel == self.keys.ready_channel:
             self._wake((event.ns, event.key), event.status, event.handed_over)
 
     def _register(self) -> None:
@@ -332,9 +330,10 @@ class ColdWaitHub:
             # scripts are what tests count to prove a request never reached Redis.
             now = redis_now_ms(self._ack_client)
             with self._ack_client.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(SUBSCRIBERS_KEY, "-inf", now)
-                pipe.zadd(SUBSCRIBERS_KEY, {self._member: now + ttl_ms})
-                pipe.pexpire(SUBSCRIBERS_KEY, ttl_ms * 2)
+                subscribers = self.keys.subscribers
+                pipe.zremrangebyscore(subscribers, "-inf", now)
+                pipe.zadd(subscribers, {self._member: now + ttl_ms})
+                pipe.pexpire(subscribers, ttl_ms * 2)
                 pipe.execute()
         except Exception as exc:  # noqa: BLE001 - purges then wait their bound for us; no harm
             log.warning("could not register the subscription for purges (%s)", type(exc).__name__)
@@ -343,7 +342,7 @@ class ColdWaitHub:
         if self._ack_client is None:
             return
         try:
-            self._ack_client.zrem(SUBSCRIBERS_KEY, self._member)
+            self._ack_client.zrem(self.keys.subscribers, self._member)
         except Exception:  # noqa: BLE001 - the entry expires on its own
             pass
 

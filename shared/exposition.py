@@ -12,30 +12,34 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared import rates
 from shared.breaker import breaker_state_key
+from shared.keys import Keyspace
 from shared.metrics import ScrapeTimeCollector
 from shared.namespaces import Namespace
 from shared.origin_slots import OriginSlots
 from shared.settings import Settings
 from shared.store import make_redis
-from shared.tasks import QUEUE
 
 
-def queue_depths(celery_app: Any) -> Iterable[tuple[str, int]]:
+def queue_depths(celery_app: Any, queue: str) -> Iterable[tuple[str, int]]:
     """Messages waiting in the refresh queue (priority sub-queues summed by the transport)."""
     with celery_app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
+        # Passive on AMQP (a declare must not race the workers' own). Not on Redis: there a
+        # declare creates nothing (a list exists while it holds messages), and kombu's passive
+        # check (EXISTS) ignores the broker's global_keyprefix, so it never finds the queue.
+        passive = conn.transport.driver_type != "redis"
         try:
-            ok = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+            ok = conn.default_channel.queue_declare(queue=queue, passive=passive)
         except conn.channel_errors:
             # kombu's Redis transport reports an empty queue (no list key yet) as missing.
-            return [(QUEUE, 0)]
-        return [(QUEUE, int(ok.message_count))]
+            return [(queue, 0)]
+        return [(queue, int(ok.message_count))]
 
 
-def breaker_states(client: Any, origin_names: list[str]) -> Iterable[tuple[str, str]]:
+def breaker_states(client: Any, keys: Keyspace, origin_names: list[str]) -> Iterable[tuple[str, str]]:
     states = []
     for name in origin_names:
-        raw = client.get(breaker_state_key(name))
+        raw = client.get(breaker_state_key(name, keys))
         states.append((name, raw.decode() if raw else "closed"))
     return states
 
@@ -56,11 +60,12 @@ def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Na
     else:
         registry = REGISTRY
     client = make_redis(settings)
+    keys = Keyspace.of(settings)
     origin_names = sorted({ns.origin_name for ns in namespaces.values()})
-    slots = [OriginSlots(client, name) for name in origin_names]
+    slots = [OriginSlots(client, name, keys) for name in origin_names]
     collector = ScrapeTimeCollector(
-        queue_depths=lambda: queue_depths(celery_app),
-        breaker_states=lambda: breaker_states(client, origin_names),
+        queue_depths=lambda: queue_depths(celery_app, keys.queue),
+        breaker_states=lambda: breaker_states(client, keys, origin_names),
         origin_in_flight=lambda: origin_in_flight(slots),
     )
     if registry is REGISTRY:
@@ -77,4 +82,4 @@ def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Na
 def configure_rate_recorder(settings: Settings) -> None:
     """Flush this process's last-minute counts (rates.RECORDER) to the Redis of `settings`. The
     web tier's app factory and the worker's Celery app factory call this."""
-    rates.RECORDER.configure(lambda: make_redis(settings, pool_size=2))
+    rates.RECORDER.configure(lambda: make_redis(settings, pool_size=2), Keyspace.of(settings))

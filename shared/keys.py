@@ -1,11 +1,15 @@
-"""Cache-key rules and the Redis key names of one cache entry (all sharing one hash tag)."""
+"""Cache-key rules, and every Redis name one deployment uses (`Keyspace`): its keys, channels and queue."""
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.connection import parse_url
 
 from shared.namespaces import NAMESPACE_RE
+from shared.settings import DEFAULT_PREFIX, Settings
 
 MAX_KEY_BYTES = 512
 
@@ -54,8 +58,89 @@ class EntryKeys:
     queued: str
 
     @classmethod
-    def of(cls, namespace: str, key: str) -> EntryKeys:
-        # The braces make {namespace:key} the Cluster hash tag, so one script may touch all three.
-        # A key holding "}" only shortens the tag; all four names still share it.
-        tag = f"hl:{{{namespace}:{key}}}"
+    def of(cls, namespace: str, key: str, prefix: str = DEFAULT_PREFIX) -> EntryKeys:
+        # The braces make {namespace:key} the Cluster hash tag, so one script may touch all four;
+        # the prefix stays outside them. A key holding "}" only shortens the tag; all four
+        # names still share it.
+        tag = f"{prefix}:{{{namespace}:{key}}}"
         return cls(entry=f"{tag}:e", lease=f"{tag}:l", tombstone=f"{tag}:t", queued=f"{tag}:q")
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Every Redis name of one deployment, so that deployments sharing a Redis server never see
+    each other's values, messages or tasks.
+
+    Keys live in the deployment's database (REDIS_URL's), under ``<prefix>:``. Pub/sub channels
+    are server-wide (a PUBLISH reaches the subscribers of every database), and the broker may be
+    another database or server than REDIS_URL, so the channels, the Celery queue and the
+    broker's own keys carry the database number as well: ``<prefix>:<db>:``. Two deployments on
+    one server therefore need only another database *or* another prefix. The queue name uses
+    dots: kombu's Redis transport splits its list names on ":" (the ``sep`` of shared/tasks.py)."""
+
+    prefix: str = DEFAULT_PREFIX
+    db: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keyspace:
+        return _keyspace(settings.herdless_prefix, settings.redis_url)
+
+    def entry(self, namespace: str, key: str) -> EntryKeys:
+        return EntryKeys.of(namespace, key, self.prefix)
+
+    # -- server-wide names: the prefix and the database ---------------------------------------
+    @property
+    def server_prefix(self) -> str:
+        return f"{self.prefix}:{self.db}"
+
+    @property
+    def ready_channel(self) -> str:
+        return f"{self.server_prefix}:ready"
+
+    @property
+    def invalidation_channel(self) -> str:
+        return f"{self.server_prefix}:inval"
+
+    @property
+    def queue(self) -> str:
+        """The Celery refresh queue (Redis broker: its lists are also under `broker_keyprefix`)."""
+        return f"{self.prefix}.{self.db}.refresh"
+
+    @property
+    def broker_keyprefix(self) -> str:
+        """kombu's `global_keyprefix`: every key and channel of the Redis broker (queue lists,
+        bindings, unacked messages, the event and control channels) starts with it."""
+        return f"{self.server_prefix}:"
+
+    # -- keys of the deployment's database ------------------------------------------------------
+    @property
+    def subscribers(self) -> str:
+        return f"{self.prefix}:subscribers"
+
+    @property
+    def ack_prefix(self) -> str:
+        return f"{self.prefix}:inval-ack:"
+
+    @property
+    def rates_prefix(self) -> str:
+        return f"{self.prefix}:rates:"
+
+    def rates(self, second: int) -> str:
+        return f"{self.rates_prefix}{second}"
+
+    def breaker(self, origin_name: str) -> str:
+        # One hash tag per origin: the scripts touch the state key and the hash together (Cluster).
+        return f"{self.prefix}:breaker:{{{origin_name}}}"
+
+    def slots(self, origin_name: str) -> str:
+        return f"{self.prefix}:slots:{{{origin_name}}}"
+
+
+# The names of a deployment with the default prefix on database 0 (tests, and where no setting reaches).
+DEFAULT_KEYSPACE = Keyspace()
+
+
+@lru_cache(maxsize=16)
+def _keyspace(prefix: str, redis_url: str) -> Keyspace:
+    # Cached: send_refresh asks for the queue name on every enqueue.
+    return Keyspace(prefix, int(parse_url(redis_url).get("db") or 0))

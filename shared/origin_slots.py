@@ -1,13 +1,14 @@
 """A per-origin concurrency limit shared by every worker process and host: a Redis semaphore with leases.
 
-Each origin has a sorted set ``hl:slots:{<origin>}``: member = the holder's token, score = when
-its lease expires, in ms on the Redis clock (``TIME`` inside the scripts, never a host clock).
-A slot is taken by one script that first drops expired members (so a holder whose process was
-SIGKILLed frees its slot when its lease runs out) and then adds the token if fewer than ``limit``
-members remain. A holder renews its lease while its origin call runs and releases it after.
+Each origin has a sorted set ``<prefix>:slots:{<origin>}`` (the deployment's prefix,
+shared/keys.py): member = the holder's token, score = when its lease expires, in ms on the Redis
+clock (``TIME`` inside the scripts, never a host clock). A slot is taken by one script that
+first drops expired members (so a holder whose process was SIGKILLed frees its slot when its
+lease runs out) and then adds the token if fewer than ``limit`` members remain. A holder renews
+its lease while its origin call runs and releases it after.
 
 Waiting. A waiter that finds every slot taken blocks on ``BLPOP`` of the origin's wake-up list
-``hl:slots:{<origin>}:wake`` for a slice (about 0.5 s; less if the earliest lease expires
+``<prefix>:slots:{<origin>}:wake`` for a slice (about 0.5 s; less if the earliest lease expires
 sooner, so a dead holder's slot is taken as soon as its lease ends, or if the caller's timeout
 ends first), then tries again. Every release pushes one wake-up, so a freed slot is taken within
 a round trip, not after a poll interval; Redis serves clients blocked on one list first come
@@ -33,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.metrics import ORIGIN_SLOT_WAIT
 from shared.protocol import lua_script
 
@@ -41,12 +43,12 @@ WAKE_TTL_MS = 60_000  # an unused wake-up list goes away after this
 WAKE_LIST_CAP = 1  # wake-ups kept for waiters not blocked yet (see the docstring)
 
 
-def slots_key(origin_name: str) -> str:
-    return f"hl:slots:{{{origin_name}}}"
+def slots_key(origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
+    return keys.slots(origin_name)
 
 
-def wake_key(origin_name: str) -> str:
-    return f"{slots_key(origin_name)}:wake"
+def wake_key(origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
+    return f"{keys.slots(origin_name)}:wake"
 
 
 # ACQUIRE: take a slot if fewer than limit unexpired leases are held.
@@ -128,10 +130,10 @@ class AcquireAttempt:
 class OriginSlots:
     """At most `limit` holders of one origin at once, across every process and host."""
 
-    def __init__(self, client: Any, origin_name: str) -> None:
+    def __init__(self, client: Any, origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> None:
         self.origin_name = origin_name
         self._client = client
-        self._keys = [slots_key(origin_name), wake_key(origin_name)]
+        self._keys = [slots_key(origin_name, keys), wake_key(origin_name, keys)]
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)

@@ -3,7 +3,7 @@ summed over every web and worker process of every host.
 
 Each process adds its counts up in memory (a dict under a lock: nothing on the request path
 touches Redis, so near-cache hits stay free of round trips) and a background thread flushes them
-once a second into per-second Redis hashes, `hl:rates:<unix second>` (Redis clock), with field
+once a second into per-second Redis hashes, `<prefix>:rates:<unix second>` (Redis clock), with field
 `<namespace>|<series>|<outcome>` and a two-minute expiry. The status page sums the last 60 of
 them. Prometheus counters could give the same figure only by sampling them over time in the
 process that answers the status page; these buckets answer at once, in any process, after any
@@ -23,18 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.clock import redis_now_ms
+from shared.keys import DEFAULT_KEYSPACE, Keyspace
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "hl:rates:"
 WINDOW_SECONDS = 60
 BUCKET_TTL_SECONDS = 2 * WINDOW_SECONDS
 FLUSH_INTERVAL_SECONDS = 1.0
 SERIES = ("answers", "origin_calls")
 
 
-def bucket_key(second: int) -> str:
-    return f"{KEY_PREFIX}{second}"
+def bucket_key(second: int, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
+    return keys.rates(second)
 
 
 class RateRecorder:
@@ -47,17 +47,20 @@ class RateRecorder:
         self._pending: dict[tuple[str, str, str], int] = defaultdict(int)
         self._client: Any | None = None
         self._client_factory: Callable[[], Any] | None = None
+        self._keys = DEFAULT_KEYSPACE
         self._flusher_pid: int | None = None
 
-    def configure(self, client_factory: Callable[[], Any]) -> None:
-        """Flush through clients made by `client_factory` (one per process, made after any fork).
-        The web tier's app factory and the worker's Celery app call this; a process that never
-        does (a unit test driving an engine) only counts in memory."""
+    def configure(self, client_factory: Callable[[], Any], keys: Keyspace = DEFAULT_KEYSPACE) -> None:
+        """Flush through clients made by `client_factory` (one per process, made after any fork),
+        into the buckets of `keys`. The web tier's app factory and the worker's Celery app call
+        this; a process that never does (a unit test driving an engine) only counts in memory."""
         self._client_factory = client_factory
+        self._keys = keys
 
-    def bind(self, client: Any) -> None:
+    def bind(self, client: Any, keys: Keyspace = DEFAULT_KEYSPACE) -> None:
         """Flush through this client (tests)."""
         self._client = client
+        self._keys = keys
 
     def add(self, series: str, namespace: str, outcome: str, amount: float = 1) -> None:
         # Nothing inside the lock may yield: under gevent the lock can be a native one (made at
@@ -101,7 +104,7 @@ class RateRecorder:
         if not pending:
             return
         try:
-            key = bucket_key(redis_now_ms(client) // 1000)
+            key = bucket_key(redis_now_ms(client) // 1000, self._keys)
             pipe = client.pipeline(transaction=False)
             for (namespace, series, outcome), n in pending.items():
                 pipe.hincrby(key, f"{namespace}|{series}|{outcome}", n)
@@ -141,14 +144,14 @@ class NamespaceRates:
         }
 
 
-def last_minute(client: Any, namespaces: Iterable[str]) -> dict[str, NamespaceRates]:
+def last_minute(client: Any, namespaces: Iterable[str], keys: Keyspace = DEFAULT_KEYSPACE) -> dict[str, NamespaceRates]:
     """Counts of the last WINDOW_SECONDS (the current second included) per namespace: two round
     trips (the Redis clock, then every bucket in one pipeline)."""
     rates = {name: NamespaceRates() for name in namespaces}
     now_s = redis_now_ms(client) // 1000
     pipe = client.pipeline(transaction=False)
     for second in range(now_s - WINDOW_SECONDS + 1, now_s + 1):
-        pipe.hgetall(bucket_key(second))
+        pipe.hgetall(bucket_key(second, keys))
     for bucket in pipe.execute():
         for raw_field, raw_count in bucket.items():
             name = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)

@@ -13,6 +13,11 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Every Redis key, channel and queue of a deployment starts with its HERDLESS_PREFIX (shared/keys.py).
+DEFAULT_PREFIX = "hl"
+# No ":" (kombu splits its list names on it), no braces (Cluster hash tags), no glob characters.
+PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 DEFAULT_NAMESPACES_FILE = Path(__file__).resolve().parent.parent / "namespaces.toml"
 
 # inf and nan are refused: XFETCH_BETA=inf would refresh on every read, a nan TTL never expires.
@@ -38,6 +43,9 @@ class Settings(BaseSettings):
     bind_host: str = "127.0.0.1"
     redis_cluster: bool = False
     celery_broker_url: str = ""
+    # What this deployment's Redis names start with (shared/keys.py): another prefix, or another
+    # database, keeps two deployments on one Redis server apart. Empty means the default.
+    herdless_prefix: str = DEFAULT_PREFIX
 
     web_port: Port = 8000
     # gunicorn's full bind address (host:port or unix:PATH); empty means BIND_HOST:WEB_PORT.
@@ -97,6 +105,15 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url(cls, value: str) -> str:
         return _check_redis_url(value, "REDIS_URL")
+
+    @field_validator("herdless_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value:
+            return DEFAULT_PREFIX
+        if not PREFIX_RE.fullmatch(value):
+            raise ValueError("HERDLESS_PREFIX must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'")
+        return value
 
     @field_validator("bind_host")
     @classmethod

@@ -9,13 +9,13 @@ from typing import Any, NamedTuple
 import redis
 
 from shared import scripts
-from shared.channels import PURGE_ACK_SECONDS, READY_CHANNEL, HandedOver, publish_invalidation, ready_message
+from shared.channels import PURGE_ACK_SECONDS, HandedOver, publish_invalidation, ready_message
 from shared.clock import redis_now_ms
 from shared.connection import SUBSCRIBER_NAME as SUBSCRIBER_NAME
 from shared.connection import make_redis as make_redis
 from shared.connection import pubsub_client as pubsub_client
 from shared.freshness import Lifetimes, fixed_lifetimes
-from shared.keys import EntryKeys
+from shared.keys import Keyspace
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
 from shared.protocol import (
@@ -66,6 +66,7 @@ class CacheStore:
     def __init__(self, client: Any, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
+        self.keys = Keyspace.of(settings)  # every Redis name this store uses
         self._read = client.register_script(scripts.READ)
         self._fenced_write = client.register_script(scripts.FENCED_WRITE)
         self._plain_write = client.register_script(scripts.PLAIN_WRITE)
@@ -91,7 +92,7 @@ class CacheStore:
 
     def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
         """One EVALSHA: the entry, the decision and whether this caller won the refresh lease."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         raw = self._read(
             keys=[k.entry, k.lease, k.queued],
             args=[
@@ -107,12 +108,12 @@ class CacheStore:
 
     def inspect(self, ns: Namespace, key: str) -> EntryState:
         """One EVALSHA that reads the entry, its lease and its queued marker and changes none."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         return EntryState.from_reply(self._inspect(keys=[k.entry, k.lease, k.queued]))
 
     def take_lease(self, ns: Namespace, key: str, token: str) -> bool:
         """Take the lease outside a read (a manual refresh); refused while a refresh is queued."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         return (
             int(self._take_lease(keys=[k.lease, k.queued], args=[token, self.lease_ttl_ms, self.queued_marker_ttl_ms]))
             == 1
@@ -123,7 +124,7 @@ class CacheStore:
         its queued marker a running one (cleared by `finish` once the message is acknowledged).
         Returns the run token (the lease value from now on), or None when the lease is someone
         else's."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         run_token = f"{token}.{new_token()}"
         ok = (
             int(
@@ -138,18 +139,18 @@ class CacheStore:
     def finish(self, ns: Namespace, key: str, token: str) -> None:
         """The message of the refresh enqueued with `token` is gone for good (never sent, expired
         in the queue, or acknowledged after its run): let the next read enqueue another."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         self._finish(keys=[k.lease, k.queued], args=[token])
 
     def end_run(self, ns: Namespace, key: str, run_token: str) -> None:
         """A run stopped early: free its lease (its marker goes with its message, `finish`)."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         self._end_run(keys=[k.lease], args=[run_token])
 
     def mark_queued(self, ns: Namespace, key: str, token: str) -> bool:
         """The message of the refresh enqueued with `token` goes back to the queue (its worker
         stops while it runs): its marker blocks other enqueues again, unless a read took over."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         return int(self._mark_queued(keys=[k.queued], args=[token, self.queued_marker_ttl_ms])) == 1
 
     def warm(self, ns: Namespace, tokens: dict[str, str]) -> tuple[dict[str, WarmState], int]:
@@ -157,7 +158,7 @@ class CacheStore:
         The states are those of the WARM script."""
         calls = []
         for key, token in tokens.items():
-            k = EntryKeys.of(ns.name, key)
+            k = self.keys.entry(ns.name, key)
             calls.append(([k.entry, k.lease, k.queued], [token, self.lease_ttl_ms, self.queued_marker_ttl_ms]))
         replies = self._evalsha_many(self._warm, calls)
         states = {key: WarmState(decode_text(reply[0])) for key, reply in zip(tokens, replies, strict=True)}
@@ -168,7 +169,7 @@ class CacheStore:
         """FINISH each key's token, pipelined: refreshes that will not be enqueued after all."""
         calls = []
         for key, token in tokens.items():
-            k = EntryKeys.of(ns.name, key)
+            k = self.keys.entry(ns.name, key)
             calls.append(([k.lease, k.queued], [token]))
         self._evalsha_many(self._finish, calls)
 
@@ -199,11 +200,11 @@ class CacheStore:
         return replies
 
     def lease_holder(self, ns: Namespace, key: str) -> str | None:
-        raw = self.redis.get(EntryKeys.of(ns.name, key).lease)
+        raw = self.redis.get(self.keys.entry(ns.name, key).lease)
         return None if raw is None else decode_text(raw)
 
     def renew_lease(self, ns: Namespace, key: str, token: str) -> bool:
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         return int(self._renew(keys=[k.lease], args=[token, self.lease_ttl_ms])) == 1
 
     def now_ms(self) -> int:
@@ -212,7 +213,7 @@ class CacheStore:
     def stored_validators(self, ns: Namespace, key: str) -> StoredValidators | None:
         """The stored entry's origin validators, or None when there is nothing to revalidate
         (no entry, a cached 404, or an origin that gave no ETag nor Last-Modified)."""
-        raw = self.redis.hmget(EntryKeys.of(ns.name, key).entry, *StoredValidators._FIELDS)
+        raw = self.redis.hmget(self.keys.entry(ns.name, key).entry, *StoredValidators._FIELDS)
         return StoredValidators.from_fields(raw, fixed_lifetimes(ns))
 
     def fenced_write(
@@ -295,7 +296,7 @@ class CacheStore:
         validated_at_ms: int = 0,
         hand_over: HandedOver | None = None,
     ) -> WriteResult:
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         validators = validators or Validators()
         lifetimes = lifetimes or fixed_lifetimes(ns)
         args = scripts.FencedWriteArgs(
@@ -314,7 +315,7 @@ class CacheStore:
             negative=negative,
             u=draw_u() if u is None else u,
             validated_at_ms=validated_at_ms,
-            channel=READY_CHANNEL,
+            channel=self.keys.ready_channel,
             message=ready_message(ns.name, key, ReadyStatus.READY),
             hand_over="" if hand_over is None else ready_message(ns.name, key, ReadyStatus.READY, hand_over),
         )
@@ -337,7 +338,7 @@ class CacheStore:
         negative: bool,
         soft_ttl_ms: int | None = None,
     ) -> int:
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         ttl = int(ns.negative_ttl_seconds * 1000) if negative else (soft_ttl_ms or ns.soft_ttl_ms)
         args = scripts.PlainWriteArgs(
             value=value,
@@ -362,7 +363,7 @@ class CacheStore:
         """Turn the lease into a cooldown, stretch the stale value's life and wake the key's
         cold-miss waiters ("error" on the ready channel), in one step; returns the cooldown ms.
         `reason` (a FailureCode) is kept with the cooldown: cold reads answer with it."""
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
         args = scripts.RecordFailureArgs(
             run_token=token,
@@ -373,24 +374,24 @@ class CacheStore:
             min_cooldown_ms=min_cooldown_ms,
             origin_called=origin_called,
             reason=FailureCode(reason),
-            channel=READY_CHANNEL,
+            channel=self.keys.ready_channel,
             message=ready_message(ns.name, key, ReadyStatus.ERROR),
         )
         raw = self._record_failure(keys=[k.entry, k.lease, k.queued], args=args.argv())
         return int(raw[1])
 
     def purge(self, ns: Namespace, key: str) -> bool:
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         # Writes need the lease, which the purge deletes, so correctness does not hang on this
         # timer; the tombstone only adds a start-time fence for the length of one lease.
         tomb_ms = int(self.settings.lease_ttl_seconds * 1000)
         return int(self._purge(keys=[k.entry, k.lease, k.tombstone], args=[tomb_ms])) == 1
 
     def soft_purge(self, ns: Namespace, key: str) -> bool:
-        k = EntryKeys.of(ns.name, key)
+        k = self.keys.entry(ns.name, key)
         return int(self._soft_purge(keys=[k.entry, k.lease])) == 1
 
     def publish_invalidation(self, ns: Namespace, key: str) -> tuple[int, int]:
         """Tell every web process to drop this key from its near-cache (after a purge) and wait
         until they all did (PURGE_ACK_SECONDS at most). Returns (told, confirmed)."""
-        return publish_invalidation(self.redis, ns.name, key, ack_timeout=PURGE_ACK_SECONDS)
+        return publish_invalidation(self.redis, ns.name, key, ack_timeout=PURGE_ACK_SECONDS, keys=self.keys)

@@ -1,5 +1,9 @@
 """The refresh task's contract: its name, queue, priorities, Celery settings and `send_refresh`.
 
+The queue is the deployment's own (`Keyspace.queue`, shared/keys.py), and on a Redis broker every
+key and channel kombu uses starts with the deployment's `broker_keyprefix`, so two deployments on
+one broker never take each other's tasks (nor see each other's task events).
+
 Both tiers read this module; neither imports the other. The web tier sends a task by name with
 these options; the worker registers the task under this name. No Celery import here: the
 configuration is a plain dict that each tier hands to its own Celery app.
@@ -10,10 +14,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from shared.keys import Keyspace
 from shared.namespaces import Namespace
 from shared.settings import Settings
 
-QUEUE = "herdless"
 REFRESH_TASK = "herdless.refresh"
 
 # Priorities: a cold miss has someone waiting, a stale read has served old data, an early
@@ -22,6 +26,11 @@ REFRESH_TASK = "herdless.refresh"
 # Redis lists lower numbers first; AMQP serves higher first.
 _PRIORITY_REDIS = {"miss": 0, "manual": 3, "warm": 3, "stale": 3, "early": 6}
 _PRIORITY_AMQP = {"miss": 9, "manual": 6, "warm": 6, "stale": 6, "early": 3}
+
+# The Redis broker's priority lists: kombu keeps one list per step, "<queue><sep><step>" (the
+# step 0 list is the queue's own name).
+PRIORITY_STEPS = (0, 3, 6, 9)
+BROKER_SEP = ":"
 
 # Longest a refresh may wait for an origin slot (ORIGIN_MAX_CONCURRENCY) before giving up.
 SLOT_WAIT_FACTOR = 3
@@ -95,6 +104,8 @@ def celery_config(
     process. kombu's default (10) is sized for one task at a time: a gevent worker acking 100
     refreshes at once, or a web process enqueueing hundreds of cold misses at once, ran out
     ("Too many connections": acks lost, enqueues refused with 503)."""
+    keys = Keyspace.of(settings)
+    queue = keys.queue
     return {
         "broker_url": settings.celery_broker_url,
         "task_serializer": "json",
@@ -107,19 +118,22 @@ def celery_config(
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": QUEUE,
+        "task_default_queue": queue,
         # The one declaration of the refresh queue (as kombu Queue options), for both tiers.
-        "task_queues": {QUEUE: {"routing_key": QUEUE, "queue_arguments": {"x-max-priority": 10}}},
+        "task_queues": {queue: {"routing_key": queue, "queue_arguments": {"x-max-priority": 10}}},
         "task_default_priority": None,
         "broker_transport_options": {
-            "priority_steps": [0, 3, 6, 9],
-            "sep": ":",
+            "priority_steps": list(PRIORITY_STEPS),
+            "sep": BROKER_SEP,
             "queue_order_strategy": "priority",
             "visibility_timeout": visibility_timeout_seconds(settings, longest_origin_timeout),
             "socket_timeout": 2,
             "socket_connect_timeout": 1,
             "max_retries": 2,
             "max_connections": broker_connections,
+            # Redis broker only (others ignore it): the queue's lists, bindings, unacked
+            # messages and the event and control channels, all under the deployment's prefix.
+            "global_keyprefix": keys.broker_keyprefix,
         },
         "broker_connection_timeout": 2,
         "broker_connection_retry_on_startup": True,
@@ -142,16 +156,22 @@ def celery_config(
     }
 
 
+def broker_lists(keys: Keyspace) -> list[str]:
+    """The Redis keys of the refresh queue's lists on a Redis broker, one per priority step."""
+    return [keys.broker_keyprefix + keys.queue + (f"{BROKER_SEP}{step}" if step else "") for step in PRIORITY_STEPS]
+
+
 def send_refresh(app: Any, request: RefreshRequest, settings: Settings, producer: Any = None) -> None:
     """Put one refresh task on the queue (app: a Celery app). Raises whatever kombu raises when
     the broker is unreachable. A batch passes one `producer` (app.producer_or_acquire()) for all
     its tasks rather than taking one from the pool per task."""
+    queue = Keyspace.of(settings).queue
     app.send_task(
         REFRESH_TASK,
         producer=producer,
         kwargs=request.as_kwargs(),
-        queue=QUEUE,
-        routing_key=QUEUE,
+        queue=queue,
+        routing_key=queue,
         priority=refresh_priority(request.reason, settings),
         expires=refresh_expiry_seconds(request.reason, settings),
     )

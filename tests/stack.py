@@ -20,13 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from launcher.processes import ROOT, Process, free_port, port_open, wait_until
 from launcher.redis_server import RedisServer
 from launcher.stack import PrivateStack
+from shared.keys import DEFAULT_KEYSPACE
+from shared.tasks import broker_lists
 
 __all__ = [
+    "BROKER_LISTS",
     "PYTHON",
     "ROOT",
     "Proc",
     "RedisServer",
     "Stack",
+    "UNACKED",
     "cold_herd",
     "free_port",
     "metric",
@@ -36,6 +40,10 @@ __all__ = [
 ]
 
 PYTHON = sys.executable
+# Where a stack with the default HERDLESS_PREFIX keeps its refresh messages on its Redis broker:
+# the priority lists, and kombu's hash of messages delivered but not acknowledged yet.
+BROKER_LISTS = tuple(broker_lists(DEFAULT_KEYSPACE))
+UNACKED = DEFAULT_KEYSPACE.broker_keyprefix + "unacked"
 Proc = Process  # a child process with its output in <logdir>/<name>.log (read it when a test fails)
 
 
@@ -84,11 +92,12 @@ class Stack(PrivateStack):
         redis: RedisServer | None = None,
         start_web: bool = True,
         worker_concurrency: int | None = None,
+        db: int = 0,
     ) -> None:
         defaults = {"ORIGIN_LATENCY_MS": "100"}
         if worker_concurrency is not None:
             defaults["WORKER_CONCURRENCY"] = str(worker_concurrency)
-        super().__init__(tmp_path, env, redis=redis, defaults=defaults)
+        super().__init__(tmp_path, env, redis=redis, defaults=defaults, db=db)
         self.tmp = self.dir
         self.web_ports["web"] = free_port()
         self.n_workers = workers
@@ -102,10 +111,6 @@ class Stack(PrivateStack):
     @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
-
-    @property
-    def redis_url(self) -> str:
-        return self.redis.url
 
     @property
     def worker_metrics_url(self) -> str:
@@ -185,7 +190,7 @@ def stack_for(
     **options: Any,
 ) -> Iterator[Stack]:
     """A running stack that serves `namespaces` (a namespaces.toml body), with `env` on top of the
-    test defaults and `options` for Stack (workers, redis, worker_concurrency, start_web)."""
+    test defaults and `options` for Stack (workers, redis, db, worker_concurrency, start_web)."""
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "namespaces.toml"
     path.write_text(namespaces)

@@ -16,14 +16,9 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from shared.channels import (
-    READY_CHANNEL,
-    SUBSCRIBERS_KEY,
-    HandedOver,
-    publish_invalidation,
-    ready_message,
-)
+from shared.channels import HandedOver, publish_invalidation, ready_message
 from shared.coldwait import ColdWaitHub, TooManyWaiters
+from shared.keys import DEFAULT_KEYSPACE
 from shared.nearcache import NearCache
 from shared.protocol import ReadyStatus
 from tests.stack import RedisServer, wait_until
@@ -31,7 +26,7 @@ from tests.stack import RedisServer, wait_until
 
 def publish_ready(client: redis.Redis, ns: str, key: str, status: str) -> None:
     """What a refresh script publishes once it has written or recorded a failure."""
-    client.publish(READY_CHANNEL, ready_message(ns, key, ReadyStatus(status)))
+    client.publish(DEFAULT_KEYSPACE.ready_channel, ready_message(ns, key, ReadyStatus(status)))
 
 
 @dataclass(frozen=True)
@@ -307,7 +302,7 @@ def test_a_purge_waits_at_most_its_bound_for_a_registered_process_that_does_not_
     nc: NearCache[Entry] = NearCache(1 << 20)
     make_hub(nearcache=nc, factory=own_redis.client, ack_client=client)
     # A process that registered and then hung (its entry has not expired yet).
-    client.zadd(SUBSCRIBERS_KEY, {"hung-process": client.time()[0] * 1000 + 60_000})
+    client.zadd(DEFAULT_KEYSPACE.subscribers, {"hung-process": client.time()[0] * 1000 + 60_000})
     started = time.monotonic()
     told, confirmed = publish_invalidation(client, ns, "k", ack_timeout=0.3)
     assert (told, confirmed) == (2, 1)
@@ -320,9 +315,9 @@ def test_a_hub_counts_in_purges_only_while_subscribed(
 ) -> None:
     client = own_redis.client()
     hub = make_hub(nearcache=NearCache(1 << 20), factory=own_redis.client, ack_client=client)
-    assert client.zcard(SUBSCRIBERS_KEY) == 1
+    assert client.zcard(DEFAULT_KEYSPACE.subscribers) == 1
     hub.stop()
-    assert client.zcard(SUBSCRIBERS_KEY) == 0
+    assert client.zcard(DEFAULT_KEYSPACE.subscribers) == 0
     assert publish_invalidation(client, ns, "k", ack_timeout=0.3) == (0, 0)
 
 
@@ -413,7 +408,7 @@ def test_a_handed_over_answer_reaches_every_waiter_of_its_key_and_a_later_publis
         first.mark()
         second.mark()
         message = {"ns": ns, "key": "k", "status": "ready", "body": base64.b64encode(body).decode(), "ct": "x/y"}
-        client.publish(READY_CHANNEL, json.dumps(message))
+        client.publish(DEFAULT_KEYSPACE.ready_channel, json.dumps(message))
         for handle in (first, second):
             assert handle.wait(5) == "ready"
             assert handle.handed_over == HandedOver(body, "x/y")

@@ -21,8 +21,8 @@ import redis
 
 from shared.answers import Answer, Refused
 from shared.breaker import breaker_fields_key, breaker_state_key
-from shared.channels import READY_CHANNEL
 from shared.coldwait import ColdWaitHub
+from shared.keys import DEFAULT_KEYSPACE
 from shared.namespaces import Namespace, build_namespace
 from shared.origin_slots import OriginSlots
 from shared.protocol import FailureCode, LeaseState, ReadyStatus, RefreshOutcome
@@ -41,7 +41,7 @@ PROMPTLY = 10.0  # well under COLD_WAIT_SECONDS, generous for a loaded machine
 def ready_messages(store: CacheStore) -> Iterator[Callable[[], dict[str, Any]]]:
     """The next message on the ready channel, as JSON (fails after 5 s without one)."""
     pubsub = store.redis.pubsub()
-    pubsub.subscribe(READY_CHANNEL)
+    pubsub.subscribe(DEFAULT_KEYSPACE.ready_channel)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
 
     def next_message() -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 
 from shared import metrics, rates
 from shared.clock import redis_now_ms
+from shared.keys import DEFAULT_KEYSPACE
 from shared.rates import RateRecorder, bucket_key, last_minute
 from tests.stack import RedisServer
 
@@ -29,10 +30,10 @@ def test_counts_reach_redis_only_when_flushed_and_then_show_in_the_last_minute(c
     recorder.add("answers", "a", "miss")
     recorder.add("origin_calls", "a", "ok")
     recorder.add("answers", "b", "stale", 2)
-    assert not client.keys(rates.KEY_PREFIX + "*"), "add() must do no I/O"
+    assert not client.keys(DEFAULT_KEYSPACE.rates_prefix + "*"), "add() must do no I/O"
 
     recorder.flush()
-    [key] = client.keys(rates.KEY_PREFIX + "*")
+    [key] = client.keys(DEFAULT_KEYSPACE.rates_prefix + "*")
     assert 0 < client.ttl(key) <= rates.BUCKET_TTL_SECONDS
     got = last_minute(client, ["a", "b", "quiet"])
     assert got["a"].answers == {"hit": 5, "miss": 1} and got["a"].origin_calls == {"ok": 1}

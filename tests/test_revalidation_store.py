@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from shared.channels import READY_CHANNEL
 from shared.freshness import Lifetimes
-from shared.keys import EntryKeys
+from shared.keys import DEFAULT_KEYSPACE, EntryKeys
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
 from shared.store import CacheStore, Fence, WriteResult, new_token
@@ -194,7 +193,7 @@ def test_an_uncacheable_answer_is_handed_over_in_the_ready_message_and_deletes_t
 ) -> None:
     write(store, ns, "u", b"old", store.now_ms() - 1000)
     pubsub = store.redis.pubsub()
-    pubsub.subscribe(READY_CHANNEL)
+    pubsub.subscribe(DEFAULT_KEYSPACE.ready_channel)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     result = store.drop_uncacheable(
         ns,
@@ -217,7 +216,7 @@ def test_an_uncacheable_answer_from_a_run_that_lost_its_lease_hands_nothing_over
     run_token = run_lease(store, ns, "u")
     store.purge(ns, "u")
     pubsub = store.redis.pubsub()
-    pubsub.subscribe(READY_CHANNEL)
+    pubsub.subscribe(DEFAULT_KEYSPACE.ready_channel)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     result = store.drop_uncacheable(
         ns,

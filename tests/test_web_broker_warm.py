@@ -15,13 +15,15 @@ from web.app import celery_client, warm_broker_connection
 _START_THEN_SEND = """
 import json, sys, redis
 from shared.settings import Settings
-from shared.tasks import RefreshRequest, send_refresh
+from shared.keys import Keyspace
+from shared.tasks import RefreshRequest, broker_lists, send_refresh
 from web.app import create_app
 url = sys.argv[1]
 settings = Settings(redis_url=url, celery_broker_url=url, near_cache=False)
 broker = redis.Redis.from_url(url)
 app = create_app(settings)
-declared_at_start = broker.exists("_kombu.binding.herdless") == 1
+keys = Keyspace.of(settings)
+declared_at_start = broker.exists(keys.broker_keyprefix + "_kombu.binding." + keys.queue) == 1
 stats = broker.info("commandstats")
 sadds = stats.get("cmdstat_sadd", {}).get("calls", 0)
 publishes = stats.get("cmdstat_publish", {}).get("calls", 0)
@@ -31,7 +33,7 @@ print(json.dumps({
     "sadds_by_first_send": broker.info("commandstats").get("cmdstat_sadd", {}).get("calls", 0) - sadds,
     # No task-sent event: the message is the only thing a send puts on the broker.
     "publishes_by_first_send": broker.info("commandstats").get("cmdstat_publish", {}).get("calls", 0) - publishes,
-    "queued": broker.llen("herdless"),
+    "queued": broker.llen(broker_lists(keys)[0]),
 }))
 """
 

@@ -16,6 +16,7 @@ from shared.answers import OVERLOADED
 from shared.coldwait import ColdWaitHub
 from shared.connection import PoolExhausted
 from shared.exposition import build_registry, configure_rate_recorder
+from shared.keys import Keyspace
 from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache
@@ -23,7 +24,7 @@ from shared.protocol import Refusal
 from shared.readpath import NoNearCache, ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
-from shared.tasks import QUEUE, RefreshRequest, celery_config, longest_origin_timeout, send_refresh
+from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
 from web.http import AnythingConverter, json_error
 from web.openapi import bp as openapi_bp
 from web.routes import bp as routes_bp
@@ -53,7 +54,7 @@ def warm_broker_connection(client: Celery) -> bool:
     try:
         client.backend  # noqa: B018 - the property resolves and caches the backend
         with client.producer_or_acquire() as producer:
-            producer.maybe_declare(client.amqp.queues[QUEUE], retry=False)
+            producer.maybe_declare(client.amqp.queues[client.conf.task_default_queue], retry=False)
         return True
     except Exception:  # noqa: BLE001 - kombu and redis raise many types; all mean "not now"
         return False
@@ -97,7 +98,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     near_cache: NearCache[ReadResult] | None = (
         NearCache(settings.near_cache_max_bytes) if settings.near_cache and settings.near_cache_max_bytes else None
     )
-    waiter = ColdWaitHub(lambda: pubsub_client(settings), settings.max_cold_waiters, near_cache, ack_client=client)
+    waiter = ColdWaitHub(
+        lambda: pubsub_client(settings),
+        settings.max_cold_waiters,
+        near_cache,
+        ack_client=client,
+        keys=Keyspace.of(settings),
+    )
 
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)

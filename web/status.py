@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from shared import rates
+from shared.keys import Keyspace
 from shared.metrics import histogram_quantile as shared_histogram_quantile
 from shared.namespaces import Namespace
 from web.http import json_response
@@ -102,9 +103,9 @@ def _relabel(values: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     return {labels[origin]: value for origin, value in values.items() if origin in labels}
 
 
-def _last_minute(client: Any, namespaces: Iterable[str]) -> dict[str, Any] | None:
+def _last_minute(client: Any, namespaces: Iterable[str], keys: Keyspace) -> dict[str, Any] | None:
     try:
-        return {name: r.as_json() for name, r in rates.last_minute(client, namespaces).items()}
+        return {name: r.as_json() for name, r in rates.last_minute(client, namespaces, keys).items()}
     except RedisError:
         return None
 
@@ -145,7 +146,7 @@ def status_snapshot() -> dict[str, Any]:
         ),
         # Per namespace, over the last 60 s, from every web and worker process (shared/rates.py);
         # None while Redis is unreachable.
-        "last_minute": _last_minute(state.store.redis, sorted(state.namespaces)),
+        "last_minute": _last_minute(state.store.redis, sorted(state.namespaces), state.store.keys),
         "worker": None,
     }
     worker = _worker_samples(state.settings.worker_metrics_url)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 
 def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
+    from shared.keys import Keyspace  # imports redis: only once gevent has patched (main)
+
     return [
         "worker",
         "--loglevel",
@@ -29,7 +31,7 @@ def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
         "--concurrency",
         str(settings.worker_concurrency),
         "--queues",
-        "herdless",
+        Keyspace.of(settings).queue,
         "--task-events",
         "--without-gossip",
         "--without-mingle",

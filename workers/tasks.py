@@ -10,6 +10,7 @@ from celery import Task, current_app, shared_task, signals
 from celery.worker.request import Request
 
 from shared import metrics
+from shared.keys import Keyspace
 from shared.metrics_dir import HERD_MEMBER
 from shared.origin_slots import OriginSlots
 from shared.refresher import Refresher
@@ -67,7 +68,7 @@ def _build_engine(config: WorkerConfig) -> Refresher:
         settings,
         namespaces,
         CacheStore(client, settings),
-        slots=lambda origin_name: OriginSlots(client, origin_name),
+        slots=lambda origin_name: OriginSlots(client, origin_name, Keyspace.of(settings)),
     )
 
 

@@ -18,9 +18,10 @@ from shared.coldwait import CONNECTED_SLICE
 from shared.keys import EntryKeys
 from shared.origin import encode_key_for_path
 from tests.e2e.conftest import ENGINE_NAMESPACES
+from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import web_metric, worker_metric
 from tests.origins import OVERSIZED_BYTES
-from tests.stack import Stack, cold_herd, stack_for, wait_until
+from tests.stack import UNACKED, Stack, cold_herd, stack_for, wait_until
 
 ADMIN = "s3cret-admin-token"
 
@@ -410,15 +411,23 @@ def test_invalid_settings_stop_the_process_naming_the_variable(tmp_path: Path) -
 
 
 def test_fifty_concurrent_refreshes_of_one_origin_overlap_in_one_worker_process(tmp_path: Path) -> None:
-    # One gevent worker process; a 1 s origin. The demo origin's peak concurrency shows whether
-    # the refreshes overlapped (the old breaker held a lock across the call: peak 1).
-    env = {"ORIGIN_LATENCY_MS": "1000"}
-    with stack_for(tmp_path, ENGINE_NAMESPACES, env) as stack:
-        requests.post(stack.origin_url + "/stats/reset", timeout=5)
-        results = cold_herd(stack, "herd", [f"overlap-{i}" for i in range(50)], 50)
-        assert all(status == 200 for _, status, _ in results)
-        stats = stack.origin_stats()
-        assert stats["calls"] == 50 and stats["max_in_flight"] == 50, stats
+    # One gevent worker process; an origin that holds every call until released. Fifty calls at
+    # the origin at once show that the refreshes overlap (the old breaker held a lock across the
+    # call: one at a time). Held, not slow: on a busy machine fifty requests need more than a
+    # 1 s origin call to arrive, and the peak of a slow origin then fell short of 50.
+    with FixtureOrigin() as gated:
+        namespaces = f'[namespaces.gated]\norigin = "{gated.base_url}/v/{{key}}"\norigin_timeout_seconds = 60\n'
+        env = {"COLD_WAIT_TIMEOUT_SECONDS": "60", "ORIGIN_MAX_CONCURRENCY": "50", "WORKER_CONCURRENCY": "100"}
+        with stack_for(tmp_path, namespaces, env) as stack:
+            gated.hold()
+            with ThreadPoolExecutor(50) as pool:
+                answers = [pool.submit(stack.get, "gated", f"overlap-{i}", timeout=90) for i in range(50)]
+                try:
+                    wait_until(lambda: gated.in_flight == 50, 60, "fifty refreshes at the origin at once")
+                finally:
+                    gated.release()
+                assert [a.result().status_code for a in answers] == [200] * 50
+            assert len(gated.calls) == 50 and gated.max_in_flight == 50
 
 
 def test_a_cold_start_of_300_keys_is_enqueued_and_acknowledged_without_exhausting_broker_connections(
@@ -448,7 +457,7 @@ def test_a_cold_start_of_300_keys_is_enqueued_and_acknowledged_without_exhaustin
     worker_log = stack.procs["w1"].output()
     assert "Couldn't ack" not in worker_log and "Too many connections" not in worker_log
     redis = stack.redis.client()
-    wait_until(lambda: redis.hlen("unacked") == 0, 10, "every refresh to be acknowledged")
+    wait_until(lambda: redis.hlen(UNACKED) == 0, 10, "every refresh to be acknowledged")
 
 
 # -- keys from the raw request URI (gunicorn's RAW_URI) -----------------------------------------

@@ -20,7 +20,7 @@ import requests
 from shared.keys import EntryKeys
 from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import queued_refreshes, web_metric
-from tests.stack import Stack, stack_for, wait_until
+from tests.stack import UNACKED, Stack, stack_for, wait_until
 
 ADMIN = "queue-admin-token"
 
@@ -81,7 +81,7 @@ def settled(stack: Stack) -> int:
     """Wait until no refresh is queued or at the origin; returns the origin's call count."""
     redis = stack.redis.client()
     wait_until(
-        lambda: not queued_refreshes(redis) and stack.origin_stats()["in_flight"] == 0 and redis.hlen("unacked") == 0,
+        lambda: not queued_refreshes(redis) and stack.origin_stats()["in_flight"] == 0 and redis.hlen(UNACKED) == 0,
         15,
         "the refresh queue to drain",
     )

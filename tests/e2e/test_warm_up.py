@@ -13,7 +13,7 @@ import requests
 
 from shared.keys import EntryKeys
 from tests.faults.observe import web_metric
-from tests.stack import Stack, wait_until
+from tests.stack import BROKER_LISTS, Stack, wait_until
 
 ADMIN = "warm-admin-t0ken"
 WARM_MAX_KEYS = 2500
@@ -22,7 +22,6 @@ NAMESPACES = """
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 300
 """
-BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
 
 
 STACK_NAMESPACES = NAMESPACES

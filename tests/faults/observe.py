@@ -14,10 +14,7 @@ from typing import Any
 
 import requests
 
-from tests.stack import Stack, metric
-
-# The Redis broker's list for each refresh priority step (shared/tasks.py).
-BROKER_LISTS = ("herdless", "herdless:3", "herdless:6", "herdless:9")
+from tests.stack import BROKER_LISTS, Stack, metric
 
 
 def worker_metric(stack: Stack, name: str, worker: str | None = None, **labels: str) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from shared.keys import DEFAULT_KEYSPACE
 from tests.faults.observe import metric
 from tests.stack import cold_herd, port_open, stack_for, wait_until
 
@@ -67,7 +68,7 @@ def test_a_cold_herd_with_a_rabbitmq_broker_costs_one_origin_call(tmp_path: Path
         assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
 
         queues = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "arguments", "messages")
-        assert "herdless" in queues and "x-max-priority" in queues, queues
+        assert DEFAULT_KEYSPACE.queue in queues and "x-max-priority" in queues, queues
         depth = requests.get(stack.worker_metrics_url, timeout=5).text
-        assert metric(depth, "herdless_queue_depth", queue="herdless") == 0
+        assert metric(depth, "herdless_queue_depth", queue=DEFAULT_KEYSPACE.queue) == 0
         assert "herdless_queue_depth{" in depth

@@ -15,7 +15,7 @@ import requests
 
 from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES
 from tests.faults.observe import TrafficLoop, queued_refreshes, worker_metric
-from tests.stack import stack_for, wait_until
+from tests.stack import UNACKED, stack_for, wait_until
 
 NAMESPACES = LONG_AND_SWR_NAMESPACES
 
@@ -73,7 +73,7 @@ def test_sigterm_during_a_refresh_lets_it_finish_and_write(tmp_path: Path) -> No
         r = stack.get("k", "graceful")
         assert r.headers["X-Cache"] == "HIT" and r.json()["count"] == 1
         redis = stack.redis.client()
-        assert queued_refreshes(redis) == [] and redis.hlen("unacked") == 0
+        assert queued_refreshes(redis) == [] and redis.hlen(UNACKED) == 0
         assert stack.origin_stats()["per_key"]["graceful"] == 1
 
 

@@ -18,7 +18,7 @@ import requests
 from shared.keys import EntryKeys
 from tests.e2e.conftest import SHIPPED_AND_LONG_HERD_NAMESPACES
 from tests.faults.observe import queued_refreshes
-from tests.stack import PYTHON, Proc, Stack, cold_herd, free_port, metric, wait_until
+from tests.stack import PYTHON, UNACKED, Proc, Stack, cold_herd, free_port, metric, wait_until
 
 WEB_METRICS = [
     "herdless_requests_total",
@@ -344,7 +344,7 @@ def test_a_refresh_that_failed_is_a_failure_in_flower_with_its_reason_and_is_not
     assert "not JSON-able" in info["exception"]
     # Acknowledged before the failure event was sent, and never retried or redelivered.
     redis = stack.redis.client()
-    assert task["uuid"] not in str(redis.hgetall("unacked"))
+    assert task["uuid"] not in str(redis.hgetall(UNACKED))
     assert key not in [k for k, _ in queued_refreshes(redis)]
     # ...and its queued marker went with the acknowledgement: the next read may enqueue again.
     assert redis.exists(EntryKeys.of("py-typed", key).queued) == 0

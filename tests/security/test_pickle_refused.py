@@ -9,8 +9,9 @@ from pathlib import Path
 
 from kombu import Connection
 
+from shared.keys import DEFAULT_KEYSPACE
 from tests.faults.observe import worker_metric
-from tests.stack import stack_for, wait_until
+from tests.stack import BROKER_LISTS, UNACKED, stack_for, wait_until
 
 NAMESPACES = """
 [namespaces.demo]
@@ -45,12 +46,14 @@ def test_a_pickled_task_is_refused_and_not_executed(tmp_path: Path) -> None:
             "reason": "miss",
             "won_at_ms": 0,
         }
-        with Connection(stack.redis_url) as conn:
+        # Where the refresh queue is: the stack's own queue, under its broker key prefix.
+        keys = DEFAULT_KEYSPACE
+        with Connection(stack.redis_url, transport_options={"global_keyprefix": keys.broker_keyprefix}) as conn:
             producer = conn.Producer(serializer="pickle")
             producer.publish(
                 ((), kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}),
                 exchange="",
-                routing_key="herdless",
+                routing_key=keys.queue,
                 headers={
                     "lang": "py",
                     "task": "herdless.refresh",
@@ -69,7 +72,9 @@ def test_a_pickled_task_is_refused_and_not_executed(tmp_path: Path) -> None:
         worker = stack.procs["w1"]
         # The worker took the message off the queue and said why it would not read it.
         wait_until(lambda: "untrusted content" in worker.output(), 15, "the worker to refuse the pickle")
-        wait_until(lambda: redis.llen("herdless") == 0 and redis.hlen("unacked") == 0, 10, "the message to be dropped")
+        wait_until(
+            lambda: redis.llen(BROKER_LISTS[0]) == 0 and redis.hlen(UNACKED) == 0, 10, "the message to be dropped"
+        )
         assert not marker.exists(), "the pickled payload was executed"
         assert "application/x-python-serialize" in worker.output()
         assert worker_metric(stack, "herdless_refresh_total") == 0
