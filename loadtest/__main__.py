@@ -528,6 +528,7 @@ def _overload_bench(args: argparse.Namespace) -> int:
                             clients,
                             settings,
                             connect_with_request=with_request,
+                            retry_s=None if args.no_retry else 1.0,
                             cpu_seconds=stack.cpu_seconds,
                         )
                         runs[label] = {**res, "label": label, "round": r + 1, "hogs": args.hogs}
@@ -709,6 +710,11 @@ def add_refreshbench_parser(sub: argparse._SubParsersAction) -> None:
         "--connect-with-request",
         action="store_true",
         help="with --clients: each burst client opens its connection as it sends its first request",
+    )
+    p.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="with --clients: a refused key is not asked for again (by default after 1 s, as Retry-After says)",
     )
     p.add_argument(
         "--hogs", type=int, default=0, help="with --clients: CPU hogs (while True: pass) running beside the stack"

@@ -245,7 +245,7 @@ class ClientsResult:
     keys: int
     connect_with_request: bool
     served: int
-    refused_by_error: dict[str, int]  # 503s and other non-2xx answers, by status and error code
+    refused_by_error: dict[str, int]  # 503s and other non-2xx answers (retries included), by status and error code
     failed_by_kind: dict[str, int]  # no answer at all (timeouts, resets, refused connects)
     last_served_s: float | None
     served_per_s: float | None
@@ -256,12 +256,22 @@ class ClientsResult:
 
 
 async def clients_run(
-    url: str, namespace: str, clients: int, n: int, timeout: float, key_prefix: str, connect_with_request: bool
+    url: str,
+    namespace: str,
+    clients: int,
+    n: int,
+    timeout: float,
+    key_prefix: str,
+    connect_with_request: bool,
+    retry_s: float | None = None,
+    give_up_s: float = 120.0,
 ) -> ClientsResult:
     """n keys over `clients` clients (n / clients each, in sequence, the next sent when the last
     answered, served or refused). With `connect_with_request` every client opens its connection
     at the moment it sends its first request, all at the same instant: the onset of a burst as
-    a server meets it (connects and requests together); without, the connections are opened first."""
+    a server meets it (connects and requests together); without, the connections are opened first.
+    With `retry_s`, a refused key is asked for again after that long (as a client honouring
+    Retry-After would), until it is served or `give_up_s` after the run began."""
     pool = ConnectionPool.for_url(url, max_connections=clients, timeout=timeout)
     loop = asyncio.get_running_loop()
     ns = quote(namespace, safe="")
@@ -278,7 +288,9 @@ async def clients_run(
 
     async def client(c: int) -> None:
         conn = conns[c]
-        for i in per_client[c]:
+        todo = list(reversed(per_client[c]))
+        while todo:
+            i = todo.pop()
             raw = build_get(pool.host_header, f"/v1/cache/{ns}/{quote(f'{key_prefix}{i}', safe='')}")
             sent = loop.time()
             try:
@@ -298,6 +310,9 @@ async def clients_run(
             else:
                 refused[f"{resp.status} {_error_code(resp.body)}".strip()] += 1
                 refused_lat.append(took)
+                if retry_s is not None and resp.status == 503 and loop.time() - t0 + retry_s < give_up_s:
+                    await asyncio.sleep(retry_s)
+                    todo.append(i)
         if conn is not None and not isinstance(conn, BaseException):
             conn.abort()  # type: ignore[attr-defined]
 
@@ -329,6 +344,7 @@ def run_clients(
     settings: BenchSettings,
     *,
     connect_with_request: bool,
+    retry_s: float | None = 1.0,
     cpu_seconds: Callable[[], dict[str, float]] | None = None,
 ) -> dict:
     """One clients run against a running stack, with its origin calls and CPU per key served."""
@@ -337,7 +353,7 @@ def run_clients(
     before = origin.try_stats(prefix)
     cpu_before = cpu_seconds() if cpu_seconds else None
     timeout = 2 * settings.cold_wait_timeout_s + 10
-    run = asyncio.run(clients_run(url, namespace, clients, n, timeout, prefix, connect_with_request))
+    run = asyncio.run(clients_run(url, namespace, clients, n, timeout, prefix, connect_with_request, retry_s))
     time.sleep(0.2)
     cpu_after = cpu_seconds() if cpu_seconds else None
     after = origin.try_stats(prefix)
@@ -373,7 +389,7 @@ def clients_line(r: dict) -> str:
     cpu = r.get("cpu_ms_per_key") or {}
     return (
         f"{r.get('label', '')} {r['clients']} clients{' (connect with request)' if r['connect_with_request'] else ''}:"
-        f" {r['served']}/{r['keys']} served, {r['served_per_s']} keys/s, served p99 {r['served_p99_s']} s"
+        f" {r['served']}/{r['keys']} keys served, {r['served_per_s']} keys/s, served p99 {r['served_p99_s']} s"
         f" max {r['served_max_s']} s, refused {r['refused_by_error'] or 0} (slowest {r['refused_max_s']} s),"
         f" no answer {r['failed_by_kind'] or 0}, origin calls {r['origin_calls']},"
         f" CPU ms/key web {cpu.get('web')} worker {cpu.get('worker')} redis {cpu.get('redis')}"
