@@ -10,7 +10,7 @@ its own; ``MAX_COLD_WAITERS`` bounds those).
 
 The bound adapts to what the refresh tier keeps up with. ``MAX_REQUESTS_IN_FLIGHT`` is its
 ceiling; a cold miss's wait (queue and refresh) is the signal. While the slow tail of the
-waits of the last window exceeds the target (a quarter of ``COLD_WAIT_TIMEOUT_SECONDS``, or
+waits of the last window exceeds the target (half of ``COLD_WAIT_TIMEOUT_SECONDS``, or
 twice the waits seen when nothing queued, for an origin that is simply slow), the bound shrinks
 in proportion; while the waits are within the target and the bound is what holds reads back,
 it grows again (by a quarter a window), and it is back at its ceiling once no cold wait has

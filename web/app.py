@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         open_batch=enqueue_batch,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
-        admission=Admission(settings.max_requests_in_flight or None, settings.cold_wait_timeout_seconds / 4),
+        admission=Admission(settings.max_requests_in_flight or None, settings.cold_wait_timeout_seconds / 2),
     )
     app.extensions[EXTENSION] = WebState(
         settings=settings,

@@ -86,6 +86,16 @@ def flower(stack: Stack) -> Iterator[str]:
     try:
         wait_until(lambda: not proc.alive() or requests.get(base + "/healthcheck", timeout=1).ok, 30, "Flower")
         assert proc.alive(), proc.output()[-2000:]
+        # Workers send task events once a monitor asks (shared/tasks.py): Flower asks at start
+        # and every few seconds. Once it lists a refresh of a probe key, it sees every task.
+        probes = iter(range(1000))
+
+        def flower_sees_a_refresh() -> bool:
+            assert stack.get("herd", f"flower-probe-{next(probes)}").status_code == 200
+            tasks = requests.get(base + "/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
+            return any(t.get("name") == "herdless.refresh" for t in tasks.values())
+
+        wait_until(flower_sees_a_refresh, 30, "Flower to enable the workers' task events", interval=0.5)
         yield base
     finally:
         proc.stop()
