@@ -216,7 +216,8 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OriginFailure"}}},
                         },
                         "503": _error(
-                            "The cold-miss wait timed out, too many requests wait, or Redis/the broker is unreachable.",
+                            "The cold-miss wait timed out, too many requests wait or are in flight (`overloaded`),"
+                            " or Redis/the broker is unreachable.",
                             retry_after=True,
                         ),
                     },
