@@ -735,7 +735,13 @@ def cmd_restart(args: argparse.Namespace) -> int:
         raise SystemExit("loadtest: --restart-at must fall inside the run")
     _raise_fd_limit(args.max_connections + 256)
     args.scenario = "steady"
-    rows = run_restart_bench(make_config(args, args.namespace), modes, restart_at, parse_stack_env(args.stack_env))
+    rows = run_restart_bench(
+        make_config(args, args.namespace),
+        modes,
+        restart_at,
+        parse_stack_env(args.stack_env),
+        down_seconds=args.down_seconds,
+    )
     directory = new_results_dir(args.out, "restart")
     config = make_config(args, args.namespace)
     report = {
@@ -743,6 +749,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         "commit": git_commit(),
         "machine": machine_facts(),
         "restart_at": restart_at,
+        "down_seconds": args.down_seconds,
         "config": {k: getattr(config, k) for k in ("namespace", "rate", "duration", "keys", "zipf", "ttl", "seed")},
         "rows": rows,
     }
@@ -865,6 +872,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="demo", help="namespace of the load (default %(default)s)")
     p.add_argument(
         "--restart-at", type=float, default=None, help="seconds into the load (default a third of --duration)"
+    )
+    p.add_argument(
+        "--down-seconds",
+        type=float,
+        default=0.0,
+        help="how long Redis stays down before it starts empty (default %(default)s: at once); meanwhile warm"
+        " keys are answered STALE from the web processes' memory",
     )
     p.add_argument("--modes", default="no-warm-up,warm-up", help="comma-separated (default %(default)s)")
     p.add_argument(

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -88,10 +89,12 @@ class LocalStack(PrivateStack):
                 used[role] = used.get(role, 0.0) + t.user + t.system
         return used
 
-    def restart_redis(self) -> None:
-        """Kill redis-server (SIGKILL; it persists nothing) and start an empty one on the same port:
-        a Redis that lost its memory, with web and worker reconnecting on their own."""
+    def restart_redis(self, down_seconds: float = 0.0) -> None:
+        """Kill redis-server (SIGKILL; it persists nothing) and, `down_seconds` later, start an empty
+        one on the same port: a Redis that lost its memory, with web and worker reconnecting on their
+        own (and answering from memory meanwhile)."""
         self.redis.stop(signal.SIGKILL)
+        time.sleep(down_seconds)
         self.redis.start()
 
     def stop(self, kill_workers: bool = False) -> None:

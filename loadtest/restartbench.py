@@ -29,13 +29,15 @@ from loadtest.summary import summarize
 
 MODES = ("no-warm-up", "warm-up")
 MISS = X_CACHE_CODES.index("MISS")
+STALE = X_CACHE_CODES.index("STALE")
 
 
 def _ready(web_url: str) -> bool:
+    # 200 also answers "degraded" (Redis unreachable, values served from memory): not ready yet.
     try:
         with urllib.request.urlopen(web_url + "/readyz", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.URLError):
+            return bool(resp.status == 200 and json.loads(resp.read()).get("status") == "ready")
+    except (OSError, urllib.error.URLError, ValueError):
         return False
 
 
@@ -57,10 +59,18 @@ class Restarter(threading.Thread):
     """Kills and restarts the stack's Redis at `restart_at` s of the run; then warms, if asked."""
 
     def __init__(
-        self, stack: LocalStack, run: OpenLoopRun, restart_at: float, warm: bool, token: str, keys: list[str]
+        self,
+        stack: LocalStack,
+        run: OpenLoopRun,
+        restart_at: float,
+        warm: bool,
+        token: str,
+        keys: list[str],
+        down_seconds: float = 0.0,
     ) -> None:
         super().__init__(name="restarter", daemon=True)
         self.stack, self.run_, self.restart_at, self.warm = stack, run, restart_at, warm
+        self.down_seconds = down_seconds
         self.token, self.keys = token, keys
         self.marks: dict[str, Any] = {}
         self.error: BaseException | None = None
@@ -74,7 +84,7 @@ class Restarter(threading.Thread):
                 raise RuntimeError("the load generator never started")
             time.sleep(max(0.0, self.run_.start_wall + self.restart_at - time.time()))
             self.marks["killed_at_s"] = self._offset()
-            self.stack.restart_redis()
+            self.stack.restart_redis(self.down_seconds)
             self.marks["redis_back_at_s"] = self._offset()
             deadline = time.monotonic() + 30
             while not _ready(self.stack.web_urls[0]) and time.monotonic() < deadline:
@@ -105,6 +115,7 @@ def after_restart(result: RunResult, restart_s: float) -> dict[str, Any]:
     before, after = offset < restart_s, offset >= restart_s
     ok = (status >= 200) & (status < 400)
     miss = after & ok & (xcache == MISS)
+    stale = after & ok & (xcache == STALE)  # while Redis is down: values answered from memory
     errors = after & ~ok
     served_before = set(keys[before & ok].tolist())
     miss_keys = set(keys[miss].tolist())
@@ -121,6 +132,7 @@ def after_restart(result: RunResult, restart_s: float) -> dict[str, Any]:
         "requests": int(after.sum()),
         "miss": int(miss.sum()),
         "miss_keys": len(miss_keys),
+        "stale": int(stale.sum()),
         "miss_for_key_served_before": int(sum(1 for k in keys[miss].tolist() if k in served_before)),
         "errors": int(errors.sum()),
         "errors_by_status": by_status,
@@ -137,7 +149,12 @@ def after_restart(result: RunResult, restart_s: float) -> dict[str, Any]:
 
 
 def run_restart_bench(
-    base: RunConfig, modes: list[str], restart_at: float, stack_env: dict[str, str], progress: Any = print
+    base: RunConfig,
+    modes: list[str],
+    restart_at: float,
+    stack_env: dict[str, str],
+    progress: Any = print,
+    down_seconds: float = 0.0,
 ) -> list[dict[str, Any]]:
     """One fresh stack per mode, the same workload (same seed) each: one result row per mode."""
     rows = []
@@ -161,7 +178,9 @@ def run_restart_bench(
             )
             run = OpenLoopRun(cfg)
             # KeySpace numbers keys by Zipf rank: k0 is the hottest.
-            restarter = Restarter(stack, run, restart_at, mode == "warm-up", token, run.keyspace.names())
+            restarter = Restarter(
+                stack, run, restart_at, mode == "warm-up", token, run.keyspace.names(), down_seconds=down_seconds
+            )
             restarter.start()
             result = asyncio.run(run.run())
             restarter.join(60)
@@ -193,8 +212,9 @@ def restart_line(row: dict[str, Any]) -> str:
     if warm:
         warm_text = f"; warm-up of {warm['keys']} keys: {warm['status']} {warm['answer']} in {warm['request_s']} s"
     return (
-        f"{row['mode']}: after the restart {a['miss']} MISS ({a['miss_keys']} keys, {a['miss_for_key_served_before']}"
-        f" for keys served before it), {a['errors']} errors {a['errors_by_status'] or ''}, p99 {a['p99_ms']} ms,"
+        f"{row['mode']}: after the restart {a['stale']} STALE, {a['miss']} MISS ({a['miss_keys']} keys,"
+        f" {a['miss_for_key_served_before']} for keys served before it), {a['errors']} errors"
+        f" {a['errors_by_status'] or ''}, p99 {a['p99_ms']} ms,"
         f" last MISS {a['last_miss_after_s']} s after, origin calls {a['origin_calls_from_restart_second']}" + warm_text
     )
 
@@ -210,12 +230,13 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Steady open-loop load on `{cfg['namespace']}`: {cfg['rate']:g} req/s for {cfg['duration']:g} s over"
         f" {cfg['keys']} keys (Zipf {cfg['zipf']:g}, seed {cfg['seed']}), CACHE_TTL_SECONDS={cfg['ttl']:g}; at"
-        f" {report['restart_at']:g} s redis-server is killed and started empty on the same port. A fresh stack"
-        " per mode. Counted: the requests intended to be sent from the kill on.",
+        f" {report['restart_at']:g} s redis-server is killed and, {report.get('down_seconds', 0):g} s later,"
+        " started empty on the same port. A fresh stack per mode. Counted: the requests intended to be sent"
+        " from the kill on (STALE: answered from a web process's memory while Redis was down).",
         "",
-        "| mode | requests | MISS (waited for the origin) | keys missed | MISS for a key served before |"
+        "| mode | requests | STALE | MISS (waited for the origin) | keys missed | MISS for a key served before |"
         " errors | p50 ms | p99 ms | last MISS after | origin calls | warm-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         a, warm = row["after_restart"], row["warm_up"]
@@ -229,7 +250,7 @@ def markdown(report: dict[str, Any]) -> str:
             )
         last = "—" if a["last_miss_after_s"] is None else f"{a['last_miss_after_s']} s"
         lines.append(
-            f"| {row['mode']} | {a['requests']} | **{a['miss']}** | {a['miss_keys']} |"
+            f"| {row['mode']} | {a['requests']} | {a['stale']} | **{a['miss']}** | {a['miss_keys']} |"
             f" {a['miss_for_key_served_before']} | {errors} | {a['p50_ms']} | {a['p99_ms']} | {last} |"
             f" {a['origin_calls_from_restart_second']} | {warm_text} |"
         )

@@ -25,10 +25,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 WINDOW_SECONDS = 0.5  # how often the bound is reconsidered (at most)
 FLOOR = 8  # the bound never adapts below this many reads in flight
 WINDOW_SAMPLES = 512  # waits kept per window
+T = TypeVar("T")
 QUIET_SECONDS = 2.0  # no cold wait ended for this long: the bound goes back to its ceiling
 
 
@@ -70,6 +72,11 @@ class Admission:
             if admitted:
                 with self._lock:
                     self.in_flight -= 1
+
+    def observed(self, answer: T, started: float) -> T:
+        """`answer`, after recording how long since `started` the cold miss that gave it waited."""
+        self.observe_wait(time.monotonic() - started)
+        return answer
 
     def observe_wait(self, seconds: float) -> None:
         """An admitted cold miss was answered after `seconds` (served, refused or timed out)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.protocol import AnswerOutcome, Refusal
+from shared.protocol import AnswerOutcome, FailureCode, Refusal
 from shared.store import ReadResult
 
 
@@ -58,23 +58,33 @@ def cold_wait_timed_out(retry_after_s: float) -> Refused:
 
 
 # The answer to a cold read while its key cools down after a failed refresh, by the failure's
-# code (which the worker stores with the cooldown): the status is 502 for each, the detail
-# says what failed and what to look at.
-FAILURE_DETAILS = {
-    "origin_error": "the origin failed to produce a value (see the worker log)",
-    "origin_timeout": "the origin did not answer within its timeout (ORIGIN_TIMEOUT_SECONDS)",
-    "origin_too_large": "the origin's answer is larger than ORIGIN_MAX_BYTES",
-    "origin_unimportable": "the origin callable cannot be imported by the worker (see the worker log)",
-    "breaker_open": "the origin's circuit breaker is open after repeated failures; no call until it half-opens",
-    "origin_busy": "every concurrency slot of the origin stayed taken (ORIGIN_MAX_CONCURRENCY)",
+# code (which the worker stores with the cooldown), and to a naive read whose origin call failed:
+# the status is 502 for each, the detail says what failed and what to look at. A fixed text, never
+# the failure's own message: that may hold what a client must not see (a callable's exception
+# naming a database DSN with its password); the worker or web log has it for the operator.
+FAILURE_DETAILS: dict[FailureCode, str] = {
+    FailureCode.ORIGIN_ERROR: "the origin failed to produce a value (see the worker log)",
+    FailureCode.ORIGIN_TIMEOUT: "the origin did not answer within its timeout (ORIGIN_TIMEOUT_SECONDS)",
+    FailureCode.ORIGIN_TOO_LARGE: "the origin's answer is larger than ORIGIN_MAX_BYTES",
+    FailureCode.ORIGIN_UNIMPORTABLE: "the origin callable cannot be imported by the worker (see the worker log)",
+    FailureCode.BREAKER_OPEN: (
+        "the origin's circuit breaker is open after repeated failures; no call until it half-opens"
+    ),
+    FailureCode.ORIGIN_BUSY: "every concurrency slot of the origin stayed taken (ORIGIN_MAX_CONCURRENCY)",
+    FailureCode.OUT_OF_MEMORY: "Redis is at its maxmemory and refused to store the refreshed value",
 }
 
 
-def refused_by_failure(failure: str, retry_after_s: float) -> Refused:
-    """The 502 of a cold key whose last refresh failed for `failure` (a code from FAILURE_DETAILS;
-    an unknown or missing one, from an older worker, is a plain origin_error)."""
-    error = failure if failure in FAILURE_DETAILS else "origin_error"
-    return Refused(502, error, FAILURE_DETAILS[error], retry_after_s)
+def refused_by_failure(failure: str, retry_after_s: float | None = None) -> Refused:
+    """The 502 of a key whose last origin call failed for `failure` (a FailureCode; an unknown
+    or missing one, from an older worker, is a plain origin_error), with its fixed detail; a
+    503 when the store, not the origin, refused (out_of_memory)."""
+    code = FailureCode.parse(failure)
+    return Refused(503 if code is FailureCode.OUT_OF_MEMORY else 502, code, FAILURE_DETAILS[code], retry_after_s)
+
+
+QUEUE_FULL = Refused(503, Refusal.QUEUE_FULL, "too many refreshes wait in the queue (MAX_QUEUED_REFRESHES)", 1)
+OUT_OF_MEMORY = Refused(503, Refusal.OUT_OF_MEMORY, "Redis is at its maxmemory: no new value can be stored now", 1)
 
 
 Answer = Served | Unstored | Refused

@@ -14,8 +14,15 @@ States, told once (the Lua scripts below are the only code that changes them):
 Each transition is one Lua script, so deciding and recording are atomic and no in-process lock is
 held while the origin call runs: a gevent or threads pool runs the calls of one origin side by
 side (pybreaker's own ``CircuitBreaker.call`` holds its lock for the whole call, pybreaker#55).
-From pybreaker we keep its vocabulary: the state names, ``CircuitBreakerError`` as the base of
-``BreakerOpen``, and its exclusion rules (``is_system_error``) so ``NotFound`` is not a failure.
+From pybreaker we keep its vocabulary: the state names (``BreakerState``), ``CircuitBreakerError``
+as the base of ``BreakerOpen``, and its exclusion rules (``is_system_error``).
+
+What counts. Only the origin's own failures (``OriginError.trips_breaker``: a timeout, a refused or
+reset connection, a 5xx, 408 or 429) add to ``fails``. A failure a client can provoke by its
+choice of key (another 4xx, a body over ORIGIN_MAX_BYTES, invalid JSON: ``KeyFault``) is the
+key's problem: it cools that key down, and for the breaker it is an answer from a working origin,
+like ``NotFound``. Otherwise five reads of keys the origin answers 400 would open the breaker of
+every namespace of that origin.
 """
 
 from __future__ import annotations
@@ -30,17 +37,13 @@ from redis.exceptions import RedisError
 
 from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.metrics import BREAKER_TRANSITIONS
-from shared.origin import NotFound
-from shared.protocol import lua_script
+from shared.origin import NotFound, OriginError
+from shared.protocol import BreakerOutcome, BreakerState, BreakerVerdict, lua_script
 from shared.settings import Settings
 from shared.store import new_token
 
 T = TypeVar("T")
 log = logging.getLogger("herdless.breaker")
-
-STATE_CLOSED: str = pybreaker.STATE_CLOSED
-STATE_OPEN: str = pybreaker.STATE_OPEN
-STATE_HALF_OPEN: str = pybreaker.STATE_HALF_OPEN
 
 
 class BreakerOpen(pybreaker.CircuitBreakerError):
@@ -65,6 +68,7 @@ def breaker_fields_key(origin_name: str, keys: Keyspace = DEFAULT_KEYSPACE) -> s
 # KEYS[1] state (string), KEYS[2] fields (hash)
 # ARGV[1] reset timeout ms, ARGV[2] token (becomes the probe if this call probes),
 # ARGV[3] probe ttl ms, ARGV[4] retry-after ms to suggest while another call probes
+# The words it stores and returns are BreakerState's and BreakerVerdict's (shared/protocol.py).
 # Returns {verdict, retry_after_ms, transition}
 #   verdict: "call" (closed), "probe" (this call is the one half-open probe), "refuse"
 #   retry_after_ms: when a refused caller may try again (0 unless refused)
@@ -93,7 +97,7 @@ return {'probe', 0, transition, now, fails}
 
 # RECORD: the outcome of an admitted call.
 # KEYS[1] state, KEYS[2] fields
-# ARGV[1] "ok" or "failed", ARGV[2] token, ARGV[3] fail_max
+# ARGV[1] a BreakerOutcome, "ok" or "failed", ARGV[2] token, ARGV[3] fail_max
 # A failure of the current probe, or the fail_max-th consecutive failure while closed, opens the
 # breaker (opened_at = now); a success of the current probe closes it. Outcomes of calls that
 # were admitted before the breaker left "closed" change nothing once it has.
@@ -160,41 +164,60 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+def _transition(raw: bytes | str) -> BreakerState | None:
+    text = _text(raw)
+    return BreakerState(text) if text else None
+
+
+def counts_against_breaker(exc: BaseException) -> bool:
+    """Is this exception of an admitted call a failure of the origin itself? A key's own fault
+    (``OriginError.trips_breaker`` false) and anything pybreaker's rules exclude are not."""
+    if isinstance(exc, OriginError) and not exc.trips_breaker:
+        return False
+    return _EXCLUSIONS.is_system_error(exc)
+
+
+# Only pybreaker's public exclusion rule; this object never calls anything.
+_EXCLUSIONS = pybreaker.CircuitBreaker(exclude=[NotFound])
+
+
 @dataclass(frozen=True)
 class Admission:
-    verdict: str  # "call" | "probe" | "refuse"
+    verdict: BreakerVerdict
     retry_after_ms: int
-    transition: str  # "half-open" or ""
+    transition: BreakerState | None  # HALF_OPEN if this call moved the breaker there
     now_ms: int  # the Redis clock at admission: when the origin call starts
     fails: int  # consecutive failures recorded so far
 
     @classmethod
     def decode(cls, reply: list[Any]) -> Admission:
         verdict, retry_after_ms, transition, now_ms, fails = reply
-        return cls(_text(verdict), int(retry_after_ms), _text(transition), int(now_ms), int(fails))
+        return cls(
+            BreakerVerdict(_text(verdict)), int(retry_after_ms), _transition(transition), int(now_ms), int(fails)
+        )
 
 
 @dataclass(frozen=True)
 class Recorded:
-    transition: str  # "open", "closed" or ""
+    transition: BreakerState | None  # OPEN or CLOSED if this outcome moved the breaker there
     fails: int
 
     @classmethod
     def decode(cls, reply: list[Any]) -> Recorded:
         transition, fails = reply
-        return cls(_text(transition), int(fails))
+        return cls(_transition(transition), int(fails))
 
 
 @dataclass(frozen=True)
 class BreakerSnapshot:
-    state: str
+    state: BreakerState
     fails: int
     remaining_open_ms: int
 
     @classmethod
     def decode(cls, reply: list[Any]) -> BreakerSnapshot:
         state, fails, remaining = reply
-        return cls(_text(state), int(fails), int(remaining))
+        return cls(BreakerState(_text(state)), int(fails), int(remaining))
 
 
 class OriginBreaker:
@@ -211,8 +234,6 @@ class OriginBreaker:
         self.probe_busy_retry_ms = max(1000, self.reset_timeout_ms // 4)
         keys = Keyspace.of(settings)
         self._keys = [breaker_state_key(origin_name, keys), breaker_fields_key(origin_name, keys)]
-        # Only pybreaker's public exclusion rule; this object never calls anything.
-        self._exclusions = pybreaker.CircuitBreaker(exclude=[NotFound], name=origin_name)
         self._admit = client.register_script(ADMIT)
         self._record = client.register_script(RECORD)
         self._abandon_probe = client.register_script(ABANDON_PROBE)
@@ -222,7 +243,7 @@ class OriginBreaker:
         return BreakerSnapshot.decode(self._snapshot(keys=self._keys, args=[self.reset_timeout_ms]))
 
     @property
-    def state(self) -> str:
+    def state(self) -> BreakerState:
         return self.snapshot().state
 
     def remaining_open_ms(self) -> int:
@@ -244,39 +265,42 @@ class OriginBreaker:
                 args=[self.reset_timeout_ms, token, self.probe_ttl_ms, self.probe_busy_retry_ms],
             )
         )
-        self._count(admission.transition, was="open", fails=admission.fails)
-        if admission.verdict == "refuse":
+        self._count(admission.transition, was=BreakerState.OPEN, fails=admission.fails)
+        if admission.verdict is BreakerVerdict.REFUSE:
             raise BreakerOpen(admission.retry_after_ms)
-        probing = admission.verdict == "probe"
+        probing = admission.verdict is BreakerVerdict.PROBE
         recorded = False
         try:
             try:
                 result = fn(*args)
             except Exception as exc:
-                recorded = self._finish(token, ok=not self._exclusions.is_system_error(exc), probing=probing, exc=exc)
+                if counts_against_breaker(exc):
+                    recorded = self._finish(token, BreakerOutcome.FAILED, admission, exc=exc)
+                else:
+                    recorded = self._finish(token, BreakerOutcome.OK, admission)
                 raise
-            # The common case costs no second round trip: a success while closed with no
-            # failure on record changes nothing.
-            if admission.verdict == "call" and admission.fails == 0:
-                recorded = True
-            else:
-                recorded = self._finish(token, ok=True, probing=probing)
+            recorded = self._finish(token, BreakerOutcome.OK, admission)
             return result, admission.now_ms
         finally:
             if probing and not recorded:
                 self._release_probe(token)
 
-    def _finish(self, token: str, *, ok: bool, probing: bool = False, exc: BaseException | None = None) -> bool:
+    def _finish(
+        self, token: str, outcome: BreakerOutcome, admission: Admission, exc: BaseException | None = None
+    ) -> bool:
         """Record the outcome; True if it was recorded. A Redis error here must not turn a good
         origin answer into a failure, so it is logged (the probe, if any, is freed by the caller)."""
+        if outcome is BreakerOutcome.OK and admission.verdict is BreakerVerdict.CALL and admission.fails == 0:
+            # The common case costs no second round trip: a success while closed with no
+            # failure on record changes nothing.
+            return True
         try:
-            outcome = Recorded.decode(
-                self._record(keys=self._keys, args=["ok" if ok else "failed", token, self.fail_max])
-            )
+            recorded = Recorded.decode(self._record(keys=self._keys, args=[outcome, token, self.fail_max]))
         except RedisError:
             log.warning("could not record a call outcome for breaker %s", self.origin_name, exc_info=True)
             return False
-        self._count(outcome.transition, was="half-open" if probing else "closed", fails=outcome.fails, exc=exc)
+        was = BreakerState.HALF_OPEN if admission.verdict is BreakerVerdict.PROBE else BreakerState.CLOSED
+        self._count(recorded.transition, was=was, fails=recorded.fails, exc=exc)
         return True
 
     def _release_probe(self, token: str) -> None:
@@ -285,15 +309,17 @@ class OriginBreaker:
         except RedisError:
             log.warning("could not free the probe of breaker %s; it expires by itself", self.origin_name)
 
-    def _count(self, transition: str, *, was: str, fails: int, exc: BaseException | None = None) -> None:
+    def _count(
+        self, transition: BreakerState | None, *, was: BreakerState, fails: int, exc: BaseException | None = None
+    ) -> None:
         """Count a transition, and log it: only the one call whose script made it gets here, so
         each transition is one line across every process and host (in the log of the process
         that made it)."""
-        if not transition:
+        if transition is None:
             return
         BREAKER_TRANSITIONS.labels(self.origin_name, transition).inc()
         reset_s = self.reset_timeout_ms / 1000
-        if transition == "open" and was == "closed":
+        if transition is BreakerState.OPEN and was is BreakerState.CLOSED:
             log.warning(
                 "circuit breaker of origin %s: closed -> open after %d consecutive failures (last: %s); "
                 "no call to it for %g s (BREAKER_RESET_TIMEOUT_SECONDS), stale values are served meanwhile",
@@ -302,14 +328,14 @@ class OriginBreaker:
                 _describe(exc),
                 reset_s,
             )
-        elif transition == "open":
+        elif transition is BreakerState.OPEN:
             log.warning(
                 "circuit breaker of origin %s: half-open -> open, the probe failed (%s); no call for another %g s",
                 self.origin_name,
                 _describe(exc),
                 reset_s,
             )
-        elif transition == "half-open":
+        elif transition is BreakerState.HALF_OPEN:
             log.info("circuit breaker of origin %s: open -> half-open, one probe call may go through", self.origin_name)
         else:
             log.info("circuit breaker of origin %s: half-open -> closed, the probe succeeded", self.origin_name)

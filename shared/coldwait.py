@@ -186,8 +186,10 @@ class ColdWaitHub:
         disconnected_slice: float = DISCONNECTED_SLICE,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         liveness_seconds: float = LIVENESS_SECONDS,
+        on_subscribed: Callable[[], object] | None = None,
     ) -> None:
         self._client_factory = client_factory
+        self._on_subscribed = on_subscribed  # Redis answered: e.g. end degraded mode at once
         self._max_waiters = max_waiters
         self.nearcache = nearcache
         self._ack_client = ack_client  # confirms purges' invalidations (None: never confirms)
@@ -274,6 +276,8 @@ class ColdWaitHub:
         self.connected.set()
         if self.nearcache is not None:
             self.nearcache.resume()
+        if self._on_subscribed is not None:
+            self._on_subscribed()
 
     def _pump(self, pubsub: Any) -> None:
         heard = pinged = registered = time.monotonic()

@@ -41,7 +41,7 @@ class WaitingConnectionPool(redis.BlockingConnectionPool):
             return super().get_connection(*args, **kwargs)
         except redis.ConnectionError as exc:
             if str(exc) == "No connection available.":
-                raise PoolExhausted(f"no connection of {self.max_connections} free within {self.timeout} s") from None
+                raise PoolExhausted(str(exc)) from None  # the same text: shared/degraded.py knows it
             raise
 
 

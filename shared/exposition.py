@@ -1,14 +1,21 @@
 """What /metrics serves in both tiers: every process's counters (multiprocess mode) plus queue
-depth, breaker state and origin calls in flight, read from the broker and Redis at scrape time."""
+depth, breaker state and origin calls in flight, read from the broker and Redis at scrape time.
+
+/metrics names an origin as the status page does, by the namespaces that use it ("origin of
+demo, demo-swr"), never by its host and port (or module and function): both pages are public,
+and an origin's address is for the admin's GET /v1/namespaces."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from shared import rates
 from shared.breaker import breaker_state_key
@@ -16,6 +23,7 @@ from shared.keys import Keyspace
 from shared.metrics import ScrapeTimeCollector
 from shared.namespaces import Namespace
 from shared.origin_slots import OriginSlots
+from shared.protocol import BreakerState
 from shared.settings import Settings
 from shared.store import make_redis
 
@@ -36,11 +44,11 @@ def queue_depths(celery_app: Any, queue: str) -> Iterable[tuple[str, int]]:
         return [(queue, int(ok.message_count))]
 
 
-def breaker_states(client: Any, keys: Keyspace, origin_names: list[str]) -> Iterable[tuple[str, str]]:
+def breaker_states(client: Any, keys: Keyspace, origin_names: list[str]) -> Iterable[tuple[str, BreakerState]]:
     states = []
     for name in origin_names:
         raw = client.get(breaker_state_key(name, keys))
-        states.append((name, raw.decode() if raw else "closed"))
+        states.append((name, BreakerState(raw.decode()) if raw else BreakerState.CLOSED))
     return states
 
 
@@ -48,12 +56,41 @@ def origin_in_flight(slots: list[OriginSlots]) -> Iterable[tuple[str, int]]:
     return [(s.origin_name, s.in_flight()) for s in slots]
 
 
+def origin_labels(namespaces: Iterable[Namespace]) -> dict[str, str]:
+    """A public name for each origin: the namespaces that use it, not its host and port."""
+    users: dict[str, list[str]] = defaultdict(list)
+    for ns in namespaces:
+        users[ns.origin_name].append(ns.name)
+    return {origin: "origin of " + ", ".join(sorted(names)) for origin, names in users.items()}
+
+
+class PublicOriginLabels(Collector):
+    """Another registry's samples with each `origin` label replaced by its public name
+    (`origin_labels`); a sample of an origin no namespace uses is left out, never shown by host."""
+
+    def __init__(self, inner: CollectorRegistry, labels: dict[str, str]) -> None:
+        self._inner = inner
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            samples = []
+            for sample in family.samples:
+                origin = sample.labels.get("origin")
+                if origin is None:
+                    samples.append(sample)
+                elif origin in self._labels:
+                    samples.append(sample._replace(labels={**sample.labels, "origin": self._labels[origin]}))
+            family.samples = samples
+            yield family
+
+
 _global_scrape_collector: ScrapeTimeCollector | None = None
 
 
 def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Namespace]) -> CollectorRegistry:
     """Counters of every process of this role, plus queue depth and breaker state read per scrape,
-    so queue depth stays visible from the web tier while no worker runs."""
+    so queue depth stays visible from the web tier while no worker runs; origins by public name."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
@@ -76,7 +113,9 @@ def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Na
             REGISTRY.unregister(_global_scrape_collector)
         _global_scrape_collector = collector
     registry.register(collector)
-    return registry
+    public = CollectorRegistry()
+    public.register(PublicOriginLabels(registry, origin_labels(namespaces.values())))
+    return public
 
 
 def configure_rate_recorder(settings: Settings) -> None:

@@ -135,6 +135,20 @@ class Keyspace:
     def slots(self, origin_name: str) -> str:
         return f"{self.prefix}:slots:{{{origin_name}}}"
 
+    # The registry of waiting refresh messages (shared/queuebound.py): one hash tag, so its
+    # scripts touch all three on one Cluster node.
+    @property
+    def queue_waiting(self) -> str:
+        return f"{self.prefix}:{{queue}}:waiting"
+
+    @property
+    def queue_tokens(self) -> str:
+        return f"{self.prefix}:{{queue}}:tokens"
+
+    @property
+    def queue_consuming(self) -> str:
+        return f"{self.prefix}:{{queue}}:consuming"
+
 
 # The names of a deployment with the default prefix on database 0 (tests, and where no setting reaches).
 DEFAULT_KEYSPACE = Keyspace()

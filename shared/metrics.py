@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import rates
+from shared.protocol import BreakerState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 AGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -122,11 +123,21 @@ NEAR_CACHE_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
-BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+REDIS_DEGRADED = Gauge(
+    "herdless_redis_degraded",
+    "Web processes that find Redis unreachable and answer from memory (degraded mode), summed over live processes",
+    multiprocess_mode="livesum",
+)
+DEGRADED_ANSWERS = Counter(
+    "herdless_degraded_answers",
+    "Reads answered while Redis was unreachable: stale (from the near-cache), refused (503) or "
+    'origin (the namespace has fallback = "origin")',
+    ["namespace", "answer"],
+)
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual", "warm")
-SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced")
+SUPPRESS_REASONS = ("lease_held", "cooldown", "coalesced", "queue_full", "out_of_memory")
 REFRESH_OUTCOMES = (
     "written",
     "revalidated",
@@ -137,10 +148,12 @@ REFRESH_OUTCOMES = (
     "breaker_open",
     "expired",
     "slot_timeout",
+    "out_of_memory",
 )
 ORIGIN_OUTCOMES = ("ok", "not_modified", "error", "timeout", "not_found")
-BREAKER_STATES = ("closed", "half-open", "open")
+BREAKER_STATES = tuple(BreakerState)
 NEAR_CACHE_RESULTS = ("hit", "miss", "invalidated", "bypassed")
+DEGRADED_ANSWER_KINDS = ("stale", "refused", "origin")
 
 
 # Each metric with the values of its second label (empty: the first label alone), to create
@@ -153,6 +166,7 @@ WEB_SERIES: Series = (
     (REQUEST_DURATION, ()),
     (SERVED_AGE, ()),
     (COLD_WAKEUPS, ()),
+    (DEGRADED_ANSWERS, DEGRADED_ANSWER_KINDS),
 )
 WORKER_SERIES: Series = (
     (REFRESHES, REFRESH_OUTCOMES),
@@ -177,6 +191,7 @@ def init_web_series(namespaces: Iterable[str]) -> None:
     _create(WEB_SERIES, namespaces)
     for result in NEAR_CACHE_RESULTS:
         NEAR_CACHE.labels(result)
+    REDIS_DEGRADED.set(0)
 
 
 def init_worker_series(namespaces: Iterable[str], origins: Iterable[str]) -> None:
@@ -192,7 +207,7 @@ class ScrapeTimeCollector(Collector):
     def __init__(
         self,
         queue_depths: Callable[[], Iterable[tuple[str, int]]],
-        breaker_states: Callable[[], Iterable[tuple[str, str]]],
+        breaker_states: Callable[[], Iterable[tuple[str, BreakerState]]],
         origin_in_flight: Callable[[], Iterable[tuple[str, int]]] | None = None,
     ) -> None:
         self._queue_depths = queue_depths
@@ -212,7 +227,7 @@ class ScrapeTimeCollector(Collector):
         )
         try:
             for origin, name in self._breaker_states():
-                state.add_metric([origin], BREAKER_STATE_VALUES.get(name, 0))
+                state.add_metric([origin], BreakerState(name).gauge)
         except Exception:  # noqa: BLE001
             pass
         yield state

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from shared.protocol import Freshness, Strategy
-from shared.settings import Settings
+from shared.protocol import Fallback, Freshness, Strategy
+from shared.settings import Settings, redact_url
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _OVERRIDABLE = {
@@ -132,6 +132,9 @@ class Namespace:
     # "fixed": lifetimes from the TTL settings above; "origin": from each answer's Cache-Control
     # (or Expires), clamped by the bounds below, the settings above being the fallback.
     freshness: Freshness = Freshness.FIXED
+    # While Redis is unreachable, what a cold key answers: 503 (none) or the origin's answer,
+    # fetched by the web process itself (origin; shared/degraded.py OriginFallback).
+    fallback: Fallback = Fallback.NONE
     min_ttl_seconds: float = _ORIGIN_BOUNDS["min_ttl_seconds"]
     max_ttl_seconds: float = _ORIGIN_BOUNDS["max_ttl_seconds"]
     min_stale_seconds: float = _ORIGIN_BOUNDS["min_stale_seconds"]
@@ -188,8 +191,9 @@ def _origin_name(origin: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """An origin URL with any user:password@ replaced by ***@, for messages and logs."""
-    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+    """An origin URL with any user:password@ replaced by ***@ (a raw @ in the password
+    included) and any ?password= hidden, for messages and logs."""
+    return redact_url(url, hide_user=True)
 
 
 def _validate_origin(name: str, origin: str) -> None:
@@ -245,7 +249,7 @@ def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> Ori
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
         raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers"}
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers", "fallback"}
     if unknown:
         _bad(name, ", ".join(sorted(unknown)), "unknown option")
     try:
@@ -260,6 +264,12 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         _bad(name, "origin", str(exc))
     _validate_origin(name, origin)
     headers = _origin_headers(name, raw.get("headers"), origin, settings)
+    try:
+        fallback = Fallback(raw.get("fallback", Fallback.NONE))
+    except ValueError:
+        _bad(name, "fallback", f"{raw['fallback']!r} is not one of {tuple(map(str, Fallback))}")
+    if fallback is Fallback.ORIGIN and strategy is Strategy.NAIVE:
+        _bad(name, "fallback", "the naive strategy calls the origin from the web tier already")
     values: dict[str, Any] = {}
     for option in _OVERRIDABLE:
         value = raw.get(option, getattr(settings, option))
@@ -286,6 +296,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         origin_name=_origin_name(origin),
         origin_max_concurrency=max_conc,
         origin_headers=headers,
+        fallback=fallback,
         **values,
         **_freshness_options(name, raw),
     )

@@ -9,8 +9,9 @@ on the Redis clock. Before that moment every read of the key would be a HIT with
 take, so the process may answer from memory and Redis would have said the same -- unless the
 value changed. Every write and purge publishes an invalidation (shared/coldwait.py), and the
 process's one subscription drops the key here. While that subscription is down, invalidations
-could be missed, so the cache is flushed and bypassed (``suspend``) until the subscription is
-back (``resume``). A NearCache starts suspended: nothing is served before the first subscribe.
+could be missed, so the cache is bypassed (``suspend``) until the subscription is back, and
+flushed then (``resume``). A NearCache starts suspended: nothing is served before the first
+subscribe.
 
 Clocks. Redis's clock decides freshness, but a process cannot ask Redis the time on a memory
 hit. At each read the engine gives ``put`` the Redis ``now`` of that read; the cache keeps the
@@ -37,6 +38,21 @@ false refusals (a single global counter would refuse nearly every put under such
 The one remaining window is the pub/sub delivery delay itself: after a write lands, this
 process may serve the previous value until the invalidation arrives (normally well under a
 millisecond on one network; bounded by the subscription's liveness check in coldwait.py).
+
+Through a Redis outage (shared/degraded.py). Each slot is also kept, past its HIT moment, until
+the value's stale-if-error bound (``keep_until_ms`` of ``put``); before the HIT moment ``get``
+serves it, after it only ``get_stale`` does, which the read path asks only while Redis is
+unreachable. When the subscription is lost the slots are *held*, not flushed: ``get`` bypasses
+them and ``put`` refuses, but ``get_stale`` may still answer them, because every invalidation
+published before the loss has been applied -- so no value purged before the outage began is
+among them. They are dropped when they can no longer be vouched for: at ``resume`` (invalidations
+may have been missed while the subscription was down) and as soon as a read that began after
+the loss gets an answer from Redis (``redis_answered``: Redis is up while this process cannot
+hear its invalidations).
+
+Memory. An entry is charged its value's length, its key's UTF-8 length and the measured
+overhead ``ENTRY_OVERHEAD_BYTES``; ``max_entries`` bounds the count as well, so that a client
+asking for many distinct small keys cannot make the per-entry overhead the bulk of the memory.
 """
 
 from __future__ import annotations
@@ -53,9 +69,17 @@ from shared import metrics
 from shared.xfetch import MIN_U
 
 DEFAULT_MARGIN_MS = 50
-# Bytes charged per entry on top of its key and value: the slot, the entry object, its small
-# strings (content type, etag) and the OrderedDict node. A rough constant is all LRU needs.
-ENTRY_OVERHEAD_BYTES = 256
+# Bytes charged per entry on top of its value's length and its key's UTF-8 length: the slot, the
+# engine's ReadResult and what it holds (the value's bytes header, content type, etag, the ints
+# and floats of its fields), the key's str header, the (ns, key) tuple and the OrderedDict node.
+# Measured with tracemalloc: 20 000 ReadResults as store.read decodes them (content type
+# application/json, our 26-character etag, keys of 13 ASCII characters), values of 0, 100 and
+# 1 000 bytes: 930-960 bytes per entry beyond value and key before ReadResult and the slot had
+# __slots__, 865 with them, 890 with the slot's keep-until. With 900, a 16 MiB budget filled
+# with values of 0-200 bytes holds 17.3 MiB (1.08x); the flat 256 it replaced let one hold 54 MB.
+# tests/test_nearcache.py checks a filled cache stays within 1.2x its budget.
+ENTRY_OVERHEAD_BYTES = 900
+DEFAULT_MAX_ENTRIES = 100_000
 # How many per-key invalidation records are kept for the begin_read/put guard.
 INVALIDATION_MEMORY = 65_536
 
@@ -98,30 +122,38 @@ class NearHit(NamedTuple, Generic[E]):
     redis_now_ms: int  # estimated Redis clock now: for Age and max-age
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot(Generic[E]):
     entry: E
     size: int
     offset_ms: float  # Redis clock minus host monotonic clock, measured at the read
-    serve_until_host_ms: float
+    serve_until_host_ms: float  # a HIT from memory until then
+    keep_until_host_ms: float  # kept (for get_stale, during an outage) until then
     redis_read_ms: int  # the Redis now of the read that produced this slot
 
 
+def entry_size(key: str, value: bytes | None) -> int:
+    """What one entry is charged against the byte budget (see ENTRY_OVERHEAD_BYTES)."""
+    return len(value or b"") + len(key.encode("utf-8", "surrogatepass")) + ENTRY_OVERHEAD_BYTES
+
+
 class NearCache(Generic[E]):
-    """A per-process, byte-bounded LRU of values Redis called HIT. Thread- and gevent-safe."""
+    """A per-process LRU, bounded in bytes and entries, of values Redis answered. Thread- and gevent-safe."""
 
     def __init__(
         self,
         max_bytes: int,
         margin_ms: int = DEFAULT_MARGIN_MS,
         *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
         clock: Callable[[], float] = monotonic_ms,
         suspended: bool = True,
         invalidation_memory: int = INVALIDATION_MEMORY,
     ) -> None:
-        if max_bytes < 0 or margin_ms < 0:
-            raise ValueError("max_bytes and margin_ms must be >= 0")
+        if max_bytes < 0 or margin_ms < 0 or max_entries < 1:
+            raise ValueError("max_bytes and margin_ms must be >= 0, max_entries >= 1")
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self.margin_ms = margin_ms
         self._clock = clock
         self._lock = threading.Lock()
@@ -129,6 +161,7 @@ class NearCache(Generic[E]):
         self._bytes = 0
         self._suspended = suspended
         self._seq = 0  # bumped by every invalidation, clear and suspend
+        self._suspended_seq = 0  # reads whose token is at least this began after the last suspend
         self._floor = 0  # tokens below this are refused
         self._invalidated: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._invalidation_memory = max(1, invalidation_memory)
@@ -149,15 +182,30 @@ class NearCache(Generic[E]):
         return len(self._slots)
 
     def suspend(self) -> None:
-        """The invalidation feed is down: flush, refuse in-flight puts, bypass until resume()."""
+        """The invalidation feed is down: refuse in-flight puts and bypass until resume(); keep
+        the slots held for get_stale (every invalidation sent before now has been applied)."""
         with self._lock:
+            if self._suspended:
+                return
             self._suspended = True
-            self._clear_locked()
+            self._seq += 1
+            self._floor = self._suspended_seq = self._seq
+            self._invalidated.clear()
 
     def resume(self) -> None:
-        """The invalidation feed is live again (subscribe handshake done): serve again."""
+        """The invalidation feed is live again (subscribe handshake done): drop what was held
+        (writes may have been missed meanwhile) and serve again."""
         with self._lock:
+            self._clear_locked()
             self._suspended = False
+
+    def redis_answered(self, token: ReadToken) -> None:
+        """The read of `token` got Redis's answer. Begun while suspended, it shows that Redis is
+        up although invalidations cannot reach this process: drop the held slots."""
+        if self._suspended and self._slots and token.seq >= self._suspended_seq:
+            with self._lock:
+                if self._suspended:
+                    self._clear_locked()
 
     def clear(self) -> None:
         with self._lock:
@@ -194,27 +242,55 @@ class NearCache(Generic[E]):
                     self._slots.move_to_end(target)
                     hit = NearHit(slot.entry, int(now + slot.offset_ms))
                 else:
-                    self._drop_locked(target, slot)
+                    if now >= slot.keep_until_host_ms:
+                        self._drop_locked(target, slot)
                     hit = None
         metrics.NEAR_CACHE.labels("hit" if hit is not None else "miss").inc()
         return hit
 
-    def put(self, ns: str, key: str, entry: E, redis_now_ms: int, early_ms: float, token: ReadToken) -> bool:
-        """Keep an entry Redis just called HIT until ``early_ms`` (Redis clock, see hit_until_ms).
+    def get_stale(self, ns: str, key: str) -> NearHit[E] | None:
+        """The entry and the estimated Redis now while it is within its keep-until bound, held
+        or not: what a process answers while Redis is unreachable."""
+        target = (ns, key)
+        with self._lock:
+            slot = self._slots.get(target)
+            if slot is None:
+                return None
+            now = self._clock()
+            if now >= slot.keep_until_host_ms:
+                self._drop_locked(target, slot)
+                return None
+            self._slots.move_to_end(target)
+            return NearHit(slot.entry, int(now + slot.offset_ms))
+
+    def put(
+        self,
+        ns: str,
+        key: str,
+        entry: E,
+        redis_now_ms: int,
+        early_ms: float,
+        token: ReadToken,
+        keep_until_ms: float | None = None,
+    ) -> bool:
+        """Keep an entry Redis just answered: served by get until ``early_ms`` (Redis clock, see
+        hit_until_ms; at or before now for a value Redis did not call HIT) and kept for
+        get_stale until ``keep_until_ms`` (its stale-if-error bound; ``early_ms`` when None).
 
         Refused (False) while suspended, when the key was invalidated or the cache cleared
-        since ``token`` was taken, when the entry alone exceeds the budget, when its moment is
-        already past, or when a slot from a later Redis read is already there."""
+        since ``token`` was taken, when the entry alone exceeds the budget, when both moments
+        are already past, or when a slot from a later Redis read is already there."""
         target = (ns, key)
-        size = len(entry.value or b"") + len(key) + len(ns) + ENTRY_OVERHEAD_BYTES
+        size = entry_size(key, entry.value)
         if size > self.max_bytes:
             return False
         offset = redis_now_ms - token.host_ms
         serve_until = early_ms - offset - self.margin_ms
+        keep_until = max(early_ms, keep_until_ms or early_ms) - offset - self.margin_ms
         with self._lock:
             if self._suspended or token.seq < self._floor or self._invalidated.get(target, -1) > token.seq:
                 return False
-            if serve_until <= self._clock():
+            if keep_until <= self._clock():
                 return False
             old = self._slots.get(target)
             if old is not None:
@@ -222,10 +298,10 @@ class NearCache(Generic[E]):
                     return False
                 self._drop_locked(target, old)
             # Make room first, so the account never exceeds the budget, not even for a moment.
-            while self._bytes + size > self.max_bytes:
+            while self._slots and (self._bytes + size > self.max_bytes or len(self._slots) >= self.max_entries):
                 victim_key, victim = next(iter(self._slots.items()))
                 self._drop_locked(victim_key, victim)
-            self._slots[target] = _Slot(entry, size, offset, serve_until, redis_now_ms)
+            self._slots[target] = _Slot(entry, size, offset, serve_until, keep_until, redis_now_ms)
             self._bytes += size
             metrics.NEAR_CACHE_BYTES.set(self._bytes)
         return True
@@ -251,3 +327,28 @@ class NearCache(Generic[E]):
         del self._slots[target]
         self._bytes -= slot.size
         metrics.NEAR_CACHE_BYTES.set(self._bytes)
+
+
+class NoNearCache(Generic[E]):
+    """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
+
+    def get(self, ns: str, key: str) -> NearHit[E] | None:
+        return None
+
+    def get_stale(self, ns: str, key: str) -> NearHit[E] | None:
+        return None
+
+    def begin_read(self, ns: str, key: str) -> ReadToken:
+        return ReadToken(0, 0.0)
+
+    def put(self, ns: str, key: str, entry: E, *moments: object, **keep_until: object) -> bool:
+        return False
+
+    def redis_answered(self, token: ReadToken) -> None:
+        pass
+
+    def invalidate(self, ns: str, key: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0

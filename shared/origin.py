@@ -23,33 +23,52 @@ import urllib3
 
 from shared.freshness import CacheHeaders
 from shared.namespaces import CallableImportError, Namespace, import_callable
+from shared.protocol import FailureCode
 
 
 class OriginError(Exception):
-    """The origin failed: bad status, bad body, unreachable. Counts against the breaker.
+    """The origin failed: unreachable, timed out, a 5xx, 408 or 429, or a callable that raised.
+    Counts against the breaker (`trips_breaker`).
 
     `outcome` labels herdless_origin_calls_total; `code` is the `error` of the answer a reader
     gets when no value can be served (it travels to the web tier with the key's cooldown)."""
 
     outcome = "error"
-    code = "origin_error"
+    code: FailureCode = FailureCode.ORIGIN_ERROR
+    # A failure of the origin itself, whichever key was asked: it counts against the breaker.
+    trips_breaker = True
+
+
+class KeyFault(OriginError):
+    """The origin works, but this key's answer is unusable: a 4xx other than 404, 408 and 429, a
+    body over ORIGIN_MAX_BYTES, invalid JSON. A client chooses its keys, so this is the key's
+    problem: the key cools down, the breaker does not count it (shared/breaker.py)."""
+
+    trips_breaker = False
 
 
 class OriginTimeout(OriginError):
     outcome = "timeout"
-    code = "origin_timeout"
+    code = FailureCode.ORIGIN_TIMEOUT
 
 
-class OriginTooLarge(OriginError):
+class OriginTooLarge(KeyFault):
     """The answer's body is over ORIGIN_MAX_BYTES."""
 
-    code = "origin_too_large"
+    code = FailureCode.ORIGIN_TOO_LARGE
 
 
 class OriginUnimportable(OriginError):
     """A callable origin's module or function cannot be imported in this process."""
 
-    code = "origin_unimportable"
+    code = FailureCode.ORIGIN_UNIMPORTABLE
+
+
+def status_error(status: int) -> OriginError:
+    """The failure an HTTP status other than 200, 304 and 404 stands for: a 5xx, a 408 (it timed
+    out) or a 429 (it is overloaded) is the origin's own trouble, any other the key's."""
+    kind = OriginError if status >= 500 or status in (408, 429) else KeyFault
+    return kind(f"origin answered HTTP {status}")
 
 
 class NotFound(Exception):
@@ -180,12 +199,12 @@ class HttpOrigin:
                 raise NotFound("origin answered 404")
             if resp.status == 304:
                 if not conditional:
-                    raise OriginError("origin answered 304 to a request that was not conditional")
+                    raise KeyFault("origin answered 304 to a request that was not conditional")
                 resp.drain_conn()
                 complete = True
                 return NotModified(_validators(resp.headers), _cache_headers(resp.headers))
             if resp.status != 200:
-                raise OriginError(f"origin answered HTTP {resp.status}")
+                raise status_error(resp.status)
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise OriginTooLarge(f"origin body of {declared} bytes exceeds ORIGIN_MAX_BYTES={self.max_bytes}")
@@ -283,7 +302,7 @@ def _checked(body: bytes, content_type: str) -> OriginResponse:
         try:
             json.loads(body)
         except ValueError as exc:
-            raise OriginError("origin sent invalid JSON") from exc
+            raise KeyFault("origin sent invalid JSON") from exc
     return OriginResponse(body=body, content_type=content_type)
 
 
@@ -394,7 +413,7 @@ class CallableOrigin:
             raise OriginError(f"origin callable raised {describe_exception(exc)}") from exc
         if result is NOT_MODIFIED:
             if validator is None:
-                raise OriginError("origin callable returned NOT_MODIFIED without being passed a validator")
+                raise KeyFault("origin callable returned NOT_MODIFIED without being passed a validator")
             return NotModified(validators or Validators())
         meta = OriginValue(result)
         if isinstance(result, OriginValue):
@@ -407,7 +426,7 @@ class CallableOrigin:
             try:
                 body = json.dumps(result, separators=(",", ":")).encode("utf-8")
             except (TypeError, ValueError) as exc:
-                raise OriginError("origin callable returned a value that is not JSON-able") from exc
+                raise KeyFault("origin callable returned a value that is not JSON-able") from exc
             ctype = "application/json"
         if len(body) > self.max_bytes:
             raise OriginTooLarge(f"origin body exceeds ORIGIN_MAX_BYTES={self.max_bytes}")

@@ -44,6 +44,7 @@ class LeaseState(StrEnum):
     HELD = "held"  # a refresh holds it
     COOLDOWN = "cooldown"  # the last refresh failed: the key backs off
     QUEUED = "queued"  # READ only: a refresh task of the key still waits in the queue
+    OUT_OF_MEMORY = "out_of_memory"  # READ only: free, but Redis at maxmemory refused to store it
 
 
 class MarkerState(StrEnum):
@@ -121,6 +122,7 @@ class RefreshOutcome(StrEnum):
     ORIGIN_ERROR = "origin_error"  # the origin failed (FailureCode says how)
     BREAKER_OPEN = "breaker_open"  # the breaker refused the call
     SLOT_TIMEOUT = "slot_timeout"  # no concurrency slot of the origin came free
+    OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: the write script was refused
     EXPIRED = "expired"  # the task waited in the queue past its marker and was dropped unrun
     # The task names a namespace this worker does not know (its namespaces file differs from
     # the web tier's). Never a metric label: the name is not one of the configured ones.
@@ -137,6 +139,7 @@ class FailureCode(StrEnum):
     ORIGIN_UNIMPORTABLE = "origin_unimportable"
     BREAKER_OPEN = "breaker_open"
     ORIGIN_BUSY = "origin_busy"
+    OUT_OF_MEMORY = "out_of_memory"  # Redis at maxmemory refused the refresh's write
 
     @classmethod
     def parse(cls, text: str) -> FailureCode:
@@ -171,6 +174,8 @@ class Refusal(StrEnum):
     TOO_MANY_WAITERS = "too_many_waiters"  # the process holds MAX_COLD_WAITERS already
     OVERLOADED = "overloaded"  # the process holds MAX_REQUESTS_IN_FLIGHT reads already
     REDIS_UNAVAILABLE = "redis_unavailable"  # the cache store is unreachable
+    QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES refreshes wait in the queue already
+    OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: a cold key cannot be stored now
 
 
 class Strategy(StrEnum):
@@ -180,6 +185,14 @@ class Strategy(StrEnum):
     SWR = "swr"  # stale serving, no early refresh
     LOCK = "lock"  # one refresher, the other readers wait; nothing stale is served
     NAIVE = "naive"  # cache-aside, the baseline: every miss calls the origin from the web tier
+
+
+class Fallback(StrEnum):
+    """What a web process answers for a key it holds no value of while Redis is unreachable
+    (namespaces.toml ``fallback``; shared/degraded.py)."""
+
+    NONE = "none"  # 503 redis_unavailable at once: the default
+    ORIGIN = "origin"  # call the origin from the web tier, one call per key and process at a time
 
 
 class Freshness(StrEnum):
@@ -205,6 +218,55 @@ class SuppressReason(StrEnum):
     LEASE_HELD = "lease_held"
     COOLDOWN = "cooldown"
     COALESCED = "coalesced"
+    QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES messages wait already
+    OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: the lease could not be stored
+
+
+# The suppression a read counts when the lease it wanted was not free (any other state: held).
+SUPPRESSED_BY_LEASE = {
+    LeaseState.COOLDOWN: SuppressReason.COOLDOWN,
+    LeaseState.OUT_OF_MEMORY: SuppressReason.OUT_OF_MEMORY,
+}
+
+
+class AdmitState(StrEnum):
+    """What the queue's bound said to a refresh about to be enqueued (shared/queuebound.py)."""
+
+    ADMITTED = "admitted"  # send it
+    QUEUED = "queued"  # a message of the key still waits in the queue: send none
+    FULL = "full"  # MAX_QUEUED_REFRESHES messages wait: send none
+
+
+class BreakerState(StrEnum):
+    """An origin's circuit breaker state (shared/breaker.py): what its state key holds, the
+    ``to`` of herdless_breaker_transitions_total; the value herdless_breaker_state reports is
+    ``gauge``."""
+
+    CLOSED = "closed"  # pybreaker.STATE_CLOSED: every call goes to the origin
+    HALF_OPEN = "half-open"  # pybreaker.STATE_HALF_OPEN: one probe call may go through
+    OPEN = "open"  # pybreaker.STATE_OPEN: no call until the reset timeout is over
+
+    @property
+    def gauge(self) -> int:
+        return _BREAKER_GAUGE[self]
+
+
+_BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class BreakerVerdict(StrEnum):
+    """The breaker's ADMIT script: may this call reach the origin?"""
+
+    CALL = "call"  # closed: go ahead
+    PROBE = "probe"  # half-open, and this call is the one probe
+    REFUSE = "refuse"  # open, or another call probes
+
+
+class BreakerOutcome(StrEnum):
+    """What the breaker's RECORD script is told about an admitted call."""
+
+    OK = "ok"  # the origin answered (a key's own fault included: the origin is up)
+    FAILED = "failed"  # the origin itself failed: counted
 
 
 class ReadyStatus(StrEnum):
@@ -239,6 +301,11 @@ def parse_marker(value: str) -> Marker:
     if value.startswith(RUNNING_PREFIX):
         return Marker(value[len(RUNNING_PREFIX) :], None, True)
     return Marker(value, None, False)
+
+
+def cooldown_value(token: str, code: FailureCode) -> str:
+    """A lease that serves as a cooldown (the Lua prelude's cooldown_value)."""
+    return f"{COOLDOWN_PREFIX}{token}:{code}"
 
 
 def lease_state_of(value: str) -> tuple[LeaseState, FailureCode | NoCode]:
@@ -303,16 +370,22 @@ def _calls(text: str, name: str) -> bool:
     return re.search(rf"(?<![\w.]){name}\(", text) is not None
 
 
-def lua_script(body: str) -> str:
+def lua_script(body: str, *, refused_at_maxmemory: bool = False) -> str:
     """A script's full text: the prelude's functions that `body` calls (with the ones those
-    call), in the prelude's order, then `body`."""
+    call), in the prelude's order, then `body`.
+
+    refused_at_maxmemory: the script opens with a ``#!lua`` shebang and no ``allow-oom`` flag, so
+    Redis (7+) refuses it with OOM before it runs once used memory passes ``maxmemory``. Without
+    one, Redis refuses only a script's first command that may grow memory, and lets every command
+    after a first write through: a write script that starts with a DEL wrote past the limit."""
     needed = {name for name in LUA_HELPERS if _calls(body, name)}
     grew = True
     while grew:
         more = {dep for name in needed for dep in LUA_HELPERS if dep != name and _calls(LUA_HELPERS[name], dep)}
         grew = not more <= needed
         needed |= more
-    return "".join(text for name, text in LUA_HELPERS.items() if name in needed) + "\n" + body
+    shebang = "#!lua\n" if refused_at_maxmemory else ""
+    return shebang + "".join(text for name, text in LUA_HELPERS.items() if name in needed) + "\n" + body
 
 
 class LuaArgs:

@@ -27,13 +27,17 @@ Reads (web tier, one Redis round trip, ``READ``)
     ``COLD_WAIT_TIMEOUT_SECONDS``) for the refresh to be published (one re-read per wake-up,
     shared by the key's waiters in the process); if it finds the lease free (its refresher
     died) it takes it over; if the key is cooling down it answers 502 at once. If the queue
-    refuses the task the lease and marker are given back, so the next read retries.
+    refuses the task the lease and marker are given back, so the next read retries. The winner
+    sends only what the queue's bound admits (``shared/queuebound.py``: one waiting message per
+    key, MAX_QUEUED_REFRESHES in all; past it a cold read answers 503 ``queue_full`` at once).
+    At Redis's maxmemory no lease is stored: a stale value is served, a cold read refused.
 
 Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
     with the value), so the process keeps it in its ``NearCache`` and answers later reads
     from memory until then — never past it, never while its subscription is down, and never
-    after a ready or invalidation message for the key has arrived.
+    after a ready or invalidation message for the key has arrived. While Redis is unreachable it
+    answers those it holds STALE, within their stale-if-error bound (``shared/degraded.py``).
 
 Purges (admin)
     A hard purge deletes the entry and the lease and leaves a short tombstone; a soft purge
@@ -70,18 +74,23 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+
+from redis.exceptions import RedisError
 
 from shared import answers, metrics
 from shared.admission import Admission
-from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
+from shared.answers import OUT_OF_MEMORY, QUEUE_FULL, Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
+from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
-from shared.nearcache import NearCache, NearHit, ReadToken, hit_until_ms
+from shared.nearcache import NearCache, hit_until_ms
+from shared.nearcache import NoNearCache as NoNearCache
 from shared.origin import NotFound, NotModified, OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.protocol import (
+    SUPPRESSED_BY_LEASE,
+    AdmitState,
     AnswerOutcome,
     Decision,
     LeaseState,
@@ -91,37 +100,12 @@ from shared.protocol import (
     SuppressReason,
     WarmState,
 )
+from shared.queuebound import BrokerUnavailable, QueueBound, QueueRefused, WarmIncomplete, WarmResult
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import RefreshRequest
 
 log = logging.getLogger("herdless.engine")
-
-
-class BrokerUnavailable(Exception):
-    """The refresh could not be handed to the queue."""
-
-
-@dataclass(frozen=True)
-class WarmResult:
-    """What a warm-up did with each distinct key it was given."""
-
-    enqueued: int
-    already_fresh: int
-    in_flight: int
-    cooling_down: int
-
-
-class WarmIncomplete(BrokerUnavailable):
-    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
-    the other keys' leases were given back, so the same warm-up may simply be sent again (the
-    keys enqueued the first time then count as in flight)."""
-
-    def __init__(self, enqueued: int) -> None:
-        super().__init__(
-            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
-        )
-        self.enqueued = enqueued
 
 
 SendRefresh = Callable[[RefreshRequest], None]
@@ -133,24 +117,10 @@ OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
 WARM_CHUNK = 500
 
 
-class NoNearCache:
-    """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
-
-    def get(self, ns: str, key: str) -> NearHit[ReadResult] | None:
-        return None
-
-    def begin_read(self, ns: str, key: str) -> ReadToken:
-        return ReadToken(0, 0.0)
-
-    def put(self, ns: str, key: str, entry: ReadResult, redis_now_ms: int, early_ms: float, token: ReadToken) -> bool:
-        return False
-
-
 class ReadPath:
     """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
     the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
-    process's `waiter`; `near_cache` is a NearCache or, with none configured, NoNearCache; reads
-    that need Redis pass `admission` (MAX_REQUESTS_IN_FLIGHT) first."""
+    process's `waiter`; `near_cache` is a NearCache or NoNearCache; `health`: is Redis reachable."""
 
     def __init__(
         self,
@@ -160,7 +130,8 @@ class ReadPath:
         send_refresh: SendRefresh,
         open_batch: OpenBatch,
         waiter: ColdWaitHub,
-        near_cache: NearCache[ReadResult] | NoNearCache,
+        near_cache: NearCache[ReadResult] | NoNearCache[ReadResult],
+        health: RedisHealth | None = None,
         admission: Admission | None = None,
     ) -> None:
         self.settings = settings
@@ -169,8 +140,11 @@ class ReadPath:
         self._open_batch = open_batch
         self._waiter = waiter
         self.near_cache = near_cache
+        self.health = health or RedisHealth(store.redis.ping)
         self.admission = admission or Admission(None)
         self.origins = OriginAdapters(settings.origin_max_bytes)
+        self.queue = QueueBound(store, settings)
+        self._fallback = OriginFallback(self.origins)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -183,24 +157,31 @@ class ReadPath:
         if hit is not None:
             # Redis would say HIT until the value's XFetch moment: no round trip needed.
             return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
-        if self._waiter.waiting_on(ns.name, key):
-            # Readers of this process already wait for the key's refresh: join them without a
-            # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
-            # cold refresh then cost a process a handful of reads, not one each.
-            return self._wait_for_refresh(ns, key, None, None, time.monotonic())
-        with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
-            return self._read_store(ns, key) if admitted else answers.OVERLOADED
+        if self.health.down:  # known down: answer from memory without waiting on a connect
+            return answer_from_memory(near, ns, key, self._fallback)
+        try:
+            if self._waiter.waiting_on(ns.name, key):
+                # Others of this process already wait for the key: join them without a read (see below).
+                return self._wait_for_refresh(ns, key, None, None, time.monotonic())
+            with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
+                return self._read_through(ns, key) if admitted else answers.OVERLOADED
+        except RedisError as exc:
+            if not self.health.failed_with(exc):
+                raise
+            return answer_from_memory(near, ns, key, self._fallback)
 
-    def _read_store(self, ns: Namespace, key: str) -> Answer:
+    def _read_through(self, ns: Namespace, key: str) -> Answer:
         near = self.near_cache
         read_token = near.begin_read(ns.name, key)
         token = new_token()
         read_started = time.monotonic()
         r = self.store.read(ns, key, token)
+        near.redis_answered(read_token)
+        if r.soft_ms is not None:
+            # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
+            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u) if r.decision is Decision.HIT else 0.0
+            near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns))
         if r.decision is Decision.HIT:
-            if r.soft_ms is not None:
-                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u)
-                near.put(ns.name, key, r, r.now_ms, until, read_token)
             return Served(r, AnswerOutcome.HIT, r.now_ms)
         if r.decision in (Decision.EARLY, Decision.STALE):
             outcome = AnswerOutcome.of(r.decision)
@@ -214,26 +195,32 @@ class ReadPath:
                 self._count_suppressed(ns, r)
             return Served(r, outcome, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
-        answer = self._wait_for_refresh(ns, key, r, token, read_started)
-        self.admission.observe_wait(time.monotonic() - read_started)  # what the bound adapts to
-        return answer
+        return self.admission.observed(self._wait_for_refresh(ns, key, r, token, read_started), read_started)
 
     def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
-        reason = SuppressReason.COOLDOWN if r.lease_state == LeaseState.COOLDOWN else SuppressReason.LEASE_HELD
+        reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
         metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
-    def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> None:
-        """Hand the refresh to the queue; on failure give the lease and marker back."""
+    def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
+        """Hand the refresh to the queue; on failure give the lease and marker back. False: the
+        key's message still waits in the queue, so none was sent. QueueRefused: the bound is met."""
+        state = self.queue.admit_or_give_back(ns, key, token)
+        if state is AdmitState.QUEUED:
+            return False
+        if state is AdmitState.FULL:
+            raise QueueRefused(QUEUE_FULL.detail)
         try:
             self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
             log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
             try:
                 self.store.finish(ns, key, token)
+                self.queue.depart(ns.name, key, token)
             except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
                 pass
             raise BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
+        return True
 
     def _wait_for_refresh(
         self, ns: Namespace, key: str, first: ReadResult | None, token: str | None, read_started: float
@@ -244,7 +231,6 @@ class ReadPath:
         may have landed before this reader registered) does it read first, sharing that read,
         and a value found then is served as that read's decision (hit, early, stale)."""
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
-        timed_out = answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
         try:
             with self._waiter.join(ns.name, key, read_started if first is not None else None) as handle:
                 # The winner registers, then enqueues: nothing can be published for the key
@@ -261,17 +247,21 @@ class ReadPath:
                     fresh_read_due = False
                     try:
                         self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
+                    except QueueRefused:
+                        return QUEUE_FULL
                     except BrokerUnavailable:
                         return answers.NOT_ENQUEUED
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
+                    if first.lease_state == LeaseState.OUT_OF_MEMORY:
+                        return OUT_OF_MEMORY
                     if first.lease_state == LeaseState.COOLDOWN:
                         metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
                         return refused_by_failure(first.failure, first.lease_pttl_ms / 1000)
                     reason = "coalesced" if handle.coalesced else "lease_held"
                     metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
-                def reread() -> tuple[ReadResult, bool]:
+                def reread() -> tuple[ReadResult, Refused | None]:
                     # One read per wake-up for all waiters of the key in this process. If it
                     # finds the lease free (the refresher died, or the last refresh failed and its
                     # cooldown ran out) it takes over and enqueues, once, for all of them.
@@ -287,9 +277,11 @@ class ReadPath:
                                 else RefreshReason(r.decision.value.lower())
                             )
                             self._enqueue(ns, key, token, reason, r.now_ms)
+                        except QueueRefused:
+                            return r, QUEUE_FULL
                         except BrokerUnavailable:
-                            return r, False
-                    return r, True
+                            return r, answers.NOT_ENQUEUED
+                    return r, None
 
                 status: str | None = None
                 waited = first is not None  # a joiner served by its first read did not wait
@@ -299,20 +291,17 @@ class ReadPath:
                         # Registered first, read second: a refresh published from here on wakes us.
                         # A sharer waits for the shared read no longer than its own deadline.
                         handle.mark()
-                        try:
-                            r, enqueued = handle.shared_read(reread, timeout=remaining)
-                        except TimeoutError:
-                            return timed_out
+                        r, refusal = handle.shared_read(reread, timeout=remaining)  # TimeoutError: below
                         if r.has_value and r.decision is not Decision.MISS:
                             return Served(r, AnswerOutcome.MISS if waited else AnswerOutcome.of(r.decision), r.now_ms)
-                        if not enqueued:
-                            return answers.NOT_ENQUEUED
+                        if refusal is not None:
+                            return refusal
                         if not r.won_lease and (r.lease_state == LeaseState.COOLDOWN or status == ReadyStatus.ERROR):
                             return refused_by_failure(r.failure, max(r.lease_pttl_ms, 1000) / 1000)
                     fresh_read_due = True
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return timed_out
+                        return answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
                     if not waited:
                         # A joiner whose read found no value: one more request the refresh
                         # already under way will answer.
@@ -322,6 +311,8 @@ class ReadPath:
                     if handle.handed_over is not None:
                         # The origin's answer may not be stored: this is the one copy there is.
                         return Unstored(handle.handed_over.body, handle.handed_over.content_type)
+        except TimeoutError:  # the shared read outlasted this waiter's deadline
+            return answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
         except TooManyWaiters:
             if first is not None and first.won_lease and token is not None:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
@@ -354,7 +345,8 @@ class ReadPath:
         except OriginError as exc:
             metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             log.warning("origin error for namespace %s (origin %s): %s", ns.name, ns.origin_name, exc)
-            return Refused(502, exc.code, str(exc))
+            # The fixed text of its code: the exception's own may hold a secret (a DSN, a URL).
+            return refused_by_failure(exc.code)
         finally:
             metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
         if policy is not None and not policy.storable:
@@ -380,8 +372,7 @@ class ReadPath:
         if not self.store.take_lease(ns, key, token):
             metrics.REFRESH_SUPPRESSED.labels(ns.name, "lease_held").inc()
             return False
-        self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
-        return True
+        return self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
 
     def warm(self, ns: Namespace, keys: list[str]) -> WarmResult:
         """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
@@ -389,7 +380,7 @@ class ReadPath:
         refuses a task."""
         distinct = list(dict.fromkeys(keys))
         states: dict[str, str] = {}
-        sent = 0
+        sent = full = 0
         batch = self._open_batch()
         with ExitStack() as on_exit:
             try:
@@ -403,6 +394,12 @@ class ReadPath:
                     chunk, won_at_ms = self.store.warm(ns, tokens)
                     won = [key for key, state in chunk.items() if state == WarmState.WON]
                     for i, key in enumerate(won):
+                        admitted = self.queue.admit_or_give_back(ns, key, tokens[key])
+                        if admitted is AdmitState.QUEUED:
+                            chunk[key] = WarmState.QUEUED
+                        if admitted is not AdmitState.ADMITTED:
+                            full += admitted is AdmitState.FULL
+                            continue
                         try:
                             send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))
                         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
@@ -425,11 +422,14 @@ class ReadPath:
             already_fresh=counts["fresh"],
             in_flight=counts["queued"] + counts["held"],
             cooling_down=counts["cooldown"],
+            queue_full=full,
         )
 
     def _give_back(self, ns: Namespace, tokens: dict[str, str]) -> None:
         try:
             self.store.finish_many(ns, tokens)
+            for key, token in tokens.items():
+                self.queue.depart(ns.name, key, token)
         except Exception:  # noqa: BLE001 - Redis is down too; the leases and markers expire
             log.warning("warm-up for namespace %s: could not give back %d leases", ns.name, len(tokens))
 
@@ -438,6 +438,7 @@ class ReadPath:
         no refresh that started before the purge can write, and every web process drops the key
         from its near-cache."""
         existed = self.store.soft_purge(ns, key) if soft else self.store.purge(ns, key)
+        self.near_cache.invalidate(ns.name, key)  # also when this process's subscription is down
         told, confirmed = self.store.publish_invalidation(ns, key)
         if confirmed < told:
             log.warning(

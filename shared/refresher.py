@@ -12,7 +12,9 @@ claim makes the lease **running** (it holds that run's own token) and the marker
 marker (``r:<task token>``); a failed refresh leaves the lease **cooling down**
 (``cd:<token>:<code>``); a write frees it. The marker lives exactly as long as the task's
 message: it is cleared when the worker has acknowledged the message (``finish``) or the message
-expires unrun (``discard_expired``).
+expires unrun (``discard_expired``). Taking a message off the queue also removes it from the
+queue's registry of waiting messages (``shared/queuebound.py``); a refresh whose claim or write
+Redis refuses at its maxmemory cools its key down and wakes its waiters (``shared/maxmemory.py``).
 
 Refreshes (worker, ``Refresher.run``)
     ``CLAIM`` turns the won lease into the run's own: the lease value becomes a run token that
@@ -64,6 +66,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from redis.exceptions import OutOfMemoryError
+
 from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.freshness import Lifetimes, fixed_lifetimes
@@ -72,6 +76,7 @@ from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
 from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReason
+from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, WriteResult
@@ -94,6 +99,7 @@ class Refresher:
         self.settings = settings
         self.namespaces = namespaces
         self.store = store
+        self.queue = QueueBound(store, settings)
         # Every concurrent refresh holds at most one origin connection: keep that many idle.
         self.origins = OriginAdapters(settings.origin_max_bytes, max(8, settings.worker_concurrency))
         self._slots_factory = slots
@@ -113,6 +119,8 @@ class Refresher:
     def run(self, req: RefreshRequest) -> RefreshReport:
         """Run one refresh task; returns its outcome and, for a failure, why (for the task's
         state in Flower). Logs a failure at once and the rest in the periodic summary."""
+        # The message is off the queue: the key may have another one waiting from now on.
+        self.queue.depart(req.namespace, req.key, req.token, taken=True)
         ns = self.namespaces.get(req.namespace)
         if ns is None:
             log.warning("refresh for unknown namespace %r dropped", req.namespace)
@@ -127,12 +135,13 @@ class Refresher:
         its marker becomes a waiting one, so no read enqueues a second refresh meanwhile. If the
         run still finishes, its acknowledgement clears the marker (`finished`)."""
         ns = self.namespaces.get(req.namespace)
-        if ns is not None:
-            self.store.mark_queued(ns, req.key, req.token)
+        if ns is not None and self.store.mark_queued(ns, req.key, req.token):
+            self.queue.admit(ns.name, req.key, req.token, force=True)
 
     def finished(self, req: RefreshRequest) -> None:
         """This task's message is acknowledged (or dropped): it will never run again, so the
         next read may enqueue another refresh of the key."""
+        self.queue.depart(req.namespace, req.key, req.token)
         ns = self.namespaces.get(req.namespace)
         if ns is not None:
             self.store.finish(ns, req.key, req.token)
@@ -140,6 +149,7 @@ class Refresher:
     def discard_expired(self, req: RefreshRequest) -> None:
         """A refresh that waited past its lease leaves the queue unrun: let the next read enqueue.
         Only the unclaimed task token is released, never a lease that some run holds."""
+        self.queue.depart(req.namespace, req.key, req.token, taken=True)
         ns = self.namespaces.get(req.namespace)
         if ns is None:
             return
@@ -148,13 +158,20 @@ class Refresher:
 
     def _refresh(self, ns: Namespace, req: RefreshRequest) -> RefreshReport:
         store, key = self.store, req.key
-        run_token = store.claim(ns, key, req.token)
-        if run_token is None:
-            # The lease ran out while this task waited, or another run holds it.
-            return RefreshReport(RefreshOutcome.LOST_LEASE)
+        run_token: str | None = None
         try:
+            run_token = store.claim(ns, key, req.token)
+            if run_token is None:
+                # The lease ran out while this task waited, or another run holds it.
+                return RefreshReport(RefreshOutcome.LOST_LEASE)
             return self._run_claimed(ns, req, run_token)
+        except OutOfMemoryError:
+            # Redis at maxmemory refused the claim or a write before it ran (shared/maxmemory.py).
+            store.record_refused_write(ns, key, req.token, run_token)
+            return RefreshReport(RefreshOutcome.OUT_OF_MEMORY, FailureCode.OUT_OF_MEMORY, "Redis is at maxmemory")
         except BaseException:
+            if run_token is None:
+                raise
             # Whatever stopped the run, the key must not stay blocked until its lease runs out.
             try:
                 store.end_run(ns, key, run_token)

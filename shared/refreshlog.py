@@ -26,7 +26,14 @@ SUMMARY_SECONDS = 60.0
 # something (written, revalidated, uncacheable: handed to the waiters), lost a race that a newer
 # refresh won (fenced, lost_lease, expired), or named a namespace this worker does not know
 # (logged where it is dropped): nothing to act on here.
-FAILED_OUTCOMES = frozenset({RefreshOutcome.ORIGIN_ERROR, RefreshOutcome.BREAKER_OPEN, RefreshOutcome.SLOT_TIMEOUT})
+FAILED_OUTCOMES = frozenset(
+    {
+        RefreshOutcome.ORIGIN_ERROR,
+        RefreshOutcome.BREAKER_OPEN,
+        RefreshOutcome.SLOT_TIMEOUT,
+        RefreshOutcome.OUT_OF_MEMORY,
+    }
+)
 WROTE_OUTCOMES = frozenset({RefreshOutcome.WRITTEN, RefreshOutcome.REVALIDATED, RefreshOutcome.UNCACHEABLE})
 
 

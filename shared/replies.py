@@ -35,6 +35,7 @@ READ_FIELDS = (
     "u",
     "st",
     "cd",
+    "sie",
 )
 
 
@@ -48,7 +49,7 @@ def decode_text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     decision: Decision
     won_lease: bool
@@ -66,6 +67,7 @@ class ReadResult:
     stale_ms: int | None = None  # the value's stale window, when stored with it
     # While cooling down: the code of the failure behind it (origin_error, breaker_open...)
     failure: FailureCode | NoCode = ""
+    stale_if_error_ms: int | None = None  # the value's stale-if-error allowance, when stored with it
 
     @property
     def has_value(self) -> bool:
@@ -91,6 +93,7 @@ class ReadResult:
             u=float(decode_text(f["u"]) or 1.0),
             stale_ms=decode_int(f["st"]),
             failure=FailureCode.parse(decode_text(f["cd"])) if lease_state is LeaseState.COOLDOWN else "",
+            stale_if_error_ms=decode_int(f["sie"]),
         )
 
 

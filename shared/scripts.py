@@ -25,6 +25,9 @@ Every script is composed with the prelude of shared/protocol.py (lua_script): no
 Redis clock), the marker predicates (is_cooldown, cooldown_code, is_running, is_waiting) and
 named_args(), which reads the name/value ARGV of a script whose arguments are a LuaArgs
 dataclass below.
+At Redis's maxmemory (shared/maxmemory.py) every script that may grow memory is refused before
+it runs (refused_at_maxmemory), except READ, whose lease fails soft; the scripts that only
+release or delete (FINISH, END_RUN, RENEW_LEASE, PURGE) still run.
 """
 
 from __future__ import annotations
@@ -40,20 +43,23 @@ from shared.protocol import FailureCode, LuaArgs, WriteMode, lua_script
 # The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
 # read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
 # would cost the origin more than one call per TTL.
-# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st, cd}
+# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st, cd, sie}
 #   (decoded by name in shared/store.py: READ_FIELDS)
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
 #   lease_state: "" (won or not tried), "held" (a refresh is running), "cooldown" (recent
-#   failure), "queued" (a refresh task for this key is still waiting in the queue)
+#   failure), "queued" (a refresh task for this key is still waiting in the queue),
+#   "out_of_memory" (the lease was free, but Redis at maxmemory refused to store it: the value is
+#   served without a refresh; the SET is the script's only write that may grow memory, in a pcall)
 #   cd: while cooling down, why the last refresh failed (the reason in the lease value), else ""
+#   st, sie: the value's stale window and stale-if-error allowance (ms), when stored with it
 # The lease is taken when it is free and no message of the key waits in the queue (no marker, or
 # the marker of a run whose lease is gone: that run cannot write any more).
 # ARGV stays positional: see shared/protocol.py (named pairs would cost every read ~5 µs of Redis).
 READ = lua_script(
     """
 local now = now_ms()
-local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u', 'st')
+local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u', 'st', 'sie')
 local decision
 local soft = tonumber(e[5])
 if not soft then
@@ -83,16 +89,22 @@ if decision ~= 'HIT' and ARGV[5] == '1' then
     lease_state = 'queued'
     lease_pttl = redis.call('PTTL', KEYS[2])
   elseif not holder then
-    won = 1
-    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6])
+    local taken = redis.pcall('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+    if type(taken) == 'table' and taken.err then
+      if string.sub(taken.err, 1, 3) ~= 'OOM' then return taken end
+      lease_state = 'out_of_memory'
+    else
+      won = 1
+      redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6])
+    end
   else
     lease_state = 'held'
     lease_pttl = redis.call('PTTL', KEYS[2])
   end
 end
 return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
-        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false, cd}
+        e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false, cd,
+        e[10] or false}
 """
 )
 
@@ -179,7 +191,8 @@ redis.call('PEXPIRE', KEYS[1], soft_ttl + tonumber(a.stale_ms))
 redis.call('DEL', KEYS[2])
 publish(false)
 return {status, tostring(d), soft, now}
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 
@@ -217,7 +230,8 @@ redis.call('HSET', KEYS[1], 'v', a.value, 'ct', a.content_type, 'etag', a.etag, 
            'soft', soft, 'd', 0, 'neg', a.negative, 'fails', 0)
 redis.call('PEXPIRE', KEYS[1], tonumber(a.soft_ttl_ms))
 return soft
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 
@@ -272,7 +286,8 @@ if holder == a.run_token or not holder then
 end
 redis.call('PUBLISH', a.channel, a.message)
 return {fails, cooldown}
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 
@@ -300,7 +315,8 @@ if is_waiting(queued) then return 0 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 return 1
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 # WARM: one key of a warm-up. What a read that is not a HIT does to the lease, without the read
@@ -325,7 +341,8 @@ if holder then return {'held', now} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
 return {'won', now}
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 # CLAIM: a worker starts a refresh task. Turn the lease into this run's own: the lease value
@@ -350,7 +367,8 @@ if lease == ARGV[1] or (not lease and mine) then
   return 1
 end
 return 0
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 # FINISH: a refresh task's message is gone for good: it could not be enqueued, it expired in the
@@ -390,7 +408,8 @@ local queued = redis.call('GET', KEYS[1])
 if queued and queued ~= running_value(ARGV[1]) and queued ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 # RENEW_LEASE: extend the lease while the origin call runs, only if it is still ours.
@@ -432,7 +451,8 @@ redis.call('HSET', KEYS[1], 'soft', now - 1, 'sp', now)
 local holder = redis.call('GET', KEYS[2])
 if holder and not is_cooldown(holder) then redis.call('DEL', KEYS[2]) end
 return 1
-"""
+""",
+    refused_at_maxmemory=True,
 )
 
 # INSPECT: everything stored for one key, for the admin's GET .../<key>/meta. Writes nothing and

@@ -24,6 +24,8 @@ DEFAULT_NAMESPACES_FILE = Path(__file__).resolve().parent.parent / "namespaces.t
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# The shortest ADMIN_TOKEN accepted: a guessable token opens purges and refreshes to anyone.
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 def _check_redis_url(value: str, name: str) -> str:
@@ -79,6 +81,15 @@ class Settings(BaseSettings):
     stale_ttl_seconds: NonNegativeSeconds = 300
     stale_if_error_seconds: NonNegativeSeconds = 3600
     lease_ttl_seconds: PositiveSeconds = 10
+    # How long a key's queued marker keeps other reads from enqueueing a refresh of it while its
+    # message waits (unset: max(60 s, 6 leases)). The queue still holds one message per key
+    # after it lapses: shared/queuebound.py remembers every waiting message until a worker takes it.
+    queued_marker_seconds: PositiveSeconds | None = None
+    # Refresh messages that may wait in the queue at once; past it a read that would enqueue a new
+    # one is refused at once (a cold miss: 503 queue_full), so the broker cannot grow without bound
+    # while workers are away or behind. 10 000 messages are ~10 MB of broker memory and, at the
+    # default WORKER_CONCURRENCY (100 in flight) and a 100 ms origin, ~10 s of work.
+    max_queued_refreshes: Annotated[int, Field(ge=1)] = 10_000
     # Measured by `python -m loadtest betasweep` (README, Numbers): 4 keeps hot keys >= 99 % fresh
     # for a few percent more origin calls than 1.
     xfetch_beta: NonNegativeSeconds = 4.0
@@ -99,6 +110,9 @@ class Settings(BaseSettings):
     # known XFetch moment, and drops it on the invalidation every write and purge publishes.
     near_cache: bool = True
     near_cache_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    # ...and keeps at most this many values, whatever their size (distinct keys cost ~900 bytes
+    # each beyond their value: shared/nearcache.py ENTRY_OVERHEAD_BYTES).
+    near_cache_max_entries: Annotated[int, Field(ge=1)] = 100_000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("redis_url")
@@ -150,6 +164,12 @@ class Settings(BaseSettings):
     @field_validator("admin_token")
     @classmethod
     def _admin_token(cls, value: str | None) -> str | None:
+        if value and len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters (it has {len(value)}): make one"
+                " with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`, or leave it empty to"
+                " turn the admin API off"
+            )
         return value or None
 
     @model_validator(mode="after")
@@ -179,9 +199,32 @@ def reachable_host(bind_host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind_host, bind_host)
 
 
-def redact_url(url: str) -> str:
-    """Hide the password of a URL such as redis://:secret@host/0, for logs and error bodies."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+# A query parameter that carries a secret: redis-py reads `?password=` (what a unix socket URL
+# needs, having no user:password@ to put it in).
+_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|pass|pwd|token)=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str, *, hide_user: bool = False) -> str:
+    """Hide the secrets of a URL, for logs and error bodies: the password of its user:password@
+    (redis://:secret@host/0 -> redis://:***@host/0; the whole user:password@ with `hide_user`)
+    and any `?password=` query parameter. The authority ends at the first /, ? or # and its
+    userinfo at the last @ before that, as urllib (and so redis-py) read it: a raw @ inside a
+    password hides the whole password, never leaving its tail in sight. A raw / ? or # inside a
+    password ends the authority early for urllib too: when an @ follows with a : before it,
+    everything up to the last @ is hidden (a message may then hide more than the secret)."""
+    url = _SECRET_PARAM.sub(r"\1***", url)  # first: an @ inside one is no end of a userinfo
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        if "@" not in rest[:end] and ":" in rest[: max(0, rest.rfind("@"))]:
+            end = len(rest)
+        userinfo, at, host = rest[:end].rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            shown = "***" if hide_user else (f"{user}:***" if colon else user)
+            rest = f"{shown}@{host}{rest[end:]}"
+        url = f"{scheme}{sep}{rest}"
+    return url
 
 
 class SettingsError(SystemExit):

@@ -16,6 +16,7 @@ from shared.connection import make_redis as make_redis
 from shared.connection import pubsub_client as pubsub_client
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.keys import Keyspace
+from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
 from shared.protocol import (
@@ -25,6 +26,7 @@ from shared.protocol import (
     WarmState,
     WriteMode,
     WriteOutcome,
+    cooldown_value,
 )
 from shared.replies import EntryState as EntryState
 from shared.replies import ReadResult as ReadResult
@@ -81,6 +83,7 @@ class CacheStore:
         self._soft_purge = client.register_script(scripts.SOFT_PURGE)
         self._warm = client.register_script(scripts.WARM)
         self._inspect = client.register_script(scripts.INSPECT)
+        self._record_refused = client.register_script(RECORD_REFUSED_WRITE)
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -379,6 +382,14 @@ class CacheStore:
         )
         raw = self._record_failure(keys=[k.entry, k.lease, k.queued], args=args.argv())
         return int(raw[1])
+
+    def record_refused_write(self, ns: Namespace, key: str, token: str, run_token: str | None) -> None:
+        """Redis at maxmemory refused this refresh's claim or write: the key cools down for one
+        lease (code out_of_memory) and its cold waiters wake, in one step that runs at maxmemory."""
+        cooldown = cooldown_value(run_token or token, FailureCode.OUT_OF_MEMORY)
+        message = ready_message(ns.name, key, ReadyStatus.ERROR)
+        args = [token, run_token or "", self.lease_ttl_ms, cooldown, self.keys.ready_channel, message]
+        self._record_refused(keys=[self.keys.entry(ns.name, key).lease], args=args)
 
     def purge(self, ns: Namespace, key: str) -> bool:
         k = self.keys.entry(ns.name, key)

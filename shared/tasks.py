@@ -58,7 +58,9 @@ class RefreshRequest:
 def queued_marker_ttl_seconds(settings: Settings) -> float:
     """How long a queued refresh blocks new ones for its key. Long enough to cover workers being
     away for a while; finite so that a message lost by the broker (or a worker that died between
-    its ack and FINISH) cannot block the key forever."""
+    its ack and FINISH) cannot block the key forever. QUEUED_MARKER_SECONDS overrides it."""
+    if settings.queued_marker_seconds is not None:
+        return settings.queued_marker_seconds
     return max(60.0, 6 * settings.lease_ttl_seconds)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from shared.origin import NOT_MODIFIED, NotFound, OriginValue
+from shared.origin import NOT_MODIFIED, KeyFault, NotFound, OriginValue
 
 # Larger than the default ORIGIN_MAX_BYTES (1 MiB).
 OVERSIZED_BYTES = 2 * 1024 * 1024
@@ -50,4 +50,25 @@ def typed(key: str) -> object:
         return {"key": key}
     if kind == "lookup":
         raise KeyError(key)  # any LookupError means "no such key"
+    return {"key": key}
+
+
+# What a database driver's exception may say: its DSN, password and all.
+LEAKY_DSN = "postgresql://app:Db-Pa55word-9c1e@db.internal:5432/app"
+
+
+def leaky(key: str) -> object:
+    """A callable whose failure names a secret (as psycopg's connection errors name their DSN)."""
+    if key.startswith("fail-"):
+        raise ConnectionError(f'connection to server failed: could not connect to "{LEAKY_DSN}"')
+    return {"key": key}
+
+
+def picky(key: str) -> object:
+    """A callable that refuses some keys itself (KeyFault: the key's problem, not counted by
+    the breaker) and fails on others as a broken backend would (counted)."""
+    if key.startswith("malformed-"):
+        raise KeyFault(f"not an id: {key}")
+    if key.startswith("down-"):
+        raise ConnectionError("the database is down")
     return {"key": key}

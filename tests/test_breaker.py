@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,8 +15,18 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from shared.breaker import BreakerOpen, OriginBreaker, breaker_state_key
-from shared.origin import NotFound, OriginError
+from shared.breaker import (
+    ADMIT,
+    RECORD,
+    SNAPSHOT,
+    BreakerOpen,
+    OriginBreaker,
+    breaker_state_key,
+    counts_against_breaker,
+)
+from shared.namespaces import build_namespace
+from shared.origin import KeyFault, NotFound, OriginError, OriginTooLarge, make_origin, status_error
+from shared.protocol import BreakerOutcome, BreakerState, BreakerVerdict
 from shared.settings import Settings
 from shared.store import make_redis
 from tests.stack import RedisServer, wait_until
@@ -159,6 +170,70 @@ def test_not_found_is_not_a_failure(redis_server: RedisServer) -> None:
             breaker.call(not_found)
     assert breaker.state == "closed"
     assert breaker.snapshot().fails == 0
+
+
+@pytest.mark.parametrize("status", [400, 403, 414, 422, 451])
+def test_a_key_fault_is_not_a_failure_but_5xx_408_and_429_are(redis_server: RedisServer, status: int) -> None:
+    breaker = make_breaker(breaker_settings(redis_server, breaker_fail_max=2))
+
+    def key_fault() -> None:
+        raise status_error(status)
+
+    for fault in (key_fault, invalid_json, too_large):
+        for _ in range(5):
+            with pytest.raises(KeyFault):
+                breaker.call(fault)
+    assert breaker.state is BreakerState.CLOSED and breaker.snapshot().fails == 0
+    for trouble in (500, 503, 408, 429):
+        assert counts_against_breaker(status_error(trouble)), trouble
+    with pytest.raises(OriginError):
+        breaker.call(origin_trouble)
+    assert breaker.snapshot().fails == 1
+
+
+def origin_trouble() -> None:
+    raise status_error(503)
+
+
+def invalid_json() -> None:
+    raise KeyFault("origin sent invalid JSON")
+
+
+def too_large() -> None:
+    raise OriginTooLarge("origin body exceeds ORIGIN_MAX_BYTES=1")
+
+
+def test_a_callable_origin_refusing_a_key_with_key_fault_is_not_counted_but_its_other_errors_are(
+    redis_server: RedisServer,
+) -> None:
+    settings = breaker_settings(redis_server, breaker_fail_max=2)
+    origin = make_origin(build_namespace("picky", {"origin": "tests.origins:picky"}, settings), 1 << 20)
+    breaker = make_breaker(settings, "tests.origins:picky")
+    for i in range(5):
+        with pytest.raises(KeyFault):
+            breaker.call(origin.fetch, f"malformed-{i}")
+    assert breaker.state is BreakerState.CLOSED and breaker.snapshot().fails == 0
+    with pytest.raises(OriginError) as failed:
+        breaker.call(origin.fetch, "down-1")
+    assert not isinstance(failed.value, KeyFault) and breaker.snapshot().fails == 1
+
+
+def test_a_key_fault_of_the_probe_closes_the_breaker_the_origin_answered(redis_server: RedisServer) -> None:
+    breaker = make_breaker(breaker_settings(redis_server, breaker_fail_max=1, breaker_reset_timeout_seconds=0.2))
+    open_breaker(breaker)
+    wait_until(lambda: breaker.remaining_open_ms() == 0, 5, "the reset timeout to pass on the Redis clock")
+    with pytest.raises(KeyFault):
+        breaker.call(invalid_json)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_every_word_the_breaker_scripts_store_or_return_is_a_protocol_word() -> None:
+    fields = {"fails", "opened_at", "probe", "probe_until"}
+    words = set(BreakerState) | set(BreakerVerdict) | set(BreakerOutcome) | fields | {""}
+    for script in (ADMIT, RECORD, SNAPSHOT):
+        body = script.split("local now = now_ms()", 1)[-1]
+        quoted = set(re.findall(r"'([^']*)'", body)) - {"GET", "SET", "HGET", "HSET", "HDEL", "HINCRBY"}
+        assert quoted <= words, quoted - words
 
 
 def test_a_success_resets_the_consecutive_failure_count(redis_server: RedisServer) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
+import tracemalloc
 from dataclasses import dataclass
 
 import pytest
 from prometheus_client import REGISTRY
 
 from shared.nearcache import ENTRY_OVERHEAD_BYTES, NearCache, hit_until_ms
+from shared.protocol import LeaseState
+from shared.replies import ReadResult
 from shared.xfetch import Decision, decide
 
 
@@ -180,18 +184,73 @@ def test_put_is_refused_when_the_cache_was_flushed_during_the_read(interruption:
     assert not nc.put("t", "k", Entry(b"A"), int(token.host_ms), token.host_ms + 60_000, token)
 
 
-def test_suspended_cache_is_flushed_bypassed_and_counted_until_resumed() -> None:
+def test_a_suspended_cache_is_bypassed_and_counted_but_holds_its_values_for_an_outage_until_resumed() -> None:
     nc = live_cache()
     assert put_fresh(nc, "k", b"v")
     nc.suspend()
-    assert not nc.enabled and len(nc) == 0 and nc.bytes == 0
+    assert not nc.enabled and len(nc) == 1
     bypassed = near_cache_count("bypassed")
     assert nc.get("t", "k") is None
     assert near_cache_count("bypassed") == bypassed + 1
     assert not put_fresh(nc, "k", b"v")
-    nc.resume()
+    held = nc.get_stale("t", "k")  # what a process answers while Redis is unreachable
+    assert held is not None and held.entry.value == b"v"
+    nc.resume()  # invalidations may have been missed meanwhile: nothing held survives
+    assert len(nc) == 0 and nc.bytes == 0 and nc.get_stale("t", "k") is None
     assert put_fresh(nc, "k", b"v")
     assert nc.get("t", "k") is not None
+
+
+def test_held_values_are_dropped_once_a_read_begun_after_the_suspension_reaches_redis() -> None:
+    nc = live_cache()
+    assert put_fresh(nc, "k", b"v")
+    before = nc.begin_read("t", "other")  # in flight when the subscription was lost
+    nc.suspend()
+    nc.redis_answered(before)  # its answer says nothing about the time since
+    assert nc.get_stale("t", "k") is not None
+    after = nc.begin_read("t", "other")
+    nc.redis_answered(after)  # Redis is up while this process cannot hear invalidations
+    assert nc.get_stale("t", "k") is None and len(nc) == 0
+
+
+def test_an_invalidation_before_the_suspension_removes_the_value_from_what_is_held() -> None:
+    nc = live_cache()
+    assert put_fresh(nc, "purged", b"old") and put_fresh(nc, "kept", b"v")
+    nc.invalidate("t", "purged")
+    nc.suspend()
+    assert nc.get_stale("t", "purged") is None
+    assert nc.get_stale("t", "kept") is not None
+
+
+def test_a_value_is_kept_past_its_hit_moment_until_its_stale_if_error_bound() -> None:
+    clock = FakeClock(0.0)
+    nc = live_cache(clock=clock, margin_ms=0)
+    token = nc.begin_read("t", "k")
+    assert nc.put("t", "k", Entry(b"v"), 0, 1_000.0, token, keep_until_ms=5_000.0)
+    clock.now = 999.0
+    assert nc.get("t", "k") is not None
+    clock.now = 1_000.0
+    assert nc.get("t", "k") is None  # no longer a HIT: reads go to Redis
+    assert len(nc) == 1  # but it is kept for an outage
+    clock.now = 4_999.0
+    stale = nc.get_stale("t", "k")
+    assert stale is not None and stale.redis_now_ms == 4_999
+    clock.now = 5_000.0
+    assert nc.get_stale("t", "k") is None and len(nc) == 0
+    # A value Redis did not call HIT (early_ms in the past) is kept for get_stale only.
+    token = nc.begin_read("t", "stale")
+    assert nc.put("t", "stale", Entry(b"s"), 5_000, 0.0, token, keep_until_ms=9_000.0)
+    assert nc.get("t", "stale") is None and nc.get_stale("t", "stale") is not None
+    token = nc.begin_read("t", "gone")
+    assert not nc.put("t", "gone", Entry(b"g"), 5_000, 0.0, token, keep_until_ms=4_000.0)
+
+
+def test_the_entry_count_is_bounded_whatever_the_sizes() -> None:
+    nc = live_cache(1 << 30, max_entries=100)
+    for i in range(1_000):
+        assert put_fresh(nc, f"k{i}", b"")
+        assert len(nc) <= 100
+    assert nc.get("t", "k999") is not None and nc.get("t", "k0") is None
 
 
 def test_a_new_cache_bypasses_until_its_subscription_resumes_it() -> None:
@@ -250,3 +309,51 @@ def test_concurrent_puts_gets_and_invalidations_keep_the_byte_account_exact() ->
     assert not errors
     assert nc.bytes <= budget
     assert nc.bytes == sum(s.size for s in nc._slots.values())
+
+
+def _read_result(i: int, rng: random.Random) -> ReadResult:
+    """A ReadResult as store.read decodes one: new objects for every field, as from a reply."""
+    return ReadResult(
+        decision=Decision.HIT,
+        won_lease=False,
+        now_ms=1_700_000_000_000 + i,
+        value=rng.randbytes(rng.randint(0, 2_000)),
+        content_type=b"application/json".decode(),
+        etag=('"' + rng.randbytes(12).hex() + '"').encode().decode(),
+        at_ms=1_699_999_990_000 + i,
+        soft_ms=1_700_000_060_000 + i,
+        delta_ms=float(rng.randint(1, 500)),
+        negative=False,
+        lease_state=LeaseState.FREE,
+        lease_pttl_ms=-2,
+        u=rng.random() or 1.0,
+        stale_ms=30_000 + i,
+    )
+
+
+def test_a_filled_near_cache_uses_its_budget_and_no_more() -> None:
+    # Before, an entry was charged a flat 256 bytes beyond its value and len(key) characters:
+    # a 16 MiB budget held 54 MB. Measured with tracemalloc: everything the cache keeps alive.
+    budget = 4 * 1024 * 1024
+    rng = random.Random(5)
+    nc: NearCache[ReadResult] = NearCache(budget)
+    nc.resume()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(12_000):
+            # Keys of every length a client may send, some of them beyond ASCII.
+            key = f"user:{i}:" + rng.choice(["", "x" * rng.randint(1, 400), "é" * rng.randint(1, 100), "键" * 50])
+            token = nc.begin_read("demo", key)
+            entry = _read_result(i, rng)
+            nc.put("demo", key, entry, int(token.host_ms), token.host_ms + 600_000, token)
+            del entry
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert nc.bytes <= budget
+    assert len(nc) < 12_000  # the budget was reached: entries were evicted
+    assert used <= 1.2 * budget, f"{used / budget:.2f}x the budget for {len(nc)} entries"
+    assert used >= 0.7 * budget, f"only {used / budget:.2f}x the budget: the overhead is overcharged"

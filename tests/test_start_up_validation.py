@@ -107,3 +107,19 @@ def test_a_non_finite_or_negative_xfetch_beta_is_refused_by_name(tmp_path: Path,
     proc = start(ENTRY_POINTS["run.sh check"], ROOT / "namespaces.toml", XFETCH_BETA=value)
     assert proc.returncode == 2, proc.stderr
     assert f"XFETCH_BETA='{value}'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
+def test_an_admin_token_shorter_than_32_characters_stops_start_up_naming_the_variable(
+    tmp_path: Path, entry_point: str
+) -> None:
+    path = tmp_path / "namespaces.toml"
+    path.write_text('[namespaces.demo]\norigin = "http://127.0.0.1:9/items/{key}"\n')
+    short = "a" * 31
+    proc = start(ENTRY_POINTS[entry_point], path, ADMIN_TOKEN=short)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "ADMIN_TOKEN" in output and "at least 32 characters" in output, output
+    assert short not in output  # the token itself is never shown
+    assert Settings(admin_token="b" * 32).admin_token == "b" * 32
+    assert Settings(admin_token="").admin_token is None  # empty: the admin API is off

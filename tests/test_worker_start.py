@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.stack import PYTHON, ROOT, RedisServer, free_port
 
 
@@ -55,7 +57,11 @@ def test_a_stopped_worker_leaves_no_metrics_directory_behind(redis_server: Redis
             time.sleep(0.1)
         assert len(list(tmp_path.glob("herdless-worker-*"))) == 1  # made at start
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, log.read_text()[-2000:]
+        try:
+            code = worker.wait(45)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker did not stop within 45 s of SIGTERM:\n" + log.read_text()[-3000:])
+        assert code == 0, log.read_text()[-2000:]
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -8,20 +8,21 @@ from contextlib import contextmanager
 
 from celery import Celery
 from flask import Flask, Response
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from werkzeug.exceptions import HTTPException
 
 from shared.admission import Admission
 from shared.answers import OVERLOADED
 from shared.coldwait import ColdWaitHub
 from shared.connection import PoolExhausted
+from shared.degraded import PROBE_SECONDS, RedisHealth
 from shared.exposition import build_registry, configure_rate_recorder
 from shared.keys import Keyspace
 from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
-from shared.nearcache import NearCache
+from shared.nearcache import NearCache, NoNearCache
 from shared.protocol import Refusal
-from shared.readpath import NoNearCache, ReadPath
+from shared.readpath import ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
@@ -96,7 +97,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     # The near-cache serves nothing until the hub's subscription is up (it starts suspended).
     near_cache: NearCache[ReadResult] | None = (
-        NearCache(settings.near_cache_max_bytes) if settings.near_cache and settings.near_cache_max_bytes else None
+        NearCache(settings.near_cache_max_bytes, max_entries=settings.near_cache_max_entries)
+        if settings.near_cache and settings.near_cache_max_bytes
+        else None
+    )
+    # While Redis is unreachable the read path answers from memory and this probe, on a
+    # connection of its own (the pool's may all be busy or broken), notices its return; the
+    # pool's connections, broken by the outage, are dropped then rather than failing one by one.
+    probe_client = make_redis(settings, socket_timeout=PROBE_SECONDS * 2, socket_connect_timeout=PROBE_SECONDS * 2)
+    pool = getattr(client, "connection_pool", None)
+    health = RedisHealth(
+        probe_client.ping,
+        on_recovery=(lambda: pool.disconnect(inuse_connections=False)) if pool is not None else None,
     )
     waiter = ColdWaitHub(
         lambda: pubsub_client(settings),
@@ -104,6 +116,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         near_cache,
         ack_client=client,
         keys=Keyspace.of(settings),
+        on_subscribed=health.reachable,
     )
 
     def enqueue(request: RefreshRequest) -> None:
@@ -122,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         open_batch=enqueue_batch,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
+        health=health,
         admission=Admission(settings.max_requests_in_flight or None, settings.cold_wait_timeout_seconds / 2),
     )
     app.extensions[EXTENSION] = WebState(
@@ -148,6 +162,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _redis_error(exc: RedisError) -> Response:
         if isinstance(exc, PoolExhausted):  # Redis is up; this process has too much in flight
             return json_error(503, OVERLOADED.error, OVERLOADED.detail, {"Retry-After": "1"})
+        if isinstance(exc, OutOfMemoryError):  # a purge or warm-up refused at maxmemory (shared/maxmemory.py)
+            return json_error(503, Refusal.OUT_OF_MEMORY, "Redis is at its maxmemory", {"Retry-After": "1"})
         app.logger.warning("redis unavailable: %s", type(exc).__name__)
         return json_error(503, Refusal.REDIS_UNAVAILABLE, "the cache store is unreachable", {"Retry-After": "1"})
 

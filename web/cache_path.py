@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Container
 from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import quote, urlsplit
 
 from shared.keys import InvalidKey, decode_key
@@ -41,10 +42,20 @@ NO_ROUTE_DETAIL = (
 )
 
 
+class CacheAction(StrEnum):
+    """What a /v1/cache/ request asks for; the words that are also path segments are those."""
+
+    READ = "read"  # GET <namespace>/<key>
+    META = "meta"  # GET <namespace>/<key>/meta
+    REFRESH = "refresh"  # POST <namespace>/<key>/refresh
+    PURGE = "purge"  # DELETE <namespace>/<key>[?soft=1]
+    WARM = "warm"  # POST <namespace>/warm
+
+
 @dataclass(frozen=True)
 class CachePath:
     namespace: str  # raw, not yet checked against the configured namespaces
-    action: str  # "read", "meta", "refresh", "purge" or "warm"
+    action: CacheAction
     key: str | None  # decoded and validated; None for warm
     soft: bool = False  # purge only
 
@@ -105,14 +116,14 @@ def parse_cache_path(method: str, path: str, query: str | None, namespaces: Cont
     if namespace not in namespaces:
         raise PathError(404, "unknown_namespace", f"no namespace named {namespace!r}")
     method = "GET" if method == "HEAD" else method
-    if method == "POST" and rest == ["warm"]:
-        action, key_segment = "warm", None
-    elif method == "POST" and len(rest) == 2 and rest[1] == "refresh":
-        action, key_segment = "refresh", rest[0]
-    elif method == "GET" and len(rest) == 2 and rest[1] == "meta":
-        action, key_segment = "meta", rest[0]
+    if method == "POST" and rest == [CacheAction.WARM]:
+        action, key_segment = CacheAction.WARM, None
+    elif method == "POST" and len(rest) == 2 and rest[1] == CacheAction.REFRESH:
+        action, key_segment = CacheAction.REFRESH, rest[0]
+    elif method == "GET" and len(rest) == 2 and rest[1] == CacheAction.META:
+        action, key_segment = CacheAction.META, rest[0]
     elif method in ("GET", "DELETE") and len(rest) == 1:
-        action, key_segment = ("read" if method == "GET" else "purge"), rest[0]
+        action, key_segment = (CacheAction.READ if method == "GET" else CacheAction.PURGE), rest[0]
     elif method in ("GET", "DELETE") and not rest:
         raise PathError(400, "invalid_key", "the path must be /v1/cache/<namespace>/<key>")
     else:
@@ -123,8 +134,8 @@ def parse_cache_path(method: str, path: str, query: str | None, namespaces: Cont
             key = decode_key(percent_decode(key_segment))
         except InvalidKey as exc:
             raise PathError(400, "invalid_key", str(exc)) from None
-    soft = _soft(query) if action == "purge" else False
-    if query is not None and action != "purge":
+    soft = _soft(query) if action is CacheAction.PURGE else False
+    if query is not None and action is not CacheAction.PURGE:
         raise PathError(
             400,
             "query_not_allowed",

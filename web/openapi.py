@@ -148,7 +148,9 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
         "X-Cache": {
             "description": (
                 "How the answer was produced. MISS: this request waited for the origin's answer (a 404 "
-                "too, the first time); NEGATIVE: a cached origin 404, within NEGATIVE_TTL_SECONDS."
+                "too, the first time); NEGATIVE: a cached origin 404, within NEGATIVE_TTL_SECONDS; STALE "
+                "also while Redis is unreachable: a value this web process holds in memory, within its "
+                "stale-if-error allowance."
             ),
             "schema": {"type": "string", "enum": ["HIT", "EARLY", "STALE", "MISS", "NEGATIVE"]},
         },
@@ -217,7 +219,10 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                         },
                         "503": _error(
                             "The cold-miss wait timed out, too many requests wait or are in flight (`overloaded`),"
-                            " or Redis/the broker is unreachable.",
+                            " MAX_QUEUED_REFRESHES refreshes wait "
+                            "in the queue (`queue_full`, at once), or Redis/the broker is unreachable "
+                            "(`redis_unavailable`, at once: for a key this process holds no value of while Redis is "
+                            "down).",
                             retry_after=True,
                         ),
                     },
@@ -378,14 +383,17 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
             "/readyz": {
                 "get": {
                     "operationId": "readyz",
-                    "summary": "Readiness: Redis and the broker answer",
+                    "summary": "Readiness: Redis and the broker answer (or degraded: serving from memory)",
                     "responses": {
                         "200": {
-                            "description": "Ready.",
+                            "description": (
+                                "Ready; or degraded: Redis is unreachable, but this process answers the values "
+                                "its near-cache holds (STALE) and refuses other keys at once, so keep it in rotation."
+                            ),
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ready"}}},
                         },
                         "503": {
-                            "description": "Redis or the broker is unreachable.",
+                            "description": "Redis (with nothing held in memory) or the broker is unreachable.",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ready"}}},
                         },
                     },
@@ -469,7 +477,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                 },
                 "Warm": {
                     "type": "object",
-                    "required": ["enqueued", "already_fresh", "in_flight", "cooling_down"],
+                    "required": ["enqueued", "already_fresh", "in_flight", "cooling_down", "queue_full"],
                     "properties": {
                         "enqueued": {"type": "integer", "description": "Refreshes enqueued by this warm-up."},
                         "already_fresh": {"type": "integer", "description": "Keys holding a fresh value."},
@@ -480,6 +488,10 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                         "cooling_down": {
                             "type": "integer",
                             "description": "Keys backing off after a failed refresh (retried when it ends).",
+                        },
+                        "queue_full": {
+                            "type": "integer",
+                            "description": "Keys not enqueued: MAX_QUEUED_REFRESHES refreshes waited already.",
                         },
                     },
                 },
@@ -517,6 +529,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                                     },
                                     "serves_stale": {"type": "boolean"},
                                     "freshness": {"enum": ["fixed", "origin"]},
+                                    "fallback": {"enum": ["none", "origin"]},
                                     "origin_freshness_bounds": {
                                         "oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": _NUM}]
                                     },
@@ -570,11 +583,12 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                     "type": "object",
                     "required": ["status", "checks"],
                     "properties": {
-                        "status": {"enum": ["ready", "unavailable"]},
+                        "status": {"enum": ["ready", "degraded", "unavailable"]},
                         "checks": {
                             "type": "object",
                             "properties": {"redis": {"type": "string"}, "broker": {"type": "string"}},
                         },
+                        "near_cache_entries": {"type": "integer", "minimum": 1},
                         "error": {"type": "string"},
                         "detail": {"type": "string"},
                     },

@@ -14,16 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, request
+from redis.exceptions import RedisError
 
 from shared import metrics
-from shared.answers import Refused, Served, Unstored
+from shared.answers import QUEUE_FULL, Refused, Served, Unstored
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
-from shared.readpath import BrokerUnavailable, WarmIncomplete
+from shared.readpath import BrokerUnavailable, QueueRefused, WarmIncomplete
 from shared.store import EntryState, ReadResult
-from web.cache_path import CachePath, PathError, parse_cache_path, raw_request_uri
+from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
 from web.state import web_state
 
@@ -40,6 +41,14 @@ class BadRequest(Exception):
 class Target:
     ns: Namespace
     key: str
+
+
+def _asks_for_meta() -> bool:
+    """Is this GET the admin's /v1/cache/<namespace>/<key>/meta? Told from the raw path's shape
+    alone, before the namespace is looked up (the read path costs a split, not a parse)."""
+    path, _ = raw_request_uri(request.environ)
+    segments = path.split("/")
+    return len(segments) == 6 and segments[5] == CacheAction.META
 
 
 def _cache_path() -> tuple[Namespace, CachePath]:
@@ -132,10 +141,14 @@ def _refused(ns: Namespace, answer: Refused) -> Response:
     return json_error(answer.status, answer.error, answer.detail, headers)
 
 
+# Admin routes check the token before the namespace: without it, a 404 unknown_namespace
+# against a 401 would tell anyone which namespaces exist.
 @bp.get("/v1/cache/<anything:_rest>")
 def read(_rest: str) -> Response:
+    if _asks_for_meta():
+        _require_admin()
     parsed = _cache_path()
-    if parsed[1].action == "meta":
+    if parsed[1].action is CacheAction.META:
         return meta(_target(parsed))
     target = _target(parsed)
     started = time.perf_counter()
@@ -152,13 +165,15 @@ def read(_rest: str) -> Response:
 
 @bp.post("/v1/cache/<anything:_rest>")
 def refresh(_rest: str) -> Response:
+    _require_admin()  # every POST to a cache path is an admin's
     parsed = _cache_path()
-    if parsed[1].action == "warm":
+    if parsed[1].action is CacheAction.WARM:
         return warm(parsed[0])
     target = _target(parsed)
-    _require_admin()
     try:
         enqueued = web_state().read_path.request_refresh(target.ns, target.key)
+    except QueueRefused:
+        return json_error(503, QUEUE_FULL.error, QUEUE_FULL.detail, {"Retry-After": "1"})
     except BrokerUnavailable:
         return json_error(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", {"Retry-After": "1"})
     if not enqueued:
@@ -202,8 +217,7 @@ def _warm_keys(max_keys: int) -> list[str]:
 
 def warm(ns: Namespace) -> Response:
     """POST /v1/cache/<namespace>/warm (admin): enqueue a refresh of every listed key that is not
-    fresh and not already being refreshed."""
-    _require_admin()
+    fresh and not already being refreshed. The caller checked the token."""
     state = web_state()
     keys = _warm_keys(state.settings.warm_max_keys)
     try:
@@ -217,23 +231,23 @@ def warm(ns: Namespace) -> Response:
             "already_fresh": result.already_fresh,
             "in_flight": result.in_flight,
             "cooling_down": result.cooling_down,
+            "queue_full": result.queue_full,
         },
     )
 
 
 @bp.delete("/v1/cache/<anything:_rest>")
 def purge(_rest: str) -> Response:
+    _require_admin()
     parsed = _cache_path()
     target = _target(parsed)
-    _require_admin()
     web_state().read_path.purge(target.ns, target.key, soft=parsed[1].soft)
     return Response(status=204)
 
 
 def meta(target: Target) -> Response:
     """GET /v1/cache/<namespace>/<key>/meta (admin): what Redis holds for the key, read in one
-    round trip that changes nothing (not even the lease)."""
-    _require_admin()
+    round trip that changes nothing (not even the lease). The caller checked the token."""
     state = web_state().store.inspect(target.ns, target.key)
     if not state.anything_stored:
         return json_error(404, "not_stored", "nothing is stored for this key: no value, lease or queued refresh")
@@ -313,6 +327,7 @@ def namespaces() -> Response:
                     "effective_xfetch_beta": ns.beta,
                     "serves_stale": ns.serves_stale,
                     "freshness": ns.freshness,
+                    "fallback": ns.fallback,
                     "origin_freshness_bounds": (
                         {
                             "min_ttl_seconds": ns.min_ttl_seconds,
@@ -341,13 +356,23 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
+    """200 ready; 200 degraded while Redis is unreachable but this process holds values it can
+    answer from memory (a load balancer should keep sending it traffic: taking it out turns
+    every one of those answers into an error); 503 otherwise."""
     state = web_state()
     checks: dict[str, str] = {}
-    try:
-        state.store.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:  # noqa: BLE001
-        checks["redis"] = f"unreachable ({type(exc).__name__})"
+    health = state.read_path.health
+    down_for = health.down_for()
+    if down_for is not None:  # known down: do not wait on a connect, the probe watches it
+        checks["redis"] = f"unreachable (degraded for {down_for:.1f}s)"
+    else:
+        try:
+            state.store.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+            if isinstance(exc, RedisError):
+                health.failed_with(exc)
     try:
         with state.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=1)
@@ -355,11 +380,16 @@ def readyz() -> Response:
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unreachable ({type(exc).__name__})"
     ok = all(v == "ok" for v in checks.values())
-    body: dict[str, Any] = {"status": "ready" if ok else "unavailable", "checks": checks}
-    if not ok:
+    held = len(state.read_path.near_cache)
+    degraded = not ok and checks["redis"] != "ok" and held > 0
+    body: dict[str, Any] = {"status": "ready" if ok else "degraded" if degraded else "unavailable", "checks": checks}
+    if degraded:
+        body["near_cache_entries"] = held
+        body["detail"] = "Redis is unreachable: values held in memory are answered stale, other keys get 503"
+    elif not ok:
         body["error"] = "not_ready"
         body["detail"] = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
-    return json_response(200 if ok else 503, body)
+    return json_response(200 if ok or degraded else 503, body)
 
 
 @bp.get("/metrics")

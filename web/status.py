@@ -19,9 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from shared import rates
+from shared.exposition import origin_labels
 from shared.keys import Keyspace
 from shared.metrics import histogram_quantile as shared_histogram_quantile
-from shared.namespaces import Namespace
+from shared.protocol import BreakerState
 from web.http import json_response
 from web.state import web_state
 
@@ -90,17 +91,7 @@ def _slot_waits(worker: list[Any]) -> dict[str, dict[str, float | None]]:
     }
 
 
-def origin_labels(namespaces: Iterable[Namespace]) -> dict[str, str]:
-    """A public name for each origin: the namespaces that use it, not its host and port."""
-    users: dict[str, list[str]] = defaultdict(list)
-    for ns in namespaces:
-        users[ns.origin_name].append(ns.name)
-    return {origin: "origin of " + ", ".join(sorted(names)) for origin, names in users.items()}
-
-
-def _relabel(values: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    """Re-key a per-origin figure by its public name; an origin no namespace uses is left out."""
-    return {labels[origin]: value for origin, value in values.items() if origin in labels}
+_BREAKER_BY_GAUGE = {state.gauge: state.value for state in BreakerState}
 
 
 def _last_minute(client: Any, namespaces: Iterable[str], keys: Keyspace) -> dict[str, Any] | None:
@@ -118,9 +109,11 @@ def status_snapshot() -> dict[str, Any]:
     requests_total = sum(requests_by_outcome.values())
     fresh = requests_by_outcome.get("hit", 0.0) + requests_by_outcome.get("early", 0.0)
     # The limit an acquirer checks is its namespace's; in flight never passes the largest of them.
+    # Both tiers' /metrics name origins by `labels` already (shared/exposition.py).
     limits: dict[str, int] = {}
     for ns in state.namespaces.values():
-        limits[ns.origin_name] = max(limits.get(ns.origin_name, 0), ns.origin_max_concurrency)
+        name = labels[ns.origin_name]
+        limits[name] = max(limits.get(name, 0), ns.origin_max_concurrency)
     snapshot: dict[str, Any] = {
         "requests": requests_by_outcome,
         "requests_total": requests_total,
@@ -130,20 +123,20 @@ def status_snapshot() -> dict[str, Any]:
         "served_age_p99_seconds": histogram_quantile(0.99, _buckets(web, "herdless_served_age_seconds").items()),
         "near_cache": _by_label(web, "herdless_near_cache_total", "result"),
         "near_cache_bytes": _total(web, "herdless_near_cache_bytes"),
+        # Web processes that find Redis unreachable and answer from memory (degraded mode).
+        "redis_degraded_processes": _total(web, "herdless_redis_degraded"),
+        "degraded_answers": _by_label(web, "herdless_degraded_answers_total", "answer"),
         # Read from the Redis semaphore at this moment, like queue depth.
-        "origin_in_flight": _relabel(_by_label(web, "herdless_origin_in_flight", "origin"), labels),
-        "origin_limits": _relabel(limits, labels),
+        "origin_in_flight": _by_label(web, "herdless_origin_in_flight", "origin"),
+        "origin_limits": limits,
         "refresh_enqueued": _by_label(web, "herdless_refresh_enqueued_total", "reason"),
         "refresh_suppressed": _by_label(web, "herdless_refresh_suppressed_total", "reason"),
         # Read from the broker and Redis at this moment, so they show even with no worker running.
         "queue_depth": sum(_by_label(web, "herdless_queue_depth", "queue").values()),
-        "breakers": _relabel(
-            {
-                origin: {0: "closed", 1: "half-open", 2: "open"}.get(int(v), "unknown")
-                for origin, v in _by_label(web, "herdless_breaker_state", "origin").items()
-            },
-            labels,
-        ),
+        "breakers": {
+            origin: _BREAKER_BY_GAUGE.get(int(v), "unknown")
+            for origin, v in _by_label(web, "herdless_breaker_state", "origin").items()
+        },
         # Per namespace, over the last 60 s, from every web and worker process (shared/rates.py);
         # None while Redis is unreachable.
         "last_minute": _last_minute(state.store.redis, sorted(state.namespaces), state.store.keys),
@@ -158,7 +151,7 @@ def status_snapshot() -> dict[str, Any]:
             # Value bodies received; a 304 revalidation (origin_calls "not_modified") adds none.
             "origin_bytes_total": _total(worker, "herdless_origin_bytes_total"),
             "refreshes": _by_label(worker, "herdless_refresh_total", "outcome"),
-            "slot_waits": _relabel(_slot_waits(worker), labels),
+            "slot_waits": _slot_waits(worker),
         }
     return snapshot
 

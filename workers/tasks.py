@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from celery import Task, current_app, shared_task, signals
@@ -13,6 +14,7 @@ from shared import metrics
 from shared.keys import Keyspace
 from shared.metrics_dir import HERD_MEMBER
 from shared.origin_slots import OriginSlots
+from shared.queuebound import CONSUMING_BEAT_SECONDS
 from shared.refresher import Refresher
 from shared.store import CacheStore, make_redis
 from shared.tasks import REFRESH_TASK, RefreshRequest
@@ -79,10 +81,26 @@ def _set_up_main_process(sender: Any = None, **_: Any) -> None:
     app = sender.app
     quiet_celery_task_lines(app.herdless.settings.log_level)
     _engine = _build_engine(app.herdless)
+    _start_consuming_beat(_engine)
     if not os.environ.get(HERD_MEMBER):  # a herd serves its members' metrics itself
         from workers.metrics_server import start_metrics_server
 
         start_metrics_server(app.herdless, app)
+
+
+def _start_consuming_beat(engine: Refresher) -> None:
+    # Tells the queue's bound that workers consume (shared/queuebound.py): only then may it
+    # forget a waiting message the broker lost. One beat per worker host, from its main process.
+    def beat() -> None:
+        while True:
+            try:
+                engine.queue.consuming()
+            except Exception:  # noqa: BLE001 - Redis blinked; the next beat tries again
+                log.warning("could not record that this worker consumes")
+            stop.wait(CONSUMING_BEAT_SECONDS)
+
+    stop = threading.Event()
+    threading.Thread(target=beat, name="consuming-beat", daemon=True).start()
 
 
 @signals.worker_process_init.connect

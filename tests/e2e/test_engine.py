@@ -23,7 +23,7 @@ from tests.faults.observe import web_metric, worker_metric
 from tests.origins import OVERSIZED_BYTES
 from tests.stack import UNACKED, Stack, cold_herd, stack_for, wait_until
 
-ADMIN = "s3cret-admin-token"
+ADMIN = "s3cret-admin-token-757224ba37701e155c211"
 
 
 STACK_NAMESPACES = ENGINE_NAMESPACES
@@ -260,9 +260,14 @@ def test_python_callable_origin(stack: Stack) -> None:
     assert stack.get("py", "missing-callable").status_code == 404
     failed = stack.get("py", "boom-now")
     assert failed.status_code == 502 and failed.json()["error"] == "origin_error"
-    # The worker's one line about it carries the callable's own message, not just its type.
+    # The worker's one line about it carries the callable's own message, not just its type. It
+    # is logged after the failure was recorded, and the record already woke the reader.
+    wait_until(
+        lambda: "RuntimeError: the origin callable failed" in stack.procs["w1"].output(),
+        10,
+        "the worker's line about the failed call",
+    )
     worker_log = stack.procs["w1"].output()
-    assert "RuntimeError: the origin callable failed" in worker_log
     assert worker_log.count("refresh of py/'boom-now' failed") == 1
     assert "failed with RuntimeError" not in worker_log  # nor gevent's traceback of the pool thread
 

@@ -174,3 +174,39 @@ def test_ctrl_c_in_a_terminal_stops_everything_make_exits_0_and_tee_keeps_the_wh
     assert "herdless: stopped (SIGINT); no process of this run is left" in text, text[-2000:]
     assert "make: ***" not in text, text[-2000:]
     assert (tmp_path / "metrics").is_dir()
+
+
+def test_make_run_never_prints_a_redis_password_given_as_a_query_parameter(tmp_path: Path) -> None:
+    # `?password=` is how a unix socket URL carries it (redis-py reads it over TCP too); kombu
+    # refuses it, so the broker gets the password in its user:password@, a raw @ in it.
+    password = "qp-Secret-4e1f@tail"
+    redis = RedisServer(tmp_path / "redis", password=password).start()
+    ports = {name: free_port() for name in PORT_NAMES}
+    url = f"redis://127.0.0.1:{redis.port}/0?password={password}"
+    broker = f"redis://:{password}@127.0.0.1:{redis.port}/0"
+    env = stack_env(ports, REDIS_URL=url, CELERY_BROKER_URL=broker, ENV_FILE=str(tmp_path / "none.env"))
+    log = tmp_path / "make-run.log"
+    shell = start_piped(f"{MAKE_RUN} 2>&1 | cat > {log}", env)
+    try:
+        cold = f"http://127.0.0.1:{ports['WEB_PORT']}/v1/cache/demo/query-password"
+
+        def served() -> bool:
+            assert shell.poll() is None, log.read_text(errors="replace")[-3000:]
+            return "herdless is ready" in log.read_text(errors="replace") and (
+                requests.get(cold, timeout=10).status_code == 200
+            )
+
+        wait_until(served, 90, "make run to serve through the password-protected Redis", interval=0.5)
+        flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}/healthcheck"
+        wait_until(lambda: requests.get(flower, timeout=2).ok, 60, "Flower", interval=0.5)
+        os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(15)
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait(10)
+        redis.stop()
+    text = log.read_text(errors="replace")
+    assert f"127.0.0.1:{redis.port}/0?password=***" in text, text[-3000:]
+    for part in (password, password.split("@")[0], "@tail"):
+        assert part not in text, (part, [line for line in text.splitlines() if part in line])

@@ -18,7 +18,7 @@ from shared.store import SUBSCRIBER_NAME
 from tests.faults.observe import web_metric
 from tests.stack import Stack, stack_for, wait_until
 
-ADMIN = "near-cache-admin"
+ADMIN = "near-cache-admin-e63cae38c4ac850a585b6ea"
 COHERENCE_MS = 100  # X in the README
 
 NAMESPACES = """

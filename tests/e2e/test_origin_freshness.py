@@ -11,7 +11,7 @@ from shared.keys import EntryKeys
 from tests.faults.observe import worker_metric
 from tests.stack import Stack, cold_herd, wait_until
 
-ADMIN = "freshness-admin-token"
+ADMIN = "freshness-admin-token-d5c1530dc47b78f66e"
 ORIGIN_TIMEOUT_S = 2.0
 
 NAMESPACES = f"""

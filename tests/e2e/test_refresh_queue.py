@@ -22,7 +22,7 @@ from tests.faults.fixture_origin import FixtureOrigin
 from tests.faults.observe import queued_refreshes, web_metric
 from tests.stack import UNACKED, Stack, stack_for, wait_until
 
-ADMIN = "queue-admin-token"
+ADMIN = "queue-admin-token-4eb38c951d57aa1b48e906"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from shared.tasks import broker_lists
 from tests.faults.observe import web_metric
 from tests.stack import RedisServer, Stack, stack_for, wait_until
 
-ADMIN = "shared-redis-admin-token"
+ADMIN = "shared-redis-admin-token-of-40-characters"
 SLOW_ORIGIN_MS = 3000  # how long B's refreshes take: A's answers land while B's readers wait
 
 NAMESPACES = """

@@ -15,7 +15,7 @@ from shared.keys import EntryKeys
 from tests.faults.observe import web_metric
 from tests.stack import BROKER_LISTS, Stack, wait_until
 
-ADMIN = "warm-admin-t0ken"
+ADMIN = "warm-admin-t0ken-5e2413ae56c92e552e35f91"
 WARM_MAX_KEYS = 2500
 NAMESPACES = """
 [namespaces.w]
@@ -99,7 +99,7 @@ def test_2000_keys_warmed_on_an_empty_cache_are_hits_for_2000_origin_calls_and_w
     enqueued_before = warm_enqueued(stack)
     r = warm(stack, {"keys": keys})
     assert r.status_code == 202, r.text
-    assert r.json() == {"enqueued": 2000, "already_fresh": 0, "in_flight": 0, "cooling_down": 0}
+    assert r.json() == {"enqueued": 2000, "already_fresh": 0, "in_flight": 0, "cooling_down": 0, "queue_full": 0}
     wait_until(lambda: stored(stack, keys) == len(keys), 60, "every warmed key to be stored")
 
     answers = x_cache_of(stack, keys)
@@ -109,7 +109,7 @@ def test_2000_keys_warmed_on_an_empty_cache_are_hits_for_2000_origin_calls_and_w
 
     again = warm(stack, {"keys": keys})
     assert again.status_code == 202
-    assert again.json() == {"enqueued": 0, "already_fresh": 2000, "in_flight": 0, "cooling_down": 0}
+    assert again.json() == {"enqueued": 0, "already_fresh": 2000, "in_flight": 0, "cooling_down": 0, "queue_full": 0}
     assert warm_enqueued(stack) - enqueued_before == 2000
     # Nothing waits in the queue, and once the workers have acknowledged their runs no key holds
     # a lease or marker: the second warm-up cost nothing.
@@ -184,7 +184,15 @@ def test_only_the_admin_token_may_warm(stack: Stack) -> None:
     for token in ("nope", ADMIN + "x", ADMIN.upper()):
         r = warm(stack, {"keys": keys}, token=token)
         assert r.status_code == 403 and r.json()["error"] == "forbidden", (token, r.text)
-    unknown = requests.post(f"{stack.web_url}/v1/cache/nope/warm", json={"keys": keys}, timeout=10)
+    # The token is checked first: without it an unknown namespace looks like a known one.
+    anonymous = requests.post(f"{stack.web_url}/v1/cache/nope/warm", json={"keys": keys}, timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+    unknown = requests.post(
+        f"{stack.web_url}/v1/cache/nope/warm",
+        json={"keys": keys},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=10,
+    )
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_namespace"
     assert warm_enqueued(stack) == before and refresh_state(stack, keys) == 0
     # The key named "warm" is still a key: refreshed at .../warm/refresh, read at .../warm.

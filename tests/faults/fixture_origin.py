@@ -4,6 +4,7 @@ records every call: when it started and ended, and how many were in flight at on
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -14,6 +15,11 @@ from typing import Literal
 from tests.stack import free_port
 
 Mode = Literal["ok", "fail", "bad_json", "trickle"]
+
+# A key (the path's last segment) may choose its own answer, whatever the mode: `status-NNN-...`
+# is answered HTTP NNN, `badjson-...` with invalid JSON, `huge-...` with HUGE_BYTES of JSON.
+KEY_STATUS = re.compile(r"/status-(\d{3})-[^/]*$")
+HUGE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -71,7 +77,16 @@ class FixtureOrigin:
                         mode, latency = origin.mode, origin.latency
                     if latency:
                         time.sleep(latency)
-                    if mode == "fail":
+                    chosen = KEY_STATUS.search(self.path)
+                    last = self.path.rsplit("/", 1)[-1]
+                    if chosen:
+                        status, body, ctype = int(chosen[1]), b'{"error": "chosen"}', "application/json"
+                    elif last.startswith("badjson-"):
+                        status, body, ctype = 200, b'{"key": "truncated', "application/json"
+                    elif last.startswith("huge-"):
+                        status, ctype = 200, "application/json"
+                        body = json.dumps({"pad": "x" * HUGE_BYTES}).encode()
+                    elif mode == "fail":
                         status, body, ctype = 500, b'{"error": "down"}', "application/json"
                     elif mode == "bad_json":
                         status, body, ctype = 200, b'{"key": "truncated', "application/json"

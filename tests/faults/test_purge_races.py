@@ -10,7 +10,7 @@ from tests.e2e.conftest import LONG_AND_SWR_NAMESPACES
 from tests.faults.observe import worker_metric
 from tests.stack import Stack, stack_for, wait_until
 
-ADMIN = "purge-race-admin-token"
+ADMIN = "purge-race-admin-token-fcbc74aafb492ce01"
 
 
 ENV = {"ADMIN_TOKEN": ADMIN}

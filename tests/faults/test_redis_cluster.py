@@ -25,7 +25,7 @@ cache_ttl_seconds = 60
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 1
 """
-ADMIN = "cluster-admin"
+ADMIN = "cluster-admin-6e5263a7e09f3a31d43a4cb9ac"
 HERD = 60
 
 
@@ -176,12 +176,12 @@ def test_a_warm_up_on_a_cluster_pipelines_over_every_master(stack: Stack, cluste
     url = f"{stack.web_url}/v1/cache/herd/warm"
     r = requests.post(url, json={"keys": keys}, headers=auth, timeout=30)
     assert r.status_code == 202, r.text
-    assert r.json() == {"enqueued": 300, "already_fresh": 0, "in_flight": 0, "cooling_down": 0}
+    assert r.json() == {"enqueued": 300, "already_fresh": 0, "in_flight": 0, "cooling_down": 0, "queue_full": 0}
     wait_until(lambda: set(keys) <= set(stack.origin_stats()["per_key"]), 30, "every warmed key fetched")
     wait_until(lambda: stack.get("herd", keys[-1]).headers["X-Cache"] == "HIT", 10, "the last key stored")
     assert {stack.get("herd", k).headers["X-Cache"] for k in keys[::30]} == {"HIT"}
     again = requests.post(url, json={"keys": keys}, headers=auth, timeout=30)
-    assert again.json() == {"enqueued": 0, "already_fresh": 300, "in_flight": 0, "cooling_down": 0}
+    assert again.json() == {"enqueued": 0, "already_fresh": 300, "in_flight": 0, "cooling_down": 0, "queue_full": 0}
     assert all(stack.origin_stats()["per_key"][k] == 1 for k in keys)
     holders = {n.port for n in cluster if n.client().keys("hl:{herd:cluster-warm-*}:e")}
     assert len(holders) == 3, holders

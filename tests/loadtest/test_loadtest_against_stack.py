@@ -53,7 +53,9 @@ def test_run_reports_latency_cache_mix_and_origin_calls_per_key_window(stack: St
     data = json.loads((report / "report.json").read_text())
     gen = data["generator"]
     assert gen["completed"] == gen["scheduled"] > 120
-    assert gen["kept_schedule"] is True
+    # Whether the generator kept its schedule depends on the machine (three test files run at
+    # once): the report must say so by its own rule, late sends at most 1 % of the requests.
+    assert gen["kept_schedule"] is (gen["late_sends"] <= 0.01 * gen["completed"])
     assert data["errors"]["total"] == 0
     assert set(data["x_cache"]) <= {"HIT", "EARLY", "STALE", "MISS"}
     assert data["x_cache"].get("HIT", 0) + data["x_cache"].get("EARLY", 0) + data["x_cache"].get("STALE", 0) > 0

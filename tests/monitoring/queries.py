@@ -40,6 +40,8 @@ CONTRACT_METRICS = {
     "herdless_near_cache_total": "counter",
     "herdless_cold_wakeups_total": "counter",
     "herdless_near_cache_bytes": "gauge",
+    "herdless_redis_degraded": "gauge",
+    "herdless_degraded_answers_total": "counter",
 }
 
 # Flower 2.x exporter (flower/events.py, PrometheusMetrics).

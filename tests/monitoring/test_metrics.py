@@ -32,6 +32,8 @@ WEB_METRICS = [
     "herdless_near_cache_total",
     "herdless_near_cache_bytes",
     "herdless_cold_wakeups_total",
+    "herdless_redis_degraded",
+    "herdless_degraded_answers_total",
 ]
 WORKER_METRICS = [
     "herdless_refresh_total",
@@ -312,6 +314,23 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
     assert waits["p99_seconds"] is not None and 0 <= waits["p99_seconds"] <= 1
     assert waits["mean_seconds"] is not None and waits["mean_seconds"] >= 0
     assert "slot_timeout" in after["worker"]["refreshes"]
+
+
+def test_metrics_name_each_origin_by_its_namespaces_never_by_host_or_module(stack: Stack) -> None:
+    assert stack.get("herd", "origin-labels").status_code == 200
+    assert stack.get("py-typed", "boom-origin-labels").status_code == 502  # a slot wait, a failure
+    demo = "origin of demo, demo-lock, demo-naive, demo-swr, herd"
+    pages = {
+        "web": requests.get(stack.web_url + "/metrics", timeout=5).text,
+        "worker": requests.get(stack.worker_metrics_url, timeout=5).text,
+    }
+    for tier, text in pages.items():
+        labels = set(re.findall(r'\borigin="([^"]*)"', text))
+        assert labels == {demo, "origin of py-typed"}, (tier, labels)
+        assert stack.origin_url.removeprefix("http://") not in text, tier
+        assert "tests.origins:typed" not in text, tier
+    assert metric(pages["worker"], "herdless_breaker_state", origin="origin of py-typed") == 0
+    assert metric(pages["worker"], "herdless_origin_slot_wait_seconds_count", origin=demo) >= 1
 
 
 def _pool_children(main_pid: int) -> set[int]:

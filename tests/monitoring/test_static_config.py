@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -117,8 +119,65 @@ def test_every_required_alert_exists_and_has_a_unit_test() -> None:
     assert names - quiet == set(), "alerts without a quiet test case"
 
 
-def test_compose_file_is_valid() -> None:
-    run(required_tool("docker-compose", "docker-compose"), "config", "-q")
+# The secrets compose refuses to start without (no default password ships).
+COMPOSE_SECRETS = {
+    "REDIS_PASSWORD": "test-redis-password",
+    "FLOWER_BASIC_AUTH": "herdless:test-flower-password",
+    "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
+}
+
+
+def compose_config(tmp_path: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with exactly `env` (a developer's own .env is not read)."""
+    env_file = tmp_path / "compose.env"
+    env_file.write_text("")
+    base = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS and k != "REDIS_MAXMEMORY"}
+    return subprocess.run(
+        [required_tool("docker-compose", "docker-compose"), "--env-file", str(env_file), "config", *options],
+        cwd=REPO,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compose_file_is_valid(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, COMPOSE_SECRETS, "-q")
+    assert result.returncode == 0, f"docker-compose config -q failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize("missing", sorted(COMPOSE_SECRETS))
+def test_compose_refuses_to_start_without_each_password_naming_it(tmp_path: Path, missing: str) -> None:
+    given = {k: v for k, v in COMPOSE_SECRETS.items() if k != missing}
+    result = compose_config(tmp_path, given)
+    assert result.returncode != 0, result.stdout[-500:]
+    assert f"set {missing}" in result.stderr, result.stderr
+    assert compose_config(tmp_path, {**given, missing: ""}).returncode != 0  # empty counts as unset
+
+
+def test_compose_sets_a_redis_password_a_memory_bound_and_no_prometheus_lifecycle_api(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, COMPOSE_SECRETS)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    redis = services["redis"]["command"]
+    option = {redis[i]: redis[i + 1] for i in range(1, len(redis) - 1) if redis[i].startswith("--")}
+    assert option["--requirepass"] == COMPOSE_SECRETS["REDIS_PASSWORD"]
+    assert option["--maxmemory"] == "256mb"
+    # Only keys with a TTL may go: the breaker, the queue and kombu's bindings have none.
+    assert option["--maxmemory-policy"].startswith("volatile-")
+    for name in ("web", "worker", "flower"):
+        env = services[name]["environment"]
+        assert env["REDIS_URL"] == env["CELERY_BROKER_URL"] == "redis://:test-redis-password@redis:6379/0", name
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == COMPOSE_SECRETS["FLOWER_BASIC_AUTH"]
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_SECRETS["GRAFANA_ADMIN_PASSWORD"]
+    prometheus = " ".join(services["prometheus"]["command"])
+    assert "--web.enable-lifecycle" not in prometheus
+    bounded = compose_config(tmp_path, {**COMPOSE_SECRETS, "REDIS_MAXMEMORY": "1gb"})
+    assert "1gb" in yaml.safe_load(bounded.stdout)["services"]["redis"]["command"]
 
 
 def test_compose_stack_has_every_service_with_a_healthcheck() -> None:
@@ -132,10 +191,12 @@ def test_compose_stack_has_every_service_with_a_healthcheck() -> None:
         assert conditions == {"redis": "service_healthy", "origin": "service_healthy"}, name
 
 
-def test_the_worker_service_can_be_scaled() -> None:
+def test_the_worker_service_can_be_scaled(tmp_path: Path) -> None:
     """`docker compose up --scale worker=N`: N replicas cannot share one fixed host port, a
     container name or a Celery hostname; each takes a host port of a range instead."""
-    resolved = run(required_tool("docker-compose", "docker-compose"), "config").stdout
+    result = compose_config(tmp_path, COMPOSE_SECRETS)
+    assert result.returncode == 0, result.stderr
+    resolved = result.stdout
     worker = yaml.safe_load(resolved)["services"]["worker"]
     assert "container_name" not in worker
     assert any("%h" in arg for arg in worker["command"]), "replicas need distinct Celery hostnames"

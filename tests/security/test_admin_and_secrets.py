@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
+from shared.namespaces import mask_url
+from shared.settings import redact_url
 from tests.faults.observe import TrafficLoop, read_logs
 from tests.stack import ROOT, RedisServer, stack_for, wait_until
 
-ADMIN = "adm1n-T0ken-7f3c9e"
+ADMIN = "adm1n-T0ken-7f3c9e-62283a52768ab4350e1b4"
 REDIS_PASSWORD = "r3dis-Pa55-b81d0a"
 NAMESPACES = """
 [namespaces.demo]
@@ -32,6 +35,9 @@ def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
         "ORIGIN_LATENCY_MS": "20",
         "ADMIN_TOKEN": ADMIN,
         "LOG_LEVEL": "debug",
+        # Every read of the outage refused, so that its error bodies can be checked for secrets:
+        # with the near-cache, warm keys are answered from memory then (tests/faults/test_redis_outage.py).
+        "NEAR_CACHE": "false",
     }
     bodies: list[str] = []
     try:
@@ -68,6 +74,20 @@ def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
                     assert r.status_code == 403, (token, r.status_code, r.text)
                     assert r.json()["error"] == "forbidden"
                     bodies.append(r.text)
+            # The token is checked before the namespace: without it, an unknown namespace
+            # answers as a known one does, so namespaces cannot be enumerated.
+            for headers, status in (({}, 401), ({"Authorization": "Bearer " + "x" * len(ADMIN)}, 403)):
+                for namespace in ("demo", "nope", "n0-such-namespace"):
+                    base = f"{stack.web_url}/v1/cache/{namespace}"
+                    for r in (
+                        requests.post(f"{base}/k/refresh", headers=headers, timeout=5),
+                        requests.post(f"{base}/warm", headers=headers, json={"keys": ["k"]}, timeout=5),
+                        requests.delete(f"{base}/k", headers=headers, timeout=5),
+                        requests.delete(f"{base}/k?soft=1", headers=headers, timeout=5),
+                        requests.get(f"{base}/k/meta", headers=headers, timeout=5),
+                    ):
+                        assert r.status_code == status, (namespace, r.request.method, r.url, r.text)
+                        assert "namespace" not in r.json()["detail"], r.text
             # Nothing changed: no refresh ran, nothing was purged.
             after = stack.get("demo", key)
             assert after.headers["X-Cache"] == "HIT" and after.json() == before
@@ -120,7 +140,7 @@ def test_admin_api_and_secrets_stay_secret(tmp_path: Path) -> None:
             assert after.headers["X-Cache"] == "HIT" and after.json() == warm
 
             logs = read_logs(stack)
-            assert "ready." in logs and "redis unavailable" in logs  # the logs are real and saw the outage
+            assert "ready." in logs and "Redis unreachable" in logs  # the logs are real and saw the outage
             _assert_secret_free(logs, "a process log")
     finally:
         redis.stop()
@@ -143,3 +163,42 @@ def test_a_settings_error_names_the_variable_but_not_the_secrets() -> None:
     )
     assert proc.returncode == 2 and "REDIS_URL" in proc.stderr and "CELERY_BROKER_URL" in proc.stderr, proc.stderr
     _assert_secret_free(proc.stdout + proc.stderr, "the settings error")
+
+
+# Every form a secret takes in a URL (raw characters included, as a hand-written .env has them),
+# and the host each must still show.
+SECRET_URLS = [
+    ("redis://:s3cr3t-pass@cache.internal:6379/0", "cache.internal:6379"),
+    ("redis://:p@ss@w0rd@cache.internal:6379/0", "cache.internal:6379"),  # raw @ in the password
+    ("redis://default:p@ss@w0rd@cache.internal/0", "cache.internal"),
+    ("rediss://:tail@after@cache.internal:6380/1", "cache.internal:6380"),
+    ("unix:///run/redis/redis.sock?db=0&password=s3cr3t-pass", "/run/redis/redis.sock"),
+    ("unix:///run/redis/redis.sock?password=q@zz@w0rd&db=2", "/run/redis/redis.sock"),
+    ("redis://cache.internal:6379/0?PASSWORD=s3cr3t-pass", "cache.internal:6379"),
+    ("redis://cache.internal:6379/0?password=qp-Secret@tail", "cache.internal:6379/0"),
+    ("redis://:pa/ss@w0rd@cache.internal/0", "cache.internal"),  # a raw / ends urllib's authority
+    ("redis://:pa?ss@cache.internal/0", "cache.internal"),
+    ("http://user:p@ss@w0rd@api.internal/items/{key}", "api.internal/items/{key}"),
+    ("https://api.internal/items/{key}?token=s3cr3t-pass", "api.internal/items/{key}"),
+]
+
+
+def _secret_parts(url: str) -> list[str]:
+    """The password's pieces as a careless redaction could leave them (the tail after a raw @)."""
+    for marker in ("password=", "PASSWORD=", "token="):
+        if marker in url:
+            value = url.split(marker, 1)[1].split("&", 1)[0]
+            return [value, *value.split("@")[1:]]
+    userinfo = url.split("://", 1)[1].rsplit("@", 1)[0]
+    password = userinfo.partition(":")[2]
+    return [password, *[p for p in password.split("@")[1:] if p]]
+
+
+@pytest.mark.parametrize(("url", "host"), SECRET_URLS)
+def test_redact_url_and_mask_url_hide_every_form_of_a_password(url: str, host: str) -> None:
+    for shown in (redact_url(url), mask_url(url)):
+        for part in _secret_parts(url):
+            assert part not in shown, (url, shown, part)
+        assert host in shown, (url, shown)
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redact_url("redis://:x@h/0") == "redis://:***@h/0"

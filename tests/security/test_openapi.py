@@ -19,7 +19,7 @@ from tests.stack import RedisServer, Stack, stack_for
 from web.app import create_app
 from web.openapi import build_openapi
 
-ADMIN = "openapi-admin-token"
+ADMIN = "openapi-admin-token-3f14a7e4752fe67abe60"
 NAMESPACES = """
 [namespaces.demo]
 origin = "${ORIGIN_BASE_URL}/items/{key}"

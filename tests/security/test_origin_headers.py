@@ -8,7 +8,7 @@ import requests
 from tests.faults.observe import read_logs
 from tests.stack import Stack, wait_until
 
-ADMIN = "hdr-admin-token"
+ADMIN = "hdr-admin-token-81d3cc0887f26cf832235a65"
 ORIGIN_TOKEN = "0rigin-T0ken-4c1e9a"
 ORIGIN_KEY = "0rigin-Key-7b3d52"
 SECRETS = (ORIGIN_TOKEN, ORIGIN_KEY)

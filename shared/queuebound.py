@@ -1,0 +1,218 @@
+"""The refresh queue's bound: one waiting message per key however long workers are away, MAX_QUEUED_REFRESHES in all.
+
+A key's queued marker (shared/scripts.py) keeps reads of the key from enqueueing while its
+message waits, but it lapses (QUEUED_MARKER_SECONDS), so that a message the broker lost cannot
+block its key forever. With no worker consuming, the message is still there when the marker
+lapses: on its own the marker let a second message in (two messages for one key, one more per
+marker lifetime). So every message is also entered in one registry of waiting messages, a sorted
+set (member ``<namespace>:<key>``, score: the Redis ms it was enqueued) beside a hash of their
+task tokens, from the moment its sender is admitted (``ADMIT``) until a worker takes it off the
+queue, drops it as expired or its sender gives it back (``DEPART``):
+
+- a sender whose key's message still waits sends nothing: the key's marker is given back to the
+  waiting message (``COALESCE``) and the read goes on as one that found a refresh queued;
+- a sender that finds MAX_QUEUED_REFRESHES messages waiting sends nothing either: a cold read
+  answers 503 ``queue_full`` at once, a stale or early read is served without a refresh.
+
+A registry entry cannot leak: an entry whose message the broker lost is trimmed by score once
+workers have been consuming for a whole marker lifetime after it was enqueued and never took it.
+"Consuming" is a moment every worker's main process sets in Redis (``CONSUMING``) every
+CONSUMING_BEAT_SECONDS and whenever it takes a message. While no worker consumes, nothing is
+trimmed, which is what holds the queue to one message per key however long they are away.
+
+The registry is three keys of their own, each script touching only them, so on Redis Cluster
+they live on one node and a per-key script never has to reach them (one extra round trip for the
+read that won a lease; no read that stays a HIT, EARLY or STALE without a lease pays it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.exceptions import OutOfMemoryError
+
+from shared import metrics
+from shared.namespaces import Namespace
+from shared.protocol import AdmitState, SuppressReason, lua_script
+from shared.replies import decode_text
+from shared.settings import Settings
+from shared.store import CacheStore
+from shared.tasks import queued_marker_ttl_seconds
+
+CONSUMING_BEAT_SECONDS = 5.0
+# Entries trimmed per ADMIT at most: bounds one script's run time (Lua's unpack limit is 8 000).
+TRIM_BATCH = 500
+
+# ADMIT: may a refresh of this key be enqueued? Trims the entries of lost messages first.
+# KEYS[1] waiting (sorted set), KEYS[2] tokens (hash), KEYS[3] consuming
+# ARGV[1] member, ARGV[2] task token, ARGV[3] MAX_QUEUED_REFRESHES, ARGV[4] marker lifetime ms,
+# ARGV[5] "1" to enter the message whatever the bound (a message going back to the queue),
+# ARGV[6] the most lost entries to trim in this call.
+# Returns {state, token}: state an AdmitState; token the waiting message's task token ("queued"),
+# ARGV[2] ("admitted") or "" ("full").
+ADMIT = lua_script(
+    """
+local now = now_ms()
+local consuming = tonumber(redis.call('GET', KEYS[3]))
+if consuming then
+  local lost_before = '(' .. (math.min(now, consuming) - tonumber(ARGV[4]))
+  local lost = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', lost_before, 'LIMIT', 0, ARGV[6])
+  if #lost > 0 then
+    redis.call('ZREM', KEYS[1], unpack(lost))
+    redis.call('HDEL', KEYS[2], unpack(lost))
+  end
+end
+local force = ARGV[5] == '1'
+local waiting = redis.call('HGET', KEYS[2], ARGV[1])
+if waiting and redis.call('ZSCORE', KEYS[1], ARGV[1]) and not force then return {'queued', waiting} end
+if not force and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {'full', ''} end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return {'admitted', ARGV[2]}
+""",
+    refused_at_maxmemory=True,
+)
+
+# DEPART: the message enqueued with this token left the queue (a worker took it, dropped it as
+# expired, or its sender could not send it): remove its entry, unless it is another message's.
+# KEYS[1] waiting, KEYS[2] tokens, KEYS[3] consuming; ARGV[1] member, ARGV[2] task token,
+# ARGV[3] "1" when a worker took it (it is consuming now). Returns 1 if the entry was removed.
+DEPART = lua_script(
+    """
+local removed = 0
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  removed = redis.call('ZREM', KEYS[1], ARGV[1])
+end
+-- At maxmemory the moment is not stored (pcall): the departure itself must still count.
+if ARGV[3] == '1' then redis.pcall('SET', KEYS[3], now_ms()) end
+return removed
+"""
+)
+
+# CONSUMING: a worker is connected and taking messages as of now. KEYS[1] consuming. Returns now.
+CONSUMING = lua_script(
+    """
+local now = now_ms()
+redis.pcall('SET', KEYS[1], now)
+return now
+"""
+)
+
+# COALESCE: a read won the key's lease, but the key's message still waits in the queue (its
+# marker had lapsed): give the lease back and hand the marker back to the waiting message, so it
+# can claim the lease when a worker takes it (CLAIM) and other reads keep off meanwhile.
+# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] the read's token, ARGV[2] the waiting message's
+# task token, ARGV[3] marker ttl ms. Returns 1 if the marker is the waiting message's again.
+COALESCE = lua_script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local queued = redis.call('GET', KEYS[2])
+if queued and queued ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+""",
+    refused_at_maxmemory=True,
+)
+
+
+class BrokerUnavailable(Exception):
+    """The refresh could not be handed to the queue."""
+
+
+class QueueRefused(BrokerUnavailable):
+    """The queue's bound refused the refresh: MAX_QUEUED_REFRESHES messages wait already."""
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What a warm-up did with each distinct key it was given."""
+
+    enqueued: int
+    already_fresh: int
+    in_flight: int
+    cooling_down: int
+    queue_full: int = 0  # not enqueued: MAX_QUEUED_REFRESHES messages waited already
+
+
+class WarmIncomplete(BrokerUnavailable):
+    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
+    the other keys' leases were given back, so the same warm-up may simply be sent again (the
+    keys enqueued the first time then count as in flight)."""
+
+    def __init__(self, enqueued: int) -> None:
+        super().__init__(
+            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
+        )
+        self.enqueued = enqueued
+
+
+@dataclass(frozen=True)
+class Admission:
+    state: AdmitState
+    waiting_token: str  # the task token of the key's waiting message ("queued")
+
+
+def member(namespace: str, key: str) -> str:
+    # A namespace never holds ":" (NAMESPACE_RE), so the first one ends it.
+    return f"{namespace}:{key}"
+
+
+class QueueBound:
+    """The registry of waiting refresh messages on one Redis (or Cluster). Thread-safe."""
+
+    def __init__(self, store: CacheStore, settings: Settings) -> None:
+        self.store = store
+        self.redis = client = store.redis
+        self.keys = store.keys
+        self.max_waiting = settings.max_queued_refreshes
+        self.marker_ttl_ms = int(queued_marker_ttl_seconds(settings) * 1000)
+        self._admit = client.register_script(ADMIT)
+        self._depart = client.register_script(DEPART)
+        self._consuming = client.register_script(CONSUMING)
+        self._coalesce = client.register_script(COALESCE)
+
+    def _keys(self) -> list[str]:
+        return [self.keys.queue_waiting, self.keys.queue_tokens, self.keys.queue_consuming]
+
+    def admit(self, namespace: str, key: str, token: str, *, force: bool = False) -> Admission:
+        raw = self._admit(
+            keys=self._keys(),
+            args=[
+                *(member(namespace, key), token, self.max_waiting, self.marker_ttl_ms),
+                *("1" if force else "0", TRIM_BATCH),
+            ],
+        )
+        return Admission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
+
+    def admit_or_give_back(self, ns: Namespace, key: str, token: str) -> AdmitState:
+        """Admit the refresh `token` won; unless admitted, give back what it won (and count why).
+        Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue."""
+        try:
+            admission = self.admit(ns.name, key, token)
+        except OutOfMemoryError:
+            self.store.finish(ns, key, token)
+            metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.OUT_OF_MEMORY).inc()
+            return AdmitState.FULL
+        if admission.state is AdmitState.QUEUED:
+            self.coalesce(ns.name, key, token, admission.waiting_token)
+            metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.COALESCED).inc()
+        elif admission.state is AdmitState.FULL:
+            self.store.finish(ns, key, token)
+            metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.QUEUE_FULL).inc()
+        return admission.state
+
+    def coalesce(self, namespace: str, key: str, token: str, waiting_token: str) -> None:
+        """Give the lease `token` won back; the key's marker names its waiting message again."""
+        k = self.keys.entry(namespace, key)
+        self._coalesce(keys=[k.lease, k.queued], args=[token, waiting_token, self.marker_ttl_ms])
+
+    def depart(self, namespace: str, key: str, token: str, *, taken: bool = False) -> None:
+        self._depart(keys=self._keys(), args=[member(namespace, key), token, "1" if taken else "0"])
+
+    def consuming(self) -> None:
+        self._consuming(keys=[self.keys.queue_consuming])
+
+    def waiting(self) -> int:
+        """Messages registered as waiting (lost ones included until trimmed)."""
+        return int(self.redis.zcard(self.keys.queue_waiting))
