@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from shared import scripts
+from shared import refresh_scripts, scripts
 from shared.channels import PURGE_ACK_SECONDS, HandedOver, publish_invalidation, ready_message
 from shared.clock import redis_now_ms
 from shared.connection import SUBSCRIBER_NAME as SUBSCRIBER_NAME
@@ -70,14 +70,14 @@ class CacheStore:
         self.settings = settings
         self.keys = Keyspace.of(settings)  # every Redis name this store uses
         self._read = client.register_script(scripts.READ)
-        self._fenced_write = client.register_script(scripts.FENCED_WRITE)
+        self._fenced_write = client.register_script(refresh_scripts.FENCED_WRITE)
         self._plain_write = client.register_script(scripts.PLAIN_WRITE)
-        self._record_failure = client.register_script(scripts.RECORD_FAILURE)
+        self._record_failure = client.register_script(refresh_scripts.RECORD_FAILURE)
         self._take_lease = client.register_script(scripts.TAKE_LEASE)
-        self._claim = client.register_script(scripts.CLAIM)
-        self._finish = client.register_script(scripts.FINISH)
-        self._renew = client.register_script(scripts.RENEW_LEASE)
-        self._end_run = client.register_script(scripts.END_RUN)
+        self._claim = client.register_script(refresh_scripts.CLAIM)
+        self._finish = client.register_script(refresh_scripts.FINISH)
+        self._renew = client.register_script(refresh_scripts.RENEW_LEASE)
+        self._end_run = client.register_script(refresh_scripts.END_RUN)
         self._mark_queued = client.register_script(scripts.MARK_QUEUED)
         self._purge = client.register_script(scripts.PURGE)
         self._soft_purge = client.register_script(scripts.SOFT_PURGE)
@@ -302,7 +302,7 @@ class CacheStore:
         k = self.keys.entry(ns.name, key)
         validators = validators or Validators()
         lifetimes = lifetimes or fixed_lifetimes(ns)
-        args = scripts.FencedWriteArgs(
+        args = refresh_scripts.FencedWriteArgs(
             run_token=fence.token,
             started_ms=fence.started_ms,
             won_at_ms=fence.won_at_ms,
@@ -368,7 +368,7 @@ class CacheStore:
         `reason` (a FailureCode) is kept with the cooldown: cold reads answer with it."""
         k = self.keys.entry(ns.name, key)
         cap = max(COOLDOWN_BASE_MS, int(self.settings.breaker_reset_timeout_seconds * 1000))
-        args = scripts.RecordFailureArgs(
+        args = refresh_scripts.RecordFailureArgs(
             run_token=token,
             cooldown_base_ms=COOLDOWN_BASE_MS,
             cooldown_max_ms=max(cap, min_cooldown_ms),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared import scripts
+from shared import refresh_scripts, scripts
 from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace, build_namespace
 from shared.protocol import Decision, FailureCode, LeaseState, cooldown_value, parse_marker
@@ -19,12 +19,12 @@ from shared.store import CacheStore, Fence, make_redis
 from tests.stack import RedisServer
 
 REFUSED_WHOLE = (
-    scripts.FENCED_WRITE,
+    refresh_scripts.FENCED_WRITE,
     scripts.PLAIN_WRITE,
-    scripts.RECORD_FAILURE,
+    refresh_scripts.RECORD_FAILURE,
     scripts.TAKE_LEASE,
     scripts.WARM,
-    scripts.CLAIM,
+    refresh_scripts.CLAIM,
     scripts.MARK_QUEUED,
     scripts.SOFT_PURGE,
     ADMIT,
@@ -33,9 +33,9 @@ REFUSED_WHOLE = (
 # Run at maxmemory: they only read, release or delete, or take what may grow memory in a pcall.
 RUN_AT_MAXMEMORY = (
     scripts.READ,
-    scripts.FINISH,
-    scripts.END_RUN,
-    scripts.RENEW_LEASE,
+    refresh_scripts.FINISH,
+    refresh_scripts.END_RUN,
+    refresh_scripts.RENEW_LEASE,
     scripts.PURGE,
     scripts.INSPECT,
     RECORD_REFUSED_WRITE,

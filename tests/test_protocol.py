@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared import breaker, metrics, origin_slots, scripts
+from shared import breaker, metrics, origin_slots, refresh_scripts, scripts
 from shared.protocol import (
     COOLDOWN_PREFIX,
     LUA_HELPERS,
@@ -71,8 +71,8 @@ def test_a_cooldown_the_lua_side_writes_is_the_one_python_reads(client: redis.Re
 
 # Each script with named arguments, and the dataclass its caller builds them from.
 NAMED = [
-    (scripts.FENCED_WRITE, scripts.FencedWriteArgs),
-    (scripts.RECORD_FAILURE, scripts.RecordFailureArgs),
+    (refresh_scripts.FENCED_WRITE, refresh_scripts.FencedWriteArgs),
+    (refresh_scripts.RECORD_FAILURE, refresh_scripts.RecordFailureArgs),
     (scripts.PLAIN_WRITE, scripts.PlainWriteArgs),
 ]
 
@@ -89,7 +89,7 @@ def _scripts_of(module: object) -> dict[str, str]:
 
 
 def test_no_script_takes_more_than_five_positional_arguments_but_the_read() -> None:
-    for module in (scripts, breaker, origin_slots):
+    for module in (scripts, refresh_scripts, breaker, origin_slots):
         for name, text in _scripts_of(module).items():
             positions = [int(n) for n in re.findall(r"ARGV\[(\d+)\]", text)]
             if positions and name != "READ":
