@@ -34,6 +34,7 @@ WEB_METRICS = [
     "herdless_cold_wakeups_total",
     "herdless_redis_degraded",
     "herdless_degraded_answers_total",
+    "herdless_refused_total",
 ]
 WORKER_METRICS = [
     "herdless_refresh_total",

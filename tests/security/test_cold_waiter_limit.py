@@ -58,6 +58,7 @@ def test_cold_waiters_beyond_the_limit_get_503_immediately(tmp_path: Path) -> No
         for _, elapsed, _, _ in served:
             assert elapsed >= 0.9 * ORIGIN_MS / 1000  # these really waited for the refresh
         assert web_metric(stack, "herdless_requests_total", outcome="error") >= len(refused)
+        assert web_metric(stack, "herdless_refused_total", reason="too_many_waiters") == len(refused)
 
         # The slots are given back: a later cold miss waits and is served.
         r = stack.get("demo", "later")
@@ -109,6 +110,8 @@ def test_reads_beyond_the_bound_in_flight_get_a_fast_503_and_the_admitted_ones_a
             assert status == 200 and headers["X-Cache"] == "MISS", body
         assert stack.origin_stats()["calls"] == IN_FLIGHT  # the refused reads queued no refresh
         assert web_metric(stack, "herdless_requests_total", outcome="error") >= EXCESS
+        assert web_metric(stack, "herdless_refused_total", reason="overloaded") == EXCESS
+        assert web_metric(stack, "herdless_refused_total", reason="queue_full") == 0
 
         # The slots are given back: a later cold read is admitted and served.
         r = stack.get("demo", "later")
