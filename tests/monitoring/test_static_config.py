@@ -315,6 +315,14 @@ def test_compose_passes_every_setting_from_env() -> None:
     assert missing == set(), f"docker-compose.yml does not pass {sorted(missing)}"
 
 
+def test_compose_gives_the_admin_token_only_to_web_and_worker(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, {**COMPOSE_SECRETS, "ADMIN_TOKEN": "t" * 40})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    holders = {name for name, svc in services.items() if (svc.get("environment") or {}).get("ADMIN_TOKEN")}
+    assert holders == {"web", "worker"}, holders
+
+
 def test_compose_defaults_match_env_example() -> None:
     documented = env_example()
     compose = re.sub(r"(?m)^\s*#.*$", "", (REPO / "docker-compose.yml").read_text())
