@@ -441,6 +441,8 @@ def cmd_refreshbench(args: argparse.Namespace) -> int:
     from loadtest.report import command_line, new_results_dir
 
     _raise_fd_limit(args.n + 512)
+    if args.clients:
+        return _overload_bench(args)
     results = []
     if not args.pools:
         settings = BenchSettings(
@@ -462,7 +464,9 @@ def cmd_refreshbench(args: argparse.Namespace) -> int:
                 settings = BenchSettings(
                     pool, concurrency, args.origin_max_concurrency, args.origin_latency_ms, args.cold_wait_timeout
                 )
-                env = {**settings.stack_env(), "MAX_COLD_WAITERS": str(max(1000, args.n + 100))}
+                # Every key of the burst admitted: this mode measures the refresh tier, not shedding.
+                room = str(max(1000, args.n + 100))
+                env = {**settings.stack_env(), "MAX_COLD_WAITERS": room, "MAX_REQUESTS_IN_FLIGHT": room}
                 with LocalStack(env=env) as stack:
                     result = run_refreshbench(
                         stack.web_urls[0],
@@ -486,6 +490,59 @@ def cmd_refreshbench(args: argparse.Namespace) -> int:
     (directory / "report.md").write_text(markdown(results, report["command"], report["machine"]["description"]))
     print()
     print(table(results))
+    print(f"\nreport: {directory / 'report.json'}")
+    return 0
+
+
+def _overload_bench(args: argparse.Namespace) -> int:
+    """--clients: per round and pool, one stack; on it the burst (--clients, all at once) and the
+    paced baseline (--baseline-clients), alternating which goes first; both and their ratio."""
+    import subprocess
+
+    from loadtest.launcher import LocalStack
+    from loadtest.refreshbench import BenchSettings, clients_line, overload_verdict, run_clients
+    from loadtest.report import command_line, new_results_dir
+
+    if not args.pools:
+        raise SystemExit("loadtest: --clients needs --pools (it starts the stack it measures)")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
+    rows = []
+    try:
+        for r in range(args.rounds):
+            for pool in [p.strip() for p in args.pools.split(",") if p.strip()]:
+                concurrency = args.prefork_concurrency if pool == "prefork" else args.worker_concurrency
+                settings = BenchSettings(
+                    pool, concurrency, args.origin_max_concurrency, args.origin_latency_ms, args.cold_wait_timeout
+                )
+                modes = [("paced", args.baseline_clients, False), ("burst", args.clients, args.connect_with_request)]
+                if r % 2:
+                    modes.reverse()  # drift hits both alike
+                with LocalStack(env=settings.stack_env()) as stack:
+                    runs = {}
+                    for label, clients, with_request in modes:
+                        res = run_clients(
+                            stack.web_urls[0],
+                            stack.origin_url,
+                            args.namespace,
+                            args.n,
+                            clients,
+                            settings,
+                            connect_with_request=with_request,
+                            retry_s=None if args.no_retry else 1.0,
+                            cpu_seconds=stack.cpu_seconds,
+                        )
+                        runs[label] = {**res, "label": label, "round": r + 1, "hogs": args.hogs}
+                        print(clients_line(runs[label]), flush=True)
+                verdict = overload_verdict(runs["burst"], runs["paced"], args.cold_wait_timeout)
+                print(f"round {r + 1} {pool}: burst/paced keys per second = {verdict['ratio']} {verdict}", flush=True)
+                rows.append({"round": r + 1, "pool": pool, **runs, "verdict": verdict})
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    directory = new_results_dir(args.out, "overloadbench")
+    report = {"command": command_line(), "commit": git_commit(), "machine": machine_facts(), "rows": rows}
+    (directory / "report.json").write_text(json.dumps(report, indent=1))
     print(f"\nreport: {directory / 'report.json'}")
     return 0
 
@@ -639,6 +696,29 @@ def add_refreshbench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--origin-url", default="http://127.0.0.1:9000", help="without --pools: demo origin")
     p.add_argument("--seed", type=int, default=None, help="recorded in the report (the keys are new every run)")
     p.add_argument("--out", type=Path, default=None, help="results directory base (default loadtest/results)")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="overload mode: the -n keys over this many clients at once, each asking for its share in"
+        " sequence, beside a paced baseline (--baseline-clients) on the same stack; prints both and their ratio",
+    )
+    p.add_argument(
+        "--baseline-clients", type=int, default=50, help="with --clients: the paced baseline (default %(default)s)"
+    )
+    p.add_argument(
+        "--connect-with-request",
+        action="store_true",
+        help="with --clients: each burst client opens its connection as it sends its first request",
+    )
+    p.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="with --clients: a refused key is not asked for again (by default after 1 s, as Retry-After says)",
+    )
+    p.add_argument(
+        "--hogs", type=int, default=0, help="with --clients: CPU hogs (while True: pass) running beside the stack"
+    )
     p.add_argument("--force", action="store_true", help="allow non-loopback targets and -n above the bound")
     p.set_defaults(func=cmd_refreshbench)
 

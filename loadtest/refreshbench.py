@@ -19,6 +19,7 @@ from urllib.parse import quote
 from loadtest.httpclient import ConnectionPool, HTTPClientError, build_get
 from loadtest.probes import OriginProbe
 from loadtest.workload import new_run_id
+from shared.protocol import Refusal
 
 DEFAULT_WORKER_CONCURRENCY = 100
 DEFAULT_ORIGIN_MAX_CONCURRENCY = 50
@@ -232,3 +233,172 @@ def markdown(results: list[dict], command: str, machine: str) -> str:
     ]
     lines += ["| " + " | ".join(get(r) for _, get in COLUMNS) + " |" for r in results]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- overload: clients, not a burst
+
+
+@dataclass
+class ClientsResult:
+    """`clients` clients, each asking for its share of never-seen keys one after the other."""
+
+    clients: int
+    keys: int
+    connect_with_request: bool
+    served: int
+    refused_by_error: dict[str, int]  # 503s and other non-2xx answers (retries included), by status and error code
+    failed_by_kind: dict[str, int]  # no answer at all (timeouts, resets, refused connects)
+    last_served_s: float | None
+    served_per_s: float | None
+    served_p99_s: float | None
+    served_max_s: float | None
+    refused_max_s: float | None  # the slowest refusal: "refuse fast" means small
+    refused_max_s_by_error: dict[str, float]  # the same per error code (a cold-wait timeout is slow by design)
+    key_prefix: str
+
+
+async def clients_run(
+    url: str,
+    namespace: str,
+    clients: int,
+    n: int,
+    timeout: float,
+    key_prefix: str,
+    connect_with_request: bool,
+    retry_s: float | None = None,
+    give_up_s: float = 120.0,
+) -> ClientsResult:
+    """n keys over `clients` clients (n / clients each, in sequence, the next sent when the last
+    answered, served or refused). With `connect_with_request` every client opens its connection
+    at the moment it sends its first request, all at the same instant: the onset of a burst as
+    a server meets it (connects and requests together); without, the connections are opened first.
+    With `retry_s`, a refused key is asked for again after that long (as a client honouring
+    Retry-After would), until it is served or `give_up_s` after the run began."""
+    pool = ConnectionPool.for_url(url, max_connections=clients, timeout=timeout)
+    loop = asyncio.get_running_loop()
+    ns = quote(namespace, safe="")
+    refused: Counter = Counter()
+    failed: Counter = Counter()
+    served_lat: list[float] = []
+    refused_lat: list[float] = []
+    slowest: dict[str, float] = {}
+    served_at: list[float] = []
+    per_client = [list(range(c, n, clients)) for c in range(clients)]
+    conns: list[object | None] = [None] * clients
+    if not connect_with_request:
+        conns = list(await asyncio.gather(*(pool.connect() for _ in range(clients)), return_exceptions=True))
+    t0 = loop.time()
+
+    async def client(c: int) -> None:
+        conn = conns[c]
+        todo = list(reversed(per_client[c]))
+        while todo:
+            i = todo.pop()
+            raw = build_get(pool.host_header, f"/v1/cache/{ns}/{quote(f'{key_prefix}{i}', safe='')}")
+            sent = loop.time()
+            try:
+                if conn is None or isinstance(conn, BaseException) or conn.closed:  # type: ignore[attr-defined]
+                    conn = await pool.connect(deadline=sent + timeout)
+                resp = await conn.send(raw, timeout)  # type: ignore[attr-defined]
+            except (HTTPClientError, OSError) as exc:
+                failed[getattr(exc, "kind", type(exc).__name__)] += 1
+                if conn is not None and not isinstance(conn, BaseException):
+                    conn.abort()  # type: ignore[attr-defined]
+                conn = None
+                continue
+            took = loop.time() - sent
+            if 200 <= resp.status < 300:
+                served_lat.append(took)
+                served_at.append(loop.time() - t0)
+            else:
+                code = f"{resp.status} {_error_code(resp.body)}".strip()
+                refused[code] += 1
+                refused_lat.append(took)
+                slowest[code] = max(slowest.get(code, 0.0), round(took, 3))
+                if retry_s is not None and resp.status == 503 and loop.time() - t0 + retry_s < give_up_s:
+                    await asyncio.sleep(retry_s)
+                    todo.append(i)
+        if conn is not None and not isinstance(conn, BaseException):
+            conn.abort()  # type: ignore[attr-defined]
+
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    served_lat.sort()
+    last = max(served_at) if served_at else None
+    return ClientsResult(
+        clients=clients,
+        keys=n,
+        connect_with_request=connect_with_request,
+        served=len(served_lat),
+        refused_by_error=dict(refused),
+        failed_by_kind=dict(failed),
+        last_served_s=None if last is None else round(last, 3),
+        served_per_s=round(len(served_lat) / last, 1) if last else None,
+        served_p99_s=round(served_lat[int(0.99 * (len(served_lat) - 1))], 3) if served_lat else None,
+        served_max_s=round(served_lat[-1], 3) if served_lat else None,
+        refused_max_s=round(max(refused_lat), 3) if refused_lat else None,
+        refused_max_s_by_error=slowest,
+        key_prefix=key_prefix,
+    )
+
+
+def run_clients(
+    url: str,
+    origin_url: str,
+    namespace: str,
+    n: int,
+    clients: int,
+    settings: BenchSettings,
+    *,
+    connect_with_request: bool,
+    retry_s: float | None = 1.0,
+    cpu_seconds: Callable[[], dict[str, float]] | None = None,
+) -> dict:
+    """One clients run against a running stack, with its origin calls and CPU per key served."""
+    origin = OriginProbe(origin_url)
+    prefix = f"rc-{new_run_id()}-"
+    before = origin.try_stats(prefix)
+    cpu_before = cpu_seconds() if cpu_seconds else None
+    timeout = 2 * settings.cold_wait_timeout_s + 10
+    run = asyncio.run(clients_run(url, namespace, clients, n, timeout, prefix, connect_with_request, retry_s))
+    time.sleep(0.2)
+    cpu_after = cpu_seconds() if cpu_seconds else None
+    after = origin.try_stats(prefix)
+    result = asdict(run)
+    result["cpu_ms_per_key"] = None
+    if cpu_before is not None and cpu_after is not None and run.served:
+        result["cpu_ms_per_key"] = {
+            role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / run.served, 2) for role in cpu_after
+        }
+    result["origin_calls"] = None if after is None or before is None else after.prefixed - before.prefixed
+    result["pool"] = settings.pool
+    result["settings"] = asdict(settings)
+    result["redis_unavailable"] = sum(v for k, v in run.refused_by_error.items() if "redis_unavailable" in k)
+    return result
+
+
+def overload_verdict(burst: dict, paced: dict, cold_wait_timeout_s: float) -> dict:
+    """The issue's no-collapse figures for one burst beside its paced baseline."""
+    ratio = None
+    if burst["served_per_s"] and paced["served_per_s"]:
+        ratio = round(burst["served_per_s"] / paced["served_per_s"], 3)
+    # A cold-wait timeout answers after COLD_WAIT_TIMEOUT_SECONDS by design; every other refusal must be fast.
+    timeout_code = f"503 {Refusal.COLD_WAIT_TIMEOUT}"
+    slow_refusals = any(t > 1.0 for code, t in burst["refused_max_s_by_error"].items() if code != timeout_code)
+    return {
+        "ratio": ratio,
+        "served_max_s": burst["served_max_s"],
+        "bounded": burst["served_max_s"] is None or burst["served_max_s"] <= 2 * cold_wait_timeout_s,
+        "refusals_fast": not slow_refusals,
+        "redis_unavailable": burst["redis_unavailable"],
+    }
+
+
+def clients_line(r: dict) -> str:
+    cpu = r.get("cpu_ms_per_key") or {}
+    return (
+        f"{r.get('label', '')} {r['clients']} clients{' (connect with request)' if r['connect_with_request'] else ''}:"
+        f" {r['served']}/{r['keys']} keys served, {r['served_per_s']} keys/s, served p99 {r['served_p99_s']} s"
+        f" max {r['served_max_s']} s, refused {r['refused_by_error'] or 0} (slowest {r['refused_max_s_by_error']}),"
+        f" no answer {r['failed_by_kind'] or 0}, origin calls {r['origin_calls']},"
+        f" CPU ms/key web {cpu.get('web')} worker {cpu.get('worker')} redis {cpu.get('redis')}"
+    ).strip()

@@ -47,6 +47,16 @@ class Refused:
         return AnswerOutcome.TIMEOUT if self.error == Refusal.COLD_WAIT_TIMEOUT else AnswerOutcome.ERROR
 
 
+# Refusals that are nobody's failure: the process is at a bound, or the refresh is still running.
+OVERLOADED = Refused(503, Refusal.OVERLOADED, "too many requests in flight in this process; retry shortly", 1)
+NOT_ENQUEUED = Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
+TOO_MANY_WAITERS = Refused(503, Refusal.TOO_MANY_WAITERS, "too many requests are waiting for cold keys", 1)
+
+
+def cold_wait_timed_out(retry_after_s: float) -> Refused:
+    return Refused(503, Refusal.COLD_WAIT_TIMEOUT, "the value is being computed; retry shortly", retry_after_s)
+
+
 # The answer to a cold read while its key cools down after a failed refresh, by the failure's
 # code (which the worker stores with the cooldown), and to a naive read whose origin call failed:
 # the status is 502 for each, the detail says what failed and what to look at. A fixed text, never

@@ -28,6 +28,25 @@ def _driver_info() -> dict[str, Any]:
 _DRIVER_INFO = _driver_info()
 
 
+class PoolExhausted(redis.ConnectionError):
+    """Every connection of this process's pool stayed busy for the whole pool wait: the process
+    has more commands in flight than its pool serves in that time. Redis itself may be fine, so
+    the web tier answers this as overloaded, not as a Redis that is down."""
+
+
+class WaitingConnectionPool(redis.BlockingConnectionPool):
+    """redis-py's blocking pool, whose "No connection available." (a plain ConnectionError, the
+    same class a refused connect raises) is told apart as PoolExhausted."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)
+        except redis.ConnectionError as exc:
+            if str(exc) == "No connection available.":
+                raise PoolExhausted(str(exc)) from None  # the same text: shared/degraded.py knows it
+            raise
+
+
 def make_redis(
     settings: Settings,
     *,
@@ -62,7 +81,7 @@ def make_redis(
     if settings.redis_sentinels:
         return _sentinel_primary(settings, url, opts, pool_wait_seconds if pool_size else None)
     if pool_size and pool_wait_seconds is not None:
-        pool = redis.BlockingConnectionPool.from_url(url, timeout=pool_wait_seconds, **opts)
+        pool = WaitingConnectionPool.from_url(url, timeout=pool_wait_seconds, **opts)
         return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **opts)
 

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import rates
-from shared.protocol import BreakerState
+from shared.protocol import BreakerState, Refusal
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 AGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -134,6 +134,13 @@ DEGRADED_ANSWERS = Counter(
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
+REFUSED = Counter(
+    "herdless_refused",
+    "Requests answered 503 with no origin failure to blame, by reason: shed load (overloaded, "
+    "too_many_waiters), a full refresh queue (queue_full), Redis at maxmemory (out_of_memory) or "
+    "unreachable (redis_unavailable), the broker unreachable, or a cold wait that ran out",
+    ["reason"],
+)
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual", "warm")
@@ -191,6 +198,8 @@ def init_web_series(namespaces: Iterable[str]) -> None:
     _create(WEB_SERIES, namespaces)
     for result in NEAR_CACHE_RESULTS:
         NEAR_CACHE.labels(result)
+    for reason in Refusal:
+        REFUSED.labels(reason)
     REDIS_DEGRADED.set(0)
 
 

@@ -172,6 +172,7 @@ class Refusal(StrEnum):
     BROKER_UNAVAILABLE = "broker_unavailable"  # the refresh could not be enqueued
     COLD_WAIT_TIMEOUT = "cold_wait_timeout"  # the value is still being computed
     TOO_MANY_WAITERS = "too_many_waiters"  # the process holds MAX_COLD_WAITERS already
+    OVERLOADED = "overloaded"  # the process holds MAX_REQUESTS_IN_FLIGHT reads already
     REDIS_UNAVAILABLE = "redis_unavailable"  # the cache store is unreachable
     QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES refreshes wait in the queue already
     OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: a cold key cannot be stored now

@@ -77,7 +77,8 @@ from contextlib import AbstractContextManager, ExitStack
 
 from redis.exceptions import RedisError
 
-from shared import metrics
+from shared import answers, metrics
+from shared.admission import Admission
 from shared.answers import OUT_OF_MEMORY, QUEUE_FULL, Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
@@ -95,7 +96,6 @@ from shared.protocol import (
     LeaseState,
     ReadyStatus,
     RefreshReason,
-    Refusal,
     Strategy,
     SuppressReason,
     WarmState,
@@ -132,6 +132,7 @@ class ReadPath:
         waiter: ColdWaitHub,
         near_cache: NearCache[ReadResult] | NoNearCache[ReadResult],
         health: RedisHealth | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -140,6 +141,7 @@ class ReadPath:
         self._waiter = waiter
         self.near_cache = near_cache
         self.health = health or RedisHealth(store.redis.ping)
+        self.admission = admission or Admission(None)
         self.origins = OriginAdapters(settings.origin_max_bytes)
         self.queue = QueueBound(store, settings)
         self._fallback = OriginFallback(self.origins)
@@ -158,7 +160,11 @@ class ReadPath:
         if self.health.down:  # known down: answer from memory without waiting on a connect
             return answer_from_memory(near, ns, key, self._fallback)
         try:
-            return self._read_through(ns, key)
+            if self._waiter.waiting_on(ns.name, key):
+                # Others of this process already wait for the key: join them without a read (see below).
+                return self._wait_for_refresh(ns, key, None, None, time.monotonic())
+            with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
+                return self._read_through(ns, key) if admitted else answers.OVERLOADED
         except RedisError as exc:
             if not self.health.failed_with(exc):
                 raise
@@ -166,11 +172,6 @@ class ReadPath:
 
     def _read_through(self, ns: Namespace, key: str) -> Answer:
         near = self.near_cache
-        if self._waiter.waiting_on(ns.name, key):
-            # Readers of this process already wait for the key's refresh: join them without a
-            # read of its own (see _wait_for_refresh). Readers that keep arriving during a slow
-            # cold refresh then cost a process a handful of reads, not one each.
-            return self._wait_for_refresh(ns, key, None, None, time.monotonic())
         read_token = near.begin_read(ns.name, key)
         token = new_token()
         read_started = time.monotonic()
@@ -194,7 +195,7 @@ class ReadPath:
                 self._count_suppressed(ns, r)
             return Served(r, outcome, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
-        return self._wait_for_refresh(ns, key, r, token, read_started)
+        return self.admission.observed(self._wait_for_refresh(ns, key, r, token, read_started), read_started)
 
     def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
         reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
@@ -249,7 +250,7 @@ class ReadPath:
                     except QueueRefused:
                         return QUEUE_FULL
                     except BrokerUnavailable:
-                        return Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
+                        return answers.NOT_ENQUEUED
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
                     if first.lease_state == LeaseState.OUT_OF_MEMORY:
@@ -279,16 +280,18 @@ class ReadPath:
                         except QueueRefused:
                             return r, QUEUE_FULL
                         except BrokerUnavailable:
-                            return r, Refused(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", 1)
+                            return r, answers.NOT_ENQUEUED
                     return r, None
 
                 status: str | None = None
                 waited = first is not None  # a joiner served by its first read did not wait
                 while True:
-                    if fresh_read_due:
+                    remaining = deadline - time.monotonic()
+                    if fresh_read_due and remaining > 0:
                         # Registered first, read second: a refresh published from here on wakes us.
+                        # A sharer waits for the shared read no longer than its own deadline.
                         handle.mark()
-                        r, refusal = handle.shared_read(reread, timeout=self.settings.cold_wait_timeout_seconds)
+                        r, refusal = handle.shared_read(reread, timeout=remaining)  # TimeoutError: below
                         if r.has_value and r.decision is not Decision.MISS:
                             return Served(r, AnswerOutcome.MISS if waited else AnswerOutcome.of(r.decision), r.now_ms)
                         if refusal is not None:
@@ -298,12 +301,7 @@ class ReadPath:
                     fresh_read_due = True
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return Refused(
-                            503,
-                            Refusal.COLD_WAIT_TIMEOUT,
-                            "the value is being computed; retry shortly",
-                            self.settings.cold_wait_timeout_seconds,
-                        )
+                        return answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
                     if not waited:
                         # A joiner whose read found no value: one more request the refresh
                         # already under way will answer.
@@ -313,6 +311,8 @@ class ReadPath:
                     if handle.handed_over is not None:
                         # The origin's answer may not be stored: this is the one copy there is.
                         return Unstored(handle.handed_over.body, handle.handed_over.content_type)
+        except TimeoutError:  # the shared read outlasted this waiter's deadline
+            return answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
         except TooManyWaiters:
             if first is not None and first.won_lease and token is not None:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
@@ -320,7 +320,7 @@ class ReadPath:
                     self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                 except BrokerUnavailable:
                     pass
-            return Refused(503, Refusal.TOO_MANY_WAITERS, "too many requests are waiting for cold keys", 1)
+            return answers.TOO_MANY_WAITERS
 
     def _read_naive(self, ns: Namespace, key: str) -> Answer:
         """Classic cache-aside, the baseline that stampedes: every miss calls the origin from here."""

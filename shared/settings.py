@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     breaker_reset_timeout_seconds: PositiveSeconds = 30
     admin_token: str | None = None
     max_cold_waiters: Annotated[int, Field(ge=1)] = 1000
+    # Reads one web process works on at once (near-cache hits and readers joining a wait already
+    # under way excepted); past it a read is answered 503 `overloaded` at once. 0: no bound.
+    max_requests_in_flight: Annotated[int, Field(ge=0)] = 512
     # Most keys one warm-up request (POST /v1/cache/<namespace>/warm) may name.
     warm_max_keys: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     # Near-cache: each web process serves a value Redis called fresh from memory until its

@@ -16,7 +16,6 @@ from typing import Any
 
 from shared.keys import Keyspace
 from shared.namespaces import Namespace
-from shared.protocol import RefreshReason
 from shared.settings import Settings
 
 REFRESH_TASK = "herdless.refresh"
@@ -66,16 +65,16 @@ def queued_marker_ttl_seconds(settings: Settings) -> float:
 
 
 def refresh_expiry_seconds(reason: str, settings: Settings) -> float:
-    """How long a refresh task may wait in the queue before it is discarded unrun.
+    """How long a refresh task may wait in the queue before it is discarded unrun: as long as its
+    queued marker keeps other refreshes of the key out (CLAIM lets a task whose lease ran out run
+    while the marker is its own), whatever its reason.
 
-    A refresh a read triggered is pointless once it waited longer than its lease: the next read
-    enqueues another. A warm-up has no next read to count on and may enqueue thousands at once,
-    more than the workers run within one lease, so its tasks wait as long as their queued
-    marker keeps other refreshes of the key out (CLAIM lets a task whose lease ran out run while
-    the marker is its own)."""
-    if reason == RefreshReason.WARM:
-        return queued_marker_ttl_seconds(settings)
-    return settings.lease_ttl_seconds
+    A refresh that waited past its lease is still worth its one origin call: the key is still
+    missing or stale, and the marker has kept every read from enqueueing another. Discarding it
+    at the lease's end (as this once did) cost the worker a revocation per task (an event, an
+    ack, a FINISH) under exactly the backlog that made it late, and the next read then
+    enqueued the same refresh again."""
+    return queued_marker_ttl_seconds(settings)
 
 
 def longest_origin_timeout(namespaces: dict[str, Namespace]) -> float | None:
@@ -148,9 +147,13 @@ def celery_config(
         "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         # No task-sent events: each cost the web tier a second publish per enqueue (+50 % CPU
         # per send_task, measured) for a state ("SENT") Flower shows for a few milliseconds.
-        # Flower still sees every task from the worker's events (received, started, done).
+        # And no task events until a monitor asks: three publishes per refresh (received, started,
+        # succeeded) were a seventh of the worker's CPU, spent for nobody when no Flower runs.
+        # Flower asks by itself (its enable_events, on by default, sends `enable_events` to every
+        # worker at start and every few seconds), so it still sees every task;
+        # `celery -A workers.celery_app control enable_events` turns them on for other monitors.
         "task_send_sent_event": False,
-        "worker_send_task_events": True,
+        "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "broker_heartbeat": 10,

@@ -11,7 +11,10 @@ from flask import Flask, Response
 from redis.exceptions import OutOfMemoryError, RedisError
 from werkzeug.exceptions import HTTPException
 
+from shared.admission import Admission
+from shared.answers import OVERLOADED
 from shared.coldwait import ColdWaitHub
+from shared.connection import PoolExhausted
 from shared.degraded import PROBE_SECONDS, RedisHealth
 from shared.exposition import build_registry, configure_rate_recorder
 from shared.keys import Keyspace
@@ -82,11 +85,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     # connection per request (which overflowed Redis's accept queue: connect timeouts, 503).
     # A Redis that is down refuses connections at once; the read timeout only catches a hung
     # server, and is generous because under a burst a gevent process can take a while to get
-    # back to a greenlet whose reply is already in its socket.
+    # back to a greenlet whose reply is already in its socket. A request that finds every
+    # connection busy for a second is answered 503 overloaded (PoolExhausted): Redis is up, the
+    # process has too much in flight; the bound on reads in flight keeps that rare.
     client = make_redis(
         settings,
         pool_size=WEB_REDIS_CONNECTIONS,
-        pool_wait_seconds=settings.cold_wait_timeout_seconds,
+        pool_wait_seconds=min(1.0, settings.cold_wait_timeout_seconds),
         socket_timeout=settings.cold_wait_timeout_seconds,
         socket_connect_timeout=0.5,
     )
@@ -131,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
         health=health,
+        admission=Admission(settings.max_requests_in_flight or None, settings.cold_wait_timeout_seconds / 2),
     )
     app.extensions[EXTENSION] = WebState(
         settings=settings,
@@ -154,6 +160,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(RedisError)
     def _redis_error(exc: RedisError) -> Response:
+        if isinstance(exc, PoolExhausted):  # Redis is up; this process has too much in flight
+            return json_error(503, OVERLOADED.error, OVERLOADED.detail, {"Retry-After": "1"})
         if isinstance(exc, OutOfMemoryError):  # a purge or warm-up refused at maxmemory (shared/maxmemory.py)
             return json_error(503, Refusal.OUT_OF_MEMORY, "Redis is at its maxmemory", {"Retry-After": "1"})
         app.logger.warning("redis unavailable: %s", type(exc).__name__)

@@ -7,8 +7,15 @@ from typing import Any
 from flask import Response, jsonify
 from werkzeug.routing import PathConverter
 
+from shared.metrics import REFUSED
+from shared.protocol import Refusal
+
+REFUSALS = frozenset(Refusal)
+
 
 def json_error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    if status == 503 and error in REFUSALS:
+        REFUSED.labels(error).inc()
     response = jsonify({"error": error, "detail": detail})
     response.status_code = status
     for name, value in (headers or {}).items():

@@ -218,7 +218,8 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OriginFailure"}}},
                         },
                         "503": _error(
-                            "The cold-miss wait timed out, too many requests wait, MAX_QUEUED_REFRESHES refreshes wait "
+                            "The cold-miss wait timed out, too many requests wait or are in flight (`overloaded`),"
+                            " MAX_QUEUED_REFRESHES refreshes wait "
                             "in the queue (`queue_full`, at once), or Redis/the broker is unreachable "
                             "(`redis_unavailable`, at once: for a key this process holds no value of while Redis is "
                             "down).",

@@ -32,7 +32,7 @@ def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
         str(settings.worker_concurrency),
         "--queues",
         Keyspace.of(settings).queue,
-        "--task-events",
+        # No --task-events: events are sent once a monitor asks (shared/tasks.py, Flower does).
         "--without-gossip",
         "--without-mingle",
         *extra,

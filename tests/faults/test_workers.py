@@ -116,7 +116,7 @@ def test_sigkill_of_one_of_two_worker_hosts_moves_the_refresh_to_the_other(tmp_p
         assert v1["count"] == 1
 
 
-def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_discarded_on_return(
+def test_while_workers_are_absent_stale_is_served_and_the_queued_refreshes_run_once_on_return(
     tmp_path: Path,
 ) -> None:
     lease_ttl = 1.0
@@ -161,11 +161,12 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
             assert ever_queued == set(keys), ever_queued
             assert live_per_key and max(live_per_key.values()) == 1, live_per_key
             # Leases ran out several times while nobody worked, yet the queue never held more than
-            # one refresh per key; by now each of them has outlived its lease (`expires`).
+            # one refresh per key; each outlived its lease and is still alive (`expires` is the
+            # queued marker's life): still worth its one call, later.
             queued = queued_refreshes(redis)
             assert most_queued <= len(keys) and sorted(k for k, _ in queued) == sorted(keys), queued
             now = datetime.now().astimezone()
-            assert all(expires is not None and expires < now for _, expires in queued), queued
+            assert all(expires is not None and expires > now for _, expires in queued), queued
 
             calls_before_return = stack.origin_stats()["calls"]
             stack.start_worker("w2", wait=True)
@@ -176,15 +177,15 @@ def test_while_workers_are_absent_stale_is_served_and_expired_refreshes_are_disc
             wait_until(refreshed, 15, "fresh refreshes after the workers returned")
 
         wait_until(lambda: not queued_refreshes(redis), 10, "the queue to drain")
-        discarded = worker_metric(stack, "herdless_refresh_total", outcome="expired") + worker_metric(
-            stack, "herdless_refresh_total", outcome="lost_lease"
-        )
+        # The refreshes queued while nobody worked ran, one per key: none was discarded (which
+        # cost a revocation each and made the next read enqueue the same refresh again), none
+        # lost its lease to a read, and each was one origin call that wrote.
+        assert worker_metric(stack, "herdless_refresh_total", outcome="expired") == 0
+        assert worker_metric(stack, "herdless_refresh_total", outcome="lost_lease") == 0
         written = worker_metric(stack, "herdless_refresh_total", outcome="written")
-        assert worker_metric(stack, "herdless_refresh_total", outcome="expired") >= 1
-        assert discarded >= len(queued), (discarded, len(queued))
-        # Discarded refreshes never reached the origin: every origin call since the return was a write.
         calls_since = stack.origin_stats()["calls"] - calls_before_return
         assert calls_since == worker_metric(stack, "herdless_origin_calls_total", outcome="ok") == written
+        assert written >= len(keys)
 
 
 def test_a_worker_stopped_mid_refresh_leaves_at_most_one_queued_refresh_per_key(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ CONTRACT_METRICS = {
     "herdless_near_cache_bytes": "gauge",
     "herdless_redis_degraded": "gauge",
     "herdless_degraded_answers_total": "counter",
+    "herdless_refused_total": "counter",
 }
 
 # Flower 2.x exporter (flower/events.py, PrometheusMetrics).

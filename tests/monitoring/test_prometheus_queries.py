@@ -44,6 +44,8 @@ ZERO_AT_REST = {
     # Zero unless a web process cannot reach Redis (tests/faults/test_redis_outage.py moves them).
     "Redis unreachable: degraded answers/A",
     "Redis unreachable: degraded answers/B",
+    # Zero unless something is refused (tests/security/test_cold_waiter_limit.py counts them).
+    "Refused at once (503), by reason/A",
 }
 
 # Rates over the whole traffic window: the stack lives for seconds, not minutes.
