@@ -86,9 +86,9 @@ def make_redis(
     return redis.Redis.from_url(url, **opts)
 
 
-class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
-    """A Sentinel-managed pool whose callers wait for a free connection (as the plain blocking
-    pool's do) instead of failing with "Too many connections"."""
+class _WaitingSentinelPool(SentinelConnectionPool, WaitingConnectionPool):
+    """A Sentinel-managed pool whose callers wait for a free connection, as WaitingConnectionPool's
+    do (and whose exhaustion is PoolExhausted too)."""
 
 
 def _sentinel_primary(settings: Settings, url: str, opts: dict[str, Any], pool_wait_seconds: float | None) -> Any:
@@ -107,7 +107,7 @@ def _sentinel_primary(settings: Settings, url: str, opts: dict[str, Any], pool_w
     pool_class: type[SentinelConnectionPool] = SentinelConnectionPool
     extra: dict[str, Any] = {}
     if pool_wait_seconds is not None:
-        pool_class, extra = _BlockingSentinelPool, {"timeout": pool_wait_seconds}
+        pool_class, extra = _WaitingSentinelPool, {"timeout": pool_wait_seconds}
     return sentinel.master_for(settings.redis_sentinel_master, connection_pool_class=pool_class, **extra)
 
 
