@@ -21,10 +21,15 @@ import redis as redis_py
 
 from launcher.processes import Process
 from launcher.redis_server import redis_server_argv
+from shared.keys import Keyspace
 from tests.faults.observe import Sample, TrafficLoop
 from tests.stack import RedisServer, Stack, cold_herd, free_port, port_open, wait_until
 
 MASTER = "herdless-primary"
+# The primary and replica ask for a password, the stack uses database 2: REDIS_URL's password and
+# database must reach the promoted primary (the sentinels themselves have none).
+PASSWORD = "sentinel-test-9c1f04e2"
+DB = 2
 NAMESPACES = """
 [namespaces.hot]
 origin = "${ORIGIN_BASE_URL}/items/{key}"
@@ -49,6 +54,7 @@ def sentinel_conf(port: int, primary_port: int) -> str:
             f"sentinel down-after-milliseconds {MASTER} 1000",
             f"sentinel failover-timeout {MASTER} 3000",
             f"sentinel parallel-syncs {MASTER} 1",
+            f"sentinel auth-pass {MASTER} {PASSWORD}",
             "",
         ]
     )
@@ -58,10 +64,10 @@ class SentinelGroup:
     """A primary, one replica of it, and three sentinels watching them, each its own process."""
 
     def __init__(self, tmp: Path) -> None:
-        diskless = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
-        self.primary = RedisServer(tmp / "primary", extra=diskless)
-        self.replica = RedisServer(tmp / "replica", extra=[*diskless, "--replicaof", "127.0.0.1", "0"])
-        self.replica.extra[-1] = str(self.primary.port)
+        diskless = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", "--masterauth", PASSWORD]
+        self.primary = RedisServer(tmp / "primary", password=PASSWORD, extra=diskless)
+        self.replica = RedisServer(tmp / "replica", password=PASSWORD, extra=[*diskless, "--replicaof", "127.0.0.1"])
+        self.replica.extra.append(str(self.primary.port))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[Process] = []
         self.tmp = tmp
@@ -122,6 +128,10 @@ def group(tmp_path: Path) -> Iterator[SentinelGroup]:
         g.stop()
 
 
+def stack_entry_key(namespace: str, key: str) -> str:
+    return Keyspace(db=DB).entry(namespace, key).entry
+
+
 def served_count(sample: Sample) -> tuple[str, int]:
     body = json.loads(sample.body)
     return str(body["key"]), int(body["count"])
@@ -155,7 +165,7 @@ def test_a_sentinel_failover_under_load_keeps_every_promise_with_a_bounded_503_w
     }
     # The stack's REDIS_URL names the primary (its host and port are unused with sentinels): the
     # code before sentinel support kept talking to it, and could not serve after it died.
-    stack = Stack(tmp_path / "stack", env=env, redis=group.primary)
+    stack = Stack(tmp_path / "stack", env=env, redis=group.primary, db=DB)
     with stack, ExitStack() as loops:
         urls = [stack.url("hot", k) for k in HOT_KEYS]
         for k in HOT_KEYS:
@@ -191,6 +201,8 @@ def test_a_sentinel_failover_under_load_keeps_every_promise_with_a_bounded_503_w
         cold_keys = [f"c{i}" for i in range(10)]
         herd = cold_herd(stack, "cold", cold_keys, 40)
         calls = stack.origin_stats()["per_key"]
+        # The values live in REDIS_URL's database on the promoted replica, reached with its password.
+        assert group.replica.client(db=DB).exists(stack_entry_key("cold", cold_keys[0]))
         loops.close()  # the clients stop before the stack does
         stack.stop(kill_workers=True)
 
