@@ -303,8 +303,15 @@ def test_env_example_values_are_the_built_in_defaults(monkeypatch: pytest.Monkey
             assert getattr(written, field) == getattr(defaults, field), f"{variable}={value} is not the default"
 
 
-# Settings compose does not pass from .env: fixed inside the containers, or a test's knob.
-NOT_PASSED_BY_COMPOSE = {"WEB_BIND", "NAMESPACES_FILE", "QUEUED_MARKER_SECONDS"}
+# Settings compose does not pass from .env: fixed inside the containers (its own Redis, so no
+# sentinels), or a test's knob.
+NOT_PASSED_BY_COMPOSE = {
+    "WEB_BIND",
+    "NAMESPACES_FILE",
+    "QUEUED_MARKER_SECONDS",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+}
 
 
 def test_compose_passes_every_setting_from_env() -> None:
