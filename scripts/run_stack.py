@@ -472,12 +472,16 @@ def busy_ports(settings: Settings, env: dict[str, str], names: set[str]) -> None
         "flower": ("FLOWER_PORT", int(env.get("FLOWER_PORT") or 5555)),
     }
     host = reachable_host(settings.bind_host)
-    for name, (variable, port) in wanted.items():
-        if name in names and port_open(port, host):
-            sys.exit(
-                f"herdless: port {port} ({variable}) is in use already, maybe by a stack of another run"
-                f" (`ss -ltnp 'sport = :{port}'` shows which process); stop it, or set {variable}"
-            )
+    # Every taken port in one message: one at a time took a rerun per port to find them all.
+    taken = [(variable, port) for name, (variable, port) in wanted.items() if name in names and port_open(port, host)]
+    if taken:
+        listed = ", ".join(f"{port} ({variable})" for variable, port in taken)
+        ports = " or ".join(f":{port}" for _, port in taken)
+        variables = ", ".join(variable for variable, _ in taken)
+        sys.exit(
+            f"herdless: port{'s' if len(taken) > 1 else ''} {listed} in use already, maybe by a stack of"
+            f" another run (`ss -ltnp 'sport = {ports}'` shows which process); stop it, or set {variables}"
+        )
 
 
 def url_block(env: dict[str, str], names: set[str], flower_generated: bool, private_redis: bool) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import termios
 import time
@@ -210,3 +211,25 @@ def test_make_run_never_prints_a_redis_password_given_as_a_query_parameter(tmp_p
     assert f"127.0.0.1:{redis.port}/0?password=***" in text, text[-3000:]
     for part in (password, password.split("@")[0], "@tail"):
         assert part not in text, (part, [line for line in text.splitlines() if part in line])
+
+
+def test_make_run_names_every_taken_port_at_once_and_starts_nothing(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in PORT_NAMES}
+    holders = []
+    for name in ("WEB_PORT", "FLOWER_PORT"):  # another stack's web tier and Flower, say
+        holder = socket.socket()
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", ports[name]))
+        holder.listen()
+        holders.append(holder)
+    try:
+        result = subprocess.run(
+            ["bash", "-c", MAKE_RUN], cwd=ROOT, env=stack_env(ports), capture_output=True, text=True, timeout=120
+        )
+    finally:
+        for holder in holders:
+            holder.close()
+    said = result.stdout + result.stderr
+    assert result.returncode != 0, said[-2000:]
+    assert f"{ports['WEB_PORT']} (WEB_PORT)" in said and f"{ports['FLOWER_PORT']} (FLOWER_PORT)" in said, said[-2000:]
+    assert "ORIGIN_PORT)" not in said and "Listening at" not in said, said[-2000:]  # nothing started
