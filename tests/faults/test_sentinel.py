@@ -34,6 +34,10 @@ NAMESPACES = """
 [namespaces.hot]
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 2
+# No early refresh: the calls counted after the failover are then the refreshes one per TTL
+# window allows. With XFetch's default beta, a loaded machine's long refresh durations made
+# 4-5 early refreshes of a 2 s key in 3 s, a cost of the rule (issue 18), not of the failover.
+strategy = "swr"
 
 [namespaces.cold]
 origin = "${ORIGIN_BASE_URL}/items/{key}"
@@ -196,6 +200,7 @@ def test_a_sentinel_failover_under_load_keeps_every_promise_with_a_bounded_503_w
         counts_at_steady = stack.origin_stats()["per_key"]
         wait_until(lambda: time.monotonic() - steady_from >= AFTER_FAILOVER_SECONDS, 10, "traffic after the failover")
         counts_after = stack.origin_stats()["per_key"]
+        steady_for = time.monotonic() - steady_from  # on a busy machine, past AFTER_FAILOVER_SECONDS
 
         # A cold herd on never-seen keys, after the failover: the worker and the broker follow too.
         cold_keys = [f"c{i}" for i in range(10)]
@@ -220,6 +225,7 @@ def test_a_sentinel_failover_under_load_keeps_every_promise_with_a_bounded_503_w
     # The hot keys refresh every 2 s: over the steady seconds after the failover, one refresh per
     # key per TTL window (and one in flight), never a herd.
     over = {k: counts_after[k] - counts_at_steady.get(k, 0) for k in HOT_KEYS}
-    assert all(n <= AFTER_FAILOVER_SECONDS / 2 + 2 for n in over.values()), over
+    worst = max(over.values())
+    assert worst <= steady_for / 2 + 2, (worst, round(steady_for, 2), sorted(over.items(), key=lambda kv: -kv[1])[:5])
     assert all(status == 200 for _, status, _ in herd), [status for _, status, _ in herd if status != 200][:5]
     assert {k: calls[k] for k in cold_keys} == dict.fromkeys(cold_keys, 1)
