@@ -43,7 +43,7 @@ class WaitingConnectionPool(redis.BlockingConnectionPool):
             return super().get_connection(*args, **kwargs)
         except redis.ConnectionError as exc:
             if str(exc) == "No connection available.":
-                raise PoolExhausted(str(exc)) from None  # the same text: shared/degraded.py knows it
+                raise PoolExhausted(str(exc)) from None
             raise
 
 

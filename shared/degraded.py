@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import metrics
 from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
+from shared.connection import PoolExhausted
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, NoNearCache
 from shared.origin import NotFound, NotModified, OriginError
@@ -36,9 +37,6 @@ from shared.replies import ReadResult
 log = logging.getLogger("herdless.degraded")
 
 PROBE_SECONDS = 0.25  # how often a degraded process asks Redis whether it is back
-# redis-py's BlockingConnectionPool raises ConnectionError with this text when every connection
-# stayed busy for its wait: the process is overloaded, Redis may be fine.
-_POOL_EXHAUSTED = "No connection available."
 RETRY_AFTER_SECONDS = 1.0
 UNAVAILABLE_DETAIL = "the cache store is unreachable and this web process holds no servable value for the key"
 BUSY_DETAIL = "the cache store is unreachable and this web process's calls to the namespace's origin are all busy"
@@ -49,7 +47,8 @@ def means_unreachable(exc: RedisError) -> bool:
     error the server answered with)."""
     if isinstance(exc, RedisTimeoutError):
         return True
-    return isinstance(exc, RedisConnectionError) and str(exc) != _POOL_EXHAUSTED
+    # A full pool (every connection stayed busy for its wait) is load: Redis may be fine.
+    return isinstance(exc, RedisConnectionError) and not isinstance(exc, PoolExhausted)
 
 
 def stale_if_error_until_ms(r: ReadResult, ns: Namespace) -> float:

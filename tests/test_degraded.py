@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.connection import PoolExhausted
 from shared.degraded import RedisHealth, means_unreachable, stale_if_error_until_ms
 from shared.namespaces import NamespaceConfigError, build_namespace
 from shared.protocol import Decision, Fallback, LeaseState
@@ -44,7 +45,7 @@ def test_only_errors_that_say_redis_cannot_be_reached_count_as_an_outage() -> No
     assert means_unreachable(RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."))
     assert means_unreachable(RedisTimeoutError("Timeout reading from socket"))
     # A full pool is load, not an outage; an error Redis answered with is no outage either.
-    assert not means_unreachable(RedisConnectionError("No connection available."))
+    assert not means_unreachable(PoolExhausted("No connection available."))
     assert not means_unreachable(ResponseError("OOM command not allowed"))
 
 
@@ -81,7 +82,7 @@ def test_the_probe_ends_degraded_mode_at_redis_s_first_answer() -> None:
     wait_until(lambda: not health.down, 5, "the probe to find Redis back")
     assert len(probes) == 3 and recovered.is_set() and health.outages == 1
     assert REGISTRY.get_sample_value("herdless_redis_degraded") == 0
-    assert not health.failed_with(RedisConnectionError("No connection available."))
+    assert not health.failed_with(PoolExhausted("No connection available."))
     assert not health.down
 
 
