@@ -118,9 +118,9 @@ WARM_CHUNK = 500
 
 
 class ReadPath:
-    """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to
-    the queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the
-    process's `waiter`; `near_cache` is a NearCache or NoNearCache; `health`: is Redis reachable."""
+    """One per web process: answers reads, manual refreshes, warm-ups and purges. Refreshes go to the
+    queue (`send_refresh`, or `open_batch` for a warm-up's many); cold readers wait on the process's
+    `waiter`; `near_cache`: NearCache or NoNearCache; `health`: is Redis reachable; `admission`."""
 
     def __init__(
         self,
@@ -131,8 +131,8 @@ class ReadPath:
         open_batch: OpenBatch,
         waiter: ColdWaitHub,
         near_cache: NearCache[ReadResult] | NoNearCache[ReadResult],
-        health: RedisHealth | None = None,
-        admission: Admission | None = None,
+        health: RedisHealth,
+        admission: Admission,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -140,8 +140,8 @@ class ReadPath:
         self._open_batch = open_batch
         self._waiter = waiter
         self.near_cache = near_cache
-        self.health = health or RedisHealth(store.redis.ping)
-        self.admission = admission or Admission(None)
+        self.health = health
+        self.admission = admission
         self.origins = OriginAdapters(settings.origin_max_bytes)
         self.queue = QueueBound(store, settings)
         self._fallback = OriginFallback(self.origins)

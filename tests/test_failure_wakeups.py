@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 import redis
 
+from shared.admission import Admission
 from shared.answers import Answer, Refused
 from shared.breaker import breaker_fields_key, breaker_state_key
 from shared.coldwait import ColdWaitHub
+from shared.degraded import RedisHealth
 from shared.keys import DEFAULT_KEYSPACE
 from shared.namespaces import Namespace, build_namespace
 from shared.origin_slots import OriginSlots
@@ -107,6 +109,8 @@ class ColdKey:
             open_batch=lambda: nullcontext(self.sent.put),
             waiter=self.hub,
             near_cache=NoNearCache(),
+            health=RedisHealth(store.redis.ping),
+            admission=Admission(None),
         )
         self.refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name))
         self.answer: Answer | None = None

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from shared.admission import Admission
 from shared.answers import Answer, Refused
 from shared.coldwait import ColdWaitHub
+from shared.degraded import RedisHealth
 from shared.keys import Keyspace
 from shared.namespaces import Namespace, build_namespace
 from shared.origin_slots import OriginSlots
@@ -107,6 +109,8 @@ def test_every_key_the_engine_writes_and_every_channel_it_publishes_carries_the_
         open_batch=lambda: nullcontext(sent.put),
         waiter=hub,
         near_cache=NoNearCache(),
+        health=RedisHealth(store.redis.ping),
+        admission=Admission(None),
     )
     refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name, store.keys))
     try:

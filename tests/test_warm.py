@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+from shared.admission import Admission
 from shared.coldwait import ColdWaitHub
+from shared.degraded import RedisHealth
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace, build_namespace
 from shared.origin_slots import OriginSlots
@@ -36,6 +38,8 @@ def _read_path(settings: Settings, store: CacheStore, send: SendRefresh) -> Read
         open_batch=lambda: nullcontext(send),
         waiter=waiter,
         near_cache=NoNearCache(),
+        health=RedisHealth(store.redis.ping),
+        admission=Admission(None),
     )
 
 
