@@ -29,7 +29,7 @@ from shared.answers import Answer, Refused, Served, Unstored, refused_by_failure
 from shared.connection import PoolExhausted
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, NoNearCache
-from shared.origin import NotFound, NotModified, OriginError
+from shared.origin import OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.protocol import AnswerOutcome, FailureCode, Fallback, Refusal
 from shared.replies import ReadResult
@@ -126,23 +126,14 @@ class OriginFallback:
 
     def _call_origin(self, ns: Namespace, key: str) -> Answer:
         metrics.DEGRADED_ANSWERS.labels(ns.name, "origin").inc()
-        t0 = time.perf_counter()
         try:
-            resp = self._origins.get(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
-            if isinstance(resp, NotModified):
-                raise OriginError("origin answered 304 to a request that was not conditional")
-            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
-            metrics.ORIGIN_BYTES.labels(ns.name).inc(len(resp.body))
-            return Unstored(resp.body, resp.content_type)
-        except NotFound:
-            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
-            return Refused(404, "not_found", "the origin has no value for this key")
+            resp = self._origins.fetch_whole(ns, key)
         except OriginError as exc:
-            metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
             log.warning("origin fallback for namespace %s failed: %s", ns.name, exc.code)
             return refused_by_failure(exc.code, RETRY_AFTER_SECONDS)
-        finally:
-            metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
+        if resp is None:
+            return Refused(404, "not_found", "the origin has no value for this key")
+        return Unstored(resp.body, resp.content_type)
 
 
 class RedisHealth:

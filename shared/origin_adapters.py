@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from shared import metrics
 from shared.freshness import CacheHeaders, CachePolicy, cache_policy
 from shared.namespaces import Namespace
-from shared.origin import IDLE_CONNECTIONS, Origin, make_origin
+from shared.origin import IDLE_CONNECTIONS, NotFound, NotModified, Origin, OriginError, OriginResponse, make_origin
 
 log = logging.getLogger("herdless.engine")
 
@@ -36,8 +37,8 @@ class BuiltOnce(Generic[T]):
 
 
 class OriginAdapters:
-    """The origin of each namespace, built on first use; the read path's naive strategy and the
-    refresher both call origins through it. Thread- and greenlet-safe."""
+    """The origin of each namespace, built on first use; the refresher, the read path's naive
+    strategy and a degraded process's fallback all call origins through it. Thread- and greenlet-safe."""
 
     def __init__(self, max_bytes: int, connections: int = IDLE_CONNECTIONS) -> None:
         self._max_bytes, self._connections = max_bytes, connections
@@ -47,6 +48,27 @@ class OriginAdapters:
 
     def get(self, ns: Namespace) -> Origin:
         return self._origins.get(ns.name, lambda: make_origin(ns, self._max_bytes, self._connections))
+
+    def fetch_whole(self, ns: Namespace, key: str) -> OriginResponse | None:
+        """One unconditional call from the web tier (the naive strategy; a degraded process's
+        origin fallback), counted as the refresher counts its calls: the answer, or None for a
+        404. Raises the OriginError (counted) when the call failed."""
+        t0 = time.perf_counter()
+        try:
+            resp = self.get(ns).fetch(key, deadline=time.monotonic() + ns.origin_timeout_seconds)
+            if isinstance(resp, NotModified):
+                raise OriginError("origin answered 304 to a request that was not conditional")
+            metrics.ORIGIN_CALLS.labels(ns.name, "ok").inc()
+            metrics.ORIGIN_BYTES.labels(ns.name).inc(len(resp.body))
+            return resp
+        except NotFound:
+            metrics.ORIGIN_CALLS.labels(ns.name, "not_found").inc()
+            return None
+        except OriginError as exc:
+            metrics.ORIGIN_CALLS.labels(ns.name, exc.outcome).inc()
+            raise
+        finally:
+            metrics.ORIGIN_DURATION.labels(ns.name).observe(time.perf_counter() - t0)
 
     def cache_policy(self, ns: Namespace, headers: CacheHeaders) -> CachePolicy:
         """Lifetimes of one origin answer (shared/freshness.py). A Cache-Control that does not
