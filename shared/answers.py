@@ -1,4 +1,4 @@
-"""What a read answers (a value, an unstored value or a refusal), and the failure codes a cooling key answers with."""
+"""What a read answers (a value, an unstored value, a refusal), why a cooling key fails, what a hand-off raises."""
 
 from __future__ import annotations
 
@@ -88,3 +88,35 @@ OUT_OF_MEMORY = Refused(503, Refusal.OUT_OF_MEMORY, "Redis is at its maxmemory: 
 
 
 Answer = Served | Unstored | Refused
+
+
+# What the read path's refresh hand-offs raise and a warm-up answers.
+class BrokerUnavailable(Exception):
+    """The refresh could not be handed to the queue."""
+
+
+class QueueRefused(BrokerUnavailable):
+    """The queue's bound refused the refresh: MAX_QUEUED_REFRESHES messages wait already."""
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What a warm-up did with each distinct key it was given."""
+
+    enqueued: int
+    already_fresh: int
+    in_flight: int
+    cooling_down: int
+    queue_full: int = 0  # not enqueued: MAX_QUEUED_REFRESHES messages waited already
+
+
+class WarmIncomplete(BrokerUnavailable):
+    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
+    the other keys' leases were given back, so the same warm-up may simply be sent again (the
+    keys enqueued the first time then count as in flight)."""
+
+    def __init__(self, enqueued: int) -> None:
+        super().__init__(
+            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
+        )
+        self.enqueued = enqueued

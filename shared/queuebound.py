@@ -116,39 +116,10 @@ return 1
 )
 
 
-class BrokerUnavailable(Exception):
-    """The refresh could not be handed to the queue."""
-
-
-class QueueRefused(BrokerUnavailable):
-    """The queue's bound refused the refresh: MAX_QUEUED_REFRESHES messages wait already."""
-
-
 @dataclass(frozen=True)
-class WarmResult:
-    """What a warm-up did with each distinct key it was given."""
+class QueueAdmission:
+    """ADMIT's answer."""
 
-    enqueued: int
-    already_fresh: int
-    in_flight: int
-    cooling_down: int
-    queue_full: int = 0  # not enqueued: MAX_QUEUED_REFRESHES messages waited already
-
-
-class WarmIncomplete(BrokerUnavailable):
-    """The queue refused a warm-up's task part-way: `enqueued` were handed over before it did;
-    the other keys' leases were given back, so the same warm-up may simply be sent again (the
-    keys enqueued the first time then count as in flight)."""
-
-    def __init__(self, enqueued: int) -> None:
-        super().__init__(
-            f"the queue refused the warm-up after {enqueued} refreshes were enqueued; send it again to enqueue the rest"
-        )
-        self.enqueued = enqueued
-
-
-@dataclass(frozen=True)
-class Admission:
     state: AdmitState
     waiting_token: str  # the task token of the key's waiting message ("queued")
 
@@ -175,7 +146,7 @@ class QueueBound:
     def _keys(self) -> list[str]:
         return [self.keys.queue_waiting, self.keys.queue_tokens, self.keys.queue_consuming]
 
-    def admit(self, namespace: str, key: str, token: str, *, force: bool = False) -> Admission:
+    def admit(self, namespace: str, key: str, token: str, *, force: bool = False) -> QueueAdmission:
         raw = self._admit(
             keys=self._keys(),
             args=[
@@ -183,7 +154,7 @@ class QueueBound:
                 *("1" if force else "0", TRIM_BATCH),
             ],
         )
-        return Admission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
+        return QueueAdmission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
 
     def admit_or_give_back(self, ns: Namespace, key: str, token: str) -> AdmitState:
         """Admit the refresh `token` won; unless admitted, give back what it won (and count why).

@@ -100,7 +100,7 @@ from shared.protocol import (
     SuppressReason,
     WarmState,
 )
-from shared.queuebound import BrokerUnavailable, QueueBound, QueueRefused, WarmIncomplete, WarmResult
+from shared.queuebound import QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import RefreshRequest
@@ -189,7 +189,7 @@ class ReadPath:
             if r.won_lease:
                 try:
                     self._enqueue(ns, key, token, reason, r.now_ms)
-                except BrokerUnavailable:
+                except answers.BrokerUnavailable:
                     pass  # the value is served anyway; the next read retries the refresh
             else:
                 self._count_suppressed(ns, r)
@@ -203,12 +203,12 @@ class ReadPath:
 
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
-        key's message still waits in the queue, so none was sent. QueueRefused: the bound is met."""
+        key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
         state = self.queue.admit_or_give_back(ns, key, token)
         if state is AdmitState.QUEUED:
             return False
         if state is AdmitState.FULL:
-            raise QueueRefused(QUEUE_FULL.detail)
+            raise answers.QueueRefused(QUEUE_FULL.detail)
         try:
             self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
@@ -218,7 +218,7 @@ class ReadPath:
                 self.queue.depart(ns.name, key, token)
             except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
                 pass
-            raise BrokerUnavailable(str(exc)) from None
+            raise answers.BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
         return True
 
@@ -247,9 +247,9 @@ class ReadPath:
                     fresh_read_due = False
                     try:
                         self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
-                    except QueueRefused:
+                    except answers.QueueRefused:
                         return QUEUE_FULL
-                    except BrokerUnavailable:
+                    except answers.BrokerUnavailable:
                         return answers.NOT_ENQUEUED
                 else:
                     fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
@@ -277,9 +277,9 @@ class ReadPath:
                                 else RefreshReason(r.decision.value.lower())
                             )
                             self._enqueue(ns, key, token, reason, r.now_ms)
-                        except QueueRefused:
+                        except answers.QueueRefused:
                             return r, QUEUE_FULL
-                        except BrokerUnavailable:
+                        except answers.BrokerUnavailable:
                             return r, answers.NOT_ENQUEUED
                     return r, None
 
@@ -318,7 +318,7 @@ class ReadPath:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
                 try:
                     self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
-                except BrokerUnavailable:
+                except answers.BrokerUnavailable:
                     pass
             return answers.TOO_MANY_WAITERS
 
@@ -358,16 +358,16 @@ class ReadPath:
 
     def request_refresh(self, ns: Namespace, key: str) -> bool:
         """A manual refresh: True if enqueued, False if one is already queued, running or cooling
-        down. Raises BrokerUnavailable when the queue refused it."""
+        down. Raises answers.BrokerUnavailable when the queue refused it."""
         token = new_token()
         if not self.store.take_lease(ns, key, token):
             metrics.REFRESH_SUPPRESSED.labels(ns.name, "lease_held").inc()
             return False
         return self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
 
-    def warm(self, ns: Namespace, keys: list[str]) -> WarmResult:
+    def warm(self, ns: Namespace, keys: list[str]) -> answers.WarmResult:
         """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
-        validated by the caller; duplicates count once). Raises WarmIncomplete when the queue
+        validated by the caller; duplicates count once). Raises answers.WarmIncomplete when the queue
         refuses a task."""
         distinct = list(dict.fromkeys(keys))
         states: dict[str, str] = {}
@@ -378,7 +378,7 @@ class ReadPath:
                 send = on_exit.enter_context(batch)
             except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "no broker"
                 log.warning("warm-up of %s: broker unavailable (%s)", ns.name, type(exc).__name__)
-                raise WarmIncomplete(0) from exc
+                raise answers.WarmIncomplete(0) from exc
             try:
                 for start in range(0, len(distinct), WARM_CHUNK):
                     tokens = {key: new_token() for key in distinct[start : start + WARM_CHUNK]}
@@ -402,13 +402,13 @@ class ReadPath:
                             )
                             # Keys of later chunks were never touched; give back this chunk's unsent.
                             self._give_back(ns, {k: tokens[k] for k in won[i:]})
-                            raise WarmIncomplete(sent) from exc
+                            raise answers.WarmIncomplete(sent) from exc
                         sent += 1
                     states.update(chunk)
             finally:
                 metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(sent)
         counts = Counter(states.values())
-        return WarmResult(
+        return answers.WarmResult(
             enqueued=sent,
             already_fresh=counts["fresh"],
             in_flight=counts["queued"] + counts["held"],

@@ -6,12 +6,13 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from shared.admission import Admission
+from shared.answers import WarmIncomplete
 from shared.coldwait import ColdWaitHub
 from shared.degraded import RedisHealth
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace, build_namespace
 from shared.origin_slots import OriginSlots
-from shared.readpath import NoNearCache, ReadPath, SendRefresh, WarmIncomplete
+from shared.readpath import NoNearCache, ReadPath, SendRefresh
 from shared.refresher import Refresher
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, new_token

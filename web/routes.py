@@ -17,12 +17,11 @@ from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
 
 from shared import metrics
-from shared.answers import QUEUE_FULL, Refused, Served, Unstored
+from shared.answers import QUEUE_FULL, BrokerUnavailable, QueueRefused, Refused, Served, Unstored, WarmIncomplete
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
-from shared.readpath import BrokerUnavailable, QueueRefused, WarmIncomplete
 from shared.store import EntryState, ReadResult
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import json_error, json_response
