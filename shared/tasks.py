@@ -64,7 +64,7 @@ def queued_marker_ttl_seconds(settings: Settings) -> float:
     return max(60.0, 6 * settings.lease_ttl_seconds)
 
 
-def refresh_expiry_seconds(reason: str, settings: Settings) -> float:
+def refresh_expiry_seconds(settings: Settings) -> float:
     """How long a refresh task may wait in the queue before it is discarded unrun: as long as its
     queued marker keeps other refreshes of the key out (CLAIM lets a task whose lease ran out run
     while the marker is its own), whatever its reason.
@@ -177,5 +177,5 @@ def send_refresh(app: Any, request: RefreshRequest, settings: Settings, producer
         queue=queue,
         routing_key=queue,
         priority=refresh_priority(request.reason, settings),
-        expires=refresh_expiry_seconds(request.reason, settings),
+        expires=refresh_expiry_seconds(settings),
     )
