@@ -26,7 +26,7 @@ from shared.readpath import ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
-from web.http import AnythingConverter, json_error
+from web.http import AnythingConverter, json_error, refusal
 from web.openapi import bp as openapi_bp
 from web.routes import bp as routes_bp
 from web.state import EXTENSION, WebState
@@ -161,7 +161,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(RedisError)
     def _redis_error(exc: RedisError) -> Response:
         if isinstance(exc, PoolExhausted):  # Redis is up; this process has too much in flight
-            return json_error(503, OVERLOADED.error, OVERLOADED.detail, {"Retry-After": "1"})
+            return refusal(OVERLOADED)
         if isinstance(exc, OutOfMemoryError):  # a purge or warm-up refused at maxmemory (shared/maxmemory.py)
             return json_error(503, Refusal.OUT_OF_MEMORY, "Redis is at its maxmemory", {"Retry-After": "1"})
         app.logger.warning("redis unavailable: %s", type(exc).__name__)

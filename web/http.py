@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flask import Response, jsonify
 from werkzeug.routing import PathConverter
 
+from shared.answers import Refused
 from shared.metrics import REFUSED
 from shared.protocol import Refusal
 
@@ -21,6 +23,14 @@ def json_error(status: int, error: str, detail: str, headers: dict[str, str] | N
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def refusal(answer: Refused) -> Response:
+    """A refused answer as its JSON error, with Retry-After in whole seconds (at least 1) when it has one."""
+    headers = None
+    if answer.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))}
+    return json_error(answer.status, answer.error, answer.detail, headers)
 
 
 def json_response(status: int, body: dict[str, Any]) -> Response:

@@ -17,14 +17,23 @@ from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
 
 from shared import metrics
-from shared.answers import QUEUE_FULL, BrokerUnavailable, QueueRefused, Refused, Served, Unstored, WarmIncomplete
+from shared.answers import (
+    NOT_ENQUEUED,
+    QUEUE_FULL,
+    BrokerUnavailable,
+    QueueRefused,
+    Refused,
+    Served,
+    Unstored,
+    WarmIncomplete,
+)
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
 from shared.store import EntryState, ReadResult
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
-from web.http import json_error, json_response
+from web.http import json_error, json_response, refusal
 from web.state import web_state
 
 bp = Blueprint("herdless", __name__)
@@ -134,10 +143,7 @@ def _serve_unstored(ns: Namespace, answer: Unstored) -> Response:
 
 def _refused(ns: Namespace, answer: Refused) -> Response:
     metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
-    headers = None
-    if answer.retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(answer.retry_after_s)))}
-    return json_error(answer.status, answer.error, answer.detail, headers)
+    return refusal(answer)
 
 
 # Admin routes check the token before the namespace: without it, a 404 unknown_namespace
@@ -172,9 +178,9 @@ def refresh(_rest: str) -> Response:
     try:
         enqueued = web_state().read_path.request_refresh(target.ns, target.key)
     except QueueRefused:
-        return json_error(503, QUEUE_FULL.error, QUEUE_FULL.detail, {"Retry-After": "1"})
+        return refusal(QUEUE_FULL)
     except BrokerUnavailable:
-        return json_error(503, Refusal.BROKER_UNAVAILABLE, "could not enqueue the refresh", {"Retry-After": "1"})
+        return refusal(NOT_ENQUEUED)
     if not enqueued:
         return json_response(202, {"enqueued": False, "reason": "a refresh is already running or cooling down"})
     return json_response(202, {"enqueued": True})
