@@ -1,7 +1,8 @@
 """What herdless does when Redis reaches its maxmemory: serve what is stored, refuse what would grow it.
 
-Under ``maxmemory-policy noeviction`` (README, "Redis maxmemory", says why that is the policy to
-run) Redis refuses commands that may grow memory once used memory passes ``maxmemory``. Then:
+Once used memory passes ``maxmemory`` and Redis can free none (``noeviction``, or ``volatile-lru``
+with no key left that has a TTL; README, "Redis memory", says which policy to run and why), it
+refuses commands that may grow memory. Then:
 
 - A read still answers: READ's only write is the lease, in a pcall; a refused lease leaves the
   key's lease state ``out_of_memory``. A stale or early value is served without a refresh

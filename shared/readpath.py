@@ -256,9 +256,9 @@ class ReadPath:
                     if first.lease_state == LeaseState.OUT_OF_MEMORY:
                         return OUT_OF_MEMORY
                     if first.lease_state == LeaseState.COOLDOWN:
-                        metrics.REFRESH_SUPPRESSED.labels(ns.name, "cooldown").inc()
+                        metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.COOLDOWN).inc()
                         return refused_by_failure(first.failure, first.lease_pttl_ms / 1000)
-                    reason = "coalesced" if handle.coalesced else "lease_held"
+                    reason = SuppressReason.COALESCED if handle.coalesced else SuppressReason.LEASE_HELD
                     metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
                 def reread() -> tuple[ReadResult, Refused | None]:
@@ -305,7 +305,7 @@ class ReadPath:
                     if not waited:
                         # A joiner whose read found no value: one more request the refresh
                         # already under way will answer.
-                        metrics.REFRESH_SUPPRESSED.labels(ns.name, "coalesced").inc()
+                        metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.COALESCED).inc()
                         waited = True
                     status = handle.wait(remaining)
                     if handle.handed_over is not None:
@@ -361,7 +361,7 @@ class ReadPath:
         down. Raises answers.BrokerUnavailable when the queue refused it."""
         token = new_token()
         if not self.store.take_lease(ns, key, token):
-            metrics.REFRESH_SUPPRESSED.labels(ns.name, "lease_held").inc()
+            metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.LEASE_HELD).inc()
             return False
         return self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
 
@@ -392,7 +392,7 @@ class ReadPath:
                             full += admitted is AdmitState.FULL
                             continue
                         try:
-                            send(RefreshRequest(ns.name, key, tokens[key], "warm", won_at_ms))
+                            send(RefreshRequest(ns.name, key, tokens[key], RefreshReason.WARM, won_at_ms))
                         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
                             log.warning(
                                 "warm-up of %s: broker unavailable after %d refreshes (%s)",
@@ -406,13 +406,13 @@ class ReadPath:
                         sent += 1
                     states.update(chunk)
             finally:
-                metrics.REFRESH_ENQUEUED.labels(ns.name, "warm").inc(sent)
+                metrics.REFRESH_ENQUEUED.labels(ns.name, RefreshReason.WARM).inc(sent)
         counts = Counter(states.values())
         return answers.WarmResult(
             enqueued=sent,
-            already_fresh=counts["fresh"],
-            in_flight=counts["queued"] + counts["held"],
-            cooling_down=counts["cooldown"],
+            already_fresh=counts[WarmState.FRESH],
+            in_flight=counts[WarmState.QUEUED] + counts[WarmState.HELD],
+            cooling_down=counts[WarmState.COOLDOWN],
             queue_full=full,
         )
 
