@@ -149,10 +149,7 @@ class QueueBound:
     def admit(self, namespace: str, key: str, token: str, *, force: bool = False) -> QueueAdmission:
         raw = self._admit(
             keys=self._keys(),
-            args=[
-                *(member(namespace, key), token, self.max_waiting, self.marker_ttl_ms),
-                *("1" if force else "0", TRIM_BATCH),
-            ],
+            args=[member(namespace, key), token, self.max_waiting, self.marker_ttl_ms, int(force), TRIM_BATCH],
         )
         return QueueAdmission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
 
