@@ -75,13 +75,23 @@ def problem_lines(summaries: list[dict[str, Any]], rate: float) -> list[str]:
         )
     busy = [s for s in summaries if WORKER in flags(s)]
     if busy:
-        why = "; ".join(f"{s['run']['label']}: {', '.join((s.get('worker') or {}).get('reasons') or [])}" for s in busy)
+        named = ", ".join(f"{s['run']['label']} ({_worker_why(s)})" for s in busy)
         lines.append(
-            f"loadtest: WORKER SATURATED in {', '.join(s['run']['label'] for s in busy)} ({why}): refreshes queued"
-            f" too long. Lower LOADTEST_RATE (now {rate:g}), raise WORKER_CONCURRENCY or stop other load;"
-            " those rows are marked, not ranked."
+            f"loadtest: WORKER SATURATED in {named}:"
+            f" refreshes queued too long. Lower LOADTEST_RATE (now {rate:g}), raise WORKER_CONCURRENCY or stop"
+            " other load; those rows are marked, not ranked."
         )
     return lines
+
+
+def _worker_why(summary: dict[str, Any]) -> str:
+    worker = summary.get("worker") or {}
+    why = []
+    if worker.get("queue_busy_share") is not None:
+        why.append(f"queue busy {100 * worker['queue_busy_share']:.0f}%")
+    if worker.get("refresh_lag_p99_s") is not None:
+        why.append(f"refresh lag p99 {worker['refresh_lag_p99_s']:g} s")
+    return ", ".join(why) or "; ".join(worker.get("reasons") or [])
 
 
 def strategy_of(summary: dict[str, Any]) -> str:
@@ -135,17 +145,17 @@ def verdict_line(summaries: list[dict[str, Any]]) -> str:
     ranked = [s for s in summaries if not flags(s) and _calls_per_ideal(s) is not None]
     # Best first: fresh answers per origin call, against the ideal (which gets ~all fresh at 1.0).
     ranked.sort(key=lambda s: -((s.get("steady") or {}).get("fresh_share") or 0) / max(1.0, _calls_per_ideal(s) or 0))
-    parts = []
-    for s in ranked:
-        st = s.get("steady") or {}
-        ratio = _calls_per_ideal(s) or 0.0
+
+    def figures(s: dict[str, Any]) -> str:
+        ratio = _calls_per_ideal(s)
+        if ratio is None:
+            return f"{strategy_of(s)} ({s['run']['namespace']}): no steady figure"
         word = " (stampedes)" if ratio >= 1.5 else ""
-        parts.append(
-            f"{strategy_of(s)} ({s['run']['namespace']}): {ratio:.2f}x the ideal's origin calls at"
-            f" {_pct(st.get('fresh_share'))} fresh{word}"
+        fresh = _pct((s.get("steady") or {}).get("fresh_share"))
+        return (
+            f"{strategy_of(s)} ({s['run']['namespace']}): {ratio:.2f}x the ideal's origin calls at {fresh} fresh{word}"
         )
-    for s in summaries:
-        if s not in ranked:
-            why = ", ".join(flags(s)) or "no figure"
-            parts.append(f"{strategy_of(s)} ({s['run']['namespace']}): not ranked ({why})")
+
+    parts = [figures(s) for s in ranked]
+    parts += [f"{figures(s)} [not ranked: {', '.join(flags(s)) or 'no figure'}]" for s in summaries if s not in ranked]
     return "verdict: " + "; ".join(parts)

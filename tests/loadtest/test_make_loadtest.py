@@ -43,10 +43,12 @@ def test_a_missed_schedule_or_a_saturated_worker_is_one_line_with_what_to_do_and
     assert schedule.startswith("loadtest: SCHEDULE MISSED in demo-naive:") and "\n" not in schedule
     assert "Lower LOADTEST_RATE (now 200)" in schedule and "LOADTEST_NAMESPACES=demo,demo-naive" in schedule
     assert worker.startswith("loadtest: WORKER SATURATED in demo (") and "WORKER_CONCURRENCY" in worker
+    assert "\n" not in worker
     verdict = verdict_line(runs)
     assert verdict.startswith("verdict: swr (demo-swr): 0.80x")
-    assert "naive (demo-naive): not ranked (schedule missed)" in verdict
-    assert "xfetch (demo): not ranked (worker saturated)" in verdict
+    assert "naive (demo-naive): 1.00x the ideal's origin calls at 100.0% fresh [not ranked: schedule missed]" in verdict
+    assert verdict.endswith("xfetch (demo): 1.50x the ideal's origin calls at 82.0% fresh (stampedes)"
+                            " [not ranked: worker saturated]")  # fmt: skip
     table = short_table(runs).splitlines()
     assert all(len(line) <= 100 for line in table), table
     assert table[0].split() == ["strategy", "namespace", "calls/ideal", "fresh", "hot", "fresh", "p99", "ms", "errors",
