@@ -154,9 +154,11 @@ def peer_grades(tests: dict[str, TestInfo], peers: list[dict[str, Any]]) -> list
 
 
 def _node_env(**config: str) -> dict[str, str]:
-    """The environment npm would give the package's scripts: its config as npm_config_*."""
+    """The environment `npm run` would give the package's scripts: its config as npm_config_* and
+    npm_package_config_* (cli.mjs falls back on the second when the first is empty)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("npm_")}
     env.update({f"npm_config_{k}": v for k, v in config.items()})
+    env.update({f"npm_package_config_{k}": v for k, v in config.items()})
     return env
 
 
