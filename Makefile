@@ -6,7 +6,7 @@ VENV := .venv
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint loadtest lock system-deps clean
+.PHONY: run test lint loadtest lock system-deps cachetests-deps clean
 
 # Every package at the version constraints.txt pins, so every machine runs what CI tested.
 # One line before each step and one after, so that a first install (about a minute) is not silence.
@@ -39,7 +39,16 @@ run: $(RUN_STAMP)
 system-deps:
 	@./scripts/system-deps.sh
 
-test: $(DEV_STAMP) system-deps
+# The HTTP cache test suite (npm http-cache-tests, pinned by its package-lock.json), which
+# `python -m loadtest cachetests` and tests/e2e/test_httpcache_suite.py run through a proxy namespace.
+SUITE_STAMP := tests/httpcache_suite/node_modules/.package-lock.json
+$(SUITE_STAMP): tests/httpcache_suite/package.json tests/httpcache_suite/package-lock.json
+	cd tests/httpcache_suite && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SUITE_STAMP)
+
+cachetests-deps: $(SUITE_STAMP)
+
+test: $(DEV_STAMP) system-deps cachetests-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared
 	$(VENV)/bin/pytest

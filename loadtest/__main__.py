@@ -911,7 +911,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.add_argument("--no-renice", action="store_true")
     p.set_defaults(func=cmd_restart, url="http://127.0.0.1:8000", origin_url="http://127.0.0.1:9000", metrics_url=None)
+    p = sub.add_parser(
+        "cachetests",
+        help="the HTTP cache test suite (cache-tests.fyi, npm http-cache-tests) through a proxy namespace at its"
+        " defaults on a private stack; prints required/optimal tests passed beside the published peers'",
+    )
+    p.add_argument("--id", default="", help="run one test and print its requests and responses")
+    p.add_argument(
+        "--out", type=Path, default=Path("loadtest/results/cachetests.json"), help="results JSON (default %(default)s)"
+    )
+    p.add_argument("--grade", type=Path, default=None, metavar="RESULTS_JSON", help="only grade a results file")
+    p.set_defaults(func=cmd_cachetests, force=False, no_renice=True)
     return parser
+
+
+def cmd_cachetests(args: argparse.Namespace) -> int:
+    from loadtest import cachetests
+
+    return cachetests.main(test_id=args.id, out=args.out, results_file=args.grade)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     # ...and keeps at most this many values, whatever their size (distinct keys cost ~900 bytes
     # each beyond their value: shared/nearcache.py ENTRY_OVERHEAD_BYTES).
     near_cache_max_entries: Annotated[int, Field(ge=1)] = 100_000
+    # Near-cache hits answered before Flask's routing (web/fasthit.py), with the same headers.
+    web_fast_path: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("redis_url")
