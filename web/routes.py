@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
 
-from shared import metrics
+from shared import metrics, rates
 from shared.answers import (
     NOT_ENQUEUED,
     QUEUE_FULL,
@@ -160,6 +160,7 @@ def read(_rest: str) -> Response:
         return meta(_target(parsed))
     target = _target(parsed)
     started = time.perf_counter()
+    rates.RECORDER.note_key(target.ns.name, target.key)  # for the status page's ideal origin calls
     try:
         answer = web_state().read_path.read(target.ns, target.key)
         if isinstance(answer, Served):
