@@ -28,11 +28,32 @@ def _driver_info() -> dict[str, Any]:
 _DRIVER_INFO = _driver_info()
 
 
-class _NativePoll:
-    """What redis-py's hiredis parser reads of the select module, with the native poll."""
+class _Poller:
+    """One readiness check: the native poll when it must not wait (timeout 0), gevent's when it may."""
 
-    def __init__(self, poll: Any, pollin: int) -> None:
-        self.poll, self.POLLIN = poll, pollin
+    def __init__(self, native: Any, cooperative: Any) -> None:
+        self._native, self._cooperative = native, cooperative
+        self._registered: list[tuple[Any, int]] = []
+
+    def register(self, fd: Any, mask: int) -> None:
+        self._registered.append((fd, mask))
+
+    def poll(self, timeout: float | None = None) -> Any:
+        poller = (self._native if timeout == 0 else self._cooperative)()
+        for fd, mask in self._registered:
+            poller.register(fd, mask)
+        return poller.poll(timeout)
+
+
+class _NativePoll:
+    """What redis-py's hiredis parser reads of the select module: poll (see _Poller) and POLLIN."""
+
+    def __init__(self, native: Any, cooperative: Any, pollin: int) -> None:
+        self.POLLIN = pollin
+        self._native, self._cooperative = native, cooperative
+
+    def poll(self) -> _Poller:
+        return _Poller(self._native, self._cooperative)
 
 
 def native_readiness_poll() -> bool:
@@ -41,7 +62,9 @@ def native_readiness_poll() -> bool:
     poll with timeout 0. gevent's patched poll makes that a round of the event loop (watchers
     started, the greenlet parked, the hub run): profiled under load it was a third of a web
     process's CPU, and a GET took 1.5-2.5x as long. The native poll with timeout 0 never blocks,
-    so it is as safe in a greenlet as anywhere. Without gevent's patch, nothing changes (False)."""
+    so it is as safe in a greenlet as anywhere; a check that may wait (a subscriber's
+    get_message(timeout=...)) keeps gevent's poll, or it would stop the whole process. Without
+    gevent's patch, nothing changes (False)."""
     try:
         from gevent import monkey
         from redis._parsers import hiredis as parser
@@ -52,7 +75,7 @@ def native_readiness_poll() -> bool:
     native = monkey.get_original("select", "poll")
     if isinstance(parser.select, _NativePoll) or not callable(native):
         return isinstance(parser.select, _NativePoll)
-    parser.select = _NativePoll(native, parser.select.POLLIN)  # type: ignore[assignment]
+    parser.select = _NativePoll(native, parser.select.poll, parser.select.POLLIN)  # type: ignore[assignment]
     return True
 
 

@@ -15,7 +15,7 @@ import sys, time, gevent, redis
 from redis._parsers import hiredis
 from shared.connection import native_readiness_poll
 assert native_readiness_poll() is True and native_readiness_poll() is True
-assert hiredis.select.poll is monkey.get_original("select", "poll")
+assert hiredis.select._native is monkey.get_original("select", "poll")
 client = redis.Redis.from_url(sys.argv[1])
 client.set("np", "1")
 # Greenlets share the pool: each GET takes and checks a pooled connection.
@@ -30,6 +30,23 @@ deadline = time.monotonic() + 10
 while not conn.can_read() and time.monotonic() < deadline:
     gevent.sleep(0.01)
 assert conn.can_read() is True
+# A check that may wait still lets the other greenlets run: a subscriber's get_message(timeout)
+# in one greenlet while another counts ticks.
+sub = client.pubsub()
+sub.subscribe("np-channel")
+assert sub.get_message(timeout=5)["type"] == "subscribe"
+ticks = []
+def tick():
+    while True:
+        ticks.append(1)
+        gevent.sleep(0.01)
+ticker = gevent.spawn(tick)
+gevent.sleep(0)
+started = time.monotonic()
+assert sub.get_message(timeout=0.5) is None
+assert time.monotonic() - started >= 0.4
+assert len(ticks) >= 10, len(ticks)
+ticker.kill()
 print("ok")
 """
 
