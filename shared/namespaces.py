@@ -365,7 +365,7 @@ def load_namespaces(
     return namespaces
 
 
-# What to do about an origin callable that does not import (README: "Namespaces and origins").
+# What to do about an origin callable that does not import (docs/configuration.md: "Namespaces and origins").
 CALLABLE_HINT = (
     "the web tier and the workers must both import it: install its package, or put the directory "
     "that holds it on PYTHONPATH"
