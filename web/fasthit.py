@@ -84,7 +84,8 @@ class FastHits:
                 metrics.SERVED_AGE.labels(name),
             )
             for name, ns in state.namespaces.items()
-            if ns.strategy is not Strategy.NAIVE  # a naive read never looks at the near-cache
+            # A naive read never looks at the near-cache; a proxy namespace's keys are its mount's.
+            if ns.strategy is not Strategy.NAIVE and not ns.is_proxy
         }
         self.near_hit = metrics.NEAR_CACHE.labels("hit")
 

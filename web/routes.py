@@ -76,7 +76,10 @@ def _cache_path() -> tuple[Namespace, CachePath]:
         parsed = parse_cache_path(request.method, path, query, namespaces)
     except PathError as exc:
         raise BadRequest(exc.status, exc.error, exc.detail) from None
-    return namespaces[parsed.namespace], parsed
+    ns = namespaces[parsed.namespace]
+    if ns.proxy is not None:  # its keys are proxied URLs: read at its mount, managed under /v1/proxy/
+        raise BadRequest(404, "proxy_namespace", f"namespace {ns.name!r} is a proxy: read it at {ns.proxy.mount}/...")
+    return ns, parsed
 
 
 def _target(parsed: tuple[Namespace, CachePath]) -> Target:
