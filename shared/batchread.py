@@ -69,7 +69,7 @@ def read_batch(path: ReadPath, ns: Namespace, keys: Iterable[str]) -> dict[str, 
                 raise
     for key in rest:  # Redis is unreachable: what this process holds, as a single read would
         if key not in out:
-            out[key] = answer_from_memory(path.near_cache, ns, key, path.fallback)
+            out[key] = answer_from_memory(path.near_cache, ns, key, path._fallback)
     return {key: out[key] for key in distinct}
 
 
@@ -93,7 +93,7 @@ class _BatchRead:
                 if r.won_lease:
                     wins[key] = (token, RefreshReason(outcome.value), r.now_ms)
                 else:
-                    self.path.count_suppressed(self.ns, r)
+                    self.path._count_suppressed(self.ns, r)
             else:
                 misses[key] = r
                 if r.won_lease:
@@ -124,7 +124,7 @@ class _BatchRead:
         refused: dict[str, Refused] = {}
         for key, (token, reason, won_at_ms) in wins.items():
             try:
-                self.path.enqueue(self.ns, key, token, reason, won_at_ms)
+                self.path._enqueue(self.ns, key, token, reason, won_at_ms)
             except answers.QueueRefused:
                 refused[key] = QUEUE_FULL
             except answers.BrokerUnavailable:
@@ -135,7 +135,7 @@ class _BatchRead:
         self, misses: dict[str, ReadResult], wins: dict[str, tuple[str, RefreshReason, int]], started: float
     ) -> None:
         path, ns, out = self.path, self.ns, self.out
-        hub = path.waiter
+        hub = path._waiter
         deadline = time.monotonic() + path.settings.cold_wait_timeout_seconds
         handles: dict[str, WaitHandle] = {}
         with ExitStack() as joined:
@@ -167,7 +167,7 @@ class _BatchRead:
     def _loop(self, handles: dict[str, WaitHandle], pending: list[str], due: set[str], deadline: float) -> None:
         """Wait for the pending keys together, re-reading those published (or, at the end of a
         re-read slice, all) in one round trip per node, until each is answered or time is up."""
-        out, hub = self.out, self.path.waiter
+        out, hub = self.out, self.path._waiter
         errored: set[str] = set()
         while pending:
             if due:  # even at the deadline: a key published just before it is served, not refused

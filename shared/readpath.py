@@ -138,13 +138,13 @@ class ReadPath:
         self.store = store
         self._send_refresh = send_refresh
         self._open_batch = open_batch
-        self.waiter = waiter
+        self._waiter = waiter
         self.near_cache = near_cache
         self.health = health
         self.admission = admission
         self.origins = OriginAdapters(settings.origin_max_bytes)
         self.queue = QueueBound(store, settings)
-        self.fallback = OriginFallback(self.origins)
+        self._fallback = OriginFallback(self.origins)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -158,9 +158,9 @@ class ReadPath:
             # Redis would say HIT until the value's XFetch moment: no round trip needed.
             return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
         if self.health.down:  # known down: answer from memory without waiting on a connect
-            return answer_from_memory(near, ns, key, self.fallback)
+            return answer_from_memory(near, ns, key, self._fallback)
         try:
-            if self.waiter.waiting_on(ns.name, key):
+            if self._waiter.waiting_on(ns.name, key):
                 # Others of this process already wait for the key: join them without a read (see below).
                 return self._wait_for_refresh(ns, key, None, None, time.monotonic())
             with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
@@ -168,7 +168,7 @@ class ReadPath:
         except RedisError as exc:
             if not self.health.failed_with(exc):
                 raise
-            return answer_from_memory(near, ns, key, self.fallback)
+            return answer_from_memory(near, ns, key, self._fallback)
 
     def _read_through(self, ns: Namespace, key: str) -> Answer:
         near = self.near_cache
@@ -188,20 +188,20 @@ class ReadPath:
             reason = RefreshReason(outcome.value)
             if r.won_lease:
                 try:
-                    self.enqueue(ns, key, token, reason, r.now_ms)
+                    self._enqueue(ns, key, token, reason, r.now_ms)
                 except answers.BrokerUnavailable:
                     pass  # the value is served anyway; the next read retries the refresh
             else:
-                self.count_suppressed(ns, r)
+                self._count_suppressed(ns, r)
             return Served(r, outcome, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
         return self.admission.observed(self._wait_for_refresh(ns, key, r, token, read_started), read_started)
 
-    def count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
+    def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
         reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
         metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
-    def enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
+    def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
         key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
         state = self.queue.admit_or_give_back(ns, key, token)
@@ -232,7 +232,7 @@ class ReadPath:
         and a value found then is served as that read's decision (hit, early, stale)."""
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
         try:
-            with self.waiter.join(ns.name, key, read_started if first is not None else None) as handle:
+            with self._waiter.join(ns.name, key, read_started if first is not None else None) as handle:
                 # The winner registers, then enqueues: nothing can be published for the key
                 # before its refresh runs, so it waits at once without a second read. Another
                 # reader reads again first only if a refresh may have been published between
@@ -242,17 +242,17 @@ class ReadPath:
                     # Unless a refresh was published since then (it may have landed before this
                     # reader registered), the next publish wakes it like them: no read needed.
                     # It counts as suppressed once it waits (below).
-                    fresh_read_due = self.waiter.ready_since(ns.name, key, handle.waiting_since)
+                    fresh_read_due = self._waiter.ready_since(ns.name, key, handle.waiting_since)
                 elif first.won_lease and token is not None:
                     fresh_read_due = False
                     try:
-                        self.enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
+                        self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                     except answers.QueueRefused:
                         return QUEUE_FULL
                     except answers.BrokerUnavailable:
                         return answers.NOT_ENQUEUED
                 else:
-                    fresh_read_due = self.waiter.ready_since(ns.name, key, read_started)
+                    fresh_read_due = self._waiter.ready_since(ns.name, key, read_started)
                     if first.lease_state == LeaseState.OUT_OF_MEMORY:
                         return OUT_OF_MEMORY
                     if first.lease_state == LeaseState.COOLDOWN:
@@ -276,7 +276,7 @@ class ReadPath:
                                 if r.decision is Decision.MISS
                                 else RefreshReason(r.decision.value.lower())
                             )
-                            self.enqueue(ns, key, token, reason, r.now_ms)
+                            self._enqueue(ns, key, token, reason, r.now_ms)
                         except answers.QueueRefused:
                             return r, QUEUE_FULL
                         except answers.BrokerUnavailable:
@@ -317,7 +317,7 @@ class ReadPath:
             if first is not None and first.won_lease and token is not None:
                 # Not waiting, but the refresh it won is still worth running for the next reader.
                 try:
-                    self.enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
+                    self._enqueue(ns, key, token, RefreshReason.MISS, first.now_ms)
                 except answers.BrokerUnavailable:
                     pass
             return answers.TOO_MANY_WAITERS
@@ -363,7 +363,7 @@ class ReadPath:
         if not self.store.take_lease(ns, key, token):
             metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.LEASE_HELD).inc()
             return False
-        return self.enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
+        return self._enqueue(ns, key, token, RefreshReason.MANUAL, self.store.now_ms())
 
     def warm(self, ns: Namespace, keys: list[str]) -> answers.WarmResult:
         """Enqueue a refresh of every key that is neither fresh nor already being refreshed (keys
