@@ -32,7 +32,8 @@ from shared.nearcache import NearCache
 from shared.protocol import AnswerOutcome, Strategy
 from shared.store import ReadResult
 from web.cache_path import PREFIX, percent_decode
-from web.routes import cache_headers, etag_matches
+from web.http import cache_headers
+from web.routes import etag_matches
 from web.state import EXTENSION, WebState
 
 StartResponse = Callable[..., Any]
@@ -105,7 +106,8 @@ class FastHits:
                 metrics.SERVED_AGE.labels(name),
             )
             for name, ns in state.namespaces.items()
-            if ns.strategy is not Strategy.NAIVE  # a naive read never looks at the near-cache
+            # A naive read never looks at the near-cache; a proxy namespace's keys are its mount's.
+            if ns.strategy is not Strategy.NAIVE and not ns.is_proxy
         }
         self.near_hit = metrics.NEAR_CACHE.labels("hit")
 
