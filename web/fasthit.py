@@ -127,7 +127,7 @@ class FastHits:
         if r.negative or not r.content_type or r.value is None:
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
-        rates.RECORDER.note_key(parts[0], key)  # for the status page's ideal origin calls
+        rates.RECORDER.note_key(target[0], target[1])  # for the status page's ideal origin calls
         now = hit.redis_now_ms
         headers = list(cache_headers(owned.ns, r, AnswerOutcome.HIT, now).items())
         if r.at_ms is not None:
