@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from shared.answers import FAILURE_DETAILS
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
+from web.openapi_proxy import proxy_paths
 from web.state import web_state
 
 bp = Blueprint("openapi", __name__)
@@ -141,7 +142,7 @@ _UNAVAILABLE = _error("Redis or the broker is unreachable; retry after Retry-Aft
 
 
 def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000) -> dict[str, Any]:
-    names = sorted(namespaces)
+    names = sorted(name for name, ns in namespaces.items() if ns.proxy is None)  # proxies: their mounts
     target = _target_parameters(names)
     namespace_only = target[:1]
     cache_headers = {
@@ -447,6 +448,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                     },
                 }
             },
+            **proxy_paths(namespaces),
         },
         "components": {
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}},
