@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 
 from shared.protocol import Fallback, Freshness, Strategy
 from shared.settings import Settings, redact_url
+from shared.tags import DEFAULT_TAG_HEADER, InvalidTag, validate_rule
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_OPTIONS = {"strategy", "origin", "freshness", "headers", "fallback", "tags", "tag_header"}
 _OVERRIDABLE = {
     "cache_ttl_seconds",
     "stale_ttl_seconds",
@@ -142,6 +144,9 @@ class Namespace:
     min_stale_if_error_seconds: float = _ORIGIN_BOUNDS["min_stale_if_error_seconds"]
     max_stale_if_error_seconds: float = _ORIGIN_BOUNDS["max_stale_if_error_seconds"]
     origin_headers: OriginHeaders = field(default_factory=OriginHeaders)
+    # Tags every value carries ({key} is the key) and the origin header that names more (shared/tags.py).
+    tags: tuple[str, ...] = ()
+    tag_header: str = DEFAULT_TAG_HEADER
 
     @property
     def is_http(self) -> bool:
@@ -249,7 +254,7 @@ def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> Ori
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
         raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers", "fallback"}
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - _OPTIONS
     if unknown:
         _bad(name, ", ".join(sorted(unknown)), "unknown option")
     try:
@@ -299,7 +304,24 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         fallback=fallback,
         **values,
         **_freshness_options(name, raw),
+        **_tag_options(name, raw),
     )
+
+
+def _tag_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """tags = ["catalog", "product:{key}"] and tag_header = "Surrogate-Key" (shared/tags.py)."""
+    rules = raw.get("tags", [])
+    if not isinstance(rules, list) or not all(isinstance(rule, str) for rule in rules):
+        _bad(name, "tags", 'must be a list of strings, e.g. tags = ["catalog", "product:{key}"]')
+    for rule in rules:
+        try:
+            validate_rule(rule)
+        except InvalidTag as exc:
+            _bad(name, "tags", f"{rule!r}: {exc}")
+    header = raw.get("tag_header", DEFAULT_TAG_HEADER)
+    if not isinstance(header, str) or not _HEADER_NAME_RE.match(header):
+        _bad(name, "tag_header", f"{header!r} is not a valid HTTP header name")
+    return {"tags": tuple(dict.fromkeys(rules)), "tag_header": header}
 
 
 def _freshness_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from shared.readpath import ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
+from web.group_routes import bp as group_routes_bp
 from web.http import AnythingConverter, json_error, refusal
 from web.openapi import bp as openapi_bp
 from web.routes import bp as routes_bp
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     warm_broker_connection(celery)
 
     app.register_blueprint(routes_bp)
+    app.register_blueprint(group_routes_bp)
     app.register_blueprint(status_bp)
     app.register_blueprint(openapi_bp)
 
