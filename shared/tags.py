@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 MAX_TAG_BYTES = 1024
 MAX_TAGS_PER_VALUE = 64
+PURGE_MAX_TAGS = 1000  # most tags one POST /v1/purge may name
 MAX_RULE_BYTES = 256  # a namespace's tag rule before {key} is filled in (a key is <= 512 bytes)
 DEFAULT_TAG_HEADER = "Surrogate-Key"
 KEY_PLACEHOLDER = "{key}"

@@ -108,7 +108,9 @@ def test_a_first_fill_enlisted_before_the_purge_is_fenced_by_the_walk(
 
 
 @pytest.mark.parametrize("soft", [False, True])
-def test_a_first_fill_enlisting_after_the_walk_sees_the_moment(store: CacheStore, tagged: Namespace, soft: bool) -> None:
+def test_a_first_fill_enlisting_after_the_walk_sees_the_moment(
+    store: CacheStore, tagged: Namespace, soft: bool
+) -> None:
     """The tag only became known when the origin answered, after the purge had walked: the
     writer's enlist reads the moment and its write is refused."""
     run_token = _run(store, tagged, "fill")

@@ -9,16 +9,14 @@ from flask import Blueprint, Response, request
 
 from shared.group_purge import GroupPurge
 from shared.keys import InvalidKey, validate_namespace_name
-from shared.tags import MAX_TAG_BYTES, InvalidTag, validate_tag
+from shared.tags import MAX_TAG_BYTES, PURGE_MAX_TAGS, InvalidTag, validate_tag
 from web.http import json_error, json_response
 from web.routes import BadRequest, _require_admin
 from web.state import web_state
 
 bp = Blueprint("herdless_groups", __name__)
 
-# Most tags one purge may name, and the body no valid request can exceed (6 bytes per byte of a
-# tag escaped as \uXXXX, its quotes and a comma).
-PURGE_MAX_TAGS = 1000
+# The body no valid request can exceed (6 bytes per byte of a tag escaped as \uXXXX, its quotes and a comma).
 _MAX_BODY_BYTES = PURGE_MAX_TAGS * (6 * MAX_TAG_BYTES + 4) + 4096
 _USAGE = '{"tags": ["tag", ...], "soft": false} or {"namespace": "name", "soft": false}'
 

@@ -9,6 +9,8 @@ from flask import Blueprint, Response, jsonify
 from shared.answers import FAILURE_DETAILS
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
+from shared.tags import PURGE_MAX_TAGS
+from web.openapi_groups import GROUP_PURGE_SCHEMAS, group_purge_paths
 from web.state import web_state
 
 bp = Blueprint("openapi", __name__)
@@ -345,6 +347,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                     },
                 }
             },
+            **group_purge_paths(PURGE_MAX_TAGS),
             "/v1/namespaces": {
                 "get": {
                     "operationId": "listNamespaces",
@@ -457,6 +460,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                 },
             },
             "schemas": {
+                **GROUP_PURGE_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error", "detail"],
