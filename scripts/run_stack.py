@@ -433,7 +433,7 @@ def start_private_redis(sup: Supervisor, env: dict[str, str], dead_url: str, ori
     sup.temp_dirs.append(directory)
     port = free_port()
     try:
-        # A limit and the policy the README's "Redis memory" explains, as compose sets them.
+        # A limit and the policy docs/operations.md's "Redis memory" explains, as compose sets them.
         memory = ["--maxmemory", env.get("REDIS_MAXMEMORY", "256mb"), "--maxmemory-policy", "volatile-lru"]
         argv = redis_server_argv(port, directory, extra=memory)  # logs to its stdout, which we relay
     except LaunchError:

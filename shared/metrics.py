@@ -157,6 +157,22 @@ REFUSED = Counter(
     "unreachable (redis_unavailable), the broker unreachable, or a cold wait that ran out",
     ["reason"],
 )
+PROXY_FORWARDED = Counter(
+    "herdless_proxy_forwarded",
+    "Proxied requests the web tier sent to the origin itself, never answered from the cache, by "
+    "why: an unsafe or other method, a request that bypasses the cache (credentials, no-store, Range)",
+    ["namespace", "reason"],
+)
+PROXY_NOT_STORED = Counter(
+    "herdless_proxy_not_stored",
+    "Proxied origin answers handed to their waiting readers and not stored, by RFC 9111 reason",
+    ["namespace", "reason"],
+)
+PROXY_INVALIDATIONS = Counter(
+    "herdless_proxy_invalidations",
+    "Proxied URLs purged because an unsafe request to them (or naming them) succeeded",
+    ["namespace"],
+)
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
 ENQUEUE_REASONS = ("miss", "stale", "early", "manual", "warm")

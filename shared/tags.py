@@ -13,8 +13,10 @@ value (entry field ``tg``) joined by newlines: neither a tag nor a key can hold 
 
 from __future__ import annotations
 
+import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
 
 MAX_TAG_BYTES = 1024
 MAX_TAGS_PER_VALUE = 64
@@ -50,6 +52,26 @@ def validate_rule(rule: str) -> str:
     if rule.count(KEY_PLACEHOLDER) > 1:
         raise InvalidTag("a tag rule may hold {key} once")
     return rule
+
+
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+
+
+def tag_options(raw: dict[str, Any], bad: Callable[[str, str], NoReturn]) -> dict[str, Any]:
+    """A namespace's `tags = ["catalog", "product:{key}"]` and `tag_header = "Surrogate-Key"`, as
+    Namespace fields; `bad(field, problem)` raises for a bad one."""
+    rules = raw.get("tags", [])
+    if not isinstance(rules, list) or not all(isinstance(rule, str) for rule in rules):
+        bad("tags", 'must be a list of strings, e.g. tags = ["catalog", "product:{key}"]')
+    for rule in rules:
+        try:
+            validate_rule(rule)
+        except InvalidTag as exc:
+            bad("tags", f"{rule!r}: {exc}")
+    header = raw.get("tag_header", DEFAULT_TAG_HEADER)
+    if not isinstance(header, str) or not _HEADER_NAME_RE.match(header):
+        bad("tag_header", f"{header!r} is not a valid HTTP header name")
+    return {"tags": tuple(dict.fromkeys(rules)), "tag_header": header}
 
 
 def _acceptable(tag: str) -> bool:

@@ -67,7 +67,10 @@ def _cache_path() -> tuple[Namespace, CachePath]:
         parsed = parse_cache_path(request.method, path, query, namespaces)
     except PathError as exc:
         raise BadRequest(exc.status, exc.error, exc.detail) from None
-    return namespaces[parsed.namespace], parsed
+    ns = namespaces[parsed.namespace]
+    if ns.proxy is not None:  # its keys are proxied URLs: read at its mount, managed under /v1/proxy/
+        raise BadRequest(404, "proxy_namespace", f"namespace {ns.name!r} is a proxy: read it at {ns.proxy.mount}/...")
+    return ns, parsed
 
 
 def _target(parsed: tuple[Namespace, CachePath]) -> Target:
@@ -93,7 +96,7 @@ def _require_admin() -> None:
         raise BadRequest(403, "forbidden", "the admin token is not valid")
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """If-None-Match uses the weak comparison: W/"x" matches "x"; * matches any stored value."""
     if not if_none_match:
         return False
@@ -127,7 +130,7 @@ def _serve(ns: Namespace, answer: Served) -> Response:
     if r.negative:
         metrics.REQUESTS.labels(ns.name, "negative" if negative_hit else "miss").inc()
         return json_error(404, "not_found", "the origin has no value for this key", headers)
-    if r.etag and _etag_matches(request.headers.get("If-None-Match"), r.etag):
+    if r.etag and etag_matches(request.headers.get("If-None-Match"), r.etag):
         metrics.REQUESTS.labels(ns.name, "not_modified").inc()
         return Response(status=304, headers=headers)
     metrics.REQUESTS.labels(ns.name, answer.outcome).inc()

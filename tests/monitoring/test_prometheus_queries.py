@@ -107,9 +107,8 @@ def drive_traffic(stack: Stack, prometheus: PrometheusServer) -> None:
     assert purge.status_code == 204, purge.text
     # A tag purge (every value of "held" carries the namespace's group): its keys by outcome.
     get("held", "tagged")
-    group = http.post(
-        stack.web_url + "/v1/purge", json={"namespace": "held"}, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=15
-    )
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    group = http.post(stack.web_url + "/v1/purge", json={"namespace": "held"}, headers=admin, timeout=15)
     assert group.status_code == 200 and group.json()["purged"] >= 1, group.text
 
     for round_no in range(3):
