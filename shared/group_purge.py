@@ -17,6 +17,7 @@ purged value after the answer.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class GroupPurge:
                     metrics.GROUP_PURGE_PENDING.dec(step)
                     if namespace is None:
                         self._invalidate(invalidations, [t for t, o in zip(todo, outcomes, strict=True) if o != "kept"])
+                    # The purge runs in a web process: let its reads through between batches (gevent).
+                    time.sleep(0)
             if namespace is not None:
                 self.near_cache.invalidate_namespace(namespace.name)
                 invalidations.publish(namespace.name, None)
