@@ -169,7 +169,13 @@ def test_a_304_updates_stored_headers_but_not_the_bodys_framing() -> None:
     merged = dict(merge_not_modified(old, new))
     assert merged == {"Content-Length": "5", "Content-Type": "b", "X-A": "1", "ETag": '"e"', "Content-Encoding": "x"}
     assert is_not_modified_for(stored(old), new)
-    assert not is_not_modified_for(stored(old), (("ETag", '"other"'),))
+    # The 304 answers the conditional request made for this very response: it freshens it, and
+    # the stored ETag stays (the stored body is what it names).
+    assert is_not_modified_for(stored(old), (("ETag", '"other"'),))
+    assert dict(merge_not_modified(old, (("ETag", '"other"'),)))["ETag"] == '"e"'
+    with_lm = stored((("Last-Modified", date(-100)),))
+    assert is_not_modified_for(with_lm, (("Last-Modified", date(-100)),))
+    assert not is_not_modified_for(with_lm, (("Last-Modified", date(-10)),))  # a newer representation
 
 
 def test_unsafe_methods_invalidate_the_uri_and_same_origin_locations() -> None:

@@ -12,6 +12,8 @@ HTTP caching is a plain function here, driven by property tests:
 - ``conditional``: client conditionals → 304, the origin revalidation request, 304 merge (§4.3).
 - ``invalidation``: what an unsafe method invalidates (§4.4).
 - ``status``: the ``Age`` and ``Cache-Status`` fields of an answer.
+- ``ranges``: a single byte range cut from a stored complete 200 (RFC 9110 §14).
+- ``surrogate``: Surrogate-Control (Edge Architecture 1.0) and the Surrogate-Capability we send.
 
 The wiring's flow, for a GET (HEAD is answered from the stored GET):
 

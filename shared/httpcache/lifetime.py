@@ -14,6 +14,7 @@ from functools import cached_property
 
 from shared.httpcache.cachecontrol import DELTA_CAP, CacheControl, parse_cache_control
 from shared.httpcache.fields import Headers, get_all, get_first, parse_http_date, split_list
+from shared.httpcache.surrogate import parse_surrogate_control
 
 # RFC 9110 §15.1: statuses a cache may store and reuse without explicit freshness.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -31,10 +32,14 @@ class Policy:
     is refreshed in the background, on top of what its own stale-while-revalidate allows; never
     where must-revalidate, proxy-revalidate, s-maxage or no-cache forbid serving stale.
     ``heuristic_fraction``/``heuristic_cap``: the heuristic freshness of §4.2.2, a fraction of
-    the time since Last-Modified, capped (s)."""
+    the time since Last-Modified, capped (s).
+    ``stale_if_disconnected``: how long (s) past its freshness a response may be served when the
+    origin cannot be reached at all (RFC 9111 §4.2.4 allows it; the engine's outage extension,
+    ``STALE_IF_ERROR_SECONDS``, is the natural value), where the response does not forbid it."""
 
     default_ttl: float = 0.0
     stale_ttl: float = 0.0
+    stale_if_disconnected: float = 3600.0
     heuristic_fraction: float = 0.1
     heuristic_cap: float = 86400.0
 
@@ -66,7 +71,7 @@ class StoredResponse:
 
     def lifetime(self, policy: Policy) -> float:
         """Freshness lifetime under ``policy`` (``freshness_lifetime``)."""
-        return freshness_lifetime(self.status, self.headers, policy)
+        return freshness_lifetime(self.status, self.headers, policy, self.response_time)
 
 
 def age_value(headers: Headers) -> float:
@@ -103,10 +108,13 @@ def current_age(corrected_initial_age: float, response_time: float, now: float) 
 
 
 def explicit_lifetime(headers: Headers) -> float | None:
-    """Explicit freshness lifetime (§4.2.1) for a shared cache: s-maxage, else max-age, else
-    Expires minus Date (an invalid Expires is 0; Date missing or invalid: measured from the
-    response's own arrival, which the caller folds in as apparent age 0); None when the response
-    carries none of them."""
+    """Explicit freshness lifetime (§4.2.1) for a shared cache: a Surrogate-Control max-age meant
+    for this cache, else s-maxage, else max-age, else Expires minus Date (an invalid Expires is
+    0); None when the response carries none of them, or an Expires without a valid Date (then
+    ``freshness_lifetime`` measures it from the response's arrival)."""
+    surrogate = parse_surrogate_control(headers)
+    if surrogate.max_age is not None:
+        return float(surrogate.max_age)
     cc = parse_cache_control(headers)
     if cc.s_maxage is not None:
         return float(cc.s_maxage)
@@ -141,9 +149,10 @@ def heuristic_lifetime(status: int, headers: Headers, policy: Policy) -> float |
 
 
 def freshness_lifetime(status: int, headers: Headers, policy: Policy, response_time: float | None = None) -> float:
-    """The freshness lifetime (s) of a response for a shared cache: explicit (s-maxage > max-age
-    > Expires - Date), else heuristic (Last-Modified), else ``policy.default_ttl``. An Expires
-    without a (valid) Date is measured from ``response_time`` when given (else treated as 0)."""
+    """The freshness lifetime (s) of a response for a shared cache: explicit (Surrogate-Control
+    max-age > s-maxage > max-age > Expires - Date), else heuristic (Last-Modified), else
+    ``policy.default_ttl``. An Expires without a (valid) Date is measured from ``response_time``
+    (the response's arrival) when given, else it means 0."""
     explicit = explicit_lifetime(headers)
     if explicit is not None:
         return explicit
@@ -163,7 +172,8 @@ def has_freshness_information(status: int, headers: Headers) -> bool:
     Last-Modified usable for the heuristic. ``Policy.default_ttl`` applies only when it does not."""
     cc = parse_cache_control(headers)
     return (
-        cc.s_maxage is not None
+        parse_surrogate_control(headers).max_age is not None
+        or cc.s_maxage is not None
         or cc.max_age is not None
         or bool(get_all(headers, "expires"))
         or heuristic_lifetime(status, headers, Policy()) is not None

@@ -82,14 +82,19 @@ def serve_stale_window(cc: CacheControl, policy: Policy) -> float:
     return float(cc.stale_while_revalidate or 0) + policy.stale_ttl
 
 
-def error_window(cc: CacheControl, request_cc: CacheControl | None, policy: Policy) -> float:
-    """How long (s) past its freshness a response may be served when the origin fails (error
-    status 500/502/503/504 or no answer): the larger of the response's and the request's
-    stale-if-error, plus the namespace's ``stale_ttl``; 0 when the response forbids stale."""
+def error_window(
+    cc: CacheControl, request_cc: CacheControl | None, policy: Policy, disconnected: bool = False
+) -> float:
+    """How long (s) past its freshness a response may be served when the origin fails: the larger
+    of the response's and the request's stale-if-error plus the namespace's ``stale_ttl`` for an
+    error status (500, 502, 503, 504); when the origin gave no answer at all (``disconnected``:
+    refused, reset, timed out), RFC 9111 §4.2.4 lets a cache serve stale on its own, for up to
+    ``policy.stale_if_disconnected`` more. 0 when the response forbids serving it stale
+    (must-revalidate, proxy-revalidate, s-maxage, no-cache)."""
     if cc.forbids_stale or cc.no_cache:
         return 0.0
     sie = max(cc.stale_if_error or 0, (request_cc.stale_if_error or 0) if request_cc else 0)
-    return float(sie) + policy.stale_ttl
+    return float(sie) + policy.stale_ttl + (policy.stale_if_disconnected if disconnected else 0.0)
 
 
 def fresh_until(stored: StoredResponse, policy: Policy) -> float:
@@ -148,10 +153,14 @@ def decide(
     return unless_cached(validate, Forward.STALE)
 
 
-def may_serve_on_error(request_headers: Headers, stored: StoredResponse, now: float, policy: Policy) -> bool:
-    """Whether ``stored`` may answer the request when the origin failed (a 500, 502, 503 or
-    504, or no answer at all): stale by no more than ``error_window`` (fresh ones always)."""
+def may_serve_on_error(
+    request_headers: Headers, stored: StoredResponse, now: float, policy: Policy, disconnected: bool = False
+) -> bool:
+    """Whether ``stored`` may answer the request when the origin failed: with an error status
+    (500, 502, 503, 504), or with no answer at all (``disconnected``). Fresh responses always;
+    stale ones by no more than ``error_window``."""
     ttl = stored.lifetime(policy) - stored.age(now)
     if ttl > 0:
         return True
-    return -ttl <= error_window(stored.cache_control, request_cache_control(request_headers), policy)
+    window = error_window(stored.cache_control, request_cache_control(request_headers), policy, disconnected)
+    return -ttl <= window

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from shared.httpcache.cachecontrol import DELTA_CAP
-from shared.httpcache.fields import Headers, replaced
+from shared.httpcache.fields import Headers, replaced, without
 from shared.httpcache.reuse import Forward
 
 CACHE_NAME = "herdless"
@@ -58,8 +58,10 @@ def with_cache_fields(headers: Headers, age: float | None, status: str) -> Heade
     """``headers`` with ``Age`` set to ``age_field(age)`` (left as it is when ``age`` is None:
     an answer straight from the origin keeps the origin's own Age) and ``status`` appended to
     any Cache-Status a cache before us added (RFC 9211: the member nearest the origin comes
-    first, so ours, the last hop before the client, goes last), as one field line."""
-    out = headers if age is None else replaced(headers, "Age", age_field(age))
+    first, so ours, the last hop before the client, goes last), as one field line; without
+    Surrogate-Control, which is addressed to this cache, not to the client."""
+    out = without(headers, ("surrogate-control",))
+    out = out if age is None else replaced(out, "Age", age_field(age))
     previous = [v for n, v in out if n.lower() == "cache-status"]
     value = ", ".join([*previous, status]) if previous else status
     return replaced(out, "Cache-Status", value)

@@ -11,6 +11,7 @@ from enum import StrEnum
 from shared.httpcache.cachecontrol import parse_cache_control, request_cache_control
 from shared.httpcache.fields import Headers, has, strip_hop_by_hop, without
 from shared.httpcache.lifetime import HEURISTICALLY_CACHEABLE
+from shared.httpcache.surrogate import parse_surrogate_control
 from shared.httpcache.vary import vary_fields
 
 # Statuses whose semantics this cache understands (for ``must-understand``, RFC 9111 §5.2.2.3).
@@ -56,28 +57,36 @@ def storable(method: str, request_headers: Headers, status: int, response_header
       ``must-revalidate`` (§3.5);
     - the response has ``public``, ``max-age``, ``s-maxage`` or ``Expires``, or a heuristically
       cacheable status (RFC 9110 §15.1);
-    - ``Vary: *`` is not stored: it could never be reused (§4.1)."""
+    - ``Vary: *`` is not stored: it could never be reused (§4.1);
+    - Surrogate-Control meant for this cache (``surrogate``) comes first: its ``no-store``
+      forbids storing, its ``max-age`` allows it whatever Cache-Control's no-store,
+      must-understand or freshness say (private and the Authorization rule still hold)."""
     if method.upper() not in STORABLE_METHODS:
         return Storability(False, NotStored.METHOD)
     if status < 200 or status in (206, 304) or status > 599:
         return Storability(False, NotStored.STATUS)
+    surrogate = parse_surrogate_control(response_headers)
+    if surrogate.no_store:
+        return Storability(False, NotStored.NO_STORE)
+    if request_cache_control(request_headers).no_store:
+        return Storability(False, NotStored.NO_STORE)
+    if vary_fields(response_headers) is None:
+        return Storability(False, NotStored.VARY_STAR)
     cc = parse_cache_control(response_headers)
+    if cc.private:
+        return Storability(False, NotStored.PRIVATE)
+    if has(request_headers, "authorization") and not (cc.public or cc.s_maxage is not None or cc.must_revalidate):
+        return Storability(False, NotStored.AUTHORIZATION)
+    if surrogate.max_age is not None:
+        return _STORE  # the origin told this very cache how long to keep it
     if cc.must_understand:
         if status not in UNDERSTOOD_STATUSES:
             return Storability(False, NotStored.STATUS)
     elif cc.no_store:
         return Storability(False, NotStored.NO_STORE)
-    if request_cache_control(request_headers).no_store:
-        return Storability(False, NotStored.NO_STORE)
-    if cc.private:
-        return Storability(False, NotStored.PRIVATE)
-    if has(request_headers, "authorization") and not (cc.public or cc.s_maxage is not None or cc.must_revalidate):
-        return Storability(False, NotStored.AUTHORIZATION)
     explicit = cc.public or cc.max_age is not None or cc.s_maxage is not None or has(response_headers, "expires")
     if not explicit and status not in HEURISTICALLY_CACHEABLE:
         return Storability(False, NotStored.NOT_CACHEABLE)
-    if vary_fields(response_headers) is None:
-        return Storability(False, NotStored.VARY_STAR)
     return _STORE
 
 

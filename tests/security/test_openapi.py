@@ -41,6 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ADMIN_TOKEN": ADMIN,
         "WEB_CONCURRENCY": "1",
         "WEB_THREADS": "8",
+        # A batch read of more cold keys than the worker runs at once (2) waits seconds for the
+        # rest (the broker is polled once a second or so), and so do the reads fuzzed after it.
+        "BATCH_MAX_KEYS": "2",
     }
     with stack_for(tmp, NAMESPACES, env, worker_concurrency=2) as s:
         s.origin_config(latency_ms=0)
