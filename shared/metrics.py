@@ -150,6 +150,13 @@ DEGRADED_ANSWERS = Counter(
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
+FRONT_REFUSED_REASONS = ("in_flight", "lag")
+FRONT_REFUSED = Counter(
+    "herdless_front_refused",
+    "Reads the web tier's front door (web/front.py) refused 503 overloaded before Flask, by reason: "
+    "in_flight (the process's bound on reads in flight) or lag (its event loop ran late past the bound)",
+    ["reason"],
+)
 REFUSED = Counter(
     "herdless_refused",
     "Requests answered 503 with no origin failure to blame, by reason: shed load (overloaded, "
@@ -232,6 +239,8 @@ def init_web_series(namespaces: Iterable[str]) -> None:
         NEAR_CACHE.labels(result)
     for reason in Refusal:
         REFUSED.labels(reason)
+    for front_reason in FRONT_REFUSED_REASONS:
+        FRONT_REFUSED.labels(front_reason)
     REDIS_DEGRADED.set(0)
 
 

@@ -35,7 +35,7 @@ from shared.store import EntryState
 from web.batch import batch_body
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import cache_headers, json_error, json_response, refusal
-from web.state import web_state
+from web.state import ADMITTED, web_state
 
 bp = Blueprint("herdless", __name__)
 
@@ -155,7 +155,8 @@ def read(_rest: str) -> Response:
     target = _target(parsed)
     started = time.perf_counter()
     try:
-        answer = web_state().read_path.read(target.ns, target.key)
+        # The front door (web/front.py) may hold the read's admission slot already.
+        answer = web_state().read_path.read(target.ns, target.key, admitted=bool(request.environ.get(ADMITTED)))
         if isinstance(answer, Served):
             return _serve(target.ns, answer)
         if isinstance(answer, Unstored):
