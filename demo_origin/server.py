@@ -298,6 +298,12 @@ class OriginHandler(BaseHTTPRequestHandler):
 
     do_DELETE = do_PATCH = do_POST  # noqa: N815 - /api/ takes every unsafe method
 
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self.send_response(204)
+        self.send_header("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_PUT(self) -> None:  # noqa: N802
         if self.path.startswith("/api/"):
             self._answer_api(self.server.state)
