@@ -159,6 +159,11 @@ class Keyspace:
     def rates(self, second: int) -> str:
         return f"{self.rates_prefix}{second}"
 
+    def keys_read(self, namespace: str, second: int) -> str:
+        """A HyperLogLog of the keys of `namespace` read in `second`; one hash tag per namespace, so
+        that one PFCOUNT counts the keys of many seconds (Cluster)."""
+        return f"{self.prefix}:keys-read:{{{namespace}}}:{second}"
+
     def breaker(self, origin_name: str) -> str:
         # One hash tag per origin: the scripts touch the state key and the hash together (Cluster).
         return f"{self.prefix}:breaker:{{{origin_name}}}"
