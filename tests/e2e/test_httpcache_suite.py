@@ -16,7 +16,7 @@ REQUIRED_AT_LEAST = 142
 OPTIMAL_AT_LEAST = 75
 
 needs_the_proxy_route = pytest.mark.skipif(
-    not (ROOT / "web" / "proxy_routes.py").exists(), reason="proxy namespaces are not wired into the web tier yet"
+    not (ROOT / "web" / "proxy.py").exists(), reason="proxy namespaces are not wired into the web tier yet"
 )
 
 
