@@ -339,7 +339,11 @@ class ColdWaitHub:
         if event is None:
             return
         if self.nearcache is not None:
-            self.nearcache.invalidate(event.ns, event.key)
+            if event.whole_namespace:
+                self.nearcache.invalidate_namespace(event.ns)
+            else:
+                for key in event.keys or (event.key,):
+                    self.nearcache.invalidate(event.ns, key)
         if event.ack is not None:
             self._confirm(event.ack)
         if event.channel == self.keys.ready_channel:

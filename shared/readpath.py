@@ -148,8 +148,9 @@ class ReadPath:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def read(self, ns: Namespace, key: str) -> Answer:
-        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
+    def read(self, ns: Namespace, key: str, *, admitted: bool = False) -> Answer:
+        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused.
+        `admitted`: the caller holds an admission slot for it already (the web tier's front)."""
         if ns.strategy is Strategy.NAIVE:
             return self._read_naive(ns, key)
         near = self.near_cache
@@ -163,8 +164,10 @@ class ReadPath:
             if self._waiter.waiting_on(ns.name, key):
                 # Others of this process already wait for the key: join them without a read (see below).
                 return self._wait_for_refresh(ns, key, None, None, time.monotonic())
-            with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
-                return self._read_through(ns, key) if admitted else answers.OVERLOADED
+            if admitted:
+                return self._read_through(ns, key)
+            with self.admission.slot() as got:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
+                return self._read_through(ns, key) if got else answers.OVERLOADED
         except RedisError as exc:
             if not self.health.failed_with(exc):
                 raise
