@@ -35,6 +35,6 @@ def test_a_proxy_namespace_at_its_defaults_passes_more_than_every_peer(tmp_path:
     ours = cachetests.grade(tests, results)
     best = cachetests.peer_grades(tests, peers)[0][1]
     score = f"{ours.required}/{ours.required_total} required, {ours.optimal}/{ours.optimal_total} optimal passed\n"
-    failures = score + "\n".join(f"{k} {test_id} {verdict}: {message}" for k, test_id, verdict, message in ours.failures)
+    failures = score + "\n".join(f"{k} {test_id} {verdict}: {why}" for k, test_id, verdict, why in ours.failures)
     assert ours.required >= max(REQUIRED_AT_LEAST, best.required + 1), failures
     assert ours.optimal >= OPTIMAL_AT_LEAST, failures
