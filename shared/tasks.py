@@ -54,6 +54,14 @@ class RefreshRequest:
     def as_kwargs(self) -> dict[str, Any]:
         return asdict(self)
 
+    def shown(self) -> tuple[str, str]:
+        """(argsrepr, kwargsrepr): what Flower's task list shows in its args and kwargs columns,
+        and Celery's "received" log line: the namespace and key (`demo/'hello'`, as the refresh
+        log writes them) and why, not the lease token. The task's name stays `herdless.refresh`:
+        a key in it would make Flower's task types and its metrics' labels unbounded. Whatever
+        publishes a refresh (send_task or a message built by hand) sets these two headers."""
+        return f"{self.namespace}/{self.key!r}", repr({"reason": str(self.reason), "won_at_ms": self.won_at_ms})
+
 
 def queued_marker_ttl_seconds(settings: Settings) -> float:
     """How long a queued refresh blocks new ones for its key. Long enough to cover workers being
@@ -165,15 +173,21 @@ def broker_lists(keys: Keyspace) -> list[str]:
     return [keys.broker_keyprefix + keys.queue + (f"{BROKER_SEP}{step}" if step else "") for step in PRIORITY_STEPS]
 
 
-def send_refresh(app: Any, request: RefreshRequest, settings: Settings, producer: Any = None) -> None:
+def send_refresh(
+    app: Any, request: RefreshRequest, settings: Settings, producer: Any = None, shadow: str | None = None
+) -> None:
     """Put one refresh task on the queue (app: a Celery app). Raises whatever kombu raises when
     the broker is unreachable. A batch passes one `producer` (app.producer_or_acquire()) for all
-    its tasks rather than taking one from the pool per task."""
+    its tasks rather than taking one from the pool per task. `shadow`: the name Flower shows
+    (a proxied URL's path: its key is a hash)."""
     queue = Keyspace.of(settings).queue
     app.send_task(
         REFRESH_TASK,
         producer=producer,
+        shadow=shadow,
         kwargs=request.as_kwargs(),
+        argsrepr=request.shown()[0],
+        kwargsrepr=request.shown()[1],
         queue=queue,
         routing_key=queue,
         priority=refresh_priority(request.reason, settings),
