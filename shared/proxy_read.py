@@ -73,16 +73,16 @@ class ProxyAnswer:
 def bypass_reason(ns: Namespace, headers: Headers) -> str | None:
     """Why a GET or HEAD is sent to the origin by the web tier and never answered from (or
     stored in) the cache, or None: it carries a credential the namespace does not forward
-    (a refresh could not replay it, and no other client's response may answer it), it says
-    no-store, or it asks for a Range."""
+    (a refresh could not replay it, and no other client's response may answer it), or it says
+    no-store. A Range request is answered like any GET (its refresh replays it without the
+    Range: the complete response is stored) and the web tier cuts the range from the stored
+    response (httpcache.ranges)."""
     assert ns.proxy is not None
     for name in CREDENTIAL_HEADERS:
         if has(headers, name) and name not in ns.proxy.forward_headers:
             return "credentials"
     if request_cache_control(headers).no_store:
         return "no_store"
-    if has(headers, "range"):
-        return "range"
     return None
 
 

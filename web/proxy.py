@@ -6,8 +6,9 @@ and no Werkzeug path decoding stands between the client's bytes and the origin's
 
 - GET and HEAD: answered by the cache (``ProxyReadPath.proxy_get``), with the stored status and
   headers, ``Age``, ``Cache-Status`` (RFC 9211) and ``X-Cache``; a client's If-None-Match /
-  If-Modified-Since that the response satisfies is answered 304. HEAD is answered from the
-  stored GET. A request that bypasses the cache (``bypass_reason``) is forwarded instead;
+  If-Modified-Since that the response satisfies is answered 304, a single byte Range is cut
+  from the stored response (206, or 416). HEAD is answered from the stored GET. A request
+  that bypasses the cache (``bypass_reason``) is forwarded instead;
 - POST, PUT, DELETE, PATCH (any unsafe method): forwarded synchronously with its body; a
   success (2xx, 3xx) then purges the stored responses of its URL and of a same-origin
   Location / Content-Location (RFC 9111 §4.4) before it is answered;
@@ -28,6 +29,7 @@ from shared.answers import Refused
 from shared.httpcache.conditional import client_not_modified, not_modified
 from shared.httpcache.fields import Headers, header_list, strip_hop_by_hop
 from shared.httpcache.invalidation import invalidation_targets, is_unsafe
+from shared.httpcache.ranges import RangeOutcome, partial_headers, select_range, unsatisfiable_headers
 from shared.httpcache.reuse import Forward
 from shared.httpcache.status import cache_status, with_cache_fields
 from shared.namespaces import Namespace
@@ -147,7 +149,9 @@ def _from_answer(ns: Namespace, answer: ProxyAnswer, request_headers: Headers) -
             stored=answer.stored,
             ttl=None,
         )
-        age = stored.age(answer.now_s) if answer.stored else None
+        # Fetched or validated by the origin for this request: no Age of ours (RFC 9111 §5.1),
+        # the origin's own as it sent it.
+        age = None
     outcome = answer.outcome
     headers = with_cache_fields(envelope.headers, age, status_field)
     headers = (*headers, ("X-Cache", _X_CACHE.get(outcome, "MISS")))
@@ -158,6 +162,15 @@ def _from_answer(ns: Namespace, answer: ProxyAnswer, request_headers: Headers) -
         kept = with_cache_fields(not_modified(envelope.headers), age, status_field)
         return ProxiedResponseOut(b"", status=304, headers=[*kept, ("X-Cache", _X_CACHE.get(outcome, "MISS"))])
     metrics.REQUESTS.labels(ns.name, outcome).inc()
+    cut, byte_range = select_range(
+        request.method, request_headers, envelope.status, envelope.headers, len(envelope.body)
+    )
+    if cut is RangeOutcome.PARTIAL and byte_range is not None:
+        partial = partial_headers(headers, byte_range)
+        return ProxiedResponseOut(byte_range.slice(envelope.body), status=206, headers=list(partial))
+    if cut is RangeOutcome.UNSATISFIABLE:
+        refused = with_cache_fields(unsatisfiable_headers(len(envelope.body)), age, status_field)
+        return ProxiedResponseOut(b"", status=416, headers=list(refused))
     return ProxiedResponseOut(envelope.body, status=envelope.status, headers=list(headers))
 
 
