@@ -33,7 +33,7 @@ def embedded_server() -> Path | None:
 
 
 def server_version(binary: Path) -> str:
-    """"valkey-server 8.1.8", from the binary's --version."""
+    """ "valkey-server 8.1.8", from the binary's --version."""
     try:
         out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=5).stdout
     except (OSError, subprocess.SubprocessError):

@@ -160,8 +160,16 @@ class BatchedRefresher:
             metrics.ORIGIN_BYTES.labels(ns.name).inc(len(answer.body))
             policy = self._origins.cache_policy(ns, answer.cache)
             if policy.storable:
+                # The call's tag header (Surrogate-Key) cannot say which value a tag belongs to:
+                # each value carries them all. A purge then drops too much, never too little.
                 result = store.fenced_write(
-                    ns, key, fence, value=answer.body, content_type=answer.content_type, lifetimes=policy.lifetimes
+                    ns,
+                    key,
+                    fence,
+                    value=answer.body,
+                    content_type=answer.content_type,
+                    lifetimes=policy.lifetimes,
+                    tags=answer.tags,
                 )
             else:
                 hand_over = OriginResponse(answer.body, answer.content_type)

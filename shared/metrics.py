@@ -129,6 +129,22 @@ NEAR_CACHE_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+GROUP_PURGE_KEYS = Counter(
+    "herdless_group_purge_keys",
+    "Keys visited by tag and namespace purges, by kind (tag, namespace) and outcome (hard, soft: a value "
+    "purged; fenced: no value of the group stored, a refresh in flight stopped; kept: the value lacks the tag)",
+    ["kind", "outcome"],
+)
+GROUP_PURGES = Counter(
+    "herdless_group_purges",
+    "Tag and namespace purges completed, by kind (tag, namespace) and mode (hard, soft)",
+    ["kind", "mode"],
+)
+GROUP_PURGE_PENDING = Gauge(
+    "herdless_group_purge_pending_keys",
+    "Members of the tag and namespace purges running now that are not visited yet (their progress)",
+    multiprocess_mode="livesum",
+)
 REDIS_DEGRADED = Gauge(
     "herdless_redis_degraded",
     "Web processes that find Redis unreachable and answer from memory (degraded mode), summed over live processes",
@@ -139,6 +155,13 @@ DEGRADED_ANSWERS = Counter(
     "Reads answered while Redis was unreachable: stale (from the near-cache), refused (503) or "
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
+)
+FRONT_REFUSED_REASONS = ("in_flight", "lag")
+FRONT_REFUSED = Counter(
+    "herdless_front_refused",
+    "Reads the web tier's front door (web/front.py) refused 503 overloaded before Flask, by reason: "
+    "in_flight (the process's bound on reads in flight) or lag (its event loop ran late past the bound)",
+    ["reason"],
 )
 REFUSED = Counter(
     "herdless_refused",
@@ -223,6 +246,8 @@ def init_web_series(namespaces: Iterable[str]) -> None:
         NEAR_CACHE.labels(result)
     for reason in Refusal:
         REFUSED.labels(reason)
+    for front_reason in FRONT_REFUSED_REASONS:
+        FRONT_REFUSED.labels(front_reason)
     REDIS_DEGRADED.set(0)
 
 

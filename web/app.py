@@ -27,10 +27,12 @@ from shared.proxy_store import PendingRequests, ProxyStore
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
-from web.fasthit import FastHits
+from web.front import Front
+from web.group_routes import bp as group_routes_bp
 from web.http import AnythingConverter, json_error, refusal
 from web.openapi import bp as openapi_bp
 from web.proxy import install as install_proxy
+from web.proxy_admin import bp as proxy_admin_bp
 from web.routes import bp as routes_bp
 from web.state import EXTENSION, WebState
 from web.status import bp as status_bp
@@ -165,6 +167,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     install_proxy(app, namespaces)  # before routing: a mount's requests never reach the routes
     app.register_blueprint(routes_bp)
+    app.register_blueprint(group_routes_bp)
+    app.register_blueprint(proxy_admin_bp)
     app.register_blueprint(status_bp)
     app.register_blueprint(openapi_bp)
 
@@ -187,6 +191,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.logger.exception("unexpected error")
         return json_error(500, "internal_error", "unexpected server error")
 
-    # Last, once every blueprint's rules are known: it stands in for the read route only.
-    app.wsgi_app = FastHits(app, app.wsgi_app)  # type: ignore[method-assign]
+    # Last, once every blueprint's rules are known: near-cache hits and admission before Flask.
+    app.wsgi_app = Front(app, app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,4 @@
-"""The near-cache hit, answered before Flask: a WSGI middleware in front of the app's routing.
+"""The near-cache hit, answered before Flask's routing (by the front door, web/front.py).
 
 A warm key's read is the one request herdless answers most, and with the near-cache it needs
 no Redis: what is left of its cost is the framework. ``FastHits`` recognises, from the raw
@@ -10,9 +10,9 @@ a HIT, with the very headers, status line and metrics the Flask read route gives
 Anything else, and any hit it does not answer itself (a cached 404, an odd entry), goes to
 Flask untouched: the lookup here does not count, so Flask's own read counts once.
 
-It claims nothing when another route could answer a ``/v1/cache/`` GET (a rule of another
-blueprint under that prefix, such as a proxy namespace mounted there): then every request goes
-to Flask, which decides. ``WEB_FAST_PATH=false`` turns it off.
+The front claims nothing when another route could answer a ``/v1/cache/`` GET (a rule of
+another blueprint under that prefix, such as a proxy namespace mounted there): then every
+request goes to Flask, which decides. ``WEB_FAST_PATH=false`` turns the fast hits off.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from typing import Any
 
 from flask import Flask
 
-from shared import metrics
+from shared import metrics, rates
 from shared.keys import InvalidKey
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache
 from shared.protocol import AnswerOutcome, Strategy
 from shared.store import ReadResult
 from web.cache_path import PREFIX, percent_decode
-from web.routes import cache_headers, etag_matches
+from web.http import cache_headers
+from web.routes import etag_matches
 from web.state import EXTENSION, WebState
 
 StartResponse = Callable[..., Any]
@@ -66,15 +67,36 @@ def owns_cache_gets(app: Flask) -> bool:
     return not others
 
 
-class FastHits:
-    """``app.wsgi_app = FastHits(app, app.wsgi_app)``: near-cache hits answered here, the rest by `inner`."""
+def read_target(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """(namespace, key) of a ``/v1/cache/<namespace>/<key>`` request, from its raw URI: exactly
+    two segments, no query string, the key decoded as the route decodes it; the namespace is not
+    checked. None: any other path, or one the route will refuse (400)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if environ.get("SCRIPT_NAME") or not isinstance(raw, str) or not raw.startswith(PREFIX):
+        return None
+    if "?" in raw or "#" in raw:
+        return None
+    parts = raw[len(PREFIX) :].split("/")
+    if len(parts) != 2:
+        return None
+    segment = parts[1]
+    if _PLAIN_SEGMENT.fullmatch(segment):
+        return parts[0], segment
+    try:
+        key = percent_decode(segment).decode("utf-8")
+    except (InvalidKey, UnicodeDecodeError):
+        return None  # the route answers 400
+    return (parts[0], key) if key else None
 
-    def __init__(self, app: Flask, inner: WSGIApp) -> None:
-        self.inner = inner
+
+class FastHits:
+    """The near-cache hit's answer for a read target (web/front.py calls it first)."""
+
+    def __init__(self, app: Flask) -> None:
         state: WebState = app.extensions[EXTENSION]
         near = state.read_path.near_cache
         self.near: NearCache[ReadResult] | None = near if isinstance(near, NearCache) else None
-        self.enabled = state.settings.web_fast_path and self.near is not None and owns_cache_gets(app)
+        self.enabled = state.settings.web_fast_path and self.near is not None
         self.owned = {
             name: _Owned(
                 ns,
@@ -89,44 +111,23 @@ class FastHits:
         }
         self.near_hit = metrics.NEAR_CACHE.labels("hit")
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if self.enabled and environ.get("REQUEST_METHOD") == "GET" and not environ.get("SCRIPT_NAME"):
-            answer = self.answer(environ, start_response)
-            if answer is not None:
-                return answer
-        return self.inner(environ, start_response)
-
-    def answer(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
-        """The near-cache hit's answer, or None: not a request the fast path owns, or no hit."""
+    def answer(
+        self, target: tuple[str, str], environ: dict[str, Any], start_response: StartResponse
+    ) -> list[bytes] | None:
+        """The near-cache hit's answer to a GET of `target`, or None: no hit to answer here."""
         started = time.perf_counter()
-        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-        if not isinstance(raw, str) or not raw.startswith(PREFIX) or "?" in raw or "#" in raw:
+        owned = self.owned.get(target[0])
+        if owned is None or self.near is None or not self.enabled:
             return None
-        parts = raw[len(PREFIX) :].split("/")
-        if len(parts) != 2:
-            return None
-        owned = self.owned.get(parts[0])
-        if owned is None:
-            return None
-        segment = parts[1]
-        if _PLAIN_SEGMENT.fullmatch(segment):
-            key = segment
-        else:
-            try:
-                key = percent_decode(segment).decode("utf-8")
-            except (InvalidKey, UnicodeDecodeError):
-                return None  # the route answers 400
-            if not key:
-                return None
         # A near-cache entry was put by a read of a validated key: a hit proves the key valid.
-        assert self.near is not None
-        hit = self.near.get(parts[0], key, count=False)
+        hit = self.near.get(target[0], target[1], count=False)
         if hit is None:
             return None
         r = hit.entry
         if r.negative or not r.content_type or r.value is None:
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
+        rates.RECORDER.note_key(target[0], target[1])  # for the status page's ideal origin calls
         now = hit.redis_now_ms
         headers = list(cache_headers(owned.ns, r, AnswerOutcome.HIT, now).items())
         if r.at_ms is not None:

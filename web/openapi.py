@@ -9,7 +9,10 @@ from flask import Blueprint, Response, jsonify
 from shared.answers import FAILURE_DETAILS
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
+from shared.tags import PURGE_MAX_TAGS
 from web.openapi_batch import BATCH_ENTRY, batch_paths
+from web.openapi_groups import GROUP_PURGE_SCHEMAS, group_purge_paths
+from web.openapi_proxy import proxy_paths
 from web.state import web_state
 
 bp = Blueprint("openapi", __name__)
@@ -144,7 +147,7 @@ _UNAVAILABLE = _error("Redis or the broker is unreachable; retry after Retry-Aft
 def build_openapi(
     namespaces: dict[str, Namespace], warm_max_keys: int = 10_000, batch_max_keys: int = 1000
 ) -> dict[str, Any]:
-    names = sorted(namespaces)
+    names = sorted(name for name, ns in namespaces.items() if ns.proxy is None)  # proxies: their mounts
     target = _target_parameters(names)
     namespace_only = target[:1]
     cache_headers = {
@@ -348,6 +351,7 @@ def build_openapi(
                     },
                 }
             },
+            **group_purge_paths(PURGE_MAX_TAGS),
             **batch_paths(namespace_only, batch_max_keys, _error),
             "/v1/namespaces": {
                 "get": {
@@ -451,6 +455,7 @@ def build_openapi(
                     },
                 }
             },
+            **proxy_paths(namespaces),
         },
         "components": {
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}},
@@ -461,6 +466,7 @@ def build_openapi(
                 },
             },
             "schemas": {
+                **GROUP_PURGE_SCHEMAS,
                 "BatchEntry": BATCH_ENTRY,
                 "Error": {
                     "type": "object",

@@ -11,7 +11,7 @@ and no Werkzeug path decoding stands between the client's bytes and the origin's
 - POST, PUT, DELETE, PATCH (any unsafe method): forwarded synchronously with its body; a
   success (2xx, 3xx) then purges the stored responses of its URL and of a same-origin
   Location / Content-Location (RFC 9111 §4.4) before it is answered;
-- OPTIONS: forwarded; TRACE and CONNECT: 405.
+- OPTIONS: forwarded; any other method (TRACE, CONNECT, extension methods): 405.
 
 Forwarded answers are read whole (ORIGIN_MAX_BYTES bounds them), not streamed.
 """
@@ -42,7 +42,7 @@ from web.state import web_state
 
 log = logging.getLogger("herdless.proxy")
 
-REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+PROXIED_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 _X_CACHE = {AnswerOutcome.HIT: "HIT", AnswerOutcome.STALE: "STALE", AnswerOutcome.MISS: "MISS"}
 
 
@@ -68,6 +68,15 @@ def install(app: Flask, namespaces: dict[str, Namespace]) -> None:
     )
     if not mounts:
         return
+
+    def mounted(_rest: str = "") -> Response:
+        # Reached only if the hook below did not claim the request (it always does): the rules
+        # exist so that the mounts are routes like any other (OpenAPI, url_for, the route tests).
+        return _proxy() or json_error(404, "not_found", "no such route")
+
+    for mount, _ns in mounts:
+        app.add_url_rule(mount, "proxy_mount", mounted, methods=PROXIED_METHODS)
+        app.add_url_rule(f"{mount}/<anything:_rest>", "proxy_mount", mounted, methods=PROXIED_METHODS)
 
     @app.before_request
     def _proxy() -> Response | None:
@@ -101,8 +110,9 @@ def _handle(ns: Namespace, raw: str) -> Response:
     except TargetError as exc:
         return json_error(exc.status, exc.error, exc.detail)
     method = request.method.upper()
-    if method in REFUSED_METHODS:
-        return json_error(405, "method_not_allowed", f"{method} is not proxied")
+    if method not in PROXIED_METHODS:
+        allowed = {"Allow": ", ".join(PROXIED_METHODS)}
+        return json_error(405, "method_not_allowed", f"{method[:20]} is not proxied", allowed)
     if method in ("GET", "HEAD"):
         reason = bypass_reason(ns, headers)
         if reason is None:

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
 
-from shared import metrics
+from shared import metrics, rates
 from shared.answers import (
     NOT_ENQUEUED,
     QUEUE_FULL,
@@ -36,7 +36,7 @@ from shared.tasks import send_refreshes
 from web.batch import batch_body
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import cache_headers, json_error, json_response, refusal
-from web.state import web_state
+from web.state import ADMITTED, web_state
 
 bp = Blueprint("herdless", __name__)
 
@@ -155,8 +155,10 @@ def read(_rest: str) -> Response:
         return meta(_target(parsed))
     target = _target(parsed)
     started = time.perf_counter()
+    rates.RECORDER.note_key(target.ns.name, target.key)  # for the status page's ideal origin calls
     try:
-        answer = web_state().read_path.read(target.ns, target.key)
+        # The front door (web/front.py) may hold the read's admission slot already.
+        answer = web_state().read_path.read(target.ns, target.key, admitted=bool(request.environ.get(ADMITTED)))
         if isinstance(answer, Served):
             return _serve(target.ns, answer)
         if isinstance(answer, Unstored):
