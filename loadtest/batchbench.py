@@ -87,7 +87,7 @@ class CommandWatch:
         self._thread.join(10)
 
 
-def warm_rounds(stack: LocalStack, redis_url: str, rounds: int) -> dict[str, Any]:
+def warm_rounds(stack: LocalStack, redis_url: str, rounds: int, seconds: float = ROUND_SECONDS) -> dict[str, Any]:
     web = stack.web_urls[0]
     session = requests.Session()  # one client, one keep-alive connection, for both ways
     batch_url = f"{web}/v1/cache/warm/batch"
@@ -102,7 +102,7 @@ def warm_rounds(stack: LocalStack, redis_url: str, rounds: int) -> dict[str, Any
     for round_no in range(rounds):
         for way in ("batch", "single") if round_no % 2 == 0 else ("single", "batch"):
             keys = 0
-            deadline = time.perf_counter() + ROUND_SECONDS
+            deadline = time.perf_counter() + seconds
             started = time.perf_counter()
             if way == "batch":
                 with CommandWatch(redis_url, names) as watch:
@@ -149,6 +149,7 @@ def fill(stack: LocalStack, namespace: str, keys: list[str]) -> dict[str, Any]:
     with ThreadPoolExecutor(len(chunks)) as pool:
         results = list(pool.map(one, chunks))
     elapsed = time.perf_counter() - started
+    settle(stack)  # refreshes still running after their readers gave up count too
     after = requests.get(origin + "/stats", timeout=10).json()["batch_calls"]
     cpu = {role: used - cpu_before.get(role, 0.0) for role, used in stack.cpu_seconds().items()}
     errors: dict[str, int] = {}
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.batchbench", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keys", type=int, default=2000)
+    parser.add_argument("--round-seconds", type=float, default=ROUND_SECONDS, help="each warm round's length")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="herdless-batchbench-"))
     (workdir / "namespaces.toml").write_text(NAMESPACES)
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with LocalStack(env=env, workdir=workdir / "stack") as stack:
         redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
-        warm = warm_rounds(stack, redis_url, args.rounds)
+        warm = warm_rounds(stack, redis_url, args.rounds, args.round_seconds)
         print("warm batch reads, 100 keys, one client over one keep-alive connection:")
         print(f"  batch read : {', '.join(f'{r:,.0f}' for r in warm['batch_keys_per_s'])} keys/s")
         print(f"  100 GETs   : {', '.join(f'{r:,.0f}' for r in warm['single_keys_per_s'])} keys/s")
