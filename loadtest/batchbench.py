@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "WORKER_CONCURRENCY": "100",
         "BATCH_MAX_KEYS": "1000",
         "COLD_WAIT_TIMEOUT_SECONDS": "5",
+        # One key a call floods the demo origin with connections; a refused one must not open the
+        # breaker for the rounds after it (each round's errors are printed).
+        "BREAKER_FAIL_MAX": "100000",
     }
     with LocalStack(env=env, workdir=workdir / "stack") as stack:
         redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
