@@ -22,7 +22,7 @@ from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache, NoNearCache
 from shared.protocol import Refusal
-from shared.proxy_read import ProxyReadPath, recording_sender
+from shared.proxy_read import ProxyReadPath, recording_sender, task_label
 from shared.proxy_store import PendingRequests, ProxyStore
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
@@ -130,14 +130,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     proxies = ProxyStore(store)
 
     def enqueue(request: RefreshRequest) -> None:
-        send_refresh(celery, request, settings)
+        send_refresh(celery, request, settings, shadow=task_label(request, pending))
 
     @contextmanager
     def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:
         # One producer (one broker connection) for a whole warm-up instead of one per task.
         with celery.producer_or_acquire() as producer:
             yield recording_sender(
-                lambda request: send_refresh(celery, request, settings, producer=producer),
+                lambda request: send_refresh(
+                    celery, request, settings, producer=producer, shadow=task_label(request, pending)
+                ),
                 namespaces,
                 pending,
                 lambda: proxies,

@@ -131,7 +131,7 @@ class RefreshTaskRequest(Request):  # type: ignore[misc]
             self._tell_engine(requeued=False)
 
     def _tell_engine(self, *, requeued: bool) -> None:
-        for req in requests_of(self.name, self.kwargs or {}):
+        for req in requests_of(self.type, self.kwargs or {}):  # type: the task's own name, never a shadow
             try:
                 if requeued:
                     worker_engine().requeued(req)
@@ -223,7 +223,8 @@ def _mark_running_refreshes_queued(**_: Any) -> None:
     from celery.worker import state
 
     for request in list(state.active_requests):
-        for req in requests_of(getattr(request, "name", None), getattr(request, "kwargs", None) or {}):
+        # `type`, not `name`: a proxied URL's task is shown under a shadow name.
+        for req in requests_of(getattr(request, "type", None), getattr(request, "kwargs", None) or {}):
             try:
                 worker_engine().requeued(req)
             except Exception:  # noqa: BLE001 - Redis down while stopping: nothing more to do
