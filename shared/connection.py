@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import redis
+from redis._parsers.hiredis import _HiredisParser
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.utils import HIREDIS_AVAILABLE
 
 from shared.settings import Settings
 
@@ -26,6 +29,46 @@ def _driver_info() -> dict[str, Any]:
 
 
 _DRIVER_INFO = _driver_info()
+
+
+def _os_poll() -> Any:
+    """The operating system's poll, even where gevent has patched the select module."""
+    try:
+        from gevent.monkey import get_original
+    except ImportError:
+        return select.poll
+    return get_original("select", "poll")
+
+
+_POLL = _os_poll() if hasattr(select, "poll") else None
+
+
+class ReadinessCheckedParser(_HiredisParser):
+    """hiredis's parser with a cheaper check of a pooled connection before each command.
+
+    redis-py asks every connection it takes from the pool whether it has unread data
+    (`can_read(0)`: a connection given back mid-reply must not be reused). Under gevent's
+    monkey patching that check went through gevent's `select.poll`, which builds and starts a
+    hub watcher per call: a third of each command's CPU in both tiers (py-spy; 54 -> 31 us a
+    GET measured). The check never waits, so the operating system's own poll answers it as
+    well; a socket it finds readable (or with bytes buffered) gets redis-py's full check."""
+
+    def can_read(self, timeout: float = 0) -> bool:
+        sock = getattr(self, "_sock", None)
+        reader = getattr(self, "_reader", None)
+        if timeout == 0 and _POLL is not None and sock is not None and reader is not None and not reader.has_data():
+            pending = getattr(sock, "pending", None)  # TLS: decrypted bytes above the socket
+            if not (pending and pending()):
+                poller = _POLL()
+                poller.register(sock, select.POLLIN)
+                if not poller.poll(0):
+                    return False
+        return bool(super().can_read(timeout))
+
+
+def connection_parser() -> dict[str, Any]:
+    """The parser_class option of every client of ours (hiredis is a dependency)."""
+    return {"parser_class": ReadinessCheckedParser} if HIREDIS_AVAILABLE else {}
 
 
 class PoolExhausted(redis.ConnectionError):
@@ -72,6 +115,7 @@ def make_redis(
     # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
     opts.setdefault("retry", Retry(NoBackoff(), 0))
     opts.update(_DRIVER_INFO)
+    opts.update(connection_parser())
     opts.update(kwargs)
     if pool_size:
         opts["max_connections"] = pool_size

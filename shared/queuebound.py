@@ -33,6 +33,7 @@ from redis.exceptions import OutOfMemoryError
 
 from shared import metrics
 from shared.namespaces import Namespace
+from shared.pipelined import ScriptCall
 from shared.protocol import AdmitState, SuppressReason, lua_script
 from shared.replies import decode_text
 from shared.settings import Settings
@@ -176,7 +177,12 @@ class QueueBound:
         self._coalesce(keys=[k.lease, k.queued], args=[token, waiting_token, self.marker_ttl_ms])
 
     def depart(self, namespace: str, key: str, token: str, *, taken: bool = False) -> None:
-        self._depart(keys=self._keys(), args=[member(namespace, key), token, "1" if taken else "0"])
+        call = self.depart_call(namespace, key, token, taken=taken)
+        call.script(keys=call.keys, args=call.args)
+
+    def depart_call(self, namespace: str, key: str, token: str, *, taken: bool = False) -> ScriptCall:
+        """DEPART as a call to pipeline with another (a worker's claim: shared/pipelined.py)."""
+        return ScriptCall(self._depart, self._keys(), [member(namespace, key), token, "1" if taken else "0"])
 
     def consuming(self) -> None:
         self._consuming(keys=[self.keys.queue_consuming])

@@ -79,10 +79,12 @@ from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReaso
 from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
-from shared.store import CacheStore, Fence, WriteResult
+from shared.store import CacheStore, ClaimedRun, Fence, WriteResult
 from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
 
 log = logging.getLogger("herdless.engine")
+
+DEPARTED_KEPT = 10_000
 
 
 class Refresher:
@@ -106,6 +108,9 @@ class Refresher:
         self._breakers: BuiltOnce[OriginBreaker] = BuiltOnce()
         self._slots: BuiltOnce[OriginSlots] = BuiltOnce()
         self.refresh_log = RefreshLog()
+        # Task tokens whose registry entry this process's runs removed (see `finished`); bounded,
+        # for messages whose acknowledgement never comes here (a forgotten one departs twice).
+        self._departed: dict[str, None] = {}
 
     # breakers and slots are built once per origin, on first use
     def breaker(self, ns: Namespace) -> OriginBreaker:
@@ -119,10 +124,9 @@ class Refresher:
     def run(self, req: RefreshRequest) -> RefreshReport:
         """Run one refresh task; returns its outcome and, for a failure, why (for the task's
         state in Flower). Logs a failure at once and the rest in the periodic summary."""
-        # The message is off the queue: the key may have another one waiting from now on.
-        self.queue.depart(req.namespace, req.key, req.token, taken=True)
         ns = self.namespaces.get(req.namespace)
         if ns is None:
+            self.queue.depart(req.namespace, req.key, req.token, taken=True)
             log.warning("refresh for unknown namespace %r dropped", req.namespace)
             return RefreshReport(RefreshOutcome.UNKNOWN_NAMESPACE)
         report = self._refresh(ns, req)
@@ -140,8 +144,12 @@ class Refresher:
 
     def finished(self, req: RefreshRequest) -> None:
         """This task's message is acknowledged (or dropped): it will never run again, so the
-        next read may enqueue another refresh of the key."""
-        self.queue.depart(req.namespace, req.key, req.token)
+        next read may enqueue another refresh of the key. Its registry entry went when this
+        process's run took the message (`_refresh`); otherwise (a run in another process, or one
+        whose departure failed) it goes now."""
+        if req.token not in self._departed.keys():
+            self.queue.depart(req.namespace, req.key, req.token)
+        self._departed.pop(req.token, None)
         ns = self.namespaces.get(req.namespace)
         if ns is not None:
             self.store.finish(ns, req.key, req.token)
@@ -160,11 +168,22 @@ class Refresher:
         store, key = self.store, req.key
         run_token: str | None = None
         try:
-            run_token = store.claim(ns, key, req.token)
-            if run_token is None:
+            # The message is off the queue: the key may have another one waiting from now on
+            # (DEPART), in the claim's round trip.
+            claimed, departed = store.claim_run(
+                ns, key, req.token, before=self.queue.depart_call(ns.name, key, req.token, taken=True)
+            )
+            if isinstance(departed, Exception):
+                log.warning("could not take a refresh off the queue's registry (%s)", type(departed).__name__)
+            else:
+                self._departed[req.token] = None
+                if len(self._departed) > DEPARTED_KEPT:
+                    self._departed.pop(next(iter(self._departed)))
+            if claimed is None:
                 # The lease ran out while this task waited, or another run holds it.
                 return RefreshReport(RefreshOutcome.LOST_LEASE)
-            return self._run_claimed(ns, req, run_token)
+            run_token = claimed.run_token
+            return self._run_claimed(ns, req, claimed)
         except OutOfMemoryError:
             # Redis at maxmemory refused the claim or a write before it ran (shared/maxmemory.py).
             store.record_refused_write(ns, key, req.token, run_token)
@@ -179,8 +198,8 @@ class Refresher:
                 pass
             raise
 
-    def _run_claimed(self, ns: Namespace, req: RefreshRequest, run_token: str) -> RefreshReport:
-        store, key = self.store, req.key
+    def _run_claimed(self, ns: Namespace, req: RefreshRequest, claimed: ClaimedRun) -> RefreshReport:
+        store, key, run_token = self.store, req.key, claimed.run_token
         slots = self.origin_slots(ns)
         with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
             got = slots.acquire(
@@ -200,15 +219,15 @@ class Refresher:
                 )
             renewer.holds_slot = True
             try:
-                return self._call_and_write(ns, req, run_token, renewer)
+                return self._call_and_write(ns, req, claimed, renewer)
             finally:
                 renewer.holds_slot = False
                 slots.release(run_token)
 
     def _call_and_write(
-        self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer
+        self, ns: Namespace, req: RefreshRequest, claimed: ClaimedRun, renewer: LeaseRenewer
     ) -> RefreshReport:
-        store, key = self.store, req.key
+        store, key, run_token = self.store, req.key, claimed.run_token
         if renewer.lost.is_set():
             return RefreshReport(RefreshOutcome.LOST_LEASE)
         t0 = time.perf_counter()
@@ -220,8 +239,8 @@ class Refresher:
             # removed since): a failure of the key like any other, without a call to count.
             store.record_failure(ns, key, run_token, reason=exc.code)
             return RefreshReport(RefreshOutcome.ORIGIN_ERROR, exc.code, f"origin {ns.origin_name}: {exc}")
-        # With validators stored, the call is conditional and a 304 costs no body.
-        stored = store.stored_validators(ns, key) if origin.conditional else None
+        # With validators stored (read by the claim), the call is conditional and a 304 costs no body.
+        stored = claimed.stored if origin.conditional else None
 
         def fetch() -> OriginResponse | NotModified | None:
             try:

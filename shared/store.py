@@ -19,6 +19,7 @@ from shared.keys import Keyspace
 from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
+from shared.pipelined import ScriptCall, raise_first_error, run_pipelined
 from shared.protocol import (
     FailureCode,
     ReadyStatus,
@@ -60,6 +61,14 @@ def new_token() -> str:
 
 def make_etag(value: bytes) -> str:
     return '"' + hashlib.blake2b(value, digest_size=12).hexdigest() + '"'
+
+
+class ClaimedRun(NamedTuple):
+    """A claimed refresh run: its run token, and the stored entry's validators (None: nothing
+    to revalidate) for a conditional origin call."""
+
+    run_token: str
+    stored: StoredValidators | None
 
 
 class CacheStore:
@@ -127,17 +136,27 @@ class CacheStore:
         its queued marker a running one (cleared by `finish` once the message is acknowledged).
         Returns the run token (the lease value from now on), or None when the lease is someone
         else's."""
+        claimed, _ = self.claim_run(ns, key, token)
+        return None if claimed is None else claimed.run_token
+
+    def claim_run(
+        self, ns: Namespace, key: str, token: str, *, before: ScriptCall | None = None
+    ) -> tuple[ClaimedRun | None, Any]:
+        """`claim`, also reading the stored entry's validators, in one round trip with the call
+        `before` (sent ahead of the claim): (the claimed run or None, `before`'s reply, which is
+        its exception if it failed). Raises the claim's own error (e.g. OutOfMemoryError)."""
         k = self.keys.entry(ns.name, key)
         run_token = f"{token}.{new_token()}"
-        ok = (
-            int(
-                self._claim(
-                    keys=[k.lease, k.queued], args=[token, run_token, self.lease_ttl_ms, self.queued_marker_ttl_ms]
-                )
-            )
-            == 1
+        claim = ScriptCall(
+            self._claim, [k.lease, k.queued, k.entry], [token, run_token, self.lease_ttl_ms, self.queued_marker_ttl_ms]
         )
-        return run_token if ok else None
+        calls = [claim] if before is None else [before, claim]
+        replies = run_pipelined(self.redis, calls)
+        raise_first_error(replies[-1:])
+        reply, before_reply = replies[-1], (replies[0] if before is not None else None)
+        if int(reply[0]) != 1:
+            return None, before_reply
+        return ClaimedRun(run_token, StoredValidators.from_fields(list(reply[1:]), fixed_lifetimes(ns))), before_reply
 
     def finish(self, ns: Namespace, key: str, token: str) -> None:
         """The message of the refresh enqueued with `token` is gone for good (never sent, expired
