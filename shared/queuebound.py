@@ -49,6 +49,9 @@ TRIM_BATCH = 500
 # ARGV[1] member, ARGV[2] task token, ARGV[3] MAX_QUEUED_REFRESHES, ARGV[4] marker lifetime ms,
 # ARGV[5] "1" to enter the message whatever the bound (a message going back to the queue),
 # ARGV[6] the most lost entries to trim in this call.
+# Optional (the web tier, when the broker is this very Redis and not a Cluster:
+# shared/taskmessage.py): KEYS[4] the broker list of the refresh's priority and ARGV[7] the
+# refresh's message, pushed there once admitted, so admission and send are one round trip.
 # Returns {state, token}: state an AdmitState; token the waiting message's task token ("queued"),
 # ARGV[2] ("admitted") or "" ("full").
 ADMIT = lua_script(
@@ -69,6 +72,7 @@ if waiting and redis.call('ZSCORE', KEYS[1], ARGV[1]) and not force then return 
 if not force and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {'full', ''} end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if KEYS[4] then redis.call('LPUSH', KEYS[4], ARGV[7]) end
 return {'admitted', ARGV[2]}
 """,
     refused_at_maxmemory=True,
@@ -147,18 +151,25 @@ class QueueBound:
     def _keys(self) -> list[str]:
         return [self.keys.queue_waiting, self.keys.queue_tokens, self.keys.queue_consuming]
 
-    def admit(self, namespace: str, key: str, token: str, *, force: bool = False) -> QueueAdmission:
-        raw = self._admit(
-            keys=self._keys(),
-            args=[member(namespace, key), token, self.max_waiting, self.marker_ttl_ms, int(force), TRIM_BATCH],
-        )
+    def admit(
+        self, namespace: str, key: str, token: str, *, force: bool = False, push: tuple[str, str] | None = None
+    ) -> QueueAdmission:
+        """push: (broker list, message) to send in the same step once admitted (see ADMIT)."""
+        keys, args = self._keys(), [member(namespace, key), token, self.max_waiting, self.marker_ttl_ms, int(force)]
+        args.append(TRIM_BATCH)
+        if push is not None:
+            keys, args = [*keys, push[0]], [*args, push[1]]
+        raw = self._admit(keys=keys, args=args)
         return QueueAdmission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
 
-    def admit_or_give_back(self, ns: Namespace, key: str, token: str) -> AdmitState:
+    def admit_or_give_back(
+        self, ns: Namespace, key: str, token: str, *, push: tuple[str, str] | None = None
+    ) -> AdmitState:
         """Admit the refresh `token` won; unless admitted, give back what it won (and count why).
-        Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue."""
+        Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue.
+        push: the refresh's message, sent by the admission itself (ADMIT)."""
         try:
-            admission = self.admit(ns.name, key, token)
+            admission = self.admit(ns.name, key, token, push=push)
         except OutOfMemoryError:
             self.store.finish(ns, key, token)
             metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.OUT_OF_MEMORY).inc()

@@ -111,6 +111,9 @@ log = logging.getLogger("herdless.engine")
 SendRefresh = Callable[[RefreshRequest], None]
 # Opens a batch of sends over one broker connection (a warm-up's): `with open_batch() as send:`.
 OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
+# A refresh's (broker list, message), when the broker is the store's own Redis (not a Cluster):
+# the queue's admission pushes it itself (QueueBound.admit), saving the send's round trip.
+MessageFor = Callable[[RefreshRequest], tuple[str, str]]
 
 # Keys a warm-up takes leases for at once: each chunk's tasks are sent right after its leases
 # are taken, so no key holds a lease and queued marker long without a task behind them.
@@ -133,11 +136,13 @@ class ReadPath:
         near_cache: NearCache[ReadResult] | NoNearCache[ReadResult],
         health: RedisHealth,
         admission: Admission,
+        message_for: MessageFor | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self._send_refresh = send_refresh
         self._open_batch = open_batch
+        self._message_for = message_for
         self._waiter = waiter
         self.near_cache = near_cache
         self.health = health
@@ -204,13 +209,17 @@ class ReadPath:
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
         key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
-        state = self.queue.admit_or_give_back(ns, key, token)
+        request = RefreshRequest(ns.name, key, token, reason, won_at_ms)
+        # A broker that is this Redis takes the message in the admission's own step.
+        push = self._message_for(request) if self._message_for is not None else None
+        state = self.queue.admit_or_give_back(ns, key, token, push=push)
         if state is AdmitState.QUEUED:
             return False
         if state is AdmitState.FULL:
             raise answers.QueueRefused(QUEUE_FULL.detail)
         try:
-            self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
+            if push is None:
+                self._send_refresh(request)
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
             log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
             try:

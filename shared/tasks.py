@@ -11,7 +11,7 @@ configuration is a plain dict that each tier hands to its own Celery app.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from shared.keys import Keyspace
@@ -52,7 +52,14 @@ class RefreshRequest:
     won_at_ms: int
 
     def as_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies, a cost on every enqueue.
+        return {
+            "namespace": self.namespace,
+            "key": self.key,
+            "token": self.token,
+            "reason": str(self.reason),
+            "won_at_ms": self.won_at_ms,
+        }
 
 
 def queued_marker_ttl_seconds(settings: Settings) -> float:

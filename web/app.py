@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import NamedTuple
 
 from celery import Celery
 from flask import Flask, Response
@@ -22,7 +23,7 @@ from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache, NoNearCache
 from shared.protocol import Refusal
-from shared.readpath import ReadPath
+from shared.readpath import MessageFor, ReadPath
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.taskmessage import RedisRefreshPublisher, direct_publish_possible
@@ -62,12 +63,20 @@ def warm_broker_connection(client: Celery) -> bool:
         return False
 
 
-def refresh_senders(
-    settings: Settings, celery: Celery, cache_client: object
-) -> tuple[Callable[[RefreshRequest], None], Callable[[], AbstractContextManager[Callable[[RefreshRequest], None]]]]:
-    """How this process puts refreshes on the queue: on a Redis broker one LPUSH of the message
-    it builds itself (shared/taskmessage.py: a third of the web tier's CPU per cold key was
-    Celery's send path); on any other broker Celery's send_task."""
+class RefreshSenders(NamedTuple):
+    """How this process puts refreshes on the queue (ReadPath's send_refresh, open_batch and
+    message_for)."""
+
+    send: Callable[[RefreshRequest], None]
+    open_batch: Callable[[], AbstractContextManager[Callable[[RefreshRequest], None]]]
+    message_for: MessageFor | None
+
+
+def refresh_senders(settings: Settings, celery: Celery, cache_client: object) -> RefreshSenders:
+    """On a Redis broker one LPUSH of the message this process builds itself
+    (shared/taskmessage.py: a third of the web tier's CPU per cold key was Celery's send path),
+    pushed by the queue's admission itself when the broker is the cache's own Redis; on any
+    other broker Celery's send_task."""
     if direct_publish_possible(settings):
         publisher = RedisRefreshPublisher(settings, cache_client, pool_size=WEB_REDIS_CONNECTIONS)
 
@@ -75,7 +84,8 @@ def refresh_senders(
         def direct_batch() -> Iterator[Callable[[RefreshRequest], None]]:
             yield publisher.send
 
-        return publisher.send, direct_batch
+        in_admission = publisher.client is cache_client and not settings.redis_cluster
+        return RefreshSenders(publisher.send, direct_batch, publisher.messages.build if in_admission else None)
 
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)
@@ -86,7 +96,7 @@ def refresh_senders(
         with celery.producer_or_acquire() as producer:
             yield lambda request: send_refresh(celery, request, settings, producer=producer)
 
-    return enqueue, enqueue_batch
+    return RefreshSenders(enqueue, enqueue_batch, None)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -147,13 +157,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         on_subscribed=health.reachable,
     )
 
-    enqueue, enqueue_batch = refresh_senders(settings, celery, client)
+    senders = refresh_senders(settings, celery, client)
 
     read_path = ReadPath(
         settings,
         CacheStore(client, settings),
-        send_refresh=enqueue,
-        open_batch=enqueue_batch,
+        send_refresh=senders.send,
+        open_batch=senders.open_batch,
+        message_for=senders.message_for,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
         health=health,
