@@ -62,7 +62,6 @@ it and a start after the purge).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -78,6 +77,7 @@ from shared.origin_slots import OriginSlots
 from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReason
 from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
+from shared.renewals import LeaseRenewer
 from shared.settings import Settings
 from shared.store import CacheStore, ClaimedRun, Fence, WriteResult
 from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
@@ -221,8 +221,9 @@ class Refresher:
             try:
                 return self._call_and_write(ns, req, claimed, renewer)
             finally:
-                renewer.holds_slot = False
-                slots.release(run_token)
+                if renewer.holds_slot:  # not yet given back with the write
+                    renewer.holds_slot = False
+                    slots.release(run_token)
 
     def _call_and_write(
         self, ns: Namespace, req: RefreshRequest, claimed: ClaimedRun, renewer: LeaseRenewer
@@ -272,7 +273,11 @@ class Refresher:
         # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a
         # warm-up's queue wait is its own batch ahead of it, which says nothing about the key,
         # and would make the value refresh early by about that much.
-        fence = Fence(run_token, started_ms, _duration_start(req, started_ms))
+        # The origin call is over: its slot goes back in the write's round trip.
+        fence = Fence(
+            run_token, started_ms, _duration_start(req, started_ms), self.origin_slots(ns).release_call(run_token)
+        )
+        renewer.holds_slot = False
         if isinstance(response, NotModified):
             # Only a conditional call gets one (an origin that sends 304 unasked fails above).
             metrics.ORIGIN_CALLS.labels(ns.name, "not_modified").inc()
@@ -333,39 +338,6 @@ class Refresher:
         return self.store.revalidate(
             ns, key, fence, validated_at_ms=validated_at_ms, validators=response.validators, lifetimes=lifetimes
         )
-
-
-class LeaseRenewer:
-    """Extends the run's lease (and its origin slot) at a third of the lease TTL while the
-    refresh runs. A thread, or a greenlet under gevent's monkey patching. `lost` is set when the
-    lease is no longer this run's (a purge, or a pause past the lease)."""
-
-    def __init__(self, store: CacheStore, ns: Namespace, key: str, run_token: str, slots: OriginSlots) -> None:
-        self._store, self._ns, self._key, self._token, self._slots = store, ns, key, run_token, slots
-        self._stop = threading.Event()
-        self.lost = threading.Event()
-        self.holds_slot = False
-        self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
-
-    def _run(self) -> None:
-        interval = self._store.settings.lease_ttl_seconds / 3
-        while not self._stop.wait(interval):
-            try:
-                if self.holds_slot:
-                    self._slots.renew(self._token, self._store.lease_ttl_ms)
-                if not self._store.renew_lease(self._ns, self._key, self._token):
-                    self.lost.set()
-                    return
-            except Exception:  # noqa: BLE001 - Redis blinked; the next tick tries again
-                log.warning("lease renewal failed for namespace %s", self._ns.name)
-
-    def __enter__(self) -> LeaseRenewer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1)
 
 
 def _duration_start(req: RefreshRequest, started_ms: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Any, NamedTuple
 
@@ -38,6 +39,8 @@ from shared.settings import Settings
 from shared.tasks import queued_marker_ttl_seconds
 from shared.xfetch import draw_u
 
+log = logging.getLogger("herdless.engine")
+
 # Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
 # breaker's reset timeout (past that the breaker, not the key, holds the origin off).
 COOLDOWN_BASE_MS = 1000
@@ -47,11 +50,14 @@ PIPELINE_CHUNK = 1000
 
 class Fence(NamedTuple):
     """What fences one run's write: the lease token the run holds, when its origin call
-    started and when its key's lease was won (Redis clock, ms; see FENCED_WRITE)."""
+    started and when its key's lease was won (Redis clock, ms; see FENCED_WRITE). `then`: a
+    call sent in the write's own round trip, after it (the run's origin slot release); its
+    failure is logged, never the write's (the slot's lease runs out by itself)."""
 
     token: str
     started_ms: int
     won_at_ms: int
+    then: ScriptCall | None = None
 
 
 def new_token() -> str:
@@ -341,7 +347,12 @@ class CacheStore:
             message=ready_message(ns.name, key, ReadyStatus.READY),
             hand_over="" if hand_over is None else ready_message(ns.name, key, ReadyStatus.READY, hand_over),
         )
-        raw = self._fenced_write(keys=[k.entry, k.lease, k.tombstone, k.queued], args=args.argv())
+        write = ScriptCall(self._fenced_write, [k.entry, k.lease, k.tombstone, k.queued], args.argv())
+        replies = run_pipelined(self.redis, [write] if fence.then is None else [write, fence.then])
+        raise_first_error(replies[:1])
+        if len(replies) > 1 and isinstance(replies[1], Exception):
+            log.warning("the call after a write failed (%s)", type(replies[1]).__name__)
+        raw = replies[0]
         return WriteResult(
             status=WriteOutcome(decode_text(raw[0])),
             delta_ms=float(decode_text(raw[1]) or 0),
