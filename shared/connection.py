@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import select
 from typing import Any
 
 import redis
-from redis._parsers.hiredis import _HiredisParser
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
-from redis.utils import HIREDIS_AVAILABLE
 
 from shared.settings import Settings
 
@@ -31,44 +28,55 @@ def _driver_info() -> dict[str, Any]:
 _DRIVER_INFO = _driver_info()
 
 
-def _os_poll() -> Any:
-    """The operating system's poll, even where gevent has patched the select module."""
+class _Poller:
+    """One readiness check: the native poll when it must not wait (timeout 0), gevent's when it may."""
+
+    def __init__(self, native: Any, cooperative: Any) -> None:
+        self._native, self._cooperative = native, cooperative
+        self._registered: list[tuple[Any, int]] = []
+
+    def register(self, fd: Any, mask: int) -> None:
+        self._registered.append((fd, mask))
+
+    def poll(self, timeout: float | None = None) -> Any:
+        poller = (self._native if timeout == 0 else self._cooperative)()
+        for fd, mask in self._registered:
+            poller.register(fd, mask)
+        return poller.poll(timeout)
+
+
+class _NativePoll:
+    """What redis-py's hiredis parser reads of the select module: poll (see _Poller) and POLLIN."""
+
+    def __init__(self, native: Any, cooperative: Any, pollin: int) -> None:
+        self.POLLIN = pollin
+        self._native, self._cooperative = native, cooperative
+
+    def poll(self) -> _Poller:
+        return _Poller(self._native, self._cooperative)
+
+
+def native_readiness_poll() -> bool:
+    """Under gevent, let redis-py check a pooled connection with the native poll. Every command
+    takes a connection from the pool, and redis-py first checks that it holds no stray bytes: a
+    poll with timeout 0. gevent's patched poll makes that a round of the event loop (watchers
+    started, the greenlet parked, the hub run): profiled under load it was a third of a web
+    process's CPU, and a GET took 1.5-2.5x as long. The native poll with timeout 0 never blocks,
+    so it is as safe in a greenlet as anywhere; a check that may wait (a subscriber's
+    get_message(timeout=...)) keeps gevent's poll, or it would stop the whole process. Without
+    gevent's patch, nothing changes (False)."""
     try:
-        from gevent.monkey import get_original
+        from gevent import monkey
+        from redis._parsers import hiredis as parser
     except ImportError:
-        return select.poll
-    return get_original("select", "poll")
-
-
-_POLL = _os_poll() if hasattr(select, "poll") else None
-
-
-class ReadinessCheckedParser(_HiredisParser):
-    """hiredis's parser with a cheaper check of a pooled connection before each command.
-
-    redis-py asks every connection it takes from the pool whether it has unread data
-    (`can_read(0)`: a connection given back mid-reply must not be reused). Under gevent's
-    monkey patching that check went through gevent's `select.poll`, which builds and starts a
-    hub watcher per call: a third of each command's CPU in both tiers (py-spy; 54 -> 31 us a
-    GET measured). The check never waits, so the operating system's own poll answers it as
-    well; a socket it finds readable (or with bytes buffered) gets redis-py's full check."""
-
-    def can_read(self, timeout: float = 0) -> bool:
-        sock = getattr(self, "_sock", None)
-        reader = getattr(self, "_reader", None)
-        if timeout == 0 and _POLL is not None and sock is not None and reader is not None and not reader.has_data():
-            pending = getattr(sock, "pending", None)  # TLS: decrypted bytes above the socket
-            if not (pending and pending()):
-                poller = _POLL()
-                poller.register(sock, select.POLLIN)
-                if not poller.poll(0):
-                    return False
-        return bool(super().can_read(timeout))
-
-
-def connection_parser() -> dict[str, Any]:
-    """The parser_class option of every client of ours (hiredis is a dependency)."""
-    return {"parser_class": ReadinessCheckedParser} if HIREDIS_AVAILABLE else {}
+        return False
+    if not monkey.is_module_patched("select") or not hasattr(parser, "select"):
+        return False
+    native = monkey.get_original("select", "poll")
+    if isinstance(parser.select, _NativePoll) or not callable(native):
+        return isinstance(parser.select, _NativePoll)
+    parser.select = _NativePoll(native, parser.select.poll, parser.select.POLLIN)  # type: ignore[assignment]
+    return True
 
 
 class PoolExhausted(redis.ConnectionError):
@@ -107,6 +115,7 @@ def make_redis(
     each command taking well under a millisecond, rather than opening a thousand at once, which
     made Redis's accept queue overflow and connects time out."""
     url = url or settings.redis_url
+    native_readiness_poll()
     opts: dict[str, Any] = {
         "socket_timeout": kwargs.pop("socket_timeout", 2.0),
         "socket_connect_timeout": kwargs.pop("socket_connect_timeout", 1.0),
@@ -115,7 +124,6 @@ def make_redis(
     # Fail fast: a request must answer within a second while Redis is down, not retry for ten.
     opts.setdefault("retry", Retry(NoBackoff(), 0))
     opts.update(_DRIVER_INFO)
-    opts.update(connection_parser())
     opts.update(kwargs)
     if pool_size:
         opts["max_connections"] = pool_size

@@ -50,12 +50,16 @@ def validate_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class EntryKeys:
-    """Redis keys of one cache entry: value hash, refresh lease, purge tombstone, queued marker."""
+    """Redis keys of one cache entry: value hash, refresh lease, purge tombstone, queued marker;
+    for a proxied URL also the request a refresh replays and (for the URL's primary key) the
+    set of its Vary variants' keys (shared/proxy_store.py)."""
 
     entry: str
     lease: str
     tombstone: str
     queued: str
+    request: str
+    variants: str
 
     @classmethod
     def of(cls, namespace: str, key: str, prefix: str = DEFAULT_PREFIX) -> EntryKeys:
@@ -63,7 +67,14 @@ class EntryKeys:
         # the prefix stays outside them. A key holding "}" only shortens the tag; all four
         # names still share it.
         tag = f"{prefix}:{{{namespace}:{key}}}"
-        return cls(entry=f"{tag}:e", lease=f"{tag}:l", tombstone=f"{tag}:t", queued=f"{tag}:q")
+        return cls(
+            entry=f"{tag}:e",
+            lease=f"{tag}:l",
+            tombstone=f"{tag}:t",
+            queued=f"{tag}:q",
+            request=f"{tag}:rq",
+            variants=f"{tag}:vs",
+        )
 
 
 @dataclass(frozen=True)

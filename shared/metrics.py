@@ -134,12 +134,35 @@ DEGRADED_ANSWERS = Counter(
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
+FRONT_REFUSED_REASONS = ("in_flight", "lag")
+FRONT_REFUSED = Counter(
+    "herdless_front_refused",
+    "Reads the web tier's front door (web/front.py) refused 503 overloaded before Flask, by reason: "
+    "in_flight (the process's bound on reads in flight) or lag (its event loop ran late past the bound)",
+    ["reason"],
+)
 REFUSED = Counter(
     "herdless_refused",
     "Requests answered 503 with no origin failure to blame, by reason: shed load (overloaded, "
     "too_many_waiters), a full refresh queue (queue_full), Redis at maxmemory (out_of_memory) or "
     "unreachable (redis_unavailable), the broker unreachable, or a cold wait that ran out",
     ["reason"],
+)
+PROXY_FORWARDED = Counter(
+    "herdless_proxy_forwarded",
+    "Proxied requests the web tier sent to the origin itself, never answered from the cache, by "
+    "why: an unsafe or other method, a request that bypasses the cache (credentials, no-store, Range)",
+    ["namespace", "reason"],
+)
+PROXY_NOT_STORED = Counter(
+    "herdless_proxy_not_stored",
+    "Proxied origin answers handed to their waiting readers and not stored, by RFC 9111 reason",
+    ["namespace", "reason"],
+)
+PROXY_INVALIDATIONS = Counter(
+    "herdless_proxy_invalidations",
+    "Proxied URLs purged because an unsafe request to them (or naming them) succeeded",
+    ["namespace"],
 )
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
@@ -200,6 +223,8 @@ def init_web_series(namespaces: Iterable[str]) -> None:
         NEAR_CACHE.labels(result)
     for reason in Refusal:
         REFUSED.labels(reason)
+    for front_reason in FRONT_REFUSED_REASONS:
+        FRONT_REFUSED.labels(front_reason)
     REDIS_DEGRADED.set(0)
 
 

@@ -226,10 +226,13 @@ class NearCache(Generic[E]):
         with self._lock:
             return ReadToken(self._seq, self._clock())
 
-    def get(self, ns: str, key: str) -> NearHit[E] | None:
-        """The entry and the estimated Redis now, while it is still a HIT; else None."""
+    def get(self, ns: str, key: str, *, count: bool = True) -> NearHit[E] | None:
+        """The entry and the estimated Redis now, while it is still a HIT; else None. `count`
+        False: the lookup is not counted (the web tier's fast path, which counts the hits it
+        answers and leaves the rest to a read that looks again)."""
         if not self.enabled:
-            metrics.NEAR_CACHE.labels("bypassed").inc()
+            if count:
+                metrics.NEAR_CACHE.labels("bypassed").inc()
             return None
         target = (ns, key)
         with self._lock:
@@ -245,7 +248,8 @@ class NearCache(Generic[E]):
                     if now >= slot.keep_until_host_ms:
                         self._drop_locked(target, slot)
                     hit = None
-        metrics.NEAR_CACHE.labels("hit" if hit is not None else "miss").inc()
+        if count:
+            metrics.NEAR_CACHE.labels("hit" if hit is not None else "miss").inc()
         return hit
 
     def get_stale(self, ns: str, key: str) -> NearHit[E] | None:
@@ -332,7 +336,7 @@ class NearCache(Generic[E]):
 class NoNearCache(Generic[E]):
     """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
 
-    def get(self, ns: str, key: str) -> NearHit[E] | None:
+    def get(self, ns: str, key: str, *, count: bool = True) -> NearHit[E] | None:
         return None
 
     def get_stale(self, ns: str, key: str) -> NearHit[E] | None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.metrics import ORIGIN_SLOT_WAIT
-from shared.pipelined import ScriptCall
+from shared.pipeline import ScriptCall
 from shared.protocol import lua_script
 
 WAIT_SLICE_S = 0.5  # the longest one BLPOP blocks before the waiter retries on its own
@@ -172,7 +172,7 @@ class OriginSlots:
         self._release(keys=self._keys, args=[token, WAKE_LIST_CAP, WAKE_TTL_MS])
 
     def release_call(self, token: str) -> ScriptCall:
-        """`release` as a call to send with another (a refresh's write: shared/pipelined.py)."""
+        """`release` as a call to send with another (a refresh's write: shared/pipeline.py)."""
         return ScriptCall(self._release, self._keys, [token, WAKE_LIST_CAP, WAKE_TTL_MS])
 
     def in_flight(self) -> int:

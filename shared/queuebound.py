@@ -33,7 +33,7 @@ from redis.exceptions import OutOfMemoryError
 
 from shared import metrics
 from shared.namespaces import Namespace
-from shared.pipelined import ScriptCall
+from shared.pipeline import ScriptCall
 from shared.protocol import AdmitState, SuppressReason, lua_script
 from shared.replies import decode_text
 from shared.settings import Settings
@@ -192,7 +192,7 @@ class QueueBound:
         call.script(keys=call.keys, args=call.args)
 
     def depart_call(self, namespace: str, key: str, token: str, *, taken: bool = False) -> ScriptCall:
-        """DEPART as a call to pipeline with another (a worker's claim: shared/pipelined.py)."""
+        """DEPART as a call to pipeline with another (a worker's claim: shared/pipeline.py)."""
         return ScriptCall(self._depart, self._keys(), [member(namespace, key), token, "1" if taken else "0"])
 
     def consuming(self) -> None:

@@ -103,7 +103,7 @@ from shared.protocol import (
 from shared.queuebound import QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
-from shared.tasks import RefreshRequest
+from shared.tasks import MessageFor, RefreshRequest
 
 log = logging.getLogger("herdless.engine")
 
@@ -111,9 +111,6 @@ log = logging.getLogger("herdless.engine")
 SendRefresh = Callable[[RefreshRequest], None]
 # Opens a batch of sends over one broker connection (a warm-up's): `with open_batch() as send:`.
 OpenBatch = Callable[[], AbstractContextManager[SendRefresh]]
-# A refresh's (broker list, message), when the broker is the store's own Redis (not a Cluster):
-# the queue's admission pushes it itself (QueueBound.admit), saving the send's round trip.
-MessageFor = Callable[[RefreshRequest], tuple[str, str]]
 
 # Keys a warm-up takes leases for at once: each chunk's tasks are sent right after its leases
 # are taken, so no key holds a lease and queued marker long without a task behind them.
@@ -153,8 +150,9 @@ class ReadPath:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def read(self, ns: Namespace, key: str) -> Answer:
-        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
+    def read(self, ns: Namespace, key: str, *, admitted: bool = False) -> Answer:
+        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused.
+        `admitted`: the caller holds an admission slot for it already (the web tier's front)."""
         if ns.strategy is Strategy.NAIVE:
             return self._read_naive(ns, key)
         near = self.near_cache
@@ -168,8 +166,10 @@ class ReadPath:
             if self._waiter.waiting_on(ns.name, key):
                 # Others of this process already wait for the key: join them without a read (see below).
                 return self._wait_for_refresh(ns, key, None, None, time.monotonic())
-            with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
-                return self._read_through(ns, key) if admitted else answers.OVERLOADED
+            if admitted:
+                return self._read_through(ns, key)
+            with self.admission.slot() as got:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
+                return self._read_through(ns, key) if got else answers.OVERLOADED
         except RedisError as exc:
             if not self.health.failed_with(exc):
                 raise
@@ -210,8 +210,8 @@ class ReadPath:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
         key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
         request = RefreshRequest(ns.name, key, token, reason, won_at_ms)
-        # A broker that is this Redis takes the message in the admission's own step.
-        push = self._message_for(request) if self._message_for is not None else None
+        # A broker that is this Redis takes the message in the admission's step (a proxied key's send records it).
+        push = self._message_for(request) if self._message_for is not None and not ns.is_proxy else None
         state = self.queue.admit_or_give_back(ns, key, token, push=push)
         if state is AdmitState.QUEUED:
             return False

@@ -75,6 +75,7 @@ from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
 from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReason
+from shared.proxy_refresh import ProxyRefresher
 from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.renewals import LeaseRenewer
@@ -111,6 +112,9 @@ class Refresher:
         # Task tokens whose registry entry this process's runs removed (see `finished`); bounded,
         # for messages whose acknowledgement never comes here (a forgotten one departs twice).
         self._departed: dict[str, None] = {}
+        self.proxied = ProxyRefresher(
+            settings, store, self.breaker
+        )  # the origin call and write of proxy namespaces' keys
 
     # breakers and slots are built once per origin, on first use
     def breaker(self, ns: Namespace) -> OriginBreaker:
@@ -229,6 +233,8 @@ class Refresher:
         self, ns: Namespace, req: RefreshRequest, claimed: ClaimedRun, renewer: LeaseRenewer
     ) -> RefreshReport:
         store, key, run_token = self.store, req.key, claimed.run_token
+        if ns.is_proxy:
+            return self.proxied.call_and_write(ns, req, run_token, renewer.lost)
         if renewer.lost.is_set():
             return RefreshReport(RefreshOutcome.LOST_LEASE)
         t0 = time.perf_counter()

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # while workers are away or behind. 10 000 messages are ~10 MB of broker memory and, at the
     # default WORKER_CONCURRENCY (100 in flight) and a 100 ms origin, ~10 s of work.
     max_queued_refreshes: Annotated[int, Field(ge=1)] = 10_000
-    # Measured by `python -m loadtest betasweep` (README, Numbers): 4 keeps hot keys >= 99 % fresh
+    # Measured by `python -m loadtest betasweep` (docs/numbers.md): 4 keeps hot keys >= 99 % fresh
     # for a few percent more origin calls than 1.
     xfetch_beta: NonNegativeSeconds = 4.0
     cold_wait_timeout_seconds: PositiveSeconds = 5
@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     max_requests_in_flight: Annotated[int, Field(ge=0)] = 512
     # Most keys one warm-up request (POST /v1/cache/<namespace>/warm) may name.
     warm_max_keys: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Most keys one batch read (POST /v1/cache/<namespace>/batch) may name.
+    batch_max_keys: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # Near-cache: each web process serves a value Redis called fresh from memory until its
     # known XFetch moment, and drops it on the invalidation every write and purge publishes.
     near_cache: bool = True
@@ -117,6 +119,8 @@ class Settings(BaseSettings):
     # ...and keeps at most this many values, whatever their size (distinct keys cost ~900 bytes
     # each beyond their value: shared/nearcache.py ENTRY_OVERHEAD_BYTES).
     near_cache_max_entries: Annotated[int, Field(ge=1)] = 100_000
+    # Near-cache hits answered before Flask's routing (web/fasthit.py), with the same headers.
+    web_fast_path: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("redis_url")

@@ -11,6 +11,7 @@ configuration is a plain dict that each tier hands to its own Celery app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,11 @@ class RefreshRequest:
             "reason": str(self.reason),
             "won_at_ms": self.won_at_ms,
         }
+
+
+# A refresh's (broker list, message), for the queue's admission to push itself (QueueBound.admit)
+# when the broker is the store's own Redis (shared/taskmessage.py builds it).
+MessageFor = Callable[[RefreshRequest], tuple[str, str]]
 
 
 def queued_marker_ttl_seconds(settings: Settings) -> float:

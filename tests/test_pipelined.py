@@ -1,4 +1,4 @@
-"""Scripts sent together in one round trip (shared/pipelined.py) on a real Redis: replies in
+"""Scripts sent together in one round trip (shared/pipeline.py) on a real Redis: replies in
 order, a script Redis forgot (SCRIPT FLUSH, a restart) loaded and run once, a failed call
 handed back as its reply; and the refresh run's two users of it (claim, write)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from shared.namespaces import Namespace
 from shared.origin_slots import OriginSlots
-from shared.pipelined import ScriptCall, run_pipelined
+from shared.pipeline import ScriptCall, run_pipelined
 from shared.queuebound import QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, new_token

@@ -23,13 +23,17 @@ from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache, NoNearCache
 from shared.protocol import Refusal
-from shared.readpath import MessageFor, ReadPath
+from shared.proxy_read import ProxyReadPath, recording_sender
+from shared.proxy_store import PendingRequests, ProxyStore
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.taskmessage import RedisRefreshPublisher, direct_publish_possible
-from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
+from shared.tasks import MessageFor, RefreshRequest, celery_config, longest_origin_timeout, send_refresh
+from web.front import Front
 from web.http import AnythingConverter, json_error, refusal
 from web.openapi import bp as openapi_bp
+from web.proxy import install as install_proxy
+from web.proxy_admin import bp as proxy_admin_bp
 from web.routes import bp as routes_bp
 from web.state import EXTENSION, WebState
 from web.status import bp as status_bp
@@ -157,13 +161,23 @@ def create_app(settings: Settings | None = None) -> Flask:
         on_subscribed=health.reachable,
     )
 
+    store = CacheStore(client, settings)
+    # A proxied key's refresh replays the request of the read that won its lease (shared/proxy_read.py).
+    pending = PendingRequests()
+    proxies = ProxyStore(store)
     senders = refresh_senders(settings, celery, client)
 
-    read_path = ReadPath(
+    @contextmanager
+    def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:
+        with senders.open_batch() as send:
+            yield recording_sender(send, namespaces, pending, lambda: proxies)
+
+    read_path = ProxyReadPath(
         settings,
-        CacheStore(client, settings),
-        send_refresh=senders.send,
-        open_batch=senders.open_batch,
+        store,
+        pending=pending,
+        send_refresh=recording_sender(senders.send, namespaces, pending, lambda: proxies),
+        open_batch=enqueue_batch,
         message_for=senders.message_for,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
@@ -181,7 +195,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     waiter.start()
     warm_broker_connection(celery)
 
+    install_proxy(app, namespaces)  # before routing: a mount's requests never reach the routes
     app.register_blueprint(routes_bp)
+    app.register_blueprint(proxy_admin_bp)
     app.register_blueprint(status_bp)
     app.register_blueprint(openapi_bp)
 
@@ -204,4 +220,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.logger.exception("unexpected error")
         return json_error(500, "internal_error", "unexpected server error")
 
+    # Last, once every blueprint's rules are known: near-cache hits and admission before Flask.
+    app.wsgi_app = Front(app, app.wsgi_app)  # type: ignore[method-assign]
     return app

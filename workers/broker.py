@@ -4,10 +4,9 @@ kombu's Redis channel builds a new redis-py client (`Channel._create_client`) fo
 operation on its pool: every message received (its "unacked" bookkeeping) and every
 acknowledgement, each such client copying redis-py's table of response callbacks. That was a
 twentieth of the worker's CPU per refresh (py-spy). A client over a pool keeps no state of its
-own and is shared by threads and greenlets alike, so one client per pool serves them all. The
-pool's connections also get the cheaper readiness check of our own clients
-(shared/connection.py). Celery picks this transport for redis:// and sentinel:// brokers
-(`broker_transport`, workers/app.py); the messages and keys are kombu's own.
+own and is shared by threads and greenlets alike, so one client per pool serves them all.
+Celery picks this transport for redis:// and sentinel:// brokers (`broker_transport`,
+workers/app.py); the messages and keys are kombu's own.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
-
-from shared.connection import connection_parser
 
 
 class _OneClientPerPool:
@@ -33,11 +30,6 @@ class _OneClientPerPool:
         if client is None or client.connection_pool is not pool:
             client = self._herdless_client = super()._create_client()  # type: ignore[misc]
         return client
-
-    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
-        params.update(connection_parser())
-        return params
 
 
 class Channel(_OneClientPerPool, kombu_redis.Channel):  # type: ignore[misc]

@@ -1,4 +1,5 @@
-"""Several scripts in one round trip: a pipeline without a transaction, each script on its own keys.
+"""Scripts in one pipelined round trip per Redis node: one script over many keys (a batch
+read's, `evalsha_each`), or several scripts, each on its own keys (a refresh run's, `run_pipelined`).
 
 A refresh runs scripts on keys of different hash tags one after another (the queue's registry,
 the key's lease, the origin's slots), and each round trip cost the worker more CPU than the
@@ -15,7 +16,39 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import redis
 from redis.exceptions import NoScriptError
+
+
+def evalsha_each(client: Any, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    """EVALSHA `script` once per (keys, args) call, in one pipeline without a transaction: one
+    round trip to each Redis node the calls' keys live on (a cluster pipeline groups them by
+    node). The script is not loaded first, as `CacheStore._evalsha_many` does for a warm-up:
+    that would be a round trip of its own on every batch read. Only the calls a node refused
+    with NOSCRIPT (it restarted, or never saw the script) are run again after a load: the other
+    calls ran, and a READ run twice would take a lease the first run already took."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for i in todo:
+            keys, args = calls[i]
+            # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter by name.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        results = pipe.execute(raise_on_error=False)
+        missing = []
+        for i, result in zip(todo, results, strict=True):
+            if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
+                missing.append(i)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                replies[i] = result
+        if not missing:
+            break
+        script.sha = client.script_load(script.script)
+        todo = missing
+    return replies
 
 
 class ScriptCall(NamedTuple):
