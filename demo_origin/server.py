@@ -6,6 +6,7 @@ GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, 
                   {"key", "count" (this key's call number), "time"}; keys "missing-*" answer 404.
                   Every answer carries an ETag (a hash of its body) and a Last-Modified, and the
                   Cache-Control set by /config (per key, else the default; none unless set).
+                  With "surrogate_key" set by /config, a Surrogate-Key header too ({key} is the key).
                   A key given a fixed value by /config answers that value, always with the same
                   ETag until the value changes, and 304 with no body to a GET whose
                   If-None-Match holds its ETag (or, without If-None-Match, whose
@@ -19,7 +20,7 @@ GET /api/<any>?<query>  an HTTP API for proxy namespaces (every method; counted 
                   under "api:<target>"): cc=<Cache-Control>, vary=<request header> (its value
                   echoed as "varied"), status=<code>, location=<Location> set the answer's headers
 POST /stats/reset zero the counters (and restart the peak from the calls in flight now)
-PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": .., "cache_control": ..,
+PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": .., "cache_control": .., "surrogate_key": ..,
                    "keys": {key: {"value": JSON, "cache_control": str | null} | null}}
                   change behaviour live. "cache_control" is the default header (null: none);
                   under "keys", a key gets a fixed value and/or its own Cache-Control (a
@@ -83,6 +84,7 @@ class OriginState:
         self.bodies_per_key: dict[str, int] = {}
         self.not_modified_per_key: dict[str, int] = {}
         self.cache_control: str | None = None  # default Cache-Control of every answer
+        self.surrogate_key: str | None = None  # Surrogate-Key of every answer ({key}: the key)
         self.keys: dict[str, KeyConfig] = {}
 
     def count_answer(self, key: str, with_body: bool) -> None:
@@ -230,6 +232,7 @@ class OriginHandler(BaseHTTPRequestHandler):
         with state.lock:
             config = state.keys.get(key, KeyConfig())
             cache_control = state.cache_control if config.cache_control is _UNSET else config.cache_control
+            surrogate_key = state.surrogate_key
             fixed = config.value is not _UNSET
             # A dynamic answer is made now: its Last-Modified is now.
             value, etag, last_modified = config.value, config.etag, config.last_modified or time.time()
@@ -241,6 +244,8 @@ class OriginHandler(BaseHTTPRequestHandler):
         headers = {"ETag": etag, "Last-Modified": formatdate(last_modified, usegmt=True)}
         if cache_control is not None:
             headers["Cache-Control"] = cache_control
+        if surrogate_key:
+            headers["Surrogate-Key"] = surrogate_key.replace("{key}", key)
         if fixed and self._not_modified(etag, last_modified):
             state.count_answer(key, with_body=False)
             self.send_response(304)
@@ -321,6 +326,10 @@ class OriginHandler(BaseHTTPRequestHandler):
                     if config["cache_control"] is not None and not isinstance(config["cache_control"], str):
                         raise ValueError("cache_control is a string or null")
                     state.cache_control = config["cache_control"]
+                if "surrogate_key" in config:
+                    if config["surrogate_key"] is not None and not isinstance(config["surrogate_key"], str):
+                        raise ValueError("surrogate_key is a string or null")
+                    state.surrogate_key = config["surrogate_key"]
                 for key, key_config in (config.get("keys") or {}).items():
                     state.configure_key(str(key), key_config)
                 current = {

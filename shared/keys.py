@@ -78,6 +78,15 @@ class EntryKeys:
 
 
 @dataclass(frozen=True)
+class GroupKeys:
+    """Redis keys of one group (a tag or a namespace, shared/group_scripts.py): its index of
+    members and its last purge moment, under one hash tag."""
+
+    members: str
+    moment: str
+
+
+@dataclass(frozen=True)
 class Keyspace:
     """Every Redis name of one deployment, so that deployments sharing a Redis server never see
     each other's values, messages or tasks.
@@ -98,6 +107,17 @@ class Keyspace:
 
     def entry(self, namespace: str, key: str) -> EntryKeys:
         return EntryKeys.of(namespace, key, self.prefix)
+
+    def tag_group(self, tag: str) -> GroupKeys:
+        return self._group(f"t:{tag}")
+
+    def namespace_group(self, namespace: str) -> GroupKeys:
+        return self._group(f"n:{namespace}")
+
+    def _group(self, name: str) -> GroupKeys:
+        # As for entries, a "}" in a tag only shortens the hash tag; both names still share it.
+        tag = f"{self.prefix}:g:{{{name}}}"
+        return GroupKeys(members=f"{tag}:m", moment=f"{tag}:p")
 
     # -- server-wide names: the prefix and the database ---------------------------------------
     @property
@@ -138,6 +158,11 @@ class Keyspace:
 
     def rates(self, second: int) -> str:
         return f"{self.rates_prefix}{second}"
+
+    def keys_read(self, namespace: str, second: int) -> str:
+        """A HyperLogLog of the keys of `namespace` read in `second`; one hash tag per namespace, so
+        that one PFCOUNT counts the keys of many seconds (Cluster)."""
+        return f"{self.prefix}:keys-read:{{{namespace}}}:{second}"
 
     def breaker(self, origin_name: str) -> str:
         # One hash tag per origin: the scripts touch the state key and the hash together (Cluster).

@@ -123,6 +123,22 @@ NEAR_CACHE_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+GROUP_PURGE_KEYS = Counter(
+    "herdless_group_purge_keys",
+    "Keys visited by tag and namespace purges, by kind (tag, namespace) and outcome (hard, soft: a value "
+    "purged; fenced: no value of the group stored, a refresh in flight stopped; kept: the value lacks the tag)",
+    ["kind", "outcome"],
+)
+GROUP_PURGES = Counter(
+    "herdless_group_purges",
+    "Tag and namespace purges completed, by kind (tag, namespace) and mode (hard, soft)",
+    ["kind", "mode"],
+)
+GROUP_PURGE_PENDING = Gauge(
+    "herdless_group_purge_pending_keys",
+    "Members of the tag and namespace purges running now that are not visited yet (their progress)",
+    multiprocess_mode="livesum",
+)
 REDIS_DEGRADED = Gauge(
     "herdless_redis_degraded",
     "Web processes that find Redis unreachable and answer from memory (degraded mode), summed over live processes",

@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 from shared.protocol import Fallback, Freshness, Strategy
 from shared.proxy_config import PROXY_OPTIONS, ProxyConfig, ProxyConfigError, overlapping_mounts, parse_proxy_config
 from shared.settings import Settings, redact_url
+from shared.tags import DEFAULT_TAG_HEADER, tag_options
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_OPTIONS = {"strategy", "origin", "freshness", "headers", "fallback", "tags", "tag_header"}
 _OVERRIDABLE = {
     "cache_ttl_seconds",
     "stale_ttl_seconds",
@@ -143,6 +145,9 @@ class Namespace:
     min_stale_if_error_seconds: float = _ORIGIN_BOUNDS["min_stale_if_error_seconds"]
     max_stale_if_error_seconds: float = _ORIGIN_BOUNDS["max_stale_if_error_seconds"]
     origin_headers: OriginHeaders = field(default_factory=OriginHeaders)
+    # Tags every value carries ({key} is the key) and the origin header that names more (shared/tags.py).
+    tags: tuple[str, ...] = ()
+    tag_header: str = DEFAULT_TAG_HEADER
     # A reverse proxy for a whole origin (shared/proxy_config.py): its keys are proxied URLs.
     proxy: ProxyConfig | None = None
 
@@ -258,7 +263,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
     if "proxy" in raw:
         return _build_proxy_namespace(name, raw, settings)
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers", "fallback"}
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - _OPTIONS
     if unknown:
         _bad(name, ", ".join(sorted(unknown)), "unknown option")
     try:
@@ -308,6 +313,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         fallback=fallback,
         **values,
         **_freshness_options(name, raw),
+        **tag_options(raw, lambda field_name, problem: _bad(name, field_name, problem)),
     )
 
 

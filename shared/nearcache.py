@@ -165,6 +165,7 @@ class NearCache(Generic[E]):
         self._floor = 0  # tokens below this are refused
         self._invalidated: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._invalidation_memory = max(1, invalidation_memory)
+        self._namespace_invalidated: dict[str, int] = {}  # bounded: namespaces are configured
         metrics.NEAR_CACHE_BYTES.set(0)
 
     # -- state -------------------------------------------------------------------------
@@ -294,6 +295,8 @@ class NearCache(Generic[E]):
         with self._lock:
             if self._suspended or token.seq < self._floor or self._invalidated.get(target, -1) > token.seq:
                 return False
+            if self._namespace_invalidated.get(ns, -1) > token.seq:
+                return False
             if keep_until <= self._clock():
                 return False
             old = self._slots.get(target)
@@ -327,6 +330,19 @@ class NearCache(Generic[E]):
             metrics.NEAR_CACHE.labels("invalidated").inc()
         return slot is not None
 
+    def invalidate_namespace(self, ns: str) -> int:
+        """A purge of the whole namespace happened: drop its keys and refuse puts of reads of it
+        begun before now. Returns how many were dropped."""
+        with self._lock:
+            self._seq += 1
+            self._namespace_invalidated[ns] = self._seq
+            doomed = [(target, slot) for target, slot in self._slots.items() if target[0] == ns]
+            for target, slot in doomed:
+                self._drop_locked(target, slot)
+        if doomed:
+            metrics.NEAR_CACHE.labels("invalidated").inc(len(doomed))
+        return len(doomed)
+
     def _drop_locked(self, target: tuple[str, str], slot: _Slot[E]) -> None:
         del self._slots[target]
         self._bytes -= slot.size
@@ -353,6 +369,9 @@ class NoNearCache(Generic[E]):
 
     def invalidate(self, ns: str, key: str) -> bool:
         return False
+
+    def invalidate_namespace(self, ns: str) -> int:
+        return 0
 
     def __len__(self) -> int:
         return 0

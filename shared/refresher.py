@@ -302,6 +302,7 @@ class Refresher:
                     content_type=response.content_type,
                     validators=response.validators,
                     lifetimes=policy.lifetimes,
+                    tags=response.tags,
                 )
             else:
                 # Handed to the readers waiting now (in the ready message), stored nowhere.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -16,6 +17,7 @@ from shared.connection import SUBSCRIBER_NAME as SUBSCRIBER_NAME
 from shared.connection import make_redis as make_redis
 from shared.connection import pubsub_client as pubsub_client
 from shared.freshness import Lifetimes, fixed_lifetimes
+from shared.groups import GroupIndex
 from shared.keys import Keyspace
 from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace
@@ -36,6 +38,7 @@ from shared.replies import StoredValidators as StoredValidators
 from shared.replies import WriteResult as WriteResult
 from shared.replies import decode_text
 from shared.settings import Settings
+from shared.tags import join_tags, split_tags, value_tags
 from shared.tasks import queued_marker_ttl_seconds
 from shared.xfetch import draw_u
 
@@ -99,6 +102,7 @@ class CacheStore:
         self._warm = client.register_script(scripts.WARM)
         self._inspect = client.register_script(scripts.INSPECT)
         self._record_refused = client.register_script(RECORD_REFUSED_WRITE)
+        self.groups = GroupIndex(client, self.keys)
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -265,8 +269,10 @@ class CacheStore:
         u: float | None = None,
         validators: Validators | None = None,
         lifetimes: Lifetimes | None = None,
+        tags: Sequence[str] = (),
     ) -> WriteResult:
-        """Store a value from the origin (see FENCED_WRITE); `lifetimes` default to the namespace's."""
+        """Store a value from the origin (see FENCED_WRITE); `lifetimes` default to the namespace's.
+        It carries the namespace's tags and `tags` (the origin's)."""
         if negative:
             lifetimes = Lifetimes(int(ns.negative_ttl_seconds * 1000), 0, 0)
         return self._fenced(
@@ -281,6 +287,7 @@ class CacheStore:
             lifetimes=lifetimes or fixed_lifetimes(ns),
             negative=negative,
             u=u,
+            tags=value_tags(ns.tags, key, tags),
         )
 
     def revalidate(
@@ -332,10 +339,19 @@ class CacheStore:
         u: float | None = None,
         validated_at_ms: int = 0,
         hand_over: HandedOver | None = None,
+        tags: Sequence[str] = (),
     ) -> WriteResult:
         k = self.keys.entry(ns.name, key)
         validators = validators or Validators()
         lifetimes = lifetimes or fixed_lifetimes(ns)
+        group_purge_ms = 0  # a drop stores nothing: no group holds it
+        if mode is WriteMode.REVALIDATE:
+            tags = value_tags(ns.tags, key, split_tags(decode_text(self.redis.hget(k.entry, "tg"))))
+        if mode is not WriteMode.DROP:
+            # Before the write, never after: see shared/groups.py for why either the walk of a
+            # group purge finds the key or this finds its moment.
+            life_ms = lifetimes.soft_ttl_ms + lifetimes.stale_ms + lifetimes.stale_if_error_ms
+            group_purge_ms = self.groups.enlist(ns.name, key, tags, life_ms)
         args = refresh_scripts.FencedWriteArgs(
             run_token=fence.token,
             started_ms=fence.started_ms,
@@ -352,6 +368,8 @@ class CacheStore:
             negative=negative,
             u=draw_u() if u is None else u,
             validated_at_ms=validated_at_ms,
+            tags=join_tags(tags),
+            group_purge_ms=group_purge_ms,
             channel=self.keys.ready_channel,
             message=ready_message(ns.name, key, ReadyStatus.READY),
             hand_over="" if hand_over is None else ready_message(ns.name, key, ReadyStatus.READY, hand_over),

@@ -68,6 +68,7 @@ class RefreshMessages:
         """(list key, envelope) for one refresh."""
         task_id = str(uuid.uuid4())
         kwargs = request.as_kwargs()
+        argsrepr, kwargsrepr = request.shown()  # what Flower shows (shared/tasks.py)
         priority = refresh_priority(request.reason, self.settings)
         expires = datetime.now(UTC) + timedelta(seconds=self.expiry_s)
         headers: dict[str, Any] = {
@@ -83,8 +84,8 @@ class RefreshMessages:
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": "()",
-            "kwargsrepr": repr(kwargs),
+            "argsrepr": argsrepr,
+            "kwargsrepr": kwargsrepr,
             "origin": self.origin,
             "ignore_result": None,
             "replaced_task_nesting": 0,

@@ -62,6 +62,14 @@ class RefreshRequest:
             "won_at_ms": self.won_at_ms,
         }
 
+    def shown(self) -> tuple[str, str]:
+        """(argsrepr, kwargsrepr): what Flower's task list shows in its args and kwargs columns,
+        and Celery's "received" log line: the namespace and key (`demo/'hello'`, as the refresh
+        log writes them) and why, not the lease token. The task's name stays `herdless.refresh`:
+        a key in it would make Flower's task types and its metrics' labels unbounded. Whatever
+        publishes a refresh (send_task or a message built by hand) sets these two headers."""
+        return f"{self.namespace}/{self.key!r}", repr({"reason": str(self.reason), "won_at_ms": self.won_at_ms})
+
 
 # A refresh's (broker list, message), for the queue's admission to push itself (QueueBound.admit)
 # when the broker is the store's own Redis (shared/taskmessage.py builds it).
@@ -187,6 +195,8 @@ def send_refresh(app: Any, request: RefreshRequest, settings: Settings, producer
         REFRESH_TASK,
         producer=producer,
         kwargs=request.as_kwargs(),
+        argsrepr=request.shown()[0],
+        kwargsrepr=request.shown()[1],
         queue=queue,
         routing_key=queue,
         priority=refresh_priority(request.reason, settings),

@@ -30,6 +30,7 @@ from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.taskmessage import RedisRefreshPublisher, direct_publish_possible
 from shared.tasks import MessageFor, RefreshRequest, celery_config, longest_origin_timeout, send_refresh
 from web.front import Front
+from web.group_routes import bp as group_routes_bp
 from web.http import AnythingConverter, json_error, refusal
 from web.openapi import bp as openapi_bp
 from web.proxy import install as install_proxy
@@ -197,6 +198,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     install_proxy(app, namespaces)  # before routing: a mount's requests never reach the routes
     app.register_blueprint(routes_bp)
+    app.register_blueprint(group_routes_bp)
     app.register_blueprint(proxy_admin_bp)
     app.register_blueprint(status_bp)
     app.register_blueprint(openapi_bp)

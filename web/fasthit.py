@@ -25,7 +25,7 @@ from typing import Any
 
 from flask import Flask
 
-from shared import metrics
+from shared import metrics, rates
 from shared.keys import InvalidKey
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache
@@ -127,6 +127,7 @@ class FastHits:
         if r.negative or not r.content_type or r.value is None:
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
+        rates.RECORDER.note_key(target[0], target[1])  # for the status page's ideal origin calls
         now = hit.redis_now_ms
         headers = list(cache_headers(owned.ns, r, AnswerOutcome.HIT, now).items())
         if r.at_ms is not None:

@@ -9,7 +9,9 @@ from flask import Blueprint, Response, jsonify
 from shared.answers import FAILURE_DETAILS
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
+from shared.tags import PURGE_MAX_TAGS
 from web.openapi_batch import BATCH_ENTRY, batch_paths
+from web.openapi_groups import GROUP_PURGE_SCHEMAS, group_purge_paths
 from web.openapi_proxy import proxy_paths
 from web.state import web_state
 
@@ -349,6 +351,7 @@ def build_openapi(
                     },
                 }
             },
+            **group_purge_paths(PURGE_MAX_TAGS),
             **batch_paths(namespace_only, batch_max_keys, _error),
             "/v1/namespaces": {
                 "get": {
@@ -463,6 +466,7 @@ def build_openapi(
                 },
             },
             "schemas": {
+                **GROUP_PURGE_SCHEMAS,
                 "BatchEntry": BATCH_ENTRY,
                 "Error": {
                     "type": "object",

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
 
-from shared import metrics
+from shared import metrics, rates
 from shared.answers import (
     NOT_ENQUEUED,
     QUEUE_FULL,
@@ -154,6 +154,7 @@ def read(_rest: str) -> Response:
         return meta(_target(parsed))
     target = _target(parsed)
     started = time.perf_counter()
+    rates.RECORDER.note_key(target.ns.name, target.key)  # for the status page's ideal origin calls
     try:
         # The front door (web/front.py) may hold the read's admission slot already.
         answer = web_state().read_path.read(target.ns, target.key, admitted=bool(request.environ.get(ADMITTED)))
