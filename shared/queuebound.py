@@ -38,7 +38,7 @@ from shared.protocol import AdmitState, SuppressReason, lua_script
 from shared.replies import decode_text
 from shared.settings import Settings
 from shared.store import CacheStore
-from shared.tasks import queued_marker_ttl_seconds
+from shared.tasks import MessageFor, RefreshRequest, queued_marker_ttl_seconds
 
 CONSUMING_BEAT_SECONDS = 5.0
 # Entries trimmed per ADMIT at most: bounds one script's run time (Lua's unpack limit is 8 000).
@@ -144,6 +144,9 @@ class QueueBound:
         self.max_waiting = settings.max_queued_refreshes
         self.marker_ttl_ms = int(queued_marker_ttl_seconds(settings) * 1000)
         self._admit = client.register_script(ADMIT)
+        # Set when the broker is this Redis (not a Cluster): the refresh's (broker list, message),
+        # which ADMIT pushes itself (web/app.py; shared/taskmessage.py builds it).
+        self.message_for: MessageFor | None = None
         self._depart = client.register_script(DEPART)
         self._consuming = client.register_script(CONSUMING)
         self._coalesce = client.register_script(COALESCE)
@@ -163,11 +166,14 @@ class QueueBound:
         return QueueAdmission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
 
     def admit_or_give_back(
-        self, ns: Namespace, key: str, token: str, *, push: tuple[str, str] | None = None
+        self, ns: Namespace, key: str, token: str, *, request: RefreshRequest | None = None
     ) -> AdmitState:
         """Admit the refresh `token` won; unless admitted, give back what it won (and count why).
         Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue.
-        push: the refresh's message, sent by the admission itself (ADMIT)."""
+        request: the refresh, whose message (`message_for`) the admission sends itself (ADMIT)."""
+        push = None
+        if request is not None and self.message_for is not None and self.sends_with_admission(ns):
+            push = self.message_for(request)
         try:
             admission = self.admit(ns.name, key, token, push=push)
         except OutOfMemoryError:
@@ -181,6 +187,11 @@ class QueueBound:
             self.store.finish(ns, key, token)
             metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.QUEUE_FULL).inc()
         return admission.state
+
+    def sends_with_admission(self, ns: Namespace) -> bool:
+        """Does an admitted refresh of `ns` need no send of its own? (A proxied key's send
+        records the request its refresh replays: shared/proxy_read.py.)"""
+        return self.message_for is not None and not ns.is_proxy
 
     def coalesce(self, namespace: str, key: str, token: str, waiting_token: str) -> None:
         """Give the lease `token` won back; the key's marker names its waiting message again."""

@@ -73,7 +73,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, suppress
 
 from redis.exceptions import RedisError
 
@@ -103,7 +103,7 @@ from shared.protocol import (
 from shared.queuebound import QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
-from shared.tasks import MessageFor, RefreshRequest
+from shared.tasks import RefreshRequest
 
 log = logging.getLogger("herdless.engine")
 
@@ -133,13 +133,11 @@ class ReadPath:
         near_cache: NearCache[ReadResult] | NoNearCache[ReadResult],
         health: RedisHealth,
         admission: Admission,
-        message_for: MessageFor | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self._send_refresh = send_refresh
         self._open_batch = open_batch
-        self._message_for = message_for
         self._waiter = waiter
         self.near_cache = near_cache
         self.health = health
@@ -210,23 +208,19 @@ class ReadPath:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
         key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
         request = RefreshRequest(ns.name, key, token, reason, won_at_ms)
-        # A broker that is this Redis takes the message in the admission's step (a proxied key's send records it).
-        push = self._message_for(request) if self._message_for is not None and not ns.is_proxy else None
-        state = self.queue.admit_or_give_back(ns, key, token, push=push)
+        state = self.queue.admit_or_give_back(ns, key, token, request=request)
         if state is AdmitState.QUEUED:
             return False
         if state is AdmitState.FULL:
             raise answers.QueueRefused(QUEUE_FULL.detail)
         try:
-            if push is None:
+            if not self.queue.sends_with_admission(ns):
                 self._send_refresh(request)
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
             log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
-            try:
+            with suppress(Exception):  # Redis is down too; the lease expires on its own
                 self.store.finish(ns, key, token)
                 self.queue.depart(ns.name, key, token)
-            except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
-                pass
             raise answers.BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
         return True

@@ -107,6 +107,9 @@ class RefreshMessages:
                 "priority": priority,
                 "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
+                # send_task copies these two options into the properties as well.
+                "argsrepr": argsrepr,
+                "kwargsrepr": kwargsrepr,
             },
         }
         return priority_list(self.keys, priority), json.dumps(envelope)

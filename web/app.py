@@ -179,12 +179,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         pending=pending,
         send_refresh=recording_sender(senders.send, namespaces, pending, lambda: proxies),
         open_batch=enqueue_batch,
-        message_for=senders.message_for,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
         health=health,
         admission=Admission(settings.max_requests_in_flight or None, settings.cold_wait_timeout_seconds / 2),
     )
+    read_path.queue.message_for = senders.message_for  # None unless the broker is the cache's Redis
     app.extensions[EXTENSION] = WebState(
         settings=settings,
         namespaces=namespaces,
