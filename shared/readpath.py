@@ -100,7 +100,7 @@ from shared.protocol import (
     SuppressReason,
     WarmState,
 )
-from shared.queuebound import QueueBound
+from shared.queuebound import EARLY_MAX_WAITING, QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import RefreshRequest
@@ -149,8 +149,7 @@ class ReadPath:
     # -- reads ----------------------------------------------------------------------------------
 
     def read(self, ns: Namespace, key: str, *, admitted: bool = False) -> Answer:
-        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused.
-        `admitted`: the caller holds an admission slot for it already (the web tier's front)."""
+        """Answer one read: stored, after a bounded cold wait, or refused (`admitted`: the front holds its slot)."""
         if ns.strategy is Strategy.NAIVE:
             return self._read_naive(ns, key)
         near = self.near_cache
@@ -208,7 +207,8 @@ class ReadPath:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
         key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
         request = RefreshRequest(ns.name, key, token, reason, won_at_ms)
-        state = self.queue.admit_or_give_back(ns, key, token, request=request)
+        bound = EARLY_MAX_WAITING if reason == "early" else None  # waits for an idle-enough queue
+        state = self.queue.admit_or_give_back(ns, key, token, bound=bound, request=request)
         if state is AdmitState.QUEUED:
             return False
         if state is AdmitState.FULL:

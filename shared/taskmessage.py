@@ -64,8 +64,8 @@ class RefreshMessages:
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"  # Celery's anon_nodename()
         self.reply_to = str(uuid.uuid4())
 
-    def build(self, request: RefreshRequest) -> tuple[str, str]:
-        """(list key, envelope) for one refresh."""
+    def build(self, request: RefreshRequest, shadow: str | None = None) -> tuple[str, str]:
+        """(list key, envelope) for one refresh; `shadow`: the name Flower shows, as send_task's."""
         task_id = str(uuid.uuid4())
         kwargs = request.as_kwargs()
         argsrepr, kwargsrepr = request.shown()  # what Flower shows (shared/tasks.py)
@@ -75,7 +75,7 @@ class RefreshMessages:
             "lang": "py",
             "task": REFRESH_TASK,
             "id": task_id,
-            "shadow": None,
+            "shadow": shadow,
             "eta": None,
             "expires": expires.isoformat(),
             "group": None,
@@ -132,7 +132,7 @@ class RedisRefreshPublisher:
             plain = settings.model_copy(update={"redis_cluster": False, "redis_sentinels": ""})
             self.client = make_redis(plain, url=settings.celery_broker_url, pool_size=pool_size, pool_wait_seconds=1.0)
 
-    def send(self, request: RefreshRequest) -> None:
+    def send(self, request: RefreshRequest, shadow: str | None = None) -> None:
         """Put one refresh on the queue. Raises redis' errors when the broker is unreachable."""
-        key, envelope = self.messages.build(request)
+        key, envelope = self.messages.build(request, shadow)
         self.client.lpush(key, envelope)

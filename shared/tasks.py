@@ -186,14 +186,18 @@ def broker_lists(keys: Keyspace) -> list[str]:
     return [keys.broker_keyprefix + keys.queue + (f"{BROKER_SEP}{step}" if step else "") for step in PRIORITY_STEPS]
 
 
-def send_refresh(app: Any, request: RefreshRequest, settings: Settings, producer: Any = None) -> None:
+def send_refresh(
+    app: Any, request: RefreshRequest, settings: Settings, producer: Any = None, shadow: str | None = None
+) -> None:
     """Put one refresh task on the queue (app: a Celery app). Raises whatever kombu raises when
     the broker is unreachable. A batch passes one `producer` (app.producer_or_acquire()) for all
-    its tasks rather than taking one from the pool per task."""
+    its tasks rather than taking one from the pool per task. `shadow`: the name Flower shows
+    (a proxied URL's path: its key is a hash)."""
     queue = Keyspace.of(settings).queue
     app.send_task(
         REFRESH_TASK,
         producer=producer,
+        shadow=shadow,
         kwargs=request.as_kwargs(),
         argsrepr=request.shown()[0],
         kwargsrepr=request.shown()[1],

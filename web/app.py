@@ -23,7 +23,7 @@ from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache, NoNearCache
 from shared.protocol import Refusal
-from shared.proxy_read import ProxyReadPath, recording_sender
+from shared.proxy_read import ProxyReadPath, recording_sender, task_label
 from shared.proxy_store import PendingRequests, ProxyStore
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
@@ -77,29 +77,34 @@ class RefreshSenders(NamedTuple):
     message_for: MessageFor | None
 
 
-def refresh_senders(settings: Settings, celery: Celery, cache_client: object) -> RefreshSenders:
+def refresh_senders(
+    settings: Settings, celery: Celery, cache_client: object, label: Callable[[RefreshRequest], str | None]
+) -> RefreshSenders:
     """On a Redis broker one LPUSH of the message this process builds itself
     (shared/taskmessage.py: a third of the web tier's CPU per cold key was Celery's send path),
     pushed by the queue's admission itself when the broker is the cache's own Redis; on any
-    other broker Celery's send_task."""
+    other broker Celery's send_task. `label`: the name Flower shows for a task (a proxied key's)."""
     if direct_publish_possible(settings):
         publisher = RedisRefreshPublisher(settings, cache_client, pool_size=WEB_REDIS_CONNECTIONS)
 
+        def send(request: RefreshRequest) -> None:
+            publisher.send(request, shadow=label(request))
+
         @contextmanager
         def direct_batch() -> Iterator[Callable[[RefreshRequest], None]]:
-            yield publisher.send
+            yield send
 
         in_admission = publisher.client is cache_client and not settings.redis_cluster
-        return RefreshSenders(publisher.send, direct_batch, publisher.messages.build if in_admission else None)
+        return RefreshSenders(send, direct_batch, publisher.messages.build if in_admission else None)
 
     def enqueue(request: RefreshRequest) -> None:
-        send_refresh(celery, request, settings)
+        send_refresh(celery, request, settings, shadow=label(request))
 
     @contextmanager
     def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:
         # One producer (one broker connection) for a whole warm-up instead of one per task.
         with celery.producer_or_acquire() as producer:
-            yield lambda request: send_refresh(celery, request, settings, producer=producer)
+            yield lambda request: send_refresh(celery, request, settings, producer=producer, shadow=label(request))
 
     return RefreshSenders(enqueue, enqueue_batch, None)
 
@@ -166,7 +171,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # A proxied key's refresh replays the request of the read that won its lease (shared/proxy_read.py).
     pending = PendingRequests()
     proxies = ProxyStore(store)
-    senders = refresh_senders(settings, celery, client)
+    senders = refresh_senders(settings, celery, client, lambda request: task_label(request, pending))
 
     @contextmanager
     def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:

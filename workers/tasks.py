@@ -203,7 +203,7 @@ def _mark_running_refreshes_queued(**_: Any) -> None:
     from celery.worker import state
 
     for request in list(state.active_requests):
-        if getattr(request, "name", None) != REFRESH_TASK:
+        if getattr(request, "type", None) != REFRESH_TASK:  # its name may be a shadow (a proxied URL)
             continue
         req = _refresh_request(getattr(request, "kwargs", None) or {})
         if req is None:
