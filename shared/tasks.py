@@ -11,7 +11,8 @@ configuration is a plain dict that each tier hands to its own Celery app.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from shared.keys import Keyspace
@@ -55,7 +56,14 @@ class RefreshRequest:
     won_at_ms: int
 
     def as_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies, a cost on every enqueue.
+        return {
+            "namespace": self.namespace,
+            "key": self.key,
+            "token": self.token,
+            "reason": str(self.reason),
+            "won_at_ms": self.won_at_ms,
+        }
 
     def shown(self) -> tuple[str, str]:
         """(argsrepr, kwargsrepr): what Flower's task list shows in its args and kwargs columns,
@@ -64,6 +72,11 @@ class RefreshRequest:
         a key in it would make Flower's task types and its metrics' labels unbounded. Whatever
         publishes a refresh (send_task or a message built by hand) sets these two headers."""
         return f"{self.namespace}/{self.key!r}", repr({"reason": str(self.reason), "won_at_ms": self.won_at_ms})
+
+
+# A refresh's (broker list, message), for the queue's admission to push itself (QueueBound.admit)
+# when the broker is the store's own Redis (shared/taskmessage.py builds it).
+MessageFor = Callable[[RefreshRequest], tuple[str, str]]
 
 
 def queued_marker_ttl_seconds(settings: Settings) -> float:

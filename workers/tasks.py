@@ -80,6 +80,10 @@ def _set_up_main_process(sender: Any = None, **_: Any) -> None:
     global _engine
     app = sender.app
     quiet_celery_task_lines(app.herdless.settings.log_level)
+    # Celery resolves a task's (disabled) result backend per thread, and under gevent every
+    # greenlet is a thread: each refresh built one to call its no-op cleanup (py-spy: 4 % of
+    # the worker's CPU). The task keeps the app's one.
+    app.tasks[REFRESH_TASK].backend = app.backend
     _engine = _build_engine(app.herdless)
     _start_consuming_beat(_engine)
     if not os.environ.get(HERD_MEMBER):  # a herd serves its members' metrics itself
