@@ -57,6 +57,9 @@ log = logging.getLogger("herdless.coldwait")
 
 CONNECTED_SLICE = 1.0  # safety-net re-read period while the subscription is live
 DISCONNECTED_SLICE = 0.2  # re-read period while it is not
+# How long a waiter that found the lease free waits for a publish that crossed its re-read
+# (WaitHandle.landed_meanwhile) before it takes the refresh over.
+LANDED_GRACE_SECONDS = 2.0
 HANDSHAKE_SECONDS = 2.0  # both subscribe confirmations must arrive within this
 HEARTBEAT_SECONDS = 1.0  # PING after this long without hearing anything
 LIVENESS_SECONDS = 3.0  # nothing heard (not even a pong) for this long: reconnect
@@ -115,6 +118,25 @@ class WaitHandle:
         """Remember the current generation: call just before re-reading the entry."""
         with self._hub._lock:
             self._seen = self._wait.generation
+
+    def landed_meanwhile(self, timeout: float = LANDED_GRACE_SECONDS) -> bool:
+        """Whether a refresh of this key was published since the last mark(), waiting for one up
+        to `timeout`; unlike wait() it leaves the publish for the next wait() to return.
+
+        For a re-read that found no value and a free lease after waiting: the refresh may have
+        ended without storing anything (an uncacheable answer handed over in its publish). The
+        publish precedes the read in Redis, but a busy process's subscriber may take it in
+        hundreds of ms later (measured: up to half a second on a loaded 2-core machine)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._hub._lock:
+                if self._wait.generation != self._seen:
+                    return True
+                event = self._wait.event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            event.wait(left)
 
     def wait(self, timeout: float) -> ReadyStatus | None:
         """Block until a refresh of this key is published after the last mark(), or the timeout
@@ -400,16 +422,19 @@ class ColdWaitHub:
             return last >= since
 
     @contextmanager
-    def join(self, namespace: str, key: str, read_started: float | None = None) -> Iterator[WaitHandle]:
+    def join(
+        self, namespace: str, key: str, read_started: float | None = None, *, counted: bool = True
+    ) -> Iterator[WaitHandle]:
         """Register as a waiter for (namespace, key); raises TooManyWaiters past the limit.
         `read_started`: when this waiter's own read (which found no value) started; None for a
-        waiter that joins the others without reading (see WaitHandle.waiting_since)."""
+        waiter that joins the others without reading (see WaitHandle.waiting_since). A batch
+        read counts against the limit once (`counted` for its first key only): it is one request."""
         self.start()
         target = (namespace, key)
         with self._lock:
-            if self._active >= self._max_waiters:
+            if counted and self._active >= self._max_waiters:
                 raise TooManyWaiters()
-            self._active += 1
+            self._active += counted
             wait = self._waits.get(target)
             coalesced = wait is not None
             if wait is None:
@@ -423,7 +448,7 @@ class ColdWaitHub:
             yield handle
         finally:
             with self._lock:
-                self._active -= 1
+                self._active -= counted
                 wait.waiters -= 1
                 if wait.waiters == 0 and self._waits.get(target) is wait:
                     del self._waits[target]

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared.httpcache.fields import Headers, strip_hop_by_hop, without
+from shared.httpcache.surrogate import with_surrogate_capability
 from shared.namespaces import Namespace
-from shared.origin import OriginError, OriginTimeout, OriginTooLarge
+from shared.origin import KeyFault, OriginError, OriginTimeout, OriginTooLarge
 
 # Request fields never forwarded as the client sent them: the transport's own (urllib3 sets
 # Host and Content-Length), and the hop-by-hop ones (httpcache strips those).
@@ -60,9 +61,11 @@ class ProxyOrigin:
         for conn in idle:
             conn.close()
 
-    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, timeout: float, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle kept-alive connection (most recently used first), or a new one when there is
+        none or ``fresh`` is asked for."""
         with self._lock:
-            if self._idle:
+            if self._idle and not fresh:
                 return self._idle.pop(), True
         if self._https:
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout), False
@@ -89,12 +92,17 @@ class ProxyOrigin:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         sent = without(strip_hop_by_hop(headers), (*TRANSPORT_FIELDS, *self._own_names)) + self._own
+        # Announce this cache to the origin (Edge Architecture): it may answer with
+        # Surrogate-Control meant for us (shared/httpcache/surrogate.py).
+        sent = with_surrogate_capability(sent)
         path = self.config.base_path + target
         if not path.startswith("/"):
             path = "/" + path
         for attempt in (1, 2):
             remaining = max(0.001, deadline - time.monotonic())
-            conn, reused = self._connection(remaining)
+            # The retry takes a new connection: the other idle ones may have been closed by the
+            # origin just the same (a keep-alive timeout closes every idle connection of a pause).
+            conn, reused = self._connection(remaining, fresh=attempt > 1)
             try:
                 conn.timeout = remaining
                 if conn.sock is not None:
@@ -121,6 +129,11 @@ class ProxyOrigin:
                     and isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError)
                 ):
                     continue
+                if isinstance(exc, http.client.RemoteDisconnected):
+                    # The origin took this request and hung up without an answer: this URL's
+                    # fault as far as anyone can tell, not the origin's (a client's choice of
+                    # URLs must not open the breaker for everyone); the URL cools down alone.
+                    raise KeyFault(f"origin closed the connection without answering: {type(exc).__name__}") from exc
                 raise OriginError(f"origin unreachable: {type(exc).__name__}") from exc
             except BaseException:
                 conn.close()

@@ -37,10 +37,10 @@ from shared.httpcache.cachecontrol import request_cache_control
 from shared.httpcache.conditional import CONDITIONAL_FIELDS
 from shared.httpcache.fields import Headers, get_all, has, strip_hop_by_hop, without
 from shared.httpcache.lifetime import Policy
-from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide
+from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide, may_serve_on_error
 from shared.httpcache.vary import variant_key, vary_fields
 from shared.namespaces import Namespace
-from shared.protocol import AnswerOutcome, ReadyStatus, RefreshReason
+from shared.protocol import AnswerOutcome, LeaseState, ReadyStatus, RefreshReason
 from shared.proxy_config import CREDENTIAL_HEADERS
 from shared.proxy_origin import TRANSPORT_FIELDS
 from shared.proxy_refresh import policy_of
@@ -173,7 +173,7 @@ class ProxyReadPath(ReadPath):
             return ProxyAnswer(envelope, decision, outcome, now_s)
         if decision.action is Reuse.GATEWAY_TIMEOUT:
             return _gateway_timeout()
-        return self._validated(ns, key, answer.now_ms, decision)
+        return self._validated(ns, key, answer.now_ms, decision, headers, policy)
 
     def _peek_served(self, ns: Namespace, key: str) -> Served | None:
         r = self.proxies.peek(ns, key)
@@ -185,8 +185,19 @@ class ProxyReadPath(ReadPath):
             return answers.Refused(502, "invalid_entry", "the origin's answer could not be handed over")
         return ProxyAnswer(envelope, None, AnswerOutcome.MISS, time.time(), stored=False, forward=forward)
 
-    def _validated(self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision) -> ProxyAnswer | Refused:
+    def _validated(
+        self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision, headers: Headers, policy: Policy
+    ) -> ProxyAnswer | Refused:
         answer = self.refresh_and_wait(ns, key, since_ms)
+        if answer is ORIGIN_FAILED:
+            # The refresh failed: a stored response its stale-if-error allows answers instead.
+            r = self.proxies.peek(ns, key)
+            envelope = Envelope.decode(r.value) if r.has_value else None
+            if envelope is not None and not envelope.is_marker:
+                now_s = r.now_ms / 1000
+                if may_serve_on_error(headers, envelope.stored_response(), now_s, policy):
+                    stale = decide("GET", (), envelope.stored_response(), now_s, policy)
+                    return ProxyAnswer(envelope, stale, AnswerOutcome.STALE, now_s)
         if isinstance(answer, Refused):
             return answer
         forward = decision.forward or Forward.STALE
@@ -219,13 +230,15 @@ class ProxyReadPath(ReadPath):
                 if r.has_value and (r.at_ms or 0) > since_ms:
                     return Served(r, AnswerOutcome.MISS, r.now_ms)
                 if status is ReadyStatus.ERROR:
-                    return answers.Refused(504, "origin_unavailable", "the stored response could not be validated")
+                    return ORIGIN_FAILED
                 # Published for a refresh that started before this read, or nothing heard: go again.
                 refusal = self._take_and_enqueue(ns, key)
 
     def _take_and_enqueue(self, ns: Namespace, key: str) -> Refused | None:
         token = new_token()
         if not self.store.take_lease(ns, key, token):
+            if self.store.inspect(ns, key).lease is LeaseState.COOLDOWN:
+                return ORIGIN_FAILED  # the last refresh failed: none until the cooldown ends
             return None  # a refresh is queued or running: its publish wakes us
         try:
             self._enqueue(ns, key, token, RefreshReason.MISS, self.store.now_ms())
@@ -262,8 +275,23 @@ class ProxyReadPath(ReadPath):
                 hold.__exit__(None, None, None)
 
 
+# A validation that failed (the origin erred, or the key cools down after it did): 504 unless a
+# stored response may be served on error.
+ORIGIN_FAILED = answers.Refused(504, "origin_unavailable", "the stored response could not be validated")
+
+
 def _gateway_timeout() -> Refused:
     return answers.Refused(504, "not_cached", "only-if-cached: no stored response may answer this request")
+
+
+def task_label(request: RefreshRequest, pending: PendingRequests) -> str | None:
+    """What Flower shows for a proxied key's refresh: its namespace and URL path (not the query,
+    which may carry a client's token), since the key itself is a hash."""
+    held = pending.get(request.namespace, request.key)
+    if held is None:
+        return None
+    path, sep, _ = held.target.partition("?")
+    return f"{request.namespace} GET {path or '/'}{'?…' if sep else ''}"
 
 
 def recording_sender(

@@ -50,6 +50,11 @@ from shared.tasks import RefreshRequest
 # costs the origin no body); one without validators is kept only long enough for its waiters.
 KEEP_FOR_REVALIDATION_SECONDS = 3600.0
 KEEP_FOR_WAITERS_SECONDS = 10.0
+# The engine's freshness of a response stale on arrival (max-age=0, an Expires in the past,
+# no-cache): long enough for the readers woken by its write to read it without their re-read
+# counting it STALE and queueing one more refresh. Whether it may answer anyone else is
+# httpcache's decision, at every read, whatever the engine's soft moment.
+MIN_SOFT_SECONDS = 2.0
 # Statuses that count as the origin failing (stale-if-error serves a stored response instead).
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -64,7 +69,7 @@ def lifetimes_of(stored: StoredResponse, policy: Policy, now_s: float) -> Lifeti
     says; then kept for its stale window (stale-while-revalidate, stale_ttl_seconds) or for
     revalidation, whichever is longer; stale-if-error on top while the origin fails."""
     cc = stored.cache_control
-    fresh_s = max(0.0, fresh_until(stored, policy) - now_s)
+    fresh_s = max(MIN_SOFT_SECONDS, fresh_until(stored, policy) - now_s)
     keep_s = KEEP_FOR_REVALIDATION_SECONDS if has_validators(stored) else KEEP_FOR_WAITERS_SECONDS
     stale_s = max(serve_stale_window(cc, policy), keep_s)
     return Lifetimes(int(fresh_s * 1000), int(stale_s * 1000), int(error_window(cc, None, policy) * 1000))
@@ -109,14 +114,16 @@ class ProxyRefresher:
         deadline = time.monotonic() + ns.origin_timeout_seconds
 
         def call() -> ProxiedResponse:
-            resp = origin.request("GET", request.target, sent, deadline=deadline)
-            if resp.status in ERROR_STATUSES:
-                raise UpstreamError(resp)
-            return resp
+            return origin.request("GET", request.target, sent, deadline=deadline)
 
         policy = policy_of(ns)
         try:
+            # Only an origin that does not answer counts against the breaker: a 5xx is the
+            # origin's answer for one URL, and a client's choice of URLs must not open the
+            # breaker for everyone (docs/design.md).
             response, _ = self.breaker(ns).call_timed(call)
+            if response.status in ERROR_STATUSES:
+                raise UpstreamError(response)
         except BreakerOpen as exc:
             store.record_failure(
                 ns, key, run_token, min_cooldown_ms=exc.retry_after_ms, origin_called=False,
