@@ -1,5 +1,5 @@
 """Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|restart` (see
-loadtest/README.md)."""
+docs/loadtest.md)."""
 
 from __future__ import annotations
 
