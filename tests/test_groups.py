@@ -167,3 +167,33 @@ def test_the_index_trims_members_whose_values_are_gone(store: CacheStore, tagged
     store.groups.enlist("shop", "live", ("t",), 60_000)
     assert store.redis.zcard(group.members) == 1  # 16 trimmed per enlist
     assert store.redis.pttl(group.members) > 50_000
+
+
+def test_a_callable_origin_returns_its_tags_with_its_value(settings: Settings) -> None:
+    from shared.origin import CallableOrigin
+
+    ns = build_namespace("c", {"origin": "tests.origins:tagged", "tags": ["catalog"]}, settings)
+    response = CallableOrigin(ns, 1 << 20).fetch("42")
+    assert response.tags == ("product:42", "category:7")  # type: ignore[union-attr]
+    assert value_tags(ns.tags, "42", response.tags) == ("catalog", "product:42", "category:7")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ({"tags": "catalog"}, "tags: must be a list of strings"),
+        ({"tags": ["a", 3]}, "tags: must be a list of strings"),
+        ({"tags": [""]}, "tags: '': tag is empty"),
+        ({"tags": ["{key}-{key}"]}, "may hold {key} once"),
+        ({"tags": ["x" * 300]}, "the limit is 256"),
+        ({"tag_header": "Bad Header"}, "tag_header: 'Bad Header' is not a valid HTTP header name"),
+    ],
+)
+def test_a_bad_tag_option_stops_start_up_naming_the_field(
+    settings: Settings, raw: dict[str, object], problem: str
+) -> None:
+    from shared.namespaces import NamespaceConfigError
+
+    with pytest.raises(NamespaceConfigError) as caught:
+        build_namespace("bad", {"origin": "http://127.0.0.1:9/items/{key}", **raw}, settings)
+    assert "[namespaces.bad]" in str(caught.value) and problem in str(caught.value), str(caught.value)
