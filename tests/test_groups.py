@@ -36,6 +36,13 @@ def _write(store: CacheStore, ns: Namespace, key: str, value: bytes, tags: tuple
     ).status
 
 
+def _next_ms(store: CacheStore) -> None:
+    """Let the Redis clock pass the current millisecond: a start in the same ms as a stored value
+    or a purge is fenced (a tie never lands)."""
+    now = store.now_ms()
+    wait_until(lambda: store.now_ms() > now, 2, "the next millisecond")
+
+
 def _purger(store: CacheStore, namespaces: list[Namespace]) -> GroupPurge:
     return GroupPurge(store, NoNearCache(), {ns.name: ns for ns in namespaces})
 
@@ -123,6 +130,7 @@ def test_a_first_fill_enlisting_after_the_walk_sees_the_moment(
     assert not store.redis.exists(EntryKeys.of("shop", "fill").entry)
     assert store.lease_holder(tagged, "fill") is None  # released: the next read refreshes
     # A refresh that starts after the purge lands.
+    _next_ms(store)
     assert _write(store, tagged, "fill", b"post", ("fresh-tag",)) == "written"
 
 
@@ -130,7 +138,8 @@ def test_a_stored_value_without_the_tag_is_kept_but_its_refresh_in_flight_is_fen
     store: CacheStore, tagged: Namespace
 ) -> None:
     _write(store, tagged, "k", b"v1", ("old-tag",))
-    _write(store, tagged, "k", b"v2", ())  # the member of old-tag stays until its life is over
+    _next_ms(store)
+    assert _write(store, tagged, "k", b"v2", ()) == "written"  # the member of old-tag stays until its life is over
     report = _purger(store, [tagged]).purge_tags(["old-tag"], soft=False)
     assert report.keys["kept"] == 1 and store.read(tagged, "k", new_token()).value == b"v2"
     run_token = _run(store, tagged, "k")
