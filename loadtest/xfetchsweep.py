@@ -118,6 +118,9 @@ def figures(summary: dict[str, Any], result: Any, workload: Workload) -> dict[st
         "hot_fresh": None if hot_fresh is None else round(hot_fresh, 4),
         "p99_ms": st.get("latency_p99_ms"),
         "errors": summary["errors"]["total"],
+        "error_kinds": summary["errors"]["by_kind"],
+        "status": summary["status"],
+        "kept_schedule": summary["generator"]["kept_schedule"],
         "worker_saturated": (summary.get("worker") or {}).get("saturated"),
     }
 
@@ -199,6 +202,12 @@ def cmd_xfetchsweep(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"loadtest: refused: unknown workload {unknown[0]} (known: {', '.join(WORKLOADS)})")
     stack_env = parse_stack_env(args.stack_env)
+    workloads = dict(WORKLOADS)
+    for pair in args.rate_of:
+        name, _, rate = pair.partition("=")
+        if name not in workloads or not rate:
+            raise SystemExit(f"loadtest: refused: --rate-of {pair}: expected WORKLOAD=REQ_PER_S")
+        workloads[name] = dataclasses.replace(workloads[name], rate=float(rate))
     rows: list[dict[str, Any]] = []
     started = time.time()
     for round_no in range(args.rounds):
@@ -207,7 +216,7 @@ def cmd_xfetchsweep(args: argparse.Namespace) -> int:
             for rule in rules[shift:] + rules[:shift]:
                 row = {
                     "round": round_no + 1,
-                    **run_one(WORKLOADS[name], rule, args.seed + round_no, stack_env, args.quiet),
+                    **run_one(workloads[name], rule, args.seed + round_no, stack_env, args.quiet),
                 }
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
@@ -220,7 +229,7 @@ def cmd_xfetchsweep(args: argparse.Namespace) -> int:
         "baseline": None if args.baseline is None else str(args.baseline),
         "machine": machine_facts(),
         "minutes": round((time.time() - started) / 60, 1),
-        "workloads": {n: dataclasses.asdict(WORKLOADS[n]) for n in names},
+        "workloads": {n: dataclasses.asdict(workloads[n]) for n in names},
         "rows": rows,
     }
     (directory / "report.json").write_text(json.dumps(report, indent=1))
@@ -250,6 +259,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated, of {', '.join(WORKLOADS)} (default %(default)s)",
     )
     p.add_argument("--rounds", type=int, default=1, help="repeat, rotating the rules' order (default %(default)s)")
+    p.add_argument(
+        "--rate-of",
+        action="append",
+        default=[],
+        metavar="WORKLOAD=REQ_PER_S",
+        help="another rate for one workload (repeatable), e.g. when the machine cannot carry it",
+    )
     p.add_argument("--seed", type=int, default=18, help="the first round's seed; round n uses seed + n - 1")
     p.add_argument(
         "--stack-env", action="append", default=[], metavar="NAME=VALUE", help="more stack environment (repeatable)"
