@@ -6,18 +6,24 @@ VENV := .venv
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint loadtest lock system-deps clean
+.PHONY: run test lint loadtest lock system-deps cachetests-deps clean
 
 # Every package at the version constraints.txt pins, so every machine runs what CI tested.
+# One line before each step and one after, so that a first install (about a minute) is not silence.
 $(RUN_STAMP): pyproject.toml constraints.txt
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
+	@echo "herdless: installing into $(VENV) (the first time takes about a minute; later runs skip this)"
+	@test -x $(VENV)/bin/python || { echo "herdless: [1/3] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "herdless: [2/3] upgrading pip"
+	@$(VENV)/bin/pip install --quiet --upgrade pip
+	@echo "herdless: [3/3] installing herdless, its load tester and their pinned dependencies (constraints.txt)"
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[loadtest]'
-	touch $(RUN_STAMP)
+	@touch $(RUN_STAMP)
+	@echo "herdless: installed"
 
 $(DEV_STAMP): $(RUN_STAMP)
+	@echo "herdless: adding the test and lint tools (pytest, schemathesis, mypy, ruff...)"
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev,loadtest]'
-	touch $(DEV_STAMP)
+	@touch $(DEV_STAMP)
 
 # Re-resolve pyproject.toml in a throw-away venv and rewrite constraints.txt: after changing a
 # dependency, or to take upgrades. Then `make test` and commit both files.
@@ -33,7 +39,16 @@ run: $(RUN_STAMP)
 system-deps:
 	@./scripts/system-deps.sh
 
-test: $(DEV_STAMP) system-deps
+# The HTTP cache test suite (npm http-cache-tests, pinned by its package-lock.json), which
+# `python -m loadtest cachetests` and tests/e2e/test_httpcache_suite.py run through a proxy namespace.
+SUITE_STAMP := tests/httpcache_suite/node_modules/.package-lock.json
+$(SUITE_STAMP): tests/httpcache_suite/package.json tests/httpcache_suite/package-lock.json
+	cd tests/httpcache_suite && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SUITE_STAMP)
+
+cachetests-deps: $(SUITE_STAMP)
+
+test: $(DEV_STAMP) system-deps cachetests-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared
 	$(VENV)/bin/pytest

@@ -6,6 +6,7 @@ GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, 
                   {"key", "count" (this key's call number), "time"}; keys "missing-*" answer 404.
                   Every answer carries an ETag (a hash of its body) and a Last-Modified, and the
                   Cache-Control set by /config (per key, else the default; none unless set).
+                  With "surrogate_key" set by /config, a Surrogate-Key header too ({key} is the key).
                   A key given a fixed value by /config answers that value, always with the same
                   ETag until the value changes, and 304 with no body to a GET whose
                   If-None-Match holds its ETag (or, without If-None-Match, whose
@@ -15,8 +16,11 @@ GET /stats        {"calls": total, "per_key": {key: n}, "bodies": n, "not_modifi
                    "in_flight": n, "max_in_flight": peak,
                    "headers": {name: {value: n}}: /items calls by each non-standard request header
                    received (Authorization, X-Api-Key, ...), to show a namespace's headers arrive}
+GET /api/<any>?<query>  an HTTP API for proxy namespaces (every method; counted per raw target
+                  under "api:<target>"): cc=<Cache-Control>, vary=<request header> (its value
+                  echoed as "varied"), status=<code>, location=<Location> set the answer's headers
 POST /stats/reset zero the counters (and restart the peak from the calls in flight now)
-PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": .., "cache_control": ..,
+PUT /config       {"latency_ms": .., "failure_rate": .., "body_bytes": .., "cache_control": .., "surrogate_key": ..,
                    "keys": {key: {"value": JSON, "cache_control": str | null} | null}}
                   change behaviour live. "cache_control" is the default header (null: none);
                   under "keys", a key gets a fixed value and/or its own Cache-Control (a
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 _UNSET: Any = object()
 
@@ -80,6 +84,7 @@ class OriginState:
         self.bodies_per_key: dict[str, int] = {}
         self.not_modified_per_key: dict[str, int] = {}
         self.cache_control: str | None = None  # default Cache-Control of every answer
+        self.surrogate_key: str | None = None  # Surrogate-Key of every answer ({key}: the key)
         self.keys: dict[str, KeyConfig] = {}
 
     def count_answer(self, key: str, with_body: bool) -> None:
@@ -199,6 +204,9 @@ class OriginHandler(BaseHTTPRequestHandler):
                 }
             self._send_json(200, stats)
             return
+        if path.startswith("/api/"):
+            self._answer_api(state)
+            return
         if not path.startswith("/items/"):
             self._send_json(404, {"error": "not_found"})
             return
@@ -224,6 +232,7 @@ class OriginHandler(BaseHTTPRequestHandler):
         with state.lock:
             config = state.keys.get(key, KeyConfig())
             cache_control = state.cache_control if config.cache_control is _UNSET else config.cache_control
+            surrogate_key = state.surrogate_key
             fixed = config.value is not _UNSET
             # A dynamic answer is made now: its Last-Modified is now.
             value, etag, last_modified = config.value, config.etag, config.last_modified or time.time()
@@ -235,6 +244,8 @@ class OriginHandler(BaseHTTPRequestHandler):
         headers = {"ETag": etag, "Last-Modified": formatdate(last_modified, usegmt=True)}
         if cache_control is not None:
             headers["Cache-Control"] = cache_control
+        if surrogate_key:
+            headers["Surrogate-Key"] = surrogate_key.replace("{key}", key)
         if fixed and self._not_modified(etag, last_modified):
             state.count_answer(key, with_body=False)
             self.send_response(304)
@@ -245,14 +256,58 @@ class OriginHandler(BaseHTTPRequestHandler):
         state.count_answer(key, with_body=True)
         self._send_json(200, value, headers)
 
+    def _answer_api(self, state: OriginState) -> None:
+        """/api/<anything>?<query>: an HTTP API to put a proxy namespace in front of. Counted per
+        raw target (path and query, as received). The query may ask for the answer's headers:
+        cc=<Cache-Control>, vary=<request header> (echoed in the body), status=<code>,
+        location=<Location>; default Cache-Control as for /items."""
+        params = dict(parse_qsl(self.path.partition("?")[2]))
+        count = state.record("api:" + self.path, self.path, list(self.headers.items()))
+        with state.lock:
+            latency, cache_control = state.latency_ms, state.cache_control
+        if latency > 0:
+            time.sleep(latency / 1000)
+        body: dict[str, Any] = {"method": self.command, "target": self.path, "count": count, "time": time.time()}
+        headers = {"X-Origin": "demo"}
+        cache_control = params.get("cc", cache_control)
+        if cache_control:
+            headers["Cache-Control"] = cache_control
+        if params.get("vary"):
+            headers["Vary"] = params["vary"]
+            body["varied"] = self.headers.get(params["vary"])
+        if params.get("location"):
+            headers["Location"] = params["location"]
+        data = json.dumps(body).encode()
+        headers["ETag"] = etag_of(data)
+        headers["Last-Modified"] = formatdate(time.time() - 60, usegmt=True)
+        state.count_answer("api:" + self.path, with_body=True)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self._send_json(int(params.get("status", 201 if self.command == "POST" else 200)), body, headers)
+
     def do_POST(self) -> None:  # noqa: N802
         if self.path == "/stats/reset":
             self.server.state.reset()
             self._send_json(200, {"calls": 0})
             return
+        if self.path.startswith("/api/"):
+            self._answer_api(self.server.state)
+            return
         self._send_json(404, {"error": "not_found"})
 
+    do_DELETE = do_PATCH = do_POST  # noqa: N815 - /api/ takes every unsafe method
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self.send_response(204)
+        self.send_header("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_PUT(self) -> None:  # noqa: N802
+        if self.path.startswith("/api/"):
+            self._answer_api(self.server.state)
+            return
         if self.path != "/config":
             self._send_json(404, {"error": "not_found"})
             return
@@ -271,6 +326,10 @@ class OriginHandler(BaseHTTPRequestHandler):
                     if config["cache_control"] is not None and not isinstance(config["cache_control"], str):
                         raise ValueError("cache_control is a string or null")
                     state.cache_control = config["cache_control"]
+                if "surrogate_key" in config:
+                    if config["surrogate_key"] is not None and not isinstance(config["surrogate_key"], str):
+                        raise ValueError("surrogate_key is a string or null")
+                    state.surrogate_key = config["surrogate_key"]
                 for key, key_config in (config.get("keys") or {}).items():
                     state.configure_key(str(key), key_config)
                 current = {

@@ -11,10 +11,16 @@ from launcher.processes import LaunchError, Process, free_port, port_open, wait_
 
 
 def redis_server_argv(
-    port: int, workdir: Path, logfile: str = "", password: str | None = None, extra: list[str] | None = None
+    port: int,
+    workdir: Path,
+    logfile: str = "",
+    password: str | None = None,
+    extra: list[str] | None = None,
+    binary: str | None = None,
 ) -> list[str]:
-    """redis-server on 127.0.0.1:port that saves nothing; logfile "" logs to its stdout."""
-    binary = shutil.which("redis-server")
+    """redis-server (or the `binary` given) on 127.0.0.1:port that saves nothing; logfile "" logs
+    to its stdout."""
+    binary = binary or shutil.which("redis-server")
     if binary is None:
         raise LaunchError("redis-server is not installed (make system-deps installs it)")
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

@@ -121,10 +121,17 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_workload_args(p: argparse.ArgumentParser, rate: float, duration: float, ttl_from_stack: bool = False) -> None:
+def add_workload_args(
+    p: argparse.ArgumentParser, rate: float, duration: float | None, ttl_from_stack: bool = False
+) -> None:
     p.add_argument("--scenario", choices=SCENARIOS, default="steady")
     p.add_argument("--rate", type=float, default=rate, help="requests per second (default %(default)s)")
-    p.add_argument("--duration", type=float, default=duration, help="seconds (default %(default)s)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=duration,
+        help="seconds (default %(default)s; compare: 10 s of warm-up plus 6 TTLs, 30 to 120 s)",
+    )
     p.add_argument("--keys", type=int, default=100, help="distinct keys (default %(default)s)")
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of key popularity (default %(default)s)")
     if ttl_from_stack:
@@ -298,27 +305,38 @@ def cmd_compare_with_nginx(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from loadtest.report import new_results_dir, terminal_table, write_compare_report
+    from loadtest.compare_plan import plan_compare, stack_namespaces
+    from loadtest.report import new_results_dir, write_compare_report
     from loadtest.summary import summarize
+    from loadtest.verdict import TABLE_LEGEND, problem_lines, short_table, verdict_line
 
     _raise_fd_limit(args.clients + args.max_connections + 256)
     if args.with_nginx:
         # A private stack, started with CACHE_TTL_SECONDS = --ttl: nothing to read.
         args.ttl = DEFAULT_TTL if args.ttl is None else args.ttl
+        args.duration = 40.0 if args.duration is None else args.duration
         return cmd_compare_with_nginx(args)
-    namespaces = [n.strip() for n in args.namespaces.split(",") if n.strip()]
+    stack = stack_namespaces(args.url, os.environ.get("ADMIN_TOKEN") or None)
+    asked = [n.strip() for n in args.namespaces.split(",") if n.strip()] if args.namespaces else None
+    namespaces = plan_compare(args, asked, stack)
     ttls = stack_ttls(args, namespaces)
     summaries = []
     for i, namespace in enumerate(namespaces):
         if i:
             wait_for_quiet_queue(args)
             time.sleep(args.pause)
-        summaries.append(summarize(run_blocking(make_config(args, namespace, ttl=ttls[namespace]))))
+        summary = summarize(run_blocking(make_config(args, namespace, ttl=ttls[namespace])))
+        summary["run"]["strategy"] = stack.get(namespace, {}).get("strategy")
+        summaries.append(summary)
         print(one_line(summaries[-1]))
     directory = write_compare_report(summaries, new_results_dir(args.out, f"compare-{args.scenario}"))
     print()
-    print(terminal_table(summaries))
-    print(f"\nreport: {directory / 'report.md'}")
+    print(short_table(summaries))
+    print(TABLE_LEGEND)
+    print(f"full table, notes and figures: {directory / 'report.md'}")
+    for line in problem_lines(summaries, args.rate):
+        print(line)
+    print(verdict_line(summaries))
     return 0
 
 
@@ -790,8 +808,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the same scenario against each strategy's namespace, one after another")
     add_target_args(p)
-    add_workload_args(p, rate=200, duration=15, ttl_from_stack=True)
-    p.add_argument("--namespaces", default=DEFAULT_NAMESPACES, help="comma-separated (default %(default)s)")
+    add_workload_args(p, rate=200, duration=None, ttl_from_stack=True)
+    p.add_argument(
+        "--namespaces",
+        default=None,
+        help=f"comma-separated (default: {DEFAULT_NAMESPACES} when the stack has them, else every namespace it has)",
+    )
     p.add_argument("--pause", type=float, default=1.0, help="seconds between strategies (default %(default)s)")
     p.add_argument(
         "--with-nginx",
@@ -891,7 +913,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.add_argument("--no-renice", action="store_true")
     p.set_defaults(func=cmd_restart, url="http://127.0.0.1:8000", origin_url="http://127.0.0.1:9000", metrics_url=None)
+    p = sub.add_parser(
+        "cachetests",
+        help="the HTTP cache test suite (cache-tests.fyi, npm http-cache-tests) through a proxy namespace at its"
+        " defaults on a private stack; prints required/optimal tests passed beside the published peers'",
+    )
+    p.add_argument("--id", default="", help="run one test and print its requests and responses")
+    p.add_argument(
+        "--out", type=Path, default=Path("loadtest/results/cachetests.json"), help="results JSON (default %(default)s)"
+    )
+    p.add_argument("--grade", type=Path, default=None, metavar="RESULTS_JSON", help="only grade a results file")
+    p.set_defaults(func=cmd_cachetests, force=False, no_renice=True)
     return parser
+
+
+def cmd_cachetests(args: argparse.Namespace) -> int:
+    from loadtest import cachetests
+
+    return cachetests.main(test_id=args.id, out=args.out, results_file=args.grade)
 
 
 def main(argv: list[str] | None = None) -> int:

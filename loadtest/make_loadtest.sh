@@ -6,8 +6,11 @@
 # /v1/namespaces, with ADMIN_TOKEN when set) and refuses to start while its origin's circuit
 # breaker is open.
 #
-#   LOADTEST_RATE (200) req/s, LOADTEST_DURATION (15) s per strategy, LOADTEST_TTL (unset: the
-#   stack's) s, LOADTEST_ARGS extra arguments for `python -m loadtest compare`.
+#   LOADTEST_RATE (200) req/s; LOADTEST_DURATION s per namespace (unset: 10 s of warm-up plus 6 TTLs,
+#   30 to 120 s); LOADTEST_NAMESPACES (unset: the shipped demo-naive,demo-lock,demo-swr,demo when the
+#   stack has them, else every namespace it has); LOADTEST_TTL (unset: the stack's) s; LOADTEST_ARGS
+#   extra arguments for `python -m loadtest compare`. A stack it starts gets a generated ADMIN_TOKEN
+#   (unless one is set), so that the comparison can read each namespace's strategy and TTL.
 # Ports and ADMIN_TOKEN come from the environment, then ENV_FILE (.env), as for `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +31,6 @@ WEB_PORT="${WEB_PORT:-8000}"
 ORIGIN_PORT="${ORIGIN_PORT:-9000}"
 WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9540}"
 RATE="${LOADTEST_RATE:-200}"
-DURATION="${LOADTEST_DURATION:-15}"
 
 answers() {
   "$PY" - "$1" <<'PYEOF'
@@ -57,6 +59,10 @@ else
   TTL="${LOADTEST_TTL:-5}"
   mkdir -p .run
   echo "loadtest: no stack on port $WEB_PORT; starting one with CACHE_TTL_SECONDS=$TTL (log .run/loadtest-stack.log)"
+  if [ -z "${ADMIN_TOKEN:-}" ]; then
+    ADMIN_TOKEN="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    export ADMIN_TOKEN
+  fi
   CACHE_TTL_SECONDS="$TTL" setsid ./scripts/run.sh >.run/loadtest-stack.log 2>&1 &
   stack_pgid=$!
   for _ in $(seq 120); do
@@ -79,4 +85,5 @@ fi
   --url "http://127.0.0.1:$WEB_PORT" \
   --origin-url "http://127.0.0.1:$ORIGIN_PORT" \
   --metrics-url "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" \
-  --rate "$RATE" --duration "$DURATION" ${LOADTEST_TTL:+--ttl "$LOADTEST_TTL"} ${LOADTEST_ARGS:-}
+  --rate "$RATE" ${LOADTEST_DURATION:+--duration "$LOADTEST_DURATION"} \
+  ${LOADTEST_NAMESPACES:+--namespaces "$LOADTEST_NAMESPACES"} ${LOADTEST_TTL:+--ttl "$LOADTEST_TTL"} ${LOADTEST_ARGS:-}

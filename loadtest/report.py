@@ -11,6 +11,7 @@ from typing import Any
 
 from loadtest.plots import compare_figure, run_figures
 from loadtest.summary import fmt
+from loadtest.verdict import flags, problem_lines, verdict_line
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -104,7 +105,7 @@ def run_markdown(summary: dict[str, Any], figures: dict[str, str], command: str)
         "## Key figure",
         "",
         f"**Origin calls per key per TTL window: {fmt(origin['calls_per_key_window'], 3)}** "
-        f"(theoretical minimum 1.0) — {fmt(origin['calls'])} origin calls for "
+        f"(1.0 = one call per requested key and TTL window) — {fmt(origin['calls'])} origin calls for "
         f"{origin['key_windows']} requested (key, TTL window) pairs.",
         "",
         *steady_lines(summary),
@@ -198,7 +199,8 @@ def _steady(s: dict[str, Any], name: str) -> Any:
 
 
 COMPARE_COLUMNS = (
-    ("strategy", lambda s: s["run"]["label"]),
+    ("strategy", lambda s: s["run"].get("strategy") or "?"),
+    ("namespace", lambda s: s["run"]["label"]),
     ("origin calls", lambda s: fmt(s["origin"]["calls"])),
     ("calls/key/TTL window", lambda s: fmt(s["origin"]["calls_per_key_window"], 3)),
     ("steady calls/key/window", lambda s: fmt(_steady(s, "calls_per_key_window"), 3)),
@@ -216,6 +218,7 @@ COMPARE_COLUMNS = (
     ("MISS served key", lambda s: fmt(_steady(s, "miss_for_served_key"))),
     ("worker", worker_word),
     ("kept schedule", lambda s: "yes" if s["generator"]["kept_schedule"] else "NO"),
+    ("marked", lambda s: ", ".join(flags(s)) or "-"),
 )
 
 
@@ -263,8 +266,16 @@ def write_compare_report(summaries: list[dict[str, Any]], directory: Path, comma
         "",
         markdown_table(summaries),
         "",
-        "The key figure is *origin calls per key per TTL window*: origin calls divided by the number of"
-        " (key, TTL window) pairs requested. 1.0 is the theoretical minimum. The *steady* figure counts"
+        verdict_line(summaries),
+        "",
+        *[line + "\n" for line in problem_lines(summaries, first["rate"])],
+        "*calls / ideal* is the origin calls after warm-up over an ideal cache's on the same trace (one"
+        " refresh per key per TTL window in which it is read): 1.0 = the ideal, below 1 = values served"
+        " staler than an ideal cache would; the plot's dashed line is that ideal. *marked*: the generator"
+        " missed its schedule, or the refresh worker saturated; such a row measured the machine, and the"
+        " verdict does not rank it."
+        " The *calls/key/TTL window* figure is origin calls divided by the number of"
+        " (key, TTL window) pairs requested (1.0 when every requested pair costs one call). The *steady* figure counts"
         " only after warm-up, with the origin count taken once the refresh queue and the origin were idle."
         " *fresh* is HIT + EARLY over all answers after warm-up (errors included); *hot fresh* the same on"
         " keys read at least 10 times a second; *age p99* the served `Age`; *MISS served key* a MISS for"

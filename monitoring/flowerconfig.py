@@ -7,7 +7,14 @@ The listening address comes from BIND_HOST, as for every other process of the
 stack (so FLOWER_ADDRESS has no effect).
 """
 
+import logging as _logging
+
 from shared.settings import load_settings as _load_settings
+
+# Flower asks the workers (inspect) as it starts, usually before a worker answers, and warns
+# "Inspect method ... failed" for each method: nothing to act on; its dashboard shows the
+# workers once they answer.
+_logging.getLogger("flower.inspector").setLevel(_logging.ERROR)
 
 # Loopback unless BIND_HOST says otherwise (docker-compose sets 0.0.0.0).
 address = _load_settings().bind_host

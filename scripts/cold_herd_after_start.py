@@ -1,4 +1,4 @@
-"""Three cold herds of 1 000 clients, right after a stack start: the README's cold-herd figures.
+"""Three cold herds of 1 000 clients, right after a stack start: the cold-herd figures of docs/numbers.md.
 
     .venv/bin/python scripts/cold_herd_after_start.py OUT_DIR
 

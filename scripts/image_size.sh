@@ -2,7 +2,7 @@
 # Installed size of the container image: the Dockerfile as it is (runtime dependencies only)
 # against the same Dockerfile installing the `loadtest` extra too, as the image was before the
 # load tester moved into that extra. Prints each image's size, the base image's, what the
-# herdless layers add to it, and `du` of site-packages inside each image. The README's image
+# herdless layers add to it, and `du` of site-packages inside each image. docs/containers.md's image
 # figures come from this script; scripts/install_size.sh measures venvs where no Docker is.
 #
 # Needs a Docker engine and the Dockerfile's base image (pulled, or built locally where no

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installed size of site-packages for `pip install -c constraints.txt .` (what the image
-# installs: the runtime only) against `.[loadtest]`, each in a fresh venv. The README's venv
+# installs: the runtime only) against `.[loadtest]`, each in a fresh venv. docs/containers.md's venv
 # figures come from this script; it needs no Docker, so it measures a venv, not the image
 # (scripts/image_size.sh measures the image itself).
 set -euo pipefail

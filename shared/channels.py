@@ -13,6 +13,9 @@ deployment hears only its own.
 - the invalidation channel, ``<prefix>:<db>:inval``: a purge dropped the key. ``{"ns", "key"}``,
   plus ``"ack"`` (a list named ``<prefix>:inval-ack:<random>``) when the purge waits,
   ``PURGE_ACK_SECONDS`` at most, until every subscribed hub has pushed its confirmation there.
+  A group purge (shared/group_purge.py) sends ``{"ns", "keys": [...]}`` (many keys of one
+  namespace) or ``{"ns", "all": true}`` (the whole namespace) instead of ``"key"``, each with the
+  purge's one ack list, which every hub pushes to once per message.
   Subscribed hubs are counted in ``<prefix>:subscribers`` (a sorted set of the deployment's own
   database: member = hub, score = until when its subscription counts; PUBLISH's receiver count
   would include other databases', and on Redis Cluster only one node's).
@@ -57,6 +60,8 @@ class Message(NamedTuple):
     status: ReadyStatus  # ready channel only (READY on the invalidation channel)
     ack: str | None  # invalidation channel only: where to confirm, if the purge waits
     handed_over: HandedOver | None  # ready channel only
+    keys: tuple[str, ...] = ()  # invalidation channel only: a group purge's keys of ns (key is "")
+    whole_namespace: bool = False  # invalidation channel only: a namespace purge (key is "")
 
 
 def ready_message(ns: str, key: str, status: ReadyStatus, hand_over: HandedOver | None = None) -> str:
@@ -80,7 +85,10 @@ def parse_message(channel: str, data: bytes | str, keys: Keyspace = DEFAULT_KEYS
     """A message received on `channel` (one of `keys`'), or None (logged) when it is not one of ours."""
     try:
         event = json.loads(data)
-        ns, key = str(event["ns"]), str(event["key"])
+        ns = str(event["ns"])
+        many = channel == keys.invalidation_channel and ("keys" in event or event.get("all") is True)
+        key = "" if many else str(event["key"])
+        group_keys = tuple(str(k) for k in event.get("keys") or ()) if many else ()
     except (ValueError, KeyError, TypeError):
         log.warning("ignoring a malformed message on %s", channel)
         return None
@@ -90,7 +98,7 @@ def parse_message(channel: str, data: bytes | str, keys: Keyspace = DEFAULT_KEYS
     if channel != keys.invalidation_channel or not (isinstance(ack, str) and ack.startswith(keys.ack_prefix)):
         ack = None
     handed_over = _handed_over(event) if channel == keys.ready_channel else None
-    return Message(channel, ns, key, status, ack, handed_over)
+    return Message(channel, ns, key, status, ack, handed_over, group_keys, many and event.get("all") is True)
 
 
 def _handed_over(event: dict[str, Any]) -> HandedOver | None:
@@ -139,3 +147,42 @@ def publish_invalidation(
     finally:
         client.delete(ack)
     return receivers, confirmed
+
+
+class InvalidationRound:
+    """The invalidations of one group purge: any number of messages, each sent once its keys
+    are purged in Redis, confirmed together (`wait`) through one ack list."""
+
+    def __init__(self, client: Any, keys: Keyspace = DEFAULT_KEYSPACE) -> None:
+        self.client, self.keys = client, keys
+        self.ack = keys.ack_prefix + os.urandom(12).hex()
+        self.receivers = registered_hubs(client, keys)
+        self.sent = 0
+
+    def publish(self, ns: str, keys: list[str] | None) -> None:
+        """Tell every web process to drop these keys of `ns` (None: every key of `ns`)."""
+        body: dict[str, Any] = {"ns": ns, "ack": self.ack}
+        if keys is None:
+            body["all"] = True
+        else:
+            body["keys"] = keys
+        self.client.publish(self.keys.invalidation_channel, json.dumps(body))
+        self.sent += 1
+
+    def wait(self, timeout: float) -> tuple[int, int]:
+        """Wait until every hub subscribed at the start confirmed every message (at most
+        `timeout`). Returns (hubs subscribed, hubs that confirmed them all, as far as counted)."""
+        expected = self.receivers * self.sent
+        confirmed = 0
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                confirmed = int(self.client.llen(self.ack))
+                if confirmed >= expected or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.005)  # hubs confirm within milliseconds; a poll is cheaper than a BLPOP each
+        finally:
+            self.client.delete(self.ack)
+        if not self.sent:
+            return self.receivers, self.receivers
+        return self.receivers, min(self.receivers, confirmed // self.sent)

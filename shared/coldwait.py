@@ -57,6 +57,9 @@ log = logging.getLogger("herdless.coldwait")
 
 CONNECTED_SLICE = 1.0  # safety-net re-read period while the subscription is live
 DISCONNECTED_SLICE = 0.2  # re-read period while it is not
+# How long a waiter that found the lease free waits for a publish that crossed its re-read
+# (WaitHandle.landed_meanwhile) before it takes the refresh over.
+LANDED_GRACE_SECONDS = 2.0
 HANDSHAKE_SECONDS = 2.0  # both subscribe confirmations must arrive within this
 HEARTBEAT_SECONDS = 1.0  # PING after this long without hearing anything
 LIVENESS_SECONDS = 3.0  # nothing heard (not even a pong) for this long: reconnect
@@ -115,6 +118,25 @@ class WaitHandle:
         """Remember the current generation: call just before re-reading the entry."""
         with self._hub._lock:
             self._seen = self._wait.generation
+
+    def landed_meanwhile(self, timeout: float = LANDED_GRACE_SECONDS) -> bool:
+        """Whether a refresh of this key was published since the last mark(), waiting for one up
+        to `timeout`; unlike wait() it leaves the publish for the next wait() to return.
+
+        For a re-read that found no value and a free lease after waiting: the refresh may have
+        ended without storing anything (an uncacheable answer handed over in its publish). The
+        publish precedes the read in Redis, but a busy process's subscriber may take it in
+        hundreds of ms later (measured: up to half a second on a loaded 2-core machine)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._hub._lock:
+                if self._wait.generation != self._seen:
+                    return True
+                event = self._wait.event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            event.wait(left)
 
     def wait(self, timeout: float) -> ReadyStatus | None:
         """Block until a refresh of this key is published after the last mark(), or the timeout
@@ -317,7 +339,11 @@ class ColdWaitHub:
         if event is None:
             return
         if self.nearcache is not None:
-            self.nearcache.invalidate(event.ns, event.key)
+            if event.whole_namespace:
+                self.nearcache.invalidate_namespace(event.ns)
+            else:
+                for key in event.keys or (event.key,):
+                    self.nearcache.invalidate(event.ns, key)
         if event.ack is not None:
             self._confirm(event.ack)
         if event.channel == self.keys.ready_channel:

@@ -50,12 +50,16 @@ def validate_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class EntryKeys:
-    """Redis keys of one cache entry: value hash, refresh lease, purge tombstone, queued marker."""
+    """Redis keys of one cache entry: value hash, refresh lease, purge tombstone, queued marker;
+    for a proxied URL also the request a refresh replays and (for the URL's primary key) the
+    set of its Vary variants' keys (shared/proxy_store.py)."""
 
     entry: str
     lease: str
     tombstone: str
     queued: str
+    request: str
+    variants: str
 
     @classmethod
     def of(cls, namespace: str, key: str, prefix: str = DEFAULT_PREFIX) -> EntryKeys:
@@ -63,7 +67,23 @@ class EntryKeys:
         # the prefix stays outside them. A key holding "}" only shortens the tag; all four
         # names still share it.
         tag = f"{prefix}:{{{namespace}:{key}}}"
-        return cls(entry=f"{tag}:e", lease=f"{tag}:l", tombstone=f"{tag}:t", queued=f"{tag}:q")
+        return cls(
+            entry=f"{tag}:e",
+            lease=f"{tag}:l",
+            tombstone=f"{tag}:t",
+            queued=f"{tag}:q",
+            request=f"{tag}:rq",
+            variants=f"{tag}:vs",
+        )
+
+
+@dataclass(frozen=True)
+class GroupKeys:
+    """Redis keys of one group (a tag or a namespace, shared/group_scripts.py): its index of
+    members and its last purge moment, under one hash tag."""
+
+    members: str
+    moment: str
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,17 @@ class Keyspace:
 
     def entry(self, namespace: str, key: str) -> EntryKeys:
         return EntryKeys.of(namespace, key, self.prefix)
+
+    def tag_group(self, tag: str) -> GroupKeys:
+        return self._group(f"t:{tag}")
+
+    def namespace_group(self, namespace: str) -> GroupKeys:
+        return self._group(f"n:{namespace}")
+
+    def _group(self, name: str) -> GroupKeys:
+        # As for entries, a "}" in a tag only shortens the hash tag; both names still share it.
+        tag = f"{self.prefix}:g:{{{name}}}"
+        return GroupKeys(members=f"{tag}:m", moment=f"{tag}:p")
 
     # -- server-wide names: the prefix and the database ---------------------------------------
     @property
@@ -127,6 +158,11 @@ class Keyspace:
 
     def rates(self, second: int) -> str:
         return f"{self.rates_prefix}{second}"
+
+    def keys_read(self, namespace: str, second: int) -> str:
+        """A HyperLogLog of the keys of `namespace` read in `second`; one hash tag per namespace, so
+        that one PFCOUNT counts the keys of many seconds (Cluster)."""
+        return f"{self.prefix}:keys-read:{{{namespace}}}:{second}"
 
     def breaker(self, origin_name: str) -> str:
         # One hash tag per origin: the scripts touch the state key and the hash together (Cluster).

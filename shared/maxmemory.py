@@ -1,7 +1,7 @@
 """What herdless does when Redis reaches its maxmemory: serve what is stored, refuse what would grow it.
 
 Once used memory passes ``maxmemory`` and Redis can free none (``noeviction``, or ``volatile-lru``
-with no key left that has a TTL; README, "Redis memory", says which policy to run and why), it
+with no key left that has a TTL; docs/operations.md, "Redis memory", says which policy to run and why), it
 refuses commands that may grow memory. Then:
 
 - A read still answers: READ's only write is the lease, in a pcall; a refused lease leaves the

@@ -123,6 +123,22 @@ NEAR_CACHE_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+GROUP_PURGE_KEYS = Counter(
+    "herdless_group_purge_keys",
+    "Keys visited by tag and namespace purges, by kind (tag, namespace) and outcome (hard, soft: a value "
+    "purged; fenced: no value of the group stored, a refresh in flight stopped; kept: the value lacks the tag)",
+    ["kind", "outcome"],
+)
+GROUP_PURGES = Counter(
+    "herdless_group_purges",
+    "Tag and namespace purges completed, by kind (tag, namespace) and mode (hard, soft)",
+    ["kind", "mode"],
+)
+GROUP_PURGE_PENDING = Gauge(
+    "herdless_group_purge_pending_keys",
+    "Members of the tag and namespace purges running now that are not visited yet (their progress)",
+    multiprocess_mode="livesum",
+)
 REDIS_DEGRADED = Gauge(
     "herdless_redis_degraded",
     "Web processes that find Redis unreachable and answer from memory (degraded mode), summed over live processes",
@@ -134,12 +150,35 @@ DEGRADED_ANSWERS = Counter(
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
+FRONT_REFUSED_REASONS = ("in_flight", "lag")
+FRONT_REFUSED = Counter(
+    "herdless_front_refused",
+    "Reads the web tier's front door (web/front.py) refused 503 overloaded before Flask, by reason: "
+    "in_flight (the process's bound on reads in flight) or lag (its event loop ran late past the bound)",
+    ["reason"],
+)
 REFUSED = Counter(
     "herdless_refused",
     "Requests answered 503 with no origin failure to blame, by reason: shed load (overloaded, "
     "too_many_waiters), a full refresh queue (queue_full), Redis at maxmemory (out_of_memory) or "
     "unreachable (redis_unavailable), the broker unreachable, or a cold wait that ran out",
     ["reason"],
+)
+PROXY_FORWARDED = Counter(
+    "herdless_proxy_forwarded",
+    "Proxied requests the web tier sent to the origin itself, never answered from the cache, by "
+    "why: an unsafe or other method, a request that bypasses the cache (credentials, no-store, Range)",
+    ["namespace", "reason"],
+)
+PROXY_NOT_STORED = Counter(
+    "herdless_proxy_not_stored",
+    "Proxied origin answers handed to their waiting readers and not stored, by RFC 9111 reason",
+    ["namespace", "reason"],
+)
+PROXY_INVALIDATIONS = Counter(
+    "herdless_proxy_invalidations",
+    "Proxied URLs purged because an unsafe request to them (or naming them) succeeded",
+    ["namespace"],
 )
 
 REQUEST_OUTCOMES = ("hit", "early", "stale", "miss", "negative", "not_modified", "timeout", "error")
@@ -200,6 +239,8 @@ def init_web_series(namespaces: Iterable[str]) -> None:
         NEAR_CACHE.labels(result)
     for reason in Refusal:
         REFUSED.labels(reason)
+    for front_reason in FRONT_REFUSED_REASONS:
+        FRONT_REFUSED.labels(front_reason)
     REDIS_DEGRADED.set(0)
 
 

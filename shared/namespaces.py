@@ -14,9 +14,12 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from shared.protocol import Fallback, Freshness, Strategy
+from shared.proxy_config import PROXY_OPTIONS, ProxyConfig, ProxyConfigError, overlapping_mounts, parse_proxy_config
 from shared.settings import Settings, redact_url
+from shared.tags import DEFAULT_TAG_HEADER, tag_options
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_OPTIONS = {"strategy", "origin", "freshness", "headers", "fallback", "tags", "tag_header"}
 _OVERRIDABLE = {
     "cache_ttl_seconds",
     "stale_ttl_seconds",
@@ -142,6 +145,15 @@ class Namespace:
     min_stale_if_error_seconds: float = _ORIGIN_BOUNDS["min_stale_if_error_seconds"]
     max_stale_if_error_seconds: float = _ORIGIN_BOUNDS["max_stale_if_error_seconds"]
     origin_headers: OriginHeaders = field(default_factory=OriginHeaders)
+    # Tags every value carries ({key} is the key) and the origin header that names more (shared/tags.py).
+    tags: tuple[str, ...] = ()
+    tag_header: str = DEFAULT_TAG_HEADER
+    # A reverse proxy for a whole origin (shared/proxy_config.py): its keys are proxied URLs.
+    proxy: ProxyConfig | None = None
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.proxy is not None
 
     @property
     def is_http(self) -> bool:
@@ -249,7 +261,9 @@ def _origin_headers(name: str, raw: Any, origin: str, settings: Settings) -> Ori
 def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
     if not NAMESPACE_RE.match(name):
         raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - {"strategy", "origin", "freshness", "headers", "fallback"}
+    if "proxy" in raw:
+        return _build_proxy_namespace(name, raw, settings)
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - _OPTIONS
     if unknown:
         _bad(name, ", ".join(sorted(unknown)), "unknown option")
     try:
@@ -299,6 +313,74 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         fallback=fallback,
         **values,
         **_freshness_options(name, raw),
+        **tag_options(raw, lambda field_name, problem: _bad(name, field_name, problem)),
+    )
+
+
+# A proxy namespace's default XFetch beta, not XFETCH_BETA's: a response lives its max-age
+# minus the head start (d * beta on average), so every point of beta costs the origin d/max-age
+# more calls; at 1 a 100 ms origin behind max-age=5 costs 1.02x the ideal cache's calls.
+PROXY_XFETCH_BETA = 1.0
+
+# Options of a key-value namespace that a proxy namespace does not take: its freshness is RFC 9111's.
+_NOT_FOR_PROXY = {"origin", "freshness", "fallback", "cache_ttl_seconds", "negative_ttl_seconds", *_ORIGIN_BOUNDS}
+
+
+def _build_proxy_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Namespace:
+    """A reverse-proxy namespace: `proxy` and `mount` (shared/proxy_config.py); stale_ttl_seconds
+    and stale_if_error_seconds default to 0 (RFC 9111 behaviour), not to the global settings."""
+    unknown = set(raw) - _OVERRIDABLE - PROXY_OPTIONS - {"strategy", "headers"}
+    if unknown:
+        not_here = sorted(unknown & _NOT_FOR_PROXY)
+        if not_here:
+            _bad(name, ", ".join(not_here), "does not apply to a proxy namespace (its answers' own headers decide)")
+        _bad(name, ", ".join(sorted(unknown)), "unknown option")
+    try:
+        proxy = _expand(raw["proxy"], settings) if isinstance(raw["proxy"], str) else raw["proxy"]
+    except NamespaceConfigError as exc:
+        _bad(name, "proxy", str(exc))
+    try:
+        config = parse_proxy_config({**raw, "proxy": proxy})
+    except ProxyConfigError as exc:
+        _bad(name, exc.field_name, exc.problem)
+    try:
+        strategy = Strategy(raw.get("strategy", Strategy.XFETCH))
+    except ValueError:
+        _bad(name, "strategy", f"{raw['strategy']!r} is not one of {tuple(map(str, Strategy))}")
+    if strategy not in (Strategy.XFETCH, Strategy.SWR):
+        _bad(name, "strategy", "a proxy namespace is xfetch or swr")
+    base = f"{config.scheme}://{config.netloc}{config.base_path}"
+    headers = _origin_headers(name, raw.get("headers"), base, settings)
+    values: dict[str, Any] = {}
+    for option, default in (
+        ("stale_ttl_seconds", 0.0),
+        ("stale_if_error_seconds", 0.0),
+        ("xfetch_beta", PROXY_XFETCH_BETA),
+        ("origin_timeout_seconds", settings.origin_timeout_seconds),
+        ("origin_max_concurrency", settings.origin_max_concurrency),
+    ):
+        value = raw.get(option, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            _bad(name, option, f"must be a finite number >= 0, not {value!r}")
+        if option in ("origin_timeout_seconds", "origin_max_concurrency") and value == 0:
+            _bad(name, option, "must be > 0")
+        if option == "origin_max_concurrency" and value != int(value):
+            _bad(name, option, f"must be a whole number, not {value}")
+        values[option] = float(value)
+    return Namespace(
+        name=name,
+        strategy=strategy,
+        origin=base,
+        origin_name=config.origin_name,
+        cache_ttl_seconds=config.default_ttl_seconds,
+        stale_ttl_seconds=values["stale_ttl_seconds"],
+        stale_if_error_seconds=values["stale_if_error_seconds"],
+        negative_ttl_seconds=config.default_ttl_seconds,
+        xfetch_beta=values["xfetch_beta"],
+        origin_timeout_seconds=values["origin_timeout_seconds"],
+        origin_max_concurrency=int(values["origin_max_concurrency"]),
+        origin_headers=headers,
+        proxy=config,
     )
 
 
@@ -362,10 +444,15 @@ def load_namespaces(
                     _bad(name, "origin", f"{ns.origin} cannot be used: {exc}; {CALLABLE_HINT}")
         except NamespaceConfigError as exc:
             raise NamespaceConfigError(f"{where}: {exc}") from None
+    clash = overlapping_mounts((ns.name, ns.proxy.mount) for ns in namespaces.values() if ns.proxy is not None)
+    if clash:
+        raise NamespaceConfigError(
+            f"{where}: [namespaces.{clash[1]}] mount: overlaps the mount of [namespaces.{clash[0]}]"
+        )
     return namespaces
 
 
-# What to do about an origin callable that does not import (README: "Namespaces and origins").
+# What to do about an origin callable that does not import (docs/configuration.md: "Namespaces and origins").
 CALLABLE_HINT = (
     "the web tier and the workers must both import it: install its package, or put the directory "
     "that holds it on PYTHONPATH"

@@ -93,7 +93,7 @@ class NearEntry(Protocol):
 E = TypeVar("E", bound=NearEntry)
 
 
-def hit_until_ms(soft_ms: float, delta_ms: float, beta: float, u: float, ttl_ms: float | None = None) -> float:
+def hit_until_ms(soft_ms: float, delta_ms: float, beta: float, u: float, ttl_ms: float | None) -> float:
     """The Redis-clock moment a stored value stops being a HIT: ``soft`` less XFetch's head start
     (``-d*beta*ln(u)``, at most a share of the value's TTL ``ttl_ms``).
 
@@ -162,6 +162,7 @@ class NearCache(Generic[E]):
         self._floor = 0  # tokens below this are refused
         self._invalidated: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._invalidation_memory = max(1, invalidation_memory)
+        self._namespace_invalidated: dict[str, int] = {}  # bounded: namespaces are configured
         metrics.NEAR_CACHE_BYTES.set(0)
 
     # -- state -------------------------------------------------------------------------
@@ -223,10 +224,13 @@ class NearCache(Generic[E]):
         with self._lock:
             return ReadToken(self._seq, self._clock())
 
-    def get(self, ns: str, key: str) -> NearHit[E] | None:
-        """The entry and the estimated Redis now, while it is still a HIT; else None."""
+    def get(self, ns: str, key: str, *, count: bool = True) -> NearHit[E] | None:
+        """The entry and the estimated Redis now, while it is still a HIT; else None. `count`
+        False: the lookup is not counted (the web tier's fast path, which counts the hits it
+        answers and leaves the rest to a read that looks again)."""
         if not self.enabled:
-            metrics.NEAR_CACHE.labels("bypassed").inc()
+            if count:
+                metrics.NEAR_CACHE.labels("bypassed").inc()
             return None
         target = (ns, key)
         with self._lock:
@@ -242,7 +246,8 @@ class NearCache(Generic[E]):
                     if now >= slot.keep_until_host_ms:
                         self._drop_locked(target, slot)
                     hit = None
-        metrics.NEAR_CACHE.labels("hit" if hit is not None else "miss").inc()
+        if count:
+            metrics.NEAR_CACHE.labels("hit" if hit is not None else "miss").inc()
         return hit
 
     def get_stale(self, ns: str, key: str) -> NearHit[E] | None:
@@ -287,6 +292,8 @@ class NearCache(Generic[E]):
         with self._lock:
             if self._suspended or token.seq < self._floor or self._invalidated.get(target, -1) > token.seq:
                 return False
+            if self._namespace_invalidated.get(ns, -1) > token.seq:
+                return False
             if keep_until <= self._clock():
                 return False
             old = self._slots.get(target)
@@ -320,6 +327,19 @@ class NearCache(Generic[E]):
             metrics.NEAR_CACHE.labels("invalidated").inc()
         return slot is not None
 
+    def invalidate_namespace(self, ns: str) -> int:
+        """A purge of the whole namespace happened: drop its keys and refuse puts of reads of it
+        begun before now. Returns how many were dropped."""
+        with self._lock:
+            self._seq += 1
+            self._namespace_invalidated[ns] = self._seq
+            doomed = [(target, slot) for target, slot in self._slots.items() if target[0] == ns]
+            for target, slot in doomed:
+                self._drop_locked(target, slot)
+        if doomed:
+            metrics.NEAR_CACHE.labels("invalidated").inc(len(doomed))
+        return len(doomed)
+
     def _drop_locked(self, target: tuple[str, str], slot: _Slot[E]) -> None:
         del self._slots[target]
         self._bytes -= slot.size
@@ -329,7 +349,7 @@ class NearCache(Generic[E]):
 class NoNearCache(Generic[E]):
     """The near-cache of a process that runs without one (NEAR_CACHE=false): it keeps nothing."""
 
-    def get(self, ns: str, key: str) -> NearHit[E] | None:
+    def get(self, ns: str, key: str, *, count: bool = True) -> NearHit[E] | None:
         return None
 
     def get_stale(self, ns: str, key: str) -> NearHit[E] | None:
@@ -346,6 +366,9 @@ class NoNearCache(Generic[E]):
 
     def invalidate(self, ns: str, key: str) -> bool:
         return False
+
+    def invalidate_namespace(self, ns: str) -> int:
+        return 0
 
     def __len__(self) -> int:
         return 0

@@ -13,7 +13,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -24,6 +24,7 @@ import urllib3
 from shared.freshness import CacheHeaders
 from shared.namespaces import CallableImportError, Namespace, import_callable
 from shared.protocol import FailureCode
+from shared.tags import callable_tags, header_tags
 
 
 class OriginError(Exception):
@@ -97,6 +98,7 @@ class OriginResponse:
     content_type: str
     validators: Validators = field(default_factory=Validators)
     cache: CacheHeaders = field(default_factory=CacheHeaders)
+    tags: tuple[str, ...] = ()  # the answer's own tags (shared/tags.py)
 
 
 @dataclass(frozen=True)
@@ -119,13 +121,14 @@ NOT_MODIFIED: Any = _NotModifiedSentinel()
 
 @dataclass(frozen=True)
 class OriginValue:
-    """What a callable origin may return instead of a bare value, to give it a validator (passed
-    back as `validator` on the next refresh) and, for freshness = "origin", a Cache-Control."""
+    """What a callable origin may return instead of a bare value: a validator (passed back as
+    `validator` next time), tags (shared/tags.py), a Cache-Control (freshness = "origin")."""
 
     value: Any
     etag: str = ""
     last_modified: str = ""
     cache_control: str | None = None
+    tags: Sequence[str] = ()
 
 
 def encode_key_for_path(key: str) -> str:
@@ -155,6 +158,7 @@ class HttpOrigin:
         self.max_bytes = max_bytes
         # The namespace's own headers (credentials) go with every request; never logged.
         self.headers = {"Accept": "*/*", "User-Agent": "herdless", **ns.origin_headers.as_dict()}
+        self.tag_header = ns.tag_header
         # This origin's own pool, closed with it. maxsize is the connections kept per origin
         # host; block=False lets a burst open more (each closed after use), so refresh
         # concurrency is never capped by the pool.
@@ -222,9 +226,8 @@ class HttpOrigin:
                 resp.close()
         content_type = resp.headers.get("Content-Type", "application/octet-stream")
         checked = _checked(body, content_type)
-        return OriginResponse(
-            checked.body, checked.content_type, _validators(resp.headers), _cache_headers(resp.headers)
-        )
+        validators, tags = _validators(resp.headers), header_tags(resp.headers.get(self.tag_header))
+        return OriginResponse(checked.body, checked.content_type, validators, _cache_headers(resp.headers), tags)
 
     def _send(self, url: str, deadline: float, conditional: dict[str, str]) -> Any:
         """Send the GET; once more if the connection was refused (the origin never saw the request).
@@ -435,6 +438,7 @@ class CallableOrigin:
             content_type=ctype,
             validators=Validators(meta.etag, meta.last_modified),
             cache=CacheHeaders(cache_control=meta.cache_control),
+            tags=callable_tags(meta.tags),
         )
 
 

@@ -179,7 +179,7 @@ class Refusal(StrEnum):
 
 
 class Strategy(StrEnum):
-    """How a namespace spares its origin (namespaces.toml ``strategy``; README "Strategies")."""
+    """How a namespace spares its origin (namespaces.toml ``strategy``; docs/configuration.md "Strategies")."""
 
     XFETCH = "xfetch"  # stale serving and early refresh: the default
     SWR = "swr"  # stale serving, no early refresh

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -31,6 +32,10 @@ WINDOW_SECONDS = 60
 BUCKET_TTL_SECONDS = 2 * WINDOW_SECONDS
 FLUSH_INTERVAL_SECONDS = 1.0
 SERIES = ("answers", "origin_calls")
+# Distinct keys read, per namespace and second, for the status page's ideal origin calls (a key
+# read in a TTL window costs an ideal cache one call): at most this many kept per flush, so a
+# scan of millions of keys a second costs bounded memory (the count is then a lower bound).
+MAX_KEYS_PER_FLUSH = 20_000
 
 
 def bucket_key(second: int, keys: Keyspace = DEFAULT_KEYSPACE) -> str:
@@ -45,6 +50,7 @@ class RateRecorder:
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._keys_read: dict[str, set[str]] = defaultdict(set)
         self._client: Any | None = None
         self._client_factory: Callable[[], Any] | None = None
         self._keys = DEFAULT_KEYSPACE
@@ -74,10 +80,19 @@ class RateRecorder:
         if start:
             threading.Thread(target=self._run, name="herdless-rates", daemon=True).start()
 
+    def note_key(self, namespace: str, key: str) -> None:
+        """A read of `key`: counted once per second however often it is read. No I/O (add()
+        starts the flusher: every read also counts an answer)."""
+        with self._lock:
+            seen = self._keys_read[namespace]
+            if len(seen) < MAX_KEYS_PER_FLUSH:
+                seen.add(key)
+
     def _after_fork_in_child(self) -> None:
         # The parent's counts and client are the parent's, and its lock may have been held.
         self._lock = threading.Lock()
         self._pending = defaultdict(int)
+        self._keys_read = defaultdict(set)
         if self._client_factory is not None:
             self._client = None
 
@@ -101,14 +116,21 @@ class RateRecorder:
             return
         with self._lock:
             pending, self._pending = self._pending, defaultdict(int)
-        if not pending:
+            keys_read, self._keys_read = self._keys_read, defaultdict(set)
+        if not pending and not keys_read:
             return
         try:
-            key = bucket_key(redis_now_ms(client) // 1000, self._keys)
+            second = redis_now_ms(client) // 1000
+            key = bucket_key(second, self._keys)
             pipe = client.pipeline(transaction=False)
             for (namespace, series, outcome), n in pending.items():
                 pipe.hincrby(key, f"{namespace}|{series}|{outcome}", n)
             pipe.expire(key, BUCKET_TTL_SECONDS)
+            for namespace, seen in keys_read.items():
+                if seen:
+                    read_key = self._keys.keys_read(namespace, second)
+                    pipe.pfadd(read_key, *seen)
+                    pipe.expire(read_key, BUCKET_TTL_SECONDS)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - never let the flusher die
             log.debug("rate counts not flushed: %s", type(exc).__name__)
@@ -128,6 +150,10 @@ class NamespaceRates:
 
     answers: dict[str, int] = field(default_factory=dict)
     origin_calls: dict[str, int] = field(default_factory=dict)
+    # Distinct keys read over the last `ttl_s` seconds (at most the minute), and that TTL: an
+    # ideal cache calls the origin once per key read per TTL window.
+    keys_read: int | None = None
+    ttl_s: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         answered = sum(self.answers.values())
@@ -141,18 +167,38 @@ class NamespaceRates:
             "origin_calls": self.origin_calls,
             "origin_calls_total": called,
             "origin_calls_per_second": called / WINDOW_SECONDS,
+            "keys_read_last_ttl": self.keys_read,
+            "ideal_origin_calls_per_second": (
+                None if self.keys_read is None or not self.ttl_s else self.keys_read / self.ttl_s
+            ),
         }
 
 
-def last_minute(client: Any, namespaces: Iterable[str], keys: Keyspace = DEFAULT_KEYSPACE) -> dict[str, NamespaceRates]:
-    """Counts of the last WINDOW_SECONDS (the current second included) per namespace: two round
-    trips (the Redis clock, then every bucket in one pipeline)."""
+def last_minute(
+    client: Any,
+    namespaces: Iterable[str],
+    keys: Keyspace = DEFAULT_KEYSPACE,
+    ttls: dict[str, float] | None = None,
+) -> dict[str, NamespaceRates]:
+    """Counts of the last WINDOW_SECONDS (the current second included) per namespace, and with
+    `ttls` ({namespace: cache TTL, s}) the distinct keys read over each one's last TTL: two round
+    trips (the Redis clock, then every bucket and count in one pipeline)."""
     rates = {name: NamespaceRates() for name in namespaces}
     now_s = redis_now_ms(client) // 1000
     pipe = client.pipeline(transaction=False)
     for second in range(now_s - WINDOW_SECONDS + 1, now_s + 1):
         pipe.hgetall(bucket_key(second, keys))
-    for bucket in pipe.execute():
+    counted = [n for n in rates if ttls and ttls.get(n)]
+    for name in counted:
+        assert ttls is not None
+        rates[name].ttl_s = ttls[name]
+        # The seconds wholly inside the last TTL (the current one is still filling).
+        span = max(1, min(WINDOW_SECONDS, math.ceil(ttls[name])))
+        pipe.pfcount(*[keys.keys_read(name, second) for second in range(now_s - span, now_s)])
+    replies = pipe.execute()
+    for name, count in zip(counted, replies[WINDOW_SECONDS:], strict=True):
+        rates[name].keys_read = int(count)
+    for bucket in replies[:WINDOW_SECONDS]:
         for raw_field, raw_count in bucket.items():
             name = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
             namespace, _, rest = name.partition("|")

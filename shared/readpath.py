@@ -148,8 +148,9 @@ class ReadPath:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def read(self, ns: Namespace, key: str) -> Answer:
-        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused."""
+    def read(self, ns: Namespace, key: str, *, admitted: bool = False) -> Answer:
+        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused.
+        `admitted`: the caller holds an admission slot for it already (the web tier's front)."""
         if ns.strategy is Strategy.NAIVE:
             return self._read_naive(ns, key)
         near = self.near_cache
@@ -163,8 +164,10 @@ class ReadPath:
             if self._waiter.waiting_on(ns.name, key):
                 # Others of this process already wait for the key: join them without a read (see below).
                 return self._wait_for_refresh(ns, key, None, None, time.monotonic())
-            with self.admission.slot() as admitted:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
-                return self._read_through(ns, key) if admitted else answers.OVERLOADED
+            if admitted:
+                return self._read_through(ns, key)
+            with self.admission.slot() as got:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
+                return self._read_through(ns, key) if got else answers.OVERLOADED
         except RedisError as exc:
             if not self.health.failed_with(exc):
                 raise
@@ -267,6 +270,12 @@ class ReadPath:
                     # cooldown ran out) it takes over and enqueues, once, for all of them.
                     token = new_token()
                     r = self.store.read(ns, key, token)
+                    if r.won_lease and r.decision is Decision.MISS and handle.landed_meanwhile():
+                        # The refresh waited for ended without storing (an uncacheable answer,
+                        # handed over in a publish this process has not taken in yet): taking
+                        # over would call the origin again; the next wait() returns the publish.
+                        self.store.finish(ns, key, token)
+                        return r, None
                     if r.won_lease:
                         try:
                             # A value may have landed meanwhile: then it is served, and its

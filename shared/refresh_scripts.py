@@ -14,8 +14,9 @@ from shared.protocol import FailureCode, LuaArgs, WriteMode, lua_script
 from shared.xfetch import DURATION_GAIN, SPREAD_GAIN, SPREAD_WEIGHT
 
 # FENCED_WRITE: store a refreshed value only while its writer still holds the key's lease, and
-# only if its origin call started after the stored value's, after any hard purge (tombstone) and
-# after any soft purge (field sp). Releases the lease either way.
+# only if its origin call started after the stored value's, after any hard purge (tombstone),
+# after any soft purge (field sp) and after the last purge of any group it belongs to
+# (group_purge_ms, read when its key was enlisted: shared/groups.py). Releases the lease either way.
 # Holding the lease is what makes a purge final: a purge deletes the lease, so a refresh that was
 # running when it happened can never write, however long its origin call took. The start-time
 # checks make a refresher paused past its lease harmless as well.
@@ -35,7 +36,9 @@ from shared.xfetch import DURATION_GAIN, SPREAD_GAIN, SPREAD_WEIGHT
 # won_at_ms, mode (a WriteMode), value (store mode), content_type, etag (ours), origin_etag,
 # origin_last_modified ("" keeps the stored ones on revalidate), soft_ttl_ms, stale_ms (stored
 # lifetime past soft), stale_if_error_ms, negative, u (this value's XFetch draw in (0,1]),
-# validated_at_ms (the at of the revalidated entry), channel (the ready channel), message (its
+# validated_at_ms (the at of the revalidated entry), tags (the value's, newline-joined: field tg;
+# a revalidation keeps the stored ones), group_purge_ms (the latest purge moment of the value's
+# groups, 0 for none), channel (the ready channel), message (its
 # "ready" message for the key), hand_over (the message to publish instead when a drop lands: the
 # body for the waiting readers; "" hands nothing over)
 # Publishes message on the channel in every case (hand_over instead when a drop lands and has
@@ -62,7 +65,8 @@ end
 if redis.call('GET', KEYS[2]) ~= a.run_token then return refuse('lost_lease', false) end
 local tomb = tonumber(redis.call('GET', KEYS[3]))
 if tomb and started <= tomb then return refuse('fenced', true) end
-local prev = redis.call('HMGET', KEYS[1], 'at', 'd', 'sp', 'v', 'ct', 'etag', 'oetag', 'olm', 'neg', 'dm', 'dv')
+if started <= tonumber(a.group_purge_ms) then return refuse('fenced', true) end
+local prev = redis.call('HMGET', KEYS[1], 'at', 'd', 'sp', 'v', 'ct', 'etag', 'oetag', 'olm', 'neg', 'tg', 'dm', 'dv')
 local at = tonumber(prev[1])
 if at and started <= at then return refuse('fenced', true) end
 local sp = tonumber(prev[3])
@@ -79,20 +83,20 @@ end
 local measured = now - tonumber(a.won_at_ms)
 if measured < 1 then measured = 1 end
 local dm, dv = measured, 0
-local pm = tonumber(prev[10]) or tonumber(prev[2])
+local pm = tonumber(prev[11]) or tonumber(prev[2])
 if pm and pm > 0 then
   local err = measured - pm
   dm = pm + @DURATION_GAIN@ * err
-  local pv = tonumber(prev[11]) or 0
+  local pv = tonumber(prev[12]) or 0
   dv = pv + @SPREAD_GAIN@ * (math.abs(err) - pv)
 end
 local d = dm + @SPREAD_WEIGHT@ * dv
 local soft_ttl = tonumber(a.soft_ttl_ms)
 local soft = now + soft_ttl
 local v, ct, etag, status = a.value, a.content_type, a.etag, 'written'
-local oetag, olm = a.origin_etag, a.origin_last_modified
+local oetag, olm, tags = a.origin_etag, a.origin_last_modified, a.tags
 if mode == 'revalidate' then
-  v, ct, etag, status = prev[4], prev[5], prev[6], 'revalidated'
+  v, ct, etag, status, tags = prev[4], prev[5], prev[6], 'revalidated', prev[10] or ''
   if oetag == '' then oetag = prev[7] or '' end
   if olm == '' then olm = prev[8] or '' end
 end
@@ -100,7 +104,8 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', v, 'ct', ct, 'etag', etag, 'at', started,
            'soft', soft, 'd', string.format('%.17g', d), 'dm', string.format('%.17g', dm),
            'dv', string.format('%.17g', dv), 'neg', a.negative, 'fails', 0, 'u', a.u,
-           'oetag', oetag, 'olm', olm, 'ttl', a.soft_ttl_ms, 'st', a.stale_ms, 'sie', a.stale_if_error_ms)
+           'oetag', oetag, 'olm', olm, 'ttl', a.soft_ttl_ms, 'st', a.stale_ms, 'sie', a.stale_if_error_ms,
+           'tg', tags)
 redis.call('PEXPIRE', KEYS[1], soft_ttl + tonumber(a.stale_ms))
 redis.call('DEL', KEYS[2])
 publish(false)
@@ -129,6 +134,8 @@ class FencedWriteArgs(LuaArgs):
     negative: bool
     u: float
     validated_at_ms: int
+    tags: str
+    group_purge_ms: int
     channel: str
     message: str
     hand_over: str

@@ -76,6 +76,7 @@ from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
 from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReason
+from shared.proxy_refresh import ProxyRefresher
 from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
 from shared.settings import Settings
@@ -106,6 +107,9 @@ class Refresher:
         self._breakers: BuiltOnce[OriginBreaker] = BuiltOnce()
         self._slots: BuiltOnce[OriginSlots] = BuiltOnce()
         self.refresh_log = RefreshLog()
+        self.proxied = ProxyRefresher(
+            settings, store, self.breaker
+        )  # the origin call and write of proxy namespaces' keys
 
     # breakers and slots are built once per origin, on first use
     def breaker(self, ns: Namespace) -> OriginBreaker:
@@ -208,6 +212,8 @@ class Refresher:
     def _call_and_write(
         self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer
     ) -> RefreshReport:
+        if ns.is_proxy:
+            return self.proxied.call_and_write(ns, req, run_token, renewer.lost)
         store, key = self.store, req.key
         if renewer.lost.is_set():
             return RefreshReport(RefreshOutcome.LOST_LEASE)
@@ -272,6 +278,7 @@ class Refresher:
                     content_type=response.content_type,
                     validators=response.validators,
                     lifetimes=policy.lifetimes,
+                    tags=response.tags,
                 )
             else:
                 # Handed to the readers waiting now (in the ready message), stored nowhere.

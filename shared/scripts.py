@@ -8,7 +8,7 @@ deviation), u (the XFetch draw in (0,1) for this value), neg ("1"
 for a cached origin 404), fails (consecutive refresh failures), oetag and olm (the origin's
 ETag and Last-Modified: the validators of a conditional refresh), ttl, st and sie (ms: the
 value's fresh life, stale window and stale-if-error extension, which freshness = "origin"
-takes from the origin's answer).
+takes from the origin's answer), tg (the value's tags, newline-joined: shared/tags.py).
 A lease value is the refresher's token, or cooldown_value(token, code) = "cd:<token>:<code>"
 while it serves as a failure cooldown; code is the FailureCode a cold read answers with, so the
 worker's diagnosis reaches every web process with the cooldown itself.

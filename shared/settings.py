@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     max_requests_in_flight: Annotated[int, Field(ge=0)] = 512
     # Most keys one warm-up request (POST /v1/cache/<namespace>/warm) may name.
     warm_max_keys: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Most keys one batch read (POST /v1/cache/<namespace>/batch) may name.
+    batch_max_keys: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # Near-cache: each web process serves a value Redis called fresh from memory until its
     # known XFetch moment, and drops it on the invalidation every write and purge publishes.
     near_cache: bool = True
@@ -117,6 +119,8 @@ class Settings(BaseSettings):
     # ...and keeps at most this many values, whatever their size (distinct keys cost ~900 bytes
     # each beyond their value: shared/nearcache.py ENTRY_OVERHEAD_BYTES).
     near_cache_max_entries: Annotated[int, Field(ge=1)] = 100_000
+    # Near-cache hits answered before Flask's routing (web/fasthit.py), with the same headers.
+    web_fast_path: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("redis_url")

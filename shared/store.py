@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -15,10 +16,12 @@ from shared.connection import SUBSCRIBER_NAME as SUBSCRIBER_NAME
 from shared.connection import make_redis as make_redis
 from shared.connection import pubsub_client as pubsub_client
 from shared.freshness import Lifetimes, fixed_lifetimes
+from shared.groups import GroupIndex
 from shared.keys import Keyspace
 from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
+from shared.pipeline import evalsha_each
 from shared.protocol import (
     FailureCode,
     ReadyStatus,
@@ -34,6 +37,7 @@ from shared.replies import StoredValidators as StoredValidators
 from shared.replies import WriteResult as WriteResult
 from shared.replies import decode_text
 from shared.settings import Settings
+from shared.tags import join_tags, split_tags, value_tags
 from shared.tasks import queued_marker_ttl_seconds
 from shared.xfetch import draw_u
 
@@ -84,6 +88,7 @@ class CacheStore:
         self._warm = client.register_script(scripts.WARM)
         self._inspect = client.register_script(scripts.INSPECT)
         self._record_refused = client.register_script(RECORD_REFUSED_WRITE)
+        self.groups = GroupIndex(client, self.keys)
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -96,18 +101,27 @@ class CacheStore:
     def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
         """One EVALSHA: the entry, the decision and whether this caller won the refresh lease."""
         k = self.keys.entry(ns.name, key)
-        raw = self._read(
-            keys=[k.entry, k.lease, k.queued],
-            args=[
-                repr(ns.beta),
-                self.lease_ttl_ms,
-                token,
-                "1" if ns.serves_stale else "0",
-                "0" if ns.strategy is Strategy.NAIVE else "1",
-                self.queued_marker_ttl_ms,
-            ],
-        )
-        return ReadResult.from_reply(raw)
+        return ReadResult.from_reply(self._read(keys=[k.entry, k.lease, k.queued], args=self._read_args(ns, token)))
+
+    def _read_args(self, ns: Namespace, token: str) -> list[Any]:
+        return [
+            repr(ns.beta),
+            self.lease_ttl_ms,
+            token,
+            "1" if ns.serves_stale else "0",
+            "0" if ns.strategy is Strategy.NAIVE else "1",
+            self.queued_marker_ttl_ms,
+        ]
+
+    def read_many(self, ns: Namespace, tokens: dict[str, str]) -> dict[str, ReadResult]:
+        """READ each key (its token drawn by the caller), as `read` does, in one pipelined round
+        trip per Redis node (a batch read)."""
+        calls = []
+        for key, token in tokens.items():
+            k = self.keys.entry(ns.name, key)
+            calls.append(([k.entry, k.lease, k.queued], self._read_args(ns, token)))
+        replies = evalsha_each(self.redis, self._read, calls)
+        return {key: ReadResult.from_reply(raw) for key, raw in zip(tokens, replies, strict=True)}
 
     def inspect(self, ns: Namespace, key: str) -> EntryState:
         """One EVALSHA that reads the entry, its lease and its queued marker and changes none."""
@@ -231,8 +245,10 @@ class CacheStore:
         u: float | None = None,
         validators: Validators | None = None,
         lifetimes: Lifetimes | None = None,
+        tags: Sequence[str] = (),
     ) -> WriteResult:
-        """Store a value from the origin (see FENCED_WRITE); `lifetimes` default to the namespace's."""
+        """Store a value from the origin (see FENCED_WRITE); `lifetimes` default to the namespace's.
+        It carries the namespace's tags and `tags` (the origin's)."""
         if negative:
             lifetimes = Lifetimes(int(ns.negative_ttl_seconds * 1000), 0, 0)
         return self._fenced(
@@ -247,6 +263,7 @@ class CacheStore:
             lifetimes=lifetimes or fixed_lifetimes(ns),
             negative=negative,
             u=u,
+            tags=value_tags(ns.tags, key, tags),
         )
 
     def revalidate(
@@ -298,10 +315,19 @@ class CacheStore:
         u: float | None = None,
         validated_at_ms: int = 0,
         hand_over: HandedOver | None = None,
+        tags: Sequence[str] = (),
     ) -> WriteResult:
         k = self.keys.entry(ns.name, key)
         validators = validators or Validators()
         lifetimes = lifetimes or fixed_lifetimes(ns)
+        group_purge_ms = 0  # a drop stores nothing: no group holds it
+        if mode is WriteMode.REVALIDATE:
+            tags = value_tags(ns.tags, key, split_tags(decode_text(self.redis.hget(k.entry, "tg"))))
+        if mode is not WriteMode.DROP:
+            # Before the write, never after: see shared/groups.py for why either the walk of a
+            # group purge finds the key or this finds its moment.
+            life_ms = lifetimes.soft_ttl_ms + lifetimes.stale_ms + lifetimes.stale_if_error_ms
+            group_purge_ms = self.groups.enlist(ns.name, key, tags, life_ms)
         args = refresh_scripts.FencedWriteArgs(
             run_token=fence.token,
             started_ms=fence.started_ms,
@@ -318,6 +344,8 @@ class CacheStore:
             negative=negative,
             u=draw_u() if u is None else u,
             validated_at_ms=validated_at_ms,
+            tags=join_tags(tags),
+            group_purge_ms=group_purge_ms,
             channel=self.keys.ready_channel,
             message=ready_message(ns.name, key, ReadyStatus.READY),
             hand_over="" if hand_over is None else ready_message(ns.name, key, ReadyStatus.READY, hand_over),

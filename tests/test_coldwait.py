@@ -414,3 +414,22 @@ def test_a_handed_over_answer_reaches_every_waiter_of_its_key_and_a_later_publis
             assert handle.handed_over == HandedOver(body, "x/y")
         publish_ready(client, ns, "k", "ready")  # a later refresh stored a value: nothing to hand over
         assert first.wait(5) == "ready" and first.handed_over is None
+
+
+def test_a_waiter_that_finds_the_lease_free_waits_for_a_late_publish_and_leaves_it_to_wait(
+    make_hub: Callable[..., ColdWaitHub], client: redis.Redis, ns: str
+) -> None:
+    # A refresh whose answer may not be stored frees the lease and hands the answer over in its
+    # publish: a waiter re-reading in between finds no value and a free lease. It must not take
+    # the refresh over (a second origin call) while that publish is still on its way.
+    hub = make_hub(connected_slice=30.0)
+    with hub.join(ns, "k") as handle:
+        handle.mark()
+        assert not handle.landed_meanwhile(0.05)  # nothing published: take over
+        body = b"handed over"
+        message = {"ns": ns, "key": "k", "status": "ready", "body": base64.b64encode(body).decode(), "ct": "x/y"}
+        threading.Timer(0.3, lambda: client.publish(DEFAULT_KEYSPACE.ready_channel, json.dumps(message))).start()
+        started = time.monotonic()
+        assert handle.landed_meanwhile(5)
+        assert 0.2 < time.monotonic() - started < 4
+        assert handle.wait(0.05) == "ready" and handle.handed_over == HandedOver(body, "x/y")  # still there

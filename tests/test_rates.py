@@ -73,3 +73,23 @@ def test_the_windowed_counters_feed_the_recorder_as_well_as_prometheus(monkeypat
     metrics.REQUESTS.labels("wc", "hit").inc(2)
     assert metrics.ORIGIN_CALLS.labels("wc", "ok")._value.get() == before + 1
     assert seen == [("origin_calls", "wc", "ok", 1), ("answers", "wc", "hit", 2)]
+
+
+def test_keys_read_are_counted_once_per_key_over_the_last_ttl_for_the_ideal_origin_calls(client: Any) -> None:
+    recorder = RateRecorder(interval_s=3600)
+    recorder.bind(client)
+    for _ in range(50):  # a hot key read fifty times costs an ideal cache one call per TTL
+        recorder.note_key("a", "hot")
+    for i in range(9):
+        recorder.note_key("a", f"cold-{i}")
+    recorder.add("answers", "a", "hit", 59)
+    recorder.flush()
+    now = redis_now_ms(client) // 1000
+    # The counted seconds are the ones wholly inside the TTL, the current one excluded: move the
+    # flushed second one back, as the next second's read would see it.
+    [read_key] = client.keys(f"{DEFAULT_KEYSPACE.prefix}:keys-read:*")
+    client.rename(read_key, DEFAULT_KEYSPACE.keys_read("a", now - 1))
+    got = last_minute(client, ["a", "b"], ttls={"a": 5.0, "b": 5.0})["a"].as_json()
+    assert got["keys_read_last_ttl"] == 10
+    assert got["ideal_origin_calls_per_second"] == pytest.approx(10 / 5)
+    assert last_minute(client, ["a"])["a"].as_json()["ideal_origin_calls_per_second"] is None  # no TTL given

@@ -22,12 +22,17 @@ from shared.metrics import init_web_series
 from shared.namespaces import load_namespaces
 from shared.nearcache import NearCache, NoNearCache
 from shared.protocol import Refusal
-from shared.readpath import ReadPath
+from shared.proxy_read import ProxyReadPath, recording_sender
+from shared.proxy_store import PendingRequests, ProxyStore
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
 from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
+from web.front import Front
+from web.group_routes import bp as group_routes_bp
 from web.http import AnythingConverter, json_error, refusal
 from web.openapi import bp as openapi_bp
+from web.proxy import install as install_proxy
+from web.proxy_admin import bp as proxy_admin_bp
 from web.routes import bp as routes_bp
 from web.state import EXTENSION, WebState
 from web.status import bp as status_bp
@@ -119,6 +124,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         on_subscribed=health.reachable,
     )
 
+    store = CacheStore(client, settings)
+    # A proxied key's refresh replays the request of the read that won its lease (shared/proxy_read.py).
+    pending = PendingRequests()
+    proxies = ProxyStore(store)
+
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings)
 
@@ -126,12 +136,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:
         # One producer (one broker connection) for a whole warm-up instead of one per task.
         with celery.producer_or_acquire() as producer:
-            yield lambda request: send_refresh(celery, request, settings, producer=producer)
+            yield recording_sender(
+                lambda request: send_refresh(celery, request, settings, producer=producer),
+                namespaces,
+                pending,
+                lambda: proxies,
+            )
 
-    read_path = ReadPath(
+    read_path = ProxyReadPath(
         settings,
-        CacheStore(client, settings),
-        send_refresh=enqueue,
+        store,
+        pending=pending,
+        send_refresh=recording_sender(enqueue, namespaces, pending, lambda: proxies),
         open_batch=enqueue_batch,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
@@ -149,7 +165,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     waiter.start()
     warm_broker_connection(celery)
 
+    install_proxy(app, namespaces)  # before routing: a mount's requests never reach the routes
     app.register_blueprint(routes_bp)
+    app.register_blueprint(group_routes_bp)
+    app.register_blueprint(proxy_admin_bp)
     app.register_blueprint(status_bp)
     app.register_blueprint(openapi_bp)
 
@@ -172,4 +191,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.logger.exception("unexpected error")
         return json_error(500, "internal_error", "unexpected server error")
 
+    # Last, once every blueprint's rules are known: near-cache hits and admission before Flask.
+    app.wsgi_app = Front(app, app.wsgi_app)  # type: ignore[method-assign]
     return app

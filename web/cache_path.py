@@ -5,6 +5,7 @@ path segments are different things, which the decoded PATH_INFO can no longer te
     /v1/cache/<namespace>/<key>/refresh    POST (admin)
     /v1/cache/<namespace>/<key>/meta       GET (admin)
     /v1/cache/<namespace>/warm             POST (admin, keys in the body)
+    /v1/cache/<namespace>/batch            POST (a read of many keys, named in the body)
 
 A key is exactly one segment: a `/` inside it is sent as `%2F`, so a literal `/` in the key part
 is no route at all (404), and `x%2Frefresh` is the key "x/refresh", never the refresh route.
@@ -37,7 +38,7 @@ class PathError(Exception):
 
 
 NO_ROUTE_DETAIL = (
-    "no such route: the paths are /v1/cache/<namespace>/<key>[/refresh|/meta] and /v1/cache/<namespace>/warm, "
+    "no such route: the paths are /v1/cache/<namespace>/<key>[/refresh|/meta] and /v1/cache/<namespace>/warm|batch, "
     "and a key holding '/' must send it as %2F"
 )
 
@@ -50,13 +51,14 @@ class CacheAction(StrEnum):
     REFRESH = "refresh"  # POST <namespace>/<key>/refresh
     PURGE = "purge"  # DELETE <namespace>/<key>[?soft=1]
     WARM = "warm"  # POST <namespace>/warm
+    BATCH = "batch"  # POST <namespace>/batch
 
 
 @dataclass(frozen=True)
 class CachePath:
     namespace: str  # raw, not yet checked against the configured namespaces
     action: CacheAction
-    key: str | None  # decoded and validated; None for warm
+    key: str | None  # decoded and validated; None for warm and batch
     soft: bool = False  # purge only
 
 
@@ -116,8 +118,8 @@ def parse_cache_path(method: str, path: str, query: str | None, namespaces: Cont
     if namespace not in namespaces:
         raise PathError(404, "unknown_namespace", f"no namespace named {namespace!r}")
     method = "GET" if method == "HEAD" else method
-    if method == "POST" and rest == [CacheAction.WARM]:
-        action, key_segment = CacheAction.WARM, None
+    if method == "POST" and rest in ([CacheAction.WARM], [CacheAction.BATCH]):
+        action, key_segment = CacheAction(rest[0]), None
     elif method == "POST" and len(rest) == 2 and rest[1] == CacheAction.REFRESH:
         action, key_segment = CacheAction.REFRESH, rest[0]
     elif method == "GET" and len(rest) == 2 and rest[1] == CacheAction.META:

@@ -29,6 +29,10 @@ threads = _settings.web_threads  # gthread only
 # gevent only: room for every permitted cold-miss waiter plus the requests being answered.
 worker_connections = _settings.max_cold_waiters + 1000
 backlog = 4096
+# Above the proxy's own limits (web/proxy_target.py), so that a request past those gets its 414/431
+# as JSON; only one past these gets gunicorn's plain 400.
+limit_request_line = 8190
+limit_request_field_size = 16380
 keepalive = 30
 timeout = 60
 graceful_timeout = 20

@@ -9,6 +9,10 @@ from flask import Blueprint, Response, jsonify
 from shared.answers import FAILURE_DETAILS
 from shared.keys import MAX_KEY_BYTES
 from shared.namespaces import Namespace
+from shared.tags import PURGE_MAX_TAGS
+from web.openapi_batch import BATCH_ENTRY, batch_paths
+from web.openapi_groups import GROUP_PURGE_SCHEMAS, group_purge_paths
+from web.openapi_proxy import proxy_paths
 from web.state import web_state
 
 bp = Blueprint("openapi", __name__)
@@ -151,8 +155,10 @@ _ADMIN_ERRORS = {
 _UNAVAILABLE = _error("Redis or the broker is unreachable; retry after Retry-After seconds.", retry_after=True)
 
 
-def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000) -> dict[str, Any]:
-    names = sorted(namespaces)
+def build_openapi(
+    namespaces: dict[str, Namespace], warm_max_keys: int = 10_000, batch_max_keys: int = 1000
+) -> dict[str, Any]:
+    names = sorted(name for name, ns in namespaces.items() if ns.proxy is None)  # proxies: their mounts
     target = _target_parameters(names)
     namespace_only = target[:1]
     cache_headers = {
@@ -356,6 +362,8 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                     },
                 }
             },
+            **group_purge_paths(PURGE_MAX_TAGS),
+            **batch_paths(namespace_only, batch_max_keys, _error),
             "/v1/namespaces": {
                 "get": {
                     "operationId": "listNamespaces",
@@ -458,6 +466,7 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                     },
                 }
             },
+            **proxy_paths(namespaces),
         },
         "components": {
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}},
@@ -468,6 +477,8 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
                 },
             },
             "schemas": {
+                **GROUP_PURGE_SCHEMAS,
+                "BatchEntry": BATCH_ENTRY,
                 "Error": {
                     "type": "object",
                     "required": ["error", "detail"],
@@ -612,4 +623,4 @@ def build_openapi(namespaces: dict[str, Namespace], warm_max_keys: int = 10_000)
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
     state = web_state()
-    return jsonify(build_openapi(state.namespaces, state.settings.warm_max_keys))
+    return jsonify(build_openapi(state.namespaces, state.settings.warm_max_keys, state.settings.batch_max_keys))

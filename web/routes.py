@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
 
-from shared import metrics
+from shared import metrics, rates
 from shared.answers import (
     NOT_ENQUEUED,
     QUEUE_FULL,
@@ -27,14 +26,16 @@ from shared.answers import (
     Unstored,
     WarmIncomplete,
 )
+from shared.batchread import read_batch
 from shared.keys import MAX_KEY_BYTES, InvalidKey, validate_key
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
-from shared.store import EntryState, ReadResult
+from shared.store import EntryState
+from web.batch import batch_body
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
-from web.http import json_error, json_response, refusal
-from web.state import web_state
+from web.http import cache_headers, json_error, json_response, refusal
+from web.state import ADMITTED, web_state
 
 bp = Blueprint("herdless", __name__)
 
@@ -59,6 +60,14 @@ def _asks_for_meta() -> bool:
     return len(segments) == 6 and segments[5] == CacheAction.META
 
 
+def _asks_for_batch() -> bool:
+    """Is this POST the public /v1/cache/<namespace>/batch? Told from the raw path's shape alone,
+    before the admin token is checked (every other POST to a cache path is an admin's)."""
+    path, _ = raw_request_uri(request.environ)
+    segments = path.split("/")
+    return len(segments) == 5 and segments[4] == CacheAction.BATCH
+
+
 def _cache_path() -> tuple[Namespace, CachePath]:
     """The namespace and what a /v1/cache/ request asks for, from the raw request URI."""
     namespaces = web_state().namespaces
@@ -67,7 +76,10 @@ def _cache_path() -> tuple[Namespace, CachePath]:
         parsed = parse_cache_path(request.method, path, query, namespaces)
     except PathError as exc:
         raise BadRequest(exc.status, exc.error, exc.detail) from None
-    return namespaces[parsed.namespace], parsed
+    ns = namespaces[parsed.namespace]
+    if ns.proxy is not None:  # its keys are proxied URLs: read at its mount, managed under /v1/proxy/
+        raise BadRequest(404, "proxy_namespace", f"namespace {ns.name!r} is a proxy: read it at {ns.proxy.mount}/...")
+    return ns, parsed
 
 
 def _target(parsed: tuple[Namespace, CachePath]) -> Target:
@@ -93,27 +105,12 @@ def _require_admin() -> None:
         raise BadRequest(403, "forbidden", "the admin token is not valid")
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """If-None-Match uses the weak comparison: W/"x" matches "x"; * matches any stored value."""
     if not if_none_match:
         return False
     tokens = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
     return "*" in tokens or etag in tokens
-
-
-def cache_headers(ns: Namespace, r: ReadResult, outcome: str, now_ms: int | None = None) -> dict[str, str]:
-    """X-Cache, Age, Cache-Control and ETag of an answer from a stored entry."""
-    now = r.now_ms if now_ms is None else now_ms
-    headers = {"X-Cache": outcome.upper()}
-    if r.at_ms is not None:
-        headers["Age"] = str(max(0, (now - r.at_ms) // 1000))
-    if r.soft_ms is not None:
-        max_age = max(0, math.floor((r.soft_ms - now) / 1000))
-        stale_ms = ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
-        headers["Cache-Control"] = f"max-age={max_age}, stale-while-revalidate={stale_ms // 1000}"
-    if r.etag:
-        headers["ETag"] = r.etag
-    return headers
 
 
 def _serve(ns: Namespace, answer: Served) -> Response:
@@ -127,7 +124,7 @@ def _serve(ns: Namespace, answer: Served) -> Response:
     if r.negative:
         metrics.REQUESTS.labels(ns.name, "negative" if negative_hit else "miss").inc()
         return json_error(404, "not_found", "the origin has no value for this key", headers)
-    if r.etag and _etag_matches(request.headers.get("If-None-Match"), r.etag):
+    if r.etag and etag_matches(request.headers.get("If-None-Match"), r.etag):
         metrics.REQUESTS.labels(ns.name, "not_modified").inc()
         return Response(status=304, headers=headers)
     metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
@@ -157,8 +154,10 @@ def read(_rest: str) -> Response:
         return meta(_target(parsed))
     target = _target(parsed)
     started = time.perf_counter()
+    rates.RECORDER.note_key(target.ns.name, target.key)  # for the status page's ideal origin calls
     try:
-        answer = web_state().read_path.read(target.ns, target.key)
+        # The front door (web/front.py) may hold the read's admission slot already.
+        answer = web_state().read_path.read(target.ns, target.key, admitted=bool(request.environ.get(ADMITTED)))
         if isinstance(answer, Served):
             return _serve(target.ns, answer)
         if isinstance(answer, Unstored):
@@ -170,7 +169,9 @@ def read(_rest: str) -> Response:
 
 @bp.post("/v1/cache/<anything:_rest>")
 def refresh(_rest: str) -> Response:
-    _require_admin()  # every POST to a cache path is an admin's
+    if _asks_for_batch():  # public, like a read
+        return batch_read(_cache_path()[0])
+    _require_admin()  # every other POST to a cache path is an admin's
     parsed = _cache_path()
     if parsed[1].action is CacheAction.WARM:
         return warm(parsed[0])
@@ -191,9 +192,9 @@ def refresh(_rest: str) -> Response:
 _JSON_BYTES_PER_KEY = 6 * MAX_KEY_BYTES + 16
 
 
-def _warm_keys(max_keys: int) -> list[str]:
-    """The keys of a warm-up body {"keys": [...]}, every one validated: any fault is a 400 and
-    nothing is enqueued."""
+def _body_keys(max_keys: int, setting: str = "WARM_MAX_KEYS", what: str = "warm-up") -> list[str]:
+    """The keys of a warm-up's or batch read's body {"keys": [...]}, every one validated: any
+    fault is a 400, and nothing is read or enqueued."""
     # A body no valid request could reach is refused before it is read (413).
     request.max_content_length = max_keys * _JSON_BYTES_PER_KEY + 65536
     try:
@@ -209,7 +210,7 @@ def _warm_keys(max_keys: int) -> list[str]:
     if not isinstance(keys, list):
         raise BadRequest(400, "invalid_body", '"keys" must be a list of strings')
     if len(keys) > max_keys:
-        raise BadRequest(400, "too_many_keys", f"{len(keys)} keys; at most {max_keys} (WARM_MAX_KEYS) per warm-up")
+        raise BadRequest(400, "too_many_keys", f"{len(keys)} keys; at most {max_keys} ({setting}) per {what}")
     for i, key in enumerate(keys):
         if not isinstance(key, str):
             raise BadRequest(400, "invalid_key", f"keys[{i}] is not a string")
@@ -224,7 +225,7 @@ def warm(ns: Namespace) -> Response:
     """POST /v1/cache/<namespace>/warm (admin): enqueue a refresh of every listed key that is not
     fresh and not already being refreshed. The caller checked the token."""
     state = web_state()
-    keys = _warm_keys(state.settings.warm_max_keys)
+    keys = _body_keys(state.settings.warm_max_keys)
     try:
         result = state.read_path.warm(ns, keys)
     except WarmIncomplete as exc:
@@ -239,6 +240,18 @@ def warm(ns: Namespace) -> Response:
             "queue_full": result.queue_full,
         },
     )
+
+
+def batch_read(ns: Namespace) -> Response:
+    """POST /v1/cache/<namespace>/batch: answer every listed key as a single read would, in one
+    JSON object keyed by key (web/batch.py; shared/batchread.py tells how)."""
+    state = web_state()
+    keys = _body_keys(state.settings.batch_max_keys, "BATCH_MAX_KEYS", "batch read")
+    started = time.perf_counter()
+    try:
+        return json_response(200, batch_body(ns, read_batch(state.read_path, ns, keys)))
+    finally:
+        metrics.REQUEST_DURATION.labels(ns.name).observe(time.perf_counter() - started)
 
 
 @bp.delete("/v1/cache/<anything:_rest>")

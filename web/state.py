@@ -15,6 +15,7 @@ from shared.settings import Settings
 from shared.store import CacheStore
 
 EXTENSION = "herdless"
+ADMITTED = "herdless.admitted"  # environ: the front door (web/front.py) holds this read's admission slot
 
 
 @dataclass

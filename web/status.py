@@ -94,9 +94,11 @@ def _slot_waits(worker: list[Any]) -> dict[str, dict[str, float | None]]:
 _BREAKER_BY_GAUGE = {state.gauge: state.value for state in BreakerState}
 
 
-def _last_minute(client: Any, namespaces: Iterable[str], keys: Keyspace) -> dict[str, Any] | None:
+def _last_minute(
+    client: Any, namespaces: Iterable[str], keys: Keyspace, ttls: dict[str, float]
+) -> dict[str, Any] | None:
     try:
-        return {name: r.as_json() for name, r in rates.last_minute(client, namespaces, keys).items()}
+        return {name: r.as_json() for name, r in rates.last_minute(client, namespaces, keys, ttls).items()}
     except RedisError:
         return None
 
@@ -139,7 +141,12 @@ def status_snapshot() -> dict[str, Any]:
         },
         # Per namespace, over the last 60 s, from every web and worker process (shared/rates.py);
         # None while Redis is unreachable.
-        "last_minute": _last_minute(state.store.redis, sorted(state.namespaces), state.store.keys),
+        "last_minute": _last_minute(
+            state.store.redis,
+            sorted(state.namespaces),
+            state.store.keys,
+            {name: ns.cache_ttl_seconds for name, ns in state.namespaces.items()},
+        ),
         "worker": None,
     }
     worker = _worker_samples(state.settings.worker_metrics_url)
@@ -152,6 +159,11 @@ def status_snapshot() -> dict[str, Any]:
             "origin_bytes_total": _total(worker, "herdless_origin_bytes_total"),
             "refreshes": _by_label(worker, "herdless_refresh_total", "outcome"),
             "slot_waits": _slot_waits(worker),
+            # Lease won to value written, summed over namespaces: the page charts its mean per interval.
+            "refresh_lag_seconds": {
+                "sum": _total(worker, "herdless_refresh_lag_seconds_sum"),
+                "count": _total(worker, "herdless_refresh_lag_seconds_count"),
+            },
         }
     return snapshot
 

@@ -19,10 +19,18 @@ if TYPE_CHECKING:
     from shared.namespaces import Namespace
 
 
+# Celery's own global option, which goes before `worker`: no start-up banner (`make run` passes it
+# and prints the queue in its ready block instead).
+QUIET = ("--quiet", "-q")
+
+
 def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
     from shared.keys import Keyspace  # imports redis: only once gevent has patched (main)
 
+    quiet = [arg for arg in extra if arg in QUIET][:1]
+    extra = [arg for arg in extra if arg not in QUIET]
     return [
+        *quiet,
         "worker",
         "--loglevel",
         settings.log_level.upper(),
@@ -39,10 +47,26 @@ def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
     ]
 
 
+def quiet_what_nobody_can_act_on() -> None:
+    """Celery's SecurityWarning when run as root guards against a pickle payload running as
+    root; this worker accepts JSON only (tests/security/test_pickle_refused.py), and root is
+    what a container or a VM of one's own runs as. The remote-control lines ("Events of group
+    {task} enabled by remote", each time Flower starts, "pidbox: Connected") say nothing to act on."""
+    import logging
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    for name in ("celery.worker.control", "celery.worker.pidbox"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_worker(settings: Settings, namespaces: dict[str, Namespace], extra: list[str]) -> None:
     from shared.metrics_dir import own_metrics_dir
     from workers.app import make_celery
 
+    quiet_what_nobody_can_act_on()
     if not os.environ.get(HERD_MEMBER):
         # Ours to remove when the worker stops (workers/tasks.py): starts leave no directory behind.
         own_metrics_dir("worker")

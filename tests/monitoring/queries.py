@@ -43,6 +43,9 @@ CONTRACT_METRICS = {
     "herdless_redis_degraded": "gauge",
     "herdless_degraded_answers_total": "counter",
     "herdless_refused_total": "counter",
+    "herdless_group_purge_keys_total": "counter",
+    "herdless_group_purges_total": "counter",
+    "herdless_group_purge_pending_keys": "gauge",
 }
 
 # Flower 2.x exporter (flower/events.py, PrometheusMetrics).

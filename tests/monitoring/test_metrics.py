@@ -305,7 +305,7 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
     # Every demo namespace calls the one demo origin, py-typed its callable: the public page
     # names each by its namespaces, never by host:port or module. Nothing is being refreshed now:
     # no slot is held, and the limit is the default ORIGIN_MAX_CONCURRENCY.
-    origin = "origin of demo, demo-lock, demo-naive, demo-swr, herd"
+    origin = "origin of demo, demo-lock, demo-naive, demo-proxy, demo-swr, herd"
     assert after["origin_limits"] == {origin: 50, "origin of py-typed": 50}
     assert after["origin_in_flight"] == {origin: 0, "origin of py-typed": 0}
     assert stack.origin_url.removeprefix("http://") not in json.dumps(after)
@@ -320,7 +320,7 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
 def test_metrics_name_each_origin_by_its_namespaces_never_by_host_or_module(stack: Stack) -> None:
     assert stack.get("herd", "origin-labels").status_code == 200
     assert stack.get("py-typed", "boom-origin-labels").status_code == 502  # a slot wait, a failure
-    demo = "origin of demo, demo-lock, demo-naive, demo-swr, herd"
+    demo = "origin of demo, demo-lock, demo-naive, demo-proxy, demo-swr, herd"
     pages = {
         "web": requests.get(stack.web_url + "/metrics", timeout=5).text,
         "worker": requests.get(stack.worker_metrics_url, timeout=5).text,

@@ -46,6 +46,8 @@ ZERO_AT_REST = {
     "Redis unreachable: degraded answers/B",
     # Zero unless something is refused (tests/security/test_cold_waiter_limit.py counts them).
     "Refused at once (503), by reason/A",
+    # Zero once every group purge has completed.
+    "Group purges: keys visited by outcome, members pending/B",
 }
 
 # Rates over the whole traffic window: the stack lives for seconds, not minutes.
@@ -103,6 +105,11 @@ def drive_traffic(stack: Stack, prometheus: PrometheusServer) -> None:
         requests.get(stack.url("held", "purged"), timeout=15).raise_for_status()  # new connections: both web processes
     purge = http.delete(stack.url("held", "purged"), headers={"Authorization": f"Bearer {ADMIN}"}, timeout=15)
     assert purge.status_code == 204, purge.text
+    # A tag purge (every value of "held" carries the namespace's group): its keys by outcome.
+    get("held", "tagged")
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    group = http.post(stack.web_url + "/v1/purge", json={"namespace": "held"}, headers=admin, timeout=15)
+    assert group.status_code == 200 and group.json()["purged"] >= 1, group.text
 
     for round_no in range(3):
         assert get("demo", f"cold-{round_no}").headers["X-Cache"] == "MISS"

@@ -52,6 +52,7 @@ REQUIRED_PANELS = [
     "Origin calls in flight",
     "Origin bytes received",
     "Revalidated share of origin answers",
+    "Group purges: keys visited by outcome, members pending",
 ]
 
 REQUIRED_ALERTS = {

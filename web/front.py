@@ -1,0 +1,162 @@
+"""The web tier's front door: a WSGI middleware before Flask that answers near-cache hits
+(web/fasthit.py) and refuses, cheaply and early, the reads this process cannot serve in time.
+
+Past its capacity a process that lets every request reach its routing spends nearly as much on a
+refusal as on an answer, and the requests it works on wait behind each other until their clients
+gave up. So admission happens here, before Flask, on the raw request URI, for reads
+(``GET``/``HEAD`` of ``/v1/cache/<namespace>/<key>``):
+
+- **In flight**: the process's ``Admission`` (shared/admission.py: ``MAX_REQUESTS_IN_FLIGHT``
+  its ceiling, adapted to the cold misses' waits) is taken here, for the whole request, instead
+  of inside the read path. A read that would join waiters of the process already waiting for
+  its key takes no slot, as before. A near-cache hit never gets here: it is answered first.
+- **Waited too long already**: under gevent a monitor greenlet measures how late the event loop
+  runs a timer (``LoopLag``); every request read while the loop is that late has waited at
+  least as long since its bytes arrived before herdless's code could run. While the lag exceeds
+  ``SHED_AFTER_SECONDS`` reads that need Redis are refused at once: the process gets through its
+  backlog instead of answering each request after its client's patience ran out.
+
+A refusal is the read route's own ``503 {"error": "overloaded", ...}`` with ``Retry-After: 1``,
+its bytes built once by Flask at start-up, counted in ``herdless_refused_total`` and
+``herdless_requests_total{outcome="error"}`` like the route's, and in
+``herdless_front_refused_total{reason}`` (in_flight, lag). Everything else -- admin routes,
+health, metrics, the status page -- passes untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+
+from shared import metrics
+from shared.answers import OVERLOADED, Refused
+from shared.protocol import AnswerOutcome, Refusal
+from web.fasthit import FastHits, StartResponse, WSGIApp, owns_cache_gets, read_target
+from web.http import refusal
+from web.state import ADMITTED, EXTENSION, WebState
+
+SHED_AFTER_SECONDS = 1.0  # a loop this late: reads needing Redis are refused
+LAG_INTERVAL_SECONDS = 0.05  # how often the monitor's timer is due
+LAG_DETAIL = "this process is behind: requests wait for it before it can read them; retry shortly"
+
+
+class LoopLag:
+    """How late a gevent event loop runs a timer due every `interval` s: the wait any request
+    read now has had before it. Without gevent there is no loop to watch: `seconds` stays 0."""
+
+    def __init__(self, interval: float = LAG_INTERVAL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.seconds = 0.0
+        self._clock = clock
+        self._started_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> bool:
+        """Start the monitor greenlet in this process (once); False without gevent's patch."""
+        import os
+
+        try:
+            from gevent import monkey
+        except ImportError:
+            return False
+        if not monkey.is_module_patched("time"):
+            return False
+        with self._lock:
+            if self._started_pid == os.getpid():
+                return True
+            self._started_pid = os.getpid()
+        import gevent
+
+        gevent.spawn(self._run)
+        return True
+
+    def _run(self) -> None:
+        import gevent
+
+        while True:
+            due = self._clock() + self.interval
+            gevent.sleep(self.interval)
+            self.observe(self._clock() - due)
+
+    def observe(self, late: float) -> None:
+        # Up at once, down by halves: one late timer means a backlog now; it must be gone for a
+        # few ticks before the process counts as caught up.
+        late = max(0.0, late)
+        self.seconds = late if late > self.seconds else self.seconds * 0.5 + late * 0.5
+
+
+class Front:
+    """``app.wsgi_app = Front(app, app.wsgi_app)``: hits, then admission, then `inner` (Flask)."""
+
+    def __init__(self, app: Flask, inner: WSGIApp, lag: LoopLag | None = None) -> None:
+        self.inner = inner
+        state: WebState = app.extensions[EXTENSION]
+        self.hits = FastHits(app)
+        self.owns = owns_cache_gets(app)  # else every request goes to Flask, which decides
+        self.admission = state.read_path.admission
+        self.waiter = state.waiter
+        self.namespaces = state.namespaces
+        self.shed_after_s = SHED_AFTER_SECONDS
+        self.lag = lag or LoopLag()
+        if state.settings.web_worker_class == "gevent":
+            self.lag.start()
+        with app.app_context():  # the route's own refusal, as bytes: status, headers, body
+            self.refusals = {
+                "in_flight": _frozen(refusal(OVERLOADED, count=False)),
+                "lag": _frozen(refusal(Refused(503, Refusal.OVERLOADED, LAG_DETAIL, 1), count=False)),
+            }
+        self.refused_error = {name: metrics.REQUESTS.labels(name, AnswerOutcome.ERROR) for name in self.namespaces}
+        self.refused_overloaded = metrics.REFUSED.labels(Refusal.OVERLOADED)
+        self.front_refused = {why: metrics.FRONT_REFUSED.labels(why) for why in metrics.FRONT_REFUSED_REASONS}
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        if (method != "GET" and method != "HEAD") or not self.owns:
+            return self.inner(environ, start_response)
+        target = read_target(environ)
+        if target is None:
+            return self.inner(environ, start_response)
+        if method == "GET":
+            answer = self.hits.answer(target, environ, start_response)
+            if answer is not None:
+                return answer
+        ns_name, key = target
+        if ns_name not in self.namespaces:
+            return self.inner(environ, start_response)  # the route answers 404
+        if self.lag.seconds > self.shed_after_s:
+            return self._refuse("lag", ns_name, start_response)
+        if self.waiter.waiting_on(ns_name, key):
+            return self.inner(environ, start_response)  # joins a wait under way: no slot, as before
+        with self.admission.slot() as admitted:
+            if not admitted:
+                return self._refuse("in_flight", ns_name, start_response)
+            environ[ADMITTED] = True
+            # The slot is held until the body is built (the read route streams none).
+            result = self.inner(environ, start_response)
+            try:
+                return list(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    def _refuse(self, why: str, ns_name: str, start_response: StartResponse) -> list[bytes]:
+        started = time.perf_counter()
+        status, headers, body = self.refusals[why]
+        self.front_refused[why].inc()
+        self.refused_overloaded.inc()
+        self.refused_error[ns_name].inc()
+        start_response(status, list(headers))
+        metrics.REQUEST_DURATION.labels(ns_name).observe(time.perf_counter() - started)
+        return [body]
+
+
+def _frozen(response: Any) -> tuple[str, tuple[tuple[str, str], ...], bytes]:
+    """A Flask response as (status line, headers, body bytes), to be sent again and again."""
+    body = response.get_data()
+    headers = tuple((k, v) for k, v in response.headers.items())
+    return response.status, headers, body
