@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared.httpcache.fields import Headers, strip_hop_by_hop, without
+from shared.httpcache.surrogate import with_surrogate_capability
 from shared.namespaces import Namespace
 from shared.origin import KeyFault, OriginError, OriginTimeout, OriginTooLarge
 
@@ -91,6 +92,9 @@ class ProxyOrigin:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         sent = without(strip_hop_by_hop(headers), (*TRANSPORT_FIELDS, *self._own_names)) + self._own
+        # Announce this cache to the origin (Edge Architecture): it may answer with
+        # Surrogate-Control meant for us (shared/httpcache/surrogate.py).
+        sent = with_surrogate_capability(sent)
         path = self.config.base_path + target
         if not path.startswith("/"):
             path = "/" + path

@@ -37,10 +37,10 @@ from shared.httpcache.cachecontrol import request_cache_control
 from shared.httpcache.conditional import CONDITIONAL_FIELDS
 from shared.httpcache.fields import Headers, get_all, has, strip_hop_by_hop, without
 from shared.httpcache.lifetime import Policy
-from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide
+from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide, may_serve_on_error
 from shared.httpcache.vary import variant_key, vary_fields
 from shared.namespaces import Namespace
-from shared.protocol import AnswerOutcome, ReadyStatus, RefreshReason
+from shared.protocol import AnswerOutcome, LeaseState, ReadyStatus, RefreshReason
 from shared.proxy_config import CREDENTIAL_HEADERS
 from shared.proxy_origin import TRANSPORT_FIELDS
 from shared.proxy_refresh import policy_of
@@ -54,6 +54,8 @@ from shared.tasks import RefreshRequest
 NOT_REPLAYED = (*CONDITIONAL_FIELDS, *TRANSPORT_FIELDS, "cache-control", "pragma", "range", "content-type")
 # URLs whose Vary fields a process remembers (learnt from their primary keys' markers).
 VARY_MEMO_ENTRIES = 100_000
+# Decoded envelopes kept (each with the value it came from, so an id is never mistaken).
+DECODED_ENVELOPES = 4096
 # Reads of one request at most: primary, its variant, and one re-keying when a variant's Vary changed.
 MAX_HOPS = 3
 
@@ -109,6 +111,7 @@ class ProxyReadPath(ReadPath):
         self.pending = pending
         self.proxies = ProxyStore(self.store)
         self._vary: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+        self._envelopes: OrderedDict[int, tuple[bytes, Envelope]] = OrderedDict()
 
     def _learn_vary(self, ns: Namespace, target: str, fields: tuple[str, ...]) -> None:
         self._vary[(ns.name, target)] = fields
@@ -150,7 +153,7 @@ class ProxyReadPath(ReadPath):
             return answer
         if isinstance(answer, Unstored):
             return self._handed_over(answer, Forward.URI_MISS)
-        envelope = Envelope.decode(answer.result.value)
+        envelope = self._decoded(answer.result.value)
         if envelope is None:
             return answers.Refused(502, "invalid_entry", "the stored entry is not a proxied response")
         if envelope.is_marker:
@@ -173,7 +176,22 @@ class ProxyReadPath(ReadPath):
             return ProxyAnswer(envelope, decision, outcome, now_s)
         if decision.action is Reuse.GATEWAY_TIMEOUT:
             return _gateway_timeout()
-        return self._validated(ns, key, answer.now_ms, decision)
+        return self._validated(ns, key, answer.now_ms, decision, headers, policy)
+
+    def _decoded(self, value: bytes | None) -> Envelope | None:
+        """The envelope of a stored value, decoded once per value object: a near-cache hit hands
+        back the very bytes object it holds, so a hot URL's head is parsed once, not per read."""
+        if value is None:
+            return None
+        cached = self._envelopes.get(id(value))
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        envelope = Envelope.decode(value)
+        if envelope is not None:
+            self._envelopes[id(value)] = (value, envelope)
+            while len(self._envelopes) > DECODED_ENVELOPES:
+                self._envelopes.popitem(last=False)
+        return envelope
 
     def _peek_served(self, ns: Namespace, key: str) -> Served | None:
         r = self.proxies.peek(ns, key)
@@ -185,8 +203,19 @@ class ProxyReadPath(ReadPath):
             return answers.Refused(502, "invalid_entry", "the origin's answer could not be handed over")
         return ProxyAnswer(envelope, None, AnswerOutcome.MISS, time.time(), stored=False, forward=forward)
 
-    def _validated(self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision) -> ProxyAnswer | Refused:
+    def _validated(
+        self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision, headers: Headers, policy: Policy
+    ) -> ProxyAnswer | Refused:
         answer = self.refresh_and_wait(ns, key, since_ms)
+        if answer is ORIGIN_FAILED:
+            # The refresh failed: a stored response its stale-if-error allows answers instead.
+            r = self.proxies.peek(ns, key)
+            envelope = Envelope.decode(r.value) if r.has_value else None
+            if envelope is not None and not envelope.is_marker:
+                now_s = r.now_ms / 1000
+                if may_serve_on_error(headers, envelope.stored_response(), now_s, policy):
+                    stale = decide("GET", (), envelope.stored_response(), now_s, policy)
+                    return ProxyAnswer(envelope, stale, AnswerOutcome.STALE, now_s)
         if isinstance(answer, Refused):
             return answer
         forward = decision.forward or Forward.STALE
@@ -219,13 +248,15 @@ class ProxyReadPath(ReadPath):
                 if r.has_value and (r.at_ms or 0) > since_ms:
                     return Served(r, AnswerOutcome.MISS, r.now_ms)
                 if status is ReadyStatus.ERROR:
-                    return answers.Refused(504, "origin_unavailable", "the stored response could not be validated")
+                    return ORIGIN_FAILED
                 # Published for a refresh that started before this read, or nothing heard: go again.
                 refusal = self._take_and_enqueue(ns, key)
 
     def _take_and_enqueue(self, ns: Namespace, key: str) -> Refused | None:
         token = new_token()
         if not self.store.take_lease(ns, key, token):
+            if self.store.inspect(ns, key).lease is LeaseState.COOLDOWN:
+                return ORIGIN_FAILED  # the last refresh failed: none until the cooldown ends
             return None  # a refresh is queued or running: its publish wakes us
         try:
             self._enqueue(ns, key, token, RefreshReason.MISS, self.store.now_ms())
@@ -262,8 +293,23 @@ class ProxyReadPath(ReadPath):
                 hold.__exit__(None, None, None)
 
 
+# A validation that failed (the origin erred, or the key cools down after it did): 504 unless a
+# stored response may be served on error.
+ORIGIN_FAILED = answers.Refused(504, "origin_unavailable", "the stored response could not be validated")
+
+
 def _gateway_timeout() -> Refused:
     return answers.Refused(504, "not_cached", "only-if-cached: no stored response may answer this request")
+
+
+def task_label(request: RefreshRequest, pending: PendingRequests) -> str | None:
+    """What Flower shows for a proxied key's refresh: its namespace and URL path (not the query,
+    which may carry a client's token), since the key itself is a hash."""
+    held = pending.get(request.namespace, request.key)
+    if held is None:
+        return None
+    path, sep, _ = held.target.partition("?")
+    return f"{request.namespace} GET {path or '/'}{'?…' if sep else ''}"
 
 
 def recording_sender(

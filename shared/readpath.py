@@ -73,7 +73,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, suppress
 
 from redis.exceptions import RedisError
 
@@ -100,7 +100,7 @@ from shared.protocol import (
     SuppressReason,
     WarmState,
 )
-from shared.queuebound import QueueBound
+from shared.queuebound import EARLY_MAX_WAITING, QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, ReadResult, new_token
 from shared.tasks import RefreshRequest
@@ -149,8 +149,7 @@ class ReadPath:
     # -- reads ----------------------------------------------------------------------------------
 
     def read(self, ns: Namespace, key: str, *, admitted: bool = False) -> Answer:
-        """Answer one read of (ns, key): from the store, after a bounded cold wait, or refused.
-        `admitted`: the caller holds an admission slot for it already (the web tier's front)."""
+        """Answer one read: stored, after a bounded cold wait, or refused (`admitted`: the front holds its slot)."""
         if ns.strategy is Strategy.NAIVE:
             return self._read_naive(ns, key)
         near = self.near_cache
@@ -207,20 +206,21 @@ class ReadPath:
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
         key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
-        state = self.queue.admit_or_give_back(ns, key, token)
+        request = RefreshRequest(ns.name, key, token, reason, won_at_ms)
+        bound = EARLY_MAX_WAITING if reason == "early" else None  # waits for an idle-enough queue
+        state = self.queue.admit_or_give_back(ns, key, token, bound=bound, request=request)
         if state is AdmitState.QUEUED:
             return False
         if state is AdmitState.FULL:
             raise answers.QueueRefused(QUEUE_FULL.detail)
         try:
-            self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
+            if not self.queue.sends_with_admission(ns):
+                self._send_refresh(request)
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
             log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
-            try:
+            with suppress(Exception):  # Redis is down too; the lease expires on its own
                 self.store.finish(ns, key, token)
                 self.queue.depart(ns.name, key, token)
-            except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
-                pass
             raise answers.BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
         return True

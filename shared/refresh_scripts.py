@@ -210,8 +210,12 @@ class RecordFailureArgs(LuaArgs):
 # marker is this task's (a purge deleted the lease of a queued refresh: the refresh will start
 # after the purge, so it may run; or the message came back after its run died, and no read has
 # taken over since).
-# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] task token, ARGV[2] run token, ARGV[3] lease ttl ms,
-# ARGV[4] marker ttl ms. Returns 1 if the lease is now this run's, else 0.
+# It also reads what a conditional origin call needs of the stored entry (its `at`, origin
+# validators and lifetimes: StoredValidators), which saves the run a round trip.
+# KEYS[1] lease, KEYS[2] queued marker, KEYS[3] entry; ARGV[1] task token, ARGV[2] run token,
+# ARGV[3] lease ttl ms, ARGV[4] marker ttl ms.
+# Returns {1, at, oetag, olm, neg, ttl, st, sie} (the entry's fields, false where absent) if
+# the lease is now this run's, else {0}.
 CLAIM = lua_script(
     """
 local lease = redis.call('GET', KEYS[1])
@@ -220,9 +224,10 @@ local mine = queued == ARGV[1] or queued == running_value(ARGV[1])
 if lease == ARGV[1] or (not lease and mine) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('SET', KEYS[2], running_value(ARGV[1]), 'PX', ARGV[4])
-  return 1
+  local stored = redis.call('HMGET', KEYS[3], 'at', 'oetag', 'olm', 'neg', 'ttl', 'st', 'sie')
+  return {1, stored[1], stored[2], stored[3], stored[4], stored[5], stored[6], stored[7]}
 end
-return 0
+return {0}
 """,
     refused_at_maxmemory=True,
 )

@@ -7,7 +7,9 @@ import sys
 from shared.metrics_dir import make_metrics_dir
 from shared.namespaces import NamespaceConfigError, load_namespaces
 from shared.settings import load_settings
+from web.gunicorn_date import keep_application_date
 
+keep_application_date()  # a proxied answer keeps the origin's Date
 _settings = load_settings()  # a bad variable stops gunicorn here, named
 try:
     _namespaces = load_namespaces(_settings, import_callables=False)

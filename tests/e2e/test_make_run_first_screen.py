@@ -6,6 +6,7 @@ normal start prints."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -71,6 +72,19 @@ def test_with_no_redis_anywhere_make_run_serves_from_the_embedded_valkey_and_end
         url = f"http://127.0.0.1:{ports['WEB_PORT']}/v1/cache/demo/hello"
         assert requests.get(url, timeout=15).headers["X-Cache"] == "MISS"
         assert requests.get(url, timeout=15).headers["X-Cache"] == "HIT"
+
+        # Flower's task list shows the refresh's namespace and key (its args column), not a token.
+        login = re.search(r"user (\S+), password (\S+) ", ready)
+        assert login, ready
+        flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}/api/tasks"
+
+        def refresh_shown() -> dict | None:
+            tasks = requests.get(flower, auth=(login[1], login[2]), timeout=5).json()
+            return next((t for t in tasks.values() if t.get("args") == "demo/'hello'"), None)
+
+        task = wait_until(refresh_shown, 20, "Flower to list the refresh of demo/'hello'", interval=0.5)
+        assert task["name"] == "herdless.refresh" and "'reason': 'miss'" in task["kwargs"], task
+        assert "token" not in task["kwargs"], task
         os.killpg(shell.pid, signal.SIGTERM)  # bash, make and the supervisor, as a terminal's job
         shell.wait(20)
         assert "herdless: stopped (SIGTERM); no process of this run is left" in log.read_text(errors="replace")

@@ -1,0 +1,50 @@
+"""An early refresh waits for an idle-enough queue (shared/queuebound.py EARLY_MAX_WAITING): while
+that many refresh messages wait, an EARLY read is served without enqueueing and gives its lease
+back; once the queue drains below it, early refreshes are sent again; other refreshes never wait
+for it. Against a real redis-server."""
+
+from __future__ import annotations
+
+from shared.answers import Served
+from shared.keys import EntryKeys
+from shared.namespaces import Namespace
+from shared.protocol import AnswerOutcome
+from shared.queuebound import EARLY_MAX_WAITING
+from shared.settings import Settings
+from shared.store import CacheStore, Fence, new_token
+from shared.tasks import RefreshRequest
+from tests.test_warm import _read_path
+
+
+def _early(store: CacheStore, ns: Namespace, key: str) -> None:
+    """A value fresh for the namespace's TTL whose XFetch moment has passed already: its refresh
+    took 100 s (d), so with u = 0.5 every read of it is EARLY."""
+    token = new_token()
+    assert store.take_lease(ns, key, token)
+    run = store.claim(ns, key, token)
+    assert run is not None
+    now = store.now_ms()
+    fence = Fence(run, now, now - 100_000)
+    assert store.fenced_write(ns, key, fence, value=b"v", content_type="text/plain", u=0.5).written
+
+
+def test_past_the_early_bound_an_early_read_is_served_unrefreshed_and_below_it_refreshed(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    sent: list[RefreshRequest] = []
+    read_path = _read_path(settings, store, sent.append)
+    for i in range(EARLY_MAX_WAITING):  # the refresh tier is behind: this many messages wait
+        assert read_path.queue.admit(ns.name, f"waiting-{i}", f"tok-{i}").state == "admitted"
+    _early(store, ns, "hot")
+    answer = read_path.read(ns, "hot")
+    assert isinstance(answer, Served) and answer.outcome is AnswerOutcome.EARLY
+    assert sent == []
+    assert store.redis.get(EntryKeys.of(ns.name, "hot").lease) is None  # given back: the next read may try
+    # Other refreshes do not wait for an idle queue (MAX_QUEUED_REFRESHES is theirs).
+    assert read_path.request_refresh(ns, "manual") is True
+    assert [r.key for r in sent] == ["manual"]
+    read_path.queue.depart(ns.name, "manual", sent[0].token, taken=True)
+    read_path.queue.depart(ns.name, "waiting-0", "tok-0", taken=True)  # the queue drains below the bound
+    answer = read_path.read(ns, "hot")
+    assert isinstance(answer, Served) and answer.outcome is AnswerOutcome.EARLY
+    assert [(r.key, r.reason) for r in sent] == [("manual", "manual"), ("hot", "early")]
