@@ -1,5 +1,5 @@
 """Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|restart` (see
-loadtest/README.md)."""
+docs/loadtest.md)."""
 
 from __future__ import annotations
 
@@ -245,16 +245,26 @@ def add_proxy_args(p: argparse.ArgumentParser) -> None:
         " one) at its mount: the origin sends Cache-Control: max-age=<--ttl> (default 5) for the run",
     )
     p.add_argument("--proxy-mount", default="/demo", help="the proxy namespace's mount (default %(default)s)")
+    p.add_argument(
+        "--proxy-swr",
+        type=float,
+        default=300.0,
+        help="stale-while-revalidate the origin sends beside max-age (default %(default)s: STALE_TTL_SECONDS's"
+        " default, so the workload is the key-value namespaces' one; 0 sends none, and every expired URL then"
+        " waits for its revalidation, as RFC 9111 requires)",
+    )
 
 
 @contextlib.contextmanager
 def origin_max_age(args: argparse.Namespace, ttl: float) -> Iterator[None]:
-    """The demo origin's default Cache-Control set to max-age=<ttl> for a --proxy run, restored after."""
+    """The demo origin's default Cache-Control set to max-age=<ttl> (and stale-while-revalidate=
+    <--proxy-swr>) for a --proxy run, restored after."""
     import requests
 
     url = args.origin_url.rstrip("/") + "/config"
     previous = requests.put(url, json={}, timeout=5).json().get("cache_control")
-    requests.put(url, json={"cache_control": f"max-age={ttl:g}"}, timeout=5).raise_for_status()
+    cache_control = f"max-age={ttl:g}" + (f", stale-while-revalidate={args.proxy_swr:g}" if args.proxy_swr else "")
+    requests.put(url, json={"cache_control": cache_control}, timeout=5).raise_for_status()
     try:
         yield
     finally:

@@ -88,6 +88,12 @@ ORIGIN_DURATION = Histogram(
     ["namespace"],
     buckets=LATENCY_BUCKETS,
 )
+ORIGIN_BATCH_KEYS = Histogram(
+    "herdless_origin_batch_keys",
+    "Keys asked for per call of a batch origin (its count: the batch origin's calls)",
+    ["namespace"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 REFRESH_LAG = Histogram(
     "herdless_refresh_lag_seconds",
     "From winning the refresh lease to the value being written (queue wait included)",
@@ -220,6 +226,7 @@ WORKER_SERIES: Series = (
     (ORIGIN_BYTES, ()),
     (ORIGIN_DURATION, ()),
     (REFRESH_LAG, ()),
+    (ORIGIN_BATCH_KEYS, ()),
 )
 ORIGIN_SERIES: Series = ((BREAKER_TRANSITIONS, BREAKER_STATES), (ORIGIN_SLOT_WAIT, ()))
 

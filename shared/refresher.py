@@ -68,6 +68,7 @@ from collections.abc import Callable
 from redis.exceptions import OutOfMemoryError
 
 from shared import metrics
+from shared.batch_refresh import BatchedRefresher
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.namespaces import Namespace
@@ -115,6 +116,8 @@ class Refresher:
         self.proxied = ProxyRefresher(
             settings, store, self.breaker
         )  # the origin call and write of proxy namespaces' keys
+        # The batch calls and writes of keys whose namespace has a batch origin.
+        self.batched = BatchedRefresher(settings, store, self.origins, self.breaker, self.origin_slots)
 
     # breakers and slots are built once per origin, on first use
     def breaker(self, ns: Namespace) -> OriginBreaker:
@@ -206,6 +209,8 @@ class Refresher:
         store, key, run_token = self.store, req.key, claimed.run_token
         slots = self.origin_slots(ns)
         with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
+            if ns.batch is not None:  # one slot per batch call, taken by its leader
+                return self.batched.call_and_write(ns, req, run_token, renewer)
             got = slots.acquire(
                 run_token,
                 ns.origin_max_concurrency,

@@ -32,6 +32,7 @@ from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
 from shared.store import EntryState
+from shared.tasks import send_refreshes
 from web.batch import batch_body
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import cache_headers, json_error, json_response, refusal
@@ -246,10 +247,14 @@ def batch_read(ns: Namespace) -> Response:
     """POST /v1/cache/<namespace>/batch: answer every listed key as a single read would, in one
     JSON object keyed by key (web/batch.py; shared/batchread.py tells how)."""
     state = web_state()
-    keys = _body_keys(state.settings.batch_max_keys, "BATCH_MAX_KEYS", "batch read")
+    settings = state.settings
+    keys = _body_keys(settings.batch_max_keys, "BATCH_MAX_KEYS", "batch read")
     started = time.perf_counter()
     try:
-        return json_response(200, batch_body(ns, read_batch(state.read_path, ns, keys)))
+        answers = read_batch(
+            state.read_path, ns, keys, lambda requests: send_refreshes(state.celery, requests, settings)
+        )
+        return json_response(200, batch_body(ns, answers))
     finally:
         metrics.REQUEST_DURATION.labels(ns.name).observe(time.perf_counter() - started)
 
