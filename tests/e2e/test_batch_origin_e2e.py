@@ -91,4 +91,3 @@ def test_concurrent_single_misses_of_one_namespace_share_calls(stack: Stack) -> 
     stats = stack.origin_stats()
     assert sum(stats["batch_sizes"]) == 40
     assert stats["batch_calls"] <= 20, stats["batch_sizes"]  # one call per key without coalescing
-
