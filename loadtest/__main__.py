@@ -1,4 +1,4 @@
-"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|restart` (see
+"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|xfetchsweep|restart` (see
 docs/loadtest.md)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from loadtest import xfetchsweep
 from loadtest.openloop import SCENARIOS, RunConfig, run_blocking
 from loadtest.preflight import DEFAULT_TTL, check_stack
 from loadtest.workload import ARRIVALS
@@ -929,6 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_soak)
 
     add_refreshbench_parser(sub)
+    xfetchsweep.add_parser(sub)
 
     p = sub.add_parser(
         "betasweep",

@@ -67,12 +67,12 @@ class Engine:
     """A web process's read path (near-cache on, hub subscribed) whose queue is a list; `serve`
     plays the worker for the refreshes sent."""
 
-    def __init__(self, settings: Settings, store: CacheStore) -> None:
+    def __init__(self, settings: Settings, store: CacheStore, max_waiters: int = 10_000) -> None:
         self.store = store
         self.sent: list[RefreshRequest] = []
         self.lock = threading.Lock()
         self.near = NearCache[object](1 << 24, margin_ms=0)
-        self.hub = ColdWaitHub(lambda: pubsub_client(settings), 10_000, self.near)
+        self.hub = ColdWaitHub(lambda: pubsub_client(settings), max_waiters, self.near)
         self.hub.start()
         assert self.hub.connected.wait(10), "the hub did not subscribe"
         self.path = ReadPath(
@@ -263,3 +263,21 @@ def test_a_batch_entry_carries_text_bodies_as_text_and_others_as_base64(ns: Name
         "detail": "late",
         "retry_after": 3,
     }
+
+
+def test_a_batch_counts_as_one_cold_waiter_however_many_keys_it_waits_for(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    engine = Engine(settings, store, max_waiters=2)
+    try:
+        result: dict[str, object] = {}
+        keys = [f"w{i}" for i in range(5)]
+        reader = threading.Thread(target=lambda: result.update(read_batch(engine.path, ns, keys)))
+        reader.start()
+        wait_until(lambda: len(engine.sent) == 5 and engine.hub.active == 1, 10, "the batch to wait as one")
+        for request in engine.sent:
+            engine.serve(ns, request)
+        reader.join(10)
+        assert all(isinstance(result[key], Served) for key in keys), result
+    finally:
+        engine.stop()
