@@ -1,4 +1,4 @@
-"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|restart` (see
+"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|xfetchsweep|restart` (see
 docs/loadtest.md)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from loadtest import xfetchsweep
 from loadtest.openloop import SCENARIOS, RunConfig, run_blocking
 from loadtest.preflight import DEFAULT_TTL, check_stack
 from loadtest.workload import ARRIVALS
@@ -229,7 +230,8 @@ def steady_line(summary: dict) -> str:
         f" {st.get('ideal_refresh_calls')} calls on this trace), fresh {pct(st['fresh_share'])},"
         f" hot-key fresh {pct(st['hot_fresh_share'])}"
         f" ({st['hot_keys']} hot keys), served age p99 {st['served_age_p99_s']} s, {st['throughput_rps']} req/s at"
-        f" p99 {st['latency_p99_ms']} ms, errors {st['errors']}, MISS for served key {st['miss_for_served_key']},"
+        f" p99 {st['latency_p99_ms']} ms (served: {st.get('served_latency_p99_ms')} ms), errors {st['errors']},"
+        f" MISS for served key {st['miss_for_served_key']},"
         f" worker {worker_word(summary)}"
     )
 
@@ -929,6 +931,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_soak)
 
     add_refreshbench_parser(sub)
+    xfetchsweep.add_parser(sub)
 
     p = sub.add_parser(
         "betasweep",

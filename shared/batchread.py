@@ -133,7 +133,9 @@ class _BatchRead:
         for key, r in results.items():
             near.redis_answered(read_tokens[key])
             if r.soft_ms is not None:
-                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u) if r.decision is Decision.HIT else 0.0
+                until = (
+                    hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
+                )
                 near.put(ns.name, key, r, r.now_ms, until, read_tokens[key], stale_if_error_until_ms(r, ns))
         return {key: (r, tokens[key]) for key, r in results.items()}
 

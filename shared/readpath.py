@@ -181,7 +181,7 @@ class ReadPath:
         near.redis_answered(read_token)
         if r.soft_ms is not None:
             # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
-            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u) if r.decision is Decision.HIT else 0.0
+            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
             near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns))
         if r.decision is Decision.HIT:
             return Served(r, AnswerOutcome.HIT, r.now_ms)

@@ -290,9 +290,11 @@ def entry_state_json(ns: Namespace, s: EntryState) -> dict[str, Any]:
             "fresh_until_ms": s.soft_ms,
             "fresh_for_seconds": _seconds_until(s.now_ms, s.soft_ms),
             # From this moment a read is EARLY (XFetch), not HIT; equal to fresh_until without XFetch.
-            "early_refresh_from_ms": int(hit_until_ms(s.soft_ms, s.delta_ms, ns.beta, s.u)),
+            "early_refresh_from_ms": int(hit_until_ms(s.soft_ms, s.delta_ms, ns.beta, s.u, s.ttl_ms)),
             "age_seconds": None if s.at_ms is None else round(max(0, s.now_ms - s.at_ms) / 1000, 3),
             "refresh_duration_ms": s.delta_ms,
+            "refresh_duration_mean_ms": s.duration_mean_ms,
+            "refresh_duration_spread_ms": s.duration_spread_ms,
             "size_bytes": s.size_bytes,
             "etag": s.etag or None,
             "kept_until_ms": s.kept_until_ms,
@@ -351,6 +353,12 @@ def namespaces() -> Response:
                     "serves_stale": ns.serves_stale,
                     "freshness": ns.freshness,
                     "fallback": ns.fallback,
+                    # The batch origin's host:port only, as for the origin: its URL may hold a credential.
+                    "batch_origin": (
+                        None
+                        if ns.batch is None
+                        else {"host": ns.batch.host, "max_keys": ns.batch.max_keys, "window_ms": ns.batch.window_ms}
+                    ),
                     "origin_freshness_bounds": (
                         {
                             "min_ttl_seconds": ns.min_ttl_seconds,
