@@ -10,7 +10,8 @@
 #   30 to 120 s); LOADTEST_NAMESPACES (unset: the shipped demo-naive,demo-lock,demo-swr,demo when the
 #   stack has them, else every namespace it has); LOADTEST_TTL (unset: the stack's) s; LOADTEST_ARGS
 #   extra arguments for `python -m loadtest compare`. A stack it starts gets a generated ADMIN_TOKEN
-#   (unless one is set), so that the comparison can read each namespace's strategy and TTL.
+#   (unless one is set), so that the comparison can read each namespace's strategy and TTL, and a
+#   private Redis.
 # Ports and ADMIN_TOKEN come from the environment, then ENV_FILE (.env), as for `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,10 @@ else
   TTL="${LOADTEST_TTL:-5}"
   mkdir -p .run
   echo "loadtest: no stack on port $WEB_PORT; starting one with CACHE_TTL_SECONDS=$TTL (log .run/loadtest-stack.log)"
+  # A Redis of its own (make run starts one when REDIS_URL does not answer): nothing a previous
+  # run left in a shared Redis (an open breaker, queued refreshes, held slots) is measured.
+  REDIS_URL="redis://127.0.0.1:$("$PY" -c 'from launcher.processes import free_port; print(free_port())')/0"
+  export REDIS_URL
   if [ -z "${ADMIN_TOKEN:-}" ]; then
     ADMIN_TOKEN="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')"
     export ADMIN_TOKEN
