@@ -341,6 +341,12 @@ class OriginHandler(BaseHTTPRequestHandler):
 
     do_DELETE = do_PATCH = do_POST  # noqa: N815 - /api/ takes every unsafe method
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (an extension method such as M-SEARCH) is answered as a POST is.
+        if name.startswith("do_") and name[3:].isupper():
+            return self.do_POST
+        raise AttributeError(name)
+
     def do_OPTIONS(self) -> None:  # noqa: N802
         self.send_response(204)
         self.send_header("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")

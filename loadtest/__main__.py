@@ -230,7 +230,8 @@ def steady_line(summary: dict) -> str:
         f" {st.get('ideal_refresh_calls')} calls on this trace), fresh {pct(st['fresh_share'])},"
         f" hot-key fresh {pct(st['hot_fresh_share'])}"
         f" ({st['hot_keys']} hot keys), served age p99 {st['served_age_p99_s']} s, {st['throughput_rps']} req/s at"
-        f" p99 {st['latency_p99_ms']} ms, errors {st['errors']}, MISS for served key {st['miss_for_served_key']},"
+        f" p99 {st['latency_p99_ms']} ms (served: {st.get('served_latency_p99_ms')} ms), errors {st['errors']},"
+        f" MISS for served key {st['miss_for_served_key']},"
         f" worker {worker_word(summary)}"
     )
 

@@ -156,11 +156,12 @@ DEGRADED_ANSWERS = Counter(
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
-FRONT_REFUSED_REASONS = ("in_flight", "lag")
+FRONT_REFUSED_REASONS = ("in_flight", "lag", "waiters")
 FRONT_REFUSED = Counter(
     "herdless_front_refused",
     "Reads the web tier's front door (web/front.py) refused 503 overloaded before Flask, by reason: "
-    "in_flight (the process's bound on reads in flight) or lag (its event loop ran late past the bound)",
+    "in_flight (the process's bound on reads in flight), lag (its event loop ran late past the bound) or "
+    "waiters (a cold waiter more while the refresh tier is behind)",
     ["reason"],
 )
 REFUSED = Counter(

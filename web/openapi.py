@@ -545,6 +545,15 @@ def build_openapi(
                                     "xfetch_beta": {"type": "number"},
                                     "origin_timeout_seconds": {"type": "number"},
                                     "origin_max_concurrency": {"type": "integer"},
+                                    "batch_origin": {
+                                        "type": ["object", "null"],
+                                        "description": "The batch origin (groups.md): host:port, keys a call, window.",
+                                        "properties": {
+                                            "host": {"type": "string"},
+                                            "max_keys": {"type": "integer"},
+                                            "window_ms": {"type": "number"},
+                                        },
+                                    },
                                     "effective_xfetch_beta": {
                                         "type": "number",
                                         "description": "The beta reads use: xfetch_beta for xfetch, else 0.",

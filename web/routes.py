@@ -353,6 +353,12 @@ def namespaces() -> Response:
                     "serves_stale": ns.serves_stale,
                     "freshness": ns.freshness,
                     "fallback": ns.fallback,
+                    # The batch origin's host:port only, as for the origin: its URL may hold a credential.
+                    "batch_origin": (
+                        None
+                        if ns.batch is None
+                        else {"host": ns.batch.host, "max_keys": ns.batch.max_keys, "window_ms": ns.batch.window_ms}
+                    ),
                     "origin_freshness_bounds": (
                         {
                             "min_ttl_seconds": ns.min_ttl_seconds,

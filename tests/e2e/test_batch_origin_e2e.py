@@ -32,7 +32,8 @@ batch_origin = "${ORIGIN_BASE_URL}/items?ids={keys}"
 batch_window_ms = 200
 cache_ttl_seconds = 300
 """
-STACK_ENV = {"ORIGIN_LATENCY_MS": "50", "COLD_WAIT_TIMEOUT_SECONDS": "20"}
+ADMIN = "batch-origin-admin-4d7f0c2a9b1e8d3c6a5f"
+STACK_ENV = {"ORIGIN_LATENCY_MS": "50", "COLD_WAIT_TIMEOUT_SECONDS": "20", "ADMIN_TOKEN": ADMIN}
 
 
 def batch(stack: Stack, namespace: str, keys: list[str]) -> dict[str, dict[str, object]]:
@@ -92,3 +93,11 @@ def test_concurrent_single_misses_of_one_namespace_share_calls(stack: Stack) -> 
     assert sum(stats["batch_sizes"]) == 40
     assert stats["batch_calls"] <= 20, stats["batch_sizes"]  # one call per key without coalescing
 
+
+
+def test_the_namespaces_listing_names_the_batch_origin_by_host_only(stack: Stack) -> None:
+    r = requests.get(f"{stack.web_url}/v1/namespaces", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    listed = {ns["name"]: ns["batch_origin"] for ns in r.json()["namespaces"]}
+    host = stack.origin_url.removeprefix("http://")
+    assert listed["items"] == {"host": host, "max_keys": 100, "window_ms": 20.0}
+    assert listed["single"]["max_keys"] == 1
