@@ -9,7 +9,9 @@ favour one of them. The figures each acceptance row asks for are printed side by
 - one-key: origin calls per TTL window over the whole run (first fill included) and the share
   of answers that were not STALE;
 - zipf-1.1, zipf-0.8: origin calls against an ideal refresh-on-expiry cache on the same trace,
-  the hot keys' fresh share (read at least `hot_rps` times a second) and p99, after warm-up.
+  the hot keys' fresh share (read at least `hot_rps` times a second) and p99, after warm-up;
+- loaded-2s: ten hot keys, TTL 2 s, a 20 ms origin: calls per key per window when the measured
+  refresh duration is mostly a loaded machine's queue and CPU wait.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ WORKLOADS = {
         Workload("one-key", 500, 1, 1.1, 2, 300, 12, 0, 10),
         Workload("zipf-1.1", 1000, 1000, 1.1, 5, 100, 40, 10, 10),
         Workload("zipf-0.8", 100, 500, 0.8, 30, 1000, 120, 30, 1),
+        # Not an acceptance row: hot keys on a short TTL with a fast origin, for a loaded
+        # machine (run it beside a CPU hog), where the measured refresh duration is mostly queue
+        # and CPU wait and the head start's bound is what keeps a key near one call per TTL.
+        Workload("loaded-2s", 300, 10, 1.1, 2, 20, 12, 0, 10),
     )
 }
 
