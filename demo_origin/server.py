@@ -11,6 +11,11 @@ GET /items/<key>  sleeps ORIGIN_LATENCY_MS, fails (500) at ORIGIN_FAILURE_RATE, 
                   ETag until the value changes, and 304 with no body to a GET whose
                   If-None-Match holds its ETag (or, without If-None-Match, whose
                   If-Modified-Since is not older than its Last-Modified).
+GET /items?ids=a,b,c  the batch endpoint: one call (one ORIGIN_LATENCY_MS, one failure draw)
+                  answering {key: value} for every listed key (percent-encoded, comma-separated),
+                  each value and count as GET /items/<key> gives it; "missing-*" keys are left out.
+                  Counted in "calls" once and per key in "per_key"; "batch_calls" and
+                  "batch_sizes" (the keys of each, newest last) count the batch calls alone.
 GET /stats        {"calls": total, "per_key": {key: n}, "bodies": n, "not_modified": n,
                    "bodies_per_key": {key: n}, "not_modified_per_key": {key: n},
                    "in_flight": n, "max_in_flight": peak,
@@ -86,6 +91,8 @@ class OriginState:
         self.cache_control: str | None = None  # default Cache-Control of every answer
         self.surrogate_key: str | None = None  # Surrogate-Key of every answer ({key}: the key)
         self.keys: dict[str, KeyConfig] = {}
+        self.batch_calls = 0
+        self.batch_sizes: list[int] = []  # keys of each batch call, newest last (bounded)
 
     def count_answer(self, key: str, with_body: bool) -> None:
         with self.lock:
@@ -149,6 +156,8 @@ class OriginState:
             self.bodies = self.not_modified = 0
             self.bodies_per_key.clear()
             self.not_modified_per_key.clear()
+            self.batch_calls = 0
+            self.batch_sizes.clear()
 
 
 class OriginHandler(BaseHTTPRequestHandler):
@@ -201,11 +210,16 @@ class OriginHandler(BaseHTTPRequestHandler):
                     "in_flight": state.in_flight,
                     "max_in_flight": state.max_in_flight,
                     "headers": {name: dict(values) for name, values in state.headers.items()},
+                    "batch_calls": state.batch_calls,
+                    "batch_sizes": list(state.batch_sizes),
                 }
             self._send_json(200, stats)
             return
         if path.startswith("/api/"):
             self._answer_api(state)
+            return
+        if path == "/items" and "?" in self.path:
+            self._answer_batch(state)
             return
         if not path.startswith("/items/"):
             self._send_json(404, {"error": "not_found"})
@@ -256,6 +270,35 @@ class OriginHandler(BaseHTTPRequestHandler):
         state.count_answer(key, with_body=True)
         self._send_json(200, value, headers)
 
+    def _answer_batch(self, state: OriginState) -> None:
+        """GET /items?ids=<k1>,<k2>,...: one call answering every listed key as /items/<key> would."""
+        # Split the raw query, before decoding: a comma inside a key arrives as %2C.
+        raw_ids = next((p[4:] for p in self.path.partition("?")[2].split("&") if p.startswith("ids=")), "")
+        keys = [unquote_to_bytes(k).decode("utf-8", "replace") for k in raw_ids.split(",") if k]
+        state.enter()
+        try:
+            with state.lock:
+                state.calls += 1
+                state.batch_calls += 1
+                state.batch_sizes.append(len(keys))
+                del state.batch_sizes[:-1000]
+                latency, failure_rate = state.latency_ms, state.failure_rate
+            if latency > 0:
+                time.sleep(latency / 1000)
+            if failure_rate > 0 and random.random() < failure_rate:
+                self._send_json(500, {"error": "origin_failure"})
+                return
+            answer: dict[str, Any] = {}
+            for key in keys:
+                with state.lock:
+                    count = state.per_key[key] = state.per_key.get(key, 0) + 1
+                if not key.startswith("missing-"):
+                    answer[key] = {"key": key, "count": count, "time": time.time()}
+                    state.count_answer(key, with_body=True)
+            self._send_json(200, answer)
+        finally:
+            state.leave()
+
     def _answer_api(self, state: OriginState) -> None:
         """/api/<anything>?<query>: an HTTP API to put a proxy namespace in front of. Counted per
         raw target (path and query, as received). The query may ask for the answer's headers:
@@ -297,6 +340,12 @@ class OriginHandler(BaseHTTPRequestHandler):
         self._send_json(404, {"error": "not_found"})
 
     do_DELETE = do_PATCH = do_POST  # noqa: N815 - /api/ takes every unsafe method
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (an extension method such as M-SEARCH) is answered as a POST is.
+        if name.startswith("do_") and name[3:].isupper():
+            return self.do_POST
+        raise AttributeError(name)
 
     def do_OPTIONS(self) -> None:  # noqa: N802
         self.send_response(204)

@@ -1,18 +1,22 @@
-"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|restart` (see
-loadtest/README.md)."""
+"""Command line: `python -m loadtest run|compare|hitbench|soak|refreshbench|betasweep|xfetchsweep|restart` (see
+docs/loadtest.md)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from loadtest import xfetchsweep
 from loadtest.openloop import SCENARIOS, RunConfig, run_blocking
 from loadtest.preflight import DEFAULT_TTL, check_stack
 from loadtest.workload import ARRIVALS
@@ -226,9 +230,47 @@ def steady_line(summary: dict) -> str:
         f" {st.get('ideal_refresh_calls')} calls on this trace), fresh {pct(st['fresh_share'])},"
         f" hot-key fresh {pct(st['hot_fresh_share'])}"
         f" ({st['hot_keys']} hot keys), served age p99 {st['served_age_p99_s']} s, {st['throughput_rps']} req/s at"
-        f" p99 {st['latency_p99_ms']} ms, errors {st['errors']}, MISS for served key {st['miss_for_served_key']},"
+        f" p99 {st['latency_p99_ms']} ms (served: {st.get('served_latency_p99_ms')} ms), errors {st['errors']},"
+        f" MISS for served key {st['miss_for_served_key']},"
         f" worker {worker_word(summary)}"
     )
+
+
+def add_proxy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy",
+        nargs="?",
+        const="demo-proxy",
+        default=None,
+        metavar="NAMESPACE",
+        help="read the demo origin's /items/<key> through this proxy namespace (default demo-proxy, the shipped"
+        " one) at its mount: the origin sends Cache-Control: max-age=<--ttl> (default 5) for the run",
+    )
+    p.add_argument("--proxy-mount", default="/demo", help="the proxy namespace's mount (default %(default)s)")
+    p.add_argument(
+        "--proxy-swr",
+        type=float,
+        default=300.0,
+        help="stale-while-revalidate the origin sends beside max-age (default %(default)s: STALE_TTL_SECONDS's"
+        " default, so the workload is the key-value namespaces' one; 0 sends none, and every expired URL then"
+        " waits for its revalidation, as RFC 9111 requires)",
+    )
+
+
+@contextlib.contextmanager
+def origin_max_age(args: argparse.Namespace, ttl: float) -> Iterator[None]:
+    """The demo origin's default Cache-Control set to max-age=<ttl> (and stale-while-revalidate=
+    <--proxy-swr>) for a --proxy run, restored after."""
+    import requests
+
+    url = args.origin_url.rstrip("/") + "/config"
+    previous = requests.put(url, json={}, timeout=5).json().get("cache_control")
+    cache_control = f"max-age={ttl:g}" + (f", stale-while-revalidate={args.proxy_swr:g}" if args.proxy_swr else "")
+    requests.put(url, json={"cache_control": cache_control}, timeout=5).raise_for_status()
+    try:
+        yield
+    finally:
+        requests.put(url, json={"cache_control": previous}, timeout=5)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -236,8 +278,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.summary import summarize
 
     _raise_fd_limit(args.clients + args.max_connections + 256)
-    ttls = stack_ttls(args, [args.namespace])
-    result = run_blocking(make_config(args, args.namespace, ttl=ttls[args.namespace]))
+    if getattr(args, "proxy", None):
+        args.namespace = args.proxy
+        args.ttl = args.ttl if args.ttl is not None else 5.0
+        stack_ttls(args, [args.namespace])  # the namespace exists, its breaker is closed
+        config = dataclasses.replace(
+            make_config(args, args.namespace, ttl=args.ttl), path_style="proxy", proxy_mount=args.proxy_mount
+        )
+        with origin_max_age(args, args.ttl):
+            result = run_blocking(config)
+    else:
+        ttls = stack_ttls(args, [args.namespace])
+        result = run_blocking(make_config(args, args.namespace, ttl=ttls[args.namespace]))
     summary = summarize(result)
     directory = write_run_report(summary, new_results_dir(args.out, f"{args.scenario}-{args.namespace}"))
     print(one_line(summary))
@@ -803,6 +855,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_target_args(p)
     add_workload_args(p, rate=200, duration=20, ttl_from_stack=True)
     p.add_argument("--namespace", default="demo")
+    add_proxy_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "steady",
+        help="the steady workload (1000 keys, Zipf 1.1, TTL 5 s) against one namespace; with --proxy, through a"
+        " proxy namespace, the TTL being the origin's max-age",
+    )
+    add_target_args(p)
+    add_workload_args(p, rate=1000, duration=60, ttl_from_stack=True)
+    p.set_defaults(keys=1000, ttl=5.0)
+    p.add_argument("--namespace", default="demo")
+    add_proxy_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="the same scenario against each strategy's namespace, one after another")
@@ -866,6 +931,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_soak)
 
     add_refreshbench_parser(sub)
+    xfetchsweep.add_parser(sub)
 
     p = sub.add_parser(
         "betasweep",

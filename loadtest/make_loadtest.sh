@@ -6,11 +6,13 @@
 # /v1/namespaces, with ADMIN_TOKEN when set) and refuses to start while its origin's circuit
 # breaker is open.
 #
-#   LOADTEST_RATE (200) req/s; LOADTEST_DURATION s per namespace (unset: 10 s of warm-up plus 6 TTLs,
+#   LOADTEST_RATE (200) req/s; LOADTEST_KEYS (20: few enough that naive's hot keys stampede at
+#   200 req/s, measured 2.2x the ideal against xfetch's 1.00 on 2026-12-02); LOADTEST_DURATION s per namespace (unset: 10 s of warm-up plus 6 TTLs,
 #   30 to 120 s); LOADTEST_NAMESPACES (unset: the shipped demo-naive,demo-lock,demo-swr,demo when the
 #   stack has them, else every namespace it has); LOADTEST_TTL (unset: the stack's) s; LOADTEST_ARGS
 #   extra arguments for `python -m loadtest compare`. A stack it starts gets a generated ADMIN_TOKEN
-#   (unless one is set), so that the comparison can read each namespace's strategy and TTL.
+#   (unless one is set), so that the comparison can read each namespace's strategy and TTL, and a
+#   private Redis.
 # Ports and ADMIN_TOKEN come from the environment, then ENV_FILE (.env), as for `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +61,10 @@ else
   TTL="${LOADTEST_TTL:-5}"
   mkdir -p .run
   echo "loadtest: no stack on port $WEB_PORT; starting one with CACHE_TTL_SECONDS=$TTL (log .run/loadtest-stack.log)"
+  # A Redis of its own (make run starts one when REDIS_URL does not answer): nothing a previous
+  # run left in a shared Redis (an open breaker, queued refreshes, held slots) is measured.
+  REDIS_URL="redis://127.0.0.1:$("$PY" -c 'from launcher.processes import free_port; print(free_port())')/0"
+  export REDIS_URL
   if [ -z "${ADMIN_TOKEN:-}" ]; then
     ADMIN_TOKEN="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')"
     export ADMIN_TOKEN
@@ -85,5 +91,5 @@ fi
   --url "http://127.0.0.1:$WEB_PORT" \
   --origin-url "http://127.0.0.1:$ORIGIN_PORT" \
   --metrics-url "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" \
-  --rate "$RATE" ${LOADTEST_DURATION:+--duration "$LOADTEST_DURATION"} \
+  --rate "$RATE" --keys "${LOADTEST_KEYS:-20}" ${LOADTEST_DURATION:+--duration "$LOADTEST_DURATION"} \
   ${LOADTEST_NAMESPACES:+--namespaces "$LOADTEST_NAMESPACES"} ${LOADTEST_TTL:+--ttl "$LOADTEST_TTL"} ${LOADTEST_ARGS:-}

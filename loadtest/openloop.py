@@ -32,7 +32,9 @@ X_CACHE_CODES = ("HIT", "EARLY", "STALE", "MISS", "NEGATIVE", "", "other")
 _CODE = {name: i for i, name in enumerate(X_CACHE_CODES)}
 _OTHER = _CODE["other"]
 CLIENT_ERROR_STATUS = 0  # status recorded when no HTTP response came back
-PATH_STYLES = ("herdless", "origin")  # /v1/cache/<namespace>/<key>, or /items/<key> (a proxy before the origin)
+# /v1/cache/<namespace>/<key>; /items/<key> (a proxy before the origin); <proxy_mount>/items/<key>
+# (herdless's own proxy namespace mounted at proxy_mount before the demo origin)
+PATH_STYLES = ("herdless", "origin", "proxy")
 X_CACHE_DIALECTS = ("herdless", "nginx")
 DEFAULT_WARMUP_SECONDS = 10.0
 # the demo origin stamps each value with the unix time it made it: served age of a proxy without Age
@@ -65,6 +67,7 @@ class RunConfig:
     extra_urls: list[str] = field(default_factory=list)
     path_style: str = "herdless"
     x_cache_dialect: str = "herdless"
+    proxy_mount: str = "/demo"  # path_style "proxy" only
 
     @property
     def warmup_seconds(self) -> float:
@@ -203,6 +206,8 @@ class OpenLoopRun:
     def _path(self, key: str) -> str:
         if self.cfg.path_style == "origin":
             return f"/items/{quote(key, safe='')}"
+        if self.cfg.path_style == "proxy":
+            return f"{self.cfg.proxy_mount}/items/{quote(key, safe='')}"
         return f"/v1/cache/{quote(self.cfg.namespace, safe='')}/{quote(key, safe='')}"
 
     def _served_age(self, resp: Response) -> float:

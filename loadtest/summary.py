@@ -296,6 +296,8 @@ def steady_state(
         "hot_fresh_share": None if hot_share is None else round(hot_share, 4),
         "served_age_p99_s": served_age_p99(ages[counted & ok]) if len(ages) == len(offset) else None,
         "latency_p99_ms": percentiles_ms(histogram_of(latency[counted])).get("p99"),
+        # What it serves (2xx/304) apart from what it refuses: overload's bound is on the former.
+        "served_latency_p99_ms": percentiles_ms(histogram_of(latency[counted & ok])).get("p99"),
         "errors": int(np.count_nonzero(counted & ~ok)),
         "miss_for_served_key": served_before,
         "origin_calls": calls,

@@ -16,6 +16,9 @@ from loadtest.summary import fmt
 SHIPPED = ("demo-naive", "demo-lock", "demo-swr", "demo")
 SCHEDULE = "schedule missed"
 WORKER = "worker saturated"
+ERRORS = "errors"
+# More failed requests than this share (errors and timeouts), and a row measured an overloaded stack.
+ERROR_SHARE = 0.01
 
 
 def choose_namespaces(asked: list[str] | None, stack: dict[str, dict[str, Any]]) -> tuple[list[str], str]:
@@ -49,7 +52,14 @@ def flags(summary: dict[str, Any]) -> list[str]:
         out.append(SCHEDULE)
     if (summary.get("worker") or {}).get("saturated"):
         out.append(WORKER)
+    if _error_share(summary) > ERROR_SHARE:
+        out.append(ERRORS)
     return out
+
+
+def _error_share(summary: dict[str, Any]) -> float:
+    answered = summary.get("generator", {}).get("completed") or 0
+    return summary["errors"]["total"] / answered if answered else 0.0
 
 
 def _fewer(summaries: list[dict[str, Any]]) -> str:
@@ -80,6 +90,13 @@ def problem_lines(summaries: list[dict[str, Any]], rate: float) -> list[str]:
             f"loadtest: WORKER SATURATED in {named}:"
             f" refreshes queued too long. Lower LOADTEST_RATE (now {rate:g}), raise WORKER_CONCURRENCY or stop"
             " other load; those rows are marked, not ranked."
+        )
+    failing = [s for s in summaries if ERRORS in flags(s)]
+    if failing:
+        named = ", ".join(f"{s['run']['label']} ({100 * _error_share(s):.0f}%)" for s in failing)
+        lines.append(
+            f"loadtest: ERRORS in {named}: requests failed or timed out (report.md's notes say which kind)."
+            f" Lower LOADTEST_RATE (now {rate:g}) or stop other load; those rows are marked, not ranked."
         )
     return lines
 

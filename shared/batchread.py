@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
 from redis.exceptions import RedisError
@@ -34,15 +34,31 @@ from shared.coldwait import TooManyWaiters, WaitHandle
 from shared.degraded import answer_from_memory, stale_if_error_until_ms
 from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
-from shared.protocol import AnswerOutcome, Decision, LeaseState, ReadyStatus, RefreshReason, Strategy, SuppressReason
+from shared.protocol import (
+    AdmitState,
+    AnswerOutcome,
+    Decision,
+    LeaseState,
+    ReadyStatus,
+    RefreshReason,
+    Strategy,
+    SuppressReason,
+)
 from shared.readpath import ReadPath
 from shared.store import ReadResult, new_token
+from shared.tasks import RefreshRequest
+
+# Sends several refreshes of one namespace and reason as one message (shared/tasks.py send_refreshes).
+SendMany = Callable[[list[RefreshRequest]], None]
 
 log = logging.getLogger("herdless.engine")
 
 
-def read_batch(path: ReadPath, ns: Namespace, keys: Iterable[str]) -> dict[str, Answer]:
-    """Answer every key (validated by the caller) of `ns`; each distinct key once, in order."""
+def read_batch(
+    path: ReadPath, ns: Namespace, keys: Iterable[str], send_many: SendMany | None = None
+) -> dict[str, Answer]:
+    """Answer every key (validated by the caller) of `ns`; each distinct key once, in order.
+    `send_many` puts several refreshes of a batch-origin namespace on the queue as one message."""
     distinct = list(dict.fromkeys(keys))
     if ns.strategy is Strategy.NAIVE:
         # The baseline that stampedes calls the origin per key from here: nothing to batch.
@@ -62,7 +78,7 @@ def read_batch(path: ReadPath, ns: Namespace, keys: Iterable[str]) -> dict[str, 
             with path.admission.slot() as admitted:
                 if not admitted:
                     return {key: out.get(key, answers.OVERLOADED) for key in distinct}
-                _BatchRead(path, ns, out).run(rest)
+                _BatchRead(path, ns, out, send_many).run(rest)
                 return {key: out[key] for key in distinct}
         except RedisError as exc:
             if not path.health.failed_with(exc):
@@ -76,8 +92,10 @@ def read_batch(path: ReadPath, ns: Namespace, keys: Iterable[str]) -> dict[str, 
 class _BatchRead:
     """One batch read's keys that were not near-cache HITs; answers go into `out`."""
 
-    def __init__(self, path: ReadPath, ns: Namespace, out: dict[str, Answer]) -> None:
+    def __init__(self, path: ReadPath, ns: Namespace, out: dict[str, Answer], send_many: SendMany | None) -> None:
         self.path, self.ns, self.out = path, ns, out
+        # A batch origin's keys travel many to a message: the worker runs them as one call.
+        self.send_many = send_many if ns.batch is not None else None
 
     def run(self, keys: list[str]) -> None:
         started = time.monotonic()
@@ -115,12 +133,16 @@ class _BatchRead:
         for key, r in results.items():
             near.redis_answered(read_tokens[key])
             if r.soft_ms is not None:
-                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u) if r.decision is Decision.HIT else 0.0
+                until = (
+                    hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
+                )
                 near.put(ns.name, key, r, r.now_ms, until, read_tokens[key], stale_if_error_until_ms(r, ns))
         return {key: (r, tokens[key]) for key, r in results.items()}
 
     def _enqueue(self, wins: dict[str, tuple[str, RefreshReason, int]]) -> dict[str, Refused]:
         """Hand each won refresh to the queue as a single read would; the refusals, by key."""
+        if self.send_many is not None and wins:
+            return self._enqueue_many(wins, self.send_many)
         refused: dict[str, Refused] = {}
         for key, (token, reason, won_at_ms) in wins.items():
             try:
@@ -129,6 +151,39 @@ class _BatchRead:
                 refused[key] = QUEUE_FULL
             except answers.BrokerUnavailable:
                 refused[key] = answers.NOT_ENQUEUED
+        return refused
+
+    def _enqueue_many(self, wins: dict[str, tuple[str, RefreshReason, int]], send_many: SendMany) -> dict[str, Refused]:
+        """Admit each won refresh under the queue's bound as `_enqueue` does, then send the
+        admitted ones batch_max_keys (and one reason) to a message."""
+        path, ns = self.path, self.ns
+        assert ns.batch is not None
+        refused: dict[str, Refused] = {}
+        groups: dict[RefreshReason, list[RefreshRequest]] = {}
+        for key, (token, reason, won_at_ms) in wins.items():
+            state = path.queue.admit_or_give_back(ns, key, token)
+            if state is AdmitState.FULL:
+                refused[key] = QUEUE_FULL
+            elif state is AdmitState.ADMITTED:
+                groups.setdefault(reason, []).append(RefreshRequest(ns.name, key, token, reason, won_at_ms))
+        for reason, requests in groups.items():
+            for start in range(0, len(requests), ns.batch.max_keys):
+                chunk = requests[start : start + ns.batch.max_keys]
+                try:
+                    send_many(chunk)
+                except Exception:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
+                    log.warning(
+                        "could not enqueue %d refreshes for namespace %s: broker unavailable", len(chunk), ns.name
+                    )
+                    for r in chunk:
+                        refused[r.key] = answers.NOT_ENQUEUED
+                        try:
+                            path.store.finish(ns, r.key, r.token)
+                            path.queue.depart(ns.name, r.key, r.token)
+                        except Exception:  # noqa: BLE001 - Redis is down too; they expire
+                            pass
+                    continue
+                metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc(len(chunk))
         return refused
 
     def _wait(
@@ -143,7 +198,8 @@ class _BatchRead:
             # a key before its refresh runs, so none is missed.
             for key in misses:
                 try:
-                    handles[key] = joined.enter_context(hub.join(ns.name, key, started))
+                    # One request, one waiter against MAX_COLD_WAITERS, however many keys.
+                    handles[key] = joined.enter_context(hub.join(ns.name, key, started, counted=not handles))
                 except TooManyWaiters:
                     out[key] = answers.TOO_MANY_WAITERS
             for key, refusal in self._enqueue(wins).items():
@@ -169,8 +225,10 @@ class _BatchRead:
         re-read slice, all) in one round trip per node, until each is answered or time is up."""
         out, hub = self.out, self.path._waiter
         errored: set[str] = set()
+        read_all = False  # whether the last re-read covered every key still pending
         while pending:
             if due:  # even at the deadline: a key published just before it is served, not refused
+                read_all = due >= set(pending)
                 for key in due:
                     handles[key].mark()
                 self._reread(sorted(due), errored)
@@ -179,6 +237,9 @@ class _BatchRead:
                     return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if not read_all:  # the deadline came while enqueueing: read every key once more
+                    due = set(pending)
+                    continue
                 for key in pending:
                     out[key] = answers.cold_wait_timed_out(self.path.settings.cold_wait_timeout_seconds)
                 return

@@ -422,16 +422,19 @@ class ColdWaitHub:
             return last >= since
 
     @contextmanager
-    def join(self, namespace: str, key: str, read_started: float | None = None) -> Iterator[WaitHandle]:
+    def join(
+        self, namespace: str, key: str, read_started: float | None = None, *, counted: bool = True
+    ) -> Iterator[WaitHandle]:
         """Register as a waiter for (namespace, key); raises TooManyWaiters past the limit.
         `read_started`: when this waiter's own read (which found no value) started; None for a
-        waiter that joins the others without reading (see WaitHandle.waiting_since)."""
+        waiter that joins the others without reading (see WaitHandle.waiting_since). A batch
+        read counts against the limit once (`counted` for its first key only): it is one request."""
         self.start()
         target = (namespace, key)
         with self._lock:
-            if self._active >= self._max_waiters:
+            if counted and self._active >= self._max_waiters:
                 raise TooManyWaiters()
-            self._active += 1
+            self._active += counted
             wait = self._waits.get(target)
             coalesced = wait is not None
             if wait is None:
@@ -445,7 +448,7 @@ class ColdWaitHub:
             yield handle
         finally:
             with self._lock:
-                self._active -= 1
+                self._active -= counted
                 wait.waiters -= 1
                 if wait.waiters == 0 and self._waits.get(target) is wait:
                     del self._waits[target]

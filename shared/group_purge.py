@@ -102,7 +102,9 @@ class GroupPurge:
             for tag, group, moment, _ in marks:
                 for batch in self.index.walk(group, moment):
                     todo = [m for m in batch if m not in done]
+                    time.sleep(0)
                     outcomes = self._purge_batch(todo, soft=soft, tag=tag, kind=kind, report=report)
+                    time.sleep(0)
                     done.update(t for t, o in zip(todo, outcomes, strict=True) if o in ("hard", "soft"))
                     report.members += len(batch)
                     step = min(len(batch), remaining)

@@ -33,8 +33,10 @@ from shared.replies import decode_text
 from shared.tags import member, parse_member
 
 # Members a ZSCAN step asks for and keys one purge pipeline carries: each command runs in
-# microseconds, and one pipeline's bytes fit the reads Redis makes between other clients.
-WALK_BATCH = 250
+# microseconds, one pipeline's bytes fit the reads Redis makes between other clients, and the
+# web process that runs the purge builds and parses one batch in a few ms of CPU between yields
+# (at 250 on a loaded 2-core machine its event loop ran a second late: its reads were refused).
+WALK_BATCH = 100
 # Expired members one enlist trims at most: more than it adds, so expired members cannot pile up.
 TRIM_PER_ENLIST = 16
 

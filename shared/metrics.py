@@ -88,6 +88,12 @@ ORIGIN_DURATION = Histogram(
     ["namespace"],
     buckets=LATENCY_BUCKETS,
 )
+ORIGIN_BATCH_KEYS = Histogram(
+    "herdless_origin_batch_keys",
+    "Keys asked for per call of a batch origin (its count: the batch origin's calls)",
+    ["namespace"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 REFRESH_LAG = Histogram(
     "herdless_refresh_lag_seconds",
     "From winning the refresh lease to the value being written (queue wait included)",
@@ -150,11 +156,12 @@ DEGRADED_ANSWERS = Counter(
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
-FRONT_REFUSED_REASONS = ("in_flight", "lag")
+FRONT_REFUSED_REASONS = ("in_flight", "lag", "waiters")
 FRONT_REFUSED = Counter(
     "herdless_front_refused",
     "Reads the web tier's front door (web/front.py) refused 503 overloaded before Flask, by reason: "
-    "in_flight (the process's bound on reads in flight) or lag (its event loop ran late past the bound)",
+    "in_flight (the process's bound on reads in flight), lag (its event loop ran late past the bound) or "
+    "waiters (a cold waiter more while the refresh tier is behind)",
     ["reason"],
 )
 REFUSED = Counter(
@@ -220,6 +227,7 @@ WORKER_SERIES: Series = (
     (ORIGIN_BYTES, ()),
     (ORIGIN_DURATION, ()),
     (REFRESH_LAG, ()),
+    (ORIGIN_BATCH_KEYS, ()),
 )
 ORIGIN_SERIES: Series = ((BREAKER_TRANSITIONS, BREAKER_STATES), (ORIGIN_SLOT_WAIT, ()))
 

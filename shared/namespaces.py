@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from shared.batch_config import BATCH_OPTIONS, BatchConfig, BatchConfigError, parse_batch_config
 from shared.protocol import Fallback, Freshness, Strategy
 from shared.proxy_config import PROXY_OPTIONS, ProxyConfig, ProxyConfigError, overlapping_mounts, parse_proxy_config
 from shared.settings import Settings, redact_url
@@ -150,6 +151,8 @@ class Namespace:
     tag_header: str = DEFAULT_TAG_HEADER
     # A reverse proxy for a whole origin (shared/proxy_config.py): its keys are proxied URLs.
     proxy: ProxyConfig | None = None
+    # An origin answering many keys in one call (shared/batch_config.py); None: one key a call.
+    batch: BatchConfig | None = None
 
     @property
     def is_proxy(self) -> bool:
@@ -263,7 +266,7 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
         raise NamespaceConfigError(f"[namespaces.{name}]: the name must match {NAMESPACE_RE.pattern}")
     if "proxy" in raw:
         return _build_proxy_namespace(name, raw, settings)
-    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - _OPTIONS
+    unknown = set(raw) - _OVERRIDABLE - set(_ORIGIN_BOUNDS) - _OPTIONS - BATCH_OPTIONS
     if unknown:
         _bad(name, ", ".join(sorted(unknown)), "unknown option")
     try:
@@ -303,10 +306,19 @@ def build_namespace(name: str, raw: dict[str, Any], settings: Settings) -> Names
             _bad(name, option, f"must be a whole number, not {value}")
         values[option] = float(value)
     max_conc = int(values.pop("origin_max_concurrency"))
+    try:
+        batch = parse_batch_config(raw, lambda template: _expand(template, settings))
+    except BatchConfigError as exc:
+        _bad(name, exc.option, str(exc))
+    except NamespaceConfigError as exc:
+        _bad(name, "batch_origin", str(exc))
+    if batch is not None and strategy is Strategy.NAIVE:
+        _bad(name, "batch_origin", "the naive strategy calls the origin from the web tier, one key at a time")
     return Namespace(
         name=name,
         strategy=strategy,
         origin=origin,
+        batch=batch,
         origin_name=_origin_name(origin),
         origin_max_concurrency=max_conc,
         origin_headers=headers,

@@ -3,7 +3,7 @@
 Why it is safe. The read decision (shared/xfetch.py) is deterministic for a stored value: its
 XFetch draw ``u`` is stored with it, so a value that Redis calls HIT stays a HIT until
 
-    early_ms = soft + d * beta * ln(u)        (= soft when beta == 0 or d == 0)
+    early_ms = soft - min(-d * beta * ln(u), ttl / 4)        (= soft when beta == 0 or d == 0)
 
 on the Redis clock. Before that moment every read of the key would be a HIT with no lease to
 take, so the process may answer from memory and Redis would have said the same -- unless the
@@ -57,7 +57,6 @@ asking for many distinct small keys cannot make the per-entry overhead the bulk 
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -66,7 +65,7 @@ from dataclasses import dataclass
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from shared import metrics
-from shared.xfetch import MIN_U
+from shared.xfetch import head_start_ms
 
 DEFAULT_MARGIN_MS = 50
 # Bytes charged per entry on top of its value's length and its key's UTF-8 length: the slot, the
@@ -94,15 +93,13 @@ class NearEntry(Protocol):
 E = TypeVar("E", bound=NearEntry)
 
 
-def hit_until_ms(soft_ms: float, delta_ms: float, beta: float, u: float) -> float:
-    """The Redis-clock moment a stored value stops being a HIT: ``soft + d*beta*ln(u)``.
+def hit_until_ms(soft_ms: float, delta_ms: float, beta: float, u: float, ttl_ms: float | None) -> float:
+    """The Redis-clock moment a stored value stops being a HIT: ``soft`` less XFetch's head start
+    (``-d*beta*ln(u)``, at most a share of the value's TTL ``ttl_ms``).
 
     The same rule as xfetch.decide: a read at ``now`` is a HIT exactly while ``now`` is below
     this (EARLY from this moment on, STALE or MISS from ``soft``)."""
-    if beta <= 0 or delta_ms <= 0:
-        return float(soft_ms)
-    u = min(max(u, MIN_U), 1.0)
-    return soft_ms + delta_ms * beta * math.log(u)
+    return soft_ms - head_start_ms(delta_ms, beta, u, ttl_ms)
 
 
 def monotonic_ms() -> float:

@@ -159,14 +159,17 @@ class HttpOrigin:
         # The namespace's own headers (credentials) go with every request; never logged.
         self.headers = {"Accept": "*/*", "User-Agent": "herdless", **ns.origin_headers.as_dict()}
         self.tag_header = ns.tag_header
-        # This origin's own pool, closed with it. maxsize is the connections kept per origin
-        # host; block=False lets a burst open more (each closed after use), so refresh
-        # concurrency is never capped by the pool.
+        # This origin's own pool, closed with it. maxsize: connections kept per origin host;
+        # block=False lets a burst open more (closed after use): no cap on refresh concurrency.
         self._pool = urllib3.PoolManager(num_pools=32, maxsize=max(8, connections), block=False, retries=False)
+        # {key} is in the path (shared/namespaces.py): one host, whose pool is looked up once.
+        self._origin_prefix = self.template[: self.template.index("/", self.template.index("://") + 3)]
+        self._host = self._pool.connection_from_url(self._origin_prefix)
 
     def close(self) -> None:
         """Close this origin's idle connections; a later fetch opens new ones."""
         self._pool.clear()
+        self._host = self._pool.connection_from_url(self._origin_prefix)
 
     def url_for(self, key: str) -> str:
         return self.template.replace("{key}", encode_key_for_path(key))
@@ -236,9 +239,9 @@ class HttpOrigin:
         for attempt in (1, 2):
             remaining = max(0.001, deadline - time.monotonic())
             try:
-                return self._pool.request(
+                return self._host.urlopen(
                     "GET",
-                    url,
+                    url[len(self._origin_prefix) :],
                     preload_content=False,
                     redirect=False,
                     timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),

@@ -36,6 +36,7 @@ from typing import Any
 
 from shared.keys import DEFAULT_KEYSPACE, Keyspace
 from shared.metrics import ORIGIN_SLOT_WAIT
+from shared.pipeline import ScriptCall
 from shared.protocol import lua_script
 
 WAIT_SLICE_S = 0.5  # the longest one BLPOP blocks before the waiter retries on its own
@@ -169,6 +170,10 @@ class OriginSlots:
     def release(self, token: str) -> None:
         """Give the slot back (a no-op if the lease is gone) and wake one waiter."""
         self._release(keys=self._keys, args=[token, WAKE_LIST_CAP, WAKE_TTL_MS])
+
+    def release_call(self, token: str) -> ScriptCall:
+        """`release` as a call to send with another (a refresh's write: shared/pipeline.py)."""
+        return ScriptCall(self._release, self._keys, [token, WAKE_LIST_CAP, WAKE_TTL_MS])
 
     def in_flight(self) -> int:
         """Unexpired leases held now, by every process and host."""

@@ -54,6 +54,8 @@ from shared.tasks import RefreshRequest
 NOT_REPLAYED = (*CONDITIONAL_FIELDS, *TRANSPORT_FIELDS, "cache-control", "pragma", "range", "content-type")
 # URLs whose Vary fields a process remembers (learnt from their primary keys' markers).
 VARY_MEMO_ENTRIES = 100_000
+# Decoded envelopes kept (each with the value it came from, so an id is never mistaken).
+DECODED_ENVELOPES = 4096
 # Reads of one request at most: primary, its variant, and one re-keying when a variant's Vary changed.
 MAX_HOPS = 3
 
@@ -109,6 +111,7 @@ class ProxyReadPath(ReadPath):
         self.pending = pending
         self.proxies = ProxyStore(self.store)
         self._vary: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+        self._envelopes: OrderedDict[int, tuple[bytes, Envelope]] = OrderedDict()
 
     def _learn_vary(self, ns: Namespace, target: str, fields: tuple[str, ...]) -> None:
         self._vary[(ns.name, target)] = fields
@@ -150,7 +153,7 @@ class ProxyReadPath(ReadPath):
             return answer
         if isinstance(answer, Unstored):
             return self._handed_over(answer, Forward.URI_MISS)
-        envelope = Envelope.decode(answer.result.value)
+        envelope = self._decoded(answer.result.value)
         if envelope is None:
             return answers.Refused(502, "invalid_entry", "the stored entry is not a proxied response")
         if envelope.is_marker:
@@ -174,6 +177,21 @@ class ProxyReadPath(ReadPath):
         if decision.action is Reuse.GATEWAY_TIMEOUT:
             return _gateway_timeout()
         return self._validated(ns, key, answer.now_ms, decision, headers, policy)
+
+    def _decoded(self, value: bytes | None) -> Envelope | None:
+        """The envelope of a stored value, decoded once per value object: a near-cache hit hands
+        back the very bytes object it holds, so a hot URL's head is parsed once, not per read."""
+        if value is None:
+            return None
+        cached = self._envelopes.get(id(value))
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        envelope = Envelope.decode(value)
+        if envelope is not None:
+            self._envelopes[id(value)] = (value, envelope)
+            while len(self._envelopes) > DECODED_ENVELOPES:
+                self._envelopes.popitem(last=False)
+        return envelope
 
     def _peek_served(self, ns: Namespace, key: str) -> Served | None:
         r = self.proxies.peek(ns, key)

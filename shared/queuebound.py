@@ -33,11 +33,12 @@ from redis.exceptions import OutOfMemoryError
 
 from shared import metrics
 from shared.namespaces import Namespace
+from shared.pipeline import ScriptCall
 from shared.protocol import AdmitState, SuppressReason, lua_script
 from shared.replies import decode_text
 from shared.settings import Settings
 from shared.store import CacheStore
-from shared.tasks import queued_marker_ttl_seconds
+from shared.tasks import MessageFor, RefreshRequest, queued_marker_ttl_seconds
 
 CONSUMING_BEAT_SECONDS = 5.0
 # An early refresh (of a value still fresh) is sent only while fewer messages than this wait: past
@@ -54,6 +55,9 @@ TRIM_BATCH = 500
 # ARGV[1] member, ARGV[2] task token, ARGV[3] MAX_QUEUED_REFRESHES, ARGV[4] marker lifetime ms,
 # ARGV[5] "1" to enter the message whatever the bound (a message going back to the queue),
 # ARGV[6] the most lost entries to trim in this call.
+# Optional (the web tier, when the broker is this very Redis and not a Cluster:
+# shared/taskmessage.py): KEYS[4] the broker list of the refresh's priority and ARGV[7] the
+# refresh's message, pushed there once admitted, so admission and send are one round trip.
 # Returns {state, token}: state an AdmitState; token the waiting message's task token ("queued"),
 # ARGV[2] ("admitted") or "" ("full").
 ADMIT = lua_script(
@@ -74,6 +78,7 @@ if waiting and redis.call('ZSCORE', KEYS[1], ARGV[1]) and not force then return 
 if not force and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {'full', ''} end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if KEYS[4] then redis.call('LPUSH', KEYS[4], ARGV[7]) end
 return {'admitted', ARGV[2]}
 """,
     refused_at_maxmemory=True,
@@ -145,6 +150,9 @@ class QueueBound:
         self.max_waiting = settings.max_queued_refreshes
         self.marker_ttl_ms = int(queued_marker_ttl_seconds(settings) * 1000)
         self._admit = client.register_script(ADMIT)
+        # Set when the broker is this Redis (not a Cluster): the refresh's (broker list, message),
+        # which ADMIT pushes itself (web/app.py; shared/taskmessage.py builds it).
+        self.message_for: MessageFor | None = None
         self._depart = client.register_script(DEPART)
         self._consuming = client.register_script(CONSUMING)
         self._coalesce = client.register_script(COALESCE)
@@ -153,21 +161,35 @@ class QueueBound:
         return [self.keys.queue_waiting, self.keys.queue_tokens, self.keys.queue_consuming]
 
     def admit(
-        self, namespace: str, key: str, token: str, *, force: bool = False, bound: int | None = None
+        self,
+        namespace: str,
+        key: str,
+        token: str,
+        *,
+        force: bool = False,
+        bound: int | None = None,
+        push: tuple[str, str] | None = None,
     ) -> QueueAdmission:
-        """`bound`: admit only while fewer than this wait (never more than MAX_QUEUED_REFRESHES)."""
+        """`bound`: admit only while fewer than this wait (never more than MAX_QUEUED_REFRESHES).
+        push: (broker list, message) to send in the same step once admitted (see ADMIT)."""
         limit = self.max_waiting if bound is None else min(self.max_waiting, bound)
-        raw = self._admit(
-            keys=self._keys(),
-            args=[member(namespace, key), token, limit, self.marker_ttl_ms, int(force), TRIM_BATCH],
-        )
+        keys, args = self._keys(), [member(namespace, key), token, limit, self.marker_ttl_ms, int(force), TRIM_BATCH]
+        if push is not None:
+            keys, args = [*keys, push[0]], [*args, push[1]]
+        raw = self._admit(keys=keys, args=args)
         return QueueAdmission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
 
-    def admit_or_give_back(self, ns: Namespace, key: str, token: str, *, bound: int | None = None) -> AdmitState:
+    def admit_or_give_back(
+        self, ns: Namespace, key: str, token: str, *, bound: int | None = None, request: RefreshRequest | None = None
+    ) -> AdmitState:
         """Admit the refresh `token` won; unless admitted, give back what it won (and count why).
-        Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue."""
+        Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue.
+        request: the refresh, whose message (`message_for`) the admission sends itself (ADMIT)."""
+        push = None
+        if request is not None and self.message_for is not None and self.sends_with_admission(ns):
+            push = self.message_for(request)
         try:
-            admission = self.admit(ns.name, key, token, bound=bound)
+            admission = self.admit(ns.name, key, token, bound=bound, push=push)
         except OutOfMemoryError:
             self.store.finish(ns, key, token)
             metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.OUT_OF_MEMORY).inc()
@@ -180,13 +202,23 @@ class QueueBound:
             metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.QUEUE_FULL).inc()
         return admission.state
 
+    def sends_with_admission(self, ns: Namespace) -> bool:
+        """Does an admitted refresh of `ns` need no send of its own? (A proxied key's send
+        records the request its refresh replays: shared/proxy_read.py.)"""
+        return self.message_for is not None and not ns.is_proxy
+
     def coalesce(self, namespace: str, key: str, token: str, waiting_token: str) -> None:
         """Give the lease `token` won back; the key's marker names its waiting message again."""
         k = self.keys.entry(namespace, key)
         self._coalesce(keys=[k.lease, k.queued], args=[token, waiting_token, self.marker_ttl_ms])
 
     def depart(self, namespace: str, key: str, token: str, *, taken: bool = False) -> None:
-        self._depart(keys=self._keys(), args=[member(namespace, key), token, "1" if taken else "0"])
+        call = self.depart_call(namespace, key, token, taken=taken)
+        call.script(keys=call.keys, args=call.args)
+
+    def depart_call(self, namespace: str, key: str, token: str, *, taken: bool = False) -> ScriptCall:
+        """DEPART as a call to pipeline with another (a worker's claim: shared/pipeline.py)."""
+        return ScriptCall(self._depart, self._keys(), [member(namespace, key), token, "1" if taken else "0"])
 
     def consuming(self) -> None:
         self._consuming(keys=[self.keys.queue_consuming])

@@ -154,6 +154,9 @@ class NamespaceRates:
     # ideal cache calls the origin once per key read per TTL window.
     keys_read: int | None = None
     ttl_s: float | None = None
+    # The same seconds' origin calls, so that the two compare over one window.
+    span_s: int = 0
+    recent_origin_calls: int = 0
 
     def as_json(self) -> dict[str, Any]:
         answered = sum(self.answers.values())
@@ -171,6 +174,8 @@ class NamespaceRates:
             "ideal_origin_calls_per_second": (
                 None if self.keys_read is None or not self.ttl_s else self.keys_read / self.ttl_s
             ),
+            # Over the seconds the keys were counted in (the last TTL, whole seconds, at most 59).
+            "recent_origin_calls_per_second": self.recent_origin_calls / self.span_s if self.span_s else None,
         }
 
 
@@ -193,12 +198,14 @@ def last_minute(
         assert ttls is not None
         rates[name].ttl_s = ttls[name]
         # The seconds wholly inside the last TTL (the current one is still filling).
-        span = max(1, min(WINDOW_SECONDS, math.ceil(ttls[name])))
+        span = rates[name].span_s = max(1, min(WINDOW_SECONDS - 1, math.ceil(ttls[name])))
         pipe.pfcount(*[keys.keys_read(name, second) for second in range(now_s - span, now_s)])
     replies = pipe.execute()
     for name, count in zip(counted, replies[WINDOW_SECONDS:], strict=True):
         rates[name].keys_read = int(count)
-    for bucket in replies[:WINDOW_SECONDS]:
+    spans = {name: rates[name].span_s for name in counted}
+    for offset, bucket in enumerate(replies[:WINDOW_SECONDS]):
+        age = WINDOW_SECONDS - 1 - offset  # 0: the current second
         for raw_field, raw_count in bucket.items():
             name = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
             namespace, _, rest = name.partition("|")
@@ -208,4 +215,6 @@ def last_minute(
                 continue
             counts = ns.answers if series == "answers" else ns.origin_calls
             counts[outcome] = counts.get(outcome, 0) + int(raw_count)
+            if series == "origin_calls" and 1 <= age <= spans.get(namespace, 0):
+                ns.recent_origin_calls += int(raw_count)
     return rates

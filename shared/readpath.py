@@ -73,7 +73,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, suppress
 
 from redis.exceptions import RedisError
 
@@ -181,7 +181,7 @@ class ReadPath:
         near.redis_answered(read_token)
         if r.soft_ms is not None:
             # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
-            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u) if r.decision is Decision.HIT else 0.0
+            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
             near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns))
         if r.decision is Decision.HIT:
             return Served(r, AnswerOutcome.HIT, r.now_ms)
@@ -206,21 +206,21 @@ class ReadPath:
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the
         key's message still waits in the queue, so none was sent. answers.QueueRefused: the bound is met."""
-        # An early refresh waits for an idle-enough queue (queuebound.EARLY_MAX_WAITING).
-        state = self.queue.admit_or_give_back(ns, key, token, bound=EARLY_MAX_WAITING if reason == "early" else None)
+        request = RefreshRequest(ns.name, key, token, reason, won_at_ms)
+        bound = EARLY_MAX_WAITING if reason == "early" else None  # waits for an idle-enough queue
+        state = self.queue.admit_or_give_back(ns, key, token, bound=bound, request=request)
         if state is AdmitState.QUEUED:
             return False
         if state is AdmitState.FULL:
             raise answers.QueueRefused(QUEUE_FULL.detail)
         try:
-            self._send_refresh(RefreshRequest(ns.name, key, token, reason, won_at_ms))
+            if not self.queue.sends_with_admission(ns):
+                self._send_refresh(request)
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; all mean "not sent"
             log.warning("could not enqueue a refresh for namespace %s: broker unavailable", ns.name)
-            try:
+            with suppress(Exception):  # Redis is down too; the lease expires on its own
                 self.store.finish(ns, key, token)
                 self.queue.depart(ns.name, key, token)
-            except Exception:  # noqa: BLE001 - Redis is down too; the lease expires on its own
-                pass
             raise answers.BrokerUnavailable(str(exc)) from None
         metrics.REFRESH_ENQUEUED.labels(ns.name, reason).inc()
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.protocol import FailureCode, LuaArgs, WriteMode, lua_script
+from shared.xfetch import DURATION_GAIN, SPREAD_GAIN, SPREAD_WEIGHT
 
 # FENCED_WRITE: store a refreshed value only while its writer still holds the key's lease, and
 # only if its origin call started after the stored value's, after any hard purge (tombstone),
@@ -20,7 +21,9 @@ from shared.protocol import FailureCode, LuaArgs, WriteMode, lua_script
 # running when it happened can never write, however long its origin call took. The start-time
 # checks make a refresher paused past its lease harmless as well.
 # Three modes, all behind the same fences:
-#   store       the origin sent a value: store it (a fresh XFetch draw, d measured).
+#   store       the origin sent a value: store it (a fresh XFetch draw, d measured: the time from
+#               won_at_ms to this write folded into dm and dv as shared/xfetch.py:smooth_duration
+#               does, d = dm + SPREAD_WEIGHT * dv).
 #   revalidate  the origin answered 304 to the validators of the entry stored at
 #               validated_at_ms: keep that entry's bytes for a new lifetime (new at, soft, draw,
 #               d), but only if it is still the stored entry. A 304 confirms the bytes whose
@@ -63,7 +66,7 @@ if redis.call('GET', KEYS[2]) ~= a.run_token then return refuse('lost_lease', fa
 local tomb = tonumber(redis.call('GET', KEYS[3]))
 if tomb and started <= tomb then return refuse('fenced', true) end
 if started <= tonumber(a.group_purge_ms) then return refuse('fenced', true) end
-local prev = redis.call('HMGET', KEYS[1], 'at', 'd', 'sp', 'v', 'ct', 'etag', 'oetag', 'olm', 'neg', 'tg')
+local prev = redis.call('HMGET', KEYS[1], 'at', 'd', 'sp', 'v', 'ct', 'etag', 'oetag', 'olm', 'neg', 'tg', 'dm', 'dv')
 local at = tonumber(prev[1])
 if at and started <= at then return refuse('fenced', true) end
 local sp = tonumber(prev[3])
@@ -79,9 +82,15 @@ if mode == 'drop' then
 end
 local measured = now - tonumber(a.won_at_ms)
 if measured < 1 then measured = 1 end
-local d = measured
-local pd = tonumber(prev[2])
-if pd and pd > 0 then d = (pd + measured) / 2 end
+local dm, dv = measured, 0
+local pm = tonumber(prev[11]) or tonumber(prev[2])
+if pm and pm > 0 then
+  local err = measured - pm
+  dm = pm + @DURATION_GAIN@ * err
+  local pv = tonumber(prev[12]) or 0
+  dv = pv + @SPREAD_GAIN@ * (math.abs(err) - pv)
+end
+local d = dm + @SPREAD_WEIGHT@ * dv
 local soft_ttl = tonumber(a.soft_ttl_ms)
 local soft = now + soft_ttl
 local v, ct, etag, status = a.value, a.content_type, a.etag, 'written'
@@ -93,14 +102,17 @@ if mode == 'revalidate' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', v, 'ct', ct, 'etag', etag, 'at', started,
-           'soft', soft, 'd', tostring(d), 'neg', a.negative, 'fails', 0, 'u', a.u,
+           'soft', soft, 'd', string.format('%.17g', d), 'dm', string.format('%.17g', dm),
+           'dv', string.format('%.17g', dv), 'neg', a.negative, 'fails', 0, 'u', a.u,
            'oetag', oetag, 'olm', olm, 'ttl', a.soft_ttl_ms, 'st', a.stale_ms, 'sie', a.stale_if_error_ms,
            'tg', tags)
 redis.call('PEXPIRE', KEYS[1], soft_ttl + tonumber(a.stale_ms))
 redis.call('DEL', KEYS[2])
 publish(false)
-return {status, tostring(d), soft, now}
-""",
+return {status, string.format('%.17g', d), soft, now}
+""".replace("@DURATION_GAIN@", repr(DURATION_GAIN))
+    .replace("@SPREAD_GAIN@", repr(SPREAD_GAIN))
+    .replace("@SPREAD_WEIGHT@", repr(SPREAD_WEIGHT)),
     refused_at_maxmemory=True,
 )
 
@@ -198,8 +210,12 @@ class RecordFailureArgs(LuaArgs):
 # marker is this task's (a purge deleted the lease of a queued refresh: the refresh will start
 # after the purge, so it may run; or the message came back after its run died, and no read has
 # taken over since).
-# KEYS[1] lease, KEYS[2] queued marker; ARGV[1] task token, ARGV[2] run token, ARGV[3] lease ttl ms,
-# ARGV[4] marker ttl ms. Returns 1 if the lease is now this run's, else 0.
+# It also reads what a conditional origin call needs of the stored entry (its `at`, origin
+# validators and lifetimes: StoredValidators), which saves the run a round trip.
+# KEYS[1] lease, KEYS[2] queued marker, KEYS[3] entry; ARGV[1] task token, ARGV[2] run token,
+# ARGV[3] lease ttl ms, ARGV[4] marker ttl ms.
+# Returns {1, at, oetag, olm, neg, ttl, st, sie} (the entry's fields, false where absent) if
+# the lease is now this run's, else {0}.
 CLAIM = lua_script(
     """
 local lease = redis.call('GET', KEYS[1])
@@ -208,9 +224,10 @@ local mine = queued == ARGV[1] or queued == running_value(ARGV[1])
 if lease == ARGV[1] or (not lease and mine) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('SET', KEYS[2], running_value(ARGV[1]), 'PX', ARGV[4])
-  return 1
+  local stored = redis.call('HMGET', KEYS[3], 'at', 'oetag', 'olm', 'neg', 'ttl', 'st', 'sie')
+  return {1, stored[1], stored[2], stored[3], stored[4], stored[5], stored[6], stored[7]}
 end
-return 0
+return {0}
 """,
     refused_at_maxmemory=True,
 )

@@ -62,13 +62,13 @@ it and a start after the purge).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
 from redis.exceptions import OutOfMemoryError
 
 from shared import metrics
+from shared.batch_refresh import BatchedRefresher
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.freshness import Lifetimes, fixed_lifetimes
 from shared.namespaces import Namespace
@@ -79,11 +79,14 @@ from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReaso
 from shared.proxy_refresh import ProxyRefresher
 from shared.queuebound import QueueBound
 from shared.refreshlog import RefreshLog, RefreshReport
+from shared.renewals import LeaseRenewer
 from shared.settings import Settings
-from shared.store import CacheStore, Fence, WriteResult
+from shared.store import CacheStore, ClaimedRun, Fence, WriteResult
 from shared.tasks import SLOT_WAIT_FACTOR, RefreshRequest
 
 log = logging.getLogger("herdless.engine")
+
+DEPARTED_KEPT = 10_000
 
 
 class Refresher:
@@ -107,9 +110,14 @@ class Refresher:
         self._breakers: BuiltOnce[OriginBreaker] = BuiltOnce()
         self._slots: BuiltOnce[OriginSlots] = BuiltOnce()
         self.refresh_log = RefreshLog()
+        # Task tokens whose registry entry this process's runs removed (see `finished`); bounded,
+        # for messages whose acknowledgement never comes here (a forgotten one departs twice).
+        self._departed: dict[str, None] = {}
         self.proxied = ProxyRefresher(
             settings, store, self.breaker
         )  # the origin call and write of proxy namespaces' keys
+        # The batch calls and writes of keys whose namespace has a batch origin.
+        self.batched = BatchedRefresher(settings, store, self.origins, self.breaker, self.origin_slots)
 
     # breakers and slots are built once per origin, on first use
     def breaker(self, ns: Namespace) -> OriginBreaker:
@@ -123,10 +131,9 @@ class Refresher:
     def run(self, req: RefreshRequest) -> RefreshReport:
         """Run one refresh task; returns its outcome and, for a failure, why (for the task's
         state in Flower). Logs a failure at once and the rest in the periodic summary."""
-        # The message is off the queue: the key may have another one waiting from now on.
-        self.queue.depart(req.namespace, req.key, req.token, taken=True)
         ns = self.namespaces.get(req.namespace)
         if ns is None:
+            self.queue.depart(req.namespace, req.key, req.token, taken=True)
             log.warning("refresh for unknown namespace %r dropped", req.namespace)
             return RefreshReport(RefreshOutcome.UNKNOWN_NAMESPACE)
         report = self._refresh(ns, req)
@@ -144,8 +151,12 @@ class Refresher:
 
     def finished(self, req: RefreshRequest) -> None:
         """This task's message is acknowledged (or dropped): it will never run again, so the
-        next read may enqueue another refresh of the key."""
-        self.queue.depart(req.namespace, req.key, req.token)
+        next read may enqueue another refresh of the key. Its registry entry went when this
+        process's run took the message (`_refresh`); otherwise (a run in another process, or one
+        whose departure failed) it goes now."""
+        if req.token not in self._departed.keys():
+            self.queue.depart(req.namespace, req.key, req.token)
+        self._departed.pop(req.token, None)
         ns = self.namespaces.get(req.namespace)
         if ns is not None:
             self.store.finish(ns, req.key, req.token)
@@ -164,11 +175,22 @@ class Refresher:
         store, key = self.store, req.key
         run_token: str | None = None
         try:
-            run_token = store.claim(ns, key, req.token)
-            if run_token is None:
+            # The message is off the queue: the key may have another one waiting from now on
+            # (DEPART), in the claim's round trip.
+            claimed, departed = store.claim_run(
+                ns, key, req.token, before=self.queue.depart_call(ns.name, key, req.token, taken=True)
+            )
+            if isinstance(departed, Exception):
+                log.warning("could not take a refresh off the queue's registry (%s)", type(departed).__name__)
+            else:
+                self._departed[req.token] = None
+                if len(self._departed) > DEPARTED_KEPT:
+                    self._departed.pop(next(iter(self._departed)))
+            if claimed is None:
                 # The lease ran out while this task waited, or another run holds it.
                 return RefreshReport(RefreshOutcome.LOST_LEASE)
-            return self._run_claimed(ns, req, run_token)
+            run_token = claimed.run_token
+            return self._run_claimed(ns, req, claimed)
         except OutOfMemoryError:
             # Redis at maxmemory refused the claim or a write before it ran (shared/maxmemory.py).
             store.record_refused_write(ns, key, req.token, run_token)
@@ -183,10 +205,12 @@ class Refresher:
                 pass
             raise
 
-    def _run_claimed(self, ns: Namespace, req: RefreshRequest, run_token: str) -> RefreshReport:
-        store, key = self.store, req.key
+    def _run_claimed(self, ns: Namespace, req: RefreshRequest, claimed: ClaimedRun) -> RefreshReport:
+        store, key, run_token = self.store, req.key, claimed.run_token
         slots = self.origin_slots(ns)
         with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
+            if ns.batch is not None:  # one slot per batch call, taken by its leader
+                return self.batched.call_and_write(ns, req, run_token, renewer)
             got = slots.acquire(
                 run_token,
                 ns.origin_max_concurrency,
@@ -204,17 +228,18 @@ class Refresher:
                 )
             renewer.holds_slot = True
             try:
-                return self._call_and_write(ns, req, run_token, renewer)
+                return self._call_and_write(ns, req, claimed, renewer)
             finally:
-                renewer.holds_slot = False
-                slots.release(run_token)
+                if renewer.holds_slot:  # not yet given back with the write
+                    renewer.holds_slot = False
+                    slots.release(run_token)
 
     def _call_and_write(
-        self, ns: Namespace, req: RefreshRequest, run_token: str, renewer: LeaseRenewer
+        self, ns: Namespace, req: RefreshRequest, claimed: ClaimedRun, renewer: LeaseRenewer
     ) -> RefreshReport:
+        store, key, run_token = self.store, req.key, claimed.run_token
         if ns.is_proxy:
             return self.proxied.call_and_write(ns, req, run_token, renewer.lost)
-        store, key = self.store, req.key
         if renewer.lost.is_set():
             return RefreshReport(RefreshOutcome.LOST_LEASE)
         t0 = time.perf_counter()
@@ -226,8 +251,8 @@ class Refresher:
             # removed since): a failure of the key like any other, without a call to count.
             store.record_failure(ns, key, run_token, reason=exc.code)
             return RefreshReport(RefreshOutcome.ORIGIN_ERROR, exc.code, f"origin {ns.origin_name}: {exc}")
-        # With validators stored, the call is conditional and a 304 costs no body.
-        stored = store.stored_validators(ns, key) if origin.conditional else None
+        # With validators stored (read by the claim), the call is conditional and a 304 costs no body.
+        stored = claimed.stored if origin.conditional else None
 
         def fetch() -> OriginResponse | NotModified | None:
             try:
@@ -259,7 +284,11 @@ class Refresher:
         # d (XFetch's refresh duration) counts the queue wait a reader would sit through; a
         # warm-up's queue wait is its own batch ahead of it, which says nothing about the key,
         # and would make the value refresh early by about that much.
-        fence = Fence(run_token, started_ms, _duration_start(req, started_ms))
+        # The origin call is over: its slot goes back in the write's round trip.
+        fence = Fence(
+            run_token, started_ms, _duration_start(req, started_ms), self.origin_slots(ns).release_call(run_token)
+        )
+        renewer.holds_slot = False
         if isinstance(response, NotModified):
             # Only a conditional call gets one (an origin that sends 304 unasked fails above).
             metrics.ORIGIN_CALLS.labels(ns.name, "not_modified").inc()
@@ -321,39 +350,6 @@ class Refresher:
         return self.store.revalidate(
             ns, key, fence, validated_at_ms=validated_at_ms, validators=response.validators, lifetimes=lifetimes
         )
-
-
-class LeaseRenewer:
-    """Extends the run's lease (and its origin slot) at a third of the lease TTL while the
-    refresh runs. A thread, or a greenlet under gevent's monkey patching. `lost` is set when the
-    lease is no longer this run's (a purge, or a pause past the lease)."""
-
-    def __init__(self, store: CacheStore, ns: Namespace, key: str, run_token: str, slots: OriginSlots) -> None:
-        self._store, self._ns, self._key, self._token, self._slots = store, ns, key, run_token, slots
-        self._stop = threading.Event()
-        self.lost = threading.Event()
-        self.holds_slot = False
-        self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
-
-    def _run(self) -> None:
-        interval = self._store.settings.lease_ttl_seconds / 3
-        while not self._stop.wait(interval):
-            try:
-                if self.holds_slot:
-                    self._slots.renew(self._token, self._store.lease_ttl_ms)
-                if not self._store.renew_lease(self._ns, self._key, self._token):
-                    self.lost.set()
-                    return
-            except Exception:  # noqa: BLE001 - Redis blinked; the next tick tries again
-                log.warning("lease renewal failed for namespace %s", self._ns.name)
-
-    def __enter__(self) -> LeaseRenewer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1)
 
 
 def _duration_start(req: RefreshRequest, started_ms: int) -> int:

@@ -36,11 +36,16 @@ READ_FIELDS = (
     "st",
     "cd",
     "sie",
+    "ttl",
 )
 
 
 def decode_int(raw: Any) -> int | None:
     return None if raw is None or raw is False else int(float(raw))
+
+
+def decode_float(raw: Any) -> float | None:
+    return None if raw is None or raw is False else float(raw)
 
 
 def decode_text(raw: Any) -> str:
@@ -68,6 +73,7 @@ class ReadResult:
     # While cooling down: the code of the failure behind it (origin_error, breaker_open...)
     failure: FailureCode | NoCode = ""
     stale_if_error_ms: int | None = None  # the value's stale-if-error allowance, when stored with it
+    ttl_ms: int | None = None  # the value's fresh life, when stored with it: bounds XFetch's head start
 
     @property
     def has_value(self) -> bool:
@@ -94,6 +100,7 @@ class ReadResult:
             stale_ms=decode_int(f["st"]),
             failure=FailureCode.parse(decode_text(f["cd"])) if lease_state is LeaseState.COOLDOWN else "",
             stale_if_error_ms=decode_int(f["sie"]),
+            ttl_ms=decode_int(f["ttl"]),
         )
 
 
@@ -156,6 +163,9 @@ INSPECT_FIELDS = (
     "lease_pttl",
     "queued",
     "queued_pttl",
+    "ttl",
+    "dm",
+    "dv",
 )
 
 
@@ -167,7 +177,7 @@ class EntryState:
     stored: bool  # the entry hash exists (a value, or a cached 404)
     soft_ms: int | None  # fresh until
     at_ms: int | None  # the origin call that produced or last revalidated the value started
-    delta_ms: float  # smoothed refresh duration, XFetch's d
+    delta_ms: float  # XFetch's d: the smoothed refresh duration plus twice its mean deviation
     u: float  # the value's XFetch draw
     negative: bool
     etag: str
@@ -180,6 +190,9 @@ class EntryState:
     cooldown_reason: FailureCode | NoCode  # while cooling down, why the last refresh failed
     queued: MarkerState
     queued_until_ms: int | None
+    ttl_ms: int | None = None  # the value's fresh life (bounds XFetch's head start)
+    duration_mean_ms: float | None = None  # the smoothed refresh duration (field dm)
+    duration_spread_ms: float | None = None  # its mean deviation (field dv)
 
     @property
     def anything_stored(self) -> bool:
@@ -213,4 +226,7 @@ class EntryState:
             cooldown_reason=cooldown_reason,
             queued=queued,
             queued_until_ms=until(f["queued_pttl"]) if queued else None,
+            ttl_ms=decode_int(f["ttl"]),
+            duration_mean_ms=decode_float(f["dm"]),
+            duration_spread_ms=decode_float(f["dv"]),
         )

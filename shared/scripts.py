@@ -3,7 +3,8 @@
 Each script touches only the keys of one entry (one hash tag), so it runs on Redis Cluster.
 Entry hash fields: v (value bytes), ct (content type), etag (ours: a hash of v), at (ms: when
 the origin call that produced or last revalidated it started), soft (ms: fresh until), d (ms:
-smoothed refresh duration for XFetch), u (the XFetch draw in (0,1] for this value), neg ("1"
+XFetch's refresh duration, dm + 2 dv), dm and dv (ms: the smoothed refresh duration and its mean
+deviation), u (the XFetch draw in (0,1) for this value), neg ("1"
 for a cached origin 404), fails (consecutive refresh failures), oetag and olm (the origin's
 ETag and Last-Modified: the validators of a conditional refresh), ttl, st and sie (ms: the
 value's fresh life, stale window and stale-if-error extension, which freshness = "origin"
@@ -35,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.protocol import LuaArgs, lua_script
+from shared.xfetch import MAX_HEAD_START_SHARE
 
 # READ: classify one read and, unless it is a HIT, try to win the refresh lease.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
@@ -42,8 +44,10 @@ from shared.protocol import LuaArgs, lua_script
 # ARGV[5] "1" to try the lease (0 for naive), ARGV[6] queued marker ttl ms
 # The XFetch draw u is the entry's own (field u, drawn once per stored value): with a draw per
 # read, a key read r times a second would refresh about d*beta*ln(r*d*beta) early, so hot keys
-# would cost the origin more than one call per TTL.
-# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st, cd, sie}
+# would cost the origin more than one call per TTL. The head start -d*beta*ln(u) is at most
+# MAX_HEAD_START_SHARE of the value's TTL (field ttl; shared/xfetch.py tells why).
+# Returns {decision, won, now, v, ct, etag, at, soft, d, neg, lease_state, lease_pttl, u, st, cd, sie,
+#   ttl}
 #   (decoded by name in shared/store.py: READ_FIELDS)
 #   decision: HIT | EARLY | STALE | MISS (the rule of shared/xfetch.py:decide)
 #   won: 1 when this request took the lease and must enqueue the refresh
@@ -59,7 +63,7 @@ from shared.protocol import LuaArgs, lua_script
 READ = lua_script(
     """
 local now = now_ms()
-local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u', 'st', 'sie')
+local e = redis.call('HMGET', KEYS[1], 'v', 'ct', 'etag', 'at', 'soft', 'd', 'neg', 'u', 'st', 'sie', 'ttl')
 local decision
 local soft = tonumber(e[5])
 if not soft then
@@ -74,7 +78,10 @@ else
     local u = tonumber(e[8]) or 1
     if u < 1e-300 then u = 1e-300 end
     if u > 1 then u = 1 end
-    if now - d * beta * math.log(u) >= soft then decision = 'EARLY' end
+    local head = -d * beta * math.log(u)
+    local ttl = tonumber(e[11])
+    if ttl and head > ttl * @MAX_HEAD_START_SHARE@ then head = ttl * @MAX_HEAD_START_SHARE@ end
+    if now + head >= soft then decision = 'EARLY' end
   end
 end
 local won, lease_state, lease_pttl, cd = 0, '', -2, ''
@@ -104,8 +111,8 @@ if decision ~= 'HIT' and ARGV[5] == '1' then
 end
 return {decision, won, now, e[1] or false, e[2] or false, e[3] or false, e[4] or false,
         e[5] or false, e[6] or false, e[7] or false, lease_state, lease_pttl, e[8] or false, e[9] or false, cd,
-        e[10] or false}
-"""
+        e[10] or false, e[11] or false}
+""".replace("@MAX_HEAD_START_SHARE@", repr(MAX_HEAD_START_SHARE))
 )
 
 
@@ -233,7 +240,8 @@ return 1
 # never touches the lease: reading a key's state must not change it.
 # KEYS[1] entry, KEYS[2] lease, KEYS[3] queued marker
 # Returns {now, exists, soft, at, d, u, neg, etag, size, fails, sp, entry_pttl, lease, lease_pttl,
-#   queued, queued_pttl} (decoded by name in shared/store.py: INSPECT_FIELDS)
+#   queued, queued_pttl, ttl, dm, dv} (decoded by name in shared/store.py: INSPECT_FIELDS)
+#   dm, dv: the refresh duration's smoothed mean and mean deviation (d = dm + 2 dv, shared/xfetch.py)
 #   exists: 1 when the entry hash is stored; size: bytes of the stored value (HSTRLEN v)
 #   lease: the lease's value ("cd:..." while it serves as a failure cooldown) or false
 #   queued: the queued marker ("r:..." while a worker runs the refresh) or false
@@ -241,10 +249,11 @@ return 1
 INSPECT = lua_script(
     """
 local now = now_ms()
-local e = redis.call('HMGET', KEYS[1], 'soft', 'at', 'd', 'u', 'neg', 'etag', 'fails', 'sp')
+local e = redis.call('HMGET', KEYS[1], 'soft', 'at', 'd', 'u', 'neg', 'etag', 'fails', 'sp', 'ttl', 'dm', 'dv')
 return {now, redis.call('EXISTS', KEYS[1]), e[1] or false, e[2] or false, e[3] or false, e[4] or false,
         e[5] or false, e[6] or false, redis.call('HSTRLEN', KEYS[1], 'v'), e[7] or false, e[8] or false,
         redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or false, redis.call('PTTL', KEYS[2]),
-        redis.call('GET', KEYS[3]) or false, redis.call('PTTL', KEYS[3])}
+        redis.call('GET', KEYS[3]) or false, redis.call('PTTL', KEYS[3]), e[9] or false, e[10] or false,
+        e[11] or false}
 """
 )

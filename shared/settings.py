@@ -94,9 +94,9 @@ class Settings(BaseSettings):
     # while workers are away or behind. 10 000 messages are ~10 MB of broker memory and, at the
     # default WORKER_CONCURRENCY (100 in flight) and a 100 ms origin, ~10 s of work.
     max_queued_refreshes: Annotated[int, Field(ge=1)] = 10_000
-    # Measured by `python -m loadtest betasweep` (docs/numbers.md): 4 keeps hot keys >= 99 % fresh
-    # for a few percent more origin calls than 1.
-    xfetch_beta: NonNegativeSeconds = 4.0
+    # The head start in refresh durations (shared/xfetch.py); 2 meets the three workloads of
+    # `python -m loadtest xfetchsweep` with one value (docs/xfetch.md).
+    xfetch_beta: NonNegativeSeconds = 2.0
     cold_wait_timeout_seconds: PositiveSeconds = 5
     origin_timeout_seconds: PositiveSeconds = 10
     origin_max_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024

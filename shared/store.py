@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -21,7 +22,7 @@ from shared.keys import Keyspace
 from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
-from shared.pipeline import evalsha_each
+from shared.pipeline import ScriptCall, evalsha_each, raise_first_error, run_pipelined
 from shared.protocol import (
     FailureCode,
     ReadyStatus,
@@ -41,6 +42,8 @@ from shared.tags import join_tags, split_tags, value_tags
 from shared.tasks import queued_marker_ttl_seconds
 from shared.xfetch import draw_u
 
+log = logging.getLogger("herdless.engine")
+
 # Failure cooldown: 1 s, doubling per consecutive origin failure of the key, capped at the
 # breaker's reset timeout (past that the breaker, not the key, holds the origin off).
 COOLDOWN_BASE_MS = 1000
@@ -50,11 +53,14 @@ PIPELINE_CHUNK = 1000
 
 class Fence(NamedTuple):
     """What fences one run's write: the lease token the run holds, when its origin call
-    started and when its key's lease was won (Redis clock, ms; see FENCED_WRITE)."""
+    started and when its key's lease was won (Redis clock, ms; see FENCED_WRITE). `then`: a
+    call sent in the write's own round trip, after it (the run's origin slot release); its
+    failure is logged, never the write's (the slot's lease runs out by itself)."""
 
     token: str
     started_ms: int
     won_at_ms: int
+    then: ScriptCall | None = None
 
 
 def new_token() -> str:
@@ -64,6 +70,14 @@ def new_token() -> str:
 
 def make_etag(value: bytes) -> str:
     return '"' + hashlib.blake2b(value, digest_size=12).hexdigest() + '"'
+
+
+class ClaimedRun(NamedTuple):
+    """A claimed refresh run: its run token, and the stored entry's validators (None: nothing
+    to revalidate) for a conditional origin call."""
+
+    run_token: str
+    stored: StoredValidators | None
 
 
 class CacheStore:
@@ -141,17 +155,27 @@ class CacheStore:
         its queued marker a running one (cleared by `finish` once the message is acknowledged).
         Returns the run token (the lease value from now on), or None when the lease is someone
         else's."""
+        claimed, _ = self.claim_run(ns, key, token)
+        return None if claimed is None else claimed.run_token
+
+    def claim_run(
+        self, ns: Namespace, key: str, token: str, *, before: ScriptCall | None = None
+    ) -> tuple[ClaimedRun | None, Any]:
+        """`claim`, also reading the stored entry's validators, in one round trip with the call
+        `before` (sent ahead of the claim): (the claimed run or None, `before`'s reply, which is
+        its exception if it failed). Raises the claim's own error (e.g. OutOfMemoryError)."""
         k = self.keys.entry(ns.name, key)
         run_token = f"{token}.{new_token()}"
-        ok = (
-            int(
-                self._claim(
-                    keys=[k.lease, k.queued], args=[token, run_token, self.lease_ttl_ms, self.queued_marker_ttl_ms]
-                )
-            )
-            == 1
+        claim = ScriptCall(
+            self._claim, [k.lease, k.queued, k.entry], [token, run_token, self.lease_ttl_ms, self.queued_marker_ttl_ms]
         )
-        return run_token if ok else None
+        calls = [claim] if before is None else [before, claim]
+        replies = run_pipelined(self.redis, calls)
+        raise_first_error(replies[-1:])
+        reply, before_reply = replies[-1], (replies[0] if before is not None else None)
+        if int(reply[0]) != 1:
+            return None, before_reply
+        return ClaimedRun(run_token, StoredValidators.from_fields(list(reply[1:]), fixed_lifetimes(ns))), before_reply
 
     def finish(self, ns: Namespace, key: str, token: str) -> None:
         """The message of the refresh enqueued with `token` is gone for good (never sent, expired
@@ -350,7 +374,12 @@ class CacheStore:
             message=ready_message(ns.name, key, ReadyStatus.READY),
             hand_over="" if hand_over is None else ready_message(ns.name, key, ReadyStatus.READY, hand_over),
         )
-        raw = self._fenced_write(keys=[k.entry, k.lease, k.tombstone, k.queued], args=args.argv())
+        write = ScriptCall(self._fenced_write, [k.entry, k.lease, k.tombstone, k.queued], args.argv())
+        replies = run_pipelined(self.redis, [write] if fence.then is None else [write, fence.then])
+        raise_first_error(replies[:1])
+        if len(replies) > 1 and isinstance(replies[1], Exception):
+            log.warning("the call after a write failed (%s)", type(replies[1]).__name__)
+        raw = replies[0]
         return WriteResult(
             status=WriteOutcome(decode_text(raw[0])),
             delta_ms=float(decode_text(raw[1]) or 0),

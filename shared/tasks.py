@@ -11,7 +11,8 @@ configuration is a plain dict that each tier hands to its own Celery app.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from shared.keys import Keyspace
@@ -19,6 +20,9 @@ from shared.namespaces import Namespace
 from shared.settings import Settings
 
 REFRESH_TASK = "herdless.refresh"
+# Several keys of one batch-origin namespace in one message (a warm-up's, a batch read's): each
+# key is still its own refresh (claim, lease, fenced write), only the message is shared.
+REFRESH_MANY_TASK = "herdless.refresh_many"
 
 # Priorities: a cold miss has someone waiting, a stale read has served old data, an early
 # refresh is only a head start. A warm-up is a batch of manual refreshes: below the misses, so
@@ -52,7 +56,14 @@ class RefreshRequest:
     won_at_ms: int
 
     def as_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies, a cost on every enqueue.
+        return {
+            "namespace": self.namespace,
+            "key": self.key,
+            "token": self.token,
+            "reason": str(self.reason),
+            "won_at_ms": self.won_at_ms,
+        }
 
     def shown(self) -> tuple[str, str]:
         """(argsrepr, kwargsrepr): what Flower's task list shows in its args and kwargs columns,
@@ -61,6 +72,11 @@ class RefreshRequest:
         a key in it would make Flower's task types and its metrics' labels unbounded. Whatever
         publishes a refresh (send_task or a message built by hand) sets these two headers."""
         return f"{self.namespace}/{self.key!r}", repr({"reason": str(self.reason), "won_at_ms": self.won_at_ms})
+
+
+# A refresh's (broker list, message), for the queue's admission to push itself (QueueBound.admit)
+# when the broker is the store's own Redis (shared/taskmessage.py builds it).
+MessageFor = Callable[[RefreshRequest], tuple[str, str]]
 
 
 def queued_marker_ttl_seconds(settings: Settings) -> float:
@@ -193,3 +209,40 @@ def send_refresh(
         priority=refresh_priority(request.reason, settings),
         expires=refresh_expiry_seconds(settings),
     )
+
+
+def send_refreshes(app: Any, requests: list[RefreshRequest], settings: Settings, producer: Any = None) -> None:
+    """Put the refreshes of several keys of one namespace, all of one reason, on the queue as
+    one task (REFRESH_MANY_TASK). Raises whatever kombu raises when the broker is unreachable."""
+    first = requests[0]
+    queue = Keyspace.of(settings).queue
+    app.send_task(
+        REFRESH_MANY_TASK,
+        producer=producer,
+        kwargs={"namespace": first.namespace, "items": [[r.key, r.token, r.reason, r.won_at_ms] for r in requests]},
+        queue=queue,
+        routing_key=queue,
+        priority=refresh_priority(first.reason, settings),
+        expires=refresh_expiry_seconds(settings),
+    )
+
+
+def requests_of(name: str | None, kwargs: Any) -> list[RefreshRequest]:
+    """The refreshes a refresh task's kwargs carry (either task), [] for anything malformed."""
+    try:
+        if name == REFRESH_TASK:
+            return [
+                RefreshRequest(
+                    str(kwargs["namespace"]),
+                    str(kwargs["key"]),
+                    str(kwargs["token"]),
+                    str(kwargs.get("reason", "")),
+                    int(kwargs.get("won_at_ms", 0)),
+                )
+            ]
+        if name == REFRESH_MANY_TASK:
+            namespace = str(kwargs["namespace"])
+            return [RefreshRequest(namespace, str(k), str(t), str(r), int(w)) for k, t, r, w in kwargs["items"]]
+    except (KeyError, TypeError, ValueError):
+        pass
+    return []

@@ -72,3 +72,8 @@ def picky(key: str) -> object:
     if key.startswith("down-"):
         raise ConnectionError("the database is down")
     return {"key": key}
+
+
+def tagged(key: str) -> object:
+    """A value with its tags, as a callable origin gives them (one bad tag, dropped)."""
+    return OriginValue({"key": key}, tags=[f"product:{key}", "category:7", "", 42])

@@ -155,3 +155,21 @@ def test_front_module_is_importable_without_gevent() -> None:
         timeout=60,
     )
     assert out.returncode == 0 and out.stdout.strip() == "False"
+
+
+def test_while_the_refresh_tier_is_behind_a_joiner_past_the_bound_is_refused(app_with_lag: object) -> None:
+    from flask import Flask
+
+    assert isinstance(app_with_lag, Flask)
+    client = app_with_lag.test_client()
+    front = app_with_lag.wsgi_app
+    hub = app_with_lag.extensions["herdless"].waiter
+    admission = front.admission  # type: ignore[attr-defined]
+    with hub.join("demo", "cold-key"):  # one cold waiter of the process waits for the key
+        assert not front._behind()  # type: ignore[attr-defined]  # the bound is at its ceiling
+        admission.limit = 1.0  # shrunk: cold waits ran past their target
+        r = client.get("/v1/cache/demo/cold-key")
+        assert r.status_code == 503 and r.get_json()["error"] == "too_many_waiters"
+        assert r.headers["Retry-After"] == "1"
+        admission.limit = 2.0  # room for one more waiter: it would join
+        assert not front._behind()  # type: ignore[attr-defined]

@@ -36,6 +36,13 @@ def _write(store: CacheStore, ns: Namespace, key: str, value: bytes, tags: tuple
     ).status
 
 
+def _next_ms(store: CacheStore) -> None:
+    """Let the Redis clock pass the current millisecond: a start in the same ms as a stored value
+    or a purge is fenced (a tie never lands)."""
+    now = store.now_ms()
+    wait_until(lambda: store.now_ms() > now, 2, "the next millisecond")
+
+
 def _purger(store: CacheStore, namespaces: list[Namespace]) -> GroupPurge:
     return GroupPurge(store, NoNearCache(), {ns.name: ns for ns in namespaces})
 
@@ -123,6 +130,7 @@ def test_a_first_fill_enlisting_after_the_walk_sees_the_moment(
     assert not store.redis.exists(EntryKeys.of("shop", "fill").entry)
     assert store.lease_holder(tagged, "fill") is None  # released: the next read refreshes
     # A refresh that starts after the purge lands.
+    _next_ms(store)
     assert _write(store, tagged, "fill", b"post", ("fresh-tag",)) == "written"
 
 
@@ -130,7 +138,8 @@ def test_a_stored_value_without_the_tag_is_kept_but_its_refresh_in_flight_is_fen
     store: CacheStore, tagged: Namespace
 ) -> None:
     _write(store, tagged, "k", b"v1", ("old-tag",))
-    _write(store, tagged, "k", b"v2", ())  # the member of old-tag stays until its life is over
+    _next_ms(store)
+    assert _write(store, tagged, "k", b"v2", ()) == "written"  # the member of old-tag stays until its life is over
     report = _purger(store, [tagged]).purge_tags(["old-tag"], soft=False)
     assert report.keys["kept"] == 1 and store.read(tagged, "k", new_token()).value == b"v2"
     run_token = _run(store, tagged, "k")
@@ -167,3 +176,33 @@ def test_the_index_trims_members_whose_values_are_gone(store: CacheStore, tagged
     store.groups.enlist("shop", "live", ("t",), 60_000)
     assert store.redis.zcard(group.members) == 1  # 16 trimmed per enlist
     assert store.redis.pttl(group.members) > 50_000
+
+
+def test_a_callable_origin_returns_its_tags_with_its_value(settings: Settings) -> None:
+    from shared.origin import CallableOrigin
+
+    ns = build_namespace("c", {"origin": "tests.origins:tagged", "tags": ["catalog"]}, settings)
+    response = CallableOrigin(ns, 1 << 20).fetch("42")
+    assert response.tags == ("product:42", "category:7")  # type: ignore[union-attr]
+    assert value_tags(ns.tags, "42", response.tags) == ("catalog", "product:42", "category:7")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ({"tags": "catalog"}, "tags: must be a list of strings"),
+        ({"tags": ["a", 3]}, "tags: must be a list of strings"),
+        ({"tags": [""]}, "tags: '': tag is empty"),
+        ({"tags": ["{key}-{key}"]}, "may hold {key} once"),
+        ({"tags": ["x" * 300]}, "the limit is 256"),
+        ({"tag_header": "Bad Header"}, "tag_header: 'Bad Header' is not a valid HTTP header name"),
+    ],
+)
+def test_a_bad_tag_option_stops_start_up_naming_the_field(
+    settings: Settings, raw: dict[str, object], problem: str
+) -> None:
+    from shared.namespaces import NamespaceConfigError
+
+    with pytest.raises(NamespaceConfigError) as caught:
+        build_namespace("bad", {"origin": "http://127.0.0.1:9/items/{key}", **raw}, settings)
+    assert "[namespaces.bad]" in str(caught.value) and problem in str(caught.value), str(caught.value)

@@ -91,7 +91,7 @@ def test_entry_expires_at_its_xfetch_moment_in_host_time_when_redis_runs_ahead()
     clock.now += 3  # the round trip
     redis_now = int(token.host_ms) + 10_000 + 1
     soft, d, beta, u = redis_now + 9_000, 1_000.0, 1.0, 0.5
-    early = hit_until_ms(soft, d, beta, u)  # soft - 693.1 ms
+    early = hit_until_ms(soft, d, beta, u, None)  # soft - 693.1 ms (no TTL stored: unbounded)
     assert nc.put("t", "k", Entry(b"v"), redis_now, early, token)
 
     deadline_host = early - (redis_now - token.host_ms) - 50
@@ -125,11 +125,12 @@ def test_hit_until_agrees_with_the_read_decision() -> None:
         d = rng.choice([0.0, rng.uniform(1, 5_000)])
         beta = rng.choice([0.0, 0.5, 1.0, 3.0])
         u = rng.choice([1.0, 1e-300, rng.random() or 1.0])
-        moment = hit_until_ms(soft, d, beta, u)
+        ttl = rng.choice([None, rng.randint(0, 20_000)])
+        moment = hit_until_ms(soft, d, beta, u, ttl)
         before, after = int(moment) - 1, int(moment) + 1
         if before >= 0:
-            assert decide(before, soft, d, beta, u, serves_stale=True) is Decision.HIT
-        assert decide(after, soft, d, beta, u, serves_stale=True) is not Decision.HIT
+            assert decide(before, soft, d, beta, u, True, ttl) is Decision.HIT
+        assert decide(after, soft, d, beta, u, True, ttl) is not Decision.HIT
 
 
 def test_negative_entry_is_served_until_its_soft_expiry() -> None:
@@ -137,7 +138,7 @@ def test_negative_entry_is_served_until_its_soft_expiry() -> None:
     nc = live_cache(clock=clock, margin_ms=0)
     token = nc.begin_read("t", "gone")
     soft = 10_000
-    assert nc.put("t", "gone", Entry(b"", negative=True), 0, hit_until_ms(soft, 0.0, 1.0, 0.3), token)
+    assert nc.put("t", "gone", Entry(b"", negative=True), 0, hit_until_ms(soft, 0.0, 1.0, 0.3, None), token)
     clock.now = soft - 1
     hit = nc.get("t", "gone")
     assert hit is not None and hit.entry.negative

@@ -73,3 +73,14 @@ def test_coalescing_hands_the_key_back_to_its_waiting_message_which_can_claim_it
     assert store.redis.get(k.lease) is None and store.redis.get(k.queued) == b"first"
     assert not store.read(ns, "k", "third").won_lease  # the marker holds reads off again
     assert store.claim(ns, "k", "first") is not None  # the waiting message still runs
+
+
+def test_an_admission_that_carries_the_message_pushes_it_only_when_admitted(redis_server: RedisServer) -> None:
+    queue, store = bound(redis_server, max_queued_refreshes=2)
+    broker = store.redis
+    push = ("hl:0:list", "message-k")
+    assert queue.admit("t", "k", "first", push=push).state is AdmitState.ADMITTED
+    assert queue.admit("t", "k", "second", push=("hl:0:list", "again")).state is AdmitState.QUEUED
+    assert queue.admit("t", "j", "third", push=("hl:0:list", "message-j")).state is AdmitState.ADMITTED
+    assert queue.admit("t", "i", "fourth", push=("hl:0:list", "refused")).state is AdmitState.FULL
+    assert broker.lrange("hl:0:list", 0, -1) == [b"message-j", b"message-k"]

@@ -83,13 +83,18 @@ def test_keys_read_are_counted_once_per_key_over_the_last_ttl_for_the_ideal_orig
     for i in range(9):
         recorder.note_key("a", f"cold-{i}")
     recorder.add("answers", "a", "hit", 59)
+    recorder.add("origin_calls", "a", "ok", 10)
     recorder.flush()
     now = redis_now_ms(client) // 1000
     # The counted seconds are the ones wholly inside the TTL, the current one excluded: move the
     # flushed second one back, as the next second's read would see it.
     [read_key] = client.keys(f"{DEFAULT_KEYSPACE.prefix}:keys-read:*")
     client.rename(read_key, DEFAULT_KEYSPACE.keys_read("a", now - 1))
+    [bucket] = client.keys(DEFAULT_KEYSPACE.rates_prefix + "*")
+    client.rename(bucket, bucket_key(now - 1))
+    client.hset(bucket_key(now - 30), "a|origin_calls|ok", 1000)  # a minute's, not the TTL's
     got = last_minute(client, ["a", "b"], ttls={"a": 5.0, "b": 5.0})["a"].as_json()
     assert got["keys_read_last_ttl"] == 10
     assert got["ideal_origin_calls_per_second"] == pytest.approx(10 / 5)
+    assert got["recent_origin_calls_per_second"] == pytest.approx(10 / 5)  # the same 5 s as the ideal
     assert last_minute(client, ["a"])["a"].as_json()["ideal_origin_calls_per_second"] is None  # no TTL given

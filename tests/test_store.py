@@ -9,7 +9,7 @@ import pytest
 from shared.keys import EntryKeys, InvalidKey, decode_key, validate_key
 from shared.namespaces import Namespace
 from shared.store import CacheStore, Fence, new_token
-from shared.xfetch import Decision, may_write, smooth_delta
+from shared.xfetch import Decision, may_write, smooth_duration
 
 
 def _run_lease(store: CacheStore, ns: Namespace, key: str) -> str:
@@ -233,7 +233,7 @@ def test_the_write_script_measures_and_smooths_refresh_duration_like_the_pure_ru
         content_type="text/plain",
     )
     assert second.written
-    assert second.delta_ms == smooth_delta(first.delta_ms, second.written_at_ms - won_again)
+    assert second.delta_ms == smooth_duration(first.delta_ms, 0.0, second.written_at_ms - won_again).delta_ms
 
 
 def test_negative_entries_are_read_back_as_negative(store: CacheStore, ns: Namespace) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import NamedTuple
 
 from celery import Celery
 from flask import Flask, Response
@@ -26,7 +27,8 @@ from shared.proxy_read import ProxyReadPath, recording_sender, task_label
 from shared.proxy_store import PendingRequests, ProxyStore
 from shared.settings import Settings, load_settings
 from shared.store import CacheStore, ReadResult, make_redis, pubsub_client
-from shared.tasks import RefreshRequest, celery_config, longest_origin_timeout, send_refresh
+from shared.taskmessage import RedisRefreshPublisher, direct_publish_possible
+from shared.tasks import MessageFor, RefreshRequest, celery_config, longest_origin_timeout, send_refresh
 from web.front import Front
 from web.group_routes import bp as group_routes_bp
 from web.http import AnythingConverter, json_error, refusal
@@ -64,6 +66,47 @@ def warm_broker_connection(client: Celery) -> bool:
         return True
     except Exception:  # noqa: BLE001 - kombu and redis raise many types; all mean "not now"
         return False
+
+
+class RefreshSenders(NamedTuple):
+    """How this process puts refreshes on the queue (ReadPath's send_refresh, open_batch and
+    message_for)."""
+
+    send: Callable[[RefreshRequest], None]
+    open_batch: Callable[[], AbstractContextManager[Callable[[RefreshRequest], None]]]
+    message_for: MessageFor | None
+
+
+def refresh_senders(
+    settings: Settings, celery: Celery, cache_client: object, label: Callable[[RefreshRequest], str | None]
+) -> RefreshSenders:
+    """On a Redis broker one LPUSH of the message this process builds itself
+    (shared/taskmessage.py: a third of the web tier's CPU per cold key was Celery's send path),
+    pushed by the queue's admission itself when the broker is the cache's own Redis; on any
+    other broker Celery's send_task. `label`: the name Flower shows for a task (a proxied key's)."""
+    if direct_publish_possible(settings):
+        publisher = RedisRefreshPublisher(settings, cache_client, pool_size=WEB_REDIS_CONNECTIONS)
+
+        def send(request: RefreshRequest) -> None:
+            publisher.send(request, shadow=label(request))
+
+        @contextmanager
+        def direct_batch() -> Iterator[Callable[[RefreshRequest], None]]:
+            yield send
+
+        in_admission = publisher.client is cache_client and not settings.redis_cluster
+        return RefreshSenders(send, direct_batch, publisher.messages.build if in_admission else None)
+
+    def enqueue(request: RefreshRequest) -> None:
+        send_refresh(celery, request, settings, shadow=label(request))
+
+    @contextmanager
+    def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:
+        # One producer (one broker connection) for a whole warm-up instead of one per task.
+        with celery.producer_or_acquire() as producer:
+            yield lambda request: send_refresh(celery, request, settings, producer=producer, shadow=label(request))
+
+    return RefreshSenders(enqueue, enqueue_batch, None)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -128,34 +171,25 @@ def create_app(settings: Settings | None = None) -> Flask:
     # A proxied key's refresh replays the request of the read that won its lease (shared/proxy_read.py).
     pending = PendingRequests()
     proxies = ProxyStore(store)
-
-    def enqueue(request: RefreshRequest) -> None:
-        send_refresh(celery, request, settings, shadow=task_label(request, pending))
+    senders = refresh_senders(settings, celery, client, lambda request: task_label(request, pending))
 
     @contextmanager
     def enqueue_batch() -> Iterator[Callable[[RefreshRequest], None]]:
-        # One producer (one broker connection) for a whole warm-up instead of one per task.
-        with celery.producer_or_acquire() as producer:
-            yield recording_sender(
-                lambda request: send_refresh(
-                    celery, request, settings, producer=producer, shadow=task_label(request, pending)
-                ),
-                namespaces,
-                pending,
-                lambda: proxies,
-            )
+        with senders.open_batch() as send:
+            yield recording_sender(send, namespaces, pending, lambda: proxies)
 
     read_path = ProxyReadPath(
         settings,
         store,
         pending=pending,
-        send_refresh=recording_sender(enqueue, namespaces, pending, lambda: proxies),
+        send_refresh=recording_sender(senders.send, namespaces, pending, lambda: proxies),
         open_batch=enqueue_batch,
         waiter=waiter,
         near_cache=near_cache if near_cache is not None else NoNearCache(),
         health=health,
         admission=Admission(settings.max_requests_in_flight or None, settings.cold_wait_timeout_seconds / 2),
     )
+    read_path.queue.message_for = senders.message_for  # None unless the broker is the cache's Redis
     app.extensions[EXTENSION] = WebState(
         settings=settings,
         namespaces=namespaces,

@@ -10,6 +10,10 @@ gave up. So admission happens here, before Flask, on the raw request URI, for re
   its ceiling, adapted to the cold misses' waits) is taken here, for the whole request, instead
   of inside the read path. A read that would join waiters of the process already waiting for
   its key takes no slot, as before. A near-cache hit never gets here: it is answered first.
+- **Cold waiters while the refresh tier is behind**: a read that would join a cold wait under
+  way is refused ``503 too_many_waiters`` while the bound above has shrunk (cold waits run past
+  their target) and the process holds as many cold waiters as that bound: it would hold its
+  connection for a wait that is likely to time out. Its key's refresh is queued already.
 - **Waited too long already**: under gevent a monitor greenlet measures how late the event loop
   runs a timer (``LoopLag``); every request read while the loop is that late has waited at
   least as long since its bytes arrived before herdless's code could run. While the lag exceeds
@@ -19,7 +23,7 @@ gave up. So admission happens here, before Flask, on the raw request URI, for re
 A refusal is the read route's own ``503 {"error": "overloaded", ...}`` with ``Retry-After: 1``,
 its bytes built once by Flask at start-up, counted in ``herdless_refused_total`` and
 ``herdless_requests_total{outcome="error"}`` like the route's, and in
-``herdless_front_refused_total{reason}`` (in_flight, lag). Everything else -- admin routes,
+``herdless_front_refused_total{reason}`` (in_flight, lag, waiters). Everything else -- admin routes,
 health, metrics, the status page -- passes untouched.
 """
 
@@ -33,7 +37,7 @@ from typing import Any
 from flask import Flask
 
 from shared import metrics
-from shared.answers import OVERLOADED, Refused
+from shared.answers import OVERLOADED, TOO_MANY_WAITERS, Refused
 from shared.protocol import AnswerOutcome, Refusal
 from web.fasthit import FastHits, StartResponse, WSGIApp, owns_cache_gets, read_target
 from web.http import refusal
@@ -104,13 +108,15 @@ class Front:
         self.lag = lag or LoopLag()
         if state.settings.web_worker_class == "gevent":
             self.lag.start()
-        with app.app_context():  # the route's own refusal, as bytes: status, headers, body
-            self.refusals = {
-                "in_flight": _frozen(refusal(OVERLOADED, count=False)),
-                "lag": _frozen(refusal(Refused(503, Refusal.OVERLOADED, LAG_DETAIL, 1), count=False)),
-            }
+        answers = {
+            "in_flight": OVERLOADED,
+            "lag": Refused(503, Refusal.OVERLOADED, LAG_DETAIL, 1),
+            "waiters": TOO_MANY_WAITERS,
+        }
+        with app.app_context():  # the route's own refusals, as bytes: status, headers, body
+            self.refusals = {why: _frozen(refusal(answer, count=False)) for why, answer in answers.items()}
+        self.refused_reason = {why: metrics.REFUSED.labels(answer.error) for why, answer in answers.items()}
         self.refused_error = {name: metrics.REQUESTS.labels(name, AnswerOutcome.ERROR) for name in self.namespaces}
-        self.refused_overloaded = metrics.REFUSED.labels(Refusal.OVERLOADED)
         self.front_refused = {why: metrics.FRONT_REFUSED.labels(why) for why in metrics.FRONT_REFUSED_REASONS}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -130,6 +136,8 @@ class Front:
         if self.lag.seconds > self.shed_after_s:
             return self._refuse("lag", ns_name, start_response)
         if self.waiter.waiting_on(ns_name, key):
+            if self._behind():
+                return self._refuse("waiters", ns_name, start_response)
             return self.inner(environ, start_response)  # joins a wait under way: no slot, as before
         with self.admission.slot() as admitted:
             if not admitted:
@@ -144,11 +152,19 @@ class Front:
                 if close is not None:
                     close()
 
+    def _behind(self) -> bool:
+        """Is the refresh tier behind (the bound on reads in flight shrank below its ceiling: cold
+        waits run past their target), with as many cold waiters in this process as that bound?
+        Then another joiner would hold its connection for a wait likely to time out, and joiners
+        took every connection a client had: it is refused at once; its key's refresh is queued."""
+        a = self.admission
+        return a.ceiling is not None and a.limit < a.ceiling and self.waiter.active >= a.limit
+
     def _refuse(self, why: str, ns_name: str, start_response: StartResponse) -> list[bytes]:
         started = time.perf_counter()
         status, headers, body = self.refusals[why]
         self.front_refused[why].inc()
-        self.refused_overloaded.inc()
+        self.refused_reason[why].inc()
         self.refused_error[ns_name].inc()
         start_response(status, list(headers))
         metrics.REQUEST_DURATION.labels(ns_name).observe(time.perf_counter() - started)

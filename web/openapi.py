@@ -58,7 +58,18 @@ _ENTRY_META = {
                             "description": "From this moment reads are EARLY (XFetch) rather than HIT.",
                         },
                         "age_seconds": _NULLABLE_NUM,
-                        "refresh_duration_ms": {**_NUM, "description": "XFetch's smoothed refresh duration d."},
+                        "refresh_duration_ms": {
+                            **_NUM,
+                            "description": "XFetch's d: the smoothed refresh duration plus twice its mean deviation.",
+                        },
+                        "refresh_duration_mean_ms": {
+                            **_NULLABLE_NUM,
+                            "description": "The smoothed refresh duration (won lease to write, queue wait included).",
+                        },
+                        "refresh_duration_spread_ms": {
+                            **_NULLABLE_NUM,
+                            "description": "The mean deviation of the refresh duration.",
+                        },
                         "size_bytes": {"type": "integer"},
                         "etag": {"type": ["string", "null"]},
                         "kept_until_ms": {**_NULLABLE_INT, "description": "When Redis drops the entry."},
@@ -534,6 +545,15 @@ def build_openapi(
                                     "xfetch_beta": {"type": "number"},
                                     "origin_timeout_seconds": {"type": "number"},
                                     "origin_max_concurrency": {"type": "integer"},
+                                    "batch_origin": {
+                                        "type": ["object", "null"],
+                                        "description": "The batch origin (groups.md): host:port, keys a call, window.",
+                                        "properties": {
+                                            "host": {"type": "string"},
+                                            "max_keys": {"type": "integer"},
+                                            "window_ms": {"type": "number"},
+                                        },
+                                    },
                                     "effective_xfetch_beta": {
                                         "type": "number",
                                         "description": "The beta reads use: xfetch_beta for xfetch, else 0.",

@@ -12,7 +12,8 @@ and no Werkzeug path decoding stands between the client's bytes and the origin's
 - POST, PUT, DELETE, PATCH (any unsafe method): forwarded synchronously with its body; a
   success (2xx, 3xx) then purges the stored responses of its URL and of a same-origin
   Location / Content-Location (RFC 9111 §4.4) before it is answered;
-- OPTIONS: forwarded; any other method (TRACE, CONNECT, extension methods): 405.
+- OPTIONS and extension methods (M-SEARCH...): forwarded, the latter unsafe (they invalidate);
+  TRACE and CONNECT: 405.
 
 Forwarded answers are read whole (ORIGIN_MAX_BYTES bounds them), not streamed.
 """
@@ -44,7 +45,10 @@ from web.state import web_state
 
 log = logging.getLogger("herdless.proxy")
 
+# Routed as rules (any other method reaches the hook too: an extension method such as M-SEARCH is
+# forwarded, and invalidates like any unsafe one); TRACE and CONNECT are never proxied.
 PROXIED_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 _X_CACHE = {AnswerOutcome.HIT: "HIT", AnswerOutcome.STALE: "STALE", AnswerOutcome.MISS: "MISS"}
 
 
@@ -112,9 +116,8 @@ def _handle(ns: Namespace, raw: str) -> Response:
     except TargetError as exc:
         return json_error(exc.status, exc.error, exc.detail)
     method = request.method.upper()
-    if method not in PROXIED_METHODS:
-        allowed = {"Allow": ", ".join(PROXIED_METHODS)}
-        return json_error(405, "method_not_allowed", f"{method[:20]} is not proxied", allowed)
+    if method in REFUSED_METHODS:
+        return json_error(405, "method_not_allowed", f"{method} is not proxied")
     if method in ("GET", "HEAD"):
         reason = bypass_reason(ns, headers)
         if reason is None:

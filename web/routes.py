@@ -32,6 +32,7 @@ from shared.namespaces import Namespace
 from shared.nearcache import hit_until_ms
 from shared.protocol import AnswerOutcome, Freshness, LeaseState, Refusal
 from shared.store import EntryState
+from shared.tasks import send_refreshes
 from web.batch import batch_body
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import cache_headers, json_error, json_response, refusal
@@ -246,10 +247,14 @@ def batch_read(ns: Namespace) -> Response:
     """POST /v1/cache/<namespace>/batch: answer every listed key as a single read would, in one
     JSON object keyed by key (web/batch.py; shared/batchread.py tells how)."""
     state = web_state()
-    keys = _body_keys(state.settings.batch_max_keys, "BATCH_MAX_KEYS", "batch read")
+    settings = state.settings
+    keys = _body_keys(settings.batch_max_keys, "BATCH_MAX_KEYS", "batch read")
     started = time.perf_counter()
     try:
-        return json_response(200, batch_body(ns, read_batch(state.read_path, ns, keys)))
+        answers = read_batch(
+            state.read_path, ns, keys, lambda requests: send_refreshes(state.celery, requests, settings)
+        )
+        return json_response(200, batch_body(ns, answers))
     finally:
         metrics.REQUEST_DURATION.labels(ns.name).observe(time.perf_counter() - started)
 
@@ -285,9 +290,11 @@ def entry_state_json(ns: Namespace, s: EntryState) -> dict[str, Any]:
             "fresh_until_ms": s.soft_ms,
             "fresh_for_seconds": _seconds_until(s.now_ms, s.soft_ms),
             # From this moment a read is EARLY (XFetch), not HIT; equal to fresh_until without XFetch.
-            "early_refresh_from_ms": int(hit_until_ms(s.soft_ms, s.delta_ms, ns.beta, s.u)),
+            "early_refresh_from_ms": int(hit_until_ms(s.soft_ms, s.delta_ms, ns.beta, s.u, s.ttl_ms)),
             "age_seconds": None if s.at_ms is None else round(max(0, s.now_ms - s.at_ms) / 1000, 3),
             "refresh_duration_ms": s.delta_ms,
+            "refresh_duration_mean_ms": s.duration_mean_ms,
+            "refresh_duration_spread_ms": s.duration_spread_ms,
             "size_bytes": s.size_bytes,
             "etag": s.etag or None,
             "kept_until_ms": s.kept_until_ms,
@@ -346,6 +353,12 @@ def namespaces() -> Response:
                     "serves_stale": ns.serves_stale,
                     "freshness": ns.freshness,
                     "fallback": ns.fallback,
+                    # The batch origin's host:port only, as for the origin: its URL may hold a credential.
+                    "batch_origin": (
+                        None
+                        if ns.batch is None
+                        else {"host": ns.batch.host, "max_keys": ns.batch.max_keys, "window_ms": ns.batch.window_ms}
+                    ),
                     "origin_freshness_bounds": (
                         {
                             "min_ttl_seconds": ns.min_ttl_seconds,

@@ -11,6 +11,7 @@ from shared.exposition import configure_rate_recorder
 from shared.namespaces import Namespace
 from shared.settings import Settings
 from shared.tasks import celery_config, longest_origin_timeout
+from workers.broker import broker_transport
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ def make_celery(settings: Settings, namespaces: dict[str, Namespace]) -> WorkerC
         ),
         worker_consumer="workers.consumer:PromptReconnectConsumer",
     )
+    transport = broker_transport(settings.celery_broker_url)
+    if transport is not None:  # one redis-py client per pool, not one per ack (workers/broker.py)
+        app.conf.broker_transport = transport
     # Origin calls, counted where they happen, reach the status page's last minute (each pool
     # process flushes through a client of its own, made after the fork).
     configure_rate_recorder(settings)

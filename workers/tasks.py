@@ -17,7 +17,7 @@ from shared.origin_slots import OriginSlots
 from shared.queuebound import CONSUMING_BEAT_SECONDS
 from shared.refresher import Refresher
 from shared.store import CacheStore, make_redis
-from shared.tasks import REFRESH_TASK, RefreshRequest
+from shared.tasks import REFRESH_MANY_TASK, REFRESH_TASK, RefreshRequest, requests_of
 from workers.app import WorkerConfig
 
 log = logging.getLogger("herdless.worker")
@@ -80,6 +80,10 @@ def _set_up_main_process(sender: Any = None, **_: Any) -> None:
     global _engine
     app = sender.app
     quiet_celery_task_lines(app.herdless.settings.log_level)
+    # Celery resolves a task's (disabled) result backend per thread, and under gevent every
+    # greenlet is a thread: each refresh built one to call its no-op cleanup (py-spy: 4 % of
+    # the worker's CPU). The task keeps the app's one.
+    app.tasks[REFRESH_TASK].backend = app.backend
     _engine = _build_engine(app.herdless)
     _start_consuming_beat(_engine)
     if not os.environ.get(HERD_MEMBER):  # a herd serves its members' metrics itself
@@ -131,16 +135,14 @@ class RefreshTaskRequest(Request):  # type: ignore[misc]
             self._tell_engine(requeued=False)
 
     def _tell_engine(self, *, requeued: bool) -> None:
-        req = _refresh_request(self.kwargs or {})
-        if req is None:
-            return
-        try:
-            if requeued:
-                worker_engine().requeued(req)
-            else:
-                worker_engine().finished(req)
-        except Exception:  # noqa: BLE001 - Redis down: the marker expires on its own
-            log.warning("could not update the queued marker of a refresh")
+        for req in requests_of(self.type, self.kwargs or {}):  # type: the task's own name, never a shadow
+            try:
+                if requeued:
+                    worker_engine().requeued(req)
+                else:
+                    worker_engine().finished(req)
+            except Exception:  # noqa: BLE001 - Redis down: the marker expires on its own
+                log.warning("could not update the queued marker of a refresh")
 
 
 class RefreshTask(Task):  # type: ignore[misc]
@@ -167,26 +169,52 @@ def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -
     return report.outcome
 
 
-def _refresh_request(kwargs: Any) -> RefreshRequest | None:
-    try:
-        return RefreshRequest(
-            str(kwargs["namespace"]),
-            str(kwargs["key"]),
-            str(kwargs["token"]),
-            str(kwargs.get("reason", "")),
-            int(kwargs.get("won_at_ms", 0)),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
+@shared_task(
+    name=REFRESH_MANY_TASK,
+    base=RefreshTask,
+    acks_late=True,
+    acks_on_failure=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    throws=(RefreshFailed,),
+)
+def refresh_many(namespace: str, items: list[list[Any]]) -> str:
+    """Recompute several keys of one batch-origin namespace, each as `refresh` would, at once:
+    their runs join one batch of the namespace's origin (shared/batch_refresh.py)."""
+    requests = requests_of(REFRESH_MANY_TASK, {"namespace": namespace, "items": items})
+    reports: list[Any] = [None] * len(requests)
+    engine = worker_engine()
+    ns = engine.namespaces.get(namespace)
+    collector = engine.batched.collector(ns) if ns is not None and ns.batch is not None else None
+    if collector is not None:
+        collector.announce([r.key for r in requests])
+
+    def run(i: int) -> None:
+        try:
+            reports[i] = engine.run(requests[i])
+        finally:
+            if collector is not None:
+                collector.forget(requests[i].key)
+
+    # A thread per key (a greenlet under gevent): the keys must wait in one batch together.
+    threads = [threading.Thread(target=run, args=(i,), name="refresh-many") for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [report.describe() for report in reports if report is not None and report.failed]
+    if failed:
+        raise RefreshFailed(f"{len(failed)} of {len(requests)} keys failed: {failed[0]}")
+    return f"{len(requests)} keys"
 
 
 @signals.task_revoked.connect
 def _count_expired(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     # A refresh that waited past its lease is discarded unrun (the task's `expires`).
     # `sender` is the task; `request` its context, whose kwargs name the key.
-    if expired and getattr(sender, "name", None) == REFRESH_TASK:
-        req = _refresh_request(getattr(request, "kwargs", None) or {})
-        if req is not None:
+    name = getattr(sender, "name", None)
+    if expired and name in (REFRESH_TASK, REFRESH_MANY_TASK):
+        for req in requests_of(name, getattr(request, "kwargs", None) or {}):
             worker_engine().discard_expired(req)
 
 
@@ -199,15 +227,12 @@ def _mark_running_refreshes_queued(**_: Any) -> None:
     from celery.worker import state
 
     for request in list(state.active_requests):
-        if getattr(request, "type", None) != REFRESH_TASK:  # its name may be a shadow (a proxied URL)
-            continue
-        req = _refresh_request(getattr(request, "kwargs", None) or {})
-        if req is None:
-            continue
-        try:
-            worker_engine().requeued(req)
-        except Exception:  # noqa: BLE001 - Redis down while stopping: nothing more to do
-            log.warning("could not mark a running refresh as queued while stopping")
+        # `type`, not `name`: a proxied URL's task is shown under a shadow name.
+        for req in requests_of(getattr(request, "type", None), getattr(request, "kwargs", None) or {}):
+            try:
+                worker_engine().requeued(req)
+            except Exception:  # noqa: BLE001 - Redis down while stopping: nothing more to do
+                log.warning("could not mark a running refresh as queued while stopping")
 
 
 @signals.worker_shutdown.connect

@@ -39,11 +39,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 [namespaces.gated]
 origin = "{gated.base_url}/v/{{key}}"
 
-# Every read of a stored value is EARLY: `now - d*beta*ln(u) >= soft` holds for any d >= 1 ms
-# and u < 1 - 1e-7, so each read after the first can queue an early refresh.
+# Every read of a stored value in the last quarter of its TTL is EARLY: the head start
+# -d*beta*ln(u) is far above its bound for any d >= 1 ms, so it is the bound, TTL / 4 (3 s).
 [namespaces.early]
 origin = "${{ORIGIN_BASE_URL}}/items/{{key}}"
-cache_ttl_seconds = 60
+cache_ttl_seconds = 12
 xfetch_beta = 1e12
 
 [namespaces.k]
@@ -99,8 +99,9 @@ def test_a_miss_overtakes_early_refreshes_queued_before_it(env: Env) -> None:
     keys = [f"early-{i}" for i in range(5)]
     for key in keys:
         assert stack.get("early", key).status_code == 200
-    # (Each waiter's re-read after its value landed was EARLY too and queued a refresh.)
     calls_before = settled(stack)
+    early_from = max(meta(stack, "early", key)["value"]["early_refresh_from_ms"] for key in keys)
+    wait_until(lambda: meta(stack, "early", keys[0])["now_ms"] >= early_from, 15, "the values' last quarter")
 
     cold: list[requests.Response] = []
     with worker_busy(env, "blocker-priorities"):
@@ -119,9 +120,7 @@ def test_a_miss_overtakes_early_refreshes_queued_before_it(env: Env) -> None:
     assert cold and cold[0].status_code == 200 and cold[0].headers["X-Cache"] == "MISS"
     settled(stack)
     order = new_origin_paths(stack, calls_before)
-    # Queued last, run first; then the early refreshes, in the order they were queued. (The
-    # waiter's re-read after the overtaker's value landed was EARLY again and queued one more
-    # refresh of it, which may run anywhere after its first.)
+    # Queued last, run first; then the early refreshes, in the order they were queued.
     assert order[0] == "/items/overtaker", order
     assert [p for p in order[1:] if p != "/items/overtaker"] == [f"/items/{k}" for k in keys], order
 

@@ -185,3 +185,18 @@ def test_a_warm_up_on_a_cluster_pipelines_over_every_master(stack: Stack, cluste
     assert all(stack.origin_stats()["per_key"][k] == 1 for k in keys)
     holders = {n.port for n in cluster if n.client().keys("hl:{herd:cluster-warm-*}:e")}
     assert len(holders) == 3, holders
+
+
+def test_a_batch_read_on_a_cluster_reads_each_master_once_and_enqueues_each_miss_once(
+    stack: Stack, cluster: list[RedisServer]
+) -> None:
+    keys = [f"cluster-batch-{i}" for i in range(60)]
+    r = requests.post(f"{stack.web_url}/v1/cache/herd/batch", json={"keys": keys}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert {e["status"] for e in r.json().values()} == {200}
+    assert all(stack.origin_stats()["per_key"][k] == 1 for k in keys)
+    holders = {n.port for n in cluster if n.client().keys("hl:{herd:cluster-batch-*}:e")}
+    assert len(holders) == 3, holders  # the keys live on every master, and each was read and served
+    # Warm now; from Redis (the web processes may not hold them yet) or memory, all are HITs.
+    again = requests.post(f"{stack.web_url}/v1/cache/herd/batch", json={"keys": keys}, timeout=30).json()
+    assert {e["x_cache"] for e in again.values()} == {"HIT"}

@@ -14,14 +14,16 @@ from loadtest.verdict import choose_namespaces, problem_lines, short_table, verd
 from tests.stack import ROOT, stack_for
 
 
-def summary(namespace: str, strategy: str, ideal: float, fresh: float, kept: bool = True, busy: bool = False) -> Any:
+def summary(
+    namespace: str, strategy: str, ideal: float, fresh: float, kept: bool = True, busy: bool = False, errors: int = 0
+) -> Any:
     return {
         "run": {"namespace": namespace, "label": namespace, "strategy": strategy, "scenario": "steady"},
-        "generator": {"kept_schedule": kept, "send_lag_ms": {"max": 12.0 if kept else 340.0}},
+        "generator": {"kept_schedule": kept, "send_lag_ms": {"max": 12.0 if kept else 340.0}, "completed": 1000},
         "worker": {"saturated": busy, "reasons": ["queue depth above 0 in 80% of samples"] if busy else []},
         "steady": {"calls_per_ideal_refresh": ideal, "fresh_share": fresh, "hot_fresh_share": fresh},
         "latency_after_warmup_ms": {"p99": 4.2},
-        "errors": {"total": 0},
+        "errors": {"total": errors},
     }
 
 
@@ -54,6 +56,14 @@ def test_a_missed_schedule_or_a_saturated_worker_is_one_line_with_what_to_do_and
     assert table[0].split() == ["strategy", "namespace", "calls/ideal", "fresh", "hot", "fresh", "p99", "ms", "errors",
                                 "marked"]  # fmt: skip
     assert table[2].split()[:2] == ["naive", "demo-naive"] and table[2].endswith("schedule missed")
+
+
+def test_a_run_whose_requests_mostly_failed_is_marked_and_said_in_one_line() -> None:
+    runs = [summary("demo-lock", "lock", 0.0, 0.0, errors=990), summary("demo", "xfetch", 1.02, 0.99, errors=5)]
+    (line,) = problem_lines(runs, rate=200)
+    assert line.startswith("loadtest: ERRORS in demo-lock (99%):") and "\n" not in line
+    assert verdict_line(runs).startswith("verdict: xfetch (demo): 1.02x")
+    assert "[not ranked: errors]" in verdict_line(runs)
 
 
 def test_the_namespaces_compared_are_the_shipped_four_or_whatever_the_file_has() -> None:

@@ -32,6 +32,7 @@ CONTRACT_METRICS = {
     "herdless_origin_bytes_total": "counter",
     "herdless_origin_duration_seconds": "histogram",
     "herdless_refresh_lag_seconds": "histogram",
+    "herdless_origin_batch_keys": "histogram",
     "herdless_breaker_state": "gauge",
     "herdless_breaker_transitions_total": "counter",
     "herdless_queue_depth": "gauge",

@@ -280,8 +280,8 @@ def test_status_json_reports_freshness_near_cache_and_origin_slots(stack: Stack)
         return requests.get(stack.web_url + "/status.json", timeout=5).json()
 
     before = status()
-    # A 60 s value: a 1 s one may be inside its XFetch early window from the start (its
-    # refresh duration, queue wait included, times beta 4 can exceed the TTL) and read EARLY.
+    # A 60 s value: a 1 s one spends up to its last quarter in its XFetch early window (the
+    # head start's bound), where reads are EARLY, not HIT.
     assert stack.get("herd", "status-json-cold").headers["X-Cache"] == "MISS"
     for _ in range(10):
         assert stack.get("herd", "status-json-cold").status_code == 200

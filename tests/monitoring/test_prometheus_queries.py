@@ -32,6 +32,11 @@ NAMESPACES = (
 [namespaces.held]
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 60
+
+[namespaces.batched]
+origin = "${ORIGIN_BASE_URL}/items/{key}"
+batch_origin = "${ORIGIN_BASE_URL}/items?ids={keys}"
+cache_ttl_seconds = 60
 """
 )
 # Panels whose right value after this traffic is 0: nothing queued, nothing in flight, every
@@ -111,6 +116,9 @@ def drive_traffic(stack: Stack, prometheus: PrometheusServer) -> None:
     group = http.post(stack.web_url + "/v1/purge", json={"namespace": "held"}, headers=admin, timeout=15)
     assert group.status_code == 200 and group.json()["purged"] >= 1, group.text
 
+    # A batch read of cold keys of a batch-origin namespace: one origin call for its keys.
+    batched = http.post(stack.web_url + "/v1/cache/batched/batch", json={"keys": ["b1", "b2", "b3"]}, timeout=15)
+    assert batched.status_code == 200 and {e["status"] for e in batched.json().values()} == {200}, batched.text
     for round_no in range(3):
         assert get("demo", f"cold-{round_no}").headers["X-Cache"] == "MISS"
         for _ in range(20):

@@ -53,6 +53,7 @@ REQUIRED_PANELS = [
     "Origin bytes received",
     "Revalidated share of origin answers",
     "Group purges: keys visited by outcome, members pending",
+    "Keys per batch origin call",
 ]
 
 REQUIRED_ALERTS = {

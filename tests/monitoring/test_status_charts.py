@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import requests
 
 from tests.monitoring.test_metrics import _chromium
-from tests.stack import ROOT, Stack
+from tests.stack import ROOT, Stack, wait_until
 
 STACK_NAMESPACES = (ROOT / "namespaces.toml").read_text()
-STACK_ENV = {"CACHE_TTL_SECONDS": "1", "ORIGIN_LATENCY_MS": "20"}  # refreshes every second or so
+# Refreshes every few seconds; the origin chart compares calls over the last TTL's whole seconds.
+STACK_ENV = {"CACHE_TTL_SECONDS": "3", "ORIGIN_LATENCY_MS": "20"}
 CHARTS = ("answers", "fresh", "origin", "queue", "lag")
 
 
@@ -32,6 +34,10 @@ def render_while_traffic_flows(stack: Stack, budget_ms: int = 8000) -> str:
     workers = [threading.Thread(target=traffic, args=(ns,), daemon=True) for ns in ("demo", "demo-naive")]
     for worker in workers:
         worker.start()
+    # Traffic for a TTL first, so the last TTL's seconds hold origin calls when the page opens.
+    wait_until(lambda: requests.get(stack.web_url + "/status.json", timeout=5).json()["requests_total"] > 50, 30,
+               "traffic to flow")  # fmt: skip
+    time.sleep(3)  # a TTL of traffic: the window the origin chart measures, not a synchronisation
     try:
         with tempfile.TemporaryDirectory() as profile:
             out = subprocess.run(

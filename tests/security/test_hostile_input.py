@@ -23,7 +23,7 @@ origin = "${ORIGIN_BASE_URL}/items/{key}"
 cache_ttl_seconds = 600
 """
 CONFIGURED = {"demo"}
-GUNICORN_MAX_REQUEST_LINE = 4094
+GUNICORN_MAX_REQUEST_LINE = 8190  # web/gunicorn.conf.py limit_request_line, above the proxy's own URI limit
 # What an origin request path may look like: the configured /items/ and one percent-encoded segment.
 ORIGIN_PATH = re.compile(r"/items/[A-Za-z0-9_.~%-]+")
 
