@@ -33,7 +33,7 @@ from shared.store import CacheStore
 log = logging.getLogger("herdless.purge")
 
 # Outcomes of PURGE_MEMBER (shared/group_scripts.py), in the order the answer lists them.
-OUTCOMES = ("hard", "soft", "fenced", "kept")
+OUTCOMES = metrics.GROUP_PURGE_OUTCOMES
 # How long a group's purge moment is remembered past the longest refresh that may have started
 # before it (its origin call's deadline, then a lease to write in).
 MOMENT_MARGIN_MS = 60_000

@@ -129,6 +129,10 @@ NEAR_CACHE_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+# A group purge's kinds, and the outcomes of PURGE_MEMBER (shared/group_scripts.py) in the order
+# its answer lists them.
+GROUP_PURGE_KINDS = ("tag", "namespace")
+GROUP_PURGE_OUTCOMES = ("hard", "soft", "fenced", "kept")
 GROUP_PURGE_KEYS = Counter(
     "herdless_group_purge_keys",
     "Keys visited by tag and namespace purges, by kind (tag, namespace) and outcome (hard, soft: a value "
@@ -249,6 +253,11 @@ def init_web_series(namespaces: Iterable[str]) -> None:
         REFUSED.labels(reason)
     for front_reason in FRONT_REFUSED_REASONS:
         FRONT_REFUSED.labels(front_reason)
+    for kind in GROUP_PURGE_KINDS:
+        for outcome in GROUP_PURGE_OUTCOMES:
+            GROUP_PURGE_KEYS.labels(kind, outcome)
+        for mode in ("hard", "soft"):
+            GROUP_PURGES.labels(kind, mode)
     REDIS_DEGRADED.set(0)
 
 

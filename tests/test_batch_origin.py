@@ -112,9 +112,7 @@ def batch_origin() -> Iterator[tuple[BatchHttpOrigin, OriginState]]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_port}"
-    ns = build_namespace(
-        "b", {"origin": base + "/items/{key}", "batch_origin": base + "/items?ids={keys}"}, Settings()
-    )
+    ns = build_namespace("b", {"origin": base + "/items/{key}", "batch_origin": base + "/items?ids={keys}"}, Settings())
     try:
         yield BatchHttpOrigin(ns, 1 << 20), state
     finally:

@@ -6,6 +6,7 @@ for it. Against a real redis-server."""
 from __future__ import annotations
 
 from shared.answers import Served
+from shared.freshness import Lifetimes
 from shared.keys import EntryKeys
 from shared.namespaces import Namespace
 from shared.protocol import AnswerOutcome
@@ -13,19 +14,24 @@ from shared.queuebound import EARLY_MAX_WAITING
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, new_token
 from shared.tasks import RefreshRequest
+from tests.stack import wait_until
 from tests.test_warm import _read_path
 
 
 def _early(store: CacheStore, ns: Namespace, key: str) -> None:
-    """A value fresh for the namespace's TTL whose XFetch moment has passed already: its refresh
-    took 100 s (d), so with u = 0.5 every read of it is EARLY."""
+    """A value whose XFetch moment has passed: its refresh took 100 s (d), so its head start is
+    the most the rule allows, a quarter of its 4 s TTL; returns once the Redis clock is 100 ms
+    past that moment, leaving 900 ms in which every read of it is EARLY."""
     token = new_token()
     assert store.take_lease(ns, key, token)
     run = store.claim(ns, key, token)
     assert run is not None
     now = store.now_ms()
     fence = Fence(run, now, now - 100_000)
-    assert store.fenced_write(ns, key, fence, value=b"v", content_type="text/plain", u=0.5).written
+    lifetimes = Lifetimes(4_000, 60_000, 60_000)
+    written = store.fenced_write(ns, key, fence, value=b"v", content_type="text/plain", u=0.5, lifetimes=lifetimes)
+    assert written.written
+    wait_until(lambda: store.now_ms() >= written.soft_ms - 900, 10, "the value's EARLY moment", interval=0.01)
 
 
 def test_past_the_early_bound_an_early_read_is_served_unrefreshed_and_below_it_refreshed(

@@ -94,7 +94,6 @@ def test_concurrent_single_misses_of_one_namespace_share_calls(stack: Stack) -> 
     assert stats["batch_calls"] <= 20, stats["batch_sizes"]  # one call per key without coalescing
 
 
-
 def test_the_namespaces_listing_names_the_batch_origin_by_host_only(stack: Stack) -> None:
     r = requests.get(f"{stack.web_url}/v1/namespaces", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
     listed = {ns["name"]: ns["batch_origin"] for ns in r.json()["namespaces"]}
