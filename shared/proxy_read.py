@@ -35,7 +35,7 @@ from shared import answers
 from shared.answers import Answer, Refused, Served, Unstored
 from shared.httpcache.cachecontrol import request_cache_control
 from shared.httpcache.conditional import CONDITIONAL_FIELDS
-from shared.httpcache.fields import Headers, get_all, has, strip_hop_by_hop, without
+from shared.httpcache.fields import Headers, has, strip_hop_by_hop, without
 from shared.httpcache.lifetime import Policy
 from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide, may_serve_on_error
 from shared.httpcache.vary import variant_key, vary_fields
@@ -44,7 +44,7 @@ from shared.protocol import AnswerOutcome, LeaseState, ReadyStatus, RefreshReaso
 from shared.proxy_config import CREDENTIAL_HEADERS
 from shared.proxy_origin import TRANSPORT_FIELDS
 from shared.proxy_refresh import policy_of
-from shared.proxy_store import Envelope, PendingRequests, ProxyRequest, ProxyStore, proxy_key
+from shared.proxy_store import Envelope, PendingRequests, ProxyRequest, ProxyStore, credentials_of, proxy_key
 from shared.readpath import ReadPath, SendRefresh
 from shared.store import new_token
 from shared.tasks import RefreshRequest
@@ -94,13 +94,6 @@ def replay_headers(ns: Namespace, headers: Headers) -> Headers:
     kept = without(strip_hop_by_hop(headers), NOT_REPLAYED)
     forward = ns.proxy.forward_headers
     return tuple((n, v) for n, v in kept if n.lower() not in CREDENTIAL_HEADERS or n.lower() in forward)
-
-
-def credentials_of(ns: Namespace, headers: Headers) -> str:
-    """The forwarded credentials of a request: part of its key, so that no other credential's
-    response answers it."""
-    assert ns.proxy is not None
-    return "\n".join(f"{n}:{v}" for n in sorted(ns.proxy.forward_headers) for v in get_all(headers, n))
 
 
 class ProxyReadPath(ReadPath):
