@@ -33,9 +33,10 @@ from typing import Any
 
 from shared import answers
 from shared.answers import Answer, Refused, Served, Unstored
+from shared.coldwait import TooManyWaiters, WaitHandle
 from shared.httpcache.cachecontrol import request_cache_control
 from shared.httpcache.conditional import CONDITIONAL_FIELDS
-from shared.httpcache.fields import Headers, get_all, has, strip_hop_by_hop, without
+from shared.httpcache.fields import Headers, has, strip_hop_by_hop, without
 from shared.httpcache.lifetime import Policy
 from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide, may_serve_on_error
 from shared.httpcache.vary import variant_key, vary_fields
@@ -44,7 +45,7 @@ from shared.protocol import AnswerOutcome, LeaseState, ReadyStatus, RefreshReaso
 from shared.proxy_config import CREDENTIAL_HEADERS
 from shared.proxy_origin import TRANSPORT_FIELDS
 from shared.proxy_refresh import policy_of
-from shared.proxy_store import Envelope, PendingRequests, ProxyRequest, ProxyStore, proxy_key
+from shared.proxy_store import Envelope, PendingRequests, ProxyRequest, ProxyStore, credentials_of, proxy_key
 from shared.readpath import ReadPath, SendRefresh
 from shared.store import new_token
 from shared.tasks import RefreshRequest
@@ -94,13 +95,6 @@ def replay_headers(ns: Namespace, headers: Headers) -> Headers:
     kept = without(strip_hop_by_hop(headers), NOT_REPLAYED)
     forward = ns.proxy.forward_headers
     return tuple((n, v) for n, v in kept if n.lower() not in CREDENTIAL_HEADERS or n.lower() in forward)
-
-
-def credentials_of(ns: Namespace, headers: Headers) -> str:
-    """The forwarded credentials of a request: part of its key, so that no other credential's
-    response answers it."""
-    assert ns.proxy is not None
-    return "\n".join(f"{n}:{v}" for n in sorted(ns.proxy.forward_headers) for v in get_all(headers, n))
 
 
 class ProxyReadPath(ReadPath):
@@ -231,26 +225,32 @@ class ProxyReadPath(ReadPath):
         unless one is queued or running (the lease decides, as for any read), and queue another
         if the one found had started before. Bounded by COLD_WAIT_TIMEOUT_SECONDS."""
         deadline = time.monotonic() + self.settings.cold_wait_timeout_seconds
-        with self._waiter.join(ns.name, key, None) as handle:
+        try:
+            with self._waiter.join(ns.name, key, None) as handle:
+                return self._await_refresh(ns, key, since_ms, handle, deadline)
+        except TooManyWaiters:  # raised by join alone: this process has too many requests waiting
+            return answers.TOO_MANY_WAITERS
+
+    def _await_refresh(self, ns: Namespace, key: str, since_ms: int, handle: WaitHandle, deadline: float) -> Answer:
+        handle.mark()
+        refusal = self._take_and_enqueue(ns, key)
+        while True:
+            if refusal is not None:
+                return refusal
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
+            status = handle.wait(remaining)
+            if handle.handed_over is not None:
+                return Unstored(handle.handed_over.body, handle.handed_over.content_type)
             handle.mark()
+            r = self.proxies.peek(ns, key)
+            if r.has_value and (r.at_ms or 0) > since_ms:
+                return Served(r, AnswerOutcome.MISS, r.now_ms)
+            if status is ReadyStatus.ERROR:
+                return ORIGIN_FAILED
+            # Published for a refresh that started before this read, or nothing heard: go again.
             refusal = self._take_and_enqueue(ns, key)
-            while True:
-                if refusal is not None:
-                    return refusal
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return answers.cold_wait_timed_out(self.settings.cold_wait_timeout_seconds)
-                status = handle.wait(remaining)
-                if handle.handed_over is not None:
-                    return Unstored(handle.handed_over.body, handle.handed_over.content_type)
-                handle.mark()
-                r = self.proxies.peek(ns, key)
-                if r.has_value and (r.at_ms or 0) > since_ms:
-                    return Served(r, AnswerOutcome.MISS, r.now_ms)
-                if status is ReadyStatus.ERROR:
-                    return ORIGIN_FAILED
-                # Published for a refresh that started before this read, or nothing heard: go again.
-                refusal = self._take_and_enqueue(ns, key)
 
     def _take_and_enqueue(self, ns: Namespace, key: str) -> Refused | None:
         token = new_token()

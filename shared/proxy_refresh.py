@@ -40,7 +40,15 @@ from shared.origin import OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce
 from shared.protocol import FailureCode, RefreshOutcome
 from shared.proxy_origin import ProxiedResponse, ProxyOrigin
-from shared.proxy_store import PROXIED_TYPE, VARY_MARKER_SECONDS, Envelope, ProxyRequest, ProxyStore, proxy_key
+from shared.proxy_store import (
+    PROXIED_TYPE,
+    VARY_MARKER_SECONDS,
+    Envelope,
+    ProxyRequest,
+    ProxyStore,
+    credentials_of,
+    proxy_key,
+)
 from shared.refreshlog import RefreshReport
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, WriteResult, new_token
@@ -183,8 +191,12 @@ class ProxyRefresher:
         stored = envelope.stored_response()
         if fields and not request.vary:
             # A primary key's answer that varies: store it under its variant, then mark the primary.
-            variant = proxy_key(request.target, variant_key(request.headers, fields))
-            self._write_variant(ns, key, variant, fence, envelope, stored, policy, request, fields)
+            # The variant's key is the one a reader computes (with the forwarded credentials), and
+            # it is listed under the URL's own primary, where a purge of the URL finds it.
+            credentials = credentials_of(ns, request.headers)
+            variant = proxy_key(request.target, variant_key(request.headers, fields), credentials)
+            url = proxy_key(request.target)
+            self._write_variant(ns, url, variant, fence, envelope, stored, policy, request, fields)
             marker = Envelope("vary", request.target, vary=fields)
             forever = Lifetimes(VARY_MARKER_SECONDS * 1000, 0, 0)
             result = store.fenced_write(

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.httpcache.fields import Headers
+from shared.httpcache.fields import Headers, get_all
 from shared.httpcache.lifetime import StoredResponse
 from shared.keys import Keyspace
 from shared.namespaces import Namespace
@@ -43,6 +43,13 @@ REQUEST_RECORD_SECONDS = 86400
 # How long a primary key's vary marker lives: it only says which headers select a variant; a
 # variant that the origin re-keys is caught by the variant's own Vary.
 VARY_MARKER_SECONDS = 86400
+
+
+def credentials_of(ns: Namespace, headers: Headers) -> str:
+    """The forwarded credentials of a request: part of its key, so that no other credential's
+    response answers it (the read's key and the refresh's variant key alike)."""
+    assert ns.proxy is not None
+    return "\n".join(f"{n}:{v}" for n in sorted(ns.proxy.forward_headers) for v in get_all(headers, n))
 
 
 def proxy_key(target: str, variant: str | None = None, credentials: str = "") -> str:

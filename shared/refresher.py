@@ -148,6 +148,9 @@ class Refresher:
         ns = self.namespaces.get(req.namespace)
         if ns is not None and self.store.mark_queued(ns, req.key, req.token):
             self.queue.admit(ns.name, req.key, req.token, force=True)
+            # Its entry is back in the registry: whoever takes the message next, or its
+            # acknowledgement here if the run still finishes, must take it off again.
+            self._departed.pop(req.token, None)
 
     def finished(self, req: RefreshRequest) -> None:
         """This task's message is acknowledged (or dropped): it will never run again, so the

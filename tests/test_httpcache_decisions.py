@@ -178,6 +178,16 @@ def test_a_304_updates_stored_headers_but_not_the_bodys_framing() -> None:
     assert not is_not_modified_for(with_lm, (("Last-Modified", date(-10)),))  # a newer representation
 
 
+def test_a_304_never_brings_into_the_stored_response_a_field_its_private_or_no_cache_names() -> None:
+    old = (("Cache-Control", 'max-age=60, private="Set-Cookie"'), ("ETag", '"e"'))
+    merged = merge_not_modified(old, (("Set-Cookie", "session=alice"), ("ETag", '"e"'), ("X-A", "1")))
+    assert merged == (*old, ("X-A", "1"))
+    # A 304 whose own Cache-Control names a field: the stored one goes too.
+    old = (("Cache-Control", "max-age=60"), ("X-Token", "t"), ("ETag", '"e"'))
+    merged = merge_not_modified(old, (("Cache-Control", 'max-age=60, no-cache="X-Token"'),))
+    assert merged == (("ETag", '"e"'), ("Cache-Control", 'max-age=60, no-cache="X-Token"'))
+
+
 def test_unsafe_methods_invalidate_the_uri_and_same_origin_locations() -> None:
     url = "http://cache.test/catalog/a?x=1"
     headers = (("Location", "b"), ("Content-Location", "http://evil.test/catalog/c"))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import time
 
 from shared.keys import DEFAULT_KEYSPACE
-from shared.namespaces import Namespace
+from shared.namespaces import Namespace, build_namespace
+from shared.origin_slots import OriginSlots
 from shared.protocol import AdmitState
 from shared.queuebound import QueueBound
+from shared.refresher import Refresher
 from shared.settings import Settings
-from shared.store import CacheStore, make_redis
+from shared.store import CacheStore, make_redis, new_token
+from shared.tasks import RefreshRequest
 from tests.stack import RedisServer
 
 
@@ -84,3 +87,25 @@ def test_an_admission_that_carries_the_message_pushes_it_only_when_admitted(redi
     assert queue.admit("t", "j", "third", push=("hl:0:list", "message-j")).state is AdmitState.ADMITTED
     assert queue.admit("t", "i", "fourth", push=("hl:0:list", "refused")).state is AdmitState.FULL
     assert broker.lrange("hl:0:list", 0, -1) == [b"message-j", b"message-k"]
+
+
+def test_a_run_requeued_while_its_worker_stops_leaves_no_entry_once_it_is_acknowledged(
+    redis_server: RedisServer,
+) -> None:
+    # A gevent or threads worker runs the task in the process that later hears of its message:
+    # the run takes the entry off the registry, the stop puts it back (the message is going
+    # back to the queue), and then the run ends after all and its message is acknowledged.
+    _, store = bound(redis_server)
+    settings = store.settings
+    ns = build_namespace("t", {"origin": "tests.origins:compute"}, settings)
+    refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name))
+    token = new_token()
+    assert store.read(ns, "k", token).won_lease
+    assert refresher.queue.admit(ns.name, "k", token).state is AdmitState.ADMITTED
+    req = RefreshRequest(ns.name, "k", token, "miss", store.now_ms())
+    assert refresher.run(req).outcome == "written"
+    refresher.requeued(req)  # worker_shutting_down, while the run was still going
+    refresher.finished(req)  # the run ended and its message was acknowledged: it never comes back
+    assert refresher.queue.waiting() == 0
+    later = new_token()
+    assert refresher.queue.admit(ns.name, "k", later).state is AdmitState.ADMITTED

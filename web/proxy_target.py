@@ -10,7 +10,8 @@ the target as another host is refused (400 JSON), never normalised or forwarded:
 
 - an absolute-form (``GET http://evil/ HTTP/1.1``) or asterisk-form target;
 - dot segments (``.``, ``..``), percent-encoded (``%2e%2e``) or double-encoded (``%252e``),
-  also when an encoded slash or backslash would make one (``..%2f``);
+  also when an encoded slash or backslash would make one (``..%2f``) or a path parameter
+  hides one (``..;x``);
 - an empty segment (``//evil``), a backslash (raw or ``%5c``), an ``@`` in the path;
 - control characters, spaces, non-ASCII bytes or a ``#`` anywhere, a malformed ``%`` escape;
 - a target longer than MAX_TARGET_BYTES (414), a request header longer than
@@ -76,11 +77,12 @@ def mount_of(raw: str, mounts: Iterable[tuple[str, Namespace]]) -> Namespace | N
 
 
 def _has_dot_segment(path: str) -> bool:
-    """Would an origin that decodes the path (once or twice) see a "." or ".." segment?"""
+    """Would an origin that decodes the path (once or twice) see a "." or ".." segment? A
+    segment's path parameters count for nothing: Tomcat, Jetty and Spring read "..;x" as ".."."""
     candidate = path
     for _ in range(3):  # as sent, decoded once, decoded twice
         parts = re.split(r"[/\\]", candidate)
-        if any(p in (".", "..") for p in parts):
+        if any(p.partition(";")[0] in (".", "..") for p in parts):
             return True
         decoded = unquote(candidate, errors="replace")
         if decoded == candidate:

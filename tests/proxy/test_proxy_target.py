@@ -53,6 +53,11 @@ def test_a_target_is_forwarded_byte_for_byte_under_the_base_path(
         ("/catalog/x/..%2fadmin", 400),  # decodes to a dot segment
         ("/catalog/%252e%252e/x", 400),  # double-encoded
         ("/catalog/x\\..\\y", 400),
+        ("/catalog/..;/admin", 400),  # a path parameter: Tomcat and Spring resolve "..;" as ".."
+        ("/catalog/x/..;jsessionid=1/y", 400),
+        ("/catalog/.;x/y", 400),
+        ("/catalog/%2e%2e;/admin", 400),
+        ("/catalog/..%3b/admin", 400),
         ("/catalog/x%5c..%5cy", 400),
         ("/catalog/x%5Cy", 400),
         ("/catalog/@evil.com/x", 400),
