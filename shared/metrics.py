@@ -160,6 +160,12 @@ DEGRADED_ANSWERS = Counter(
     'origin (the namespace has fallback = "origin")',
     ["namespace", "answer"],
 )
+FRONT_HITS = Counter(
+    "herdless_front_hits",
+    "Near-cache hits the web tier's front door answered before Flask (web/fasthit.py for key-value "
+    "reads, web/proxy_fasthit.py for proxied GETs and HEADs); also counted in herdless_requests_total",
+    ["namespace"],
+)
 FRONT_REFUSED_REASONS = ("in_flight", "lag", "waiters")
 FRONT_REFUSED = Counter(
     "herdless_front_refused",
@@ -224,6 +230,7 @@ WEB_SERIES: Series = (
     (SERVED_AGE, ()),
     (COLD_WAKEUPS, ()),
     (DEGRADED_ANSWERS, DEGRADED_ANSWER_KINDS),
+    (FRONT_HITS, ()),
 )
 WORKER_SERIES: Series = (
     (REFRESHES, REFRESH_OUTCOMES),

@@ -113,6 +113,10 @@ class ProxyReadPath(ReadPath):
         while len(self._vary) > VARY_MEMO_ENTRIES:
             self._vary.popitem(last=False)
 
+    def known_vary(self, ns: Namespace, target: str) -> tuple[str, ...] | None:
+        """The Vary fields this process learnt for a URL (None: read its primary key)."""
+        return self._vary.get((ns.name, target))
+
     def key_of(self, ns: Namespace, target: str, headers: Headers, fields: tuple[str, ...] | None) -> str:
         return proxy_key(target, variant_key(headers, fields) if fields else None, credentials_of(ns, headers))
 

@@ -55,6 +55,7 @@ class _Owned:
     not_modified: Any
     duration: Any
     age: Any
+    front: Any
 
 
 def owns_cache_gets(app: Flask) -> bool:
@@ -104,6 +105,7 @@ class FastHits:
                 metrics.REQUESTS.labels(name, "not_modified"),
                 metrics.REQUEST_DURATION.labels(name),
                 metrics.SERVED_AGE.labels(name),
+                metrics.FRONT_HITS.labels(name),
             )
             for name, ns in state.namespaces.items()
             # A naive read never looks at the near-cache; a proxy namespace's keys are its mount's.
@@ -127,6 +129,7 @@ class FastHits:
         if r.negative or not r.content_type or r.value is None:
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
+        owned.front.inc()
         rates.RECORDER.note_key(target[0], target[1])  # for the status page's ideal origin calls
         now = hit.redis_now_ms
         headers = list(cache_headers(owned.ns, r, AnswerOutcome.HIT, now).items())

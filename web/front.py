@@ -1,5 +1,6 @@
 """The web tier's front door: a WSGI middleware before Flask that answers near-cache hits
-(web/fasthit.py) and refuses, cheaply and early, the reads this process cannot serve in time.
+(web/fasthit.py; proxied ones, web/proxy_fasthit.py) and refuses, cheaply and early, the reads
+this process cannot serve in time.
 
 Past its capacity a process that lets every request reach its routing spends nearly as much on a
 refusal as on an answer, and the requests it works on wait behind each other until their clients
@@ -41,6 +42,7 @@ from shared.answers import OVERLOADED, TOO_MANY_WAITERS, Refused
 from shared.protocol import AnswerOutcome, Refusal
 from web.fasthit import FastHits, StartResponse, WSGIApp, owns_cache_gets, read_target
 from web.http import refusal
+from web.proxy_fasthit import ProxyFastHits
 from web.state import ADMITTED, EXTENSION, WebState
 
 SHED_AFTER_SECONDS = 1.0  # a loop this late: reads needing Redis are refused
@@ -100,6 +102,7 @@ class Front:
         self.inner = inner
         state: WebState = app.extensions[EXTENSION]
         self.hits = FastHits(app)
+        self.proxy_hits = ProxyFastHits(app)
         self.owns = owns_cache_gets(app)  # else every request goes to Flask, which decides
         self.admission = state.read_path.admission
         self.waiter = state.waiter
@@ -121,7 +124,12 @@ class Front:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
-        if (method != "GET" and method != "HEAD") or not self.owns:
+        if method != "GET" and method != "HEAD":
+            return self.inner(environ, start_response)
+        proxied = self.proxy_hits.answer(method, environ, start_response)
+        if proxied is not None:
+            return proxied
+        if not self.owns:
             return self.inner(environ, start_response)
         target = read_target(environ)
         if target is None:

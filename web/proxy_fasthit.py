@@ -1,0 +1,188 @@
+"""The near-cache hit of a proxied GET or HEAD, answered before Flask (by the front door, web/front.py).
+
+A warm proxied URL's answer needs no Redis once the near-cache holds it; what is left of its
+cost is Flask's request context, the proxy hook and the response object (measured: 2 900 req/s
+against 6 700 for a key-value hit answered by web/fasthit.py). ``ProxyFastHits`` answers, from
+the raw request alone, the one case that is certainly a plain fresh hit, with the very status,
+headers and metrics web/proxy.py gives it (tests/proxy/test_proxy_fasthit.py compares the two
+byte for byte):
+
+- ``GET`` or ``HEAD`` (no body) of a target under a proxy namespace's mount, valid as
+  web/proxy_target.py validates it, within its header limits;
+- no request field that changes the decision or the answer: Cache-Control, Pragma, a
+  credential (Authorization, Cookie, Proxy-Authorization), a conditional (If-*), Range,
+  Expect, or a request body -- the read path and httpcache treat each of them specially;
+- the key the read path would read (the URL's primary key, or the variant its learnt Vary
+  fields select) is in the near-cache and still a HIT there: until the value's XFetch moment,
+  so an early refresh still happens through the normal path; a purge or write of the key drops
+  it from every process's near-cache (shared/nearcache.py) and the next read goes to Flask;
+- the entry is a stored 200 (not a vary marker) that ``httpcache.reuse.decide`` calls FRESH
+  for this request (its Vary matched, no no-cache, fresh by its stored lifetime).
+
+Anything else goes to Flask untouched, and the lookup here is not counted, so Flask's read counts
+once. ``WEB_FAST_PATH=false`` turns it off, with the key-value fast hits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+from werkzeug.datastructures import EnvironHeaders
+
+from shared import metrics
+from shared.httpcache.fields import header_list, replaced
+from shared.httpcache.lifetime import Policy, StoredResponse
+from shared.httpcache.reuse import Reuse, decide
+from shared.httpcache.status import cache_status, with_cache_fields
+from shared.namespaces import Namespace
+from shared.nearcache import NearCache
+from shared.protocol import AnswerOutcome
+from shared.proxy_read import ProxyReadPath
+from shared.proxy_refresh import policy_of
+from shared.proxy_store import Envelope
+from shared.store import ReadResult
+from web.fasthit import StartResponse
+from web.proxy_target import TargetError, check_header_sizes, mount_of, parse_target, raw_target
+from web.state import EXTENSION, WebState
+
+# WSGI environ keys of the request fields after which only the Flask path may answer: each one
+# changes the decision (cache directives, credentials, conditionals) or the answer (Range).
+DECIDING_FIELDS = frozenset(
+    {
+        "HTTP_CACHE_CONTROL",
+        "HTTP_PRAGMA",
+        "HTTP_AUTHORIZATION",
+        "HTTP_PROXY_AUTHORIZATION",
+        "HTTP_COOKIE",
+        "HTTP_RANGE",
+        "HTTP_IF_RANGE",
+        "HTTP_IF_NONE_MATCH",
+        "HTTP_IF_MODIFIED_SINCE",
+        "HTTP_IF_MATCH",
+        "HTTP_IF_UNMODIFIED_SINCE",
+        "HTTP_EXPECT",
+        "HTTP_TRANSFER_ENCODING",
+    }
+)
+# Prepared stored responses kept, each with the value it came from (so an id is never mistaken).
+PREPARED_RESPONSES = 4096
+
+
+@dataclass(frozen=True)
+class _Owned:
+    """A proxy namespace, its policy and its metric children, resolved once."""
+
+    ns: Namespace
+    policy: Policy
+    hit: Any
+    duration: Any
+    age: Any
+    front: Any
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A near-cache value decoded once: its envelope and the StoredResponse decisions read
+    (whose parsed Cache-Control and initial age are computed once, not per request)."""
+
+    envelope: Envelope
+    stored: StoredResponse
+
+
+class ProxyFastHits:
+    """The near-cache hit's answer for a GET or HEAD under a proxy mount (web/front.py calls it)."""
+
+    def __init__(self, app: Flask) -> None:
+        state: WebState = app.extensions[EXTENSION]
+        read_path = state.read_path
+        near = read_path.near_cache
+        self.read_path = read_path if isinstance(read_path, ProxyReadPath) else None
+        self.near: NearCache[ReadResult] | None = near if isinstance(near, NearCache) else None
+        # The same mounts, in the same order, as web/proxy.py's hook matches them.
+        self.mounts = sorted(
+            ((ns.proxy.mount, ns) for ns in state.namespaces.values() if ns.proxy is not None),
+            key=lambda m: -len(m[0]),
+        )
+        self.enabled = (
+            state.settings.web_fast_path and self.near is not None and self.read_path is not None and bool(self.mounts)
+        )
+        self.owned = {
+            ns.name: _Owned(
+                ns,
+                policy_of(ns),
+                metrics.REQUESTS.labels(ns.name, AnswerOutcome.HIT),
+                metrics.REQUEST_DURATION.labels(ns.name),
+                metrics.SERVED_AGE.labels(ns.name),
+                metrics.FRONT_HITS.labels(ns.name),
+            )
+            for _, ns in self.mounts
+        }
+        self.near_hit = metrics.NEAR_CACHE.labels("hit")
+        self._prepared: OrderedDict[int, tuple[bytes, _Prepared]] = OrderedDict()
+
+    def answer(self, method: str, environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
+        """The near-cache hit's answer to a GET or HEAD, or None: Flask answers it."""
+        if not self.enabled:
+            return None
+        started = time.perf_counter()
+        raw = raw_target(environ)
+        if raw is None or not raw.startswith("/") or environ.get("SCRIPT_NAME"):
+            return None
+        ns = mount_of(raw, self.mounts)
+        if ns is None:
+            return None
+        if not DECIDING_FIELDS.isdisjoint(environ) or environ.get("CONTENT_LENGTH") not in (None, "", "0"):
+            return None
+        try:
+            target = parse_target(raw, ns).target
+            headers = header_list(EnvironHeaders(environ).items())  # as Flask's request.headers gives them
+            check_header_sizes(headers)
+        except TargetError:
+            return None  # the hook answers the refusal
+        assert self.read_path is not None and self.near is not None
+        fields = self.read_path.known_vary(ns, target)
+        key = self.read_path.key_of(ns, target, headers, fields)
+        hit = self.near.get(ns.name, key, count=False)
+        if hit is None:
+            return None
+        prepared = self._prepare(hit.entry.value)
+        if prepared is None or prepared.envelope.status != 200:
+            return None  # a vary marker (the read path learns the URL's Vary), another status, an odd entry
+        owned = self.owned[ns.name]
+        now_s = hit.redis_now_ms / 1000
+        decision = decide(method, headers, prepared.stored, now_s, owned.policy)
+        if decision.action is not Reuse.FRESH or decision.forward is not None:
+            return None  # stale, to revalidate, a Vary mismatch: the read path decides and counts
+        self.near_hit.inc()
+        envelope = prepared.envelope
+        out = with_cache_fields(envelope.headers, decision.age, cache_status(hit=True, ttl=decision.ttl))
+        # What web/proxy.py's response object sends: X-Cache last, then Content-Length framing the
+        # body (where the origin's stood, else appended), for a HEAD too.
+        out = replaced((*out, ("X-Cache", "HIT")), "Content-Length", str(len(envelope.body)))
+        owned.age.observe(max(0.0, prepared.stored.age(now_s)))
+        owned.hit.inc()
+        owned.front.inc()
+        start_response("200 OK", list(out))
+        owned.duration.observe(time.perf_counter() - started)
+        return [b"" if method == "HEAD" else envelope.body]
+
+    def _prepare(self, value: bytes | None) -> _Prepared | None:
+        """The prepared response of a near-cache value, decoded once per value object (a hit hands
+        back the very bytes object the near-cache holds)."""
+        if value is None:
+            return None
+        cached = self._prepared.get(id(value))
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        envelope = Envelope.decode(value)
+        if envelope is None or envelope.is_marker:
+            return None
+        prepared = _Prepared(envelope, envelope.stored_response())
+        self._prepared[id(value)] = (value, prepared)
+        while len(self._prepared) > PREPARED_RESPONSES:
+            self._prepared.popitem(last=False)
+        return prepared
