@@ -184,8 +184,13 @@ def _forward(target: ProxyTarget, method: str, headers: Headers, reason: str) ->
     metrics.PROXY_FORWARDED.labels(ns.name, reason).inc()
     body: bytes | None = None
     if method not in ("GET", "HEAD", "OPTIONS") or request.content_length:
-        request.max_content_length = web_state().settings.origin_max_bytes
+        limit = web_state().settings.origin_max_bytes
+        # One byte over the limit: Werkzeug stops a chunked body (no Content-Length) at its
+        # max_content_length without a word, and a body cut short must never be forwarded.
+        request.max_content_length = limit + 1
         body = request.get_data(cache=False)
+        if len(body) > limit:
+            return json_error(413, "request_entity_too_large", f"the request body is longer than {limit} bytes")
     try:
         response = _origin(ns).request(method, target.target, headers, body)
     except OriginError as exc:
