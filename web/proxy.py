@@ -38,7 +38,7 @@ from shared.origin import OriginError
 from shared.origin_adapters import BuiltOnce
 from shared.protocol import AnswerOutcome
 from shared.proxy_origin import ProxiedResponse, ProxyOrigin
-from shared.proxy_read import ProxyAnswer, ProxyReadPath, bypass_reason
+from shared.proxy_read import ForwardInstead, ProxyAnswer, ProxyReadPath, bypass_reason
 from web.http import json_error, refusal
 from web.proxy_target import ProxyTarget, TargetError, check_header_sizes, mount_of, parse_target, raw_target
 from web.state import web_state
@@ -134,6 +134,8 @@ def _cached(target: ProxyTarget, method: str, headers: Headers) -> Response:
     if isinstance(answer, Refused):
         metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
         return refusal(answer)
+    if isinstance(answer, ForwardInstead):
+        return _forward(target, method, headers, "not_shared")
     return _from_answer(ns, answer, headers)
 
 
