@@ -344,8 +344,23 @@ def cmd_compare_with_nginx(args: argparse.Namespace) -> int:
 
     if not nginx_available():
         raise SystemExit("loadtest: --with-nginx needs nginx on PATH (apt-get install -y nginx); it is not installed")
-    base = make_config(args, args.nginx_namespace)
-    summaries = run_with_nginx(base, parse_stack_env(args.stack_env), args.nginx_namespace)
+    if args.proxy:
+        # herdless through its proxy namespace, nginx as before: both before the origin's /items/<key>,
+        # both taking freshness from the Cache-Control it sends (origin_max_age's).
+        base = make_config(args, args.proxy)
+        cache_control = f"max-age={args.ttl:g}" + (
+            f", stale-while-revalidate={args.proxy_swr:g}" if args.proxy_swr else ""
+        )
+        summaries = run_with_nginx(
+            base,
+            parse_stack_env(args.stack_env),
+            args.proxy,
+            proxy_mount=args.proxy_mount,
+            origin_cache_control=cache_control,
+        )
+    else:
+        base = make_config(args, args.nginx_namespace)
+        summaries = run_with_nginx(base, parse_stack_env(args.stack_env), args.nginx_namespace)
     for summary in summaries:
         print(one_line(summary))
     directory = write_compare_report(summaries, new_results_dir(args.out, f"compare-nginx-{args.scenario}"))
@@ -886,6 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
         " demo origin; compare herdless 1 node, herdless 2 nodes, nginx 1 node, nginx 2 nodes (--url is not used)",
     )
     p.add_argument("--nginx-namespace", default="demo", help="herdless namespace for --with-nginx (default demo)")
+    add_proxy_args(p)  # with --with-nginx: herdless reads through the proxy namespace, as nginx proxies
     p.add_argument(
         "--stack-env",
         action="append",

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from loadtest.launcher import LocalStack, NginxNode
 from loadtest.openloop import RunConfig, run_blocking
 from loadtest.summary import summarize
@@ -71,15 +73,31 @@ def nginx_available() -> bool:
     return bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
 
 
-def run_with_nginx(base: RunConfig, stack_env: dict[str, str], namespace: str) -> list[dict[str, Any]]:
+def run_with_nginx(
+    base: RunConfig,
+    stack_env: dict[str, str],
+    namespace: str,
+    *,
+    proxy_mount: str | None = None,
+    origin_cache_control: str | None = None,
+) -> list[dict[str, Any]]:
     """herdless (1 and 2 web nodes on one Redis) and nginx proxy_cache (1 and 2 nodes, separate caches)
-    before the same demo origin, the same workload each: the run summaries in that order."""
+    before the same demo origin, the same workload each: the run summaries in that order.
+
+    proxy_mount: `namespace` is a proxy namespace served there, and herdless reads the origin's
+    /items/<key> through it, as nginx does; origin_cache_control: the Cache-Control the demo origin
+    sends for every run (both caches then take the value's freshness from it)."""
     env = {**stack_env, "CACHE_TTL_SECONDS": f"{base.ttl:g}"}
     summaries = []
     with LocalStack(env=env, web_nodes=2) as stack:
         web1, web2 = stack.web_urls
         common = {"origin_url": stack.origin_url}
-        herdless = {**common, "namespace": namespace, "metrics_urls": stack.metrics_urls}
+        herdless: dict[str, Any] = {**common, "namespace": namespace, "metrics_urls": stack.metrics_urls}
+        if proxy_mount is not None:
+            herdless.update(path_style="proxy", proxy_mount=proxy_mount)
+        if origin_cache_control is not None:
+            config = requests.put(stack.origin_url + "/config", json={"cache_control": origin_cache_control}, timeout=5)
+            config.raise_for_status()
         runs: list[tuple[str, dict[str, Any]]] = [
             ("herdless-1node", {**herdless, "url": web1}),
             ("herdless-2nodes", {**herdless, "url": web1, "extra_urls": [web2]}),

@@ -45,6 +45,7 @@ class BatchHttpOrigin(HttpOrigin):
         assert ns.batch is not None
         super().__init__(ns, max_bytes * ns.batch.max_keys, connections)
         self.template = ns.batch.template
+        self._aim(self.template)  # its own host, which need not be the single-key origin's
         self.value_max_bytes = max_bytes
 
     def url_for(self, key: str) -> str:

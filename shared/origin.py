@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import urllib3
 
@@ -162,8 +162,13 @@ class HttpOrigin:
         # This origin's own pool, closed with it. maxsize: connections kept per origin host;
         # block=False lets a burst open more (closed after use): no cap on refresh concurrency.
         self._pool = urllib3.PoolManager(num_pools=32, maxsize=max(8, connections), block=False, retries=False)
-        # {key} is in the path (shared/namespaces.py): one host, whose pool is looked up once.
-        self._origin_prefix = self.template[: self.template.index("/", self.template.index("://") + 3)]
+        self._aim(self.template)
+
+    def _aim(self, template: str) -> None:
+        """Send every call to `template`'s scheme and host: {key} is never in them (shared/namespaces.py,
+        shared/batch_config.py), so there is one host, whose pool is looked up once."""
+        parts = urlsplit(template)
+        self._origin_prefix = f"{parts.scheme}://{parts.netloc}"
         self._host = self._pool.connection_from_url(self._origin_prefix)
 
     def close(self) -> None:
@@ -241,7 +246,7 @@ class HttpOrigin:
             try:
                 return self._host.urlopen(
                     "GET",
-                    url[len(self._origin_prefix) :],
+                    _request_target(url[len(self._origin_prefix) :]),
                     preload_content=False,
                     redirect=False,
                     timeout=urllib3.Timeout(connect=min(remaining, 3.0), read=remaining),
@@ -283,6 +288,11 @@ def describe_exception(exc: BaseException, limit: int = 300) -> str:
     if len(message) > limit:
         message = message[: limit - 3] + "..."
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _request_target(rest: str) -> str:
+    """The request target of a URL past its scheme and host ("?ids=a" of "http://h?ids=a" is "/?ids=a")."""
+    return rest if rest.startswith("/") else "/" + rest
 
 
 def _os_error_name(exc: BaseException) -> str:

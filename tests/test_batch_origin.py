@@ -148,3 +148,20 @@ def test_a_failing_batch_call_is_an_origin_error(batch_origin: tuple[BatchHttpOr
     with pytest.raises(OriginError) as raised:
         origin.fetch_many(["a"], time.monotonic() + 5)
     assert raised.value.trips_breaker
+
+
+def test_the_batch_call_goes_to_the_batch_origins_host_not_the_single_key_origins() -> None:
+    state = OriginState(latency_ms=0, failure_rate=0)
+    server = OriginServer(("127.0.0.1", 0), state)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        # The single-key origin is elsewhere (nothing listens on port 9): only the batch origin answers.
+        batch_url = f"http://127.0.0.1:{server.server_port}/items?ids={{keys}}"
+        ns = build_namespace("b", {"origin": "http://localhost:9/one/{key}", "batch_origin": batch_url}, Settings())
+        answers = BatchHttpOrigin(ns, 1 << 20).fetch_many(["a", "b"], time.monotonic() + 5)
+        assert state.batch_calls == 1
+        assert all(answer is not None and not isinstance(answer, OriginError) for answer in answers.values())
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -34,7 +34,7 @@ def _body() -> dict[str, Any]:
     request.max_content_length = _MAX_BODY_BYTES  # larger: 413 before it is read
     try:
         body = json.loads(request.get_data(cache=False))
-    except ValueError:  # bad JSON or bad UTF-8
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested past the parser's recursion
         raise _invalid(f"the body must be JSON: {_USAGE}") from None
     if not isinstance(body, dict):
         raise _invalid(f"the body must be a JSON object: {_USAGE}")

@@ -200,7 +200,7 @@ def _body_keys(max_keys: int, setting: str = "WARM_MAX_KEYS", what: str = "warm-
     request.max_content_length = max_keys * _JSON_BYTES_PER_KEY + 65536
     try:
         body = json.loads(request.get_data(cache=False))
-    except ValueError:  # bad JSON or bad UTF-8
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested past the parser's recursion
         raise BadRequest(400, "invalid_body", 'the body must be JSON: {"keys": ["key", ...]}') from None
     if not isinstance(body, dict) or "keys" not in body:
         raise BadRequest(400, "invalid_body", 'the body must be a JSON object {"keys": ["key", ...]}')
