@@ -25,6 +25,7 @@ wins the lease (``recording_sender``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -55,8 +56,12 @@ from shared.tasks import RefreshRequest
 NOT_REPLAYED = (*CONDITIONAL_FIELDS, *TRANSPORT_FIELDS, "cache-control", "pragma", "range", "content-type")
 # URLs whose Vary fields a process remembers (learnt from their primary keys' markers).
 VARY_MEMO_ENTRIES = 100_000
-# Decoded envelopes kept (each with the value it came from, so an id is never mistaken).
+# Decoded envelopes kept (each with the value it came from, so an id is never mistaken), at
+# most this many and this many bytes: each holds its value and its body (a copy), so a count
+# alone let 4096 responses of ORIGIN_MAX_BYTES hold gigabytes. A value over a sixteenth of the
+# budget is decoded at every read instead (its head is small: the cost is the body's copy).
 DECODED_ENVELOPES = 4096
+DECODED_ENVELOPE_BYTES = 32 * 1024 * 1024
 # Reads of one request at most: primary, its variant, and one re-keying when a variant's Vary changed.
 MAX_HOPS = 3
 
@@ -116,6 +121,8 @@ class ProxyReadPath(ReadPath):
         self.proxies = ProxyStore(self.store)
         self._vary: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
         self._envelopes: OrderedDict[int, tuple[bytes, Envelope]] = OrderedDict()
+        self._envelope_bytes = 0
+        self._envelopes_lock = threading.Lock()
 
     def _learn_vary(self, ns: Namespace, target: str, fields: tuple[str, ...]) -> None:
         self._vary[(ns.name, target)] = fields
@@ -197,10 +204,17 @@ class ProxyReadPath(ReadPath):
         if cached is not None and cached[0] is value:
             return cached[1]
         envelope = Envelope.decode(value)
-        if envelope is not None:
+        if envelope is None or 2 * len(value) > DECODED_ENVELOPE_BYTES // 16:
+            return envelope
+        with self._envelopes_lock:  # the threads of a gthread worker share it
+            replaced = self._envelopes.pop(id(value), None)
+            if replaced is not None:
+                self._envelope_bytes -= 2 * len(replaced[0])
             self._envelopes[id(value)] = (value, envelope)
-            while len(self._envelopes) > DECODED_ENVELOPES:
-                self._envelopes.popitem(last=False)
+            self._envelope_bytes += 2 * len(value)
+            while len(self._envelopes) > DECODED_ENVELOPES or self._envelope_bytes > DECODED_ENVELOPE_BYTES:
+                old, _ = self._envelopes.popitem(last=False)[1]
+                self._envelope_bytes -= 2 * len(old)
         return envelope
 
     def _peek_served(self, ns: Namespace, key: str) -> Served | None:
