@@ -39,7 +39,7 @@ from shared.httpcache.conditional import CONDITIONAL_FIELDS
 from shared.httpcache.fields import Headers, has, strip_hop_by_hop, without
 from shared.httpcache.lifetime import Policy
 from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide, may_serve_on_error
-from shared.httpcache.vary import variant_key, vary_fields
+from shared.httpcache.vary import matches, variant_key, vary_fields
 from shared.namespaces import Namespace
 from shared.protocol import AnswerOutcome, LeaseState, ReadyStatus, RefreshReason
 from shared.proxy_config import CREDENTIAL_HEADERS
@@ -71,6 +71,16 @@ class ProxyAnswer:
     now_s: float
     stored: bool = True  # False: handed over by the refresh, stored nowhere
     forward: Forward | None = None
+
+
+@dataclass(frozen=True)
+class ForwardInstead:
+    """The answer a refresh handed over was fetched for another reader and may not answer this
+    one (private, it sets a cookie, or another variant of a Vary): the web tier forwards the
+    request itself, as it forwards one that bypasses the cache."""
+
+
+FORWARD_INSTEAD = ForwardInstead()
 
 
 def bypass_reason(ns: Namespace, headers: Headers) -> str | None:
@@ -116,17 +126,20 @@ class ProxyReadPath(ReadPath):
     def key_of(self, ns: Namespace, target: str, headers: Headers, fields: tuple[str, ...] | None) -> str:
         return proxy_key(target, variant_key(headers, fields) if fields else None, credentials_of(ns, headers))
 
-    def proxy_get(self, ns: Namespace, target: str, method: str, headers: Headers) -> ProxyAnswer | Refused:
+    def proxy_get(
+        self, ns: Namespace, target: str, method: str, headers: Headers
+    ) -> ProxyAnswer | Refused | ForwardInstead:
         """Answer a GET or HEAD of `target` (validated, cacheable: see bypass_reason)."""
         policy = policy_of(ns)
         only_if_cached = request_cache_control(headers).only_if_cached
         replayed = replay_headers(ns, headers)
         fields = self._vary.get((ns.name, target))
+        reader = new_token()  # names this read in the request a refresh replays for it
         for _ in range(MAX_HOPS):
             key = self.key_of(ns, target, headers, fields)
             # Held while this read may enqueue the key's refresh (its own, or a revalidation).
-            with self.pending.held(ns.name, key, ProxyRequest(target, replayed, fields or ())):
-                result = self._answer_key(ns, key, target, method, headers, fields, only_if_cached, policy)
+            with self.pending.held(ns.name, key, ProxyRequest(target, replayed, fields or (), reader)):
+                result = self._answer_key(ns, key, method, headers, fields, only_if_cached, policy, reader)
             if isinstance(result, tuple):
                 fields = result[0]
                 self._learn_vary(ns, target, fields)
@@ -135,9 +148,9 @@ class ProxyReadPath(ReadPath):
         return answers.Refused(502, "vary_loop", "the origin keeps changing what this URL varies on")
 
     def _answer_key(
-        self, ns: Namespace, key: str, target: str, method: str, headers: Headers, fields: tuple[str, ...] | None,
-        only_if_cached: bool, policy: Policy,
-    ) -> ProxyAnswer | Refused | tuple[tuple[str, ...]]:  # fmt: skip
+        self, ns: Namespace, key: str, method: str, headers: Headers, fields: tuple[str, ...] | None,
+        only_if_cached: bool, policy: Policy, reader: str,
+    ) -> ProxyAnswer | Refused | ForwardInstead | tuple[tuple[str, ...]]:  # fmt: skip
         """The answer from one key, or (fields,) when the URL must be read again under those
         Vary fields (a marker, or a variant whose Vary changed)."""
         answer = self._peek_served(ns, key) if only_if_cached else self.read(ns, key)
@@ -146,7 +159,7 @@ class ProxyReadPath(ReadPath):
         if isinstance(answer, Refused):
             return answer
         if isinstance(answer, Unstored):
-            return self._handed_over(answer, Forward.URI_MISS)
+            return self._handed_over(answer, Forward.URI_MISS, reader, headers)
         envelope = self._decoded(answer.result.value)
         if envelope is None:
             return answers.Refused(502, "invalid_entry", "the stored entry is not a proxied response")
@@ -170,7 +183,7 @@ class ProxyReadPath(ReadPath):
             return ProxyAnswer(envelope, decision, outcome, now_s)
         if decision.action is Reuse.GATEWAY_TIMEOUT:
             return _gateway_timeout()
-        return self._validated(ns, key, answer.now_ms, decision, headers, policy)
+        return self._validated(ns, key, answer.now_ms, decision, headers, policy, reader)
 
     def _decoded(self, value: bytes | None) -> Envelope | None:
         """The envelope of a stored value, decoded once per value object: a near-cache hit hands
@@ -191,15 +204,22 @@ class ProxyReadPath(ReadPath):
         r = self.proxies.peek(ns, key)
         return Served(r, AnswerOutcome.HIT, r.now_ms) if r.has_value else None
 
-    def _handed_over(self, answer: Unstored, forward: Forward) -> ProxyAnswer | Refused:
+    def _handed_over(
+        self, answer: Unstored, forward: Forward, reader: str, headers: Headers
+    ) -> ProxyAnswer | Refused | ForwardInstead:
         envelope = Envelope.decode(answer.body)
         if envelope is None:
             return answers.Refused(502, "invalid_entry", "the origin's answer could not be handed over")
+        if envelope.reader != reader:  # fetched for another reader of the key
+            selected = matches(vary_fields(envelope.headers), envelope.selecting_headers, headers)
+            if envelope.personal or not selected:
+                return FORWARD_INSTEAD
         return ProxyAnswer(envelope, None, AnswerOutcome.MISS, time.time(), stored=False, forward=forward)
 
     def _validated(
-        self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision, headers: Headers, policy: Policy
-    ) -> ProxyAnswer | Refused:
+        self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision, headers: Headers, policy: Policy,
+        reader: str,
+    ) -> ProxyAnswer | Refused | ForwardInstead:  # fmt: skip
         answer = self.refresh_and_wait(ns, key, since_ms)
         if answer is ORIGIN_FAILED:
             # The refresh failed: a stored response its stale-if-error allows answers instead.
@@ -214,7 +234,7 @@ class ProxyReadPath(ReadPath):
             return answer
         forward = decision.forward or Forward.STALE
         if isinstance(answer, Unstored):
-            return self._handed_over(answer, forward)
+            return self._handed_over(answer, forward, reader, headers)
         envelope = Envelope.decode(answer.result.value)
         if envelope is None or envelope.is_marker:
             return answers.Refused(502, "invalid_entry", "the revalidated entry is not a proxied response")
