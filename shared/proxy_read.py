@@ -53,7 +53,34 @@ from shared.tasks import RefreshRequest
 
 # Request fields a refresh never replays: the cache answers them itself (conditionals, cache
 # directives) or the transport sets them.
-NOT_REPLAYED = (*CONDITIONAL_FIELDS, *TRANSPORT_FIELDS, "cache-control", "pragma", "range", "content-type")
+# Request fields an origin may build its answer from (absolute links, redirects, routing, the
+# method) without naming them in Vary: replayed, one client's value would be stored and served
+# to every other (web cache poisoning). A cached read never sends them; a forwarded one does.
+UNKEYED_OVERRIDES = (
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-for",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+)
+NOT_REPLAYED = (
+    *CONDITIONAL_FIELDS,
+    *TRANSPORT_FIELDS,
+    *UNKEYED_OVERRIDES,
+    "cache-control",
+    "pragma",
+    "range",
+    "content-type",
+)
 # URLs whose Vary fields a process remembers (learnt from their primary keys' markers).
 VARY_MEMO_ENTRIES = 100_000
 # Decoded envelopes kept (each with the value it came from, so an id is never mistaken), at

@@ -70,6 +70,24 @@ def test_the_read_that_waited_for_a_varying_answer_is_a_miss_with_the_origins_ag
     assert again.headers["X-Cache"] == "HIT" and "Age" in again.headers and calls(stack, target) == 1
 
 
+def test_a_cached_read_never_hands_the_origin_a_clients_host_or_method_override(stack: Stack) -> None:
+    # Headers an origin may build its answer from without saying Vary: the stored answer would
+    # carry one client's choice to every other (web cache poisoning).
+    target = fresh("cc=" + quote("max-age=60"))
+    hostile = {
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "host=evil.example;proto=http",
+        "X-Original-URL": "/admin",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Custom": "kept",
+    }
+    assert get(stack, target, headers=hostile).status_code == 200
+    seen = stack.origin_stats()["headers"]
+    assert seen["x-custom"].get("kept") == 1  # end-to-end headers are replayed
+    for name in ("x-forwarded-host", "forwarded", "x-original-url", "x-http-method-override"):
+        assert name not in seen, name
+
+
 def test_a_client_conditional_the_stored_response_satisfies_is_answered_304_from_the_cache(stack: Stack) -> None:
     target = fresh("cc=" + quote("max-age=60"))
     etag = get(stack, target).headers["ETag"]
