@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared.httpcache.fields import Headers, strip_hop_by_hop, without
+from shared.httpcache.fields import Headers, strip_hop_by_hop, well_formed, without
 from shared.httpcache.surrogate import with_surrogate_capability
 from shared.namespaces import Namespace
 from shared.origin import KeyFault, OriginError, OriginTimeout, OriginTooLarge
@@ -148,7 +148,7 @@ class ProxyOrigin:
                 conn.close()
             else:
                 self._give_back(conn)
-            return ProxiedResponse(resp.status, tuple(resp.getheaders()), data)
+            return ProxiedResponse(resp.status, well_formed(tuple(resp.getheaders())), data)
         raise AssertionError("unreachable")
 
     def _read_body(self, resp: http.client.HTTPResponse, conn: http.client.HTTPConnection, deadline: float) -> bytes:
