@@ -25,6 +25,7 @@ wins the lease (``recording_sender``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -55,8 +56,12 @@ from shared.tasks import RefreshRequest
 NOT_REPLAYED = (*CONDITIONAL_FIELDS, *TRANSPORT_FIELDS, "cache-control", "pragma", "range", "content-type")
 # URLs whose Vary fields a process remembers (learnt from their primary keys' markers).
 VARY_MEMO_ENTRIES = 100_000
-# Decoded envelopes kept (each with the value it came from, so an id is never mistaken).
+# Decoded envelopes kept (each with the value it came from, so an id is never mistaken), at
+# most this many and this many bytes: each holds its value and its body (a copy), so a count
+# alone let 4096 responses of ORIGIN_MAX_BYTES hold gigabytes. A value over a sixteenth of the
+# budget is decoded at every read instead (its head is small: the cost is the body's copy).
 DECODED_ENVELOPES = 4096
+DECODED_ENVELOPE_BYTES = 32 * 1024 * 1024
 # Reads of one request at most: primary, its variant, and one re-keying when a variant's Vary changed.
 MAX_HOPS = 3
 
@@ -116,6 +121,8 @@ class ProxyReadPath(ReadPath):
         self.proxies = ProxyStore(self.store)
         self._vary: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
         self._envelopes: OrderedDict[int, tuple[bytes, Envelope]] = OrderedDict()
+        self._envelope_bytes = 0
+        self._envelopes_lock = threading.Lock()
 
     def _learn_vary(self, ns: Namespace, target: str, fields: tuple[str, ...]) -> None:
         self._vary[(ns.name, target)] = fields
@@ -135,13 +142,14 @@ class ProxyReadPath(ReadPath):
         replayed = replay_headers(ns, headers)
         fields = self._vary.get((ns.name, target))
         reader = new_token()  # names this read in the request a refresh replays for it
+        fetched_at: int | None = None
         for _ in range(MAX_HOPS):
             key = self.key_of(ns, target, headers, fields)
             # Held while this read may enqueue the key's refresh (its own, or a revalidation).
             with self.pending.held(ns.name, key, ProxyRequest(target, replayed, fields or (), reader)):
-                result = self._answer_key(ns, key, method, headers, fields, only_if_cached, policy, reader)
+                result = self._answer_key(ns, key, method, headers, fields, only_if_cached, policy, reader, fetched_at)
             if isinstance(result, tuple):
-                fields = result[0]
+                fields, fetched_at = result
                 self._learn_vary(ns, target, fields)
                 continue
             return result
@@ -149,10 +157,12 @@ class ProxyReadPath(ReadPath):
 
     def _answer_key(
         self, ns: Namespace, key: str, method: str, headers: Headers, fields: tuple[str, ...] | None,
-        only_if_cached: bool, policy: Policy, reader: str,
-    ) -> ProxyAnswer | Refused | ForwardInstead | tuple[tuple[str, ...]]:  # fmt: skip
-        """The answer from one key, or (fields,) when the URL must be read again under those
-        Vary fields (a marker, or a variant whose Vary changed)."""
+        only_if_cached: bool, policy: Policy, reader: str, fetched_at: int | None,
+    ) -> ProxyAnswer | Refused | ForwardInstead | tuple[tuple[str, ...], int | None]:  # fmt: skip
+        """The answer from one key, or (fields, fetched_at) when the URL must be read again under
+        those Vary fields (a marker, or a variant whose Vary changed); `fetched_at` is the start
+        (Redis clock, ms) of the refresh this read waited for when it wrote the marker: the
+        variant that refresh wrote beside it is the origin's answer to this read."""
         answer = self._peek_served(ns, key) if only_if_cached else self.read(ns, key)
         if answer is None:
             return _gateway_timeout()
@@ -166,17 +176,17 @@ class ProxyReadPath(ReadPath):
         if envelope.is_marker:
             if fields == envelope.vary:
                 return answers.Refused(502, "invalid_entry", "a variant key holds a vary marker")
-            return (envelope.vary,)
+            return envelope.vary, answer.result.at_ms if answer.outcome is AnswerOutcome.MISS else None
         now_s = answer.now_ms / 1000
         stored = envelope.stored_response()
-        if answer.outcome is AnswerOutcome.MISS:
+        if answer.outcome is AnswerOutcome.MISS or (fetched_at is not None and answer.result.at_ms == fetched_at):
             # This read waited for the refresh that fetched it: the origin's answer to it.
             return ProxyAnswer(envelope, None, AnswerOutcome.MISS, now_s, forward=Forward.URI_MISS)
         decision = decide(method, headers, stored, now_s, policy)
         if decision.forward is Forward.VARY_MISS:
             own = vary_fields(stored.headers)
             if own and own != fields:  # the origin changed what the URL varies on
-                return (own,)
+                return own, None
             return ProxyAnswer(envelope, decision, AnswerOutcome.MISS, now_s)  # unreachable in practice
         if decision.from_cache:
             outcome = AnswerOutcome.HIT if decision.action is Reuse.FRESH else AnswerOutcome.STALE
@@ -194,10 +204,17 @@ class ProxyReadPath(ReadPath):
         if cached is not None and cached[0] is value:
             return cached[1]
         envelope = Envelope.decode(value)
-        if envelope is not None:
+        if envelope is None or 2 * len(value) > DECODED_ENVELOPE_BYTES // 16:
+            return envelope
+        with self._envelopes_lock:  # the threads of a gthread worker share it
+            replaced = self._envelopes.pop(id(value), None)
+            if replaced is not None:
+                self._envelope_bytes -= 2 * len(replaced[0])
             self._envelopes[id(value)] = (value, envelope)
-            while len(self._envelopes) > DECODED_ENVELOPES:
-                self._envelopes.popitem(last=False)
+            self._envelope_bytes += 2 * len(value)
+            while len(self._envelopes) > DECODED_ENVELOPES or self._envelope_bytes > DECODED_ENVELOPE_BYTES:
+                old, _ = self._envelopes.popitem(last=False)[1]
+                self._envelope_bytes -= 2 * len(old)
         return envelope
 
     def _peek_served(self, ns: Namespace, key: str) -> Served | None:

@@ -28,7 +28,7 @@ from flask import Flask, Response, request
 from shared import metrics
 from shared.answers import Refused
 from shared.httpcache.conditional import client_not_modified, not_modified
-from shared.httpcache.fields import Headers, header_list, strip_hop_by_hop
+from shared.httpcache.fields import Headers, get_first, header_list, strip_hop_by_hop
 from shared.httpcache.invalidation import invalidation_targets, is_unsafe
 from shared.httpcache.ranges import RangeOutcome, partial_headers, select_range, unsatisfiable_headers
 from shared.httpcache.reuse import Forward
@@ -203,7 +203,11 @@ def _forward(target: ProxyTarget, method: str, headers: Headers, reason: str) ->
     forward = Forward.METHOD if reason == "method" else Forward.BYPASS
     status_field = cache_status(hit=False, forward=forward, forward_status=response.status)
     out = with_cache_fields(strip_hop_by_hop(response.headers), None, status_field)
-    return ProxiedResponseOut(response.body, status=response.status, headers=[*out, ("X-Cache", "PASS")])
+    answer = ProxiedResponseOut(response.body, status=response.status, headers=[*out, ("X-Cache", "PASS")])
+    length = get_first(response.headers, "content-length")
+    if method == "HEAD" and length is not None:
+        answer.headers["Content-Length"] = length  # the GET's length, not the empty body's
+    return answer
 
 
 def _invalidate(target: ProxyTarget, method: str, response: ProxiedResponse) -> None:
