@@ -80,7 +80,7 @@ from redis.exceptions import RedisError
 from shared import answers, metrics
 from shared.admission import Admission
 from shared.answers import OUT_OF_MEMORY, QUEUE_FULL, Answer, Refused, Served, Unstored, refused_by_failure
-from shared.coldwait import LANDED_GRACE_SECONDS, ColdWaitHub, TooManyWaiters
+from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
@@ -270,9 +270,7 @@ class ReadPath:
                     # cooldown ran out) it takes over and enqueues, once, for all of them.
                     token = new_token()
                     r = self.store.read(ns, key, token)
-                    # The grace for a publish on its way ends with this read's own cold wait.
-                    grace = min(LANDED_GRACE_SECONDS, max(0.0, deadline - time.monotonic()))
-                    if r.won_lease and r.decision is Decision.MISS and handle.landed_meanwhile(grace):
+                    if r.won_lease and r.decision is Decision.MISS and handle.landed_meanwhile(until=deadline):
                         # The refresh waited for ended without storing (an uncacheable answer,
                         # handed over in a publish this process has not taken in yet): taking
                         # over would call the origin again; the next wait() returns the publish.
