@@ -178,7 +178,8 @@ class OriginHandler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a HEAD answer has no body (else a kept-alive client reads it as the next answer)
+            self.wfile.write(data)
 
     def _not_modified(self, etag: str, last_modified: float) -> bool:
         """Whether the request's validators match (If-None-Match first, RFC 9110 13.2.2)."""

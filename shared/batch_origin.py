@@ -61,7 +61,7 @@ class BatchHttpOrigin(HttpOrigin):
         assert isinstance(whole, OriginResponse)  # unconditional: never NotModified
         try:
             values = json.loads(whole.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser
             raise KeyFault("the batch origin's answer is not JSON") from None
         if not isinstance(values, dict):
             raise KeyFault("the batch origin's answer is not a JSON object {key: value}")

@@ -44,6 +44,7 @@ from shared.protocol import (
     Strategy,
     SuppressReason,
 )
+from shared.queuebound import EARLY_MAX_WAITING
 from shared.readpath import ReadPath
 from shared.store import ReadResult, new_token
 from shared.tasks import RefreshRequest
@@ -161,7 +162,9 @@ class _BatchRead:
         refused: dict[str, Refused] = {}
         groups: dict[RefreshReason, list[RefreshRequest]] = {}
         for key, (token, reason, won_at_ms) in wins.items():
-            state = path.queue.admit_or_give_back(ns, key, token)
+            # An early refresh waits for an idle-enough queue, as a single read's (ReadPath._enqueue).
+            bound = EARLY_MAX_WAITING if reason == RefreshReason.EARLY else None
+            state = path.queue.admit_or_give_back(ns, key, token, bound=bound)
             if state is AdmitState.FULL:
                 refused[key] = QUEUE_FULL
             elif state is AdmitState.ADMITTED:

@@ -119,15 +119,18 @@ class WaitHandle:
         with self._hub._lock:
             self._seen = self._wait.generation
 
-    def landed_meanwhile(self, timeout: float = LANDED_GRACE_SECONDS) -> bool:
+    def landed_meanwhile(self, timeout: float = LANDED_GRACE_SECONDS, *, until: float | None = None) -> bool:
         """Whether a refresh of this key was published since the last mark(), waiting for one up
-        to `timeout`; unlike wait() it leaves the publish for the next wait() to return.
+        to `timeout`, and never past `until` (time.monotonic(): the reader's own cold-wait
+        deadline); unlike wait() it leaves the publish for the next wait() to return.
 
         For a re-read that found no value and a free lease after waiting: the refresh may have
         ended without storing anything (an uncacheable answer handed over in its publish). The
         publish precedes the read in Redis, but a busy process's subscriber may take it in
         hundreds of ms later (measured: up to half a second on a loaded 2-core machine)."""
         deadline = time.monotonic() + timeout
+        if until is not None:
+            deadline = min(deadline, until)
         while True:
             with self._hub._lock:
                 if self._wait.generation != self._seen:

@@ -25,10 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import redis
-
 from shared import group_scripts
 from shared.keys import GroupKeys, Keyspace
+from shared.pipeline import evalsha_each
 from shared.replies import decode_text
 from shared.tags import member, parse_member
 
@@ -94,34 +93,10 @@ class GroupIndex:
 
 
 def run_each(client: Any, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-    """EVALSHA `script` once per call in one pipeline without a transaction (a cluster pipeline
-    sends each node its calls), loading the script and running again only the calls a node
-    refused with NOSCRIPT. A single call goes through the script object, which loads on its own."""
+    """EVALSHA `script` once per call in one pipeline without a transaction (shared/pipeline.py
+    evalsha_each: each node its calls, only the calls a node refused with NOSCRIPT run again). A
+    single call goes through the script object, which loads on its own."""
     if len(calls) == 1:
         keys, args = calls[0]
         return [script(keys=keys, args=args)]
-    replies: list[Any] = [None] * len(calls)
-    todo = list(range(len(calls)))
-    # A cluster pipeline (redis-py 8) asks the server for a command's keys (COMMAND GETKEYS, one
-    # round trip per call: 5 000 keys took 11 s) unless told the node, which the slot map says.
-    node_of = getattr(client, "get_node_from_key", None)
-    for attempt in (1, 2):
-        pipe = client.pipeline(transaction=False)
-        for i in todo:
-            keys, args = calls[i]
-            # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter by name.
-            routed = {"target_nodes": node_of(keys[0])} if node_of is not None else {}
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **routed)
-        missing = []
-        for i, result in zip(todo, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
-                missing.append(i)
-            elif isinstance(result, Exception):
-                raise result
-            else:
-                replies[i] = result
-        if not missing:
-            break
-        script.sha = client.script_load(script.script)
-        todo = missing
-    return replies
+    return evalsha_each(client, script, calls)

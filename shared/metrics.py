@@ -184,7 +184,8 @@ REFUSED = Counter(
 PROXY_FORWARDED = Counter(
     "herdless_proxy_forwarded",
     "Proxied requests the web tier sent to the origin itself, never answered from the cache, by "
-    "why: an unsafe or other method, a request that bypasses the cache (credentials, no-store, Range)",
+    "why: an unsafe or other method, a request that bypasses the cache (credentials, no-store), an "
+    "unstored answer fetched for another reader (not_shared)",
     ["namespace", "reason"],
 )
 PROXY_NOT_STORED = Counter(

@@ -317,7 +317,7 @@ def _checked(body: bytes, content_type: str) -> OriginResponse:
     if _is_json(content_type):
         try:
             json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser
             raise KeyFault("origin sent invalid JSON") from exc
     return OriginResponse(body=body, content_type=content_type)
 

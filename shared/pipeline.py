@@ -20,6 +20,17 @@ import redis
 from redis.exceptions import NoScriptError
 
 
+def queue_evalsha(pipe: Any, client: Any, sha: str, keys: list[str], args: list[Any]) -> None:
+    """Queue one EVALSHA on `pipe` (a pipeline of `client`). execute_command, not pipe.evalsha: a
+    cluster pipeline refuses the latter by name (it cannot load scripts on NOSCRIPT). On a
+    Cluster the call is told its node, which the client's slot map knows: redis-py 8's cluster
+    pipeline otherwise asks a node for the command's keys (COMMAND GETKEYS), a round trip per
+    call (5 000 calls took 11 s on a loaded machine)."""
+    node_of = getattr(client, "get_node_from_key", None)
+    routed = {"target_nodes": node_of(keys[0])} if node_of is not None and keys else {}
+    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **routed)
+
+
 def evalsha_each(client: Any, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
     """EVALSHA `script` once per (keys, args) call, in one pipeline without a transaction: one
     round trip to each Redis node the calls' keys live on (a cluster pipeline groups them by
@@ -33,8 +44,7 @@ def evalsha_each(client: Any, script: Any, calls: list[tuple[list[str], list[Any
         pipe = client.pipeline(transaction=False)
         for i in todo:
             keys, args = calls[i]
-            # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter by name.
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            queue_evalsha(pipe, client, script.sha, keys, args)
         results = pipe.execute(raise_on_error=False)
         missing = []
         for i, result in zip(todo, results, strict=True):
@@ -65,9 +75,7 @@ def run_pipelined(client: Any, calls: list[ScriptCall]) -> list[Any]:
     are never lost."""
     pipe = client.pipeline(transaction=False)
     for call in calls:
-        # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter by name (it
-        # cannot load scripts on NOSCRIPT), but routes EVALSHA by its keys.
-        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        queue_evalsha(pipe, client, call.script.sha, call.keys, call.args)
     replies = list(pipe.execute(raise_on_error=False))
     for i, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared.httpcache.fields import Headers, strip_hop_by_hop, without
+from shared.httpcache.fields import Headers, strip_hop_by_hop, well_formed, without
 from shared.httpcache.surrogate import with_surrogate_capability
 from shared.namespaces import Namespace
 from shared.origin import KeyFault, OriginError, OriginTimeout, OriginTooLarge
@@ -24,6 +24,10 @@ from shared.origin import KeyFault, OriginError, OriginTimeout, OriginTooLarge
 # Request fields never forwarded as the client sent them: the transport's own (urllib3 sets
 # Host and Content-Length), and the hop-by-hop ones (httpcache strips those).
 TRANSPORT_FIELDS = ("host", "content-length", "expect")
+# Methods a request may be sent again with after a kept-alive connection failed (RFC 9110
+# §9.2.2). Any other (POST, PATCH, extension methods) goes on a new connection and is sent once:
+# an origin that hung up may have acted on it.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,12 @@ class ProxyOrigin:
         path = self.config.base_path + target
         if not path.startswith("/"):
             path = "/" + path
+        idempotent = method in IDEMPOTENT_METHODS
         for attempt in (1, 2):
             remaining = max(0.001, deadline - time.monotonic())
             # The retry takes a new connection: the other idle ones may have been closed by the
             # origin just the same (a keep-alive timeout closes every idle connection of a pause).
-            conn, reused = self._connection(remaining, fresh=attempt > 1)
+            conn, reused = self._connection(remaining, fresh=attempt > 1 or not idempotent)
             try:
                 conn.timeout = remaining
                 if conn.sock is not None:
@@ -121,8 +126,9 @@ class ProxyOrigin:
                 raise OriginTimeout(f"origin timed out after {self.timeout:g}s") from exc
             except (http.client.HTTPException, OSError) as exc:
                 conn.close()
-                # A kept-alive connection the origin closed meanwhile: the request never reached
-                # it, so one more try on a new connection sends it once.
+                # Most likely a kept-alive connection the origin closed meanwhile, which the
+                # request never reached: one more try on a new connection. Only idempotent
+                # requests are ever sent on a reused connection (IDEMPOTENT_METHODS).
                 if (
                     reused
                     and attempt == 1
@@ -142,7 +148,7 @@ class ProxyOrigin:
                 conn.close()
             else:
                 self._give_back(conn)
-            return ProxiedResponse(resp.status, tuple(resp.getheaders()), data)
+            return ProxiedResponse(resp.status, well_formed(tuple(resp.getheaders())), data)
         raise AssertionError("unreachable")
 
     def _read_body(self, resp: http.client.HTTPResponse, conn: http.client.HTTPConnection, deadline: float) -> bytes:

@@ -25,6 +25,7 @@ wins the lease (``recording_sender``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from shared.httpcache.conditional import CONDITIONAL_FIELDS
 from shared.httpcache.fields import Headers, has, strip_hop_by_hop, without
 from shared.httpcache.lifetime import Policy
 from shared.httpcache.reuse import Forward, Reuse, ReuseDecision, decide, may_serve_on_error
-from shared.httpcache.vary import variant_key, vary_fields
+from shared.httpcache.vary import matches, variant_key, vary_fields
 from shared.namespaces import Namespace
 from shared.protocol import AnswerOutcome, LeaseState, ReadyStatus, RefreshReason
 from shared.proxy_config import CREDENTIAL_HEADERS
@@ -52,11 +53,42 @@ from shared.tasks import RefreshRequest
 
 # Request fields a refresh never replays: the cache answers them itself (conditionals, cache
 # directives) or the transport sets them.
-NOT_REPLAYED = (*CONDITIONAL_FIELDS, *TRANSPORT_FIELDS, "cache-control", "pragma", "range", "content-type")
+# Request fields an origin may build its answer from (absolute links, redirects, routing, the
+# method) without naming them in Vary: replayed, one client's value would be stored and served
+# to every other (web cache poisoning). A cached read never sends them; a forwarded one does.
+UNKEYED_OVERRIDES = (
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-for",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+)
+NOT_REPLAYED = (
+    *CONDITIONAL_FIELDS,
+    *TRANSPORT_FIELDS,
+    *UNKEYED_OVERRIDES,
+    "cache-control",
+    "pragma",
+    "range",
+    "content-type",
+)
 # URLs whose Vary fields a process remembers (learnt from their primary keys' markers).
 VARY_MEMO_ENTRIES = 100_000
-# Decoded envelopes kept (each with the value it came from, so an id is never mistaken).
+# Decoded envelopes kept (each with the value it came from, so an id is never mistaken), at
+# most this many and this many bytes: each holds its value and its body (a copy), so a count
+# alone let 4096 responses of ORIGIN_MAX_BYTES hold gigabytes. A value over a sixteenth of the
+# budget is decoded at every read instead (its head is small: the cost is the body's copy).
 DECODED_ENVELOPES = 4096
+DECODED_ENVELOPE_BYTES = 32 * 1024 * 1024
 # Reads of one request at most: primary, its variant, and one re-keying when a variant's Vary changed.
 MAX_HOPS = 3
 
@@ -71,6 +103,16 @@ class ProxyAnswer:
     now_s: float
     stored: bool = True  # False: handed over by the refresh, stored nowhere
     forward: Forward | None = None
+
+
+@dataclass(frozen=True)
+class ForwardInstead:
+    """The answer a refresh handed over was fetched for another reader and may not answer this
+    one (private, it sets a cookie, or another variant of a Vary): the web tier forwards the
+    request itself, as it forwards one that bypasses the cache."""
+
+
+FORWARD_INSTEAD = ForwardInstead()
 
 
 def bypass_reason(ns: Namespace, headers: Headers) -> str | None:
@@ -106,6 +148,8 @@ class ProxyReadPath(ReadPath):
         self.proxies = ProxyStore(self.store)
         self._vary: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
         self._envelopes: OrderedDict[int, tuple[bytes, Envelope]] = OrderedDict()
+        self._envelope_bytes = 0
+        self._envelopes_lock = threading.Lock()
 
     def _learn_vary(self, ns: Namespace, target: str, fields: tuple[str, ...]) -> None:
         self._vary[(ns.name, target)] = fields
@@ -120,61 +164,67 @@ class ProxyReadPath(ReadPath):
     def key_of(self, ns: Namespace, target: str, headers: Headers, fields: tuple[str, ...] | None) -> str:
         return proxy_key(target, variant_key(headers, fields) if fields else None, credentials_of(ns, headers))
 
-    def proxy_get(self, ns: Namespace, target: str, method: str, headers: Headers) -> ProxyAnswer | Refused:
+    def proxy_get(
+        self, ns: Namespace, target: str, method: str, headers: Headers
+    ) -> ProxyAnswer | Refused | ForwardInstead:
         """Answer a GET or HEAD of `target` (validated, cacheable: see bypass_reason)."""
         policy = policy_of(ns)
         only_if_cached = request_cache_control(headers).only_if_cached
         replayed = replay_headers(ns, headers)
         fields = self._vary.get((ns.name, target))
+        reader = new_token()  # names this read in the request a refresh replays for it
+        fetched_at: int | None = None
         for _ in range(MAX_HOPS):
             key = self.key_of(ns, target, headers, fields)
             # Held while this read may enqueue the key's refresh (its own, or a revalidation).
-            with self.pending.held(ns.name, key, ProxyRequest(target, replayed, fields or ())):
-                result = self._answer_key(ns, key, target, method, headers, fields, only_if_cached, policy)
+            with self.pending.held(ns.name, key, ProxyRequest(target, replayed, fields or (), reader)):
+                result = self._answer_key(ns, key, method, headers, fields, only_if_cached, policy, reader, fetched_at)
             if isinstance(result, tuple):
-                fields = result[0]
+                fields, fetched_at = result
                 self._learn_vary(ns, target, fields)
                 continue
             return result
         return answers.Refused(502, "vary_loop", "the origin keeps changing what this URL varies on")
 
     def _answer_key(
-        self, ns: Namespace, key: str, target: str, method: str, headers: Headers, fields: tuple[str, ...] | None,
-        only_if_cached: bool, policy: Policy,
-    ) -> ProxyAnswer | Refused | tuple[tuple[str, ...]]:  # fmt: skip
-        """The answer from one key, or (fields,) when the URL must be read again under those
-        Vary fields (a marker, or a variant whose Vary changed)."""
+        self, ns: Namespace, key: str, method: str, headers: Headers, fields: tuple[str, ...] | None,
+        only_if_cached: bool, policy: Policy, reader: str, fetched_at: int | None,
+    ) -> ProxyAnswer | Refused | ForwardInstead | tuple[tuple[str, ...], int | None]:  # fmt: skip
+        """The answer from one key, or (fields, fetched_at) when the URL must be read again under
+        those Vary fields (a marker, or a variant whose Vary changed); `fetched_at` is the start
+        (Redis clock, ms) of the refresh this read waited for when it wrote the marker: the
+        variant that refresh wrote beside it is the origin's answer to this read."""
         answer = self._peek_served(ns, key) if only_if_cached else self.read(ns, key)
         if answer is None:
             return _gateway_timeout()
         if isinstance(answer, Refused):
             return answer
         if isinstance(answer, Unstored):
-            return self._handed_over(answer, Forward.URI_MISS)
+            return self._handed_over(answer, Forward.URI_MISS, reader, headers)
         envelope = self._decoded(answer.result.value)
         if envelope is None:
             return answers.Refused(502, "invalid_entry", "the stored entry is not a proxied response")
         if envelope.is_marker:
             if fields == envelope.vary:
                 return answers.Refused(502, "invalid_entry", "a variant key holds a vary marker")
-            return (envelope.vary,)
+            return envelope.vary, answer.result.at_ms if answer.outcome is AnswerOutcome.MISS else None
         now_s = answer.now_ms / 1000
         stored = envelope.stored_response()
-        if answer.outcome is AnswerOutcome.MISS:
+        if answer.outcome is AnswerOutcome.MISS or (fetched_at is not None and answer.result.at_ms == fetched_at):
             # This read waited for the refresh that fetched it: the origin's answer to it.
             return ProxyAnswer(envelope, None, AnswerOutcome.MISS, now_s, forward=Forward.URI_MISS)
         decision = decide(method, headers, stored, now_s, policy)
         if decision.forward is Forward.VARY_MISS:
             own = vary_fields(stored.headers)
             if own and own != fields:  # the origin changed what the URL varies on
-                return (own,)
+                return own, None
             return ProxyAnswer(envelope, decision, AnswerOutcome.MISS, now_s)  # unreachable in practice
         if decision.from_cache:
             outcome = AnswerOutcome.HIT if decision.action is Reuse.FRESH else AnswerOutcome.STALE
             return ProxyAnswer(envelope, decision, outcome, now_s)
         if decision.action is Reuse.GATEWAY_TIMEOUT:
             return _gateway_timeout()
-        return self._validated(ns, key, answer.now_ms, decision, headers, policy)
+        return self._validated(ns, key, answer.now_ms, decision, headers, policy, reader)
 
     def _decoded(self, value: bytes | None) -> Envelope | None:
         """The envelope of a stored value, decoded once per value object: a near-cache hit hands
@@ -185,25 +235,39 @@ class ProxyReadPath(ReadPath):
         if cached is not None and cached[0] is value:
             return cached[1]
         envelope = Envelope.decode(value)
-        if envelope is not None:
+        if envelope is None or 2 * len(value) > DECODED_ENVELOPE_BYTES // 16:
+            return envelope
+        with self._envelopes_lock:  # the threads of a gthread worker share it
+            replaced = self._envelopes.pop(id(value), None)
+            if replaced is not None:
+                self._envelope_bytes -= 2 * len(replaced[0])
             self._envelopes[id(value)] = (value, envelope)
-            while len(self._envelopes) > DECODED_ENVELOPES:
-                self._envelopes.popitem(last=False)
+            self._envelope_bytes += 2 * len(value)
+            while len(self._envelopes) > DECODED_ENVELOPES or self._envelope_bytes > DECODED_ENVELOPE_BYTES:
+                old, _ = self._envelopes.popitem(last=False)[1]
+                self._envelope_bytes -= 2 * len(old)
         return envelope
 
     def _peek_served(self, ns: Namespace, key: str) -> Served | None:
         r = self.proxies.peek(ns, key)
         return Served(r, AnswerOutcome.HIT, r.now_ms) if r.has_value else None
 
-    def _handed_over(self, answer: Unstored, forward: Forward) -> ProxyAnswer | Refused:
+    def _handed_over(
+        self, answer: Unstored, forward: Forward, reader: str, headers: Headers
+    ) -> ProxyAnswer | Refused | ForwardInstead:
         envelope = Envelope.decode(answer.body)
         if envelope is None:
             return answers.Refused(502, "invalid_entry", "the origin's answer could not be handed over")
+        if envelope.reader != reader:  # fetched for another reader of the key
+            selected = matches(vary_fields(envelope.headers), envelope.selecting_headers, headers)
+            if envelope.personal or not selected:
+                return FORWARD_INSTEAD
         return ProxyAnswer(envelope, None, AnswerOutcome.MISS, time.time(), stored=False, forward=forward)
 
     def _validated(
-        self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision, headers: Headers, policy: Policy
-    ) -> ProxyAnswer | Refused:
+        self, ns: Namespace, key: str, since_ms: int, decision: ReuseDecision, headers: Headers, policy: Policy,
+        reader: str,
+    ) -> ProxyAnswer | Refused | ForwardInstead:  # fmt: skip
         answer = self.refresh_and_wait(ns, key, since_ms)
         if answer is ORIGIN_FAILED:
             # The refresh failed: a stored response its stale-if-error allows answers instead.
@@ -218,7 +282,7 @@ class ProxyReadPath(ReadPath):
             return answer
         forward = decision.forward or Forward.STALE
         if isinstance(answer, Unstored):
-            return self._handed_over(answer, forward)
+            return self._handed_over(answer, forward, reader, headers)
         envelope = Envelope.decode(answer.result.value)
         if envelope is None or envelope.is_marker:
             return answers.Refused(502, "invalid_entry", "the revalidated entry is not a proxied response")

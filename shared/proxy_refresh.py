@@ -26,14 +26,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from shared import metrics
 from shared.breaker import BreakerOpen, OriginBreaker
 from shared.freshness import Lifetimes
 from shared.httpcache.conditional import is_not_modified_for, merge_not_modified, revalidation_headers
+from shared.httpcache.fields import has
 from shared.httpcache.lifetime import Policy, StoredResponse
 from shared.httpcache.reuse import error_window, fresh_until, has_validators, may_serve_on_error, serve_stale_window
-from shared.httpcache.storage import storable, stored_headers
+from shared.httpcache.storage import NotStored, storable, stored_headers
 from shared.httpcache.vary import selecting_headers, variant_key, vary_fields
 from shared.namespaces import Namespace
 from shared.origin import OriginError, OriginResponse
@@ -186,7 +188,11 @@ class ProxyRefresher:
                             request_time, response_time, selecting)  # fmt: skip
         if not verdict.storable or fields is None or self._needs_credentials(ns, fields):
             metrics.PROXY_NOT_STORED.labels(ns.name, verdict.reason or "vary").inc()
-            result = store.drop_uncacheable(ns, key, fence, hand_over=_hand_over(envelope))
+            # Every reader of the key waited for it: a private answer, or one that sets a cookie,
+            # is the replayed reader's alone; the others ask the origin for their own.
+            personal = verdict.reason is NotStored.PRIVATE or has(kept, "set-cookie")
+            handed = replace(envelope, reader=request.reader, personal=personal)
+            result = store.drop_uncacheable(ns, key, fence, hand_over=_hand_over(handed))
             return RefreshReport(result.status)
         stored = envelope.stored_response()
         if fields and not request.vary:

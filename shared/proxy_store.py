@@ -76,6 +76,10 @@ class Envelope:
     response_time: float = 0.0
     selecting_headers: Headers = ()
     vary: tuple[str, ...] = ()  # a marker's field names
+    # A handed-over answer (never stored): the read whose request was replayed for it, and
+    # whether it is that reader's alone (private, Set-Cookie), not for others who waited too.
+    reader: str = ""
+    personal: bool = False
 
     @property
     def is_marker(self) -> bool:
@@ -97,6 +101,8 @@ class Envelope:
             "sel": [list(p) for p in self.selecting_headers],
             "f": list(self.vary),
         }
+        if self.reader or self.personal:
+            head["r"], head["p"] = self.reader, self.personal
         raw = json.dumps(head, separators=(",", ":")).encode("utf-8", "surrogateescape")
         return _MAGIC + b"%08x" % len(raw) + raw + self.body
 
@@ -118,6 +124,8 @@ class Envelope:
                 response_time=float(head["rs"]),
                 selecting_headers=tuple((str(n), str(v)) for n, v in head["sel"]),
                 vary=tuple(str(f) for f in head["f"]),
+                reader=str(head.get("r", "")),
+                personal=bool(head.get("p", False)),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -125,15 +133,19 @@ class Envelope:
 
 @dataclass(frozen=True)
 class ProxyRequest:
-    """What a refresh of one key replays: the target, the forwardable request headers, and the
-    Vary names the key was computed with (() for a primary key)."""
+    """What a refresh of one key replays: the target, the forwardable request headers, the
+    Vary names the key was computed with (() for a primary key), and the read it was taken
+    from ("" for none: a warm-up, a refresh of what is stored)."""
 
     target: str
     headers: Headers = ()
     vary: tuple[str, ...] = ()
+    reader: str = ""
 
     def encode(self) -> str:
-        return json.dumps({"t": self.target, "h": [list(p) for p in self.headers], "f": list(self.vary)})
+        return json.dumps(
+            {"t": self.target, "h": [list(p) for p in self.headers], "f": list(self.vary), "r": self.reader}
+        )
 
     @classmethod
     def decode(cls, raw: Any) -> ProxyRequest | None:
@@ -141,7 +153,12 @@ class ProxyRequest:
             return None
         try:
             data = json.loads(raw)
-            return cls(str(data["t"]), tuple((str(n), str(v)) for n, v in data["h"]), tuple(str(f) for f in data["f"]))
+            return cls(
+                str(data["t"]),
+                tuple((str(n), str(v)) for n, v in data["h"]),
+                tuple(str(f) for f in data["f"]),
+                str(data.get("r", "")),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 

@@ -270,7 +270,7 @@ class ReadPath:
                     # cooldown ran out) it takes over and enqueues, once, for all of them.
                     token = new_token()
                     r = self.store.read(ns, key, token)
-                    if r.won_lease and r.decision is Decision.MISS and handle.landed_meanwhile():
+                    if r.won_lease and r.decision is Decision.MISS and handle.landed_meanwhile(until=deadline):
                         # The refresh waited for ended without storing (an uncacheable answer,
                         # handed over in a publish this process has not taken in yet): taking
                         # over would call the origin again; the next wait() returns the publish.

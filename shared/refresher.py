@@ -64,6 +64,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
 from redis.exceptions import OutOfMemoryError
 
@@ -232,6 +233,13 @@ class Refresher:
             renewer.holds_slot = True
             try:
                 return self._call_and_write(ns, req, claimed, renewer)
+            except BaseException:
+                if not renewer.holds_slot:
+                    # The write, or a step before it (its groups' enlisting: refused at
+                    # maxmemory), failed: its round trip may never have given the slot back.
+                    with suppress(Exception):  # a no-op if it did; Redis down: the slot expires
+                        slots.release(run_token)
+                raise
             finally:
                 if renewer.holds_slot:  # not yet given back with the write
                     renewer.holds_slot = False

@@ -22,7 +22,7 @@ from shared.keys import Keyspace
 from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace
 from shared.origin import OriginResponse, Validators
-from shared.pipeline import ScriptCall, evalsha_each, raise_first_error, run_pipelined
+from shared.pipeline import ScriptCall, evalsha_each, queue_evalsha, raise_first_error, run_pipelined
 from shared.protocol import (
     FailureCode,
     ReadyStatus,
@@ -227,9 +227,7 @@ class CacheStore:
                     script.sha = self.redis.script_load(script.script)
                 pipe = self.redis.pipeline(transaction=False)
                 for keys, args in chunk:
-                    # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter by
-                    # name (it cannot load scripts on NOSCRIPT), but routes EVALSHA by its keys.
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    queue_evalsha(pipe, self.redis, script.sha, keys, args)
                 try:
                     replies += pipe.execute()
                     break

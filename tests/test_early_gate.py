@@ -6,9 +6,10 @@ for it. Against a real redis-server."""
 from __future__ import annotations
 
 from shared.answers import Served
+from shared.batchread import read_batch
 from shared.freshness import Lifetimes
 from shared.keys import EntryKeys
-from shared.namespaces import Namespace
+from shared.namespaces import Namespace, build_namespace
 from shared.protocol import AnswerOutcome
 from shared.queuebound import EARLY_MAX_WAITING
 from shared.settings import Settings
@@ -54,3 +55,22 @@ def test_past_the_early_bound_an_early_read_is_served_unrefreshed_and_below_it_r
     answer = read_path.read(ns, "hot")
     assert isinstance(answer, Served) and answer.outcome is AnswerOutcome.EARLY
     assert [(r.key, r.reason) for r in sent] == [("manual", "manual"), ("hot", "early")]
+
+
+def test_a_batch_read_of_a_batch_origin_sends_no_early_refresh_past_the_bound(
+    settings: Settings, store: CacheStore
+) -> None:
+    ns = build_namespace(
+        "bo",
+        {"origin": "http://127.0.0.1:9/items/{key}", "batch_origin": "http://127.0.0.1:9/items?ids={keys}"},
+        settings,
+    )
+    read_path = _read_path(settings, store, lambda request: None)
+    for i in range(EARLY_MAX_WAITING):  # the refresh tier is behind: this many messages wait
+        assert read_path.queue.admit(ns.name, f"waiting-{i}", f"tok-{i}").state == "admitted"
+    _early(store, ns, "hot")
+    sent: list[list[RefreshRequest]] = []
+    answers = read_batch(read_path, ns, ["hot"], sent.append)
+    assert isinstance(answers["hot"], Served) and answers["hot"].outcome is AnswerOutcome.EARLY
+    assert sent == [] and read_path.queue.waiting() == EARLY_MAX_WAITING
+    assert store.redis.get(EntryKeys.of(ns.name, "hot").lease) is None  # given back: the next read may try

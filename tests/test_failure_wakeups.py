@@ -219,3 +219,41 @@ def test_a_cold_read_answers_a_saturated_origin_as_soon_as_it_is_recorded(
     assert OriginSlots(run.store.redis, ns.origin_name).try_acquire("someone-else", 1, 60_000).acquired
     outcome = run.fail_the_refresh("k")
     _assert_woken_by_the_failure(outcome, RefreshOutcome.SLOT_TIMEOUT, FailureCode.ORIGIN_BUSY)
+
+
+def test_a_cold_read_whose_refresher_died_answers_within_its_cold_wait(cold_settings: Settings) -> None:
+    # The refresh the read enqueued never runs and its lease and marker lapse without a publish
+    # (its worker died). The read's re-read finds the key free and takes it over; the grace it
+    # gives a publish that may still be on its way ends with its own cold wait, not after it.
+    settings = cold_settings.model_copy(update={"cold_wait_timeout_seconds": 1.0})
+    store = CacheStore(make_redis(settings), settings)
+    ns = _typed(settings, "died")
+    sent: queue.Queue[Any] = queue.Queue()
+    hub = ColdWaitHub(lambda: pubsub_client(settings), 100, connected_slice=0.2)
+    hub.start()
+    try:
+        assert hub.connected.wait(10), "the hub did not subscribe"
+        read_path = ReadPath(
+            settings,
+            store,
+            send_refresh=sent.put,
+            open_batch=lambda: nullcontext(sent.put),
+            waiter=hub,
+            near_cache=NoNearCache(),
+            health=RedisHealth(store.redis.ping),
+            admission=Admission(None),
+        )
+        answers: list[Answer] = []
+        started = time.monotonic()
+        reader = threading.Thread(target=lambda: answers.append(read_path.read(ns, "died-1")), daemon=True)
+        reader.start()
+        sent.get(timeout=10)
+        wait_until(lambda: hub.waiting_on(ns.name, "died-1") == 1, 10, "the cold read to wait")
+        k = DEFAULT_KEYSPACE.entry(ns.name, "died-1")
+        store.redis.delete(k.lease, k.queued)  # lapsed: its refresher is gone
+        reader.join(10)
+        took = time.monotonic() - started
+        assert isinstance(answers[0], Refused) and answers[0].error == "cold_wait_timeout"
+        assert took < 1.0 + 0.8, took  # not the cold wait and then the whole grace on top
+    finally:
+        hub.stop()

@@ -12,10 +12,13 @@ import redis
 from shared import refresh_scripts, scripts
 from shared.maxmemory import RECORD_REFUSED_WRITE
 from shared.namespaces import Namespace, build_namespace
-from shared.protocol import Decision, FailureCode, LeaseState, cooldown_value, parse_marker
+from shared.origin_slots import OriginSlots
+from shared.protocol import Decision, FailureCode, LeaseState, RefreshOutcome, cooldown_value, parse_marker
 from shared.queuebound import ADMIT, COALESCE, CONSUMING, DEPART
+from shared.refresher import Refresher
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, make_redis
+from shared.tasks import RefreshRequest
 from tests.stack import RedisServer
 
 REFUSED_WHOLE = (
@@ -132,3 +135,29 @@ def test_at_maxmemory_a_stale_value_is_read_without_a_lease_and_a_write_is_refus
     cooling = store.read(ns, "other", "reader")
     assert (cooling.lease_state, cooling.failure) == (LeaseState.COOLDOWN, FailureCode.OUT_OF_MEMORY)
     pubsub.close()
+
+
+# The client `fills_up_then_answers` fills while the origin call runs (set by the test below).
+FILL_DURING_CALL: list[redis.Redis] = []
+
+
+def fills_up_then_answers(key: str) -> dict[str, object]:
+    """An origin callable during whose call Redis reaches its maxmemory."""
+    fill(FILL_DURING_CALL[0])
+    return {"key": key}
+
+
+def test_a_refresh_whose_write_redis_refuses_gives_its_origin_slot_back(
+    parts: tuple[CacheStore, Namespace, redis.Redis],
+) -> None:
+    store, _, client = parts
+    settings = store.settings
+    ns = build_namespace("full", {"origin": "tests.test_maxmemory:fills_up_then_answers"}, settings)
+    slots = OriginSlots(store.redis, ns.origin_name, store.keys)
+    refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: slots)
+    FILL_DURING_CALL[:] = [client]
+    assert store.read(ns, "k", "task").won_lease
+    report = refresher.run(RefreshRequest(ns.name, "k", "task", "miss", store.now_ms()))
+    assert report.outcome == RefreshOutcome.OUT_OF_MEMORY
+    # Not held until its lease runs out: the next refresh of the origin may have it at once.
+    assert slots.in_flight() == 0

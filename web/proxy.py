@@ -28,7 +28,7 @@ from flask import Flask, Response, request
 from shared import metrics
 from shared.answers import Refused
 from shared.httpcache.conditional import client_not_modified, not_modified
-from shared.httpcache.fields import Headers, header_list, strip_hop_by_hop
+from shared.httpcache.fields import Headers, get_first, header_list, strip_hop_by_hop
 from shared.httpcache.invalidation import invalidation_targets, is_unsafe
 from shared.httpcache.ranges import RangeOutcome, partial_headers, select_range, unsatisfiable_headers
 from shared.httpcache.reuse import Forward
@@ -38,7 +38,7 @@ from shared.origin import OriginError
 from shared.origin_adapters import BuiltOnce
 from shared.protocol import AnswerOutcome
 from shared.proxy_origin import ProxiedResponse, ProxyOrigin
-from shared.proxy_read import ProxyAnswer, ProxyReadPath, bypass_reason
+from shared.proxy_read import ForwardInstead, ProxyAnswer, ProxyReadPath, bypass_reason
 from web.http import json_error, refusal
 from web.proxy_target import ProxyTarget, TargetError, check_header_sizes, mount_of, parse_target, raw_target
 from web.state import web_state
@@ -134,6 +134,8 @@ def _cached(target: ProxyTarget, method: str, headers: Headers) -> Response:
     if isinstance(answer, Refused):
         metrics.REQUESTS.labels(ns.name, answer.outcome).inc()
         return refusal(answer)
+    if isinstance(answer, ForwardInstead):
+        return _forward(target, method, headers, "not_shared")
     return _from_answer(ns, answer, headers)
 
 
@@ -184,8 +186,13 @@ def _forward(target: ProxyTarget, method: str, headers: Headers, reason: str) ->
     metrics.PROXY_FORWARDED.labels(ns.name, reason).inc()
     body: bytes | None = None
     if method not in ("GET", "HEAD", "OPTIONS") or request.content_length:
-        request.max_content_length = web_state().settings.origin_max_bytes
+        limit = web_state().settings.origin_max_bytes
+        # One byte over the limit: Werkzeug stops a chunked body (no Content-Length) at its
+        # max_content_length without a word, and a body cut short must never be forwarded.
+        request.max_content_length = limit + 1
         body = request.get_data(cache=False)
+        if len(body) > limit:
+            return json_error(413, "request_entity_too_large", f"the request body is longer than {limit} bytes")
     try:
         response = _origin(ns).request(method, target.target, headers, body)
     except OriginError as exc:
@@ -196,7 +203,11 @@ def _forward(target: ProxyTarget, method: str, headers: Headers, reason: str) ->
     forward = Forward.METHOD if reason == "method" else Forward.BYPASS
     status_field = cache_status(hit=False, forward=forward, forward_status=response.status)
     out = with_cache_fields(strip_hop_by_hop(response.headers), None, status_field)
-    return ProxiedResponseOut(response.body, status=response.status, headers=[*out, ("X-Cache", "PASS")])
+    answer = ProxiedResponseOut(response.body, status=response.status, headers=[*out, ("X-Cache", "PASS")])
+    length = get_first(response.headers, "content-length")
+    if method == "HEAD" and length is not None:
+        answer.headers["Content-Length"] = length  # the GET's length, not the empty body's
+    return answer
 
 
 def _invalidate(target: ProxyTarget, method: str, response: ProxiedResponse) -> None:

@@ -189,9 +189,13 @@ def refresh_many(namespace: str, items: list[list[Any]]) -> str:
     if collector is not None:
         collector.announce([r.key for r in requests])
 
+    raised: list[BaseException] = []
+
     def run(i: int) -> None:
         try:
             reports[i] = engine.run(requests[i])
+        except BaseException as exc:  # noqa: BLE001 - raised by the task below, as a single refresh's
+            raised.append(exc)
         finally:
             if collector is not None:
                 collector.forget(requests[i].key)
@@ -202,6 +206,8 @@ def refresh_many(namespace: str, items: list[list[Any]]) -> str:
         thread.start()
     for thread in threads:
         thread.join()
+    if raised:  # a thread's own exception would only be printed, and the task report success
+        raise raised[0]
     failed = [report.describe() for report in reports if report is not None and report.failed]
     if failed:
         raise RefreshFailed(f"{len(failed)} of {len(requests)} keys failed: {failed[0]}")

@@ -137,6 +137,16 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
     return tuple((n, v) for n, v in headers if n.lower() not in drop)
 
 
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def well_formed(headers: Headers) -> Headers:
+    """``headers`` fit to forward (RFC 9110 §5.1, §5.5): without the lines whose name is not a
+    token, control characters (but HTAB) in values replaced by SP. What an origin sends goes
+    through here before it is stored or answered: a server refuses to write a malformed line."""
+    return tuple((n, _CTL.sub(" ", v)) for n, v in headers if _TOKEN_RE.match(n))
+
+
 _MONTHS = {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}
 _IMF = re.compile(
     r"^\s*(?:[A-Za-z]{3},?\s+)?(\d{1,2})[\s-]+([A-Za-z]{3})[\s-]+(\d{2,4})\s+(\d{1,2}):(\d{2}):(\d{2})\s*(?:GMT|UTC|UT|Z)?\s*$",

@@ -17,9 +17,11 @@ from tests.stack import free_port
 Mode = Literal["ok", "fail", "bad_json", "trickle"]
 
 # A key (the path's last segment) may choose its own answer, whatever the mode: `status-NNN-...`
-# is answered HTTP NNN, `badjson-...` with invalid JSON, `huge-...` with HUGE_BYTES of JSON.
+# is answered HTTP NNN, `badjson-...` with invalid JSON, `huge-...` with HUGE_BYTES of JSON,
+# `deepjson-...` (anywhere in the last segment) with JSON nested DEEP_JSON arrays deep.
 KEY_STATUS = re.compile(r"/status-(\d{3})-[^/]*$")
 HUGE_BYTES = 64 * 1024
+DEEP_JSON = 100_000  # past the parser's recursion limit, well under ORIGIN_MAX_BYTES
 
 
 @dataclass
@@ -83,6 +85,9 @@ class FixtureOrigin:
                         status, body, ctype = int(chosen[1]), b'{"error": "chosen"}', "application/json"
                     elif last.startswith("badjson-"):
                         status, body, ctype = 200, b'{"key": "truncated', "application/json"
+                    elif "deepjson-" in last:  # a key's path, or a batch call naming it
+                        status, ctype = 200, "application/json"
+                        body = b"[" * DEEP_JSON + b"]" * DEEP_JSON
                     elif last.startswith("huge-"):
                         status, ctype = 200, "application/json"
                         body = json.dumps({"pad": "x" * HUGE_BYTES}).encode()

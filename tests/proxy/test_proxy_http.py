@@ -51,6 +51,43 @@ def test_head_is_answered_from_the_stored_get(stack: Stack) -> None:
     assert head.headers["X-Cache"] == "HIT" and calls(stack, target) == 1
 
 
+def test_a_forwarded_head_keeps_the_origins_content_length(stack: Stack) -> None:
+    target = fresh("cc=" + quote("max-age=60"))
+    full = requests.get(f"{stack.web_url}/api-proxy{target}", headers={"Cookie": "a=1"}, timeout=15)
+    head = requests.head(f"{stack.web_url}/api-proxy{target}", headers={"Cookie": "a=1"}, timeout=15)
+    assert head.status_code == 200 and head.headers["X-Cache"] == "PASS"
+    # The origin's answer names the method, counts and times the call: a few bytes off the GET's.
+    assert abs(int(head.headers["Content-Length"]) - len(full.content)) <= 8
+
+
+def test_the_read_that_waited_for_a_varying_answer_is_a_miss_with_the_origins_age(stack: Stack) -> None:
+    target = fresh("vary=Accept-Language&cc=" + quote("max-age=60"))
+    first = get(stack, target, headers={"Accept-Language": "en"})
+    # Fetched for this very read (through the URL's vary marker): not a hit, no Age of ours.
+    assert first.headers["X-Cache"] == "MISS" and "fwd=uri-miss" in first.headers["Cache-Status"]
+    assert "Age" not in first.headers
+    again = get(stack, target, headers={"Accept-Language": "en"})
+    assert again.headers["X-Cache"] == "HIT" and "Age" in again.headers and calls(stack, target) == 1
+
+
+def test_a_cached_read_never_hands_the_origin_a_clients_host_or_method_override(stack: Stack) -> None:
+    # Headers an origin may build its answer from without saying Vary: the stored answer would
+    # carry one client's choice to every other (web cache poisoning).
+    target = fresh("cc=" + quote("max-age=60"))
+    hostile = {
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "host=evil.example;proto=http",
+        "X-Original-URL": "/admin",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Custom": "kept",
+    }
+    assert get(stack, target, headers=hostile).status_code == 200
+    seen = stack.origin_stats()["headers"]
+    assert seen["x-custom"].get("kept") == 1  # end-to-end headers are replayed
+    for name in ("x-forwarded-host", "forwarded", "x-original-url", "x-http-method-override"):
+        assert name not in seen, name
+
+
 def test_a_client_conditional_the_stored_response_satisfies_is_answered_304_from_the_cache(stack: Stack) -> None:
     target = fresh("cc=" + quote("max-age=60"))
     etag = get(stack, target).headers["ETag"]
