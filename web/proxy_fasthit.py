@@ -17,14 +17,18 @@ byte for byte):
   so an early refresh still happens through the normal path; a purge or write of the key drops
   it from every process's near-cache (shared/nearcache.py) and the next read goes to Flask;
 - the entry is a stored 200 (not a vary marker) that ``httpcache.reuse.decide`` calls FRESH
-  for this request (its Vary matched, no no-cache, fresh by its stored lifetime).
+  for this request (its Vary matched, no no-cache, fresh by its stored lifetime): ``plain_fresh``
+  is decide's rule for a request without directives, with the stored response's part computed
+  once per value (tests/proxy/test_proxy_fasthit.py checks the two agree).
 
 Anything else goes to Flask untouched, and the lookup here is not counted, so Flask's read counts
-once. ``WEB_FAST_PATH=false`` turns it off, with the key-value fast hits.
+once. An answer given here is counted as Flask counts it, and in ``herdless_front_hits_total``.
+``WEB_FAST_PATH=false`` turns it off, with the key-value fast hits.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,10 +38,10 @@ from flask import Flask
 from werkzeug.datastructures import EnvironHeaders
 
 from shared import metrics
-from shared.httpcache.fields import header_list, replaced
+from shared.httpcache.fields import Headers, header_list, replaced
 from shared.httpcache.lifetime import Policy, StoredResponse
-from shared.httpcache.reuse import Reuse, decide
 from shared.httpcache.status import cache_status, with_cache_fields
+from shared.httpcache.vary import matches, vary_fields
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache
 from shared.protocol import AnswerOutcome
@@ -68,8 +72,12 @@ DECIDING_FIELDS = frozenset(
         "HTTP_TRANSFER_ENCODING",
     }
 )
-# Prepared stored responses kept, each with the value it came from (so an id is never mistaken).
+# Prepared stored responses kept, each with the value it came from (so an id is never mistaken),
+# at most this many and this many bytes (each holds its value and a copy of its body: a count
+# alone would let 4096 responses of ORIGIN_MAX_BYTES hold gigabytes). A value over a sixteenth
+# of the budget is prepared at every hit instead, as the Flask path decodes it.
 PREPARED_RESPONSES = 4096
+PREPARED_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,12 +93,39 @@ class _Owned:
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """A near-cache value decoded once: its envelope and the StoredResponse decisions read
-    (whose parsed Cache-Control and initial age are computed once, not per request)."""
+class Prepared:
+    """A stored response decoded once per near-cache value, with what a plain request's decision
+    needs of it computed once (its Cache-Control, Vary, freshness lifetime and initial age),
+    not per request: parsing them was a third of a fast hit's cost."""
 
+    namespace: str
     envelope: Envelope
     stored: StoredResponse
+    lifetime: float
+    no_cache: bool
+    vary: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, namespace: str, envelope: Envelope, policy: Policy) -> Prepared:
+        stored = envelope.stored_response()
+        return cls(
+            namespace, envelope, stored, stored.lifetime(policy), stored.cache_control.no_cache,
+            vary_fields(stored.headers),
+        )  # fmt: skip
+
+
+def plain_fresh(prepared: Prepared, request_headers: Headers, now_s: float) -> tuple[float, float] | None:
+    """(age, ttl) when ``httpcache.reuse.decide`` calls the stored response FRESH for a GET or HEAD
+    without Cache-Control or Pragma (then none of the request's directives applies), else None.
+    The same rule as decide's, in its order: a Vary that does not match (or ``*``) is a miss, a
+    response no-cache is validated, a positive remaining freshness is FRESH."""
+    if prepared.vary is None or prepared.no_cache:
+        return None
+    if prepared.vary and not matches(prepared.vary, prepared.stored.selecting_headers, request_headers):
+        return None
+    age = prepared.stored.age(now_s)
+    ttl = prepared.lifetime - age
+    return (age, ttl) if ttl > 0 else None
 
 
 class ProxyFastHits:
@@ -122,7 +157,9 @@ class ProxyFastHits:
             for _, ns in self.mounts
         }
         self.near_hit = metrics.NEAR_CACHE.labels("hit")
-        self._prepared: OrderedDict[int, tuple[bytes, _Prepared]] = OrderedDict()
+        self._prepared: OrderedDict[int, tuple[bytes, Prepared]] = OrderedDict()
+        self._prepared_bytes = 0
+        self._prepared_lock = threading.Lock()  # the threads of a gthread worker share it
 
     def answer(self, method: str, environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
         """The near-cache hit's answer to a GET or HEAD, or None: Flask answers it."""
@@ -149,17 +186,18 @@ class ProxyFastHits:
         hit = self.near.get(ns.name, key, count=False)
         if hit is None:
             return None
-        prepared = self._prepare(hit.entry.value)
+        owned = self.owned[ns.name]
+        prepared = self._prepare(owned, hit.entry.value)
         if prepared is None or prepared.envelope.status != 200:
             return None  # a vary marker (the read path learns the URL's Vary), another status, an odd entry
-        owned = self.owned[ns.name]
         now_s = hit.redis_now_ms / 1000
-        decision = decide(method, headers, prepared.stored, now_s, owned.policy)
-        if decision.action is not Reuse.FRESH or decision.forward is not None:
+        fresh = plain_fresh(prepared, headers, now_s)
+        if fresh is None:
             return None  # stale, to revalidate, a Vary mismatch: the read path decides and counts
+        age, ttl = fresh
         self.near_hit.inc()
         envelope = prepared.envelope
-        out = with_cache_fields(envelope.headers, decision.age, cache_status(hit=True, ttl=decision.ttl))
+        out = with_cache_fields(envelope.headers, age, cache_status(hit=True, ttl=ttl))
         # What web/proxy.py's response object sends: X-Cache last, then Content-Length framing the
         # body (where the origin's stood, else appended), for a HEAD too.
         out = replaced((*out, ("X-Cache", "HIT")), "Content-Length", str(len(envelope.body)))
@@ -170,19 +208,27 @@ class ProxyFastHits:
         owned.duration.observe(time.perf_counter() - started)
         return [b"" if method == "HEAD" else envelope.body]
 
-    def _prepare(self, value: bytes | None) -> _Prepared | None:
+    def _prepare(self, owned: _Owned, value: bytes | None) -> Prepared | None:
         """The prepared response of a near-cache value, decoded once per value object (a hit hands
         back the very bytes object the near-cache holds)."""
         if value is None:
             return None
         cached = self._prepared.get(id(value))
-        if cached is not None and cached[0] is value:
+        if cached is not None and cached[0] is value and cached[1].namespace == owned.ns.name:
             return cached[1]
         envelope = Envelope.decode(value)
         if envelope is None or envelope.is_marker:
             return None
-        prepared = _Prepared(envelope, envelope.stored_response())
-        self._prepared[id(value)] = (value, prepared)
-        while len(self._prepared) > PREPARED_RESPONSES:
-            self._prepared.popitem(last=False)
+        prepared = Prepared.of(owned.ns.name, envelope, owned.policy)
+        if 2 * len(value) > PREPARED_BYTES // 16:
+            return prepared
+        with self._prepared_lock:
+            replaced_entry = self._prepared.pop(id(value), None)
+            if replaced_entry is not None:
+                self._prepared_bytes -= 2 * len(replaced_entry[0])
+            self._prepared[id(value)] = (value, prepared)
+            self._prepared_bytes += 2 * len(value)
+            while len(self._prepared) > PREPARED_RESPONSES or self._prepared_bytes > PREPARED_BYTES:
+                old, _ = self._prepared.popitem(last=False)[1]
+                self._prepared_bytes -= 2 * len(old)
         return prepared

@@ -14,7 +14,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from shared.httpcache.lifetime import Policy
+from shared.httpcache.reuse import Reuse, decide
+from shared.proxy_store import Envelope
 from tests.stack import Stack, metric, wait_until
+from web.proxy_fasthit import Prepared, plain_fresh
 
 ADMIN = "proxy-fasthit-token-0123456789abcdefghij"
 STACK_NAMESPACES = """
@@ -242,3 +246,44 @@ def test_a_stored_response_that_is_not_a_plain_fresh_200_is_answered_by_flask(
         assert answer.startswith(b"HTTP/1.1 404 ") and b"\r\nX-Cache: HIT\r\n" in answer
     else:  # no-cache: revalidated on every reuse
         assert b"fwd=stale" in answer
+
+
+LAST_MODIFIED = "Thu, 01 Jan 2026 00:00:00 GMT"
+DATE = "Sun, 01 Mar 2026 00:00:00 GMT"  # 59 days after LAST_MODIFIED: a heuristic life of 5.9 days
+STORED_AT = 1772323200.0  # DATE as POSIX seconds
+
+
+@pytest.mark.parametrize(
+    "response_headers",
+    [
+        (("Cache-Control", "max-age=60"),),
+        (("Cache-Control", "max-age=60, must-revalidate"),),
+        (("Cache-Control", "no-cache, max-age=60"),),
+        (("Cache-Control", 'no-cache="Set-Cookie", max-age=60'),),
+        (("Cache-Control", "max-age=60, s-maxage=5"),),
+        (("Cache-Control", "max-age=60"), ("Age", "50")),
+        (("Cache-Control", "max-age=60"), ("Surrogate-Control", "max-age=5")),
+        (("Cache-Control", "max-age=0"),),
+        (("Date", DATE), ("Expires", "Sun, 01 Mar 2026 00:00:30 GMT")),
+        (("Date", DATE), ("Last-Modified", LAST_MODIFIED)),
+        (("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")),
+        (("Cache-Control", "max-age=60"), ("Vary", "*")),
+        (),
+    ],
+)
+@pytest.mark.parametrize("request_headers", [(), (("Accept-Language", "en"),), (("Accept-Language", "fr"),)])
+@pytest.mark.parametrize("later", [0.0, 4.5, 9.99, 10.0, 30.0, 59.5, 61.0, 6 * 86400.0])
+def test_plain_fresh_is_decides_fresh_for_a_request_without_directives(
+    response_headers: tuple[tuple[str, str], ...], request_headers: tuple[tuple[str, str], ...], later: float
+) -> None:
+    envelope = Envelope(
+        "response", "/x", 200, response_headers, b"body", STORED_AT - 0.2, STORED_AT, (("Accept-Language", "en"),)
+    )
+    policy = Policy(default_ttl=10.0, stale_ttl=30.0)
+    now = STORED_AT + later
+    expected = decide("GET", request_headers, envelope.stored_response(), now, policy)
+    got = plain_fresh(Prepared.of("api", envelope, policy), request_headers, now)
+    if expected.action is Reuse.FRESH:
+        assert got == (expected.age, expected.ttl)
+    else:
+        assert got is None
