@@ -45,7 +45,7 @@ from shared.httpcache.vary import matches, vary_fields
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache
 from shared.protocol import AnswerOutcome
-from shared.proxy_read import ProxyReadPath
+from shared.proxy_read import ProxyReadPath, bypass_reason
 from shared.proxy_refresh import policy_of
 from shared.proxy_store import Envelope
 from shared.store import ReadResult
@@ -180,6 +180,8 @@ class ProxyFastHits:
             check_header_sizes(headers)
         except TargetError:
             return None  # the hook answers the refusal
+        if bypass_reason(ns, headers) is not None:
+            return None  # forwarded by the hook (and any rule it gains applies here at once)
         assert self.read_path is not None and self.near is not None
         fields = self.read_path.known_vary(ns, target)
         key = self.read_path.key_of(ns, target, headers, fields)
