@@ -59,6 +59,16 @@ def test_heuristically_cacheable_statuses_store_without_freshness_others_do_not(
     assert storable("GET", (), 599, (*lm, ("Cache-Control", "public"))).storable
 
 
+def test_a_response_setting_a_cookie_is_stored_only_with_explicit_freshness() -> None:
+    # Heuristic freshness (or the namespace's default_ttl_seconds) would hand one client's
+    # session cookie to every other: only an origin that says how long to keep it shares it.
+    cookie = (("Set-Cookie", "session=alice"), ("Last-Modified", date(-86400)), ("Date", date(0)))
+    assert storable("GET", (), 200, cookie).reason is NotStored.SET_COOKIE
+    assert storable("GET", (), 200, (("Set-Cookie", "session=alice"),)).reason is NotStored.SET_COOKIE
+    for explicit in (("Cache-Control", "max-age=60"), ("Cache-Control", "public"), ("Expires", date(60))):
+        assert storable("GET", (), 200, (*cookie, explicit)).storable, explicit
+
+
 def test_authorization_requests_store_only_what_the_response_allows() -> None:
     auth = (("Authorization", "Bearer x"),)
     assert storable("GET", auth, 200, (("Expires", date(3600)),)).reason is NotStored.AUTHORIZATION
