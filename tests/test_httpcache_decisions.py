@@ -198,6 +198,19 @@ def test_a_304_never_brings_into_the_stored_response_a_field_its_private_or_no_c
     assert merged == (("ETag", '"e"'), ("Cache-Control", 'max-age=60, no-cache="X-Token"'))
 
 
+def test_a_304_without_age_gives_the_freshened_response_the_age_of_its_own_exchange() -> None:
+    # Stored an hour-old copy (Age: 3000 from a cache before the origin) with max-age=3600; a
+    # revalidation now, straight from the origin, starts its lifetime over: the old Age was the
+    # old exchange's, not this one's (RFC 9111 §4.2.3).
+    old = (("Cache-Control", "max-age=3600"), ("Age", "3000"), ("ETag", '"e"'), ("Date", date(-3600)))
+    merged = merge_not_modified(old, (("ETag", '"e"'), ("Date", date(0))))
+    assert ("Age", "3000") not in merged
+    freshened = stored(merged)
+    assert freshened.lifetime(POLICY) - freshened.age(NOW) > 3500
+    # A 304 relayed by a cache that says how old it is: its Age counts.
+    assert ("Age", "100") in merge_not_modified(old, (("Age", "100"), ("Date", date(0))))
+
+
 def test_unsafe_methods_invalidate_the_uri_and_same_origin_locations() -> None:
     url = "http://cache.test/catalog/a?x=1"
     headers = (("Location", "b"), ("Content-Location", "http://evil.test/catalog/c"))
