@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 # herdless's own routes: a mount equal to one of them, inside one, or holding one stops start-up.
 RESERVED_PATHS = ("/v1", "/metrics", "/healthz", "/readyz", "/status.json", "/openapi.json")
@@ -57,6 +57,15 @@ class ProxyConfig:
         with "/") with its query, exactly as the client sent it, appended to the base path."""
         return f"{self.scheme}://{self.netloc}{self.base_path}{rest}"
 
+    def _same_authority(self, parts: SplitResult) -> bool:
+        """Host and port as this origin's, the scheme's default port spelt out or not."""
+        default = 443 if self.scheme == "https" else 80
+        ours = urlsplit(f"{self.scheme}://{self.netloc}")
+        try:
+            return parts.hostname == ours.hostname and (parts.port or default) == (ours.port or default)
+        except ValueError:  # a port that is not a number
+            return False
+
     def same_origin_target(self, url: str) -> str | None:
         """The target (path after the mount, with query) of a Location/Content-Location value,
         when it points at this origin under its base path; None otherwise (RFC 9111 §4.4)."""
@@ -64,7 +73,7 @@ class ProxyConfig:
             path = url  # relative to the origin
         else:
             parts = urlsplit(url)
-            if parts.scheme.lower() != self.scheme or parts.netloc.lower() != self.netloc.lower():
+            if parts.scheme.lower() != self.scheme or "@" in parts.netloc or not self._same_authority(parts):
                 return None
             path = url[len(parts.scheme) + 3 + len(parts.netloc) :] or "/"
         if self.base_path:

@@ -30,6 +30,19 @@ TRANSPORT_FIELDS = ("host", "content-length", "expect")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+class FinalResponse(http.client.HTTPResponse):
+    """An HTTPResponse that reads past every interim 1xx answer (103 Early Hints, 102
+    Processing), not only 100 Continue as http.client does: taken for the answer, a 103 left the
+    real one in the kept-alive connection, read as the answer to the next request sent on it."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]  # private, in every 3.x
+            if not 102 <= status < 200:  # 100: http.client skips it; 101 ends HTTP on the connection
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's fields: nothing to keep
+
+
 @dataclass(frozen=True)
 class ProxiedResponse:
     status: int
@@ -71,9 +84,13 @@ class ProxyOrigin:
         with self._lock:
             if self._idle and not fresh:
                 return self._idle.pop(), True
+        conn: http.client.HTTPConnection
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout), False
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        conn.response_class = FinalResponse
+        return conn, False
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:

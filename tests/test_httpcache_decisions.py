@@ -59,6 +59,16 @@ def test_heuristically_cacheable_statuses_store_without_freshness_others_do_not(
     assert storable("GET", (), 599, (*lm, ("Cache-Control", "public"))).storable
 
 
+def test_a_response_setting_a_cookie_is_stored_only_with_explicit_freshness() -> None:
+    # Heuristic freshness (or the namespace's default_ttl_seconds) would hand one client's
+    # session cookie to every other: only an origin that says how long to keep it shares it.
+    cookie = (("Set-Cookie", "session=alice"), ("Last-Modified", date(-86400)), ("Date", date(0)))
+    assert storable("GET", (), 200, cookie).reason is NotStored.SET_COOKIE
+    assert storable("GET", (), 200, (("Set-Cookie", "session=alice"),)).reason is NotStored.SET_COOKIE
+    for explicit in (("Cache-Control", "max-age=60"), ("Cache-Control", "public"), ("Expires", date(60))):
+        assert storable("GET", (), 200, (*cookie, explicit)).storable, explicit
+
+
 def test_authorization_requests_store_only_what_the_response_allows() -> None:
     auth = (("Authorization", "Bearer x"),)
     assert storable("GET", auth, 200, (("Expires", date(3600)),)).reason is NotStored.AUTHORIZATION
@@ -186,6 +196,19 @@ def test_a_304_never_brings_into_the_stored_response_a_field_its_private_or_no_c
     old = (("Cache-Control", "max-age=60"), ("X-Token", "t"), ("ETag", '"e"'))
     merged = merge_not_modified(old, (("Cache-Control", 'max-age=60, no-cache="X-Token"'),))
     assert merged == (("ETag", '"e"'), ("Cache-Control", 'max-age=60, no-cache="X-Token"'))
+
+
+def test_a_304_without_age_gives_the_freshened_response_the_age_of_its_own_exchange() -> None:
+    # Stored an hour-old copy (Age: 3000 from a cache before the origin) with max-age=3600; a
+    # revalidation now, straight from the origin, starts its lifetime over: the old Age was the
+    # old exchange's, not this one's (RFC 9111 §4.2.3).
+    old = (("Cache-Control", "max-age=3600"), ("Age", "3000"), ("ETag", '"e"'), ("Date", date(-3600)))
+    merged = merge_not_modified(old, (("ETag", '"e"'), ("Date", date(0))))
+    assert ("Age", "3000") not in merged
+    freshened = stored(merged)
+    assert freshened.lifetime(POLICY) - freshened.age(NOW) > 3500
+    # A 304 relayed by a cache that says how old it is: its Age counts.
+    assert ("Age", "100") in merge_not_modified(old, (("Age", "100"), ("Date", date(0))))
 
 
 def test_unsafe_methods_invalidate_the_uri_and_same_origin_locations() -> None:

@@ -1,6 +1,7 @@
-"""The JSON bodies the web tier reads (a batch read's, a warm-up's, a group purge's): a body that is
-JSON in name only -- here nested deeper than Python's parser recurses -- is the route's 400
-invalid_body, never a 500, and nothing is read, enqueued or purged."""
+"""The JSON bodies the web tier reads (a batch read's, a warm-up's, a proxied URLs' warm-up's, a
+group purge's): a body that is JSON in name only -- here nested deeper than Python's parser
+recurses -- is the route's 400 invalid_body, never a 500, and nothing is read, enqueued or
+purged."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def app(redis_server: RedisServer) -> Iterator[Flask]:
         ("/v1/cache/demo/batch", {}, DEEP),  # public
         ("/v1/cache/demo/warm", ADMIN, DEEP),
         ("/v1/purge", ADMIN, b'{"tags": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"),
+        ("/v1/proxy/demo-proxy/warm", ADMIN, b'{"targets": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"),
     ],
 )
 def test_a_body_nested_past_the_parser_is_a_400_not_a_500(

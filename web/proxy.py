@@ -175,7 +175,7 @@ def _from_answer(ns: Namespace, answer: ProxyAnswer, request_headers: Headers) -
         return ProxiedResponseOut(byte_range.slice(envelope.body), status=206, headers=list(partial))
     if cut is RangeOutcome.UNSATISFIABLE:
         refused = with_cache_fields(unsatisfiable_headers(len(envelope.body)), age, status_field)
-        return ProxiedResponseOut(b"", status=416, headers=list(refused))
+        return ProxiedResponseOut(b"", status=416, headers=[*refused, ("X-Cache", _X_CACHE.get(outcome, "MISS"))])
     return ProxiedResponseOut(envelope.body, status=envelope.status, headers=list(headers))
 
 

@@ -127,7 +127,7 @@ def url_warm(name: str) -> Response:
     request.max_content_length = limit * (MAX_TARGET_BYTES + 16) + 65536
     try:
         body = json.loads(request.get_data(cache=False))
-    except ValueError:
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested past the parser's recursion
         raise BadRequest(400, "invalid_body", 'the body must be JSON: {"targets": ["/path?query", ...]}') from None
     if not isinstance(body, dict) or set(body) != {"targets"} or not isinstance(body["targets"], list):
         raise BadRequest(400, "invalid_body", 'the body must be a JSON object {"targets": ["/path?query", ...]}')

@@ -117,14 +117,16 @@ def merge_not_modified(stored_headers: Headers, not_modified_headers: Headers) -
     """The stored header list updated from a 304 (RFC 9111 §3.2, §4.3.4): every field the 304
     carries replaces the stored field of that name (all its lines), except the hop-by-hop
     fields and the ones that frame or describe the stored body (``NOT_UPDATED_BY_304``); the
-    others are kept as stored, in their order, the new ones appended. The fields the merged
-    Cache-Control's ``private="..."`` or ``no-cache="..."`` names are left out, as
+    others are kept as stored, in their order, the new ones appended; the stored Age is not
+    kept (it was the earlier exchange's, and would age the freshened response). The fields the
+    merged Cache-Control's ``private="..."`` or ``no-cache="..."`` names are left out, as
     ``storage.stored_headers`` leaves them out of a full response: a 304's Set-Cookie is never
     stored for everyone."""
     incoming = strip_hop_by_hop(not_modified_headers)
     drop = HOP_BY_HOP | NOT_UPDATED_BY_304
     updates = [(n, v) for n, v in incoming if n.lower() not in drop]
-    replaced = {n.lower() for n, _ in updates}
+    # Age describes one exchange: the stored one's goes, the 304's (if any) is the new response's.
+    replaced = {n.lower() for n, _ in updates} | {"age"}
     kept = [(n, v) for n, v in stored_headers if n.lower() not in replaced]
     merged = tuple(kept + updates)
     cc = parse_cache_control(merged)

@@ -32,6 +32,7 @@ class NotStored(StrEnum):
     AUTHORIZATION = "authorization"  # request with Authorization, response not public/s-maxage/must-revalidate
     NOT_CACHEABLE = "not-cacheable"  # no explicit freshness, not public, status not heuristically cacheable
     VARY_STAR = "vary-star"  # Vary: * can never be reused
+    SET_COOKIE = "set-cookie"  # a Set-Cookie without explicit freshness: one client's cookie
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ def storable(method: str, request_headers: Headers, status: int, response_header
     - the response has ``public``, ``max-age``, ``s-maxage`` or ``Expires``, or a heuristically
       cacheable status (RFC 9110 §15.1);
     - ``Vary: *`` is not stored: it could never be reused (§4.1);
+    - a response with ``Set-Cookie`` only with explicit freshness (``public``, ``max-age``,
+      ``s-maxage``, ``Expires``): RFC 9111 would store it heuristically too, but then one
+      client's session cookie answers everyone, which no origin that set it asked for;
     - Surrogate-Control meant for this cache (``surrogate``) comes first: its ``no-store``
       forbids storing, its ``max-age`` allows it whatever Cache-Control's no-store,
       must-understand or freshness say (private and the Authorization rule still hold)."""
@@ -87,6 +91,8 @@ def storable(method: str, request_headers: Headers, status: int, response_header
     explicit = cc.public or cc.max_age is not None or cc.s_maxage is not None or has(response_headers, "expires")
     if not explicit and status not in HEURISTICALLY_CACHEABLE:
         return Storability(False, NotStored.NOT_CACHEABLE)
+    if not explicit and has(response_headers, "set-cookie"):
+        return Storability(False, NotStored.SET_COOKIE)
     return _STORE
 
 

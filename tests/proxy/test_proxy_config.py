@@ -71,3 +71,23 @@ def test_a_shadowing_mount_stops_start_up_with_one_line(tmp_path: Path, entry_po
     path.write_text('[namespaces.cat]\nproxy = "http://127.0.0.1:9"\nmount = "/metrics"\n')
     line = only_line(start(ENTRY_POINTS[entry_point], path))
     assert "[namespaces.cat] mount" in line and "/metrics" in line
+
+
+def test_an_invalidated_location_is_the_same_origin_whatever_its_spelling_of_host_and_port() -> None:
+    ns = build_namespace("cat", {"proxy": "http://origin.internal/api", "mount": "/catalog"}, Settings())
+    assert ns.proxy is not None
+    same = ns.proxy.same_origin_target
+    assert same("http://origin.internal/api/x?q=1") == "/x?q=1"
+    assert same("http://ORIGIN.internal:80/api/x") == "/x"  # the default port, spelt out
+    assert same("HTTP://origin.internal/api/x#frag") == "/x"
+    assert same("/api/y") == "/y"
+    for other in (
+        "http://origin.internal:81/api/x",
+        "https://origin.internal/api/x",
+        "http://evil.example/api/x",
+        "http://user@origin.internal/api/x",
+        "http://origin.internal:bad/api/x",
+        "/apix",
+        "//evil.example/api/x",
+    ):
+        assert same(other) is None, other

@@ -88,6 +88,20 @@ def test_a_cached_read_never_hands_the_origin_a_clients_host_or_method_override(
         assert name not in seen, name
 
 
+def test_a_range_is_cut_from_the_stored_response_with_the_fields_of_every_cached_answer(stack: Stack) -> None:
+    target = fresh("cc=" + quote("max-age=60"))
+    full = get(stack, target)
+    part = get(stack, target, headers={"Range": "bytes=0-4"})
+    assert part.status_code == 206 and part.content == full.content[:5]
+    assert part.headers["Content-Range"] == f"bytes 0-4/{len(full.content)}"
+    past = get(stack, target, headers={"Range": f"bytes={len(full.content) + 10}-"})
+    assert past.status_code == 416 and past.headers["Content-Range"] == f"bytes */{len(full.content)}"
+    for answer in (part, past):
+        assert answer.headers["X-Cache"] == "HIT" and "Age" in answer.headers
+        assert "herdless; hit" in answer.headers["Cache-Status"]
+    assert calls(stack, target) == 1
+
+
 def test_a_client_conditional_the_stored_response_satisfies_is_answered_304_from_the_cache(stack: Stack) -> None:
     target = fresh("cc=" + quote("max-age=60"))
     etag = get(stack, target).headers["ETag"]

@@ -71,3 +71,47 @@ def test_a_post_the_origin_took_and_hung_up_on_is_never_sent_twice(hang_up: Hang
         assert hang_up.received == ["GET", "POST"]  # the POST once, on a connection of its own
     finally:
         origin.close()
+
+
+class EarlyHintsOrigin:
+    """Answers every request with a 103 Early Hints, then the final answer naming its path."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            while line := stream.readline():
+                while stream.readline() not in (b"\r\n", b""):
+                    pass
+                path = line.split(b" ")[1]
+                conn.sendall(
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Path: %s\r\n\r\n%s" % (len(path), path, path)
+                )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_interim_103_answer_is_skipped_and_never_mistaken_for_the_next_requests() -> None:
+    early = EarlyHintsOrigin()
+    ns = build_namespace("p", {"proxy": f"http://127.0.0.1:{early.port}", "mount": "/p"}, Settings())
+    origin = ProxyOrigin(ns, 1024)
+    try:
+        for path in ("/a", "/b", "/c"):  # one kept-alive connection
+            answer = origin.request("GET", path, ())
+            assert (answer.status, answer.body) == (200, path.encode())
+    finally:
+        origin.close()
+        early.close()
