@@ -114,6 +114,46 @@ class Prepared:
         )  # fmt: skip
 
 
+class PreparedResponses:
+    """Near-cache values prepared once per value object (a hit hands back the very bytes object
+    the near-cache holds), bounded in count and bytes (each is charged its value and its body's
+    copy); a value over a sixteenth of the byte budget is prepared anew at every hit."""
+
+    def __init__(self, max_entries: int = PREPARED_RESPONSES, max_bytes: int = PREPARED_BYTES) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.bytes = 0
+        self._by_id: OrderedDict[int, tuple[bytes, Prepared]] = OrderedDict()
+        self._lock = threading.Lock()  # the threads of a gthread worker share it
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def of(self, namespace: str, policy: Policy, value: bytes | None) -> Prepared | None:
+        """The prepared stored response of a value; None for a vary marker or a value that is not
+        an envelope."""
+        if value is None:
+            return None
+        cached = self._by_id.get(id(value))
+        if cached is not None and cached[0] is value and cached[1].namespace == namespace:
+            return cached[1]
+        envelope = Envelope.decode(value)
+        if envelope is None or envelope.is_marker:
+            return None
+        prepared = Prepared.of(namespace, envelope, policy)
+        if 2 * len(value) > self.max_bytes // 16:
+            return prepared
+        with self._lock:
+            replaced_entry = self._by_id.pop(id(value), None)
+            if replaced_entry is not None:
+                self.bytes -= 2 * len(replaced_entry[0])
+            self._by_id[id(value)] = (value, prepared)
+            self.bytes += 2 * len(value)
+            while len(self._by_id) > self.max_entries or self.bytes > self.max_bytes:
+                old, _ = self._by_id.popitem(last=False)[1]
+                self.bytes -= 2 * len(old)
+        return prepared
+
+
 def plain_fresh(prepared: Prepared, request_headers: Headers, now_s: float) -> tuple[float, float] | None:
     """(age, ttl) when ``httpcache.reuse.decide`` calls the stored response FRESH for a GET or HEAD
     without Cache-Control or Pragma (then none of the request's directives applies), else None.
@@ -157,9 +197,7 @@ class ProxyFastHits:
             for _, ns in self.mounts
         }
         self.near_hit = metrics.NEAR_CACHE.labels("hit")
-        self._prepared: OrderedDict[int, tuple[bytes, Prepared]] = OrderedDict()
-        self._prepared_bytes = 0
-        self._prepared_lock = threading.Lock()  # the threads of a gthread worker share it
+        self.prepared = PreparedResponses()
 
     def answer(self, method: str, environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
         """The near-cache hit's answer to a GET or HEAD, or None: Flask answers it."""
@@ -189,7 +227,7 @@ class ProxyFastHits:
         if hit is None:
             return None
         owned = self.owned[ns.name]
-        prepared = self._prepare(owned, hit.entry.value)
+        prepared = self.prepared.of(owned.ns.name, owned.policy, hit.entry.value)
         if prepared is None or prepared.envelope.status != 200:
             return None  # a vary marker (the read path learns the URL's Vary), another status, an odd entry
         now_s = hit.redis_now_ms / 1000
@@ -209,28 +247,3 @@ class ProxyFastHits:
         start_response("200 OK", list(out))
         owned.duration.observe(time.perf_counter() - started)
         return [b"" if method == "HEAD" else envelope.body]
-
-    def _prepare(self, owned: _Owned, value: bytes | None) -> Prepared | None:
-        """The prepared response of a near-cache value, decoded once per value object (a hit hands
-        back the very bytes object the near-cache holds)."""
-        if value is None:
-            return None
-        cached = self._prepared.get(id(value))
-        if cached is not None and cached[0] is value and cached[1].namespace == owned.ns.name:
-            return cached[1]
-        envelope = Envelope.decode(value)
-        if envelope is None or envelope.is_marker:
-            return None
-        prepared = Prepared.of(owned.ns.name, envelope, owned.policy)
-        if 2 * len(value) > PREPARED_BYTES // 16:
-            return prepared
-        with self._prepared_lock:
-            replaced_entry = self._prepared.pop(id(value), None)
-            if replaced_entry is not None:
-                self._prepared_bytes -= 2 * len(replaced_entry[0])
-            self._prepared[id(value)] = (value, prepared)
-            self._prepared_bytes += 2 * len(value)
-            while len(self._prepared) > PREPARED_RESPONSES or self._prepared_bytes > PREPARED_BYTES:
-                old, _ = self._prepared.popitem(last=False)[1]
-                self._prepared_bytes -= 2 * len(old)
-        return prepared

@@ -18,7 +18,7 @@ from shared.httpcache.lifetime import Policy
 from shared.httpcache.reuse import Reuse, decide
 from shared.proxy_store import Envelope
 from tests.stack import Stack, metric, wait_until
-from web.proxy_fasthit import Prepared, plain_fresh
+from web.proxy_fasthit import Prepared, PreparedResponses, plain_fresh
 
 ADMIN = "proxy-fasthit-token-0123456789abcdefghij"
 STACK_NAMESPACES = """
@@ -287,3 +287,22 @@ def test_plain_fresh_is_decides_fresh_for_a_request_without_directives(
         assert got == (expected.age, expected.ttl)
     else:
         assert got is None
+
+
+def test_prepared_responses_stay_within_their_count_and_byte_budgets() -> None:
+    def value(i: int, size: int) -> bytes:
+        return Envelope("response", f"/{i}", 200, (("Cache-Control", "max-age=60"),), b"x" * size).encode()
+
+    prepared = PreparedResponses(max_entries=3, max_bytes=16_000)
+    kept = [value(i, 100) for i in range(5)]
+    for v in kept:
+        assert prepared.of("api", Policy(), v) is not None
+    assert len(prepared) == 3 and prepared.bytes == 2 * sum(len(v) for v in kept[2:])
+    big = value(9, 900)  # over a sixteenth of the budget: prepared, never kept
+    assert prepared.of("api", Policy(), big) is not None and len(prepared) == 3
+    prepared = PreparedResponses(max_entries=100, max_bytes=16_000)
+    for i in range(100):
+        prepared.of("api", Policy(), value(i, 300))
+    assert 16_000 - 2 * len(value(0, 300)) < prepared.bytes <= 16_000
+    marker = Envelope("vary", "/m", vary=("accept",)).encode()
+    assert prepared.of("api", Policy(), marker) is None and prepared.of("api", Policy(), b"not an envelope") is None
