@@ -5,7 +5,6 @@ call) unless told the node, so a batch read, a warm-up and a refresh run's claim
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -15,8 +14,8 @@ from shared.origin_slots import OriginSlots
 from shared.queuebound import QueueBound
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, make_redis, new_token
-from tests.faults.test_redis_cluster import cluster_port
-from tests.stack import RedisServer, wait_until
+from tests.faults.test_redis_cluster import cluster_port, join_cluster
+from tests.stack import RedisServer
 
 KEYS = 200
 
@@ -30,19 +29,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer
         for i in range(3):
             extra = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"]
             started.append(RedisServer(tmp / f"node{i}", port=cluster_port(), extra=extra).start())
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in started]]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        wait_until(
-            lambda: all(n.client(decode_responses=True).cluster("info")["cluster_state"] == "ok" for n in started),
-            20,
-            "the cluster to be ok on every node",
-        )
+        join_cluster(started)
         yield started
     finally:
         for node in started:

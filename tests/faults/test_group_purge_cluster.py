@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from shared.settings import Settings
 from shared.store import CacheStore, make_redis, new_token
 from shared.tags import member
 from tests.faults.observe import web_metric
-from tests.faults.test_redis_cluster import cluster_port
+from tests.faults.test_redis_cluster import cluster_port, join_cluster
 from tests.stack import RedisServer, Stack, stack_for, wait_until
 
 ADMIN = "group-cluster-admin-7a0c2e4f6b8d1e3a5c"
@@ -62,19 +61,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServ
             # what the commands cost, not about who else had the CPU.
             assert node.process is not None
             os.setpriority(os.PRIO_PROCESS, node.process.popen.pid, -10)
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes]]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        wait_until(
-            lambda: all(n.client(decode_responses=True).cluster("info")["cluster_state"] == "ok" for n in nodes),
-            20,
-            "the cluster to be ok on every node",
-        )
+        join_cluster(nodes)
         yield nodes
     finally:
         for node in nodes:

@@ -47,6 +47,24 @@ def port_free(port: int) -> bool:
     return True
 
 
+def join_cluster(nodes: list[RedisServer]) -> None:
+    """Make started cluster-enabled nodes one cluster of masters (no replicas), and wait until
+    every node says it is ok."""
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes]]
+        + ["--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    wait_until(
+        lambda: all(n.client(decode_responses=True).cluster("info")["cluster_state"] == "ok" for n in nodes),
+        20,
+        "the cluster to be ok on every node",
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     assert shutil.which("redis-cli"), "redis-cli is not installed (make test installs redis-tools)"
@@ -67,26 +85,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServ
                 ],
             )
             nodes.append(node.start())
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{n.port}" for n in nodes],
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-        def cluster_ok() -> bool:
-            return all(n.client(decode_responses=True).cluster("info")["cluster_state"] == "ok" for n in nodes)
-
-        wait_until(cluster_ok, 20, "the cluster to be ok on every node")
+        join_cluster(nodes)
         yield nodes
     finally:
         for node in nodes:
