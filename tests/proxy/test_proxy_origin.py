@@ -13,15 +13,13 @@ from shared.proxy_origin import ProxyOrigin
 from shared.settings import Settings
 
 
-class HangUpOrigin:
-    """Answers the first request of every connection (keep-alive); takes the second one and
-    hangs up without an answer, as an origin that crashed while processing it would."""
+class RawOrigin:
+    """A hand-written HTTP/1.1 origin on a loopback port: each connection is served by
+    `_connection` on a thread of its own, until `close`."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.received: list[str] = []
-        self._lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -31,6 +29,22 @@ class HangUpOrigin:
             except OSError:
                 return
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HangUpOrigin(RawOrigin):
+    """Answers the first request of every connection (keep-alive); takes the second one and
+    hangs up without an answer, as an origin that crashed while processing it would."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self._lock = threading.Lock()
+        super().__init__()
 
     def _connection(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as stream:
@@ -49,9 +63,6 @@ class HangUpOrigin:
                 if served == 1:
                     return  # took it, no answer
                 conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -73,21 +84,8 @@ def test_a_post_the_origin_took_and_hung_up_on_is_never_sent_twice(hang_up: Hang
         origin.close()
 
 
-class EarlyHintsOrigin:
+class EarlyHintsOrigin(RawOrigin):
     """Answers every request with a 103 Early Hints, then the final answer naming its path."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as stream:
@@ -99,9 +97,6 @@ class EarlyHintsOrigin:
                     b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
                     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Path: %s\r\n\r\n%s" % (len(path), path, path)
                 )
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_an_interim_103_answer_is_skipped_and_never_mistaken_for_the_next_requests() -> None:
