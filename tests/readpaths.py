@@ -1,0 +1,36 @@
+"""A web process's read path for tests that drive it directly against a real redis-server: its
+refresh queue is a callable of the test's, Redis health is a PING, admission is open."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from shared.admission import Admission
+from shared.coldwait import ColdWaitHub
+from shared.degraded import RedisHealth
+from shared.readpath import NoNearCache, ReadPath, SendRefresh
+from shared.settings import Settings
+from shared.store import CacheStore
+
+
+def read_path_for(
+    settings: Settings,
+    store: CacheStore,
+    send: SendRefresh,
+    *,
+    waiter: ColdWaitHub | None = None,
+    near_cache: Any = None,
+) -> ReadPath:
+    """A ReadPath whose refreshes go to `send` (a batch sends one at a time); `waiter`: the cold
+    waiters' hub (default: one that is never started); `near_cache` default: none."""
+    return ReadPath(
+        settings,
+        store,
+        send_refresh=send,
+        open_batch=lambda: nullcontext(send),
+        waiter=waiter or ColdWaitHub(lambda: store.redis, settings.max_cold_waiters),
+        near_cache=NoNearCache() if near_cache is None else near_cache,
+        health=RedisHealth(store.redis.ping),
+        admission=Admission(None),
+    )
