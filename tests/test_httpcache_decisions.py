@@ -16,7 +16,7 @@ from shared.httpcache.conditional import (
 )
 from shared.httpcache.fields import Headers
 from shared.httpcache.invalidation import invalidation_targets
-from shared.httpcache.lifetime import Policy, StoredResponse, freshness_lifetime
+from shared.httpcache.lifetime import Policy, StoredResponse, freshness_lifetime, initial_age
 from shared.httpcache.reuse import Forward, Reuse, decide, may_serve_on_error
 from shared.httpcache.status import cache_status, with_cache_fields
 from shared.httpcache.storage import NotStored, storable, stored_headers
@@ -98,6 +98,17 @@ def test_age_from_the_origin_counts_against_freshness() -> None:
     assert reuse((("Cache-Control", "max-age=3600"), ("Age", "1800"))) is Reuse.FRESH
     assert reuse((("Expires", date(10)), ("Date", date(-10)), ("Age", "25"))) is Reuse.FETCH
 
+
+def test_a_date_within_the_requests_own_second_ages_the_response_by_its_round_trip_only() -> None:
+    # Sent at .9, answered 0.1 s later, Date truncated to the second: the response is 0.1 s
+    # old, not 1.0 s. A Date from before the request's second (an upstream cache's copy) counts.
+    sent = 1_800_000_000.9
+    made = (("Cache-Control", "max-age=5"), ("Date", formatdate(1_800_000_000, usegmt=True)))
+    assert abs(initial_age(made, sent, sent + 0.1) - 0.1) < 1e-6
+    older = (("Cache-Control", "max-age=5"), ("Date", formatdate(1_800_000_000 - 3, usegmt=True)))
+    assert abs(initial_age(older, sent, sent + 0.1) - 4.0) < 1e-6
+    with_age = (("Age", "2"), ("Date", formatdate(1_800_000_000, usegmt=True)))
+    assert abs(initial_age(with_age, sent, sent + 0.1) - 2.1) < 1e-6
 
 def test_fresh_then_stale_then_revalidate_with_validators() -> None:
     headers = (("Cache-Control", "max-age=2"), ("ETag", '"v1"'))
