@@ -137,7 +137,16 @@ class _BatchRead:
                 until = (
                     hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
                 )
-                near.put(ns.name, key, r, r.now_ms, until, read_tokens[key], stale_if_error_until_ms(r, ns))
+                near.put(
+                    ns.name,
+                    key,
+                    r,
+                    r.now_ms,
+                    until,
+                    read_tokens[key],
+                    stale_if_error_until_ms(r, ns),
+                    fresh_until_ms=r.soft_ms if r.decision is Decision.HIT else None,
+                )
         return {key: (r, tokens[key]) for key, r in results.items()}
 
     def _enqueue(self, wins: dict[str, tuple[str, RefreshReason, int]]) -> dict[str, Refused]:

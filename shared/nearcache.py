@@ -50,6 +50,17 @@ may have been missed while the subscription was down) and as soon as a read that
 the loss gets an answer from Redis (``redis_answered``: Redis is up while this process cannot
 hear its invalidations).
 
+Early refreshes for keys that are read (``fresh_until_ms`` of ``put``). Past its XFetch moment
+a value goes back to Redis, whose read then takes the lease and refreshes it early. That is
+worth its cost only for a key that is read within the head start: a key read about once a TTL
+that happens to be read in the window pays a whole origin call a refresh-on-expiry cache would
+have made later or not at all. Each slot therefore counts the hits it serves; past the XFetch
+moment and before ``fresh_until_ms`` (the value's own expiry) it is still served from memory
+while its hits so far, scaled to the processes that share the key's reads (``readers``), say
+that fewer than one read falls in the head start (``EARLY_MIN_READS``): such a key is refreshed
+when it expires, STALE at its first read after that, like any cache. The value served is the
+one Redis holds and still calls fresh; only the early refresh is skipped.
+
 Memory. An entry is charged its value's length, its key's UTF-8 length and the measured
 overhead ``ENTRY_OVERHEAD_BYTES``; ``max_entries`` bounds the count as well, so that a client
 asking for many distinct small keys cannot make the per-entry overhead the bulk of the memory.
@@ -79,6 +90,9 @@ DEFAULT_MARGIN_MS = 50
 # tests/test_nearcache.py checks a filled cache stays within 1.2x its budget.
 ENTRY_OVERHEAD_BYTES = 900
 DEFAULT_MAX_ENTRIES = 100_000
+# Past its XFetch moment a slot keeps serving (no early refresh) while fewer reads than this are
+# expected, at the rate its hits show, within the head start.
+EARLY_MIN_READS = 1.0
 # How many per-key invalidation records are kept for the begin_read/put guard.
 INVALIDATION_MEMORY = 65_536
 
@@ -125,6 +139,9 @@ class _Slot(Generic[E]):
     size: int
     offset_ms: float  # Redis clock minus host monotonic clock, measured at the read
     serve_until_host_ms: float  # a HIT from memory until then
+    fresh_until_host_ms: float  # and, while the key is read less than an early refresh needs, until then
+    born_host_ms: float  # when it was put: its hits are counted from here
+    hits: int
     keep_until_host_ms: float  # kept (for get_stale, during an outage) until then
     redis_read_ms: int  # the Redis now of the read that produced this slot
 
@@ -146,9 +163,13 @@ class NearCache(Generic[E]):
         clock: Callable[[], float] = monotonic_ms,
         suspended: bool = True,
         invalidation_memory: int = INVALIDATION_MEMORY,
+        readers: int = 1,
     ) -> None:
-        if max_bytes < 0 or margin_ms < 0 or max_entries < 1:
-            raise ValueError("max_bytes and margin_ms must be >= 0, max_entries >= 1")
+        """``readers``: how many processes share a key's reads (the web tier's WEB_CONCURRENCY);
+        a slot sees about 1/readers of them."""
+        if max_bytes < 0 or margin_ms < 0 or max_entries < 1 or readers < 1:
+            raise ValueError("max_bytes and margin_ms must be >= 0, max_entries and readers >= 1")
+        self.readers = readers
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.margin_ms = margin_ms
@@ -239,8 +260,11 @@ class NearCache(Generic[E]):
                 hit = None
             else:
                 now = self._clock()
-                if now < slot.serve_until_host_ms:
+                if now < slot.serve_until_host_ms or (
+                    now < slot.fresh_until_host_ms and self._read_too_rarely(slot, now)
+                ):
                     self._slots.move_to_end(target)
+                    slot.hits += 1
                     hit = NearHit(slot.entry, int(now + slot.offset_ms))
                 else:
                     if now >= slot.keep_until_host_ms:
@@ -249,6 +273,12 @@ class NearCache(Generic[E]):
         if count:
             metrics.NEAR_CACHE.labels("hit" if hit is not None else "miss").inc()
         return hit
+
+    def _read_too_rarely(self, slot: _Slot[E], now: float) -> bool:
+        # Reads expected in the head start, at the rate of this slot's hits times the readers.
+        head = slot.fresh_until_host_ms - slot.serve_until_host_ms
+        elapsed = now - slot.born_host_ms
+        return slot.hits * self.readers * head < EARLY_MIN_READS * elapsed
 
     def get_stale(self, ns: str, key: str) -> NearHit[E] | None:
         """The entry and the estimated Redis now while it is within its keep-until bound, held
@@ -274,10 +304,13 @@ class NearCache(Generic[E]):
         early_ms: float,
         token: ReadToken,
         keep_until_ms: float | None = None,
+        fresh_until_ms: float | None = None,
     ) -> bool:
         """Keep an entry Redis just answered: served by get until ``early_ms`` (Redis clock, see
-        hit_until_ms; at or before now for a value Redis did not call HIT) and kept for
-        get_stale until ``keep_until_ms`` (its stale-if-error bound; ``early_ms`` when None).
+        hit_until_ms; at or before now for a value Redis did not call HIT), and past it until
+        ``fresh_until_ms`` (the value's expiry, for a HIT; ``early_ms`` when None) while the key
+        is read too rarely for an early refresh; kept for get_stale until ``keep_until_ms`` (its
+        stale-if-error bound; ``early_ms`` when None).
 
         Refused (False) while suspended, when the key was invalidated or the cache cleared
         since ``token`` was taken, when the entry alone exceeds the budget, when both moments
@@ -288,13 +321,15 @@ class NearCache(Generic[E]):
             return False
         offset = redis_now_ms - token.host_ms
         serve_until = early_ms - offset - self.margin_ms
+        fresh_until = max(early_ms, fresh_until_ms or early_ms) - offset - self.margin_ms
         keep_until = max(early_ms, keep_until_ms or early_ms) - offset - self.margin_ms
         with self._lock:
             if self._suspended or token.seq < self._floor or self._invalidated.get(target, -1) > token.seq:
                 return False
             if self._namespace_invalidated.get(ns, -1) > token.seq:
                 return False
-            if keep_until <= self._clock():
+            now = self._clock()
+            if keep_until <= now:
                 return False
             old = self._slots.get(target)
             if old is not None:
@@ -305,7 +340,7 @@ class NearCache(Generic[E]):
             while self._slots and (self._bytes + size > self.max_bytes or len(self._slots) >= self.max_entries):
                 victim_key, victim = next(iter(self._slots.items()))
                 self._drop_locked(victim_key, victim)
-            self._slots[target] = _Slot(entry, size, offset, serve_until, keep_until, redis_now_ms)
+            self._slots[target] = _Slot(entry, size, offset, serve_until, fresh_until, now, 0, keep_until, redis_now_ms)
             self._bytes += size
             metrics.NEAR_CACHE_BYTES.set(self._bytes)
         return True

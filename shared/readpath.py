@@ -182,7 +182,8 @@ class ReadPath:
         if r.soft_ms is not None:
             # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
             until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
-            near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns))
+            fresh = r.soft_ms if r.decision is Decision.HIT else None
+            near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns), fresh_until_ms=fresh)
         if r.decision is Decision.HIT:
             return Served(r, AnswerOutcome.HIT, r.now_ms)
         if r.decision in (Decision.EARLY, Decision.STALE):

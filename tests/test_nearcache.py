@@ -106,6 +106,42 @@ def test_entry_expires_at_its_xfetch_moment_in_host_time_when_redis_runs_ahead()
     assert len(nc) == 0  # dropped on get
 
 
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_past_its_xfetch_moment_a_rarely_read_key_is_served_until_expiry_and_a_hot_one_goes_to_redis(
+    readers: int,
+) -> None:
+    # Fresh from 0 to 5 000 ms, XFetch moment at 4 700 (a 300 ms head start). A key read less than
+    # once per head start (summed over `readers` processes) keeps its value until expiry: no early
+    # refresh; one read more often than that goes back to Redis at its moment, which refreshes early.
+    def cache_with_reads(every_ms: float) -> tuple[NearCache[Entry], FakeClock]:
+        clock = FakeClock(0.0)
+        nc = live_cache(clock=clock, margin_ms=0, readers=readers)
+        token = nc.begin_read("t", "k")
+        assert nc.put("t", "k", Entry(b"v"), 0, 4_700.0, token, fresh_until_ms=5_000.0)
+        while clock.now + every_ms < 4_700.0:
+            clock.now += every_ms
+            assert nc.get("t", "k") is not None
+        return nc, clock
+
+    # Per process: one read a second (rarely, for 1 or 2 processes: 0.3 or 0.6 reads per head start).
+    nc, clock = cache_with_reads(1_000.0)
+    clock.now = 4_800.0
+    assert nc.get("t", "k") is not None
+    clock.now = 5_000.0  # its expiry: a read that must go to Redis (STALE there)
+    assert nc.get("t", "k") is None
+
+    # Per process: one read every 100 ms (3 or 6 per head start): hot, back to Redis at the moment.
+    nc, clock = cache_with_reads(100.0)
+    clock.now = 4_700.0
+    assert nc.get("t", "k") is None
+
+    # Near the edge, 2 processes reading once every 500 ms each: 1.2 reads per head start, hot.
+    if readers == 2:
+        nc, clock = cache_with_reads(500.0)
+        clock.now = 4_700.0
+        assert nc.get("t", "k") is None
+
 def test_offset_is_measured_from_before_the_read_so_slow_replies_expire_early_not_late() -> None:
     clock = FakeClock(0.0)
     nc = live_cache(clock=clock, margin_ms=0)

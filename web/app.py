@@ -145,7 +145,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     # The near-cache serves nothing until the hub's subscription is up (it starts suspended).
     near_cache: NearCache[ReadResult] | None = (
-        NearCache(settings.near_cache_max_bytes, max_entries=settings.near_cache_max_entries)
+        NearCache(
+            settings.near_cache_max_bytes,
+            max_entries=settings.near_cache_max_entries,
+            readers=settings.web_concurrency,
+        )
         if settings.near_cache and settings.near_cache_max_bytes
         else None
     )
