@@ -12,6 +12,7 @@ from shared.namespaces import Namespace
 from shared.settings import Settings
 from shared.tasks import celery_config, longest_origin_timeout
 from workers.broker import broker_transport
+from workers.events import BufferedTaskEvents
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ def make_celery(settings: Settings, namespaces: dict[str, Namespace]) -> WorkerC
         ),
         worker_consumer="workers.consumer:PromptReconnectConsumer",
     )
+    # Task events go out in batches under gevent and threads too, as prefork's loop sends them.
+    app.steps["consumer"].add(BufferedTaskEvents)
     transport = broker_transport(settings.celery_broker_url)
     if transport is not None:  # one redis-py client per pool, not one per ack (workers/broker.py)
         app.conf.broker_transport = transport
