@@ -18,7 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from shared import rates
-from shared.breaker import breaker_state_key
+from shared.breaker import OriginBreaker
 from shared.keys import Keyspace
 from shared.metrics import ScrapeTimeCollector
 from shared.namespaces import Namespace
@@ -44,11 +44,18 @@ def queue_depths(celery_app: Any, queue: str) -> Iterable[tuple[str, int]]:
         return [(queue, int(ok.message_count))]
 
 
-def breaker_states(client: Any, keys: Keyspace, origin_names: list[str]) -> Iterable[tuple[str, BreakerState]]:
+def breaker_states(breakers: list[OriginBreaker]) -> Iterable[tuple[str, BreakerState]]:
+    """Each origin's breaker as a caller would find it now. An open breaker whose reset timeout
+    is over is half-open: the next call is its probe. The stored word only changes at that call,
+    so an origin nobody calls while its breaker is open would otherwise show open for ever (the
+    load test's preflight, told to wait the reset timeout and retry, refused again and again)."""
     states = []
-    for name in origin_names:
-        raw = client.get(breaker_state_key(name, keys))
-        states.append((name, BreakerState(raw.decode()) if raw else BreakerState.CLOSED))
+    for breaker in breakers:
+        snap = breaker.snapshot()
+        state = snap.state
+        if state is BreakerState.OPEN and snap.remaining_open_ms <= 0:
+            state = BreakerState.HALF_OPEN
+        states.append((breaker.origin_name, state))
     return states
 
 
@@ -100,9 +107,10 @@ def build_registry(settings: Settings, celery_app: Any, namespaces: dict[str, Na
     keys = Keyspace.of(settings)
     origin_names = sorted({ns.origin_name for ns in namespaces.values()})
     slots = [OriginSlots(client, name, keys) for name in origin_names]
+    breakers = [OriginBreaker(client, name, settings) for name in origin_names]
     collector = ScrapeTimeCollector(
         queue_depths=lambda: queue_depths(celery_app, keys.queue),
-        breaker_states=lambda: breaker_states(client, keys, origin_names),
+        breaker_states=lambda: breaker_states(breakers),
         origin_in_flight=lambda: origin_in_flight(slots),
     )
     if registry is REGISTRY:

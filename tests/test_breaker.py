@@ -413,3 +413,22 @@ def test_remaining_open_time_is_right_west_of_utc(redis_server: RedisServer, tz:
     assert report["utc_offset_s"] >= 7 * 3600, "TZ did not take effect in the child"
     assert report["state"] == "open"
     assert 25_000 < report["remaining_ms"] <= 30_000
+
+
+def test_the_exported_state_of_an_open_breaker_turns_half_open_when_its_reset_timeout_is_over(
+    redis_server: RedisServer,
+) -> None:
+    # What /metrics and the status page show: open while calls are refused, then half-open (the
+    # next call probes) although no call came to move the stored word.
+    from shared.exposition import breaker_states
+
+    settings = breaker_settings(redis_server, breaker_fail_max=1, breaker_reset_timeout_seconds=0.5)
+    breaker = make_breaker(settings)
+    with pytest.raises(OriginError):
+        breaker.call(failing)
+    assert list(breaker_states([breaker])) == [(ORIGIN, BreakerState.OPEN)]
+    wait_until(lambda: breaker.remaining_open_ms() == 0, 5, "the reset timeout to run out")
+    assert stored_state(redis_server) == b"open"
+    assert list(breaker_states([breaker])) == [(ORIGIN, BreakerState.HALF_OPEN)]
+    assert breaker.call(lambda: 7) == 7  # the probe
+    assert list(breaker_states([breaker])) == [(ORIGIN, BreakerState.CLOSED)]
