@@ -59,9 +59,7 @@ class Admission:
         """`with admission.slot() as admitted:` -- False when the process is at its bound."""
         with self._lock:
             admitted = self.ceiling is None or self.in_flight < self.limit
-            if not admitted and self._clock() - self._last_wait_at > QUIET_SECONDS:
-                # No cold wait ended for a while: what shrank the bound says nothing about now.
-                self.limit = float(self.ceiling or 0)
+            if not admitted and self._forget_if_quiet_locked():
                 admitted = self.in_flight < self.limit
             if admitted:
                 self.in_flight += 1
@@ -72,6 +70,25 @@ class Admission:
             if admitted:
                 with self._lock:
                     self.in_flight -= 1
+
+    def shrunk_limit(self) -> float | None:
+        """The bound while it is below its ceiling (the refresh tier was behind), else None. A bound
+        no cold wait has confirmed for QUIET_SECONDS is back at its ceiling first: one overload
+        earlier must not refuse a later herd's waiters (it refused a third of every 1 000-client
+        herd on an idle stack long after an overload run had ended)."""
+        if self.ceiling is None:
+            return None
+        with self._lock:
+            if self.limit < self.ceiling:
+                self._forget_if_quiet_locked()
+            return self.limit if self.limit < self.ceiling else None
+
+    def _forget_if_quiet_locked(self) -> bool:
+        # No cold wait ended for a while: what shrank the bound says nothing about now.
+        if self._clock() - self._last_wait_at <= QUIET_SECONDS:
+            return False
+        self.limit = float(self.ceiling or 0)
+        return True
 
     def observed(self, answer: T, started: float) -> T:
         """`answer`, after recording how long since `started` the cold miss that gave it waited."""

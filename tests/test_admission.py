@@ -79,3 +79,18 @@ def test_a_bound_shrunk_by_slow_waits_is_back_at_its_ceiling_once_no_cold_wait_e
     assert fill(admission, FLOOR + 1)[-1] is False  # still adapting: the excess is refused
     clock.now += QUIET_SECONDS + 0.1  # the slow waits were a while ago
     assert all(fill(admission, 64 - FLOOR - 1)) and admission.limit == 64
+
+
+def test_the_shrunk_bound_the_front_door_checks_for_cold_waiters_is_forgotten_once_quiet() -> None:
+    # web/front.py refuses joiners of a cold wait while the bound is shrunk: a bound shrunk by an
+    # overload that ended must not refuse a later herd (no read had asked for a slot meanwhile).
+    clock = Clock()
+    admission = Admission(64, target_wait_s=1.0, clock=clock)
+    assert admission.shrunk_limit() is None
+    windows(admission, clock, 0.1, 1)
+    windows(admission, clock, 4.0, 20)
+    assert admission.shrunk_limit() == FLOOR
+    clock.now += QUIET_SECONDS + 0.1
+    assert admission.shrunk_limit() is None
+    assert admission.limit == 64
+    assert Admission(None).shrunk_limit() is None

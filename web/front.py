@@ -165,8 +165,8 @@ class Front:
         waits run past their target), with as many cold waiters in this process as that bound?
         Then another joiner would hold its connection for a wait likely to time out, and joiners
         took every connection a client had: it is refused at once; its key's refresh is queued."""
-        a = self.admission
-        return a.ceiling is not None and a.limit < a.ceiling and self.waiter.active >= a.limit
+        limit = self.admission.shrunk_limit()
+        return limit is not None and self.waiter.active >= limit
 
     def _refuse(self, why: str, ns_name: str, start_response: StartResponse) -> list[bytes]:
         started = time.perf_counter()
