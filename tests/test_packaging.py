@@ -127,3 +127,34 @@ def test_make_run_installs_the_service_and_load_tester_but_not_the_test_and_lint
     assert _installs("run") == ["'.[loadtest]'"]
     assert _installs("loadtest") == ["'.[loadtest]'"]
     assert _installs("test")[-1] == "'.[dev,loadtest]'"
+
+
+def test_every_package_the_load_tester_imports_is_installed_by_make_run() -> None:
+    # `make run` and `make loadtest` install the runtime and the loadtest extra, not the dev tools:
+    # a module of loadtest/ importing what only the test tools pulled in failed on a fresh
+    # machine (`steady --proxy`: "No module named 'requests'").
+    import ast
+
+    project = _project()
+    installed = _requirement_closure([*project["dependencies"], *project["optional-dependencies"]["loadtest"]])
+    providers = importlib.metadata.packages_distributions()
+    missing: set[str] = set()
+    # locustfile.py is for Locust's own runner, which its users install (`pip install locust`).
+    for path in sorted(p for p in (ROOT / "loadtest").glob("*.py") if p.name != "locustfile.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.partition(".")[0]
+                if top in sys.stdlib_module_names or top in ("loadtest", "shared", "web", "workers", "launcher"):
+                    continue
+                if top in ("demo_origin", "tests"):
+                    continue
+                dists = {canonicalize_name(d) for d in providers.get(top, [])}
+                if not dists & installed.keys():
+                    missing.add(f"{path.name}: {top}")
+    assert not missing, f"imported by the load tester, not installed by make run: {sorted(missing)}"
