@@ -1,4 +1,5 @@
-"""NearCache: each web process serves a value Redis just called a HIT from memory until its XFetch moment.
+"""NearCache: each web process serves a value Redis just called a HIT from memory until its XFetch moment
+(or, for a key read too rarely for an early refresh, until it expires).
 
 Why it is safe. The read decision (shared/xfetch.py) is deterministic for a stored value: its
 XFetch draw ``u`` is stored with it, so a value that Redis calls HIT stays a HIT until

@@ -18,7 +18,8 @@ duration (and its spread) for keys that are read, so the new value lands before 
 expires, and no more than that. So:
 
 - ``u`` is drawn once per stored value (the near-cache serves a value until its EARLY moment,
-  which is therefore known), and drawn so that ``-ln(u)`` is 1 +- HEAD_START_JITTER rather than
+  which is therefore known; past it, until ``soft``, for a key read too rarely for an early
+  refresh: shared/nearcache.py), and drawn so that ``-ln(u)`` is 1 +- HEAD_START_JITTER rather than
   exponential: the head start is ``beta * d`` within 20 %, never the long tail (the paper's
   uniform ``u`` gives a head start exponential with mean ``d * beta``: too little a third of the
   time, several times too much another). The jitter only keeps keys filled together from
