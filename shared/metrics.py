@@ -166,6 +166,12 @@ FRONT_HITS = Counter(
     "reads, web/proxy_fasthit.py for proxied GETs and HEADs); also counted in herdless_requests_total",
     ["namespace"],
 )
+FRONT_JOINED = Counter(
+    "herdless_front_joined",
+    "Readers of a key whose cold wait was under way in their process, joined and answered by the "
+    "front door before Flask (web/front.py); also counted in herdless_requests_total",
+    ["namespace"],
+)
 FRONT_REFUSED_REASONS = ("in_flight", "lag", "waiters")
 FRONT_REFUSED = Counter(
     "herdless_front_refused",
@@ -232,6 +238,7 @@ WEB_SERIES: Series = (
     (COLD_WAKEUPS, ()),
     (DEGRADED_ANSWERS, DEGRADED_ANSWER_KINDS),
     (FRONT_HITS, ()),
+    (FRONT_JOINED, ()),
 )
 WORKER_SERIES: Series = (
     (REFRESHES, REFRESH_OUTCOMES),

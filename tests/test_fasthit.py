@@ -171,3 +171,43 @@ def test_the_fast_path_claims_nothing_when_another_route_lives_under_the_cache_p
 def test_web_fast_path_is_a_setting() -> None:
     assert Settings().web_fast_path is True
     assert Settings(web_fast_path="false").web_fast_path is False  # type: ignore[arg-type]
+
+
+AGE_AND_MAX_AGE = re.compile(rb"(\r\nAge: |max-age=)[0-9]+")
+
+
+def test_cold_waiters_the_front_door_joins_get_the_flask_waiters_bytes(stack: Stack, tiers: tuple[str, str]) -> None:
+    # One cold key read by 12 clients on each tier at once, the origin slow enough for all of
+    # them to wait: the fast tier's joiners are answered before Flask (counted), with the bytes
+    # the Flask-only tier's joiners get (Date, Age and max-age aside: seconds may turn between).
+    import threading
+
+    fast, flask = tiers
+    target = "/v1/cache/fh/herd-joined"
+
+    def joined() -> float:
+        text = requests.get(fast + "/metrics", timeout=10).text
+        return metric(text, "herdless_front_joined_total", namespace="fh")
+
+    before = joined()
+    answers: dict[str, list[bytes]] = {fast: [], flask: []}
+    stack.origin_config(latency_ms=600)
+    try:
+        readers = [
+            threading.Thread(target=lambda base=base: answers[base].append(raw_get(base, target)))
+            for base in (fast, flask)
+            for _ in range(12)
+        ]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(20)
+    finally:
+        stack.origin_config(latency_ms=5)
+    normalised = {base: {AGE_AND_MAX_AGE.sub(rb"\1-", a) for a in got} for base, got in answers.items()}
+    assert len(answers[fast]) == len(answers[flask]) == 12
+    assert normalised[fast] == normalised[flask], normalised
+    (answer,) = normalised[fast]
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nX-Cache: MISS\r\n" in answer
+    assert joined() >= before + 1  # the fast tier's joiners were answered by its front door
+    assert stack.origin_stats()["per_key"]["herd-joined"] == 1

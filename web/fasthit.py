@@ -26,6 +26,7 @@ from typing import Any
 from flask import Flask
 
 from shared import metrics, rates
+from shared.answers import Answer, Served
 from shared.keys import InvalidKey
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache
@@ -56,6 +57,7 @@ class _Owned:
     duration: Any
     age: Any
     front: Any
+    joined: Any
 
 
 def owns_cache_gets(app: Flask) -> bool:
@@ -106,12 +108,55 @@ class FastHits:
                 metrics.REQUEST_DURATION.labels(name),
                 metrics.SERVED_AGE.labels(name),
                 metrics.FRONT_HITS.labels(name),
+                metrics.FRONT_JOINED.labels(name),
             )
             for name, ns in state.namespaces.items()
             # A naive read never looks at the near-cache; a proxy namespace's keys are its mount's.
             if ns.strategy is not Strategy.NAIVE and not ns.is_proxy
         }
         self.near_hit = metrics.NEAR_CACHE.labels("hit")
+
+    def joins(self, ns_name: str) -> bool:
+        """Does the front door join cold waits of this namespace itself (see `answered`)?"""
+        return self.enabled and ns_name in self.owned
+
+    def answered(
+        self,
+        target: tuple[str, str],
+        answer: Answer,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        started: float,
+    ) -> list[bytes] | None:
+        """The bytes the read route gives `answer`, a read of `target` the front door made (a
+        reader joining a cold wait of its process), when it is a stored positive value; else
+        None, and the route renders it. In a cold herd all but one reader of each process are
+        such joiners: they wait and are answered without Flask (its request context, routing and
+        response object were a quarter of a web process's CPU in a 1 000-client herd)."""
+        owned = self.owned.get(target[0])
+        if owned is None or not isinstance(answer, Served):
+            return None
+        r = answer.result
+        if r.negative or not r.content_type or r.value is None:
+            return None
+        owned.joined.inc()
+        rates.RECORDER.note_key(target[0], target[1])
+        now = answer.now_ms
+        headers = list(cache_headers(owned.ns, r, answer.outcome, now).items())
+        if r.at_ms is not None:
+            owned.age.observe(max(0, now - r.at_ms) / 1000)
+        if r.etag and etag_matches(environ.get("HTTP_IF_NONE_MATCH"), r.etag):
+            owned.not_modified.inc()
+            start_response("304 NOT MODIFIED", headers)
+            body = b""
+        else:
+            metrics.REQUESTS.labels(target[0], answer.outcome).inc()
+            headers.append(("Content-Type", r.content_type))
+            headers.append(("Content-Length", str(len(r.value))))
+            start_response("200 OK", headers)
+            body = r.value
+        owned.duration.observe(time.perf_counter() - started)
+        return [body]
 
     def answer(
         self, target: tuple[str, str], environ: dict[str, Any], start_response: StartResponse

@@ -43,7 +43,7 @@ from shared.protocol import AnswerOutcome, Refusal
 from web.fasthit import FastHits, StartResponse, WSGIApp, owns_cache_gets, read_target
 from web.http import refusal
 from web.proxy_fasthit import ProxyFastHits
-from web.state import ADMITTED, EXTENSION, WebState
+from web.state import ADMITTED, ANSWERED, EXTENSION, WebState
 
 SHED_AFTER_SECONDS = 1.0  # a loop this late: reads needing Redis are refused
 LAG_INTERVAL_SECONDS = 0.05  # how often the monitor's timer is due
@@ -105,6 +105,7 @@ class Front:
         self.proxy_hits = ProxyFastHits(app)
         self.owns = owns_cache_gets(app)  # else every request goes to Flask, which decides
         self.admission = state.read_path.admission
+        self.read_path = state.read_path
         self.waiter = state.waiter
         self.namespaces = state.namespaces
         self.shed_after_s = SHED_AFTER_SECONDS
@@ -146,6 +147,17 @@ class Front:
         if self.waiter.waiting_on(ns_name, key):
             if self._behind():
                 return self._refuse("waiters", ns_name, start_response)
+            if method == "GET" and self.hits.joins(ns_name):
+                # Joins the wait under way here (no slot, no read of its own), as the route would.
+                started = time.perf_counter()
+                try:
+                    answer = self.read_path.read(self.namespaces[ns_name], key)
+                except Exception:  # noqa: BLE001 - the route reads again and renders what it raises
+                    return self.inner(environ, start_response)
+                joined = self.hits.answered(target, answer, environ, start_response, started)
+                if joined is not None:
+                    return joined
+                environ[ANSWERED] = answer  # the route renders what is not a stored value
             return self.inner(environ, start_response)  # joins a wait under way: no slot, as before
         with self.admission.slot() as admitted:
             if not admitted:

@@ -36,7 +36,7 @@ from shared.tasks import send_refreshes
 from web.batch import batch_body
 from web.cache_path import CacheAction, CachePath, PathError, parse_cache_path, raw_request_uri
 from web.http import cache_headers, json_error, json_response, refusal
-from web.state import ADMITTED, web_state
+from web.state import ADMITTED, ANSWERED, web_state
 
 bp = Blueprint("herdless", __name__)
 
@@ -158,7 +158,9 @@ def read(_rest: str) -> Response:
     rates.RECORDER.note_key(target.ns.name, target.key)  # for the status page's ideal origin calls
     try:
         # The front door (web/front.py) may hold the read's admission slot already.
-        answer = web_state().read_path.read(target.ns, target.key, admitted=bool(request.environ.get(ADMITTED)))
+        answer = request.environ.pop(ANSWERED, None)  # a wait the front door joined (web/front.py)
+        if answer is None:
+            answer = web_state().read_path.read(target.ns, target.key, admitted=bool(request.environ.get(ADMITTED)))
         if isinstance(answer, Served):
             return _serve(target.ns, answer)
         if isinstance(answer, Unstored):

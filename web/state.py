@@ -16,6 +16,8 @@ from shared.store import CacheStore
 
 EXTENSION = "herdless"
 ADMITTED = "herdless.admitted"  # environ: the front door (web/front.py) holds this read's admission slot
+# environ: the front door read this already (a cold waiter it joined) and hands the answer to the route
+ANSWERED = "herdless.answered"
 
 
 @dataclass
