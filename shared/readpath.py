@@ -70,6 +70,7 @@ which stops at its claim); a read waiting on the origin while a stale value exis
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -145,6 +146,14 @@ class ReadPath:
         self.origins = OriginAdapters(settings.origin_max_bytes)
         self.queue = QueueBound(store, settings)
         self._fallback = OriginFallback(self.origins)
+        # Keys this process is reading from Redis right now (a cold read's first READ), each with
+        # the event its reader sets once the answer is in: others arriving meanwhile wait for it.
+        self._first_reads: dict[tuple[str, str], threading.Event] = {}
+        self._first_read_wait_s = min(1.0, settings.cold_wait_timeout_seconds)
+
+    def reading(self, ns_name: str, key: str) -> bool:
+        """Is a reader of this process reading the key from Redis now (see `read`)?"""
+        return (ns_name, key) in self._first_reads
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -163,6 +172,20 @@ class ReadPath:
             if self._waiter.waiting_on(ns.name, key):
                 # Others of this process already wait for the key: join them without a read (see below).
                 return self._wait_for_refresh(ns, key, None, None, time.monotonic())
+            first = self._first_reads.get((ns.name, key))
+            if first is not None:
+                # Another reader of this process is reading the key from Redis now: its answer is
+                # this one's too (a value lands in the near-cache, a miss opens the wait to join),
+                # so wait for it rather than read as well. In a cold herd the readers that came
+                # before the first read returned each read, took a slot and, past the bound on
+                # reads in flight, were refused: dozens of 1 000 on make run's stack.
+                first.wait(self._first_read_wait_s)
+                hit = near.get(ns.name, key)
+                if hit is not None:
+                    return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
+                if self._waiter.waiting_on(ns.name, key):
+                    return self._wait_for_refresh(ns, key, None, None, time.monotonic())
+                # Anything else (a stale or early value, a refusal): this reader reads itself.
             if admitted:
                 return self._read_through(ns, key)
             with self.admission.slot() as got:  # past MAX_REQUESTS_IN_FLIGHT: refused at once
@@ -177,13 +200,25 @@ class ReadPath:
         read_token = near.begin_read(ns.name, key)
         token = new_token()
         read_started = time.monotonic()
-        r = self.store.read(ns, key, token)
-        near.redis_answered(read_token)
-        if r.soft_ms is not None:
-            # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
-            until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
-            fresh = r.soft_ms if r.decision is Decision.HIT else None
-            near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns), fresh_until_ms=fresh)
+        target, done = (ns.name, key), threading.Event()
+        first = self._first_reads.setdefault(target, done) is done
+        try:
+            r = self.store.read(ns, key, token)
+            near.redis_answered(read_token)
+            if r.soft_ms is not None:
+                # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
+                hit = r.decision is Decision.HIT
+                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if hit else 0.0
+                fresh = r.soft_ms if hit else None
+                near.put(
+                    ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns), fresh_until_ms=fresh
+                )
+        finally:
+            if first:
+                # Under gevent the readers waiting for this read run once this one blocks next:
+                # after a miss, that is after it registered its wait (below), which they join.
+                self._first_reads.pop(target, None)
+                done.set()
         if r.decision is Decision.HIT:
             return Served(r, AnswerOutcome.HIT, r.now_ms)
         if r.decision in (Decision.EARLY, Decision.STALE):

@@ -144,7 +144,7 @@ class Front:
             return self.inner(environ, start_response)  # the route answers 404
         if self.lag.seconds > self.shed_after_s:
             return self._refuse("lag", ns_name, start_response)
-        if self.waiter.waiting_on(ns_name, key):
+        if self.waiter.waiting_on(ns_name, key) or self.read_path.reading(ns_name, key):
             if self._behind():
                 return self._refuse("waiters", ns_name, start_response)
             if method == "GET" and self.hits.joins(ns_name):

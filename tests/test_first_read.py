@@ -1,0 +1,78 @@
+"""Readers of a key that arrive while another reader of their process reads it from Redis wait for
+that read instead of reading too (shared/readpath.py, `read`), on a real redis-server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from shared.answers import Answer, Served
+from shared.namespaces import Namespace
+from shared.nearcache import NearCache
+from shared.protocol import AnswerOutcome
+from shared.replies import ReadResult
+from shared.settings import Settings
+from shared.store import CacheStore, Fence, new_token
+from tests.readpaths import read_path_for
+
+READERS = 20
+
+
+class SlowReads(CacheStore):
+    """A CacheStore whose READ takes 200 ms longer (a loaded Redis), counting the READs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+
+    def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
+        self.reads += 1
+        time.sleep(0.2)
+        return super().read(ns, key, token)
+
+
+def _stored(store: CacheStore, ns: Namespace, key: str) -> None:
+    token = new_token()
+    assert store.take_lease(ns, key, token)
+    run = store.claim(ns, key, token)
+    assert run is not None
+    now = store.now_ms()
+    assert store.fenced_write(ns, key, Fence(run, now, now), value=b"v", content_type="text/plain").written
+
+
+def _read_at_once(read: Any, n: int) -> list[Answer]:
+    answers: list[Answer] = []
+    threads = [threading.Thread(target=lambda: answers.append(read())) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return answers
+
+
+def test_readers_arriving_during_the_first_read_of_a_stored_key_share_it(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    slow = SlowReads(store.redis, settings)
+    _stored(slow, ns, "shared")
+    near: NearCache[ReadResult] = NearCache(1 << 20)
+    near.resume()
+    path = read_path_for(settings, slow, lambda request: None, near_cache=near)
+    answers = _read_at_once(lambda: path.read(ns, "shared"), READERS)
+    assert len(answers) == READERS
+    assert all(isinstance(a, Served) and a.outcome is AnswerOutcome.HIT and a.result.value == b"v" for a in answers)
+    assert slow.reads == 1  # the others waited for it and took its value from the near-cache
+    assert not path.reading(ns.name, "shared")
+
+
+def test_without_a_near_cache_each_reader_still_reads_for_itself(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    # What a waiting reader does when the first read leaves it nothing to take: it reads itself.
+    slow = SlowReads(store.redis, settings)
+    _stored(slow, ns, "alone")
+    path = read_path_for(settings, slow, lambda request: None)
+    answers = _read_at_once(lambda: path.read(ns, "alone"), 5)
+    assert [a.outcome for a in answers if isinstance(a, Served)] == [AnswerOutcome.HIT] * 5
+    assert slow.reads == 5
