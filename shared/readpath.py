@@ -35,8 +35,9 @@ Reads (web tier, one Redis round trip, ``READ``)
 Near-cache (web tier)
     A HIT stays a HIT until the value's XFetch moment ``soft + d·β·ln(u)`` (``u`` is stored
     with the value), so the process keeps it in its ``NearCache`` and answers later reads
-    from memory until then — never past it, never while its subscription is down, and never
-    after a ready or invalidation message for the key has arrived. While Redis is unreachable it
+    from memory until then (a key read less than once per head start until ``soft``: it is not
+    worth an early refresh) — never past ``soft``, never while its subscription is down, and
+    never after a ready or invalidation message for the key has arrived. While Redis is unreachable it
     answers those it holds STALE, within their stale-if-error bound (``shared/degraded.py``).
 
 Purges (admin)
