@@ -9,9 +9,10 @@ from typing import Any
 from shared.admission import Admission
 from shared.coldwait import ColdWaitHub
 from shared.degraded import RedisHealth
+from shared.namespaces import Namespace
 from shared.readpath import NoNearCache, ReadPath, SendRefresh
 from shared.settings import Settings
-from shared.store import CacheStore
+from shared.store import CacheStore, Fence, new_token
 
 
 def read_path_for(
@@ -34,3 +35,13 @@ def read_path_for(
         health=RedisHealth(store.redis.ping),
         admission=Admission(None),
     )
+
+
+def store_fresh(store: CacheStore, ns: Namespace, key: str, value: bytes = b"v") -> None:
+    """Store a fresh value of `key` as a refresh would: lease, claim, fenced write."""
+    token = new_token()
+    assert store.take_lease(ns, key, token)
+    run = store.claim(ns, key, token)
+    assert run is not None
+    now = store.now_ms()
+    assert store.fenced_write(ns, key, Fence(run, now, now), value=value, content_type="text/plain").written

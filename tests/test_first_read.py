@@ -13,8 +13,8 @@ from shared.nearcache import NearCache
 from shared.protocol import AnswerOutcome
 from shared.replies import ReadResult
 from shared.settings import Settings
-from shared.store import CacheStore, Fence, new_token
-from tests.readpaths import read_path_for
+from shared.store import CacheStore
+from tests.readpaths import read_path_for, store_fresh
 
 READERS = 20
 
@@ -32,15 +32,6 @@ class SlowReads(CacheStore):
         return super().read(ns, key, token)
 
 
-def _stored(store: CacheStore, ns: Namespace, key: str) -> None:
-    token = new_token()
-    assert store.take_lease(ns, key, token)
-    run = store.claim(ns, key, token)
-    assert run is not None
-    now = store.now_ms()
-    assert store.fenced_write(ns, key, Fence(run, now, now), value=b"v", content_type="text/plain").written
-
-
 def _read_at_once(read: Any, n: int) -> list[Answer]:
     answers: list[Answer] = []
     threads = [threading.Thread(target=lambda: answers.append(read())) for _ in range(n)]
@@ -55,7 +46,7 @@ def test_readers_arriving_during_the_first_read_of_a_stored_key_share_it(
     settings: Settings, store: CacheStore, ns: Namespace
 ) -> None:
     slow = SlowReads(store.redis, settings)
-    _stored(slow, ns, "shared")
+    store_fresh(slow, ns, "shared")
     near: NearCache[ReadResult] = NearCache(1 << 20)
     near.resume()
     path = read_path_for(settings, slow, lambda request: None, near_cache=near)
@@ -71,7 +62,7 @@ def test_without_a_near_cache_each_reader_still_reads_for_itself(
 ) -> None:
     # What a waiting reader does when the first read leaves it nothing to take: it reads itself.
     slow = SlowReads(store.redis, settings)
-    _stored(slow, ns, "alone")
+    store_fresh(slow, ns, "alone")
     path = read_path_for(settings, slow, lambda request: None)
     answers = _read_at_once(lambda: path.read(ns, "alone"), 5)
     assert [a.outcome for a in answers if isinstance(a, Served)] == [AnswerOutcome.HIT] * 5

@@ -15,18 +15,10 @@ from shared.origin_slots import OriginSlots
 from shared.readpath import NoNearCache, ReadPath, SendRefresh
 from shared.refresher import Refresher
 from shared.settings import Settings
-from shared.store import CacheStore, Fence, new_token
+from shared.store import CacheStore, new_token
 from shared.tasks import RefreshRequest, queued_marker_ttl_seconds, refresh_expiry_seconds, refresh_priority
 from shared.xfetch import Decision
-
-
-def _fresh(store: CacheStore, ns: Namespace, key: str) -> None:
-    token = new_token()
-    assert store.take_lease(ns, key, token)
-    run = store.claim(ns, key, token)
-    assert run is not None
-    now = store.now_ms()
-    assert store.fenced_write(ns, key, Fence(run, now, now), value=b"v", content_type="text/plain").written
+from tests.readpaths import store_fresh
 
 
 def _read_path(settings: Settings, store: CacheStore, send: SendRefresh) -> ReadPath:
@@ -60,7 +52,7 @@ def test_a_warm_up_takes_the_lease_and_marker_of_a_cold_key_as_a_winning_read_wo
 
 
 def test_a_warm_up_leaves_fresh_queued_running_and_cooling_keys_alone(store: CacheStore, ns: Namespace) -> None:
-    _fresh(store, ns, "fresh")
+    store_fresh(store, ns, "fresh")
     queued = store.read(ns, "queued", new_token())
     assert queued.won_lease
     running = new_token()
@@ -72,7 +64,7 @@ def test_a_warm_up_leaves_fresh_queued_running_and_cooling_keys_alone(store: Cac
     assert cooling_run is not None
     store.record_failure(ns, "cooling", cooling_run)
     # A stale value is not fresh: it is warmed.
-    _fresh(store, ns, "stale")
+    store_fresh(store, ns, "stale")
     assert store.soft_purge(ns, "stale")
 
     keys = ["fresh", "queued", "running", "cooling", "stale"]
@@ -87,7 +79,7 @@ def test_a_warm_up_counts_each_distinct_key_once_and_hands_winners_to_the_queue(
 ) -> None:
     sent: list[RefreshRequest] = []
     read_path = _read_path(settings, store, sent.append)
-    _fresh(store, ns, "f")
+    store_fresh(store, ns, "f")
     keys = [f"w{i}" for i in range(2500)] + ["f", "w0", "w1"]
     result = read_path.warm(ns, keys)
     assert (result.enqueued, result.already_fresh, result.in_flight, result.cooling_down) == (2500, 1, 0, 0)

@@ -140,23 +140,8 @@ class FastHits:
         if r.negative or not r.content_type or r.value is None:
             return None
         owned.joined.inc()
-        rates.RECORDER.note_key(target[0], target[1])
-        now = answer.now_ms
-        headers = list(cache_headers(owned.ns, r, answer.outcome, now).items())
-        if r.at_ms is not None:
-            owned.age.observe(max(0, now - r.at_ms) / 1000)
-        if r.etag and etag_matches(environ.get("HTTP_IF_NONE_MATCH"), r.etag):
-            owned.not_modified.inc()
-            start_response("304 NOT MODIFIED", headers)
-            body = b""
-        else:
-            metrics.REQUESTS.labels(target[0], answer.outcome).inc()
-            headers.append(("Content-Type", r.content_type))
-            headers.append(("Content-Length", str(len(r.value))))
-            start_response("200 OK", headers)
-            body = r.value
-        owned.duration.observe(time.perf_counter() - started)
-        return [body]
+        served = metrics.REQUESTS.labels(target[0], answer.outcome)
+        return self._send(owned, target, r, answer.outcome, answer.now_ms, served, environ, start_response, started)
 
     def answer(
         self, target: tuple[str, str], environ: dict[str, Any], start_response: StartResponse
@@ -175,9 +160,27 @@ class FastHits:
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
         owned.front.inc()
+        return self._send(
+            owned, target, r, AnswerOutcome.HIT, hit.redis_now_ms, owned.hit, environ, start_response, started
+        )
+
+    @staticmethod
+    def _send(
+        owned: _Owned,
+        target: tuple[str, str],
+        r: ReadResult,
+        outcome: str,
+        now: int,
+        served: Any,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        started: float,
+    ) -> list[bytes]:
+        """The route's answer to a stored positive value: 200 with the value (counted in `served`),
+        or 304 to a matching If-None-Match; the route's headers, metrics and status-page count."""
+        value = r.value or b""  # the callers pass stored positive values only
         rates.RECORDER.note_key(target[0], target[1])  # for the status page's ideal origin calls
-        now = hit.redis_now_ms
-        headers = list(cache_headers(owned.ns, r, AnswerOutcome.HIT, now).items())
+        headers = list(cache_headers(owned.ns, r, outcome, now).items())
         if r.at_ms is not None:
             owned.age.observe(max(0, now - r.at_ms) / 1000)
         if r.etag and etag_matches(environ.get("HTTP_IF_NONE_MATCH"), r.etag):
@@ -185,10 +188,10 @@ class FastHits:
             start_response("304 NOT MODIFIED", headers)
             body = b""
         else:
-            owned.hit.inc()
+            served.inc()
             headers.append(("Content-Type", r.content_type))
-            headers.append(("Content-Length", str(len(r.value))))
+            headers.append(("Content-Length", str(len(value))))
             start_response("200 OK", headers)
-            body = r.value
+            body = value
         owned.duration.observe(time.perf_counter() - started)
         return [body]
