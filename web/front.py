@@ -149,6 +149,8 @@ class Front:
                 return self._refuse("waiters", ns_name, start_response)
             if method == "GET" and self.hits.joins(ns_name):
                 # Joins the wait under way here (no slot, no read of its own), as the route would.
+                # The key is valid: the reader it joins got to its wait or read through the route's
+                # validation (or through here, joining one that did).
                 started = time.perf_counter()
                 try:
                     answer = self.read_path.read(self.namespaces[ns_name], key)
