@@ -31,9 +31,8 @@ from redis.exceptions import RedisError
 from shared import answers, metrics
 from shared.answers import OUT_OF_MEMORY, QUEUE_FULL, Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import TooManyWaiters, WaitHandle
-from shared.degraded import answer_from_memory, stale_if_error_until_ms
+from shared.degraded import answer_from_memory
 from shared.namespaces import Namespace
-from shared.nearcache import hit_until_ms
 from shared.protocol import (
     AdmitState,
     AnswerOutcome,
@@ -132,21 +131,7 @@ class _BatchRead:
         read_tokens = {key: near.begin_read(ns.name, key) for key in keys}
         results = self.path.store.read_many(ns, tokens)
         for key, r in results.items():
-            near.redis_answered(read_tokens[key])
-            if r.soft_ms is not None:
-                until = (
-                    hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if r.decision is Decision.HIT else 0.0
-                )
-                near.put(
-                    ns.name,
-                    key,
-                    r,
-                    r.now_ms,
-                    until,
-                    read_tokens[key],
-                    stale_if_error_until_ms(r, ns),
-                    fresh_until_ms=r.soft_ms if r.decision is Decision.HIT else None,
-                )
+            self.path.remember(ns, key, r, read_tokens[key])
         return {key: (r, tokens[key]) for key, r in results.items()}
 
     def _enqueue(self, wins: dict[str, tuple[str, RefreshReason, int]]) -> dict[str, Refused]:

@@ -84,7 +84,7 @@ from shared.coldwait import ColdWaitHub, TooManyWaiters
 from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
-from shared.nearcache import NearCache, hit_until_ms
+from shared.nearcache import NearCache, ReadToken, hit_until_ms
 from shared.nearcache import NoNearCache as NoNearCache
 from shared.origin import OriginError
 from shared.origin_adapters import OriginAdapters
@@ -141,6 +141,19 @@ class ReadPath:
         self._first_reads: dict[tuple[str, str], threading.Event] = {}
         self._first_read_wait_s = min(1.0, settings.cold_wait_timeout_seconds)
 
+    def remember(self, ns: Namespace, key: str, r: ReadResult, read_token: ReadToken) -> None:
+        """Redis answered `r` to the read `read_token` began: keep it in the near-cache, served
+        from memory while a HIT (a rarely read key's until ``soft``) and kept until its
+        stale-if-error bound for an outage. A batch read keeps each of its keys' answers so too."""
+        near = self.near_cache
+        near.redis_answered(read_token)
+        if r.soft_ms is None:
+            return
+        hit = r.decision is Decision.HIT
+        until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if hit else 0.0
+        fresh = r.soft_ms if hit else None
+        near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns), fresh_until_ms=fresh)
+
     def reading(self, ns_name: str, key: str) -> bool:
         """Is a reader of this process reading the key from Redis now (see `read`)?"""
         return (ns_name, key) in self._first_reads
@@ -194,15 +207,7 @@ class ReadPath:
         first = self._first_reads.setdefault(target, done) is done
         try:
             r = self.store.read(ns, key, token)
-            near.redis_answered(read_token)
-            if r.soft_ms is not None:
-                # Served from memory while a HIT; kept until its stale-if-error bound for an outage.
-                hit = r.decision is Decision.HIT
-                until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if hit else 0.0
-                fresh = r.soft_ms if hit else None
-                near.put(
-                    ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns), fresh_until_ms=fresh
-                )
+            self.remember(ns, key, r, read_token)
         finally:
             if first:
                 # Under gevent the readers waiting for this read run once this one blocks next:
