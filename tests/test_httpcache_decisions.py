@@ -110,6 +110,7 @@ def test_a_date_within_the_requests_own_second_ages_the_response_by_its_round_tr
     with_age = (("Age", "2"), ("Date", formatdate(1_800_000_000, usegmt=True)))
     assert abs(initial_age(with_age, sent, sent + 0.1) - 2.1) < 1e-6
 
+
 def test_fresh_then_stale_then_revalidate_with_validators() -> None:
     headers = (("Cache-Control", "max-age=2"), ("ETag", '"v1"'))
     assert reuse(headers, later=1) is Reuse.FRESH

@@ -106,7 +106,6 @@ def test_entry_expires_at_its_xfetch_moment_in_host_time_when_redis_runs_ahead()
     assert len(nc) == 0  # dropped on get
 
 
-
 @pytest.mark.parametrize("readers", [1, 2])
 def test_past_its_xfetch_moment_a_rarely_read_key_is_served_until_expiry_and_a_hot_one_goes_to_redis(
     readers: int,
@@ -141,6 +140,7 @@ def test_past_its_xfetch_moment_a_rarely_read_key_is_served_until_expiry_and_a_h
         nc, clock = cache_with_reads(500.0)
         clock.now = 4_700.0
         assert nc.get("t", "k") is None
+
 
 def test_offset_is_measured_from_before_the_read_so_slow_replies_expire_early_not_late() -> None:
     clock = FakeClock(0.0)

@@ -92,6 +92,12 @@ def read_target(environ: dict[str, Any]) -> tuple[str, str] | None:
     return (parts[0], key) if key else None
 
 
+def _renders(r: ReadResult) -> bool:
+    """Is `r` a stored positive value, the one answer the front door renders itself? (A cached
+    404 or an odd entry is the route's.)"""
+    return not r.negative and bool(r.content_type) and r.value is not None
+
+
 class FastHits:
     """The near-cache hit's answer for a read target (web/front.py calls it first)."""
 
@@ -137,7 +143,7 @@ class FastHits:
         if owned is None or not isinstance(answer, Served):
             return None
         r = answer.result
-        if r.negative or not r.content_type or r.value is None:
+        if not _renders(r):
             return None
         owned.joined.inc()
         served = metrics.REQUESTS.labels(target[0], answer.outcome)
@@ -156,7 +162,7 @@ class FastHits:
         if hit is None:
             return None
         r = hit.entry
-        if r.negative or not r.content_type or r.value is None:
+        if not _renders(r):
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
         owned.front.inc()
@@ -178,7 +184,7 @@ class FastHits:
     ) -> list[bytes]:
         """The route's answer to a stored positive value: 200 with the value (counted in `served`),
         or 304 to a matching If-None-Match; the route's headers, metrics and status-page count."""
-        value = r.value or b""  # the callers pass stored positive values only
+        value = r.value or b""  # the callers pass what _renders accepts only
         rates.RECORDER.note_key(target[0], target[1])  # for the status page's ideal origin calls
         headers = list(cache_headers(owned.ns, r, outcome, now).items())
         if r.at_ms is not None:
