@@ -15,6 +15,7 @@ from shared.replies import ReadResult
 from shared.settings import Settings
 from shared.store import CacheStore
 from tests.readpaths import read_path_for, store_fresh
+from tests.stack import wait_until
 
 READERS = 20
 
@@ -50,7 +51,13 @@ def test_readers_arriving_during_the_first_read_of_a_stored_key_share_it(
     near: NearCache[ReadResult] = NearCache(1 << 20)
     near.resume()
     path = read_path_for(settings, slow, lambda request: None, near_cache=near)
-    answers = _read_at_once(lambda: path.read(ns, "shared"), READERS)
+    # The first reader alone, then the others once its read is under way (its 200 ms).
+    answers: list[Answer] = []
+    first = threading.Thread(target=lambda: answers.append(path.read(ns, "shared")))
+    first.start()
+    wait_until(lambda: path.reading(ns.name, "shared"), 5, "the first read under way", interval=0.005)
+    answers += _read_at_once(lambda: path.read(ns, "shared"), READERS - 1)
+    first.join(10)
     assert len(answers) == READERS
     assert all(isinstance(a, Served) and a.outcome is AnswerOutcome.HIT and a.result.value == b"v" for a in answers)
     assert slow.reads == 1  # the others waited for it and took its value from the near-cache
