@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from redis.exceptions import OutOfMemoryError
 
 from shared import metrics
+from shared.admitbatch import Admission, AdmissionBatcher, ManyMessageFor
 from shared.namespaces import Namespace
 from shared.pipeline import ScriptCall
 from shared.protocol import AdmitState, SuppressReason, lua_script
@@ -153,6 +154,8 @@ class QueueBound:
         # Set when the broker is this Redis (not a Cluster): the refresh's (broker list, message),
         # which ADMIT pushes itself (web/app.py; shared/taskmessage.py builds it).
         self.message_for: MessageFor | None = None
+        # Set with message_for when REFRESH_BATCH_MAX > 1: concurrent admissions share a message.
+        self.batcher: AdmissionBatcher | None = None
         self._depart = client.register_script(DEPART)
         self._consuming = client.register_script(CONSUMING)
         self._coalesce = client.register_script(COALESCE)
@@ -179,6 +182,23 @@ class QueueBound:
         raw = self._admit(keys=keys, args=args)
         return QueueAdmission(AdmitState(decode_text(raw[0])), decode_text(raw[1]))
 
+    def send_with_admission(self, message_for: MessageFor, build_many: ManyMessageFor | None, max_batch: int) -> None:
+        """Let ADMIT push each admitted refresh's message itself (the broker is this very Redis),
+        and, with `build_many` and max_batch > 1, combine concurrent admissions into one message
+        of up to max_batch keys (shared/admitbatch.py)."""
+        self.message_for = message_for
+        if build_many is not None and max_batch > 1:
+            self.batcher = AdmissionBatcher(
+                self.redis, self._keys(), self.marker_ttl_ms, TRIM_BATCH, self._admit_alone, build_many, max_batch
+            )
+
+    def _admit_alone(self, item: Admission) -> tuple[AdmitState, str]:
+        assert self.message_for is not None
+        request = item.request
+        push = self.message_for(request)
+        admission = self.admit(request.namespace, request.key, request.token, bound=item.limit, push=push)
+        return admission.state, admission.waiting_token
+
     def admit_or_give_back(
         self, ns: Namespace, key: str, token: str, *, bound: int | None = None, request: RefreshRequest | None = None
     ) -> AdmitState:
@@ -186,10 +206,18 @@ class QueueBound:
         Redis at maxmemory refuses the registry's growth: that refresh is refused as by a full queue.
         request: the refresh, whose message (`message_for`) the admission sends itself (ADMIT)."""
         push = None
-        if request is not None and self.message_for is not None and self.sends_with_admission(ns):
-            push = self.message_for(request)
+        pushes = request is not None and self.message_for is not None and self.sends_with_admission(ns)
         try:
-            admission = self.admit(ns.name, key, token, bound=bound, push=push)
+            if pushes and self.batcher is not None:
+                assert request is not None
+                limit = self.max_waiting if bound is None else min(self.max_waiting, bound)
+                state, waiting_token = self.batcher.admit(Admission(member(ns.name, key), limit, request))
+                admission = QueueAdmission(state, waiting_token)
+            else:
+                if pushes:
+                    assert request is not None and self.message_for is not None
+                    push = self.message_for(request)
+                admission = self.admit(ns.name, key, token, bound=bound, push=push)
         except OutOfMemoryError:
             self.store.finish(ns, key, token)
             metrics.REFRESH_SUPPRESSED.labels(ns.name, SuppressReason.OUT_OF_MEMORY).inc()

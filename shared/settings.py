@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # while workers are away or behind. 10 000 messages are ~10 MB of broker memory and, at the
     # default WORKER_CONCURRENCY (100 in flight) and a 100 ms origin, ~10 s of work.
     max_queued_refreshes: Annotated[int, Field(ge=1)] = 10_000
+    # Keys one refresh message may carry: the cold misses a web process admits while another
+    # admission is under way go out together (shared/admitbatch.py), each still its own refresh
+    # on the worker. 1: a message per key.
+    refresh_batch_max: Annotated[int, Field(ge=1, le=64)] = 8
     # The head start in refresh durations (shared/xfetch.py); 2 meets the three workloads of
     # `python -m loadtest xfetchsweep` with one value (docs/xfetch.md).
     xfetch_beta: NonNegativeSeconds = 2.0

@@ -25,7 +25,7 @@ import os
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.connection import make_redis
 from shared.keys import Keyspace
@@ -33,6 +33,7 @@ from shared.settings import Settings
 from shared.tasks import (
     BROKER_SEP,
     PRIORITY_STEPS,
+    REFRESH_MANY_TASK,
     REFRESH_TASK,
     RefreshRequest,
     refresh_expiry_seconds,
@@ -41,6 +42,34 @@ from shared.tasks import (
 
 # Celery's "embed" part of the body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# Where ManyMessage's parts are cut: strings no JSON of ours holds otherwise.
+_HOLE = "\x00hole\x00"
+_HOLE_JSON = json.dumps(_HOLE)
+_SHOWN_HOLE = "\x00shown\x00"
+_SHOWN_HOLE_JSON = json.dumps(_SHOWN_HOLE)
+HOLE_BODY, HOLE_SHOWN = "b", "s"
+
+
+class ManyMessage(NamedTuple):
+    """A REFRESH_MANY_TASK message in parts, for a script to complete with the keys it admits
+    (shared/admitbatch.py). The body is ``body_head + "[" + items joined by "," + "]" +
+    body_tail``; the envelope is ``segments`` with each hole between two of them filled, as a
+    JSON string, with the body (``HOLE_BODY``) or with what Flower shows as the task's args
+    (``HOLE_SHOWN``: ``shown_head`` and the admitted keys as a JSON list, `demo/["a","b"]`). The
+    body travels as JSON text (no ``body_encoding``: kombu's Redis channel takes such a body as
+    it is), since a Redis script cannot base64-encode it."""
+
+    list_key: str
+    body_head: str
+    body_tail: str
+    shown_head: str
+    segments: list[str]
+    holes: list[str]
+
+
+def many_item(request: RefreshRequest) -> str:
+    """One key's entry in a REFRESH_MANY_TASK message's `items` (shared/tasks.requests_of reads it)."""
+    return json.dumps([request.key, request.token, str(request.reason), request.won_at_ms])
 
 
 def direct_publish_possible(settings: Settings) -> bool:
@@ -66,14 +95,45 @@ class RefreshMessages:
 
     def build(self, request: RefreshRequest, shadow: str | None = None) -> tuple[str, str]:
         """(list key, envelope) for one refresh; `shadow`: the name Flower shows, as send_task's."""
-        task_id = str(uuid.uuid4())
-        kwargs = request.as_kwargs()
         argsrepr, kwargsrepr = request.shown()  # what Flower shows (shared/tasks.py)
         priority = refresh_priority(request.reason, self.settings)
+        body = json.dumps([[], request.as_kwargs(), _EMBED]).encode()
+        envelope = self._envelope(REFRESH_TASK, priority, argsrepr, kwargsrepr, shadow)
+        envelope["body"] = base64.b64encode(body).decode()
+        envelope["properties"]["body_encoding"] = "base64"
+        return priority_list(self.keys, priority), json.dumps(envelope)
+
+    def build_many(self, namespace: str, reason: str) -> ManyMessage:
+        """A REFRESH_MANY_TASK message of keys of `namespace` refreshed for `reason`, in parts
+        (ManyMessage). Flower shows it as `<namespace>/[…]` and the reason."""
+        priority = refresh_priority(reason, self.settings)
+        body = json.dumps([[], {"namespace": namespace, "items": _HOLE}, _EMBED])
+        body_head, body_tail = body.split(_HOLE_JSON)
+        envelope = self._envelope(REFRESH_MANY_TASK, priority, _SHOWN_HOLE, repr({"reason": str(reason)}))
+        envelope["body"] = _HOLE
+        text = json.dumps(envelope)
+        segments, holes = [], []
+        while True:
+            at = {kind: text.find(mark) for kind, mark in ((HOLE_BODY, _HOLE_JSON), (HOLE_SHOWN, _SHOWN_HOLE_JSON))}
+            found = {kind: i for kind, i in at.items() if i >= 0}
+            if not found:
+                segments.append(text)
+                break
+            kind = min(found, key=found.__getitem__)
+            mark = _HOLE_JSON if kind == HOLE_BODY else _SHOWN_HOLE_JSON
+            segments.append(text[: found[kind]])
+            holes.append(kind)
+            text = text[found[kind] + len(mark) :]
+        return ManyMessage(priority_list(self.keys, priority), body_head, body_tail, f"{namespace}/", segments, holes)
+
+    def _envelope(
+        self, task: str, priority: int, argsrepr: str, kwargsrepr: str, shadow: str | None = None
+    ) -> dict[str, Any]:
+        task_id = str(uuid.uuid4())
         expires = datetime.now(UTC) + timedelta(seconds=self.expiry_s)
         headers: dict[str, Any] = {
             "lang": "py",
-            "task": REFRESH_TASK,
+            "task": task,
             "id": task_id,
             "shadow": shadow,
             "eta": None,
@@ -92,9 +152,8 @@ class RefreshMessages:
             "stamped_headers": None,
             "stamps": {},
         }
-        body = json.dumps([[], kwargs, _EMBED]).encode()
-        envelope = {
-            "body": base64.b64encode(body).decode(),
+        return {
+            "body": None,
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": headers,
@@ -105,14 +164,12 @@ class RefreshMessages:
                 "expiration": str(int(self.expiry_s * 1000)),
                 "delivery_info": {"exchange": "", "routing_key": self.keys.queue},
                 "priority": priority,
-                "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
                 # send_task copies these two options into the properties as well.
                 "argsrepr": argsrepr,
                 "kwargsrepr": kwargsrepr,
             },
         }
-        return priority_list(self.keys, priority), json.dumps(envelope)
 
 
 class RedisRefreshPublisher:

@@ -17,7 +17,8 @@ STACK_NAMESPACES = """
 [namespaces.demo]
 origin = "${ORIGIN_BASE_URL}/items/{key}"
 """
-STACK_ENV = {"WORKER_POOL": "gevent", "ORIGIN_LATENCY_MS": "50"}
+# A message per key (REFRESH_BATCH_MAX=1): each refresh its own task, whose events are counted.
+STACK_ENV = {"WORKER_POOL": "gevent", "ORIGIN_LATENCY_MS": "50", "REFRESH_BATCH_MAX": "1"}
 
 KEYS = 40
 

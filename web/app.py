@@ -13,6 +13,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from werkzeug.exceptions import HTTPException
 
 from shared.admission import Admission
+from shared.admitbatch import ManyMessageFor
 from shared.answers import OVERLOADED
 from shared.coldwait import ColdWaitHub
 from shared.connection import PoolExhausted
@@ -75,6 +76,7 @@ class RefreshSenders(NamedTuple):
     send: Callable[[RefreshRequest], None]
     open_batch: Callable[[], AbstractContextManager[Callable[[RefreshRequest], None]]]
     message_for: MessageFor | None
+    many_message_for: ManyMessageFor | None  # with message_for: concurrent admissions' one message
 
 
 def refresh_senders(
@@ -95,7 +97,9 @@ def refresh_senders(
             yield send
 
         in_admission = publisher.client is cache_client and not settings.redis_cluster
-        return RefreshSenders(send, direct_batch, publisher.messages.build if in_admission else None)
+        if not in_admission:
+            return RefreshSenders(send, direct_batch, None, None)
+        return RefreshSenders(send, direct_batch, publisher.messages.build, publisher.messages.build_many)
 
     def enqueue(request: RefreshRequest) -> None:
         send_refresh(celery, request, settings, shadow=label(request))
@@ -106,7 +110,7 @@ def refresh_senders(
         with celery.producer_or_acquire() as producer:
             yield lambda request: send_refresh(celery, request, settings, producer=producer, shadow=label(request))
 
-    return RefreshSenders(enqueue, enqueue_batch, None)
+    return RefreshSenders(enqueue, enqueue_batch, None, None)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -193,7 +197,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         health=health,
         admission=Admission(settings.max_requests_in_flight or None, settings.cold_wait_timeout_seconds / 2),
     )
-    read_path.queue.message_for = senders.message_for  # None unless the broker is the cache's Redis
+    if senders.message_for is not None:  # the broker is the cache's Redis
+        read_path.queue.send_with_admission(senders.message_for, senders.many_message_for, settings.refresh_batch_max)
     app.extensions[EXTENSION] = WebState(
         settings=settings,
         namespaces=namespaces,

@@ -16,6 +16,7 @@ from shared.metrics_dir import HERD_MEMBER
 from shared.origin_slots import OriginSlots
 from shared.queuebound import CONSUMING_BEAT_SECONDS
 from shared.refresher import Refresher
+from shared.refreshlog import RefreshReport
 from shared.store import CacheStore, make_redis
 from shared.tasks import REFRESH_MANY_TASK, REFRESH_TASK, RefreshRequest, requests_of
 from workers.app import WorkerConfig
@@ -47,6 +48,10 @@ class RefreshFailed(Exception):
 # acknowledges messages (RefreshTaskRequest) and runs refreshes itself in the gevent, threads
 # and solo pools.
 _engine: Refresher | None = None
+# At most WORKER_CONCURRENCY refreshes at once in a gevent or threads worker, whether their keys
+# came one per message or several (REFRESH_MANY_TASK: shared/admitbatch.py); None under prefork,
+# where a process takes one message at a time and runs its keys side by side.
+_running: threading.BoundedSemaphore | None = None
 
 
 def worker_engine() -> Refresher:
@@ -55,8 +60,18 @@ def worker_engine() -> Refresher:
     return _engine
 
 
+def _run_one(request: RefreshRequest) -> RefreshReport:
+    if _running is None:
+        return worker_engine().run(request)
+    with _running:
+        return worker_engine().run(request)
+
+
 def _build_engine(config: WorkerConfig) -> Refresher:
+    global _running
     settings, namespaces = config.settings, config.namespaces
+    if settings.worker_pool != "prefork":
+        _running = threading.BoundedSemaphore(settings.worker_concurrency)
     metrics.init_worker_series(namespaces, {ns.origin_name for ns in namespaces.values()})
     # Every concurrent refresh holds at most one connection at a time, its renewer another;
     # past that a caller waits for one rather than failing mid-refresh.
@@ -83,7 +98,8 @@ def _set_up_main_process(sender: Any = None, **_: Any) -> None:
     # Celery resolves a task's (disabled) result backend per thread, and under gevent every
     # greenlet is a thread: each refresh built one to call its no-op cleanup (py-spy: 4 % of
     # the worker's CPU). The task keeps the app's one.
-    app.tasks[REFRESH_TASK].backend = app.backend
+    for name in (REFRESH_TASK, REFRESH_MANY_TASK):
+        app.tasks[name].backend = app.backend
     _engine = _build_engine(app.herdless)
     _start_consuming_beat(_engine)
     if not os.environ.get(HERD_MEMBER):  # a herd serves its members' metrics itself
@@ -163,7 +179,7 @@ class RefreshTask(Task):  # type: ignore[misc]
 )
 def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -> str:
     """Recompute one key. Enqueued only by the request that won its lease."""
-    report = worker_engine().run(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
+    report = _run_one(RefreshRequest(namespace, key, token, reason, int(won_at_ms)))
     if report.failed:
         raise RefreshFailed(report.describe())
     return report.outcome
@@ -179,8 +195,10 @@ def refresh(namespace: str, key: str, token: str, reason: str, won_at_ms: int) -
     throws=(RefreshFailed,),
 )
 def refresh_many(namespace: str, items: list[list[Any]]) -> str:
-    """Recompute several keys of one batch-origin namespace, each as `refresh` would, at once:
-    their runs join one batch of the namespace's origin (shared/batch_refresh.py)."""
+    """Recompute several keys of one namespace, each as `refresh` would, side by side: the keys a
+    web process admitted together (shared/admitbatch.py), or a batch-origin namespace's, whose
+    runs join one batch of the namespace's origin (shared/batch_refresh.py) and so all start at
+    once (no WORKER_CONCURRENCY bound: they wait for each other)."""
     requests = requests_of(REFRESH_MANY_TASK, {"namespace": namespace, "items": items})
     reports: list[Any] = [None] * len(requests)
     engine = worker_engine()
@@ -193,7 +211,7 @@ def refresh_many(namespace: str, items: list[list[Any]]) -> str:
 
     def run(i: int) -> None:
         try:
-            reports[i] = engine.run(requests[i])
+            reports[i] = engine.run(requests[i]) if collector is not None else _run_one(requests[i])
         except BaseException as exc:  # noqa: BLE001 - raised by the task below, as a single refresh's
             raised.append(exc)
         finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from shared.tasks import requests_of
 from tests.stack import BROKER_LISTS, Stack, metric
 
 
@@ -32,14 +33,19 @@ def worker_metric(stack: Stack, name: str, worker: str | None = None, **labels: 
 
 
 def queued_refreshes(redis: Any) -> list[tuple[str, datetime | None]]:
-    """(key, expires) of every refresh message waiting in the Redis broker's priority lists."""
+    """(key, expires) of every refresh waiting in the Redis broker's priority lists, one per key
+    whether its message carries one key or several (shared/admitbatch.py)."""
     found = []
     for name in BROKER_LISTS:
         for raw in redis.lrange(name, 0, -1):
             envelope = json.loads(raw)
-            _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+            body = envelope["body"]
+            if envelope["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            _, kwargs, _ = json.loads(body)
             expires = envelope["headers"].get("expires")
-            found.append((kwargs["key"], datetime.fromisoformat(expires) if expires else None))
+            moment = datetime.fromisoformat(expires) if expires else None
+            found += [(r.key, moment) for r in requests_of(envelope["headers"]["task"], kwargs)]
     return found
 
 
