@@ -30,6 +30,7 @@ slice. Under gevent monkey patching the blocked socket yields to other greenlets
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +140,10 @@ class OriginSlots:
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._in_flight = client.register_script(IN_FLIGHT)
+        # This process's own holders (see acquire): token -> until when (time.monotonic()) its
+        # lease runs, as Redis counts it, so that a holder that never released stops counting.
+        self._local = threading.Condition()
+        self._local_holders: dict[str, float] = {}
 
     def acquire(self, token: str, limit: int, ttl_ms: int, timeout_s: float) -> bool:
         """Take a slot for `token` with a lease of ttl_ms, waiting up to timeout_s for one.
@@ -147,10 +152,18 @@ class OriginSlots:
             raise ValueError("limit and ttl_ms must be at least 1")
         started = time.monotonic()
         deadline = started + max(0.0, timeout_s)
+        # More refreshes of this process than `limit` could never all hold a slot: while this
+        # process's own holders fill the limit, the excess waits here for one of them to release
+        # rather than asking Redis again at every wake-up (py-spy: the slot polling of a worker
+        # with WORKER_CONCURRENCY above ORIGIN_MAX_CONCURRENCY was an eighth of its CPU). Redis
+        # still decides, for every process and host: past WAIT_SLICE_S the waiter asks it anyway.
         try:
             while True:
+                self._wait_for_local_place(limit, deadline)
                 attempt = self.try_acquire(token, limit, ttl_ms)
                 if attempt.acquired:
+                    with self._local:
+                        self._local_holders[token] = time.monotonic() + ttl_ms / 1000
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -159,20 +172,77 @@ class OriginSlots:
         finally:
             ORIGIN_SLOT_WAIT.labels(self.origin_name).observe(time.monotonic() - started)
 
+    def _wait_for_local_place(self, limit: int, deadline: float) -> None:
+        with self._local:
+            left = min(deadline - time.monotonic(), WAIT_SLICE_S)
+            while left > 0 and self._local_held() >= limit:
+                self._local.wait(left)
+                left = min(deadline - time.monotonic(), WAIT_SLICE_S)
+
+    def _local_held(self) -> int:
+        now = time.monotonic()
+        for token in [t for t, until in self._local_holders.items() if until <= now]:
+            del self._local_holders[token]
+        return len(self._local_holders)
+
+    def _leave_local(self, token: str) -> None:
+        """`token` gives its slot back: the next refresh waiting in this process may try."""
+        with self._local:
+            if self._local_holders.pop(token, None) is not None:
+                self._local.notify()
+
+    def room_here(self, limit: int) -> bool:
+        """Fewer than `limit` of this process's holders hold a slot (a first try may succeed)."""
+        with self._local:
+            return self._local_held() < limit
+
+    def try_acquire_call(self, token: str, limit: int, ttl_ms: int) -> ScriptCall:
+        """One attempt (`try_acquire`) as a call to send with another (a refresh's claim:
+        shared/pipeline.py); `took` reads its reply."""
+        return ScriptCall(self._acquire, self._keys[:1], [token, limit, ttl_ms])
+
+    def took(self, token: str, reply: Any, ttl_ms: int, *, observe: bool = True) -> bool:
+        """Whether the attempt `try_acquire_call` sent got `token` a slot (an error: it did not).
+        A slot taken so is a wait of 0 s (herdless_origin_slot_wait_seconds), unless `observe` is off."""
+        if reply is None or isinstance(reply, Exception):
+            return False
+        if not AcquireAttempt.decode(reply).acquired:
+            return False
+        with self._local:
+            self._local_holders[token] = time.monotonic() + ttl_ms / 1000
+        if observe:
+            ORIGIN_SLOT_WAIT.labels(self.origin_name).observe(0.0)
+        return True
+
+    def give_back_unclaimed(self, token: str, reply: Any) -> None:
+        """The claim sent with an attempt failed: give back the slot the attempt may have taken."""
+        if self.took(token, reply, 1, observe=False):
+            try:
+                self.release(token)
+            except Exception:  # noqa: BLE001 - Redis is down: the slot's lease expires on its own
+                self._leave_local(token)
+
     def try_acquire(self, token: str, limit: int, ttl_ms: int) -> AcquireAttempt:
         """One attempt, no waiting."""
         return AcquireAttempt.decode(self._acquire(keys=self._keys[:1], args=[token, limit, ttl_ms]))
 
     def renew(self, token: str, ttl_ms: int) -> bool:
         """Extend token's lease to ttl_ms from now; False if it had already expired (slot lost)."""
-        return bool(self._renew(keys=self._keys[:1], args=[token, ttl_ms]))
+        renewed = bool(self._renew(keys=self._keys[:1], args=[token, ttl_ms]))
+        with self._local:
+            if renewed and token in self._local_holders:
+                self._local_holders[token] = time.monotonic() + ttl_ms / 1000
+        return renewed
 
     def release(self, token: str) -> None:
         """Give the slot back (a no-op if the lease is gone) and wake one waiter."""
+        self._leave_local(token)
         self._release(keys=self._keys, args=[token, WAKE_LIST_CAP, WAKE_TTL_MS])
 
     def release_call(self, token: str) -> ScriptCall:
-        """`release` as a call to send with another (a refresh's write: shared/pipeline.py)."""
+        """`release` as a call to send with another (a refresh's write: shared/pipeline.py). The
+        origin call is over: the local place goes back now, the Redis slot with the call."""
+        self._leave_local(token)
         return ScriptCall(self._release, self._keys, [token, WAKE_LIST_CAP, WAKE_TTL_MS])
 
     def in_flight(self) -> int:

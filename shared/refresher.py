@@ -181,8 +181,17 @@ class Refresher:
         try:
             # The message is off the queue: the key may have another one waiting from now on
             # (DEPART), in the claim's round trip.
+            # The run's origin slot is tried in the same round trip (not a batch origin's: its
+            # leader takes one slot for the whole call), unless this process's runs fill them.
+            slots, limit = self.origin_slots(ns), ns.origin_max_concurrency
+            try_slot = ns.batch is None and slots.room_here(limit)
             claimed, departed = store.claim_run(
-                ns, key, req.token, before=self.queue.depart_call(ns.name, key, req.token, taken=True)
+                ns,
+                key,
+                req.token,
+                before=self.queue.depart_call(ns.name, key, req.token, taken=True),
+                then=(lambda run: slots.try_acquire_call(run, limit, store.lease_ttl_ms)) if try_slot else None,
+                undo_then=slots.give_back_unclaimed if try_slot else None,
             )
             if isinstance(departed, Exception):
                 log.warning("could not take a refresh off the queue's registry (%s)", type(departed).__name__)
@@ -215,7 +224,7 @@ class Refresher:
         with LeaseRenewer(store, ns, key, run_token, slots) as renewer:
             if ns.batch is not None:  # one slot per batch call, taken by its leader
                 return self.batched.call_and_write(ns, req, run_token, renewer)
-            got = slots.acquire(
+            got = slots.took(run_token, claimed.then, store.lease_ttl_ms) or slots.acquire(
                 run_token,
                 ns.origin_max_concurrency,
                 store.lease_ttl_ms,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -78,6 +78,7 @@ class ClaimedRun(NamedTuple):
 
     run_token: str
     stored: StoredValidators | None
+    then: Any = None  # the reply of claim_run's `then` call, sent right after the claim
 
 
 class CacheStore:
@@ -159,23 +160,39 @@ class CacheStore:
         return None if claimed is None else claimed.run_token
 
     def claim_run(
-        self, ns: Namespace, key: str, token: str, *, before: ScriptCall | None = None
+        self,
+        ns: Namespace,
+        key: str,
+        token: str,
+        *,
+        before: ScriptCall | None = None,
+        then: Callable[[str], ScriptCall] | None = None,
+        undo_then: Callable[[str, Any], None] | None = None,
     ) -> tuple[ClaimedRun | None, Any]:
         """`claim`, also reading the stored entry's validators, in one round trip with the call
-        `before` (sent ahead of the claim): (the claimed run or None, `before`'s reply, which is
-        its exception if it failed). Raises the claim's own error (e.g. OutOfMemoryError)."""
+        `before` (sent ahead of the claim) and the call `then(run_token)` (sent after it: the
+        run's origin slot): (the claimed run or None, `before`'s reply, which is its exception if
+        it failed); `then`'s reply is the run's `then`. When the claim fails, `undo_then(run_token,
+        then's reply)` undoes what `then` did. Raises the claim's own error (e.g. OutOfMemoryError)."""
         k = self.keys.entry(ns.name, key)
         run_token = f"{token}.{new_token()}"
         claim = ScriptCall(
             self._claim, [k.lease, k.queued, k.entry], [token, run_token, self.lease_ttl_ms, self.queued_marker_ttl_ms]
         )
         calls = [claim] if before is None else [before, claim]
+        if then is not None:
+            calls.append(then(run_token))
         replies = run_pipelined(self.redis, calls)
-        raise_first_error(replies[-1:])
+        then_reply = replies.pop() if then is not None else None
         reply, before_reply = replies[-1], (replies[0] if before is not None else None)
-        if int(reply[0]) != 1:
+        claimed = not isinstance(reply, Exception) and int(reply[0]) == 1
+        if not claimed and undo_then is not None:
+            undo_then(run_token, then_reply)
+        raise_first_error([reply])
+        if not claimed:
             return None, before_reply
-        return ClaimedRun(run_token, StoredValidators.from_fields(list(reply[1:]), fixed_lifetimes(ns))), before_reply
+        stored = StoredValidators.from_fields(list(reply[1:]), fixed_lifetimes(ns))
+        return ClaimedRun(run_token, stored, then_reply), before_reply
 
     def finish(self, ns: Namespace, key: str, token: str) -> None:
         """The message of the refresh enqueued with `token` is gone for good (never sent, expired

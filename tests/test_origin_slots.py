@@ -118,9 +118,10 @@ def test_acquire_times_out_with_false_when_every_slot_is_held(client: Any) -> No
     )
 
 
-def test_a_release_wakes_a_waiter_promptly(client: Any) -> None:
-    slots = OriginSlots(client, ORIGIN)
-    assert slots.acquire("holder", limit=1, ttl_ms=10_000, timeout_s=0)
+def test_a_release_wakes_a_waiter_of_another_process_promptly(client: Any, settings: Settings) -> None:
+    holder = OriginSlots(client, ORIGIN)
+    slots = OriginSlots(make_redis(settings), ORIGIN)  # the waiter's process
+    assert holder.acquire("holder", limit=1, ttl_ms=10_000, timeout_s=0)
     got_it, waiting = threading.Event(), threading.Event()
 
     def wait_for_slot() -> None:
@@ -133,10 +134,36 @@ def test_a_release_wakes_a_waiter_promptly(client: Any) -> None:
     assert waiting.wait(5)
     wait_until(lambda: client.info("clients")["blocked_clients"] >= 1, 5, "the waiter to block")
     released = time.monotonic()
-    slots.release("holder")
+    holder.release("holder")
     assert got_it.wait(5)
     assert time.monotonic() - released < 0.3  # the wake-up, not the next retry slice
     thread.join(5)
+
+
+def test_a_waiter_behind_its_own_process_holders_waits_without_asking_redis(client: Any) -> None:
+    slots = OriginSlots(client, ORIGIN)
+    assert slots.acquire("holder", limit=1, ttl_ms=10_000, timeout_s=0)
+    asked: list[str] = []
+    try_acquire = slots.try_acquire
+
+    def counted(token: str, limit: int, ttl_ms: int) -> Any:
+        asked.append(token)
+        return try_acquire(token, limit, ttl_ms)
+
+    slots.try_acquire = counted  # type: ignore[method-assign]
+    got_it = threading.Event()
+    thread = threading.Thread(target=lambda: slots.acquire("waiter", 1, 10_000, 10) and got_it.set())
+    thread.start()
+    assert not got_it.wait(1.2)  # two retry slices' worth of waiting: Redis asked at each slice
+    asked_while_held = len(asked)
+    released = time.monotonic()
+    slots.release("holder")
+    assert got_it.wait(5)
+    assert time.monotonic() - released < 0.3  # woken by the release, not by its next slice
+    thread.join(5)
+    # Without the local wait it asks at every wake-up and slice: here once per slice at most.
+    assert asked_while_held <= 3, asked
+    assert slots.in_flight() == 1
 
 
 def test_two_clients_share_one_limit(redis_server: RedisServer, settings: Settings) -> None:
@@ -163,8 +190,9 @@ def test_a_waiter_does_not_hammer_redis(tmp_path: Path) -> None:
 
 
 def _count_a_waiters_commands(client: Any) -> None:
+    # The holder is another process's: a waiter behind its own process's holders waits locally.
+    assert OriginSlots(client, ORIGIN).acquire("holder", limit=1, ttl_ms=30_000, timeout_s=0)
     slots = OriginSlots(client, ORIGIN)
-    assert slots.acquire("holder", limit=1, ttl_ms=30_000, timeout_s=0)
     slots.try_acquire("warm-up", limit=1, ttl_ms=30_000)  # load the script once, outside the count
 
     def sent_by_clients() -> int:

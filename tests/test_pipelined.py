@@ -61,3 +61,29 @@ def test_a_write_gives_the_origin_slot_back_in_its_round_trip(
     fence = Fence(run_token, store.now_ms(), store.now_ms(), slots.release_call(run_token))
     result = store.fenced_write(ns, "k", fence, value=b"v", content_type="text/plain")
     assert result.written and slots.in_flight() == 0
+
+
+def test_a_claim_tries_the_runs_origin_slot_in_its_round_trip_and_gives_it_back_if_unclaimed(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    slots = OriginSlots(store.redis, ns.origin_name, store.keys)
+    token = new_token()
+    assert store.read(ns, "k", token).won_lease
+
+    def slot_try(run_token: str) -> ScriptCall:
+        return slots.try_acquire_call(run_token, 1, 10_000)
+
+    store.redis.script_flush()
+    claimed, _ = store.claim_run(ns, "k", token, then=slot_try, undo_then=slots.give_back_unclaimed)
+    assert claimed is not None
+    assert slots.took(claimed.run_token, claimed.then, 10_000) and slots.in_flight() == 1
+    assert not slots.room_here(1)  # this process's run holds the one slot
+    # The slot is full now: a second run's try is refused, and the run falls back to waiting.
+    other = new_token()
+    refused = run_pipelined(store.redis, [slot_try(other)])[0]
+    assert not slots.took(other, refused, 10_000)
+
+    slots.release(claimed.run_token)
+    # A redelivered copy claims nothing: the slot its try took goes back at once.
+    again, _ = store.claim_run(ns, "k", token, then=slot_try, undo_then=slots.give_back_unclaimed)
+    assert again is None and slots.in_flight() == 0 and slots.room_here(1)
