@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from shared.protocol import AnswerOutcome, FailureCode, Refusal
+from shared import metrics
+from shared.protocol import SUPPRESSED_BY_LEASE, AnswerOutcome, FailureCode, LeaseState, Refusal, SuppressReason
 from shared.store import ReadResult
+
+if TYPE_CHECKING:
+    from shared.nearcache import NearHit
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,21 @@ class Served:
     outcome: AnswerOutcome
     now_ms: int
     from_near_cache: bool = False
+
+
+def near_answer(ns_name: str, hit: NearHit[ReadResult]) -> Served:
+    """What a near-cache hit answers: HIT before the value's HIT moment; past it, while a refresh
+    of the key is under way (``NearHit.pending``), what Redis would answer every read meanwhile
+    -- EARLY until the value's expiry, STALE after it -- its refresh counted as suppressed as
+    Redis's answer would be (shared/readpath.py)."""
+    r = hit.entry
+    if not hit.pending:
+        return Served(r, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
+    fresh = r.soft_ms is not None and hit.redis_now_ms < r.soft_ms
+    reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
+    metrics.REFRESH_SUPPRESSED.labels(ns_name, reason).inc()
+    outcome = AnswerOutcome.EARLY if fresh else AnswerOutcome.STALE
+    return Served(r, outcome, hit.redis_now_ms, from_near_cache=True)
 
 
 @dataclass(frozen=True)

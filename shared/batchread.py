@@ -68,7 +68,7 @@ def read_batch(
     for key in distinct:
         hit = path.near_cache.get(ns.name, key)
         if hit is not None:
-            out[key] = Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
+            out[key] = answers.near_answer(ns.name, hit)
         else:
             rest.append(key)
     if not rest:

@@ -31,7 +31,7 @@ from shared.namespaces import Namespace
 from shared.nearcache import NearCache, NoNearCache
 from shared.origin import OriginError
 from shared.origin_adapters import OriginAdapters
-from shared.protocol import AnswerOutcome, FailureCode, Fallback, Refusal
+from shared.protocol import AnswerOutcome, Decision, FailureCode, Fallback, LeaseState, Refusal
 from shared.replies import ReadResult
 
 log = logging.getLogger("herdless.degraded")
@@ -63,6 +63,30 @@ def stale_if_error_until_ms(r: ReadResult, ns: Namespace) -> float:
     stale = ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
     allowance = ns.stale_if_error_seconds * 1000 if r.stale_if_error_ms is None else r.stale_if_error_ms
     return float(r.soft_ms + stale + allowance)
+
+
+# A read that found a refresh of its key under way, or the key cooling down after a failed one.
+_REFRESH_PENDING = (LeaseState.HELD, LeaseState.QUEUED, LeaseState.COOLDOWN)
+
+
+def pending_until_ms(r: ReadResult, ns: Namespace) -> float | None:
+    """Until when (Redis clock) the near-cache may answer a read's EARLY or STALE value itself,
+    as Redis would answer every read meanwhile: while the lease another refresh holds (or the
+    key's cooldown) lasts, within the value's stale window (only its fresh life for a cached 404
+    or a strategy that never serves stale values). The refresh's publish ends it sooner. None
+    for any other answer, and for the read that won the lease: its refresh is not sent yet.
+
+    Without it, every read of a hot key between its HIT moment and the refresh's landing went
+    to Redis to hear "EARLY" or "STALE, refresh under way": under overload, where refreshes run
+    seconds late, that was most of the web tier's reads."""
+    if r.soft_ms is None or r.won_lease or r.decision not in (Decision.EARLY, Decision.STALE):
+        return None
+    if LeaseState(r.lease_state) not in _REFRESH_PENDING or r.lease_pttl_ms <= 0:
+        return None
+    end = r.soft_ms
+    if not r.negative and ns.serves_stale:
+        end += ns.stale_ttl_ms if r.stale_ms is None else r.stale_ms
+    return float(min(r.now_ms + r.lease_pttl_ms, end))
 
 
 def answer_from_memory(

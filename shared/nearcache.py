@@ -132,6 +132,9 @@ class ReadToken:
 class NearHit(NamedTuple, Generic[E]):
     entry: E
     redis_now_ms: int  # estimated Redis clock now: for Age and max-age
+    # Past the HIT moment, while a refresh of the key is under way (put's pending_until_ms):
+    # the answer Redis would give is EARLY or STALE, with the refresh suppressed.
+    pending: bool = False
 
 
 @dataclass(slots=True)
@@ -145,6 +148,7 @@ class _Slot(Generic[E]):
     hits: int
     keep_until_host_ms: float  # kept (for get_stale, during an outage) until then
     redis_read_ms: int  # the Redis now of the read that produced this slot
+    pending_until_host_ms: float = 0.0  # past serve_until, served as pending until then
 
 
 def entry_size(key: str, value: bytes | None) -> int:
@@ -267,6 +271,9 @@ class NearCache(Generic[E]):
                     self._slots.move_to_end(target)
                     slot.hits += 1
                     hit = NearHit(slot.entry, int(now + slot.offset_ms))
+                elif now < slot.pending_until_host_ms:
+                    self._slots.move_to_end(target)
+                    hit = NearHit(slot.entry, int(now + slot.offset_ms), pending=True)
                 else:
                     if now >= slot.keep_until_host_ms:
                         self._drop_locked(target, slot)
@@ -306,12 +313,16 @@ class NearCache(Generic[E]):
         token: ReadToken,
         keep_until_ms: float | None = None,
         fresh_until_ms: float | None = None,
+        pending_until_ms: float | None = None,
     ) -> bool:
         """Keep an entry Redis just answered: served by get until ``early_ms`` (Redis clock, see
         hit_until_ms; at or before now for a value Redis did not call HIT), and past it until
         ``fresh_until_ms`` (the value's expiry, for a HIT; ``early_ms`` when None) while the key
         is read too rarely for an early refresh; kept for get_stale until ``keep_until_ms`` (its
-        stale-if-error bound; ``early_ms`` when None).
+        stale-if-error bound; ``early_ms`` when None). ``pending_until_ms``: a refresh of the key
+        is under way (Redis answered EARLY or STALE with its lease held): until then, or until
+        the refresh's publish drops the key, get answers it as pending (``NearHit.pending``),
+        as Redis would answer every read meanwhile, without asking Redis.
 
         Refused (False) while suspended, when the key was invalidated or the cache cleared
         since ``token`` was taken, when the entry alone exceeds the budget, when both moments
@@ -324,6 +335,7 @@ class NearCache(Generic[E]):
         serve_until = early_ms - offset - self.margin_ms
         fresh_until = max(early_ms, fresh_until_ms or early_ms) - offset - self.margin_ms
         keep_until = max(early_ms, keep_until_ms or early_ms) - offset - self.margin_ms
+        pending_until = min(keep_until, (pending_until_ms or 0.0) - offset - self.margin_ms)
         with self._lock:
             if self._suspended or token.seq < self._floor or self._invalidated.get(target, -1) > token.seq:
                 return False
@@ -341,7 +353,9 @@ class NearCache(Generic[E]):
             while self._slots and (self._bytes + size > self.max_bytes or len(self._slots) >= self.max_entries):
                 victim_key, victim = next(iter(self._slots.items()))
                 self._drop_locked(victim_key, victim)
-            self._slots[target] = _Slot(entry, size, offset, serve_until, fresh_until, now, 0, keep_until, redis_now_ms)
+            self._slots[target] = _Slot(
+                entry, size, offset, serve_until, fresh_until, now, 0, keep_until, redis_now_ms, pending_until
+            )
             self._bytes += size
             metrics.NEAR_CACHE_BYTES.set(self._bytes)
         return True

@@ -81,7 +81,7 @@ from shared import answers, metrics
 from shared.admission import Admission
 from shared.answers import OUT_OF_MEMORY, QUEUE_FULL, Answer, Refused, Served, Unstored, refused_by_failure
 from shared.coldwait import ColdWaitHub, TooManyWaiters
-from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, stale_if_error_until_ms
+from shared.degraded import OriginFallback, RedisHealth, answer_from_memory, pending_until_ms, stale_if_error_until_ms
 from shared.freshness import CachePolicy
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache, ReadToken, hit_until_ms
@@ -152,7 +152,17 @@ class ReadPath:
         hit = r.decision is Decision.HIT
         until = hit_until_ms(r.soft_ms, r.delta_ms, ns.beta, r.u, r.ttl_ms) if hit else 0.0
         fresh = r.soft_ms if hit else None
-        near.put(ns.name, key, r, r.now_ms, until, read_token, stale_if_error_until_ms(r, ns), fresh_until_ms=fresh)
+        near.put(
+            ns.name,
+            key,
+            r,
+            r.now_ms,
+            until,
+            read_token,
+            stale_if_error_until_ms(r, ns),
+            fresh_until_ms=fresh,
+            pending_until_ms=pending_until_ms(r, ns),
+        )
 
     def reading(self, ns_name: str, key: str) -> bool:
         """Is a reader of this process reading the key from Redis now (see `read`)?"""
@@ -168,7 +178,7 @@ class ReadPath:
         hit = near.get(ns.name, key)
         if hit is not None:
             # Redis would say HIT until the value's XFetch moment: no round trip needed.
-            return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
+            return answers.near_answer(ns.name, hit)
         if self.health.down:  # known down: answer from memory without waiting on a connect
             return answer_from_memory(near, ns, key, self._fallback)
         try:
@@ -185,7 +195,7 @@ class ReadPath:
                 first.wait(self._first_read_wait_s)
                 hit = near.get(ns.name, key)
                 if hit is not None:
-                    return Served(hit.entry, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
+                    return answers.near_answer(ns.name, hit)
                 if self._waiter.waiting_on(ns.name, key):
                     return self._wait_for_refresh(ns, key, None, None, time.monotonic())
                 # Anything else (a stale or early value, a refusal): this reader reads itself.

@@ -394,3 +394,30 @@ def test_a_filled_near_cache_uses_its_budget_and_no_more() -> None:
     assert len(nc) < 12_000  # the budget was reached: entries were evicted
     assert used <= 1.2 * budget, f"{used / budget:.2f}x the budget for {len(nc)} entries"
     assert used >= 0.7 * budget, f"only {used / budget:.2f}x the budget: the overhead is overcharged"
+
+
+def test_while_a_refresh_is_under_way_the_value_is_answered_pending_until_the_bound_or_its_publish() -> None:
+    clock = FakeClock(0.0)
+    nc = live_cache(clock=clock, margin_ms=0)
+    # Redis answered STALE at 0 (its HIT moment long past), another refresh holding the lease 800 ms.
+    token = nc.begin_read("t", "k")
+    assert nc.put("t", "k", Entry(b"old"), 0, 0.0, token, keep_until_ms=60_000.0, pending_until_ms=800.0)
+    clock.now = 10.0
+    hit = nc.get("t", "k")
+    assert hit is not None and hit.pending and hit.entry.value == b"old"
+    clock.now = 800.0  # the lease's end: the refresh may be lost, Redis must be asked again
+    assert nc.get("t", "k") is None
+    assert nc.get_stale("t", "k") is not None  # still held for an outage
+
+    token = nc.begin_read("t", "k")
+    assert nc.put("t", "k", Entry(b"old"), 800, 0.0, token, keep_until_ms=60_000.0, pending_until_ms=5_000.0)
+    assert nc.get("t", "k") is not None
+    nc.invalidate("t", "k")  # the refresh's publish (a write, a failure) or a purge
+    assert nc.get("t", "k") is None
+    # A HIT is a HIT, never pending; a pending bound never outlives what is kept for an outage.
+    token = nc.begin_read("t", "h")
+    assert nc.put("t", "h", Entry(b"v"), 800, 2_000.0, token, keep_until_ms=1_500.0, pending_until_ms=9_000.0)
+    hit = nc.get("t", "h")
+    assert hit is not None and not hit.pending
+    clock.now = 2_000.0
+    assert nc.get("t", "h") is None

@@ -26,7 +26,7 @@ from typing import Any
 from flask import Flask
 
 from shared import metrics, rates
-from shared.answers import Answer, Served
+from shared.answers import Answer, Served, near_answer
 from shared.keys import InvalidKey
 from shared.namespaces import Namespace
 from shared.nearcache import NearCache
@@ -166,6 +166,10 @@ class FastHits:
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
         owned.front.inc()
+        if hit.pending:  # EARLY or STALE, its refresh under way (shared/answers.py near_answer)
+            answer = near_answer(target[0], hit)
+            served = metrics.REQUESTS.labels(target[0], answer.outcome)
+            return self._send(owned, target, r, answer.outcome, answer.now_ms, served, environ, start_response, started)
         return self._send(
             owned, target, r, AnswerOutcome.HIT, hit.redis_now_ms, owned.hit, environ, start_response, started
         )
