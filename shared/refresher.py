@@ -76,6 +76,7 @@ from shared.namespaces import Namespace
 from shared.origin import NotFound, NotModified, OriginError, OriginResponse
 from shared.origin_adapters import BuiltOnce, OriginAdapters
 from shared.origin_slots import OriginSlots
+from shared.pipeline import raise_first_error, run_pipelined
 from shared.protocol import FailureCode, Freshness, RefreshOutcome, RefreshReason
 from shared.proxy_refresh import ProxyRefresher
 from shared.queuebound import QueueBound
@@ -164,6 +165,22 @@ class Refresher:
         ns = self.namespaces.get(req.namespace)
         if ns is not None:
             self.store.finish(ns, req.key, req.token)
+
+    def finished_many(self, reqs: list[RefreshRequest]) -> None:
+        """`finished` for every key of one acknowledged message, in one round trip."""
+        if len(reqs) <= 1:
+            for req in reqs:
+                self.finished(req)
+            return
+        calls = []
+        for req in reqs:
+            if req.token not in self._departed.keys():
+                calls.append(self.queue.depart_call(req.namespace, req.key, req.token))
+            self._departed.pop(req.token, None)
+            ns = self.namespaces.get(req.namespace)
+            if ns is not None:
+                calls.append(self.store.finish_call(ns, req.key, req.token))
+        raise_first_error(run_pipelined(self.store.redis, calls))
 
     def discard_expired(self, req: RefreshRequest) -> None:
         """A refresh that waited past its lease leaves the queue unrun: let the next read enqueue.

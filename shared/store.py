@@ -200,6 +200,11 @@ class CacheStore:
         k = self.keys.entry(ns.name, key)
         self._finish(keys=[k.lease, k.queued], args=[token])
 
+    def finish_call(self, ns: Namespace, key: str, token: str) -> ScriptCall:
+        """`finish` as a call to send with others (the keys of one acknowledged message)."""
+        k = self.keys.entry(ns.name, key)
+        return ScriptCall(self._finish, [k.lease, k.queued], [token])
+
     def end_run(self, ns: Namespace, key: str, run_token: str) -> None:
         """A run stopped early: free its lease (its marker goes with its message, `finish`)."""
         k = self.keys.entry(ns.name, key)

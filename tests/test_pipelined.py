@@ -7,9 +7,12 @@ from __future__ import annotations
 from shared.namespaces import Namespace
 from shared.origin_slots import OriginSlots
 from shared.pipeline import ScriptCall, run_pipelined
+from shared.protocol import AdmitState, LeaseState, MarkerState, RefreshReason
 from shared.queuebound import QueueBound
+from shared.refresher import Refresher
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, new_token
+from shared.tasks import RefreshRequest
 
 COUNT = "return redis.call('INCR', KEYS[1])"
 FAIL = "return redis.error_reply('no')"
@@ -87,3 +90,24 @@ def test_a_claim_tries_the_runs_origin_slot_in_its_round_trip_and_gives_it_back_
     # A redelivered copy claims nothing: the slot its try took goes back at once.
     again, _ = store.claim_run(ns, "k", token, then=slot_try, undo_then=slots.give_back_unclaimed)
     assert again is None and slots.in_flight() == 0 and slots.room_here(1)
+
+
+def test_the_keys_of_one_acknowledged_message_are_finished_together(
+    settings: Settings, store: CacheStore, ns: Namespace
+) -> None:
+    queue = QueueBound(store, settings)
+    refresher = Refresher(settings, {ns.name: ns}, store, slots=lambda name: OriginSlots(store.redis, name, store.keys))
+    requests = []
+    for key in ("a", "b", "c"):
+        token = new_token()
+        assert store.read(ns, key, token).won_lease
+        assert queue.admit(ns.name, key, token).state is AdmitState.ADMITTED
+        requests.append(RefreshRequest(ns.name, key, token, RefreshReason.MISS, store.now_ms()))
+    assert queue.waiting() == 3
+    refresher.finished_many(requests)
+    assert queue.waiting() == 0
+    for key in ("a", "b", "c"):
+        state = store.inspect(ns, key)
+        assert state.lease == LeaseState.FREE and state.queued == MarkerState.NONE, (key, state)
+        # The next read of the key may enqueue a refresh again.
+        assert store.read(ns, key, new_token()).won_lease

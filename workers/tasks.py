@@ -151,12 +151,16 @@ class RefreshTaskRequest(Request):  # type: ignore[misc]
             self._tell_engine(requeued=False)
 
     def _tell_engine(self, *, requeued: bool) -> None:
-        for req in requests_of(self.type, self.kwargs or {}):  # type: the task's own name, never a shadow
+        reqs = requests_of(self.type, self.kwargs or {})  # type: the task's own name, never a shadow
+        if not requeued:
             try:
-                if requeued:
-                    worker_engine().requeued(req)
-                else:
-                    worker_engine().finished(req)
+                worker_engine().finished_many(reqs)  # every key of the message in one round trip
+            except Exception:  # noqa: BLE001 - Redis down: the markers expire on their own
+                log.warning("could not clear the queued markers of %d refreshes", len(reqs))
+            return
+        for req in reqs:
+            try:
+                worker_engine().requeued(req)
             except Exception:  # noqa: BLE001 - Redis down: the marker expires on its own
                 log.warning("could not update the queued marker of a refresh")
 
