@@ -166,6 +166,13 @@ FRONT_HITS = Counter(
     "reads, web/proxy_fasthit.py for proxied GETs and HEADs); also counted in herdless_requests_total",
     ["namespace"],
 )
+FRONT_READS = Counter(
+    "herdless_front_reads",
+    "Reads the front door admitted and made itself (neither a near-cache hit nor a joiner: a miss "
+    "that waited, an early or stale value), answered before Flask (web/front.py); also counted in "
+    "herdless_requests_total",
+    ["namespace"],
+)
 FRONT_JOINED = Counter(
     "herdless_front_joined",
     "Readers of a key whose cold wait was under way in their process, joined and answered by the "
@@ -239,6 +246,7 @@ WEB_SERIES: Series = (
     (DEGRADED_ANSWERS, DEGRADED_ANSWER_KINDS),
     (FRONT_HITS, ()),
     (FRONT_JOINED, ()),
+    (FRONT_READS, ()),
 )
 WORKER_SERIES: Series = (
     (REFRESHES, REFRESH_OUTCOMES),

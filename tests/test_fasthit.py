@@ -211,3 +211,31 @@ def test_cold_waiters_the_front_door_joins_get_the_flask_waiters_bytes(stack: St
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nX-Cache: MISS\r\n" in answer
     assert joined() >= before + 1  # the fast tier's joiners were answered by its front door
     assert stack.origin_stats()["per_key"]["herd-joined"] == 1
+
+
+def _header_names(answer: bytes) -> list[bytes]:
+    head = answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    return [head[0], *(line.split(b":", 1)[0] for line in head[1:])]
+
+
+def test_a_read_the_front_door_admits_is_made_and_answered_there_as_flask_answers_it(
+    tiers: tuple[str, str],
+) -> None:
+    # A cold key read alone (its reader wins the lease, waits, is served MISS) is read by the
+    # front door itself (counted) and answered with Flask's status line and headers, in order.
+    fast, flask = tiers
+
+    def reads() -> float:
+        text = requests.get(fast + "/metrics", timeout=10).text
+        return metric(text, "herdless_front_reads_total", namespace="fh")
+
+    before = reads()
+    answer = raw_get(fast, "/v1/cache/fh/front-read-a")
+    reference = raw_get(flask, "/v1/cache/fh/front-read-b")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nX-Cache: MISS\r\n" in answer
+    assert _header_names(answer) == _header_names(reference)
+    assert reads() == before + 1
+    # What the front door does not render itself (a key the route refuses) is still the route's.
+    bad = "/v1/cache/fh/" + "k" * 2000
+    assert raw_get(fast, bad).split(b"\r\n")[0] == raw_get(flask, bad).split(b"\r\n")[0]
+    assert reads() == before + 1

@@ -58,6 +58,7 @@ class _Owned:
     age: Any
     front: Any
     joined: Any
+    reads: Any
 
 
 def owns_cache_gets(app: Flask) -> bool:
@@ -115,6 +116,7 @@ class FastHits:
                 metrics.SERVED_AGE.labels(name),
                 metrics.FRONT_HITS.labels(name),
                 metrics.FRONT_JOINED.labels(name),
+                metrics.FRONT_READS.labels(name),
             )
             for name, ns in state.namespaces.items()
             # A naive read never looks at the near-cache; a proxy namespace's keys are its mount's.
@@ -133,19 +135,22 @@ class FastHits:
         environ: dict[str, Any],
         start_response: StartResponse,
         started: float,
+        *,
+        joined: bool = True,
     ) -> list[bytes] | None:
         """The bytes the read route gives `answer`, a read of `target` the front door made (a
-        reader joining a cold wait of its process), when it is a stored positive value; else
-        None, and the route renders it. In a cold herd all but one reader of each process are
-        such joiners: they wait and are answered without Flask (its request context, routing and
-        response object were a quarter of a web process's CPU in a 1 000-client herd)."""
+        reader joining a cold wait of its process; `joined` False: an admitted read of its own),
+        when it is a stored positive value; else None, and the route renders it. In a cold herd
+        all but one reader of each process are such joiners: they wait and are answered without
+        Flask (its request context, routing and response object were a quarter of a web
+        process's CPU in a 1 000-client herd)."""
         owned = self.owned.get(target[0])
         if owned is None or not isinstance(answer, Served):
             return None
         r = answer.result
         if not _renders(r):
             return None
-        owned.joined.inc()
+        (owned.joined if joined else owned.reads).inc()
         served = metrics.REQUESTS.labels(target[0], answer.outcome)
         return self._send(owned, target, r, answer.outcome, answer.now_ms, served, environ, start_response, started)
 
