@@ -34,8 +34,9 @@ def near_answer(ns_name: str, hit: NearHit[ReadResult]) -> Served:
     if not hit.pending:
         return Served(r, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
     fresh = r.soft_ms is not None and hit.redis_now_ms < r.soft_ms
-    reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
-    metrics.REFRESH_SUPPRESSED.labels(ns_name, reason).inc()
+    if r.lease_state != LeaseState.FREE:  # FREE: an early refresh held back (counted once, as behind)
+        reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
+        metrics.REFRESH_SUPPRESSED.labels(ns_name, reason).inc()
     outcome = AnswerOutcome.EARLY if fresh else AnswerOutcome.STALE
     return Served(r, outcome, hit.redis_now_ms, from_near_cache=True)
 

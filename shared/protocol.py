@@ -220,6 +220,8 @@ class SuppressReason(StrEnum):
     COALESCED = "coalesced"
     QUEUE_FULL = "queue_full"  # MAX_QUEUED_REFRESHES messages wait already
     OUT_OF_MEMORY = "out_of_memory"  # Redis is at maxmemory: the lease could not be stored
+    # The web process is behind (its event loop runs late): an early refresh waits for expiry.
+    BEHIND = "behind"
 
 
 # The suppression a read counts when the lease it wanted was not free (any other state: held).

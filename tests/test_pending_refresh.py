@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from shared.answers import Served
-from shared.namespaces import Namespace
-from shared.nearcache import NearCache
-from shared.protocol import AnswerOutcome
+from shared.namespaces import Namespace, build_namespace
+from shared.nearcache import NearCache, hit_until_ms
+from shared.protocol import AnswerOutcome, LeaseState
 from shared.replies import ReadResult
 from shared.settings import Settings
 from shared.store import CacheStore, new_token
@@ -71,3 +71,35 @@ def test_a_read_that_wins_the_lease_is_not_pending_and_the_lease_bounds_the_rest
     assert isinstance(third, Served) and third.from_near_cache and counted.reads == 2
     # The lease (the settings' 2 s) ends without a write: then Redis is asked again.
     wait_until(lambda: near.get(ns.name, "k", count=False) is None, 5, "the pending window to end")
+
+
+def test_a_process_past_its_capacity_refreshes_nothing_early_and_answers_the_value_until_it_expires(
+    settings: Settings, store: CacheStore
+) -> None:
+    # beta this large: the head start is its bound, a quarter of the 5 s TTL (1.25 s of EARLY).
+    ns = build_namespace("early-ns", {"origin": "http://127.0.0.1:9/items/{key}", "xfetch_beta": 1e12}, settings)
+    counted = CountedReads(store.redis, settings)
+    store_fresh(counted, ns, "early", b"v1")
+    near: NearCache[ReadResult] = NearCache(1 << 20)
+    near.resume()
+    sent: list[Any] = []
+    path = read_path_for(settings, counted, sent.append, near_cache=near)
+    path.behind = lambda: True
+    peek = counted.inspect(ns, "early")
+    assert peek.soft_ms is not None
+    moment = hit_until_ms(peek.soft_ms, peek.delta_ms, ns.beta, peek.u, peek.ttl_ms)
+    assert peek.soft_ms - moment >= 1_000
+    wait_until(lambda: counted.now_ms() >= moment + 50, 10, "the value's XFetch moment")
+    counted.reads = 0
+    first = path.read(ns, "early")
+    assert isinstance(first, Served) and first.outcome is AnswerOutcome.EARLY
+    assert not sent  # held back: no refresh sent
+    assert counted.inspect(ns, "early").lease == LeaseState.FREE  # and the lease it won given back
+    later = path.read(ns, "early")
+    assert isinstance(later, Served) and later.from_near_cache and later.outcome is AnswerOutcome.EARLY
+    assert counted.reads == 1
+    # Once it expires the first read goes to Redis, and refreshes it (STALE: no early refresh).
+    wait_until(lambda: counted.now_ms() >= peek.soft_ms + 50, 10, "the value's expiry")
+    stale = path.read(ns, "early")
+    assert isinstance(stale, Served) and stale.outcome is AnswerOutcome.STALE and not stale.from_near_cache
+    assert len(sent) == 1 and counted.reads == 2

@@ -23,7 +23,9 @@ gave up. So admission happens here, before Flask, on the raw request URI, for re
   runs a timer (``LoopLag``); every request read while the loop is that late has waited at
   least as long since its bytes arrived before herdless's code could run. While the lag exceeds
   ``SHED_AFTER_SECONDS`` reads that need Redis are refused at once: the process gets through its
-  backlog instead of answering each request after its client's patience ran out.
+  backlog instead of answering each request after its client's patience ran out. Past
+  ``EARLY_HELD_AFTER_SECONDS`` the read path refreshes nothing early (``ReadPath.behind``): a
+  value is answered until it expires, then refreshed once.
 
 A refusal is the read route's own ``503 {"error": "overloaded", ...}`` with ``Retry-After: 1``,
 its bytes built once by Flask at start-up, counted in ``herdless_refused_total`` and
@@ -51,6 +53,7 @@ from web.proxy_fasthit import ProxyFastHits
 from web.state import ADMITTED, ANSWERED, EXTENSION, WebState
 
 SHED_AFTER_SECONDS = 1.0  # a loop this late: reads needing Redis are refused
+EARLY_HELD_AFTER_SECONDS = 0.5  # a loop this late: no early refresh (shared/readpath.py `behind`)
 LAG_INTERVAL_SECONDS = 0.05  # how often the monitor's timer is due
 LAG_DETAIL = "this process is behind: requests wait for it before it can read them; retry shortly"
 
@@ -117,6 +120,8 @@ class Front:
         self.lag = lag or LoopLag()
         if state.settings.web_worker_class == "gevent":
             self.lag.start()
+        lag_now = self.lag
+        state.read_path.behind = lambda: lag_now.seconds > EARLY_HELD_AFTER_SECONDS
         answers = {
             "in_flight": OVERLOADED,
             "lag": Refused(503, Refusal.OVERLOADED, LAG_DETAIL, 1),
