@@ -49,15 +49,7 @@ ManyMessageFor = Callable[[str, str], ManyMessage]
 ADMIT_MANY = lua_script(
     """
 local now = now_ms()
-local consuming = tonumber(redis.call('GET', KEYS[3]))
-if consuming then
-  local lost_before = '(' .. (math.min(now, consuming) - tonumber(ARGV[1]))
-  local lost = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', lost_before, 'LIMIT', 0, ARGV[2])
-  if #lost > 0 then
-    redis.call('ZREM', KEYS[1], unpack(lost))
-    redis.call('HDEL', KEYS[2], unpack(lost))
-  end
-end
+trim_lost(KEYS[1], KEYS[2], KEYS[3], now, tonumber(ARGV[1]), ARGV[2])
 local holes = tonumber(ARGV[6])
 local out, items, keys = {}, {}, {}
 local count = redis.call('ZCARD', KEYS[1])

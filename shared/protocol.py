@@ -358,6 +358,18 @@ end""",
 local function is_waiting(v) return v and not is_running(v) end""",
     "running_value": f"""
 local function running_value(token) return '{RUNNING_PREFIX}' .. token end""",
+    # The queue's registry (shared/queuebound.py): drop the entries of messages the broker lost --
+    # enqueued a marker lifetime before workers last consumed -- at most `most` of them.
+    "trim_lost": """
+local function trim_lost(waiting, tokens, consuming, now, marker_ms, most)
+  local seen = tonumber(redis.call('GET', consuming))
+  if not seen then return end
+  local lost = redis.call('ZRANGEBYSCORE', waiting, '-inf', '(' .. (math.min(now, seen) - marker_ms), 'LIMIT', 0, most)
+  if #lost > 0 then
+    redis.call('ZREM', waiting, unpack(lost))
+    redis.call('HDEL', tokens, unpack(lost))
+  end
+end""",
     "named_args": """
 local function named_args()
   local a = {}

@@ -64,15 +64,7 @@ TRIM_BATCH = 500
 ADMIT = lua_script(
     """
 local now = now_ms()
-local consuming = tonumber(redis.call('GET', KEYS[3]))
-if consuming then
-  local lost_before = '(' .. (math.min(now, consuming) - tonumber(ARGV[4]))
-  local lost = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', lost_before, 'LIMIT', 0, ARGV[6])
-  if #lost > 0 then
-    redis.call('ZREM', KEYS[1], unpack(lost))
-    redis.call('HDEL', KEYS[2], unpack(lost))
-  end
-end
+trim_lost(KEYS[1], KEYS[2], KEYS[3], now, tonumber(ARGV[4]), ARGV[6])
 local force = ARGV[5] == '1'
 local waiting = redis.call('HGET', KEYS[2], ARGV[1])
 if waiting and redis.call('ZSCORE', KEYS[1], ARGV[1]) and not force then return {'queued', waiting} end
