@@ -142,13 +142,33 @@ class AdmissionBatcher:
             item.leads = not self._busy
             self._busy = True
         if not item.leads:
-            item.done.wait()  # a round trip is bounded by the client's socket timeout
+            try:
+                item.done.wait()  # a round trip is bounded by the client's socket timeout
+            except BaseException:
+                self._abandon(item)  # killed while waiting (GreenletExit): no batch may wait on it
+                raise
         if item.leads:
             self._run_next()
         if item.error is not None:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def _abandon(self, item: Admission) -> None:
+        """`item`'s caller stopped waiting: drop it from the queue, and if it was to run the next
+        batch, hand that to the admission behind it (or to the next caller)."""
+        with self._lock:
+            if item not in self._pending:
+                return  # in a batch under way: its leader finishes that batch without it
+            self._pending.remove(item)
+            if not item.leads:
+                return
+            successor = self._pending[0] if self._pending else None
+            self._busy = successor is not None
+            if successor is not None:
+                successor.leads = True
+        if successor is not None:
+            successor.done.set()
 
     def _run_next(self) -> None:
         with self._lock:

@@ -155,3 +155,51 @@ def test_a_batch_survives_a_script_flush_and_a_lost_round_trip_fails_all_of_it(
     gated.queued_behind_first(["first-2", "r", "s"])
     assert gated.answers["first-2"] == (AdmitState.ADMITTED, "tok-first-2")
     assert all(isinstance(gated.answers[key], Exception) for key in ("r", "s")), gated.answers
+
+
+class Interrupted(BaseException):
+    """What gevent raises into a greenlet it kills (GreenletExit is a BaseException too)."""
+
+
+class KilledWhileWaiting:
+    """An Admission's `done` whose wait is interrupted, as a killed greenlet's would be."""
+
+    def __init__(self, real: threading.Event) -> None:
+        self.real = real
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.real.wait(timeout)
+        raise Interrupted
+
+    def set(self) -> None:
+        self.real.set()
+
+
+def test_a_caller_killed_while_it_waits_leaves_no_batch_waiting_on_it(
+    redis_server: RedisServer, broker_settings: Settings
+) -> None:
+    gated = Gated(broker_settings, max_batch=2)
+    first = gated.admit("first")
+    wait_until(lambda: gated.batcher.waiting() == 1, what="the first admission under way")
+    # The next caller in line is killed once it is told to lead; the one behind it must still run.
+    doomed = Admission(member("demo", "doomed"), 10_000, RefreshRequest("demo", "doomed", "tok-doomed", "miss", 1))
+    doomed.done = KilledWhileWaiting(doomed.done)  # type: ignore[assignment]
+    raised: list[BaseException] = []
+
+    def killed() -> None:
+        try:
+            gated.batcher.admit(doomed)
+        except Interrupted as exc:
+            raised.append(exc)
+
+    victim = threading.Thread(target=killed)
+    victim.start()
+    wait_until(lambda: gated.batcher.waiting() == 2, what="the doomed caller behind it")
+    last = gated.admit("last")
+    wait_until(lambda: gated.batcher.waiting() == 3, what="the last caller behind both")
+    gated.release.set()
+    for thread in (first, victim, last):
+        thread.join(10)
+    assert raised and not last.is_alive()
+    assert gated.answers["last"] == (AdmitState.ADMITTED, "tok-last")
+    assert gated.batcher.waiting() == 0
