@@ -69,17 +69,24 @@ def stale_if_error_until_ms(r: ReadResult, ns: Namespace) -> float:
 _REFRESH_PENDING = (LeaseState.HELD, LeaseState.QUEUED, LeaseState.COOLDOWN)
 
 
-def pending_until_ms(r: ReadResult, ns: Namespace) -> float | None:
+def pending_until_ms(r: ReadResult, ns: Namespace, *, held_back: bool = False) -> float | None:
     """Until when (Redis clock) the near-cache may answer a read's EARLY or STALE value itself,
     as Redis would answer every read meanwhile: while the lease another refresh holds (or the
     key's cooldown) lasts, within the value's stale window (only its fresh life for a cached 404
     or a strategy that never serves stale values). The refresh's publish ends it sooner. None
-    for any other answer, and for the read that won the lease: its refresh is not sent yet.
+    for any other answer, and for the read that won the lease: its refresh is not sent yet --
+    unless it gives its early refresh back (`held_back`): then until the value expires. Never
+    for a proxy namespace: whether a stored response may answer a request, stale or not, is
+    RFC 9111's to decide per request (shared/proxy_read.py), so Redis answers every read.
 
     Without it, every read of a hot key between its HIT moment and the refresh's landing went
     to Redis to hear "EARLY" or "STALE, refresh under way": under overload, where refreshes run
     seconds late, that was most of the web tier's reads."""
-    if r.soft_ms is None or r.won_lease or r.decision not in (Decision.EARLY, Decision.STALE):
+    if ns.is_proxy or r.soft_ms is None:
+        return None
+    if held_back:
+        return float(r.soft_ms)
+    if r.won_lease or r.decision not in (Decision.EARLY, Decision.STALE):
         return None
     if LeaseState(r.lease_state) not in _REFRESH_PENDING or r.lease_pttl_ms <= 0:
         return None

@@ -167,7 +167,7 @@ class ReadPath:
             read_token,
             stale_if_error_until_ms(r, ns),
             fresh_until_ms=fresh,
-            pending_until_ms=r.soft_ms if held_back else pending_until_ms(r, ns),
+            pending_until_ms=pending_until_ms(r, ns, held_back=held_back),
         )
 
     def reading(self, ns_name: str, key: str) -> bool:

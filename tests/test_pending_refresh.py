@@ -103,3 +103,33 @@ def test_a_process_past_its_capacity_refreshes_nothing_early_and_answers_the_val
     stale = path.read(ns, "early")
     assert isinstance(stale, Served) and stale.outcome is AnswerOutcome.STALE and not stale.from_near_cache
     assert len(sent) == 1 and counted.reads == 2
+
+
+def test_a_proxy_namespace_never_answers_from_memory_past_the_hit_moment(settings: Settings) -> None:
+    # Whether a stored response may answer a request, stale or not, is RFC 9111's to decide per
+    # request (the request's own Cache-Control, must-revalidate...): Redis answers every such read.
+    from shared.degraded import pending_until_ms
+    from shared.protocol import Decision
+
+    plain = build_namespace("plain", {"origin": "http://127.0.0.1:9/items/{key}"}, settings)
+    proxy = build_namespace("cat", {"proxy": "http://127.0.0.1:9/api/", "mount": "/catalog"}, settings)
+    now = 1_796_000_000_000
+    stale = ReadResult(
+        decision=Decision.STALE,
+        won_lease=False,
+        now_ms=now,
+        value=b"v",
+        content_type="text/plain",
+        etag="",
+        at_ms=now - 6_000,
+        soft_ms=now - 1_000,
+        delta_ms=5.0,
+        negative=False,
+        lease_state=LeaseState.HELD,
+        lease_pttl_ms=4_000,
+        u=0.5,
+        stale_ms=300_000,
+    )
+    assert pending_until_ms(stale, plain) == now + 4_000  # the lease's end, within the stale window
+    assert pending_until_ms(stale, proxy) is None
+    assert pending_until_ms(stale, proxy, held_back=True) is None
