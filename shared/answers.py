@@ -25,6 +25,12 @@ class Served:
     from_near_cache: bool = False
 
 
+def count_suppressed(ns_name: str, r: ReadResult) -> None:
+    """A read that wanted a refresh found the key's lease not free: count why (held by default)."""
+    reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
+    metrics.REFRESH_SUPPRESSED.labels(ns_name, reason).inc()
+
+
 def near_answer(ns_name: str, hit: NearHit[ReadResult]) -> Served:
     """What a near-cache hit answers: HIT before the value's HIT moment; past it, while a refresh
     of the key is under way (``NearHit.pending``), what Redis would answer every read meanwhile
@@ -35,8 +41,7 @@ def near_answer(ns_name: str, hit: NearHit[ReadResult]) -> Served:
         return Served(r, AnswerOutcome.HIT, hit.redis_now_ms, from_near_cache=True)
     fresh = r.soft_ms is not None and hit.redis_now_ms < r.soft_ms
     if r.lease_state != LeaseState.FREE:  # FREE: an early refresh held back (counted once, as behind)
-        reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
-        metrics.REFRESH_SUPPRESSED.labels(ns_name, reason).inc()
+        count_suppressed(ns_name, r)
     outcome = AnswerOutcome.EARLY if fresh else AnswerOutcome.STALE
     return Served(r, outcome, hit.redis_now_ms, from_near_cache=True)
 

@@ -111,7 +111,7 @@ class _BatchRead:
                 if r.won_lease:
                     wins[key] = (token, RefreshReason(outcome.value), r.now_ms)
                 else:
-                    self.path._count_suppressed(self.ns, r)
+                    answers.count_suppressed(self.ns.name, r)
             else:
                 misses[key] = r
                 if r.won_lease:

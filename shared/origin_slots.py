@@ -32,6 +32,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,8 +163,7 @@ class OriginSlots:
                 self._wait_for_local_place(limit, deadline)
                 attempt = self.try_acquire(token, limit, ttl_ms)
                 if attempt.acquired:
-                    with self._local:
-                        self._local_holders[token] = time.monotonic() + ttl_ms / 1000
+                    self._hold_locally(token, ttl_ms)
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -185,6 +185,11 @@ class OriginSlots:
             del self._local_holders[token]
         return len(self._local_holders)
 
+    def _hold_locally(self, token: str, ttl_ms: int) -> None:
+        """`token` holds a slot whose lease runs ttl_ms from now (taken or renewed)."""
+        with self._local:
+            self._local_holders[token] = time.monotonic() + ttl_ms / 1000
+
     def _leave_local(self, token: str) -> None:
         """`token` gives its slot back: the next refresh waiting in this process may try."""
         with self._local:
@@ -201,26 +206,25 @@ class OriginSlots:
         shared/pipeline.py); `took` reads its reply."""
         return ScriptCall(self._acquire, self._keys[:1], [token, limit, ttl_ms])
 
-    def took(self, token: str, reply: Any, ttl_ms: int, *, observe: bool = True) -> bool:
-        """Whether the attempt `try_acquire_call` sent got `token` a slot (an error: it did not).
-        A slot taken so is a wait of 0 s (herdless_origin_slot_wait_seconds), unless `observe` is off."""
-        if reply is None or isinstance(reply, Exception):
+    @staticmethod
+    def _got(reply: Any) -> bool:
+        """Did the attempt whose reply this is (try_acquire_call's; an error: no) take a slot?"""
+        return reply is not None and not isinstance(reply, Exception) and AcquireAttempt.decode(reply).acquired
+
+    def took(self, token: str, reply: Any, ttl_ms: int) -> bool:
+        """Whether the attempt `try_acquire_call` sent got `token` a slot; a slot taken so is a
+        wait of 0 s (herdless_origin_slot_wait_seconds)."""
+        if not self._got(reply):
             return False
-        if not AcquireAttempt.decode(reply).acquired:
-            return False
-        with self._local:
-            self._local_holders[token] = time.monotonic() + ttl_ms / 1000
-        if observe:
-            ORIGIN_SLOT_WAIT.labels(self.origin_name).observe(0.0)
+        self._hold_locally(token, ttl_ms)
+        ORIGIN_SLOT_WAIT.labels(self.origin_name).observe(0.0)
         return True
 
     def give_back_unclaimed(self, token: str, reply: Any) -> None:
         """The claim sent with an attempt failed: give back the slot the attempt may have taken."""
-        if self.took(token, reply, 1, observe=False):
-            try:
+        if self._got(reply):
+            with suppress(Exception):  # Redis is down: the slot's lease expires on its own
                 self.release(token)
-            except Exception:  # noqa: BLE001 - Redis is down: the slot's lease expires on its own
-                self._leave_local(token)
 
     def try_acquire(self, token: str, limit: int, ttl_ms: int) -> AcquireAttempt:
         """One attempt, no waiting."""
@@ -229,9 +233,8 @@ class OriginSlots:
     def renew(self, token: str, ttl_ms: int) -> bool:
         """Extend token's lease to ttl_ms from now; False if it had already expired (slot lost)."""
         renewed = bool(self._renew(keys=self._keys[:1], args=[token, ttl_ms]))
-        with self._local:
-            if renewed and token in self._local_holders:
-                self._local_holders[token] = time.monotonic() + ttl_ms / 1000
+        if renewed and token in self._local_holders:
+            self._hold_locally(token, ttl_ms)
         return renewed
 
     def release(self, token: str) -> None:

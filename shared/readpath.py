@@ -90,7 +90,6 @@ from shared.nearcache import NoNearCache as NoNearCache
 from shared.origin import OriginError
 from shared.origin_adapters import OriginAdapters
 from shared.protocol import (
-    SUPPRESSED_BY_LEASE,
     AdmitState,
     AnswerOutcome,
     Decision,
@@ -248,14 +247,10 @@ class ReadPath:
                 except answers.BrokerUnavailable:
                     pass  # the value is served anyway; the next read retries the refresh
             else:
-                self._count_suppressed(ns, r)
+                answers.count_suppressed(ns.name, r)
             return Served(r, outcome, r.now_ms)
         # MISS: nothing servable. Whoever won the lease enqueues; everyone waits for the refresh.
         return self.admission.observed(self._wait_for_refresh(ns, key, r, token, read_started), read_started)
-
-    def _count_suppressed(self, ns: Namespace, r: ReadResult) -> None:
-        reason = SUPPRESSED_BY_LEASE.get(LeaseState(r.lease_state), SuppressReason.LEASE_HELD)
-        metrics.REFRESH_SUPPRESSED.labels(ns.name, reason).inc()
 
     def _enqueue(self, ns: Namespace, key: str, token: str, reason: str, won_at_ms: int) -> bool:
         """Hand the refresh to the queue; on failure give the lease and marker back. False: the

@@ -159,19 +159,10 @@ class Refresher:
         next read may enqueue another refresh of the key. Its registry entry went when this
         process's run took the message (`_refresh`); otherwise (a run in another process, or one
         whose departure failed) it goes now."""
-        if req.token not in self._departed.keys():
-            self.queue.depart(req.namespace, req.key, req.token)
-        self._departed.pop(req.token, None)
-        ns = self.namespaces.get(req.namespace)
-        if ns is not None:
-            self.store.finish(ns, req.key, req.token)
+        self.finished_many([req])
 
     def finished_many(self, reqs: list[RefreshRequest]) -> None:
         """`finished` for every key of one acknowledged message, in one round trip."""
-        if len(reqs) <= 1:
-            for req in reqs:
-                self.finished(req)
-            return
         calls = []
         for req in reqs:
             if req.token not in self._departed.keys():
@@ -180,7 +171,8 @@ class Refresher:
             ns = self.namespaces.get(req.namespace)
             if ns is not None:
                 calls.append(self.store.finish_call(ns, req.key, req.token))
-        raise_first_error(run_pipelined(self.store.redis, calls))
+        if calls:
+            raise_first_error(run_pipelined(self.store.redis, calls))
 
     def discard_expired(self, req: RefreshRequest) -> None:
         """A refresh that waited past its lease leaves the queue unrun: let the next read enqueue.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ _HOLE_JSON = json.dumps(_HOLE)
 _SHOWN_HOLE = "\x00shown\x00"
 _SHOWN_HOLE_JSON = json.dumps(_SHOWN_HOLE)
 HOLE_BODY, HOLE_SHOWN = "b", "s"
+_HOLES = re.compile(f"({re.escape(_HOLE_JSON)}|{re.escape(_SHOWN_HOLE_JSON)})")
 
 
 class ManyMessage(NamedTuple):
@@ -111,20 +113,11 @@ class RefreshMessages:
         body_head, body_tail = body.split(_HOLE_JSON)
         envelope = self._envelope(REFRESH_MANY_TASK, priority, _SHOWN_HOLE, repr({"reason": str(reason)}))
         envelope["body"] = _HOLE
-        text = json.dumps(envelope)
-        segments, holes = [], []
-        while True:
-            at = {kind: text.find(mark) for kind, mark in ((HOLE_BODY, _HOLE_JSON), (HOLE_SHOWN, _SHOWN_HOLE_JSON))}
-            found = {kind: i for kind, i in at.items() if i >= 0}
-            if not found:
-                segments.append(text)
-                break
-            kind = min(found, key=found.__getitem__)
-            mark = _HOLE_JSON if kind == HOLE_BODY else _SHOWN_HOLE_JSON
-            segments.append(text[: found[kind]])
-            holes.append(kind)
-            text = text[found[kind] + len(mark) :]
-        return ManyMessage(priority_list(self.keys, priority), body_head, body_tail, f"{namespace}/", segments, holes)
+        parts = _HOLES.split(json.dumps(envelope))  # segment, hole, segment, ..., segment
+        holes = [HOLE_BODY if mark == _HOLE_JSON else HOLE_SHOWN for mark in parts[1::2]]
+        return ManyMessage(
+            priority_list(self.keys, priority), body_head, body_tail, f"{namespace}/", parts[0::2], holes
+        )
 
     def _envelope(
         self, task: str, priority: int, argsrepr: str, kwargsrepr: str, shadow: str | None = None

@@ -3,6 +3,7 @@ refresh queue is a callable of the test's, Redis health is a PING, admission is 
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -11,8 +12,24 @@ from shared.coldwait import ColdWaitHub
 from shared.degraded import RedisHealth
 from shared.namespaces import Namespace
 from shared.readpath import NoNearCache, ReadPath, SendRefresh
+from shared.replies import ReadResult
 from shared.settings import Settings
 from shared.store import CacheStore, Fence, new_token
+
+
+class CountedReads(CacheStore):
+    """A CacheStore that counts its READs, each `delay` seconds slower (a loaded Redis)."""
+
+    def __init__(self, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+        self.delay = delay
+
+    def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
+        self.reads += 1
+        if self.delay:
+            time.sleep(self.delay)
+        return super().read(ns, key, token)
 
 
 def read_path_for(

@@ -4,7 +4,6 @@ that read instead of reading too (shared/readpath.py, `read`), on a real redis-s
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from shared.answers import Answer, Served
@@ -14,23 +13,10 @@ from shared.protocol import AnswerOutcome
 from shared.replies import ReadResult
 from shared.settings import Settings
 from shared.store import CacheStore
-from tests.readpaths import read_path_for, store_fresh
+from tests.readpaths import CountedReads, read_path_for, store_fresh
 from tests.stack import wait_until
 
 READERS = 20
-
-
-class SlowReads(CacheStore):
-    """A CacheStore whose READ takes 200 ms longer (a loaded Redis), counting the READs."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reads = 0
-
-    def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
-        self.reads += 1
-        time.sleep(0.2)
-        return super().read(ns, key, token)
 
 
 def _read_at_once(read: Any, n: int) -> list[Answer]:
@@ -46,7 +32,7 @@ def _read_at_once(read: Any, n: int) -> list[Answer]:
 def test_readers_arriving_during_the_first_read_of_a_stored_key_share_it(
     settings: Settings, store: CacheStore, ns: Namespace
 ) -> None:
-    slow = SlowReads(store.redis, settings)
+    slow = CountedReads(store.redis, settings, delay=0.2)  # READ 200 ms slower
     store_fresh(slow, ns, "shared")
     near: NearCache[ReadResult] = NearCache(1 << 20)
     near.resume()
@@ -68,7 +54,7 @@ def test_without_a_near_cache_each_reader_still_reads_for_itself(
     settings: Settings, store: CacheStore, ns: Namespace
 ) -> None:
     # What a waiting reader does when the first read leaves it nothing to take: it reads itself.
-    slow = SlowReads(store.redis, settings)
+    slow = CountedReads(store.redis, settings, delay=0.2)  # READ 200 ms slower
     store_fresh(slow, ns, "alone")
     path = read_path_for(settings, slow, lambda request: None)
     answers = _read_at_once(lambda: path.read(ns, "alone"), 5)

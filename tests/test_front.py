@@ -173,3 +173,30 @@ def test_while_the_refresh_tier_is_behind_a_joiner_past_the_bound_is_refused(app
         assert r.headers["Retry-After"] == "1"
         admission.limit = 2.0  # room for one more waiter: it would join
         assert not front._behind()  # type: ignore[attr-defined]
+
+
+def test_a_key_whose_refresh_is_under_way_is_answered_stale_from_memory_before_flask(app_with_lag: object) -> None:
+    from flask import Flask
+    from prometheus_client import REGISTRY
+
+    from shared.store import new_token
+    from tests.readpaths import store_fresh
+
+    assert isinstance(app_with_lag, Flask)
+    state = app_with_lag.extensions["herdless"]
+    state.read_path.near_cache.resume()  # as its (stopped) subscription would once live
+    ns, store = state.namespaces["demo"], state.read_path.store
+    store_fresh(store, ns, "pending-key", b"old")
+    store.soft_purge(ns, "pending-key")
+    assert store.read(ns, "pending-key", new_token()).won_lease  # another process's refresh is under way
+
+    def front_hits() -> float:
+        return REGISTRY.get_sample_value("herdless_front_hits_total", {"namespace": "demo"}) or 0.0
+
+    client = app_with_lag.test_client()
+    first = client.get("/v1/cache/demo/pending-key")  # asks Redis: STALE, its lease held
+    assert first.status_code == 200 and first.headers["X-Cache"] == "STALE" and first.data == b"old"
+    before = front_hits()
+    again = client.get("/v1/cache/demo/pending-key")  # from the near-cache, by the front door
+    assert again.status_code == 200 and again.headers["X-Cache"] == "STALE" and again.data == b"old"
+    assert front_hits() == before + 1

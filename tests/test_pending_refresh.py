@@ -13,18 +13,8 @@ from shared.protocol import AnswerOutcome, LeaseState
 from shared.replies import ReadResult
 from shared.settings import Settings
 from shared.store import CacheStore, new_token
-from tests.readpaths import read_path_for, store_fresh
+from tests.readpaths import CountedReads, read_path_for, store_fresh
 from tests.stack import wait_until
-
-
-class CountedReads(CacheStore):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reads = 0
-
-    def read(self, ns: Namespace, key: str, token: str) -> ReadResult:
-        self.reads += 1
-        return super().read(ns, key, token)
 
 
 def test_reads_during_a_refresh_are_answered_from_memory_as_redis_would_and_the_purge_ends_it(

@@ -171,13 +171,11 @@ class FastHits:
             return None  # answered by the route, which counts the lookup itself
         self.near_hit.inc()
         owned.front.inc()
-        if hit.pending:  # EARLY or STALE, its refresh under way (shared/answers.py near_answer)
-            answer = near_answer(target[0], hit)
-            served = metrics.REQUESTS.labels(target[0], answer.outcome)
-            return self._send(owned, target, r, answer.outcome, answer.now_ms, served, environ, start_response, started)
-        return self._send(
-            owned, target, r, AnswerOutcome.HIT, hit.redis_now_ms, owned.hit, environ, start_response, started
+        answer = near_answer(target[0], hit)  # HIT, or EARLY / STALE while its refresh is under way
+        served = (
+            owned.hit if answer.outcome is AnswerOutcome.HIT else metrics.REQUESTS.labels(target[0], answer.outcome)
         )
+        return self._send(owned, target, r, answer.outcome, answer.now_ms, served, environ, start_response, started)
 
     @staticmethod
     def _send(

@@ -45,8 +45,8 @@ from flask import Flask
 
 from shared import metrics
 from shared.answers import OVERLOADED, TOO_MANY_WAITERS, Refused
+from shared.keys import InvalidKey, validate_key
 from shared.protocol import AnswerOutcome, Refusal
-from web.cache_path import CacheAction, PathError, parse_cache_path, raw_request_uri
 from web.fasthit import FastHits, StartResponse, WSGIApp, owns_cache_gets, read_target
 from web.http import refusal
 from web.proxy_fasthit import ProxyFastHits
@@ -191,21 +191,19 @@ class Front:
     def _read_here(
         self, target: tuple[str, str], environ: dict[str, Any], start_response: StartResponse
     ) -> list[bytes] | None:
-        """An admitted read the front door makes itself, its key checked as the route checks it:
+        """An admitted read of `target` (a ``/v1/cache/<namespace>/<key>`` GET: read_target) the
+        front door makes itself, its key checked as the route checks it:
         the answer's bytes when it is a stored positive value (a miss served after its wait, an
         early or stale value), as the route would give them; else None, the answer (if any) left
         in the environ for the route to render. Flask's request context, routing and response
         object were a tenth of a web process's CPU per cold key (py-spy, refreshbench)."""
-        raw, _ = raw_request_uri(environ)
         try:
-            parsed = parse_cache_path("GET", raw, None, self.namespaces)
-        except PathError:
-            return None  # the route answers 400 or 404 in its own words
-        if parsed.action is not CacheAction.READ or parsed.key is None:
-            return None
+            key = validate_key(target[1])  # read_target decoded it; the route checks it so
+        except InvalidKey:
+            return None  # the route answers 400 in its own words
         started = time.perf_counter()
         try:
-            answer = self.read_path.read(self.namespaces[target[0]], parsed.key, admitted=True)
+            answer = self.read_path.read(self.namespaces[target[0]], key, admitted=True)
         except Exception:  # noqa: BLE001 - the route reads again and renders what it raises
             return None
         rendered = self.hits.answered(target, answer, environ, start_response, started, joined=False)
